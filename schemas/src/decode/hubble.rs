@@ -1,0 +1,340 @@
+//! Cilium Hubble flows (`flow.proto` in protobuf's JSON mapping), bare or wrapped as the
+//! exporter and `hubble observe -o json` write them: `{"flow":{…},"node_name":…,"time":…}`.
+//!
+//! FORWARDED (and the other pass-through verdicts) is allow, DROPPED is deny with its drop
+//! reason, ERROR is error; AUDIT (policy audit mode: would have been dropped) is allow with
+//! the reason `AUDIT`. Replies are kept and marked in `is_reply`. Hubble has no principal, so
+//! the workload name (else the pod name) stands in for it.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::{Mapped, Top, port_at, status_at, time_at, value_at};
+use crate::error::{Fail, syntax};
+use crate::json::{Json, List, Shape};
+use crate::model::{Decision, Event, Identity, Kind, SourceFormat};
+
+const VERDICTS: &[&str] = &[
+    "FORWARDED", "DROPPED", "ERROR", "AUDIT", "REDIRECTED", "TRACED", "TRANSLATED", "VERDICT_UNKNOWN",
+];
+
+pub(crate) fn is_verdict(v: &str) -> bool {
+    VERDICTS.contains(&v)
+}
+
+#[allow(non_snake_case)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct Flow<'a> {
+    #[serde(borrow)]
+    time: Json<'a>,
+    #[serde(borrow)]
+    uuid: Json<'a>,
+    #[serde(borrow)]
+    verdict: Json<'a>,
+    #[serde(borrow)]
+    drop_reason_desc: Json<'a>,
+    #[serde(borrow)]
+    IP: Json<'a, Ip<'a>>,
+    #[serde(borrow)]
+    l4: Json<'a, L4<'a>>,
+    #[serde(borrow)]
+    l7: Json<'a, L7<'a>>,
+    #[serde(borrow)]
+    source: Json<'a, Endpoint<'a>>,
+    #[serde(borrow)]
+    destination: Json<'a, Endpoint<'a>>,
+    #[serde(borrow)]
+    source_service: Json<'a, Service<'a>>,
+    #[serde(borrow)]
+    destination_service: Json<'a, Service<'a>>,
+    #[serde(borrow)]
+    source_names: List<Json<'a>>,
+    #[serde(borrow)]
+    destination_names: List<Json<'a>>,
+    #[serde(borrow)]
+    is_reply: Json<'a>,
+    #[serde(borrow)]
+    trace_context: Json<'a, TraceContext<'a>>,
+    #[serde(borrow)]
+    egress_denied_by: List<Json<'a, Policy<'a>>>,
+    #[serde(borrow)]
+    ingress_denied_by: List<Json<'a, Policy<'a>>>,
+    #[serde(borrow)]
+    egress_allowed_by: List<Json<'a, Policy<'a>>>,
+    #[serde(borrow)]
+    ingress_allowed_by: List<Json<'a, Policy<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Ip<'a> {
+    #[serde(borrow)]
+    source: Json<'a>,
+    #[serde(borrow)]
+    destination: Json<'a>,
+}
+
+#[allow(non_snake_case)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct L4<'a> {
+    #[serde(borrow)]
+    TCP: Json<'a, Ports<'a>>,
+    #[serde(borrow)]
+    UDP: Json<'a, Ports<'a>>,
+    #[serde(borrow)]
+    SCTP: Json<'a, Ports<'a>>,
+    #[serde(borrow)]
+    ICMPv4: Json<'a>,
+    #[serde(borrow)]
+    ICMPv6: Json<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Ports<'a> {
+    #[serde(borrow)]
+    source_port: Json<'a>,
+    #[serde(borrow)]
+    destination_port: Json<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct L7<'a> {
+    #[serde(borrow)]
+    http: Json<'a, L7Http<'a>>,
+    #[serde(borrow)]
+    dns: Json<'a, L7Dns<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct L7Http<'a> {
+    #[serde(borrow)]
+    method: Json<'a>,
+    #[serde(borrow)]
+    url: Json<'a>,
+    #[serde(borrow)]
+    code: Json<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct L7Dns<'a> {
+    #[serde(borrow)]
+    query: Json<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Endpoint<'a> {
+    #[serde(borrow)]
+    namespace: Json<'a>,
+    #[serde(borrow)]
+    pod_name: Json<'a>,
+    #[serde(borrow)]
+    workloads: List<Json<'a, Workload<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Workload<'a> {
+    #[serde(borrow)]
+    name: Json<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Service<'a> {
+    #[serde(borrow)]
+    name: Json<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TraceContext<'a> {
+    #[serde(borrow)]
+    parent: Json<'a, TraceParent<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TraceParent<'a> {
+    #[serde(borrow)]
+    trace_id: Json<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Policy<'a> {
+    #[serde(borrow)]
+    name: Json<'a>,
+    #[serde(borrow)]
+    namespace: Json<'a>,
+}
+
+/// `text` is the record; a bare flow (no `flow` wrapper) is parsed again as a [`Flow`] — the
+/// union [`Top`] does not hold every flow field, and bare flows are the rarer shape.
+pub(crate) fn map<'a>(t: &Top<'a>, text: &'a str) -> Mapped<'a> {
+    if let Some(flow) = t.flow.obj_at("/flow")? {
+        let mut e = map_flow(flow, "/flow", text.as_bytes())?;
+        if e.time_ns.is_none() {
+            e.time_ns = time_at(&t.time, "/time")?;
+        }
+        return Ok(e);
+    }
+    let flow: Flow<'a> = serde_json::from_str(text).map_err(|e| Fail::Kind(syntax(&e)))?;
+    map_flow(&flow, "", text.as_bytes())
+}
+
+fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
+    let at = |field: &str| format!("{p}{field}");
+    let verdict = f.verdict.str_at(&at("/verdict"))?.ok_or_else(|| Fail::missing(&at("/verdict")))?;
+    let drop_reason = value_at(&f.drop_reason_desc, &at("/drop_reason_desc"))?;
+    let (decision, reason) = match verdict {
+        "FORWARDED" | "REDIRECTED" | "TRACED" | "TRANSLATED" => (Decision::Allow, None),
+        "DROPPED" => (Decision::Deny, drop_reason.or(Some(Cow::Borrowed("DROPPED")))),
+        "ERROR" => (Decision::Error, drop_reason.or(Some(Cow::Borrowed("ERROR")))),
+        "AUDIT" => (Decision::Allow, Some(Cow::Borrowed("AUDIT"))),
+        "VERDICT_UNKNOWN" => (Decision::Unknown, None),
+        other => {
+            return Err(Shape::new(&at("/verdict"), "a Hubble verdict", Shape::quote(other)).into());
+        }
+    };
+    let mut e = Event::new(SourceFormat::Hubble, Kind::Flow, decision, raw);
+    e.reason = reason;
+    e.time_ns = time_at(&f.time, &at("/time"))?;
+    e.event_id = value_at(&f.uuid, &at("/uuid"))?;
+    e.is_reply = Some(f.is_reply.bool_at(&at("/is_reply"))?.unwrap_or(false));
+    e.caller = endpoint(&f.source, &at("/source"))?;
+    e.callee = endpoint(&f.destination, &at("/destination"))?;
+    if let Some(ip) = f.IP.obj_at(&at("/IP"))? {
+        e.caller.ip = value_at(&ip.source, &at("/IP/source"))?;
+        e.callee.ip = value_at(&ip.destination, &at("/IP/destination"))?;
+    }
+    if let Some(l4) = f.l4.obj_at(&at("/l4"))? {
+        for (name, ports) in [("TCP", &l4.TCP), ("UDP", &l4.UDP), ("SCTP", &l4.SCTP)] {
+            if let Some(ports) = ports.obj_at(&at(&format!("/l4/{name}")))? {
+                e.action = Some(Cow::Borrowed(name));
+                e.caller.port = port_at(&ports.source_port, &at(&format!("/l4/{name}/source_port")))?;
+                e.callee.port =
+                    port_at(&ports.destination_port, &at(&format!("/l4/{name}/destination_port")))?;
+            }
+        }
+        if l4.ICMPv4.is_present() {
+            e.action = Some(Cow::Borrowed("ICMPv4"));
+        } else if l4.ICMPv6.is_present() {
+            e.action = Some(Cow::Borrowed("ICMPv6"));
+        }
+    }
+    if let Some(l7) = f.l7.obj_at(&at("/l7"))? {
+        if let Some(http) = l7.http.obj_at(&at("/l7/http"))? {
+            e.action = value_at(&http.method, &at("/l7/http/method"))?.or(e.action);
+            e.resource = value_at(&http.url, &at("/l7/http/url"))?;
+            e.status_code = status_at(&http.code, &at("/l7/http/code"))?;
+        } else if let Some(dns) = l7.dns.obj_at(&at("/l7/dns"))? {
+            e.action = Some(Cow::Borrowed("DNS"));
+            e.resource = value_at(&dns.query, &at("/l7/dns/query"))?;
+        }
+    }
+    e.caller.service = service(&f.source_service, &f.source_names, &at("/source_service"))?;
+    e.callee.service = service(&f.destination_service, &f.destination_names, &at("/destination_service"))?;
+    if let Some(tc) = f.trace_context.obj_at(&at("/trace_context"))? {
+        if let Some(parent) = tc.parent.obj_at(&at("/trace_context/parent"))? {
+            e.trace_id = value_at(&parent.trace_id, &at("/trace_context/parent/trace_id"))?;
+        }
+    }
+    let policies = if decision == Decision::Deny {
+        [(&f.egress_denied_by, "/egress_denied_by"), (&f.ingress_denied_by, "/ingress_denied_by")]
+    } else {
+        [(&f.egress_allowed_by, "/egress_allowed_by"), (&f.ingress_allowed_by, "/ingress_allowed_by")]
+    };
+    let mut names = Vec::new();
+    for (list, field) in policies {
+        for pol in list.items_at(&at(field))?.iter().filter_map(|p| p.obj()) {
+            match (pol.namespace.str(), pol.name.str()) {
+                (Some(ns), Some(name)) if !ns.is_empty() => names.push(format!("{ns}/{name}")),
+                (_, Some(name)) => names.push(name.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    if !names.is_empty() {
+        e.policy = Some(Cow::Owned(names.join(",")));
+    }
+    Ok(e)
+}
+
+fn endpoint<'a>(ep: &Json<'a, Endpoint<'a>>, path: &str) -> Result<Identity<'a>, Fail> {
+    let mut id = Identity::default();
+    if let Some(ep) = ep.obj_at(path)? {
+        id.namespace = value_at(&ep.namespace, &format!("{path}/namespace"))?;
+        let workload = ep.workloads.items_at(&format!("{path}/workloads"))?.first();
+        id.principal = match workload.and_then(|w| w.obj()).and_then(|w| w.name.cow()) {
+            Some(w) if !w.is_empty() => Some(w),
+            _ => value_at(&ep.pod_name, &format!("{path}/pod_name"))?,
+        };
+    }
+    Ok(id)
+}
+
+fn service<'a>(
+    svc: &Json<'a, Service<'a>>,
+    names: &List<Json<'a>>,
+    path: &str,
+) -> Result<Option<Cow<'a, str>>, Fail> {
+    if let Some(s) = svc.obj_at(path)? {
+        if let Some(name) = value_at(&s.name, &format!("{path}/name"))? {
+            return Ok(Some(name));
+        }
+    }
+    Ok(names.items().first().and_then(|n| n.cow()).filter(|n| !n.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Decision, Decoder, Event};
+
+    fn one(json: &str) -> Event<'static> {
+        let mut out = None;
+        Decoder::default()
+            .decode_with(json.as_bytes(), |e| out = Some(e.clone().into_owned()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        out.unwrap()
+    }
+
+    #[test]
+    fn bare_forwarded_reply_with_workloads_and_l7() {
+        let e = one(
+            r#"{"time":"2024-01-01T00:00:00Z","uuid":"u-1","verdict":"FORWARDED","is_reply":true,
+            "IP":{"source":"10.0.0.1","destination":"10.0.0.2"},
+            "l4":{"TCP":{"source_port":80,"destination_port":40000}},
+            "source":{"namespace":"shop","pod_name":"cart-5d9-x","workloads":[{"name":"cart","kind":"Deployment"}]},
+            "destination":{"namespace":"web","pod_name":"frontend-1"},
+            "destination_names":["frontend.web.svc"],
+            "l7":{"type":"RESPONSE","http":{"code":200,"method":"GET","url":"http://cart/items"}},
+            "ingress_allowed_by":[{"name":"allow-web","namespace":"shop"}]}"#,
+        );
+        assert_eq!(e.decision, Decision::Allow);
+        assert_eq!(e.is_reply, Some(true));
+        assert_eq!(e.caller.principal.as_deref(), Some("cart"));
+        assert_eq!(e.callee.principal.as_deref(), Some("frontend-1"));
+        assert_eq!(e.callee.service.as_deref(), Some("frontend.web.svc"));
+        assert_eq!((e.caller.port, e.callee.port), (Some(80), Some(40000)));
+        assert_eq!((e.action.as_deref(), e.resource.as_deref()), (Some("GET"), Some("http://cart/items")));
+        assert_eq!(e.status_code, Some(200));
+        assert_eq!(e.policy.as_deref(), Some("shop/allow-web"));
+        assert_eq!(e.event_id.as_deref(), Some("u-1"));
+    }
+
+    #[test]
+    fn unknown_verdicts_are_errors_with_the_path() {
+        let err = Decoder::new(Default::default(), Some(crate::SourceFormat::Hubble))
+            .decode_with(br#"{"flow":{"verdict":"MAYBE"}}"#, |_| {})
+            .unwrap_err();
+        assert_eq!(err.to_string(), "hubble: at /flow/verdict: expected a Hubble verdict, found string \"MAYBE\"");
+    }
+}
