@@ -1,1 +1,112 @@
-fn main() {}
+//! `vigil`: the one entry point. Parses arguments and configuration, sets up logging, and
+//! hands off to the stage crates; it owns no pipeline logic of its own.
+
+mod config;
+mod decode_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Audit-log pipeline and anomaly detector for zero-trust backends")]
+struct Cli {
+    /// TOML configuration file (see the README's configuration reference).
+    #[arg(long, global = true, env = "VIGIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: overrides `log.format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter (`info`, `debug`, …): overrides `log.level`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what Vigil sees in a file of records: one canonical event per line as JSON on
+    /// stdout, each record that fails with its line number on stderr. Exit code 0 when every
+    /// record decoded, 1 when any failed.
+    Decode(decode_cmd::DecodeArgs),
+    /// Print the canonical event schema, column by column.
+    Schema {
+        /// Print the Arrow schema as JSON instead of a Markdown table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective configuration (defaults, file, environment) as TOML.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vigil: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(f) = cli.log_format {
+        cfg.log.format = f;
+    }
+    if let Some(l) = cli.log_level {
+        cfg.log.level = l;
+    }
+    init_logging(&cfg.log)?;
+    match cli.command {
+        Command::Decode(args) => decode_cmd::run(&cfg, args),
+        Command::Schema { json } => {
+            if json {
+                let schema = vigil_schemas::canonical_schema();
+                println!("{}", serde_json_schema(&schema)?);
+            } else {
+                print!("{}", vigil_schemas::schema::markdown_reference());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config => {
+            print!("{}", cfg.to_toml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serde_json_schema(schema: &arrow::datatypes::Schema) -> anyhow::Result<String> {
+    let cols: Vec<serde_json::Value> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name(),
+                "type": f.data_type().to_string(),
+                "nullable": f.is_nullable(),
+                "doc": f.metadata().get("doc"),
+            })
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&cols)?)
+}
+
+fn init_logging(cfg: &config::LogConfig) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
+        _ => EnvFilter::try_new(&cfg.level)?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
+}

@@ -83,7 +83,13 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
     if is_aks_wrapper(t) {
         return map_aks(t, raw);
     }
-    if !(t.verb.is_present() || t.auditID.is_present() || t.requestURI.is_present() || t.objectRef.is_present())
+    let audit_api = t.apiVersion.str().is_some_and(|v| v.starts_with("audit.k8s.io/"));
+    if !(audit_api
+        || t.verb.is_present()
+        || t.auditID.is_present()
+        || t.requestURI.is_present()
+        || t.objectRef.is_present()
+        || t.user.is_present())
     {
         return Err(Fail::missing("/verb"));
     }

@@ -1,0 +1,134 @@
+//! Vigil's configuration: one TOML file, overridden by `VIGIL_SECTION__KEY` environment
+//! variables, overridden by command-line flags. Every option has a default, so the embedded
+//! setup needs no file at all. The reference (README, "Configuration") lists each option; a
+//! test keeps it in step with [`Config::default`].
+
+use std::path::Path;
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use vigil_schemas::DecoderConfig;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub decode: DecodeConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `vigil=debug,warn`, … (`RUST_LOG` wins if set).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// Largest record accepted, in bytes, before any gunzip.
+    pub max_record_bytes: usize,
+    /// Largest size a gzip record (an OPA upload) may decompress to, in bytes.
+    pub max_decompressed_bytes: usize,
+    /// Most events one record (an OPA upload array) may carry.
+    pub max_events_per_record: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        let d = DecoderConfig::default();
+        DecodeConfig {
+            max_record_bytes: d.max_record_bytes,
+            max_decompressed_bytes: d.max_decompressed_bytes,
+            max_events_per_record: d.max_events_per_record,
+        }
+    }
+}
+
+impl DecodeConfig {
+    pub fn decoder_config(&self) -> anyhow::Result<DecoderConfig> {
+        anyhow::ensure!(self.max_record_bytes > 0, "decode.max_record_bytes must be > 0");
+        anyhow::ensure!(self.max_decompressed_bytes > 0, "decode.max_decompressed_bytes must be > 0");
+        anyhow::ensure!(self.max_events_per_record > 0, "decode.max_events_per_record must be > 0");
+        Ok(DecoderConfig {
+            max_record_bytes: self.max_record_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_events_per_record: self.max_events_per_record,
+        })
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `VIGIL_<SECTION>__<KEY>` variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // Only double-underscore names are config (`VIGIL_LOG__FORMAT`); other VIGIL_ variables
+        // (`VIGIL_CONFIG`, secrets) are read where they are used.
+        fig = fig.merge(Env::prefixed("VIGIL_").filter(|k| k.as_str().contains("__")).split("__"));
+        fig.extract().context("invalid configuration")
+    }
+
+    /// The configuration as TOML (what `vigil config` prints).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(self).context("serialising configuration")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults_and_typos_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("vigil.toml", "[log]\nformat = \"json\"\n[decode]\nmax_record_bytes = 10\n")?;
+            jail.set_env("VIGIL_DECODE__MAX_RECORD_BYTES", "20");
+            jail.set_env("VIGIL_WEBHOOK_SECRET", "not config");
+            let c = Config::load(Some(Path::new("vigil.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.log.format, LogFormat::Json);
+            assert_eq!(c.decode.max_record_bytes, 20);
+            assert_eq!(c.decode.max_events_per_record, DecoderConfig::DEFAULT_MAX_EVENTS_PER_RECORD);
+
+            jail.create_file("typo.toml", "[decode]\nmax_record_byte = 10\n")?;
+            let err = format!("{:#}", Config::load(Some(Path::new("typo.toml"))).unwrap_err());
+            assert!(err.contains("max_record_byte"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_readme_documents_every_option_with_its_default() {
+        let readme = include_str!("../README.md");
+        let defaults: toml::Table = toml::from_str(&Config::default().to_toml().unwrap()).unwrap();
+        for (section, keys) in &defaults {
+            for (key, default) in keys.as_table().unwrap() {
+                let row = format!("| `{section}.{key}` | `{default}` |");
+                assert!(readme.contains(&row), "README's config reference lacks the row {row}");
+            }
+        }
+    }
+}
