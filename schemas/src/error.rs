@@ -18,8 +18,7 @@ pub enum DecodeErrorKind {
     Gzip { detail: String },
     /// Decompressing would exceed `max_decompressed_bytes` (a gzip bomb, or a huge upload).
     DecompressedTooLarge { max_bytes: usize },
-    /// Not JSON: serde_json's message with line and column (nesting beyond the parser's
-    /// recursion limit lands here too).
+    /// Not JSON: serde_json's message with line and column.
     Syntax { line: usize, column: usize, message: String },
     /// JSON, but not an object (or, at the top level, an array of objects).
     NotAnObject { found: String },
@@ -170,11 +169,6 @@ pub(crate) fn syntax(e: &serde_json::Error) -> DecodeErrorKind {
     let message = match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_owned(),
         None => msg,
-    };
-    let message = if message.contains("recursion limit exceeded") {
-        format!("{message} (nesting deeper than 128 levels)")
-    } else {
-        message
     };
     DecodeErrorKind::Syntax { line: e.line(), column: e.column(), message }
 }

@@ -6,8 +6,9 @@
 //! format's mapping reads what it needs, with JSON-pointer paths in every error.
 //!
 //! Limits ([`DecoderConfig`]) bound what one record can cost: its size, what it may
-//! decompress to, and how many events one array may hold. Nesting depth is bounded by
-//! serde_json's recursion limit (128).
+//! decompress to, and how many events one array may hold. Nesting depth costs no stack: the
+//! decoders parse a few fixed levels into structs, and serde_json skips everything below them
+//! iteratively (its recursion limit of 128 stands behind that).
 
 use std::borrow::Cow;
 use std::io::Read;
