@@ -38,6 +38,10 @@ pub struct EventBatchBuilder {
     raw: BinaryBuilder,
     len: usize,
     raw_bytes: usize,
+    /// Sizes to allocate for the next batch: arrow's `finish` leaves empty buffers, and growing
+    /// them again by doubling would copy every batch's bytes several times.
+    capacity_events: usize,
+    capacity_raw_bytes: usize,
 }
 
 struct IdentityBuilders {
@@ -83,6 +87,10 @@ fn strings(capacity: usize, bytes_each: usize) -> StringBuilder {
 impl EventBatchBuilder {
     /// A builder sized for about `capacity` events (it grows past that if needed).
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_capacities(capacity, capacity * 512)
+    }
+
+    fn with_capacities(capacity: usize, raw_bytes: usize) -> Self {
         EventBatchBuilder {
             event_time: TimestampNanosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
             event_time_inferred: BooleanBuilder::with_capacity(capacity),
@@ -102,9 +110,11 @@ impl EventBatchBuilder {
             event_id: strings(capacity, 36),
             is_reply: BooleanBuilder::with_capacity(capacity),
             record_index: UInt32Builder::with_capacity(capacity),
-            raw: BinaryBuilder::with_capacity(capacity, capacity * 512),
+            raw: BinaryBuilder::with_capacity(capacity, raw_bytes),
             len: 0,
             raw_bytes: 0,
+            capacity_events: capacity,
+            capacity_raw_bytes: raw_bytes,
         }
     }
 
@@ -151,6 +161,15 @@ impl EventBatchBuilder {
     /// Take the events appended so far as a batch in the canonical schema; the builder is
     /// empty afterwards and can be reused.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        // Size the next batch like the largest seen so far, then finish this one.
+        let next = Self::with_capacities(
+            self.capacity_events.max(self.len),
+            self.capacity_raw_bytes.max(self.raw_bytes),
+        );
+        std::mem::replace(self, next).finish_columns()
+    }
+
+    fn finish_columns(mut self) -> Result<RecordBatch, ArrowError> {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
         cols.push(Arc::new(self.event_time.finish()));
         cols.push(Arc::new(self.event_time_inferred.finish()));
@@ -171,8 +190,6 @@ impl EventBatchBuilder {
         cols.push(Arc::new(self.is_reply.finish()));
         cols.push(Arc::new(self.record_index.finish()));
         cols.push(Arc::new(self.raw.finish()));
-        self.len = 0;
-        self.raw_bytes = 0;
         // `try_new` checks every column's type, nullability and length against the schema: a
         // builder that drifted from `COLUMNS` fails here, not later in a Parquet writer.
         RecordBatch::try_new(canonical_schema(), cols)

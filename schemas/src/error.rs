@@ -133,8 +133,8 @@ impl From<DecodeErrorKind> for Fail {
 }
 
 impl Fail {
-    pub(crate) fn missing(path: &str) -> Self {
-        Fail::Kind(DecodeErrorKind::Missing { path: path.to_owned() })
+    pub(crate) fn missing(path: impl crate::json::PathArg) -> Self {
+        Fail::Kind(DecodeErrorKind::Missing { path: path.render() })
     }
 
     pub(crate) fn into_kind(self) -> DecodeErrorKind {

@@ -37,6 +37,51 @@ impl fmt::Display for JsonType {
     }
 }
 
+/// A JSON-pointer path, rendered only when an error needs it: decoders name the path of every
+/// field they read, and building those strings eagerly would cost an allocation per field.
+pub trait PathArg {
+    fn render(&self) -> String;
+}
+
+impl PathArg for &str {
+    fn render(&self) -> String {
+        (*self).to_owned()
+    }
+}
+
+impl PathArg for String {
+    fn render(&self) -> String {
+        self.clone()
+    }
+}
+
+impl PathArg for (&str, &str) {
+    fn render(&self) -> String {
+        [self.0, self.1].concat()
+    }
+}
+
+impl PathArg for (&str, &str, &str) {
+    fn render(&self) -> String {
+        [self.0, self.1, self.2].concat()
+    }
+}
+
+/// A path computed by a closure, e.g. one with an array index in it.
+pub struct LazyPath<F>(pub F);
+
+impl<F: Fn() -> String> PathArg for LazyPath<F> {
+    fn render(&self) -> String {
+        (self.0)()
+    }
+}
+
+impl<P: PathArg> PathArg for &P {
+    fn render(&self) -> String {
+        (*self).render()
+    }
+}
+
 /// A field had the wrong type or an invalid value: where, what was expected, what was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shape {
@@ -49,8 +94,8 @@ pub struct Shape {
 }
 
 impl Shape {
-    pub(crate) fn new(path: &str, expected: impl Into<String>, found: impl Into<String>) -> Self {
-        Shape { path: path.to_owned(), expected: expected.into(), found: found.into() }
+    pub(crate) fn new(path: impl PathArg, expected: impl Into<String>, found: impl Into<String>) -> Self {
+        Shape { path: path.render(), expected: expected.into(), found: found.into() }
     }
 
     /// Quote an invalid string value for an error message, truncated to keep errors small.
@@ -122,7 +167,7 @@ impl<'a, T> Json<'a, T> {
         !matches!(self, Json::Absent | Json::Null)
     }
 
-    fn mismatch(&self, path: &str, expected: &str) -> Shape {
+    fn mismatch(&self, path: impl PathArg, expected: &str) -> Shape {
         let found = self.json_type().map_or_else(|| "nothing".to_owned(), |t| t.to_string());
         Shape::new(path, expected, found)
     }
@@ -146,7 +191,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// Absent or null is `Ok(None)`, a string is `Ok(Some)`, anything else is a [`Shape`] error.
-    pub fn str_at(&self, path: &str) -> Result<Option<&str>, Shape> {
+    pub fn str_at(&self, path: impl PathArg) -> Result<Option<&str>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Str(s) => Ok(Some(s)),
@@ -155,7 +200,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// Like [`Json::str_at`], keeping the borrow from the input.
-    pub fn cow_at(&self, path: &str) -> Result<Option<Cow<'a, str>>, Shape> {
+    pub fn cow_at(&self, path: impl PathArg) -> Result<Option<Cow<'a, str>>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Str(_) => Ok(self.cow()),
@@ -164,7 +209,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// Absent or null is `Ok(None)`, a boolean is `Ok(Some)`, anything else is an error.
-    pub fn bool_at(&self, path: &str) -> Result<Option<bool>, Shape> {
+    pub fn bool_at(&self, path: impl PathArg) -> Result<Option<bool>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Bool(b) => Ok(Some(*b)),
@@ -174,7 +219,7 @@ impl<'a, T> Json<'a, T> {
 
     /// An integer. Strings of digits are accepted too, because protobuf's JSON mapping writes
     /// 64-bit integers as strings.
-    pub fn i64_at(&self, path: &str) -> Result<Option<i64>, Shape> {
+    pub fn i64_at(&self, path: impl PathArg) -> Result<Option<i64>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Int(i) => Ok(Some(*i)),
@@ -190,8 +235,8 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// An integer in `lo..=hi`, e.g. a port or an HTTP status.
-    pub fn int_in_at(&self, path: &str, lo: i64, hi: i64) -> Result<Option<i64>, Shape> {
-        match self.i64_at(path)? {
+    pub fn int_in_at(&self, path: impl PathArg, lo: i64, hi: i64) -> Result<Option<i64>, Shape> {
+        match self.i64_at(&path)? {
             Some(v) if !(lo..=hi).contains(&v) => {
                 Err(Shape::new(path, format!("integer in {lo}..={hi}"), format!("number {v}")))
             }
@@ -200,7 +245,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// The object, or `None` if absent or null; an error for any other type.
-    pub fn obj_at(&self, path: &str) -> Result<Option<&T>, Shape> {
+    pub fn obj_at(&self, path: impl PathArg) -> Result<Option<&T>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Object(t) => Ok(Some(t)),
@@ -287,7 +332,7 @@ impl<T> List<T> {
     pub const MAX_KEPT: usize = 16;
 
     /// The kept elements; empty when absent or null, an error for a non-array.
-    pub fn items_at(&self, path: &str) -> Result<&[T], Shape> {
+    pub fn items_at(&self, path: impl PathArg) -> Result<&[T], Shape> {
         match self {
             List::Absent | List::Other(JsonType::Null) => Ok(&[]),
             List::Items { kept, .. } => Ok(kept),

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{Mapped, Top, first_time, namespace_of, sub, value_at};
 use crate::error::Fail;
-use crate::json::{Json, List};
+use crate::json::{Json, LazyPath, List};
 use crate::model::{Decision, Event, Kind, SourceFormat};
 
 #[allow(non_snake_case)]
@@ -87,11 +87,11 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
     let mut granted = Vec::new();
     let mut permission = None;
     for (i, a) in p.authorizationInfo.items_at("/protoPayload/authorizationInfo")?.iter().enumerate() {
-        let path = format!("/protoPayload/authorizationInfo/{i}");
-        let Some(a) = a.obj_at(&path)? else { continue };
-        granted.push(a.granted.bool_at(&format!("{path}/granted"))?.unwrap_or(false));
+        let at = |field: &'static str| LazyPath(move || format!("/protoPayload/authorizationInfo/{i}{field}"));
+        let Some(a) = a.obj_at(at(""))? else { continue };
+        granted.push(a.granted.bool_at(at("/granted"))?.unwrap_or(false));
         if permission.is_none() {
-            permission = value_at(&a.permission, &format!("{path}/permission"))?;
+            permission = value_at(&a.permission, at("/permission"))?;
         }
     }
     let (kind, decision) = if rpc_code == Some(GRPC_UNAUTHENTICATED) {

@@ -191,9 +191,8 @@ pub(crate) fn map<'a>(t: &Top<'a>, text: &'a str) -> Mapped<'a> {
 }
 
 fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
-    let at = |field: &str| format!("{p}{field}");
-    let verdict = f.verdict.str_at(&at("/verdict"))?.ok_or_else(|| Fail::missing(&at("/verdict")))?;
-    let drop_reason = value_at(&f.drop_reason_desc, &at("/drop_reason_desc"))?;
+    let verdict = f.verdict.str_at((p, "/verdict"))?.ok_or_else(|| Fail::missing((p, "/verdict")))?;
+    let drop_reason = value_at(&f.drop_reason_desc, (p, "/drop_reason_desc"))?;
     let (decision, reason) = match verdict {
         "FORWARDED" | "REDIRECTED" | "TRACED" | "TRANSLATED" => (Decision::Allow, None),
         "DROPPED" => (Decision::Deny, drop_reason.or(Some(Cow::Borrowed("DROPPED")))),
@@ -201,27 +200,28 @@ fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
         "AUDIT" => (Decision::Allow, Some(Cow::Borrowed("AUDIT"))),
         "VERDICT_UNKNOWN" => (Decision::Unknown, None),
         other => {
-            return Err(Shape::new(&at("/verdict"), "a Hubble verdict", Shape::quote(other)).into());
+            return Err(Shape::new((p, "/verdict"), "a Hubble verdict", Shape::quote(other)).into());
         }
     };
     let mut e = Event::new(SourceFormat::Hubble, Kind::Flow, decision, raw);
     e.reason = reason;
-    e.time_ns = time_at(&f.time, &at("/time"))?;
-    e.event_id = value_at(&f.uuid, &at("/uuid"))?;
-    e.is_reply = Some(f.is_reply.bool_at(&at("/is_reply"))?.unwrap_or(false));
-    e.caller = endpoint(&f.source, &at("/source"))?;
-    e.callee = endpoint(&f.destination, &at("/destination"))?;
-    if let Some(ip) = f.IP.obj_at(&at("/IP"))? {
-        e.caller.ip = value_at(&ip.source, &at("/IP/source"))?;
-        e.callee.ip = value_at(&ip.destination, &at("/IP/destination"))?;
+    e.time_ns = time_at(&f.time, (p, "/time"))?;
+    e.event_id = value_at(&f.uuid, (p, "/uuid"))?;
+    e.is_reply = Some(f.is_reply.bool_at((p, "/is_reply"))?.unwrap_or(false));
+    e.caller = endpoint(&f.source, p, "/source")?;
+    e.callee = endpoint(&f.destination, p, "/destination")?;
+    if let Some(ip) = f.IP.obj_at((p, "/IP"))? {
+        e.caller.ip = value_at(&ip.source, (p, "/IP/source"))?;
+        e.callee.ip = value_at(&ip.destination, (p, "/IP/destination"))?;
     }
-    if let Some(l4) = f.l4.obj_at(&at("/l4"))? {
-        for (name, ports) in [("TCP", &l4.TCP), ("UDP", &l4.UDP), ("SCTP", &l4.SCTP)] {
-            if let Some(ports) = ports.obj_at(&at(&format!("/l4/{name}")))? {
+    if let Some(l4) = f.l4.obj_at((p, "/l4"))? {
+        for (name, at, ports) in
+            [("TCP", "/l4/TCP", &l4.TCP), ("UDP", "/l4/UDP", &l4.UDP), ("SCTP", "/l4/SCTP", &l4.SCTP)]
+        {
+            if let Some(ports) = ports.obj_at((p, at))? {
                 e.action = Some(Cow::Borrowed(name));
-                e.caller.port = port_at(&ports.source_port, &at(&format!("/l4/{name}/source_port")))?;
-                e.callee.port =
-                    port_at(&ports.destination_port, &at(&format!("/l4/{name}/destination_port")))?;
+                e.caller.port = port_at(&ports.source_port, (p, at, "/source_port"))?;
+                e.callee.port = port_at(&ports.destination_port, (p, at, "/destination_port"))?;
             }
         }
         if l4.ICMPv4.is_present() {
@@ -230,21 +230,21 @@ fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
             e.action = Some(Cow::Borrowed("ICMPv6"));
         }
     }
-    if let Some(l7) = f.l7.obj_at(&at("/l7"))? {
-        if let Some(http) = l7.http.obj_at(&at("/l7/http"))? {
-            e.action = value_at(&http.method, &at("/l7/http/method"))?.or(e.action);
-            e.resource = value_at(&http.url, &at("/l7/http/url"))?;
-            e.status_code = status_at(&http.code, &at("/l7/http/code"))?;
-        } else if let Some(dns) = l7.dns.obj_at(&at("/l7/dns"))? {
+    if let Some(l7) = f.l7.obj_at((p, "/l7"))? {
+        if let Some(http) = l7.http.obj_at((p, "/l7/http"))? {
+            e.action = value_at(&http.method, (p, "/l7/http/method"))?.or(e.action);
+            e.resource = value_at(&http.url, (p, "/l7/http/url"))?;
+            e.status_code = status_at(&http.code, (p, "/l7/http/code"))?;
+        } else if let Some(dns) = l7.dns.obj_at((p, "/l7/dns"))? {
             e.action = Some(Cow::Borrowed("DNS"));
-            e.resource = value_at(&dns.query, &at("/l7/dns/query"))?;
+            e.resource = value_at(&dns.query, (p, "/l7/dns/query"))?;
         }
     }
-    e.caller.service = service(&f.source_service, &f.source_names, &at("/source_service"))?;
-    e.callee.service = service(&f.destination_service, &f.destination_names, &at("/destination_service"))?;
-    if let Some(tc) = f.trace_context.obj_at(&at("/trace_context"))? {
-        if let Some(parent) = tc.parent.obj_at(&at("/trace_context/parent"))? {
-            e.trace_id = value_at(&parent.trace_id, &at("/trace_context/parent/trace_id"))?;
+    e.caller.service = service(&f.source_service, &f.source_names, p, "/source_service")?;
+    e.callee.service = service(&f.destination_service, &f.destination_names, p, "/destination_service")?;
+    if let Some(tc) = f.trace_context.obj_at((p, "/trace_context"))? {
+        if let Some(parent) = tc.parent.obj_at((p, "/trace_context/parent"))? {
+            e.trace_id = value_at(&parent.trace_id, (p, "/trace_context/parent/trace_id"))?;
         }
     }
     let policies = if decision == Decision::Deny {
@@ -254,7 +254,7 @@ fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
     };
     let mut names = Vec::new();
     for (list, field) in policies {
-        for pol in list.items_at(&at(field))?.iter().filter_map(|p| p.obj()) {
+        for pol in list.items_at((p, field))?.iter().filter_map(|p| p.obj()) {
             match (pol.namespace.str(), pol.name.str()) {
                 (Some(ns), Some(name)) if !ns.is_empty() => names.push(format!("{ns}/{name}")),
                 (_, Some(name)) => names.push(name.to_owned()),
@@ -268,14 +268,14 @@ fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
     Ok(e)
 }
 
-fn endpoint<'a>(ep: &Json<'a, Endpoint<'a>>, path: &str) -> Result<Identity<'a>, Fail> {
+fn endpoint<'a>(ep: &Json<'a, Endpoint<'a>>, p: &str, field: &str) -> Result<Identity<'a>, Fail> {
     let mut id = Identity::default();
-    if let Some(ep) = ep.obj_at(path)? {
-        id.namespace = value_at(&ep.namespace, &format!("{path}/namespace"))?;
-        let workload = ep.workloads.items_at(&format!("{path}/workloads"))?.first();
+    if let Some(ep) = ep.obj_at((p, field))? {
+        id.namespace = value_at(&ep.namespace, (p, field, "/namespace"))?;
+        let workload = ep.workloads.items_at((p, field, "/workloads"))?.first();
         id.principal = match workload.and_then(|w| w.obj()).and_then(|w| w.name.cow()) {
             Some(w) if !w.is_empty() => Some(w),
-            _ => value_at(&ep.pod_name, &format!("{path}/pod_name"))?,
+            _ => value_at(&ep.pod_name, (p, field, "/pod_name"))?,
         };
     }
     Ok(id)
@@ -284,10 +284,11 @@ fn endpoint<'a>(ep: &Json<'a, Endpoint<'a>>, path: &str) -> Result<Identity<'a>,
 fn service<'a>(
     svc: &Json<'a, Service<'a>>,
     names: &List<Json<'a>>,
-    path: &str,
+    p: &str,
+    field: &str,
 ) -> Result<Option<Cow<'a, str>>, Fail> {
-    if let Some(s) = svc.obj_at(path)? {
-        if let Some(name) = value_at(&s.name, &format!("{path}/name"))? {
+    if let Some(s) = svc.obj_at((p, field))? {
+        if let Some(name) = value_at(&s.name, (p, field, "/name"))? {
             return Ok(Some(name));
         }
     }

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use crate::batch::EventBatchBuilder;
 use crate::error::{DecodeError, DecodeErrorKind, Fail, syntax};
-use crate::json::{Json, List, Shape, Skipped};
+use crate::json::{Json, List, PathArg, Shape, Skipped};
 use crate::model::{Event, SourceFormat};
 
 mod envoy;
@@ -145,7 +145,7 @@ impl Decoder {
         sink: &mut impl FnMut(&Event<'_>),
     ) -> Result<usize, (Option<SourceFormat>, DecodeErrorKind)> {
         let pinned = self.pinned;
-        let text = std::str::from_utf8(bytes)
+        let text = simdutf8::compat::from_utf8(bytes)
             .map_err(|e| (pinned, DecodeErrorKind::InvalidUtf8 { offset: e.valid_up_to() }))?;
         match text.trim_ascii_start().as_bytes().first() {
             None => Err((pinned, DecodeErrorKind::Empty)),
@@ -244,7 +244,7 @@ fn detect(t: &Top<'_>) -> Option<SourceFormat> {
     if audit_api || event_kind || k8s::is_aks_wrapper(t) {
         return Some(SourceFormat::K8sAudit);
     }
-    if t.protoPayload.obj().is_some_and(gke::is_k8s) {
+    if t.protoPayload.obj().is_some_and(|p| gke::is_k8s(p)) {
         return Some(SourceFormat::GkeAudit);
     }
     if t.decision_id.is_present() || (t.input.is_present() && (t.result.is_present() || t.path.is_present()))
@@ -298,9 +298,9 @@ pub(crate) struct Top<'a> {
     #[serde(borrow)]
     pub policy_revision: Json<'a>,
     #[serde(borrow)]
-    pub caller: Json<'a, native::Party<'a>>,
+    pub caller: Json<'a, Box<native::Party<'a>>>,
     #[serde(borrow)]
-    pub callee: Json<'a, native::Party<'a>>,
+    pub callee: Json<'a, Box<native::Party<'a>>>,
     #[serde(borrow)]
     pub action: Json<'a>,
     #[serde(borrow)]
@@ -311,9 +311,9 @@ pub(crate) struct Top<'a> {
     #[serde(borrow)]
     pub decision_id: Json<'a>,
     #[serde(borrow)]
-    pub input: Json<'a, opa::Input<'a>>,
+    pub input: Json<'a, Box<opa::Input<'a>>>,
     #[serde(borrow)]
-    pub result: Json<'a, opa::ResultObj<'a>>,
+    pub result: Json<'a, Box<opa::ResultObj<'a>>>,
     #[serde(borrow)]
     pub error: Json<'a, opa::ErrorObj<'a>>,
     #[serde(borrow)]
@@ -349,7 +349,7 @@ pub(crate) struct Top<'a> {
     pub upstream_peer_uri_san: Json<'a>,
     // Hubble.
     #[serde(borrow)]
-    pub flow: Json<'a, hubble::Flow<'a>>,
+    pub flow: Json<'a, Box<hubble::Flow<'a>>>,
     #[serde(borrow)]
     pub verdict: Json<'a>,
     // Kubernetes audit.
@@ -368,9 +368,9 @@ pub(crate) struct Top<'a> {
     #[serde(borrow)]
     pub sourceIPs: List<Json<'a>>,
     #[serde(borrow)]
-    pub objectRef: Json<'a, k8s::ObjectRef<'a>>,
+    pub objectRef: Json<'a, Box<k8s::ObjectRef<'a>>>,
     #[serde(borrow)]
-    pub responseStatus: Json<'a, k8s::Status<'a>>,
+    pub responseStatus: Json<'a, Box<k8s::Status<'a>>>,
     #[serde(borrow)]
     pub requestReceivedTimestamp: Json<'a>,
     #[serde(borrow)]
@@ -386,7 +386,7 @@ pub(crate) struct Top<'a> {
     pub properties: Json<'a, k8s::AksProperties<'a>>,
     // GKE (Google Cloud Audit Logs).
     #[serde(borrow)]
-    pub protoPayload: Json<'a, gke::Proto<'a>>,
+    pub protoPayload: Json<'a, Box<gke::Proto<'a>>>,
     #[serde(borrow)]
     pub insertId: Json<'a>,
     #[serde(borrow)]
@@ -407,8 +407,8 @@ pub(crate) fn parse_time_ns(s: &str) -> Option<i64> {
 }
 
 /// A time field: absent/null is `None`; a string that is not a timestamp is an error.
-pub(crate) fn time_at<T>(j: &Json<'_, T>, path: &str) -> Result<Option<i64>, Shape> {
-    match j.str_at(path)? {
+pub(crate) fn time_at<T>(j: &Json<'_, T>, path: impl PathArg) -> Result<Option<i64>, Shape> {
+    match j.str_at(&path)? {
         None | Some("") => Ok(None),
         Some(s) => parse_time_ns(s)
             .map(Some)
@@ -435,7 +435,7 @@ pub(crate) fn sub<'a>(c: &Cow<'a, str>, f: impl for<'x> Fn(&'x str) -> Option<&'
 }
 
 /// A string field that is a real value: absent, null, empty and Envoy's `-` are `None`.
-pub(crate) fn value_at<'a, T>(j: &Json<'a, T>, path: &str) -> Result<Option<Cow<'a, str>>, Shape> {
+pub(crate) fn value_at<'a, T>(j: &Json<'a, T>, path: impl PathArg) -> Result<Option<Cow<'a, str>>, Shape> {
     Ok(j.cow_at(path)?.filter(|s| !s.is_empty() && s != "-"))
 }
 
@@ -478,12 +478,12 @@ pub(crate) fn namespace_of<'a>(principal: &Cow<'a, str>) -> Option<Cow<'a, str>>
 }
 
 /// A port field: an integer in 0..=65535.
-pub(crate) fn port_at<T>(j: &Json<'_, T>, path: &str) -> Result<Option<u16>, Shape> {
+pub(crate) fn port_at<T>(j: &Json<'_, T>, path: impl PathArg) -> Result<Option<u16>, Shape> {
     Ok(j.int_in_at(path, 0, 65535)?.map(|p| p as u16))
 }
 
 /// A status-code field: an integer in 0..=999.
-pub(crate) fn status_at<T>(j: &Json<'_, T>, path: &str) -> Result<Option<i32>, Shape> {
+pub(crate) fn status_at<T>(j: &Json<'_, T>, path: impl PathArg) -> Result<Option<i32>, Shape> {
     Ok(j.int_in_at(path, 0, 999)?.map(|c| c as i32))
 }
 

@@ -61,22 +61,22 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
     Ok(e)
 }
 
-fn party<'a>(p: &Json<'a, Party<'a>>, path: &str) -> Result<Identity<'a>, Fail> {
+fn party<'a>(p: &Json<'a, Box<Party<'a>>>, path: &str) -> Result<Identity<'a>, Fail> {
     let mut id = Identity::default();
     if let Some(p) = p.obj_at(path)? {
-        id.principal = value_at(&p.principal, &format!("{path}/principal"))?;
-        id.namespace = match value_at(&p.namespace, &format!("{path}/namespace"))? {
+        id.principal = value_at(&p.principal, (path, "/principal"))?;
+        id.namespace = match value_at(&p.namespace, (path, "/namespace"))? {
             Some(ns) => Some(ns),
             None => id.principal.as_ref().and_then(namespace_of),
         };
-        id.service = value_at(&p.service, &format!("{path}/service"))?;
-        id.ip = value_at(&p.ip, &format!("{path}/ip"))?;
+        id.service = value_at(&p.service, (path, "/service"))?;
+        id.ip = value_at(&p.ip, (path, "/ip"))?;
         if let Some(ip) = &id.ip {
             if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(Shape::new(&format!("{path}/ip"), "an IP address", Shape::quote(ip)).into());
+                return Err(Shape::new((path, "/ip"), "an IP address", Shape::quote(ip)).into());
             }
         }
-        id.port = port_at(&p.port, &format!("{path}/port"))?;
+        id.port = port_at(&p.port, (path, "/port"))?;
     }
     Ok(id)
 }

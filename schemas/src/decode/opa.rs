@@ -256,13 +256,12 @@ fn peer<'a>(p: &Json<'a, Peer<'a>>, path: &str) -> Result<Identity<'a>, Fail> {
     let Some(p) = p.obj_at(path)? else {
         return Ok(id);
     };
-    id.principal = value_at(&p.principal, &format!("{path}/principal"))?;
+    id.principal = value_at(&p.principal, (path, "/principal"))?;
     id.namespace = id.principal.as_ref().and_then(namespace_of);
-    if let Some(a) = p.address.obj_at(&format!("{path}/address"))? {
-        let sa_path = format!("{path}/address/socketAddress");
-        if let Some(sa) = a.socketAddress.obj_at(&sa_path)? {
-            id.ip = value_at(&sa.address, &format!("{sa_path}/address"))?;
-            id.port = port_at(&sa.portValue, &format!("{sa_path}/portValue"))?;
+    if let Some(a) = p.address.obj_at((path, "/address"))? {
+        if let Some(sa) = a.socketAddress.obj_at((path, "/address/socketAddress"))? {
+            id.ip = value_at(&sa.address, (path, "/address/socketAddress/address"))?;
+            id.port = port_at(&sa.portValue, (path, "/address/socketAddress/portValue"))?;
         }
     }
     Ok(id)
