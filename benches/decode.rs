@@ -18,7 +18,9 @@ const RECORDS: usize = 10_000;
 const BATCH_EVENTS: usize = 8192;
 
 fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel)
 }
 
 fn sample_lines(rel: &str) -> Vec<String> {
@@ -31,7 +33,7 @@ fn sample_lines(rel: &str) -> Vec<String> {
 }
 
 fn opa_event(i: usize) -> String {
-    let allow = i % 7 != 0;
+    let allow = !i.is_multiple_of(7);
     format!(
         concat!(
             r#"{{"decision_id":"{:08x}-55e4-417a-b1d8-4aceb67960d1","path":"envoy/authz/allow","result":{},"#,
@@ -42,13 +44,24 @@ fn opa_event(i: usize) -> String {
             r#""request":{{"http":{{"id":"{}","method":"GET","path":"/api/orders/{}","host":"orders.shop:8080","#,
             r#""headers":{{"x-request-id":"{:08x}-6af4-4986"}}}}}}}}}}}}"#
         ),
-        i, allow, (i / 60) % 60, i % 60, i % 1_000_000_000, (i / 256) % 256, i % 256, 30000 + i % 30000,
-        i % 50, i % 200, i, i % 10_000, i
+        i,
+        allow,
+        (i / 60) % 60,
+        i % 60,
+        i % 1_000_000_000,
+        (i / 256) % 256,
+        i % 256,
+        30000 + i % 30000,
+        i % 50,
+        i % 200,
+        i,
+        i % 10_000,
+        i
     )
 }
 
 fn envoy_event(i: usize) -> String {
-    let denied = i % 9 == 0;
+    let denied = i.is_multiple_of(9);
     format!(
         concat!(
             r#"{{"start_time":"2026-11-22T10:00:{:02}.{:03}Z","method":"POST","path":"/api/orders/{}","protocol":"HTTP/2","#,
@@ -60,9 +73,24 @@ fn envoy_event(i: usize) -> String {
             r#""route_name":"default","downstream_peer_uri_san":"spiffe://cluster.local/ns/web/sa/frontend","#,
             r#""upstream_peer_uri_san":"spiffe://cluster.local/ns/shop/sa/orders"}}"#
         ),
-        i % 60, i % 1000, i, if denied { 403 } else { 200 }, if denied { "UAEX" } else { "-" },
-        if denied { "ext_authz_denied" } else { "via_upstream" }, 100 + i % 900, 200 + i % 4000, i % 50,
-        i, i % 200, i % 250, 30000 + i % 30000, i % 200
+        i % 60,
+        i % 1000,
+        i,
+        if denied { 403 } else { 200 },
+        if denied { "UAEX" } else { "-" },
+        if denied {
+            "ext_authz_denied"
+        } else {
+            "via_upstream"
+        },
+        100 + i % 900,
+        200 + i % 4000,
+        i % 50,
+        i,
+        i % 200,
+        i % 250,
+        30000 + i % 30000,
+        i % 200
     )
 }
 
@@ -82,7 +110,10 @@ fn varied(samples: &[Value], i: usize) -> String {
 }
 
 fn json_samples(lines: &[String], pick: impl Fn(Value) -> Value) -> Vec<Value> {
-    lines.iter().map(|l| pick(serde_json::from_str(l).unwrap())).collect()
+    lines
+        .iter()
+        .map(|l| pick(serde_json::from_str(l).unwrap()))
+        .collect()
 }
 
 fn falco_samples() -> Vec<Value> {
@@ -109,12 +140,21 @@ fn bench_corpus(c: &mut Criterion, name: &str, records: &[Vec<u8>], pinned: Opti
     let mut events = 0u64;
     let mut check = EventBatchBuilder::with_capacity(BATCH_EVENTS);
     for r in records {
-        events += decoder.decode_into(r, 0, &mut check).unwrap_or_else(|e| panic!("{name}: {e}")) as u64;
+        events += decoder
+            .decode_into(r, 0, &mut check)
+            .unwrap_or_else(|e| panic!("{name}: {e}")) as u64;
     }
     let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
-    eprintln!("{name}: {} records, {events} events, {:.0} B/record", records.len(), bytes as f64 / records.len() as f64);
+    eprintln!(
+        "{name}: {} records, {events} events, {:.0} B/record",
+        records.len(),
+        bytes as f64 / records.len() as f64
+    );
     let mut group = c.benchmark_group("decode");
-    group.throughput(Throughput::ElementsAndBytes { elements: events, bytes });
+    group.throughput(Throughput::ElementsAndBytes {
+        elements: events,
+        bytes,
+    });
     group.bench_function(name, |b| {
         let mut builder = EventBatchBuilder::with_capacity(BATCH_EVENTS);
         b.iter(|| {
@@ -133,12 +173,23 @@ fn bench_corpus(c: &mut Criterion, name: &str, records: &[Vec<u8>], pinned: Opti
 fn benches(c: &mut Criterion) {
     let opa = corpus(opa_event);
     bench_corpus(c, "opa_envoy_ext_authz/auto", &opa, None);
-    bench_corpus(c, "opa_envoy_ext_authz/pinned", &opa, Some(SourceFormat::Opa));
+    bench_corpus(
+        c,
+        "opa_envoy_ext_authz/pinned",
+        &opa,
+        Some(SourceFormat::Opa),
+    );
 
     // OPA's own upload: gzip JSON arrays of 100 decisions.
     let uploads: Vec<Vec<u8>> = (0..RECORDS / 100)
         .map(|u| {
-            let body = format!("[{}]", (0..100).map(|i| opa_event(u * 100 + i)).collect::<Vec<_>>().join(","));
+            let body = format!(
+                "[{}]",
+                (0..100)
+                    .map(|i| opa_event(u * 100 + i))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             gz.write_all(body.as_bytes()).unwrap();
             gz.finish().unwrap()
@@ -147,7 +198,12 @@ fn benches(c: &mut Criterion) {
     bench_corpus(c, "opa_upload_gzip_x100", &uploads, None);
 
     let opa_real = json_samples(&sample_lines("opa/opa_decision_logs.jsonl"), |v| v);
-    bench_corpus(c, "opa_real_samples", &corpus(|i| varied(&opa_real, i)), None);
+    bench_corpus(
+        c,
+        "opa_real_samples",
+        &corpus(|i| varied(&opa_real, i)),
+        None,
+    );
 
     bench_corpus(c, "envoy", &corpus(envoy_event), None);
 
@@ -157,17 +213,39 @@ fn benches(c: &mut Criterion) {
     let falco = falco_samples();
     bench_corpus(c, "k8s_audit_falco", &corpus(|i| varied(&falco, i)), None);
 
-    let panther_k8s = json_samples(&sample_lines("panther/by_event_shape/k8s_audit.jsonl"), |v| v["log"].clone());
-    bench_corpus(c, "k8s_audit_panther", &corpus(|i| varied(&panther_k8s, i)), None);
+    let panther_k8s = json_samples(
+        &sample_lines("panther/by_event_shape/k8s_audit.jsonl"),
+        |v| v["log"].clone(),
+    );
+    bench_corpus(
+        c,
+        "k8s_audit_panther",
+        &corpus(|i| varied(&panther_k8s, i)),
+        None,
+    );
 
-    let gke = json_samples(&sample_lines("panther/by_event_shape/gcp_k8s_audit.jsonl"), |v| v["log"].clone());
+    let gke = json_samples(
+        &sample_lines("panther/by_event_shape/gcp_k8s_audit.jsonl"),
+        |v| v["log"].clone(),
+    );
     bench_corpus(c, "gke_audit", &corpus(|i| varied(&gke, i)), None);
 
-    let aks = json_samples(&sample_lines("panther/by_event_shape/azure_k8s_audit.jsonl"), |v| v["log"].clone());
-    bench_corpus(c, "aks_wrapped_k8s_audit", &corpus(|i| varied(&aks, i)), None);
+    let aks = json_samples(
+        &sample_lines("panther/by_event_shape/azure_k8s_audit.jsonl"),
+        |v| v["log"].clone(),
+    );
+    bench_corpus(
+        c,
+        "aks_wrapped_k8s_audit",
+        &corpus(|i| varied(&aks, i)),
+        None,
+    );
 
     let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/native-event.schema.json")).unwrap(),
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/native-event.schema.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let native = vec![schema["examples"][0].clone()];

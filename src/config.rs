@@ -39,7 +39,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
     }
 }
 
@@ -67,9 +70,18 @@ impl Default for DecodeConfig {
 
 impl DecodeConfig {
     pub fn decoder_config(&self) -> anyhow::Result<DecoderConfig> {
-        anyhow::ensure!(self.max_record_bytes > 0, "decode.max_record_bytes must be > 0");
-        anyhow::ensure!(self.max_decompressed_bytes > 0, "decode.max_decompressed_bytes must be > 0");
-        anyhow::ensure!(self.max_events_per_record > 0, "decode.max_events_per_record must be > 0");
+        anyhow::ensure!(
+            self.max_record_bytes > 0,
+            "decode.max_record_bytes must be > 0"
+        );
+        anyhow::ensure!(
+            self.max_decompressed_bytes > 0,
+            "decode.max_decompressed_bytes must be > 0"
+        );
+        anyhow::ensure!(
+            self.max_events_per_record > 0,
+            "decode.max_events_per_record must be > 0"
+        );
         Ok(DecoderConfig {
             max_record_bytes: self.max_record_bytes,
             max_decompressed_bytes: self.max_decompressed_bytes,
@@ -83,12 +95,20 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+            anyhow::ensure!(
+                path.is_file(),
+                "config file {} does not exist",
+                path.display()
+            );
             fig = fig.merge(Toml::file_exact(path));
         }
         // Only double-underscore names are config (`VIGIL_LOG__FORMAT`); other VIGIL_ variables
         // (`VIGIL_CONFIG`, secrets) are read where they are used.
-        fig = fig.merge(Env::prefixed("VIGIL_").filter(|k| k.as_str().contains("__")).split("__"));
+        fig = fig.merge(
+            Env::prefixed("VIGIL_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         fig.extract().context("invalid configuration")
     }
 
@@ -103,18 +123,28 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn file_then_env_override_defaults_and_typos_are_errors() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("vigil.toml", "[log]\nformat = \"json\"\n[decode]\nmax_record_bytes = 10\n")?;
+            jail.create_file(
+                "vigil.toml",
+                "[log]\nformat = \"json\"\n[decode]\nmax_record_bytes = 10\n",
+            )?;
             jail.set_env("VIGIL_DECODE__MAX_RECORD_BYTES", "20");
             jail.set_env("VIGIL_WEBHOOK_SECRET", "not config");
             let c = Config::load(Some(Path::new("vigil.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.log.format, LogFormat::Json);
             assert_eq!(c.decode.max_record_bytes, 20);
-            assert_eq!(c.decode.max_events_per_record, DecoderConfig::DEFAULT_MAX_EVENTS_PER_RECORD);
+            assert_eq!(
+                c.decode.max_events_per_record,
+                DecoderConfig::DEFAULT_MAX_EVENTS_PER_RECORD
+            );
 
             jail.create_file("typo.toml", "[decode]\nmax_record_byte = 10\n")?;
-            let err = format!("{:#}", Config::load(Some(Path::new("typo.toml"))).unwrap_err());
+            let err = format!(
+                "{:#}",
+                Config::load(Some(Path::new("typo.toml"))).unwrap_err()
+            );
             assert!(err.contains("max_record_byte"), "{err}");
             Ok(())
         });
@@ -127,7 +157,10 @@ mod tests {
         for (section, keys) in &defaults {
             for (key, default) in keys.as_table().unwrap() {
                 let row = format!("| `{section}.{key}` | `{default}` |");
-                assert!(readme.contains(&row), "README's config reference lacks the row {row}");
+                assert!(
+                    readme.contains(&row),
+                    "README's config reference lacks the row {row}"
+                );
             }
         }
     }

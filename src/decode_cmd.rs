@@ -98,7 +98,11 @@ pub fn run(cfg: &Config, args: DecodeArgs) -> anyhow::Result<ExitCode> {
         Framing::Whole => {
             let mut buf = Vec::new();
             let limit = max_record_bytes as u64 + 1;
-            input.by_ref().take(limit).read_to_end(&mut buf).context("reading input")?;
+            input
+                .by_ref()
+                .take(limit)
+                .read_to_end(&mut buf)
+                .context("reading input")?;
             let rec = if buf.len() > max_record_bytes {
                 let rest = io::copy(&mut input, &mut io::sink()).context("reading input")?;
                 Record::TooLong(buf.len() + rest as usize)
@@ -124,7 +128,11 @@ pub fn run(cfg: &Config, args: DecodeArgs) -> anyhow::Result<ExitCode> {
     out.finish()?;
     out.into_inner().flush()?;
     eprintln!("{records} records: {events} events decoded, {failed} records failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 enum Record {
@@ -139,7 +147,10 @@ fn too_long(decoder: &Decoder, len: usize) -> vigil_schemas::DecodeError {
     let max = decoder.config().max_record_bytes;
     vigil_schemas::DecodeError {
         format: decoder.pinned(),
-        kind: vigil_schemas::DecodeErrorKind::TooLarge { len_bytes: len, max_bytes: max },
+        kind: vigil_schemas::DecodeErrorKind::TooLarge {
+            len_bytes: len,
+            max_bytes: max,
+        },
         raw: Vec::new(),
     }
 }
@@ -147,7 +158,10 @@ fn too_long(decoder: &Decoder, len: usize) -> vigil_schemas::DecodeError {
 /// The next line, without reading more than `max` bytes of it into memory.
 fn next_line<R: BufRead + ?Sized>(input: &mut R, max: usize) -> anyhow::Result<Option<Record>> {
     let mut buf = Vec::new();
-    let n = (&mut *input).take(max as u64 + 1).read_until(b'\n', &mut buf).context("reading input")?;
+    let n = (&mut *input)
+        .take(max as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .context("reading input")?;
     if n == 0 {
         return Ok(None);
     }
@@ -196,8 +210,9 @@ fn write_batch<W: Write>(
         // Show the raw bytes as text (they are JSON); bytes that are not UTF-8 would have
         // failed to decode, so lossy conversion never changes a shown event.
         let bin = cols[idx].as_binary::<i32>();
-        let text: StringArray =
-            (0..bin.len()).map(|i| Some(String::from_utf8_lossy(bin.value(i)))).collect();
+        let text: StringArray = (0..bin.len())
+            .map(|i| Some(String::from_utf8_lossy(bin.value(i))))
+            .collect();
         cols[idx] = Arc::new(text);
         fields[idx] = Field::new("raw", arrow::datatypes::DataType::Utf8, false);
     } else {

@@ -13,7 +13,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "vigil", version, about = "Audit-log pipeline and anomaly detector for zero-trust backends")]
+#[command(
+    name = "vigil",
+    version,
+    about = "Audit-log pipeline and anomaly detector for zero-trust backends"
+)]
 struct Cli {
     /// TOML configuration file (see the README's configuration reference).
     #[arg(long, global = true, env = "VIGIL_CONFIG")]
@@ -103,7 +107,9 @@ fn init_logging(cfg: &config::LogConfig) -> anyhow::Result<()> {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
         _ => EnvFilter::try_new(&cfg.level)?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -24,7 +24,9 @@ fn vigil(args: &[&str], stdin: Option<&[u8]>) -> Output {
 }
 
 fn data(rel: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
     assert!(p.exists(), "missing test data {}", p.display());
     p.to_string_lossy().into_owned()
 }
@@ -62,36 +64,85 @@ fn bad_records_go_to_stderr_with_line_numbers_and_exit_1() {
     let out = vigil(&["decode", "-"], Some(input));
     assert_eq!(out.status.code(), Some(1));
     let ev = events(&out);
-    assert_eq!(ev.iter().map(|e| e["event_id"].as_str().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        ev.iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     let err = stderr(&out);
-    assert!(err.contains("line 3: invalid JSON at line 1 column 2"), "{err}");
-    assert!(err.contains("line 4: opa: at /decision_id: expected string, found number"), "{err}");
-    assert!(err.contains("4 records: 2 events decoded, 2 records failed"), "{err}");
+    assert!(
+        err.contains("line 3: invalid JSON at line 1 column 2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 4: opa: at /decision_id: expected string, found number"),
+        "{err}"
+    );
+    assert!(
+        err.contains("4 records: 2 events decoded, 2 records failed"),
+        "{err}"
+    );
 }
 
 #[test]
 fn pinned_format_and_raw_output() {
-    let out = vigil(&["decode", "--format", "hubble", "--raw", &data("hubble/hubble_flows.jsonl")], None);
+    let out = vigil(
+        &[
+            "decode",
+            "--format",
+            "hubble",
+            "--raw",
+            &data("hubble/hubble_flows.jsonl"),
+        ],
+        None,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let ev = events(&out);
     let line1 = std::fs::read_to_string(data("hubble/hubble_flows.jsonl")).unwrap();
-    assert_eq!(ev[0]["raw"].as_str().unwrap(), line1.lines().next().unwrap());
-    let out = vigil(&["decode", "--format", "envoy", &data("hubble/hubble_flows.jsonl")], None);
+    assert_eq!(
+        ev[0]["raw"].as_str().unwrap(),
+        line1.lines().next().unwrap()
+    );
+    let out = vigil(
+        &[
+            "decode",
+            "--format",
+            "envoy",
+            &data("hubble/hubble_flows.jsonl"),
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("line 1: envoy: at /response_code: required field is missing"));
     let out = vigil(&["decode", "--format", "nope", "-"], Some(b""));
-    assert_eq!(out.status.code(), Some(2), "usage errors are not decode failures");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "usage errors are not decode failures"
+    );
 }
 
 #[test]
 fn gzipped_opa_upload_is_one_record_of_several_events() {
-    let body = format!("[{}]", std::fs::read_to_string(data("opa/opa_decision_logs.jsonl")).unwrap().trim().replace('\n', ","));
+    let body = format!(
+        "[{}]",
+        std::fs::read_to_string(data("opa/opa_decision_logs.jsonl"))
+            .unwrap()
+            .trim()
+            .replace('\n', ",")
+    );
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(body.as_bytes()).unwrap();
     let out = vigil(&["decode"], Some(&gz.finish().unwrap()));
     assert!(out.status.success(), "{}", stderr(&out));
     let ev = events(&out);
-    assert_eq!(ev.iter().map(|e| e["record_index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(
+        ev.iter()
+            .map(|e| e["record_index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
     assert!(stderr(&out).contains("1 records: 3 events decoded"));
 }
 
@@ -117,7 +168,11 @@ fn oversized_lines_are_reported_not_buffered() {
     assert_eq!(out.status.code(), Some(1), "not JSON at the default limit");
     assert_eq!(out2.status.code(), Some(1));
     assert_eq!(events(&out2).len(), 2);
-    assert!(stderr(&out2).contains("line 2: record is 2000 bytes, over the limit of 1000 bytes"), "{}", stderr(&out2));
+    assert!(
+        stderr(&out2).contains("line 2: record is 2000 bytes, over the limit of 1000 bytes"),
+        "{}",
+        stderr(&out2)
+    );
 }
 
 #[test]
@@ -128,8 +183,19 @@ fn config_file_errors_are_clear() {
     std::fs::write(&bad, "[decode]\nmax_records_bytes = 1\n").unwrap();
     let out = vigil(&["--config", bad.to_str().unwrap(), "config"], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("max_records_bytes"), "{}", stderr(&out));
-    let out = vigil(&["--config", dir.join("missing.toml").to_str().unwrap(), "config"], None);
+    assert!(
+        stderr(&out).contains("max_records_bytes"),
+        "{}",
+        stderr(&out)
+    );
+    let out = vigil(
+        &[
+            "--config",
+            dir.join("missing.toml").to_str().unwrap(),
+            "config",
+        ],
+        None,
+    );
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     let out = vigil(&["config"], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("max_record_bytes = 4194304"));
@@ -141,8 +207,13 @@ fn the_schema_reference_in_docs_is_generated_from_the_code() {
     let out = vigil(&["schema"], None);
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/event-schema.md")).unwrap();
-    assert!(doc.ends_with(&table), "docs/event-schema.md is stale: regenerate it with `vigil schema`");
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/event-schema.md"))
+            .unwrap();
+    assert!(
+        doc.ends_with(&table),
+        "docs/event-schema.md is stale: regenerate it with `vigil schema`"
+    );
     let out = vigil(&["schema", "--json"], None);
     let cols: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cols[0]["name"], "event_time");
@@ -154,17 +225,49 @@ fn native_json_schema_accepts_what_the_decoder_accepts() {
     // The JSON Schema file is what platform teams validate against; keep it honest about the
     // required fields and the enums the decoder enforces.
     let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/native-event.schema.json")).unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/native-event.schema.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
-    let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(required, ["schema", "time", "kind", "decision"]);
-    let kinds: Vec<&str> = schema["properties"]["kind"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(kinds, vigil_schemas::Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>());
-    let decisions: Vec<&str> =
-        schema["properties"]["decision"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(decisions, vigil_schemas::Decision::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>());
-    assert_eq!(schema["properties"]["schema"]["const"], vigil_schemas::NATIVE_SCHEMA_V1);
+    let kinds: Vec<&str> = schema["properties"]["kind"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vigil_schemas::Kind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+    );
+    let decisions: Vec<&str> = schema["properties"]["decision"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        decisions,
+        vigil_schemas::Decision::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        schema["properties"]["schema"]["const"],
+        vigil_schemas::NATIVE_SCHEMA_V1
+    );
     // Its example decodes.
     let example = schema["examples"][0].to_string();
     let out = vigil(&["decode", "-"], Some(example.as_bytes()));

@@ -3,7 +3,9 @@
 
 use std::io::Write;
 
-use vigil_schemas::{DecodeError, DecodeErrorKind, Decoder, DecoderConfig, EventBatchBuilder, SourceFormat};
+use vigil_schemas::{
+    DecodeError, DecodeErrorKind, Decoder, DecoderConfig, EventBatchBuilder, SourceFormat,
+};
 
 fn err(raw: &[u8]) -> DecodeError {
     err_with(&Decoder::default(), raw)
@@ -26,7 +28,11 @@ fn invalid_json_names_line_and_column() {
         DecodeErrorKind::Syntax { line, column, .. } => assert_eq!((*line, *column), (2, 16)),
         k => panic!("{k:?}"),
     }
-    assert!(e.to_string().starts_with("invalid JSON at line 2 column 16: expected ident"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("invalid JSON at line 2 column 16: expected ident"),
+        "{e}"
+    );
     assert_eq!(err(b"{\"a\":1} trailing").kind_name(), "syntax");
     assert_eq!(err(b"{\"a\":").kind_name(), "syntax");
 }
@@ -50,31 +56,60 @@ fn empty_and_blank_records() {
 
 #[test]
 fn not_objects() {
-    for (raw, found) in [("42", "number"), ("\"x\"", "string"), ("null", "null"), ("true", "boolean")] {
+    for (raw, found) in [
+        ("42", "number"),
+        ("\"x\"", "string"),
+        ("null", "null"),
+        ("true", "boolean"),
+    ] {
         let e = err(raw.as_bytes());
-        assert_eq!(e.to_string(), format!("at /: expected a JSON object, found {found}"), "{raw}");
+        assert_eq!(
+            e.to_string(),
+            format!("at /: expected a JSON object, found {found}"),
+            "{raw}"
+        );
     }
     let e = err(format!("[{OPA_OK}, 5]").as_bytes());
     assert_eq!(e.to_string(), "at /1: expected a JSON object, found number");
-    assert_eq!(err(b"[[{}]]").to_string(), "at /0: expected a JSON object, found array");
+    assert_eq!(
+        err(b"[[{}]]").to_string(),
+        "at /0: expected a JSON object, found array"
+    );
 }
 
 #[test]
 fn ten_megabyte_record_over_the_limit_is_refused_before_parsing() {
-    let big = format!(r#"{{"decision_id":"d","result":true,"input":{{"blob":"{}"}}}}"#, "a".repeat(10 << 20));
+    let big = format!(
+        r#"{{"decision_id":"d","result":true,"input":{{"blob":"{}"}}}}"#,
+        "a".repeat(10 << 20)
+    );
     let e = err(big.as_bytes());
     assert_eq!(
         e.kind,
-        DecodeErrorKind::TooLarge { len_bytes: big.len(), max_bytes: DecoderConfig::DEFAULT_MAX_RECORD_BYTES }
+        DecodeErrorKind::TooLarge {
+            len_bytes: big.len(),
+            max_bytes: DecoderConfig::DEFAULT_MAX_RECORD_BYTES
+        }
     );
 }
 
 #[test]
 fn ten_megabyte_record_within_a_raised_limit_decodes() {
-    let big = format!(r#"{{"decision_id":"d","result":true,"input":{{"blob":"{}"}}}}"#, "a".repeat(10 << 20));
-    let cfg = DecoderConfig { max_record_bytes: 16 << 20, ..DecoderConfig::default() };
+    let big = format!(
+        r#"{{"decision_id":"d","result":true,"input":{{"blob":"{}"}}}}"#,
+        "a".repeat(10 << 20)
+    );
+    let cfg = DecoderConfig {
+        max_record_bytes: 16 << 20,
+        ..DecoderConfig::default()
+    };
     let mut b = EventBatchBuilder::with_capacity(1);
-    assert_eq!(Decoder::new(cfg, None).decode_into(big.as_bytes(), 0, &mut b).unwrap(), 1);
+    assert_eq!(
+        Decoder::new(cfg, None)
+            .decode_into(big.as_bytes(), 0, &mut b)
+            .unwrap(),
+        1
+    );
     assert_eq!(b.raw_bytes(), big.len());
 }
 
@@ -86,34 +121,77 @@ fn nesting_ten_thousand_deep_is_handled_without_recursion() {
     let arr = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
     let obj = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
 
-    assert_eq!(err(arr.as_bytes()).to_string(), "at /0: expected a JSON object, found array");
+    assert_eq!(
+        err(arr.as_bytes()).to_string(),
+        "at /0: expected a JSON object, found array"
+    );
     assert_eq!(err(obj.as_bytes()).kind, DecodeErrorKind::UnknownFormat);
 
     // Deep values inside an event are tolerated like any unknown content, and kept raw.
     for deep in [&arr, &obj] {
-        let raw = format!(r#"{{"decision_id":"d","result":false,"input":{{"attributes":{{"x":{deep}}},"y":{deep}}}}}"#);
+        let raw = format!(
+            r#"{{"decision_id":"d","result":false,"input":{{"attributes":{{"x":{deep}}},"y":{deep}}}}}"#
+        );
         let mut b = EventBatchBuilder::with_capacity(1);
-        assert_eq!(Decoder::default().decode_into(raw.as_bytes(), 0, &mut b).unwrap(), 1);
+        assert_eq!(
+            Decoder::default()
+                .decode_into(raw.as_bytes(), 0, &mut b)
+                .unwrap(),
+            1
+        );
         assert_eq!(b.raw_bytes(), raw.len());
     }
     // Where a decoder expects an object and finds deep nesting, the type error says so.
     let raw = format!(r#"{{"decision_id":"d","input":{{"attributes":{arr}}}}}"#);
-    assert_eq!(err(raw.as_bytes()).to_string(), "opa: at /input/attributes: expected object, found array");
+    assert_eq!(
+        err(raw.as_bytes()).to_string(),
+        "opa: at /input/attributes: expected object, found array"
+    );
 }
 
 #[test]
 fn wrong_types_name_the_path_and_both_types() {
     let cases = [
-        (r#"{"decision_id":5,"result":true}"#, "opa: at /decision_id: expected string, found number"),
-        (r#"{"decision_id":"d","timestamp":"yesterday","result":true}"#, "opa: at /timestamp: expected RFC 3339 timestamp, found string \"yesterday\""),
-        (r#"{"decision_id":"d","result":{"allowed":"yes"}}"#, "opa: at /result/allowed: expected boolean, found string"),
-        (r#"{"decision_id":"d","input":{"attributes":[]}}"#, "opa: at /input/attributes: expected object, found array"),
-        (r#"{"flow":{"verdict":"DROPPED","IP":"10.0.0.1"}}"#, "hubble: at /flow/IP: expected object, found string"),
-        (r#"{"flow":{"verdict":"DROPPED","l4":{"TCP":{"destination_port":70000}}}}"#, "hubble: at /flow/l4/TCP/destination_port: expected integer in 0..=65535, found number 70000"),
-        (r#"{"kind":"Event","verb":"get","user":"alice"}"#, "k8s_audit: at /user: expected object, found string"),
-        (r#"{"kind":"Event","verb":"get","sourceIPs":"10.0.0.1"}"#, "k8s_audit: at /sourceIPs: expected array, found string"),
-        (r#"{"start_time":"2024-01-01T00:00:00Z","response_code":"OK"}"#, "envoy: at /response_code: expected integer, found string \"OK\""),
-        (r#"{"protoPayload":{"serviceName":"k8s.io","authorizationInfo":[{"granted":"no"}]}}"#, "gke_audit: at /protoPayload/authorizationInfo/0/granted: expected boolean, found string"),
+        (
+            r#"{"decision_id":5,"result":true}"#,
+            "opa: at /decision_id: expected string, found number",
+        ),
+        (
+            r#"{"decision_id":"d","timestamp":"yesterday","result":true}"#,
+            "opa: at /timestamp: expected RFC 3339 timestamp, found string \"yesterday\"",
+        ),
+        (
+            r#"{"decision_id":"d","result":{"allowed":"yes"}}"#,
+            "opa: at /result/allowed: expected boolean, found string",
+        ),
+        (
+            r#"{"decision_id":"d","input":{"attributes":[]}}"#,
+            "opa: at /input/attributes: expected object, found array",
+        ),
+        (
+            r#"{"flow":{"verdict":"DROPPED","IP":"10.0.0.1"}}"#,
+            "hubble: at /flow/IP: expected object, found string",
+        ),
+        (
+            r#"{"flow":{"verdict":"DROPPED","l4":{"TCP":{"destination_port":70000}}}}"#,
+            "hubble: at /flow/l4/TCP/destination_port: expected integer in 0..=65535, found number 70000",
+        ),
+        (
+            r#"{"kind":"Event","verb":"get","user":"alice"}"#,
+            "k8s_audit: at /user: expected object, found string",
+        ),
+        (
+            r#"{"kind":"Event","verb":"get","sourceIPs":"10.0.0.1"}"#,
+            "k8s_audit: at /sourceIPs: expected array, found string",
+        ),
+        (
+            r#"{"start_time":"2024-01-01T00:00:00Z","response_code":"OK"}"#,
+            "envoy: at /response_code: expected integer, found string \"OK\"",
+        ),
+        (
+            r#"{"protoPayload":{"serviceName":"k8s.io","authorizationInfo":[{"granted":"no"}]}}"#,
+            "gke_audit: at /protoPayload/authorizationInfo/0/granted: expected boolean, found string",
+        ),
     ];
     for (raw, msg) in cases {
         let e = err(raw.as_bytes());
@@ -154,9 +232,17 @@ fn gzip_bomb_in_an_opa_upload_stops_at_the_limit() {
     }
     gz.write_all(b"]").unwrap();
     let bomb = gz.finish().unwrap();
-    assert!(bomb.len() < DecoderConfig::DEFAULT_MAX_RECORD_BYTES, "the bomb itself is small");
+    assert!(
+        bomb.len() < DecoderConfig::DEFAULT_MAX_RECORD_BYTES,
+        "the bomb itself is small"
+    );
     let e = err(&bomb);
-    assert_eq!(e.kind, DecodeErrorKind::DecompressedTooLarge { max_bytes: DecoderConfig::DEFAULT_MAX_DECOMPRESSED_BYTES });
+    assert_eq!(
+        e.kind,
+        DecodeErrorKind::DecompressedTooLarge {
+            max_bytes: DecoderConfig::DEFAULT_MAX_DECOMPRESSED_BYTES
+        }
+    );
 }
 
 #[test]
@@ -168,7 +254,10 @@ fn corrupt_and_truncated_gzip() {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0xff;
     let e = err(&flipped);
-    assert!(matches!(e.kind_name(), "gzip" | "syntax" | "invalid_utf8"), "{e}");
+    assert!(
+        matches!(e.kind_name(), "gzip" | "syntax" | "invalid_utf8"),
+        "{e}"
+    );
     // And the intact one decodes.
     let mut b = EventBatchBuilder::with_capacity(1);
     assert_eq!(Decoder::default().decode_into(&good, 0, &mut b).unwrap(), 1);
@@ -178,12 +267,18 @@ fn corrupt_and_truncated_gzip() {
 fn arrays_are_all_or_nothing_with_the_failing_index() {
     let raw = format!(r#"[{OPA_OK},{OPA_OK},{{"decision_id":7}}]"#);
     let e = err(raw.as_bytes());
-    assert_eq!(e.to_string(), "opa: at /2/decision_id: expected string, found number");
+    assert_eq!(
+        e.to_string(),
+        "opa: at /2/decision_id: expected string, found number"
+    );
 }
 
 #[test]
 fn arrays_over_the_event_limit() {
-    let cfg = DecoderConfig { max_events_per_record: 2, ..DecoderConfig::default() };
+    let cfg = DecoderConfig {
+        max_events_per_record: 2,
+        ..DecoderConfig::default()
+    };
     let raw = format!("[{OPA_OK},{OPA_OK},{OPA_OK}]");
     let e = err_with(&Decoder::new(cfg, None), raw.as_bytes());
     assert_eq!(e.kind, DecodeErrorKind::TooManyEvents { len: 3, max: 2 });
@@ -191,19 +286,31 @@ fn arrays_over_the_event_limit() {
 
 #[test]
 fn escaped_strings_and_unicode_survive() {
-    let raw = r#"{"decision_id":"d\u00e9\"q","result":true,"input":{"path":"/caf\u00e9/\ud83d\ude00"}}"#;
+    let raw =
+        r#"{"decision_id":"d\u00e9\"q","result":true,"input":{"path":"/caf\u00e9/\ud83d\ude00"}}"#;
     let mut got = None;
     Decoder::default()
-        .decode_with(raw.as_bytes(), |e| got = Some((e.event_id.clone().unwrap().into_owned(), e.resource.clone().unwrap().into_owned())))
+        .decode_with(raw.as_bytes(), |e| {
+            got = Some((
+                e.event_id.clone().unwrap().into_owned(),
+                e.resource.clone().unwrap().into_owned(),
+            ))
+        })
         .unwrap();
     assert_eq!(got.unwrap(), ("dé\"q".to_owned(), "/café/😀".to_owned()));
     // A lone surrogate escape is invalid JSON text.
-    assert_eq!(err(br#"{"decision_id":"\ud800","result":true}"#).kind_name(), "syntax");
+    assert_eq!(
+        err(br#"{"decision_id":"\ud800","result":true}"#).kind_name(),
+        "syntax"
+    );
 }
 
 #[test]
 fn pinned_format_errors_name_the_format() {
     let d = Decoder::new(DecoderConfig::default(), Some(SourceFormat::Envoy));
     assert_eq!(err_with(&d, b"").format, Some(SourceFormat::Envoy));
-    assert_eq!(err_with(&d, br#"{"x":1}"#).to_string(), "envoy: at /response_code: required field is missing");
+    assert_eq!(
+        err_with(&d, br#"{"x":1}"#).to_string(),
+        "envoy: at /response_code: required field is missing"
+    );
 }

@@ -10,8 +10,14 @@ use serde_json::Value;
 use vigil_schemas::{Decision, Decoder, DecoderConfig, Event, Kind, SourceFormat};
 
 fn data(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel);
-    assert!(p.exists(), "test data missing: {} (shared/ must sit beside the repo)", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "test data missing: {} (shared/ must sit beside the repo)",
+        p.display()
+    );
     p
 }
 
@@ -47,7 +53,10 @@ fn s<'a>(o: &'a Option<std::borrow::Cow<'_, str>>) -> Option<&'a str> {
 }
 
 fn ns(rfc3339: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_nanos_opt().unwrap()
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .timestamp_nanos_opt()
+        .unwrap()
 }
 
 // ---------- OPA ----------
@@ -57,13 +66,27 @@ fn opa_documented_upload_event() {
     let lines = lines("opa/opa_decision_logs.jsonl");
     let e = one(&lines[0]);
     assert_eq!(e.format, SourceFormat::Opa);
-    assert_eq!((e.kind, e.decision), (Kind::Authz, Decision::Allow), "result is the string \"true\"");
+    assert_eq!(
+        (e.kind, e.decision),
+        (Kind::Authz, Decision::Allow),
+        "result is the string \"true\""
+    );
     assert_eq!(s(&e.event_id), Some("4ca636c1-55e4-417a-b1d8-4aceb67960d1"));
     assert_eq!(s(&e.policy), Some("http/example/authz/allow"));
-    assert_eq!(s(&e.policy_revision), Some("authz=W3sibCI6InN5cy9jYXRhbG9nIiwicyI6NDA3MX1d"));
-    assert_eq!((s(&e.action), s(&e.resource)), (Some("GET"), Some("/salary/bob")));
+    assert_eq!(
+        s(&e.policy_revision),
+        Some("authz=W3sibCI6InN5cy9jYXRhbG9nIiwicyI6NDA3MX1d")
+    );
+    assert_eq!(
+        (s(&e.action), s(&e.resource)),
+        (Some("GET"), Some("/salary/bob"))
+    );
     assert_eq!(e.time_ns, Some(ns("2018-01-01T00:00:00Z")));
-    assert_eq!(e.raw.as_ref(), lines[0].as_bytes(), "raw bytes are kept exactly");
+    assert_eq!(
+        e.raw.as_ref(),
+        lines[0].as_bytes(),
+        "raw bytes are kept exactly"
+    );
 }
 
 #[test]
@@ -71,18 +94,36 @@ fn opa_envoy_plugin_deny_and_allow() {
     let lines = lines("opa/opa_decision_logs.jsonl");
     let deny = one(&lines[1]);
     assert_eq!(deny.decision, Decision::Deny);
-    assert_eq!(s(&deny.event_id), Some("1df154b5-658a-47bf-ac18-be52998605da"));
-    assert_eq!((s(&deny.caller.ip), deny.caller.port), (Some("10.244.2.10"), Some(53488)));
-    assert_eq!((s(&deny.callee.ip), deny.callee.port), (Some("10.0.16.44"), Some(14001)));
+    assert_eq!(
+        s(&deny.event_id),
+        Some("1df154b5-658a-47bf-ac18-be52998605da")
+    );
+    assert_eq!(
+        (s(&deny.caller.ip), deny.caller.port),
+        (Some("10.244.2.10"), Some(53488))
+    );
+    assert_eq!(
+        (s(&deny.callee.ip), deny.callee.port),
+        (Some("10.0.16.44"), Some(14001))
+    );
     assert_eq!(s(&deny.callee.service), Some("bookstore.bookstore:14001"));
-    assert_eq!((s(&deny.action), s(&deny.resource)), (Some("GET"), Some("/books-bought")));
-    assert_eq!(s(&deny.request_id), Some("69b80716-6af4-4986-bf8c-8f209d96f131"));
+    assert_eq!(
+        (s(&deny.action), s(&deny.resource)),
+        (Some("GET"), Some("/books-bought"))
+    );
+    assert_eq!(
+        s(&deny.request_id),
+        Some("69b80716-6af4-4986-bf8c-8f209d96f131")
+    );
     assert_eq!(s(&deny.policy), Some("envoy/authz/allow"));
     assert_eq!(deny.time_ns, Some(ns("2021-05-04T01:21:18.1971808Z")));
 
     let allow = one(&lines[2]);
     assert_eq!(allow.decision, Decision::Allow);
-    assert_eq!((s(&allow.action), s(&allow.resource)), (Some("GET"), Some("/buy-a-book/new")));
+    assert_eq!(
+        (s(&allow.action), s(&allow.resource)),
+        (Some("GET"), Some("/buy-a-book/new"))
+    );
     assert_eq!(allow.caller.port, Some(48860));
 }
 
@@ -91,12 +132,20 @@ fn opa_envoy_principals_under_mtls_become_caller_and_callee() {
     // The real sample ran without mTLS; add the principals Envoy sets under mTLS to it.
     let lines = lines("opa/opa_decision_logs.jsonl");
     let mut v: Value = serde_json::from_str(&lines[1]).unwrap();
-    v["input"]["attributes"]["source"]["principal"] = "spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer".into();
-    v["input"]["attributes"]["destination"]["principal"] = "spiffe://cluster.local/ns/bookstore/sa/bookstore".into();
+    v["input"]["attributes"]["source"]["principal"] =
+        "spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer".into();
+    v["input"]["attributes"]["destination"]["principal"] =
+        "spiffe://cluster.local/ns/bookstore/sa/bookstore".into();
     let e = one(&v.to_string());
-    assert_eq!(s(&e.caller.principal), Some("spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"));
+    assert_eq!(
+        s(&e.caller.principal),
+        Some("spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer")
+    );
     assert_eq!(s(&e.caller.namespace), Some("bookbuyer"));
-    assert_eq!(s(&e.callee.principal), Some("spiffe://cluster.local/ns/bookstore/sa/bookstore"));
+    assert_eq!(
+        s(&e.callee.principal),
+        Some("spiffe://cluster.local/ns/bookstore/sa/bookstore")
+    );
     assert_eq!(s(&e.callee.namespace), Some("bookstore"));
 }
 
@@ -113,7 +162,10 @@ fn opa_upload(gzip: bool) -> Vec<u8> {
 
 #[test]
 fn opa_upload_arrays_plain_and_gzipped_match_the_single_records() {
-    let singles: Vec<Event> = lines("opa/opa_decision_logs.jsonl").iter().map(|l| one(l)).collect();
+    let singles: Vec<Event> = lines("opa/opa_decision_logs.jsonl")
+        .iter()
+        .map(|l| one(l))
+        .collect();
     for gzip in [false, true] {
         let events = decode(&opa_upload(gzip));
         assert_eq!(events.len(), 3);
@@ -133,19 +185,34 @@ fn opa_upload_arrays_plain_and_gzipped_match_the_single_records() {
 fn hubble_exporter_lines() {
     let lines = lines("hubble/hubble_flows.jsonl");
     let e = one(&lines[0]);
-    assert_eq!((e.format, e.kind, e.decision), (SourceFormat::Hubble, Kind::Flow, Decision::Deny));
+    assert_eq!(
+        (e.format, e.kind, e.decision),
+        (SourceFormat::Hubble, Kind::Flow, Decision::Deny)
+    );
     assert_eq!(s(&e.reason), Some("INVALID_SOURCE_IP"));
-    assert_eq!((s(&e.caller.ip), s(&e.callee.ip)), (Some("fe80::64d8:8aff:fe72:fc14"), Some("ff02::2")));
+    assert_eq!(
+        (s(&e.caller.ip), s(&e.callee.ip)),
+        (Some("fe80::64d8:8aff:fe72:fc14"), Some("ff02::2"))
+    );
     assert_eq!(s(&e.action), Some("ICMPv6"));
     assert_eq!(e.is_reply, Some(false));
 
     let e = one(&lines[1]);
     assert_eq!(e.decision, Decision::Deny);
     assert_eq!(s(&e.reason), Some("POLICY_DENIED"));
-    assert_eq!((s(&e.caller.principal), s(&e.caller.namespace)), (Some("xwing"), Some("default")));
-    assert_eq!((s(&e.caller.ip), e.caller.port), (Some("10.244.1.60"), Some(44916)));
+    assert_eq!(
+        (s(&e.caller.principal), s(&e.caller.namespace)),
+        (Some("xwing"), Some("default"))
+    );
+    assert_eq!(
+        (s(&e.caller.ip), e.caller.port),
+        (Some("10.244.1.60"), Some(44916))
+    );
     assert_eq!(s(&e.callee.principal), Some("deathstar-7848d6c4d5-th9v2"));
-    assert_eq!((s(&e.callee.ip), e.callee.port), (Some("10.244.1.5"), Some(80)));
+    assert_eq!(
+        (s(&e.callee.ip), e.callee.port),
+        (Some("10.244.1.5"), Some(80))
+    );
     assert_eq!(s(&e.action), Some("TCP"));
     assert_eq!(e.time_ns, Some(ns("2023-08-21T12:12:18.510175415Z")));
 }
@@ -170,7 +237,10 @@ fn hubble_forwarded_replies_are_kept_and_marked() {
     v["flow"]["verdict"] = "FORWARDED".into();
     v["flow"]["is_reply"] = true.into();
     let e = one(&v.to_string());
-    assert_eq!((e.decision, e.is_reply, e.reason), (Decision::Allow, Some(true), None));
+    assert_eq!(
+        (e.decision, e.is_reply, e.reason),
+        (Decision::Allow, Some(true), None)
+    );
 }
 
 // ---------- Kubernetes audit (Falco) ----------
@@ -178,7 +248,9 @@ fn hubble_forwarded_replies_are_kept_and_marked() {
 /// Expected mapping of a Kubernetes audit event, read from its own fields.
 fn check_k8s(v: &Value, e: &Event<'_>, ctx: &str) {
     let code = v.pointer("/responseStatus/code").and_then(Value::as_i64);
-    let authz = v.pointer("/annotations/authorization.k8s.io~1decision").and_then(Value::as_str);
+    let authz = v
+        .pointer("/annotations/authorization.k8s.io~1decision")
+        .and_then(Value::as_str);
     let expect = if code == Some(401) {
         (Kind::Authn, Decision::Deny)
     } else if code == Some(403) || authz == Some("forbid") {
@@ -189,11 +261,19 @@ fn check_k8s(v: &Value, e: &Event<'_>, ctx: &str) {
         (Kind::AdminAudit, Decision::Unknown)
     };
     assert_eq!((e.kind, e.decision), expect, "{ctx}");
-    let str_at = |p: &str| v.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let str_at = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     assert_eq!(s(&e.caller.principal), str_at("/user/username"), "{ctx}");
     assert_eq!(s(&e.caller.ip), str_at("/sourceIPs/0"), "{ctx}");
     assert_eq!(s(&e.action), str_at("/verb"), "{ctx}");
-    assert_eq!(s(&e.callee.namespace), str_at("/objectRef/namespace"), "{ctx}");
+    assert_eq!(
+        s(&e.callee.namespace),
+        str_at("/objectRef/namespace"),
+        "{ctx}"
+    );
     assert_eq!(s(&e.callee.service), Some("kube-apiserver"), "{ctx}");
     if let Some(uri) = str_at("/requestURI") {
         assert_eq!(s(&e.resource), Some(uri), "{ctx}");
@@ -243,21 +323,33 @@ fn falco_malformed_event_is_rejected_even_when_pinned() {
     let err = Decoder::new(DecoderConfig::default(), Some(SourceFormat::K8sAudit))
         .decode_with(&raw, |_| {})
         .unwrap_err();
-    assert_eq!(err.to_string(), "k8s_audit: at /verb: required field is missing");
+    assert_eq!(
+        err.to_string(),
+        "k8s_audit: at /verb: required field is missing"
+    );
 }
 
 #[test]
 fn falco_unexpected_caller_pair() {
     // The allowlist pair the data README names: some-user must trip it, minikube-user not.
-    let some = std::fs::read_to_string(data("k8s-audit-falco/trace_files/some-user_creates_namespace_foo.json")).unwrap();
+    let some = std::fs::read_to_string(data(
+        "k8s-audit-falco/trace_files/some-user_creates_namespace_foo.json",
+    ))
+    .unwrap();
     let e = one(some.trim());
     assert_eq!(s(&e.caller.principal), Some("some-user"));
-    assert_eq!((s(&e.action), s(&e.resource)), (Some("create"), Some("/api/v1/namespaces")));
+    assert_eq!(
+        (s(&e.action), s(&e.resource)),
+        (Some("create"), Some("/api/v1/namespaces"))
+    );
     assert_eq!((e.kind, e.decision), (Kind::AdminAudit, Decision::Allow));
     assert_eq!(s(&e.caller.ip), Some("192.168.99.1"));
     assert_eq!(e.time_ns, Some(ns("2018-10-25T13:58:49.730588Z")));
 
-    let mini = std::fs::read_to_string(data("k8s-audit-falco/trace_files/minikube_creates_namespace_foo.json")).unwrap();
+    let mini = std::fs::read_to_string(data(
+        "k8s-audit-falco/trace_files/minikube_creates_namespace_foo.json",
+    ))
+    .unwrap();
     let e = one(mini.trim());
     assert_eq!(s(&e.caller.principal), Some("minikube-user"));
     assert_eq!(s(&e.action), Some("create"));
@@ -294,8 +386,14 @@ fn panther_eks_anonymous_access_event() {
     let e = one(&v.to_string());
     assert_eq!(s(&e.caller.principal), Some("system:anonymous"));
     assert_eq!((e.kind, e.decision), (Kind::AdminAudit, Decision::Allow));
-    assert_eq!(s(&e.reason), Some("RBAC: allowed by ClusterRoleBinding system:public-info-viewer"));
-    assert_eq!(s(&e.resource), Some("/api/v1/namespaces/default/pods/test-pod"));
+    assert_eq!(
+        s(&e.reason),
+        Some("RBAC: allowed by ClusterRoleBinding system:public-info-viewer")
+    );
+    assert_eq!(
+        s(&e.resource),
+        Some("/api/v1/namespaces/default/pods/test-pod")
+    );
     assert_eq!(s(&e.callee.namespace), Some("default"));
     // Panther writes zone-less timestamps; they are UTC.
     assert_eq!(e.time_ns, Some(ns("2022-11-29T00:09:04.38Z")));
@@ -312,12 +410,15 @@ fn panther_gke_audit_events() {
         let p = &v["protoPayload"];
         let granted: Vec<bool> = p["authorizationInfo"]
             .as_array()
-            .map(|a| a.iter().map(|x| x["granted"].as_bool().unwrap_or(false)).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|x| x["granted"].as_bool().unwrap_or(false))
+                    .collect()
+            })
             .unwrap_or_default();
         let code = p.pointer("/status/code").and_then(Value::as_i64);
-        let expect = if code == Some(16) {
-            Decision::Deny
-        } else if code == Some(7) || granted.contains(&false) {
+        // gRPC 16 (UNAUTHENTICATED) or 7 (PERMISSION_DENIED), or any permission not granted.
+        let expect = if code == Some(16) || code == Some(7) || granted.contains(&false) {
             Decision::Deny
         } else if !granted.is_empty() {
             Decision::Allow
@@ -325,10 +426,24 @@ fn panther_gke_audit_events() {
             Decision::Unknown
         };
         assert_eq!(e.decision, expect, "{ctx}");
-        assert_eq!(s(&e.caller.principal), p.pointer("/authenticationInfo/principalEmail").and_then(Value::as_str), "{ctx}");
-        assert_eq!(s(&e.caller.ip), p.pointer("/requestMetadata/callerIP").and_then(Value::as_str), "{ctx}");
+        assert_eq!(
+            s(&e.caller.principal),
+            p.pointer("/authenticationInfo/principalEmail")
+                .and_then(Value::as_str),
+            "{ctx}"
+        );
+        assert_eq!(
+            s(&e.caller.ip),
+            p.pointer("/requestMetadata/callerIP")
+                .and_then(Value::as_str),
+            "{ctx}"
+        );
         assert_eq!(s(&e.resource), p["resourceName"].as_str(), "{ctx}");
-        assert_eq!(s(&e.action), p["methodName"].as_str().and_then(|m| m.rsplit('.').next()), "{ctx}");
+        assert_eq!(
+            s(&e.action),
+            p["methodName"].as_str().and_then(|m| m.rsplit('.').next()),
+            "{ctx}"
+        );
     }
 }
 
@@ -341,7 +456,11 @@ fn panther_aks_wrapped_audit_events() {
         let e = one(&raw);
         let ctx = format!("aks event {i}");
         assert_eq!(e.format, SourceFormat::K8sAudit, "{ctx}");
-        assert_eq!(e.raw.as_ref(), raw.as_bytes(), "{ctx}: raw is the whole wrapper");
+        assert_eq!(
+            e.raw.as_ref(),
+            raw.as_bytes(),
+            "{ctx}: raw is the whole wrapper"
+        );
         let inner: Value = serde_json::from_str(v["properties"]["log"].as_str().unwrap()).unwrap();
         check_k8s(&inner, &e, &ctx);
     }
@@ -352,7 +471,10 @@ fn panther_aks_wrapped_audit_events() {
 #[test]
 fn pinned_formats_decode_their_samples_and_refuse_others() {
     let opa = &lines("opa/opa_decision_logs.jsonl")[1];
-    assert_eq!(decode_as(opa.as_bytes(), Some(SourceFormat::Opa))[0].decision, Decision::Deny);
+    assert_eq!(
+        decode_as(opa.as_bytes(), Some(SourceFormat::Opa))[0].decision,
+        Decision::Deny
+    );
     let hubble = &lines("hubble/hubble_flows.jsonl")[1];
     let err = Decoder::new(DecoderConfig::default(), Some(SourceFormat::Opa))
         .decode_with(hubble.as_bytes(), |_| {})
@@ -362,5 +484,8 @@ fn pinned_formats_decode_their_samples_and_refuse_others() {
     let err = Decoder::new(DecoderConfig::default(), Some(SourceFormat::Native))
         .decode_with(opa.as_bytes(), |_| {})
         .unwrap_err();
-    assert_eq!(err.to_string(), "native: at /schema: required field is missing");
+    assert_eq!(
+        err.to_string(),
+        "native: at /schema: required field is missing"
+    );
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, StringBuilder, TimestampNanosecondBuilder,
-    UInt16Builder, UInt32Builder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, StringBuilder,
+    TimestampNanosecondBuilder, UInt16Builder, UInt32Builder,
 };
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -135,14 +135,16 @@ impl EventBatchBuilder {
     /// Append one event. `received_time_ns` stands in for the event time when the record
     /// carried none (and the row is then marked `event_time_inferred`).
     pub fn append(&mut self, e: &Event<'_>, received_time_ns: i64) {
-        self.event_time.append_value(e.time_ns.unwrap_or(received_time_ns));
+        self.event_time
+            .append_value(e.time_ns.unwrap_or(received_time_ns));
         self.event_time_inferred.append_value(e.time_ns.is_none());
         self.kind.append_value(e.kind.as_str());
         self.source_format.append_value(e.format.as_str());
         self.decision.append_value(e.decision.as_str());
         self.reason.append_option(e.reason.as_deref());
         self.policy.append_option(e.policy.as_deref());
-        self.policy_revision.append_option(e.policy_revision.as_deref());
+        self.policy_revision
+            .append_option(e.policy_revision.as_deref());
         self.caller.append(&e.caller);
         self.callee.append(&e.callee);
         self.action.append_option(e.action.as_deref());
@@ -220,7 +222,14 @@ mod tests {
         assert_eq!((t.value(0), t.value(1)), (5, 99));
         let inferred = batch.column(1).as_boolean();
         assert!(!inferred.value(0) && inferred.value(1));
-        assert_eq!(batch.column_by_name("decision").unwrap().as_string::<i32>().value(0), "deny");
+        assert_eq!(
+            batch
+                .column_by_name("decision")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "deny"
+        );
         assert!(batch.column_by_name("callee_port").unwrap().is_null(0));
     }
 }

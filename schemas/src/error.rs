@@ -19,7 +19,11 @@ pub enum DecodeErrorKind {
     /// Decompressing would exceed `max_decompressed_bytes` (a gzip bomb, or a huge upload).
     DecompressedTooLarge { max_bytes: usize },
     /// Not JSON: serde_json's message with line and column.
-    Syntax { line: usize, column: usize, message: String },
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     /// JSON, but not an object (or, at the top level, an array of objects).
     NotAnObject { found: String },
     /// An array that holds no event.
@@ -39,21 +43,34 @@ impl fmt::Display for DecodeErrorKind {
         use DecodeErrorKind::*;
         match self {
             Empty => f.write_str("empty record"),
-            TooLarge { len_bytes, max_bytes } => {
-                write!(f, "record is {len_bytes} bytes, over the limit of {max_bytes} bytes")
+            TooLarge {
+                len_bytes,
+                max_bytes,
+            } => {
+                write!(
+                    f,
+                    "record is {len_bytes} bytes, over the limit of {max_bytes} bytes"
+                )
             }
             InvalidUtf8 { offset } => write!(f, "invalid UTF-8 at byte offset {offset}"),
             Gzip { detail } => write!(f, "corrupt gzip data: {detail}"),
             DecompressedTooLarge { max_bytes } => {
                 write!(f, "gzip data decompresses to more than {max_bytes} bytes")
             }
-            Syntax { line, column, message } => {
+            Syntax {
+                line,
+                column,
+                message,
+            } => {
                 write!(f, "invalid JSON at line {line} column {column}: {message}")
             }
             NotAnObject { found } => write!(f, "expected a JSON object, found {found}"),
             EmptyArray => f.write_str("empty array: no events in the record"),
             TooManyEvents { len, max } => {
-                write!(f, "array of {len} events, over the limit of {max} per record")
+                write!(
+                    f,
+                    "array of {len} events, over the limit of {max} per record"
+                )
             }
             UnknownFormat => f.write_str(
                 "no known format recognised (expected keys such as decision_id+input (opa), \
@@ -81,7 +98,11 @@ pub struct DecodeError {
 
 impl DecodeError {
     pub(crate) fn new(format: Option<SourceFormat>, kind: DecodeErrorKind, raw: &[u8]) -> Self {
-        DecodeError { format, kind, raw: raw.to_vec() }
+        DecodeError {
+            format,
+            kind,
+            raw: raw.to_vec(),
+        }
     }
 
     /// A short, stable name of the error kind, for metrics labels and Kafka headers.
@@ -134,7 +155,9 @@ impl From<DecodeErrorKind> for Fail {
 
 impl Fail {
     pub(crate) fn missing(path: impl crate::json::PathArg) -> Self {
-        Fail::Kind(DecodeErrorKind::Missing { path: path.render() })
+        Fail::Kind(DecodeErrorKind::Missing {
+            path: path.render(),
+        })
     }
 
     pub(crate) fn into_kind(self) -> DecodeErrorKind {
@@ -148,16 +171,18 @@ impl Fail {
     pub(crate) fn within(self, prefix: &str) -> Self {
         match self {
             Fail::Shape(s) => Fail::Shape(s.within(prefix)),
-            Fail::Kind(DecodeErrorKind::Missing { path }) => {
-                Fail::Kind(DecodeErrorKind::Missing { path: format!("{prefix}{path}") })
-            }
-            Fail::Kind(DecodeErrorKind::Syntax { line, column, message }) => {
-                Fail::Kind(DecodeErrorKind::Syntax {
-                    line,
-                    column,
-                    message: format!("{message} (in {prefix})"),
-                })
-            }
+            Fail::Kind(DecodeErrorKind::Missing { path }) => Fail::Kind(DecodeErrorKind::Missing {
+                path: format!("{prefix}{path}"),
+            }),
+            Fail::Kind(DecodeErrorKind::Syntax {
+                line,
+                column,
+                message,
+            }) => Fail::Kind(DecodeErrorKind::Syntax {
+                line,
+                column,
+                message: format!("{message} (in {prefix})"),
+            }),
             other => other,
         }
     }
@@ -170,5 +195,9 @@ pub(crate) fn syntax(e: &serde_json::Error) -> DecodeErrorKind {
         Some(i) => msg[..i].to_owned(),
         None => msg,
     };
-    DecodeErrorKind::Syntax { line: e.line(), column: e.column(), message }
+    DecodeErrorKind::Syntax {
+        line: e.line(),
+        column: e.column(),
+        message,
+    }
 }

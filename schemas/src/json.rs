@@ -94,8 +94,16 @@ pub struct Shape {
 }
 
 impl Shape {
-    pub(crate) fn new(path: impl PathArg, expected: impl Into<String>, found: impl Into<String>) -> Self {
-        Shape { path: path.render(), expected: expected.into(), found: found.into() }
+    pub(crate) fn new(
+        path: impl PathArg,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> Self {
+        Shape {
+            path: path.render(),
+            expected: expected.into(),
+            found: found.into(),
+        }
     }
 
     /// Quote an invalid string value for an error message, truncated to keep errors small.
@@ -117,7 +125,11 @@ impl Shape {
 
 impl fmt::Display for Shape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "at {}: expected {}, found {}", self.path, self.expected, self.found)
+        write!(
+            f,
+            "at {}: expected {}, found {}",
+            self.path, self.expected, self.found
+        )
     }
 }
 
@@ -168,7 +180,9 @@ impl<'a, T> Json<'a, T> {
     }
 
     fn mismatch(&self, path: impl PathArg, expected: &str) -> Shape {
-        let found = self.json_type().map_or_else(|| "nothing".to_owned(), |t| t.to_string());
+        let found = self
+            .json_type()
+            .map_or_else(|| "nothing".to_owned(), |t| t.to_string());
         Shape::new(path, expected, found)
     }
 
@@ -237,9 +251,11 @@ impl<'a, T> Json<'a, T> {
     /// An integer in `lo..=hi`, e.g. a port or an HTTP status.
     pub fn int_in_at(&self, path: impl PathArg, lo: i64, hi: i64) -> Result<Option<i64>, Shape> {
         match self.i64_at(&path)? {
-            Some(v) if !(lo..=hi).contains(&v) => {
-                Err(Shape::new(path, format!("integer in {lo}..={hi}"), format!("number {v}")))
-            }
+            Some(v) if !(lo..=hi).contains(&v) => Err(Shape::new(
+                path,
+                format!("integer in {lo}..={hi}"),
+                format!("number {v}"),
+            )),
             v => Ok(v),
         }
     }
@@ -314,17 +330,15 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for JsonVisitor<'a, T> {
 
 /// A JSON array whose elements matter (each parsed as `T`), or whatever else was found there.
 /// At most [`List::MAX_KEPT`] elements are kept; the rest are skipped but counted.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub enum List<T> {
+    #[default]
     Absent,
-    Items { kept: Vec<T>, len: usize },
+    Items {
+        kept: Vec<T>,
+        len: usize,
+    },
     Other(JsonType),
-}
-
-impl<T> Default for List<T> {
-    fn default() -> Self {
-        List::Absent
-    }
 }
 
 impl<T> List<T> {
@@ -498,7 +512,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrOrSegments<'a> {
                         _ => all_strings = false,
                     }
                 }
-                Ok(if all_strings { StrOrSegments::Segments(segs) } else { StrOrSegments::Other })
+                Ok(if all_strings {
+                    StrOrSegments::Segments(segs)
+                } else {
+                    StrOrSegments::Other
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -595,7 +613,10 @@ mod tests {
         let p: Probe = serde_json::from_str(r#"{"s":"8080","n":70000}"#).unwrap();
         assert_eq!(p.s.int_in_at("/s", 0, 65535), Ok(Some(8080)));
         let e = p.n.int_in_at("/n", 0, 65535).unwrap_err();
-        assert_eq!(e.to_string(), "at /n: expected integer in 0..=65535, found number 70000");
+        assert_eq!(
+            e.to_string(),
+            "at /n: expected integer in 0..=65535, found number 70000"
+        );
     }
 
     #[test]

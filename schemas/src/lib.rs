@@ -33,8 +33,8 @@ pub mod model;
 pub mod schema;
 
 pub use batch::EventBatchBuilder;
+pub use decode::NATIVE_SCHEMA_V1;
 pub use decode::{Decoder, DecoderConfig, decode_records};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use model::{Decision, Event, Identity, Kind, SourceFormat};
 pub use schema::canonical_schema;
-pub use decode::NATIVE_SCHEMA_V1;

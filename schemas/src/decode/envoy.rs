@@ -20,7 +20,9 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
         return Err(Fail::missing("/response_code"));
     }
     let d = details.as_deref().unwrap_or("");
-    let uaex = flags.as_deref().is_some_and(|f| f.split(',').any(|f| f == "UAEX"));
+    let uaex = flags
+        .as_deref()
+        .is_some_and(|f| f.split(',').any(|f| f == "UAEX"));
     let (kind, decision, policy) = if d.starts_with("rbac_access_denied") {
         // rbac_access_denied_matched_policy[ns[foo]-policy[deny-all]-rule[0]] or …[none]
         let policy = details.as_ref().and_then(|c| {
@@ -99,12 +101,21 @@ mod tests {
         ));
         assert_eq!((e.kind, e.decision), (Kind::Authz, Decision::Deny));
         assert_eq!(e.reason.as_deref(), Some("ext_authz_denied"));
-        assert_eq!(e.caller.principal.as_deref(), Some("spiffe://cluster.local/ns/web/sa/frontend"));
+        assert_eq!(
+            e.caller.principal.as_deref(),
+            Some("spiffe://cluster.local/ns/web/sa/frontend")
+        );
         assert_eq!(e.caller.namespace.as_deref(), Some("web"));
-        assert_eq!((e.caller.ip.as_deref(), e.caller.port), (Some("10.9.8.7"), Some(51234)));
+        assert_eq!(
+            (e.caller.ip.as_deref(), e.caller.port),
+            (Some("10.9.8.7"), Some(51234))
+        );
         assert_eq!(e.callee.namespace.as_deref(), Some("shop"));
         assert_eq!(e.callee.service.as_deref(), Some("orders.shop:8080"));
-        assert_eq!((e.action.as_deref(), e.resource.as_deref()), (Some("POST"), Some("/api/orders")));
+        assert_eq!(
+            (e.action.as_deref(), e.resource.as_deref()),
+            (Some("POST"), Some("/api/orders"))
+        );
     }
 
     #[test]
@@ -113,12 +124,17 @@ mod tests {
             r#"{{{BASE},"response_code":403,"response_flags":"-","response_code_details":"rbac_access_denied_matched_policy[ns[shop]-policy[deny-web]-rule[0]]"}}"#
         ));
         assert_eq!(e.decision, Decision::Deny);
-        assert_eq!(e.policy.as_deref(), Some("ns[shop]-policy[deny-web]-rule[0]"));
+        assert_eq!(
+            e.policy.as_deref(),
+            Some("ns[shop]-policy[deny-web]-rule[0]")
+        );
     }
 
     #[test]
     fn ext_authz_error_is_an_error_and_jwt_failures_are_authn() {
-        let e = one(&format!(r#"{{{BASE},"response_code":403,"response_code_details":"ext_authz_error"}}"#));
+        let e = one(&format!(
+            r#"{{{BASE},"response_code":403,"response_code_details":"ext_authz_error"}}"#
+        ));
         assert_eq!(e.decision, Decision::Error);
         let e = one(&format!(
             r#"{{{BASE},"response_code":401,"response_code_details":"jwt_authn_access_denied{{Jwt_is_expired}}"}}"#
@@ -128,7 +144,9 @@ mod tests {
 
     #[test]
     fn upstream_errors_are_still_allowed_requests() {
-        let e = one(&format!(r#"{{{BASE},"response_code":503,"response_flags":"UF","response_code_details":"upstream_reset_before_response_started{{connection_failure}}"}}"#));
+        let e = one(&format!(
+            r#"{{{BASE},"response_code":503,"response_flags":"UF","response_code_details":"upstream_reset_before_response_started{{connection_failure}}"}}"#
+        ));
         assert_eq!(e.decision, Decision::Allow);
         assert_eq!(e.reason, None);
         assert_eq!(e.status_code, Some(503));
@@ -136,7 +154,9 @@ mod tests {
 
     #[test]
     fn dashes_are_missing_values() {
-        let e = one(r#"{"start_time":"2024-05-01T10:00:00Z","response_code":200,"method":"GET","path":"/","upstream_host":"-","downstream_peer_uri_san":"-","downstream_remote_address":"[::1]:4000"}"#);
+        let e = one(
+            r#"{"start_time":"2024-05-01T10:00:00Z","response_code":200,"method":"GET","path":"/","upstream_host":"-","downstream_peer_uri_san":"-","downstream_remote_address":"[::1]:4000"}"#,
+        );
         assert_eq!(e.callee.ip, None);
         assert_eq!(e.caller.principal, None);
         assert_eq!(e.caller.ip.as_deref(), Some("::1"));

@@ -69,14 +69,18 @@ struct RpcStatus<'a> {
 }
 
 pub(crate) fn is_k8s(p: &Proto<'_>) -> bool {
-    p.serviceName.str() == Some("k8s.io") || p.methodName.str().is_some_and(|m| m.starts_with("io.k8s."))
+    p.serviceName.str() == Some("k8s.io")
+        || p.methodName.str().is_some_and(|m| m.starts_with("io.k8s."))
 }
 
 const GRPC_PERMISSION_DENIED: i64 = 7;
 const GRPC_UNAUTHENTICATED: i64 = 16;
 
 pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
-    let p = t.protoPayload.obj_at("/protoPayload")?.ok_or_else(|| Fail::missing("/protoPayload"))?;
+    let p = t
+        .protoPayload
+        .obj_at("/protoPayload")?
+        .ok_or_else(|| Fail::missing("/protoPayload"))?;
     let (rpc_code, rpc_message) = match p.status.obj_at("/protoPayload/status")? {
         Some(s) => (
             s.code.i64_at("/protoPayload/status/code")?,
@@ -86,8 +90,15 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
     };
     let mut granted = Vec::new();
     let mut permission = None;
-    for (i, a) in p.authorizationInfo.items_at("/protoPayload/authorizationInfo")?.iter().enumerate() {
-        let at = |field: &'static str| LazyPath(move || format!("/protoPayload/authorizationInfo/{i}{field}"));
+    for (i, a) in p
+        .authorizationInfo
+        .items_at("/protoPayload/authorizationInfo")?
+        .iter()
+        .enumerate()
+    {
+        let at = |field: &'static str| {
+            LazyPath(move || format!("/protoPayload/authorizationInfo/{i}{field}"))
+        };
         let Some(a) = a.obj_at(at(""))? else { continue };
         granted.push(a.granted.bool_at(at("/granted"))?.unwrap_or(false));
         if permission.is_none() {
@@ -104,9 +115,16 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
         (Kind::AdminAudit, Decision::Unknown)
     };
     let mut e = Event::new(SourceFormat::GkeAudit, kind, decision, raw);
-    e.reason = if decision == Decision::Allow { None } else { rpc_message };
+    e.reason = if decision == Decision::Allow {
+        None
+    } else {
+        rpc_message
+    };
     e.policy = permission;
-    e.time_ns = first_time(&[(&t.timestamp, "/timestamp"), (&t.receiveTimestamp, "/receiveTimestamp")])?;
+    e.time_ns = first_time(&[
+        (&t.timestamp, "/timestamp"),
+        (&t.receiveTimestamp, "/receiveTimestamp"),
+    ])?;
     e.event_id = value_at(&t.insertId, "/insertId")?;
     // io.k8s.core.v1.pods.create → create
     e.action = value_at(&p.methodName, "/protoPayload/methodName")?
@@ -120,8 +138,14 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
         })
     });
     e.callee.service = Some(Cow::Borrowed("kube-apiserver"));
-    if let Some(a) = p.authenticationInfo.obj_at("/protoPayload/authenticationInfo")? {
-        e.caller.principal = value_at(&a.principalEmail, "/protoPayload/authenticationInfo/principalEmail")?;
+    if let Some(a) = p
+        .authenticationInfo
+        .obj_at("/protoPayload/authenticationInfo")?
+    {
+        e.caller.principal = value_at(
+            &a.principalEmail,
+            "/protoPayload/authenticationInfo/principalEmail",
+        )?;
         e.caller.namespace = e.caller.principal.as_ref().and_then(namespace_of);
     }
     if let Some(m) = p.requestMetadata.obj_at("/protoPayload/requestMetadata")? {

@@ -16,7 +16,14 @@ use crate::json::{Json, List, Shape};
 use crate::model::{Decision, Event, Identity, Kind, SourceFormat};
 
 const VERDICTS: &[&str] = &[
-    "FORWARDED", "DROPPED", "ERROR", "AUDIT", "REDIRECTED", "TRACED", "TRANSLATED", "VERDICT_UNKNOWN",
+    "FORWARDED",
+    "DROPPED",
+    "ERROR",
+    "AUDIT",
+    "REDIRECTED",
+    "TRACED",
+    "TRANSLATED",
+    "VERDICT_UNKNOWN",
 ];
 
 pub(crate) fn is_verdict(v: &str) -> bool {
@@ -191,16 +198,27 @@ pub(crate) fn map<'a>(t: &Top<'a>, text: &'a str) -> Mapped<'a> {
 }
 
 fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
-    let verdict = f.verdict.str_at((p, "/verdict"))?.ok_or_else(|| Fail::missing((p, "/verdict")))?;
+    let verdict = f
+        .verdict
+        .str_at((p, "/verdict"))?
+        .ok_or_else(|| Fail::missing((p, "/verdict")))?;
     let drop_reason = value_at(&f.drop_reason_desc, (p, "/drop_reason_desc"))?;
     let (decision, reason) = match verdict {
         "FORWARDED" | "REDIRECTED" | "TRACED" | "TRANSLATED" => (Decision::Allow, None),
-        "DROPPED" => (Decision::Deny, drop_reason.or(Some(Cow::Borrowed("DROPPED")))),
-        "ERROR" => (Decision::Error, drop_reason.or(Some(Cow::Borrowed("ERROR")))),
+        "DROPPED" => (
+            Decision::Deny,
+            drop_reason.or(Some(Cow::Borrowed("DROPPED"))),
+        ),
+        "ERROR" => (
+            Decision::Error,
+            drop_reason.or(Some(Cow::Borrowed("ERROR"))),
+        ),
         "AUDIT" => (Decision::Allow, Some(Cow::Borrowed("AUDIT"))),
         "VERDICT_UNKNOWN" => (Decision::Unknown, None),
         other => {
-            return Err(Shape::new((p, "/verdict"), "a Hubble verdict", Shape::quote(other)).into());
+            return Err(
+                Shape::new((p, "/verdict"), "a Hubble verdict", Shape::quote(other)).into(),
+            );
         }
     };
     let mut e = Event::new(SourceFormat::Hubble, Kind::Flow, decision, raw);
@@ -215,9 +233,11 @@ fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
         e.callee.ip = value_at(&ip.destination, (p, "/IP/destination"))?;
     }
     if let Some(l4) = f.l4.obj_at((p, "/l4"))? {
-        for (name, at, ports) in
-            [("TCP", "/l4/TCP", &l4.TCP), ("UDP", "/l4/UDP", &l4.UDP), ("SCTP", "/l4/SCTP", &l4.SCTP)]
-        {
+        for (name, at, ports) in [
+            ("TCP", "/l4/TCP", &l4.TCP),
+            ("UDP", "/l4/UDP", &l4.UDP),
+            ("SCTP", "/l4/SCTP", &l4.SCTP),
+        ] {
             if let Some(ports) = ports.obj_at((p, at))? {
                 e.action = Some(Cow::Borrowed(name));
                 e.caller.port = port_at(&ports.source_port, (p, at, "/source_port"))?;
@@ -241,16 +261,27 @@ fn map_flow<'a>(f: &Flow<'a>, p: &str, raw: &'a [u8]) -> Mapped<'a> {
         }
     }
     e.caller.service = service(&f.source_service, &f.source_names, p, "/source_service")?;
-    e.callee.service = service(&f.destination_service, &f.destination_names, p, "/destination_service")?;
-    if let Some(tc) = f.trace_context.obj_at((p, "/trace_context"))? {
-        if let Some(parent) = tc.parent.obj_at((p, "/trace_context/parent"))? {
-            e.trace_id = value_at(&parent.trace_id, (p, "/trace_context/parent/trace_id"))?;
-        }
+    e.callee.service = service(
+        &f.destination_service,
+        &f.destination_names,
+        p,
+        "/destination_service",
+    )?;
+    if let Some(tc) = f.trace_context.obj_at((p, "/trace_context"))?
+        && let Some(parent) = tc.parent.obj_at((p, "/trace_context/parent"))?
+    {
+        e.trace_id = value_at(&parent.trace_id, (p, "/trace_context/parent/trace_id"))?;
     }
     let policies = if decision == Decision::Deny {
-        [(&f.egress_denied_by, "/egress_denied_by"), (&f.ingress_denied_by, "/ingress_denied_by")]
+        [
+            (&f.egress_denied_by, "/egress_denied_by"),
+            (&f.ingress_denied_by, "/ingress_denied_by"),
+        ]
     } else {
-        [(&f.egress_allowed_by, "/egress_allowed_by"), (&f.ingress_allowed_by, "/ingress_allowed_by")]
+        [
+            (&f.egress_allowed_by, "/egress_allowed_by"),
+            (&f.ingress_allowed_by, "/ingress_allowed_by"),
+        ]
     };
     let mut names = Vec::new();
     for (list, field) in policies {
@@ -287,12 +318,16 @@ fn service<'a>(
     p: &str,
     field: &str,
 ) -> Result<Option<Cow<'a, str>>, Fail> {
-    if let Some(s) = svc.obj_at((p, field))? {
-        if let Some(name) = value_at(&s.name, (p, field, "/name"))? {
-            return Ok(Some(name));
-        }
+    if let Some(s) = svc.obj_at((p, field))?
+        && let Some(name) = value_at(&s.name, (p, field, "/name"))?
+    {
+        return Ok(Some(name));
     }
-    Ok(names.items().first().and_then(|n| n.cow()).filter(|n| !n.is_empty()))
+    Ok(names
+        .items()
+        .first()
+        .and_then(|n| n.cow())
+        .filter(|n| !n.is_empty()))
 }
 
 #[cfg(test)]
@@ -325,7 +360,10 @@ mod tests {
         assert_eq!(e.callee.principal.as_deref(), Some("frontend-1"));
         assert_eq!(e.callee.service.as_deref(), Some("frontend.web.svc"));
         assert_eq!((e.caller.port, e.callee.port), (Some(80), Some(40000)));
-        assert_eq!((e.action.as_deref(), e.resource.as_deref()), (Some("GET"), Some("http://cart/items")));
+        assert_eq!(
+            (e.action.as_deref(), e.resource.as_deref()),
+            (Some("GET"), Some("http://cart/items"))
+        );
         assert_eq!(e.status_code, Some(200));
         assert_eq!(e.policy.as_deref(), Some("shop/allow-web"));
         assert_eq!(e.event_id.as_deref(), Some("u-1"));
@@ -336,6 +374,9 @@ mod tests {
         let err = Decoder::new(Default::default(), Some(crate::SourceFormat::Hubble))
             .decode_with(br#"{"flow":{"verdict":"MAYBE"}}"#, |_| {})
             .unwrap_err();
-        assert_eq!(err.to_string(), "hubble: at /flow/verdict: expected a Hubble verdict, found string \"MAYBE\"");
+        assert_eq!(
+            err.to_string(),
+            "hubble: at /flow/verdict: expected a Hubble verdict, found string \"MAYBE\""
+        );
     }
 }

@@ -132,7 +132,9 @@ impl Decoder {
         let mut reader = flate2::read::MultiGzDecoder::new(raw).take(max as u64 + 1);
         reader
             .read_to_end(&mut out)
-            .map_err(|e| DecodeErrorKind::Gzip { detail: e.to_string() })?;
+            .map_err(|e| DecodeErrorKind::Gzip {
+                detail: e.to_string(),
+            })?;
         if out.len() > max {
             return Err(DecodeErrorKind::DecompressedTooLarge { max_bytes: max });
         }
@@ -145,12 +147,20 @@ impl Decoder {
         sink: &mut impl FnMut(&Event<'_>),
     ) -> Result<usize, (Option<SourceFormat>, DecodeErrorKind)> {
         let pinned = self.pinned;
-        let text = simdutf8::compat::from_utf8(bytes)
-            .map_err(|e| (pinned, DecodeErrorKind::InvalidUtf8 { offset: e.valid_up_to() }))?;
+        let text = simdutf8::compat::from_utf8(bytes).map_err(|e| {
+            (
+                pinned,
+                DecodeErrorKind::InvalidUtf8 {
+                    offset: e.valid_up_to(),
+                },
+            )
+        })?;
         match text.trim_ascii_start().as_bytes().first() {
             None => Err((pinned, DecodeErrorKind::Empty)),
             Some(b'{') => {
-                let event = self.decode_object(text, 0).map_err(|(f, e)| (f, e.into_kind()))?;
+                let event = self
+                    .decode_object(text, 0)
+                    .map_err(|(f, e)| (f, e.into_kind()))?;
                 sink(&event);
                 Ok(1)
             }
@@ -172,14 +182,26 @@ impl Decoder {
         }
         let max = self.config.max_events_per_record;
         if elements.len() > max {
-            return Err((pinned, DecodeErrorKind::TooManyEvents { len: elements.len(), max }));
+            return Err((
+                pinned,
+                DecodeErrorKind::TooManyEvents {
+                    len: elements.len(),
+                    max,
+                },
+            ));
         }
         // Decode every element before handing any to the sink: a record is all or nothing.
         let mut events = Vec::with_capacity(elements.len());
         for (i, el) in elements.iter().enumerate() {
             let el = el.get();
             let index = u32::try_from(i).map_err(|_| {
-                (pinned, DecodeErrorKind::TooManyEvents { len: elements.len(), max })
+                (
+                    pinned,
+                    DecodeErrorKind::TooManyEvents {
+                        len: elements.len(),
+                        max,
+                    },
+                )
             })?;
             if !el.starts_with('{') {
                 return Err((pinned, not_an_object(el, &format!("/{i}"))));
@@ -189,7 +211,7 @@ impl Decoder {
                 .map_err(|(f, e)| (f, e.within(&format!("/{i}")).into_kind()))?;
             events.push(event);
         }
-        events.iter().for_each(|e| sink(e));
+        events.iter().for_each(sink);
         Ok(events.len())
     }
 
@@ -199,7 +221,8 @@ impl Decoder {
         text: &'a str,
         record_index: u32,
     ) -> Result<Event<'a>, (Option<SourceFormat>, Fail)> {
-        let top: Top<'a> = serde_json::from_str(text).map_err(|e| (self.pinned, syntax(&e).into()))?;
+        let top: Top<'a> =
+            serde_json::from_str(text).map_err(|e| (self.pinned, syntax(&e).into()))?;
         let format = match self.pinned {
             Some(f) => f,
             None => detect(&top).ok_or((None, Fail::Kind(DecodeErrorKind::UnknownFormat)))?,
@@ -225,20 +248,27 @@ fn not_an_object(text: &str, path: &str) -> DecodeErrorKind {
         Ok(v) => DecodeErrorKind::Shape(Shape::new(
             if path.is_empty() { "/" } else { path },
             "a JSON object",
-            v.json_type().map_or("nothing".to_owned(), |t| t.to_string()),
+            v.json_type()
+                .map_or("nothing".to_owned(), |t| t.to_string()),
         )),
     }
 }
 
 /// Which format a record is, from the keys present. `None` when nothing matches.
 fn detect(t: &Top<'_>) -> Option<SourceFormat> {
-    if t.schema.str().is_some_and(|s| s.starts_with(native::SCHEMA_PREFIX)) {
+    if t.schema
+        .str()
+        .is_some_and(|s| s.starts_with(native::SCHEMA_PREFIX))
+    {
         return Some(SourceFormat::Native);
     }
     if t.flow.obj().is_some() || t.verdict.str().is_some_and(hubble::is_verdict) {
         return Some(SourceFormat::Hubble);
     }
-    let audit_api = t.apiVersion.str().is_some_and(|v| v.starts_with("audit.k8s.io/"));
+    let audit_api = t
+        .apiVersion
+        .str()
+        .is_some_and(|v| v.starts_with("audit.k8s.io/"));
     let event_kind = t.kind.str() == Some("Event")
         && (t.verb.is_present() || t.auditID.is_present() || t.requestURI.is_present());
     if audit_api || event_kind || k8s::is_aks_wrapper(t) {
@@ -247,7 +277,8 @@ fn detect(t: &Top<'_>) -> Option<SourceFormat> {
     if t.protoPayload.obj().is_some_and(|p| gke::is_k8s(p)) {
         return Some(SourceFormat::GkeAudit);
     }
-    if t.decision_id.is_present() || (t.input.is_present() && (t.result.is_present() || t.path.is_present()))
+    if t.decision_id.is_present()
+        || (t.input.is_present() && (t.result.is_present() || t.path.is_present()))
     {
         return Some(SourceFormat::Opa);
     }
@@ -401,9 +432,14 @@ pub(crate) fn parse_time_ns(s: &str) -> Option<i64> {
     if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s) {
         return dt.timestamp_nanos_opt();
     }
-    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"].iter().find_map(|f| {
-        chrono::NaiveDateTime::parse_from_str(s, f).ok()?.and_utc().timestamp_nanos_opt()
-    })
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| {
+            chrono::NaiveDateTime::parse_from_str(s, f)
+                .ok()?
+                .and_utc()
+                .timestamp_nanos_opt()
+        })
 }
 
 /// A time field: absent/null is `None`; a string that is not a timestamp is an error.
@@ -427,7 +463,10 @@ pub(crate) fn first_time(fields: &[(&Json<'_>, &str)]) -> Result<Option<i64>, Sh
 }
 
 /// A sub-slice of a string, borrowed when the string is.
-pub(crate) fn sub<'a>(c: &Cow<'a, str>, f: impl for<'x> Fn(&'x str) -> Option<&'x str>) -> Option<Cow<'a, str>> {
+pub(crate) fn sub<'a>(
+    c: &Cow<'a, str>,
+    f: impl for<'x> Fn(&'x str) -> Option<&'x str>,
+) -> Option<Cow<'a, str>> {
     match c {
         Cow::Borrowed(s) => f(s).map(Cow::Borrowed),
         Cow::Owned(s) => f(s).map(|x| Cow::Owned(x.to_owned())),
@@ -435,7 +474,10 @@ pub(crate) fn sub<'a>(c: &Cow<'a, str>, f: impl for<'x> Fn(&'x str) -> Option<&'
 }
 
 /// A string field that is a real value: absent, null, empty and Envoy's `-` are `None`.
-pub(crate) fn value_at<'a, T>(j: &Json<'a, T>, path: impl PathArg) -> Result<Option<Cow<'a, str>>, Shape> {
+pub(crate) fn value_at<'a, T>(
+    j: &Json<'a, T>,
+    path: impl PathArg,
+) -> Result<Option<Cow<'a, str>>, Shape> {
     Ok(j.cow_at(path)?.filter(|s| !s.is_empty() && s != "-"))
 }
 
@@ -446,7 +488,11 @@ pub(crate) fn split_addr<'a>(addr: &Cow<'a, str>) -> (Option<Cow<'a, str>>, Opti
     if let Ok(sa) = addr.parse::<SocketAddr>() {
         let ip = sub(addr, |s| {
             let host = &s[..s.rfind(':')?];
-            Some(host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host))
+            Some(
+                host.strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host),
+            )
         });
         return (ip, Some(sa.port()));
     }
@@ -515,9 +561,18 @@ mod tests {
     #[test]
     fn times_parse_in_the_forms_exporters_write() {
         assert_eq!(parse_time_ns("1970-01-01T00:00:01Z"), Some(1_000_000_000));
-        assert_eq!(parse_time_ns("1970-01-01T00:00:01.000000001Z"), Some(1_000_000_001));
-        assert_eq!(parse_time_ns("1970-01-01T01:00:01+01:00"), Some(1_000_000_000));
-        assert_eq!(parse_time_ns("2022-11-29 00:09:04.38"), parse_time_ns("2022-11-29T00:09:04.38Z"));
+        assert_eq!(
+            parse_time_ns("1970-01-01T00:00:01.000000001Z"),
+            Some(1_000_000_001)
+        );
+        assert_eq!(
+            parse_time_ns("1970-01-01T01:00:01+01:00"),
+            Some(1_000_000_000)
+        );
+        assert_eq!(
+            parse_time_ns("2022-11-29 00:09:04.38"),
+            parse_time_ns("2022-11-29T00:09:04.38Z")
+        );
         assert_eq!(parse_time_ns("yesterday"), None);
         assert_eq!(parse_time_ns("2018-13-45T00:00:00Z"), None);
         // Beyond what i64 nanoseconds can hold (year 2262).
@@ -537,9 +592,15 @@ mod tests {
     #[test]
     fn namespaces_come_from_spiffe_ids_and_service_accounts() {
         let n = |s: &'static str| namespace_of(&Cow::Borrowed(s)).map(|c| c.into_owned());
-        assert_eq!(n("spiffe://cluster.local/ns/shop/sa/cart").as_deref(), Some("shop"));
+        assert_eq!(
+            n("spiffe://cluster.local/ns/shop/sa/cart").as_deref(),
+            Some("shop")
+        );
         assert_eq!(n("spiffe://td/region/eu/ns/a/sa/b").as_deref(), Some("a"));
-        assert_eq!(n("system:serviceaccount:kube-system:default").as_deref(), Some("kube-system"));
+        assert_eq!(
+            n("system:serviceaccount:kube-system:default").as_deref(),
+            Some("kube-system")
+        );
         assert_eq!(n("alice@example.com"), None);
         assert_eq!(n("spiffe://td/workload"), None);
     }

@@ -34,7 +34,8 @@ fn required<'a, 'b>(j: &'b Json<'a>, path: &str) -> Result<&'b str, Fail> {
 
 fn enum_at<T: std::str::FromStr>(j: &Json<'_>, path: &str, what: &str) -> Result<T, Fail> {
     let s = required(j, path)?;
-    s.parse().map_err(|_| Shape::new(path, what, Shape::quote(s)).into())
+    s.parse()
+        .map_err(|_| Shape::new(path, what, Shape::quote(s)).into())
 }
 
 pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
@@ -43,7 +44,11 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
         return Err(Shape::new("/schema", format!("\"{SCHEMA_V1}\""), Shape::quote(schema)).into());
     }
     let kind: Kind = enum_at(&t.kind, "/kind", "one of authn, authz, flow, admin_audit")?;
-    let decision: Decision = enum_at(&t.decision, "/decision", "one of allow, deny, error, unknown")?;
+    let decision: Decision = enum_at(
+        &t.decision,
+        "/decision",
+        "one of allow, deny, error, unknown",
+    )?;
     let mut e = Event::new(SourceFormat::Native, kind, decision, raw);
     e.time_ns = Some(time_at(&t.time, "/time")?.ok_or_else(|| Fail::missing("/time"))?);
     e.event_id = value_at(&t.id, "/id")?;
@@ -71,10 +76,10 @@ fn party<'a>(p: &Json<'a, Box<Party<'a>>>, path: &str) -> Result<Identity<'a>, F
         };
         id.service = value_at(&p.service, (path, "/service"))?;
         id.ip = value_at(&p.ip, (path, "/ip"))?;
-        if let Some(ip) = &id.ip {
-            if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(Shape::new((path, "/ip"), "an IP address", Shape::quote(ip)).into());
-            }
+        if let Some(ip) = &id.ip
+            && ip.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err(Shape::new((path, "/ip"), "an IP address", Shape::quote(ip)).into());
         }
         id.port = port_at(&p.port, (path, "/port"))?;
     }
@@ -109,7 +114,9 @@ mod tests {
         let d = Decoder::default();
         let err = |s: &str| d.decode_with(s.as_bytes(), |_| {}).unwrap_err().to_string();
         assert_eq!(
-            err(r#"{"schema":"vigil.event/v1","time":"2024-01-01T00:00:00Z","kind":"authz","decision":"maybe"}"#),
+            err(
+                r#"{"schema":"vigil.event/v1","time":"2024-01-01T00:00:00Z","kind":"authz","decision":"maybe"}"#
+            ),
             "native: at /decision: expected one of allow, deny, error, unknown, found string \"maybe\""
         );
         assert_eq!(
@@ -121,7 +128,9 @@ mod tests {
             "native: at /schema: expected \"vigil.event/v1\", found string \"vigil.event/v2\""
         );
         assert_eq!(
-            err(r#"{"schema":"vigil.event/v1","time":"2024-01-01T00:00:00Z","kind":"authz","decision":"deny","caller":{"ip":"nope"}}"#),
+            err(
+                r#"{"schema":"vigil.event/v1","time":"2024-01-01T00:00:00Z","kind":"authz","decision":"deny","caller":{"ip":"nope"}}"#
+            ),
             "native: at /caller/ip: expected an IP address, found string \"nope\""
         );
     }

@@ -135,7 +135,10 @@ pub(crate) struct Bundle<'a> {
 }
 
 pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
-    if !(t.decision_id.is_present() || t.input.is_present() || t.result.is_present() || t.path.is_present())
+    if !(t.decision_id.is_present()
+        || t.input.is_present()
+        || t.result.is_present()
+        || t.path.is_present())
     {
         return Err(Fail::missing("/decision_id"));
     }
@@ -161,22 +164,39 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
             StrOrSegments::Str(p) => Some(p.clone()),
             other => other.to_path().map(|p| Cow::Owned(p.into_owned())),
         };
-        e.caller.principal = input.user.cow().or(input.subject.cow()).or(input.principal.cow());
+        e.caller.principal = input
+            .user
+            .cow()
+            .or(input.subject.cow())
+            .or(input.principal.cow());
         e.caller.namespace = e.caller.principal.as_ref().and_then(namespace_of);
     }
     Ok(e)
 }
 
 /// The decision, its reason and HTTP status, from `result` and `error`.
-fn decision<'a>(t: &Top<'a>) -> Result<(Decision, Option<Cow<'a, str>>, Option<i32>), Fail> {
+/// A decision with its reason and HTTP status.
+type Verdict<'a> = (Decision, Option<Cow<'a, str>>, Option<i32>);
+
+fn decision<'a>(t: &Top<'a>) -> Result<Verdict<'a>, Fail> {
     match &t.error {
         Json::Absent | Json::Null => {}
         Json::Str(s) => return Ok((Decision::Error, Some(s.clone()), None)),
         Json::Object(err) => {
             let msg = err.message.cow().or(err.code.cow());
-            return Ok((Decision::Error, msg.or(Some(Cow::Borrowed("evaluation error"))), None));
+            return Ok((
+                Decision::Error,
+                msg.or(Some(Cow::Borrowed("evaluation error"))),
+                None,
+            ));
         }
-        _ => return Ok((Decision::Error, Some(Cow::Borrowed("evaluation error")), None)),
+        _ => {
+            return Ok((
+                Decision::Error,
+                Some(Cow::Borrowed("evaluation error")),
+                None,
+            ));
+        }
     }
     Ok(match &t.result {
         Json::Bool(true) => (Decision::Allow, None, None),
@@ -185,17 +205,26 @@ fn decision<'a>(t: &Top<'a>) -> Result<(Decision, Option<Cow<'a, str>>, Option<i
         Json::Str(s) if s == "true" => (Decision::Allow, None, None),
         Json::Str(s) if s == "false" => (Decision::Deny, None, None),
         Json::Object(r) => {
-            let allowed = r.allowed.bool_at("/result/allowed")?.or(r.allow.bool_at("/result/allow")?);
+            let allowed = r
+                .allowed
+                .bool_at("/result/allowed")?
+                .or(r.allow.bool_at("/result/allow")?);
             let decision = match allowed {
                 Some(true) => Decision::Allow,
                 Some(false) => Decision::Deny,
                 None => Decision::Unknown,
             };
-            (decision, r.reason.cow(), status_at(&r.http_status, "/result/http_status")?)
+            (
+                decision,
+                r.reason.cow(),
+                status_at(&r.http_status, "/result/http_status")?,
+            )
         }
-        Json::Absent | Json::Null => {
-            (Decision::Unknown, Some(Cow::Borrowed("undefined decision (no result)")), None)
-        }
+        Json::Absent | Json::Null => (
+            Decision::Unknown,
+            Some(Cow::Borrowed("undefined decision (no result)")),
+            None,
+        ),
         _ => (Decision::Unknown, None, None),
     })
 }
@@ -235,13 +264,25 @@ fn envoy_shape<'a>(attrs: &Attributes<'a>, e: &mut Event<'a>) -> Result<(), Fail
     e.resource = value_at(&http.path, "/input/attributes/request/http/path")?;
     e.callee.service = value_at(&http.host, "/input/attributes/request/http/host")?;
     let stream_id = value_at(&http.id, "/input/attributes/request/http/id")?;
-    if let Some(h) = http.headers.obj_at("/input/attributes/request/http/headers")? {
-        e.request_id = value_at(&h.request_id, "/input/attributes/request/http/headers/x-request-id")?;
+    if let Some(h) = http
+        .headers
+        .obj_at("/input/attributes/request/http/headers")?
+    {
+        e.request_id = value_at(
+            &h.request_id,
+            "/input/attributes/request/http/headers/x-request-id",
+        )?;
         if e.trace_id.is_none() {
-            e.trace_id = match value_at(&h.traceparent, "/input/attributes/request/http/headers/traceparent")? {
+            e.trace_id = match value_at(
+                &h.traceparent,
+                "/input/attributes/request/http/headers/traceparent",
+            )? {
                 // W3C traceparent: version-traceid-parentid-flags.
                 Some(tp) => sub(&tp, |s| s.split('-').nth(1).filter(|id| id.len() == 32)),
-                None => value_at(&h.b3_trace_id, "/input/attributes/request/http/headers/x-b3-traceid")?,
+                None => value_at(
+                    &h.b3_trace_id,
+                    "/input/attributes/request/http/headers/x-b3-traceid",
+                )?,
             };
         }
     }
@@ -258,11 +299,11 @@ fn peer<'a>(p: &Json<'a, Peer<'a>>, path: &str) -> Result<Identity<'a>, Fail> {
     };
     id.principal = value_at(&p.principal, (path, "/principal"))?;
     id.namespace = id.principal.as_ref().and_then(namespace_of);
-    if let Some(a) = p.address.obj_at((path, "/address"))? {
-        if let Some(sa) = a.socketAddress.obj_at((path, "/address/socketAddress"))? {
-            id.ip = value_at(&sa.address, (path, "/address/socketAddress/address"))?;
-            id.port = port_at(&sa.portValue, (path, "/address/socketAddress/portValue"))?;
-        }
+    if let Some(a) = p.address.obj_at((path, "/address"))?
+        && let Some(sa) = a.socketAddress.obj_at((path, "/address/socketAddress"))?
+    {
+        id.ip = value_at(&sa.address, (path, "/address/socketAddress/address"))?;
+        id.port = port_at(&sa.portValue, (path, "/address/socketAddress/portValue"))?;
     }
     Ok(id)
 }
@@ -281,7 +322,9 @@ mod tests {
 
     #[test]
     fn result_object_with_allowed_and_http_status() {
-        let e = one(r#"{"decision_id":"d","result":{"allowed":false,"http_status":403,"reason":"no"},"input":{}}"#);
+        let e = one(
+            r#"{"decision_id":"d","result":{"allowed":false,"http_status":403,"reason":"no"},"input":{}}"#,
+        );
         assert_eq!(e.decision, Decision::Deny);
         assert_eq!(e.status_code, Some(403));
         assert_eq!(e.reason.as_deref(), Some("no"));
@@ -289,7 +332,9 @@ mod tests {
 
     #[test]
     fn evaluation_errors_are_error_decisions() {
-        let e = one(r#"{"decision_id":"d","error":{"code":"eval_conflict_error","message":"conflict"}}"#);
+        let e = one(
+            r#"{"decision_id":"d","error":{"code":"eval_conflict_error","message":"conflict"}}"#,
+        );
         assert_eq!(e.decision, Decision::Error);
         assert_eq!(e.reason.as_deref(), Some("conflict"));
     }
@@ -302,13 +347,17 @@ mod tests {
 
     #[test]
     fn bundles_become_sorted_name_revision_pairs() {
-        let e = one(r#"{"decision_id":"d","result":true,"bundles":{"b":{"revision":"2"},"a":{"revision":"1"}}}"#);
+        let e = one(
+            r#"{"decision_id":"d","result":true,"bundles":{"b":{"revision":"2"},"a":{"revision":"1"}}}"#,
+        );
         assert_eq!(e.policy_revision.as_deref(), Some("a=1,b=2"));
     }
 
     #[test]
     fn generic_inputs_are_read_loosely() {
-        let e = one(r#"{"decision_id":"d","result":true,"input":{"method":5,"path":["v1","data"],"user":"spiffe://td/ns/x/sa/y"}}"#);
+        let e = one(
+            r#"{"decision_id":"d","result":true,"input":{"method":5,"path":["v1","data"],"user":"spiffe://td/ns/x/sa/y"}}"#,
+        );
         assert_eq!(e.action, None);
         assert_eq!(e.resource.as_deref(), Some("/v1/data"));
         assert_eq!(e.caller.namespace.as_deref(), Some("x"));
@@ -330,7 +379,12 @@ mod tests {
 
     #[test]
     fn traceparent_gives_the_trace_id() {
-        let e = one(r#"{"decision_id":"d","result":true,"input":{"attributes":{"request":{"http":{"headers":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}}}}}"#);
-        assert_eq!(e.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let e = one(
+            r#"{"decision_id":"d","result":true,"input":{"attributes":{"request":{"http":{"headers":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}}}}}"#,
+        );
+        assert_eq!(
+            e.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install what a fresh machine needs to build, run and test Vigil. Idempotent: a second run
+# finds everything in place and does nothing.
+#
+#   - Debian packages the build and tests use (none beyond the base image yet; the list grows
+#     with the Kafka client's TLS/SASL support);
+#   - cargo-nextest, the test runner;
+#   - the Tansu Kafka broker, built once from crates.io and cached under
+#     $VIGIL_TOOLS_DIR (default ~/.cache/vigil), keyed by version and features.
+#
+# Prints the environment the tests need (VIGIL_TANSU_BIN) on its last line.
+set -euo pipefail
+
+TANSU_VERSION="0.6.0"
+TANSU_FEATURES="dynostore,libsql"
+tools="${VIGIL_TOOLS_DIR:-$HOME/.cache/vigil}"
+apt_packages=()
+
+log() { printf '[install] %s\n' "$*" >&2; }
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { log "cargo is required (rustup) and was not found"; exit 1; }
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+tansu_root="$tools/tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}"
+tansu_bin="$tansu_root/bin/tansu"
+if [ ! -x "$tansu_bin" ]; then
+  log "building the Tansu broker $TANSU_VERSION (features $TANSU_FEATURES): about 11 minutes, once"
+  mkdir -p "$tools"
+  cargo install --locked "tansu@$TANSU_VERSION" --features "$TANSU_FEATURES" --root "$tansu_root.tmp"
+  rm -rf "$tansu_root"
+  mv "$tansu_root.tmp" "$tansu_root"
+fi
+"$tansu_bin" --help >/dev/null 2>&1 || { log "$tansu_bin does not run"; exit 1; }
+log "tansu: $tansu_bin"
+echo "VIGIL_TANSU_BIN=$tansu_bin"

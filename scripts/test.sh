@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`.ci/run` calls exactly this): install what is missing,
+# check formatting, lints and the one-arrow rule, then run every test. Long fuzzing, soaks and
+# full benchmarks are separate commands (scripts/fuzz.sh, cargo bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export "$(scripts/install.sh | tail -n 1)"   # VIGIL_TANSU_BIN for the broker tests
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== fmt"
+cargo fmt --all -- --check
+
+echo "== one arrow"
+# Two versions of arrow (or parquet) in one build is a bug: every crate uses the one DataFusion uses.
+dups=$(cargo tree --workspace -e normal,build --prefix none --format '{p}' \
+  | sed 's/ (.*//' | sort -u | awk '{print $1}' | grep -E '^(arrow|parquet)(-[a-z-]+)?$' | uniq -d || true)
+if [ -n "$dups" ]; then echo "duplicate arrow/parquet versions:"; echo "$dups"; exit 1; fi
+
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== benches compile"
+cargo bench --workspace --no-run --locked
+
+echo "== tests"
+cargo test --workspace --doc --locked
+cargo nextest run --workspace --locked --no-fail-fast
