@@ -238,31 +238,29 @@ fn native_json_schema_accepts_what_the_decoder_accepts() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(required, ["schema", "time", "kind", "decision"]);
-    let kinds: Vec<&str> = schema["properties"]["kind"]["enum"]
-        .as_array()
-        .unwrap()
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let names = |all: &[&str]| -> Vec<String> { all.iter().map(|s| s.to_string()).collect() };
+    let kinds: Vec<&str> = vigil_schemas::Kind::ALL
         .iter()
-        .map(|v| v.as_str().unwrap())
+        .map(|k| k.as_str())
         .collect();
     assert_eq!(
-        kinds,
-        vigil_schemas::Kind::ALL
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
+        strings(&schema["properties"]["kind"]["enum"]),
+        names(&kinds)
     );
-    let decisions: Vec<&str> = schema["properties"]["decision"]["enum"]
-        .as_array()
-        .unwrap()
+    let decisions: Vec<&str> = vigil_schemas::Decision::ALL
         .iter()
-        .map(|v| v.as_str().unwrap())
+        .map(|k| k.as_str())
         .collect();
     assert_eq!(
-        decisions,
-        vigil_schemas::Decision::ALL
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
+        strings(&schema["properties"]["decision"]["enum"]),
+        names(&decisions)
     );
     assert_eq!(
         schema["properties"]["schema"]["const"],

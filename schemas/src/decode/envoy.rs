@@ -82,15 +82,8 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Decision, Decoder, Event, Kind};
-
-    fn one(json: &str) -> Event<'static> {
-        let mut out = None;
-        Decoder::default()
-            .decode_with(json.as_bytes(), |e| out = Some(e.clone().into_owned()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        out.unwrap()
-    }
+    use crate::decode::test_one as one;
+    use crate::{Decision, Kind};
 
     const BASE: &str = r#""start_time":"2024-05-01T10:00:00.123Z","method":"POST","path":"/api/orders","protocol":"HTTP/1.1","authority":"orders.shop:8080","upstream_host":"10.1.2.3:8080","downstream_remote_address":"10.9.8.7:51234","downstream_peer_uri_san":"spiffe://cluster.local/ns/web/sa/frontend","upstream_peer_uri_san":"spiffe://cluster.local/ns/shop/sa/orders","request_id":"r-1""#;
 

@@ -332,15 +332,8 @@ fn service<'a>(
 
 #[cfg(test)]
 mod tests {
-    use crate::{Decision, Decoder, Event};
-
-    fn one(json: &str) -> Event<'static> {
-        let mut out = None;
-        Decoder::default()
-            .decode_with(json.as_bytes(), |e| out = Some(e.clone().into_owned()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        out.unwrap()
-    }
+    use crate::decode::test_one as one;
+    use crate::{Decision, Decoder};
 
     #[test]
     fn bare_forwarded_reply_with_workloads_and_l7() {

@@ -207,15 +207,8 @@ fn map_aks<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Decision, Decoder, Event, Kind};
-
-    fn one(json: &str) -> Event<'static> {
-        let mut out = None;
-        Decoder::default()
-            .decode_with(json.as_bytes(), |e| out = Some(e.clone().into_owned()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        out.unwrap()
-    }
+    use crate::decode::test_one as one;
+    use crate::{Decision, Decoder, Kind};
 
     #[test]
     fn forbidden_service_account_is_an_authz_denial_in_its_namespace() {

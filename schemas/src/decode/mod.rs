@@ -554,6 +554,17 @@ pub fn decode_records<'r>(
     (batch, errors)
 }
 
+/// Decode a record that must hold exactly one event (unit tests of the format modules).
+#[cfg(test)]
+pub(crate) fn test_one(json: &str) -> Event<'static> {
+    let mut out = Vec::new();
+    Decoder::default()
+        .decode_with(json.as_bytes(), |e| out.push(e.clone().into_owned()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.len(), 1);
+    out.remove(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

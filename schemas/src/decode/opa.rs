@@ -310,15 +310,8 @@ fn peer<'a>(p: &Json<'a, Peer<'a>>, path: &str) -> Result<Identity<'a>, Fail> {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Decision, Decoder, Event};
-
-    fn one(json: &str) -> Event<'static> {
-        let mut out = None;
-        Decoder::default()
-            .decode_with(json.as_bytes(), |e| out = Some(e.clone().into_owned()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        out.unwrap()
-    }
+    use crate::decode::test_one as one;
+    use crate::{Decision, Decoder};
 
     #[test]
     fn result_object_with_allowed_and_http_status() {
