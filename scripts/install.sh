@@ -2,8 +2,7 @@
 # Install what a fresh machine needs to build, run and test Vigil. Idempotent: a second run
 # finds everything in place and does nothing.
 #
-#   - Debian packages the build and tests use (none beyond the base image yet; the list grows
-#     with the Kafka client's TLS/SASL support);
+#   - Debian packages the build needs (librdkafka's TLS and SASL libraries);
 #   - cargo-nextest, the test runner;
 #   - the Tansu Kafka broker, built once from crates.io and cached under
 #     $VIGIL_TOOLS_DIR (default ~/.cache/vigil), keyed by version and features.
@@ -14,7 +13,8 @@ set -euo pipefail
 TANSU_VERSION="0.6.0"
 TANSU_FEATURES="dynostore,libsql"
 tools="${VIGIL_TOOLS_DIR:-$HOME/.cache/vigil}"
-apt_packages=()
+# Build dependencies of librdkafka (bundled by rdkafka-sys) with TLS and SASL/GSSAPI support.
+apt_packages=(pkg-config libssl-dev libsasl2-dev)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 

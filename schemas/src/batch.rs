@@ -160,6 +160,33 @@ impl EventBatchBuilder {
         self.raw_bytes += e.raw.len();
     }
 
+    /// Append a row for a record that failed to decode: its bytes, the receive time, and
+    /// nulls for everything a decoder would have filled (`kind`, `source_format`, `decision`
+    /// included). The caller records why (the store's `store_error` column).
+    pub fn append_rejected(&mut self, raw: &[u8], received_time_ns: i64) {
+        self.event_time.append_value(received_time_ns);
+        self.event_time_inferred.append_value(true);
+        self.kind.append_null();
+        self.source_format.append_null();
+        self.decision.append_null();
+        self.reason.append_null();
+        self.policy.append_null();
+        self.policy_revision.append_null();
+        self.caller.append(&Identity::default());
+        self.callee.append(&Identity::default());
+        self.action.append_null();
+        self.resource.append_null();
+        self.status_code.append_null();
+        self.trace_id.append_null();
+        self.request_id.append_null();
+        self.event_id.append_null();
+        self.is_reply.append_null();
+        self.record_index.append_value(0);
+        self.raw.append_value(raw);
+        self.len += 1;
+        self.raw_bytes += raw.len();
+    }
+
     /// Take the events appended so far as a batch in the canonical schema; the builder is
     /// empty afterwards and can be reused.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {

@@ -78,20 +78,20 @@ pub const COLUMNS: &[Column] = &[
     col!(
         "kind",
         utf8,
-        false,
-        "`authn`, `authz`, `flow` or `admin_audit`."
+        true,
+        "`authn`, `authz`, `flow` or `admin_audit`. Null only on a rejected record (one that failed to decode; the store's `store_error` says why)."
     ),
     col!(
         "source_format",
         utf8,
-        false,
-        "The decoder that read it: `opa`, `envoy`, `hubble`, `k8s_audit`, `gke_audit`, `native`."
+        true,
+        "The decoder that read it: `opa`, `envoy`, `hubble`, `k8s_audit`, `gke_audit`, `native`. Null only on a rejected record."
     ),
     col!(
         "decision",
         utf8,
-        false,
-        "`allow`, `deny`, `error` (the decision itself failed) or `unknown` (the record carries none)."
+        true,
+        "`allow`, `deny`, `error` (the decision itself failed) or `unknown` (the record carries none). Null only on a rejected record."
     ),
     col!(
         "reason",

@@ -1,8 +1,27 @@
-//! Vigil's store stage: Parquet files, the per-partition blake3 hash chain, checkpoints.
+//! Vigil's store: every Kafka record, decoded or not, as a row of hash-chained Parquet.
 //!
-//! **For:** durable, verifiable storage of every record's raw bytes and canonical columns.
-//! **Not for:** Kafka (that is `vigil-ingest`), decoding (`vigil-schemas`), or SQL
-//! (`vigil-query`).
+//! **For:** turning one partition's records into rows of the store schema ([`schema`]) while
+//! chaining them ([`chain`]), sealing batches into files written atomically and durably
+//! ([`files`]), knowing where each partition's chain stands after a restart
+//! ([`Store::head`]), and checking the chain ([`verify`]).
+//! **Not for:** Kafka (that is `vigil-ingest`, which drives this crate), SQL (`vigil-query`),
+//! or signatures and proofs (later).
 //!
-//! Status: the crate boundary exists so the dependency graph is fixed from the start; the store
-//! lands with the "Kafka to hash-chained Parquet" issue. It exports nothing yet.
+//! Invariants: a file holds one contiguous run of one partition's chain; its footer records
+//! first/last offset, first/last chain hash and the previous file's last chain hash; a file
+//! either exists complete and durable or not at all; the store's own files say which offset
+//! each partition is at, so nothing is stored twice.
+
+pub mod batch;
+pub mod chain;
+pub mod error;
+pub mod files;
+pub mod schema;
+pub mod verify;
+
+pub use batch::{Appended, BatchSpan, ChainHead, PartitionBatch, SealedBatch};
+pub use chain::RecordRef;
+pub use error::StoreError;
+pub use files::{FileInfo, Store, WriteOptions};
+pub use schema::store_schema;
+pub use verify::{ChainReport, check_chain};

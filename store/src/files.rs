@@ -1,0 +1,332 @@
+//! The file layer: where files live, how they are written atomically and durably, and how a
+//! partition's files are found again.
+//!
+//! ```text
+//! DATA_DIR/events/topic=T/partition=P/date=YYYY-MM-DD/hour=HH/FFFFFFFFFFFFFFFFFFFF-LLLLLLLLLLLLLLLLLLLL.parquet
+//! ```
+//! F and L are the first and last Kafka offsets in the file, zero-padded so names sort. A file
+//! sits under the UTC hour of its earliest event; it holds one contiguous run of its
+//! partition's chain. Everything the rest of Vigil needs goes through [`Store`], so an object
+//! store can replace the local directory behind it without touching ingest.
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use crate::batch::{BatchSpan, ChainHead, SealedBatch};
+use crate::chain::{GENESIS, GENESIS_PREV_OFFSET, from_hex, to_hex};
+use crate::error::StoreError;
+use crate::schema::{STORE_FORMAT, meta};
+
+/// How files are written.
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    /// zstd level for every column (1 = fastest).
+    pub zstd_level: i32,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions { zstd_level: 1 }
+    }
+}
+
+/// A sealed, durable file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    pub path: PathBuf,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub bytes: u64,
+}
+
+/// A stored file as listed: offsets from its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    pub path: PathBuf,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Kafka's own rule for topic names: `[a-zA-Z0-9._-]{1,249}`. Anything else never reaches a path.
+pub fn validate_topic(topic: &str) -> Result<(), StoreError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(()) } else { Err(StoreError::InvalidTopic(topic.to_owned())) }
+}
+
+/// The store in a local directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    opts: WriteOptions,
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io(dir))
+}
+
+/// `create_dir_all`, making each new directory entry durable in its parent.
+fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(StoreError::io(dir)(e)),
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Open (creating if needed) the store under `data_dir`.
+    pub fn open(data_dir: impl Into<PathBuf>, opts: WriteOptions) -> Result<Store, StoreError> {
+        let root = data_dir.into();
+        create_dirs_durably(&root.join("events"))?;
+        Ok(Store { root, opts })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where all event files live (what SQL reads).
+    pub fn events_dir(&self) -> PathBuf {
+        self.root.join("events")
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> Result<PathBuf, StoreError> {
+        validate_topic(topic)?;
+        Ok(self.events_dir().join(format!("topic={topic}")).join(format!("partition={partition}")))
+    }
+
+    fn file_path(&self, span: &BatchSpan) -> Result<PathBuf, StoreError> {
+        let t = chrono::DateTime::from_timestamp_nanos(span.min_event_time_ns);
+        Ok(self
+            .partition_dir(&span.topic, span.partition)?
+            .join(format!("date={}", t.format("%Y-%m-%d")))
+            .join(format!("hour={}", t.format("%H")))
+            .join(format!("{:020}-{:020}.parquet", span.first_offset, span.last_offset)))
+    }
+
+    /// Write a sealed batch as one file: temp file, fsync, rename, fsync the directory. When
+    /// this returns, the file and its name are durable.
+    pub fn write(&self, sealed: &SealedBatch) -> Result<FileInfo, StoreError> {
+        let span = &sealed.span;
+        let path = self.file_path(span)?;
+        let dir = path.parent().ok_or(StoreError::Internal("file without a directory"))?;
+        create_dirs_durably(dir)?;
+        let name = path.file_name().and_then(|n| n.to_str()).ok_or(StoreError::Internal("file name"))?;
+        let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
+
+        let kv = |k: &str, v: String| KeyValue::new(k.to_owned(), v);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.opts.zstd_level)?))
+            .set_max_row_group_row_count(Some(sealed.batch.num_rows().max(1)))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            // Raw bytes and hashes are incompressible by dictionaries and useless as min/max.
+            .set_column_dictionary_enabled("raw".into(), false)
+            .set_column_statistics_enabled("raw".into(), EnabledStatistics::None)
+            .set_column_dictionary_enabled("kafka_value".into(), false)
+            .set_column_statistics_enabled("kafka_value".into(), EnabledStatistics::None)
+            .set_column_dictionary_enabled("leaf_hash".into(), false)
+            .set_column_statistics_enabled("leaf_hash".into(), EnabledStatistics::None)
+            .set_column_dictionary_enabled("chain_hash".into(), false)
+            .set_column_statistics_enabled("chain_hash".into(), EnabledStatistics::None)
+            .set_key_value_metadata(Some(vec![
+                kv(meta::FORMAT, STORE_FORMAT.to_owned()),
+                kv(meta::TOPIC, span.topic.clone()),
+                kv(meta::PARTITION, span.partition.to_string()),
+                kv(meta::FIRST_OFFSET, span.first_offset.to_string()),
+                kv(meta::LAST_OFFSET, span.last_offset.to_string()),
+                kv(meta::FIRST_CHAIN_HASH, to_hex(&span.first_chain_hash)),
+                kv(meta::LAST_CHAIN_HASH, to_hex(&span.last_chain_hash)),
+                kv(meta::PREV_CHAIN_HASH, to_hex(&span.prev.hash)),
+                kv(meta::PREV_OFFSET, span.prev.offset.to_string()),
+                kv(meta::RECORDS, span.records.to_string()),
+            ]))
+            .build();
+
+        let file = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+        let mut writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), sealed.batch.schema(), Some(props))?;
+        writer.write(&sealed.batch)?;
+        let file = writer
+            .into_inner()?
+            .into_inner()
+            .map_err(|e| StoreError::io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(StoreError::io(&tmp))?;
+        let bytes = file.metadata().map_err(StoreError::io(&tmp))?.len();
+        drop(file);
+        fs::rename(&tmp, &path).map_err(StoreError::io(&path))?;
+        fsync_dir(dir)?;
+        Ok(FileInfo { path, first_offset: span.first_offset, last_offset: span.last_offset, bytes })
+    }
+
+    /// Every (topic, partition) that has files.
+    pub fn partitions(&self) -> Result<Vec<(String, i32)>, StoreError> {
+        let mut out = Vec::new();
+        for t in read_dir_names(&self.events_dir())? {
+            let Some(topic) = t.strip_prefix("topic=") else { continue };
+            for p in read_dir_names(&self.events_dir().join(&t))? {
+                if let Some(n) = p.strip_prefix("partition=").and_then(|n| n.parse().ok()) {
+                    out.push((topic.to_owned(), n));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A partition's files in offset order. Leftover temp files (from a crash mid-write) are
+    /// reported in the second list; they are not part of the store.
+    pub fn list(&self, topic: &str, partition: i32) -> Result<(Vec<FileEntry>, Vec<PathBuf>), StoreError> {
+        let (mut files, mut tmp) = (Vec::new(), Vec::new());
+        let pdir = self.partition_dir(topic, partition)?;
+        for date in read_dir_names(&pdir)? {
+            for hour in read_dir_names(&pdir.join(&date))? {
+                let dir = pdir.join(&date).join(&hour);
+                for name in read_dir_names(&dir)? {
+                    let path = dir.join(&name);
+                    if name.starts_with(TMP_PREFIX) {
+                        tmp.push(path);
+                    } else if let Some((first, last)) = parse_name(&name) {
+                        files.push(FileEntry { path, first_offset: first, last_offset: last });
+                    }
+                }
+            }
+        }
+        files.sort_by_key(|f| f.first_offset);
+        Ok((files, tmp))
+    }
+
+    /// Where a partition's chain stands in the store: the last stored record's offset and
+    /// chain hash, or genesis. Removes temp files a crash left behind, and refuses a store
+    /// whose files overlap or whose last footer disagrees with its name.
+    pub fn head(&self, topic: &str, partition: i32) -> Result<ChainHead, StoreError> {
+        let (files, tmp) = self.list(topic, partition)?;
+        for t in tmp {
+            tracing::warn!(path = %t.display(), "removing a partial file left by an interrupted write");
+            fs::remove_file(&t).map_err(StoreError::io(&t))?;
+        }
+        for w in files.windows(2) {
+            if w[1].first_offset <= w[0].last_offset {
+                return Err(StoreError::corrupt(&w[1].path, format!("overlaps {}", w[0].path.display())));
+            }
+        }
+        let Some(last) = files.last() else {
+            return Ok(ChainHead { offset: GENESIS_PREV_OFFSET, hash: GENESIS });
+        };
+        let m = read_footer(&last.path)?;
+        if m.last_offset != last.last_offset {
+            return Err(StoreError::corrupt(&last.path, "footer last offset differs from the file name"));
+        }
+        Ok(ChainHead { offset: m.last_offset, hash: m.last_chain_hash })
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(dir)(e)),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e.map_err(StoreError::io(dir))?;
+        if let Ok(name) = e.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn parse_name(name: &str) -> Option<(i64, i64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let (a, b) = stem.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The chain facts in a file's footer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Footer {
+    pub topic: String,
+    pub partition: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub first_chain_hash: [u8; 32],
+    pub last_chain_hash: [u8; 32],
+    pub prev_chain_hash: [u8; 32],
+    pub prev_offset: i64,
+    pub records: u64,
+}
+
+/// Read and parse a file's footer metadata.
+pub fn read_footer(path: &Path) -> Result<Footer, StoreError> {
+    let file = File::open(path).map_err(StoreError::io(path))?;
+    let reader = SerializedFileReader::new(file)?;
+    let kvs = reader.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    let get = |k: &str| -> Result<String, StoreError> {
+        kvs.iter()
+            .find(|kv| kv.key == k)
+            .and_then(|kv| kv.value.clone())
+            .ok_or_else(|| StoreError::corrupt(path, format!("footer lacks {k}")))
+    };
+    let num = |k: &str| -> Result<i64, StoreError> {
+        get(k)?.parse().map_err(|_| StoreError::corrupt(path, format!("footer {k} is not a number")))
+    };
+    let hash = |k: &str| -> Result<[u8; 32], StoreError> {
+        from_hex(&get(k)?).ok_or_else(|| StoreError::corrupt(path, format!("footer {k} is not a hash")))
+    };
+    Ok(Footer {
+        topic: get(meta::TOPIC)?,
+        partition: num(meta::PARTITION)? as i32,
+        first_offset: num(meta::FIRST_OFFSET)?,
+        last_offset: num(meta::LAST_OFFSET)?,
+        first_chain_hash: hash(meta::FIRST_CHAIN_HASH)?,
+        last_chain_hash: hash(meta::LAST_CHAIN_HASH)?,
+        prev_chain_hash: hash(meta::PREV_CHAIN_HASH)?,
+        prev_offset: num(meta::PREV_OFFSET)?,
+        records: num(meta::RECORDS)? as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_are_checked_before_they_become_paths() {
+        for ok in ["audit", "a.b_c-1", &"x".repeat(249)] {
+            validate_topic(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "../etc", "a b", &"x".repeat(250), "é"] {
+            assert!(validate_topic(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_parse() {
+        assert_eq!(parse_name("00000000000000000005-00000000000000000009.parquet"), Some((5, 9)));
+        assert_eq!(parse_name(".tmp-1-0-1.parquet"), None);
+        assert_eq!(parse_name("x.parquet"), None);
+    }
+}
