@@ -16,6 +16,73 @@ use vigil_schemas::DecoderConfig;
 pub struct Config {
     pub log: LogConfig,
     pub decode: DecodeConfig,
+    pub kafka: KafkaConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]` (flag `--brokers`).
+    pub brokers: String,
+    /// Topics to consume; a name starting with `^` is a regex (flag `--topics a,b`).
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Dead-letter topic suffix: records that fail to decode are copied to `<topic><suffix>`.
+    /// Empty disables the copy (they are still stored as rejected rows).
+    pub dlq_suffix: String,
+    /// Format pinned per topic (`topic = "opa"`); other topics are detected per record.
+    pub formats: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties passed through as given: TLS (`security.protocol`, `ssl.*`),
+    /// SASL (`sasl.*`), tuning. They override Vigil's defaults.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".to_owned(),
+            topics: Vec::new(),
+            group_id: "vigil".to_owned(),
+            dlq_suffix: ".dlq".to_owned(),
+            formats: Default::default(),
+            properties: Default::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where the store lives (flag `--data-dir`).
+    pub data_dir: std::path::PathBuf,
+    /// A partition's open batch becomes a file at this many events…
+    pub max_batch_events: usize,
+    /// …or this many raw bytes…
+    pub max_batch_bytes: usize,
+    /// …or this long after its first record (also the longest a record waits to be durable).
+    pub max_batch_wait_ms: u64,
+    /// Threads writing Parquet files.
+    pub writer_threads: usize,
+    /// Sealed batches queued per writer before partitions are paused (backpressure).
+    pub writer_queue_depth: usize,
+    /// zstd compression level of the Parquet files (1 fastest … 22 smallest).
+    pub zstd_level: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: "./vigil-data".into(),
+            max_batch_events: 100_000,
+            max_batch_bytes: 64 * 1024 * 1024,
+            max_batch_wait_ms: 2000,
+            writer_threads: 1,
+            writer_queue_depth: 2,
+            zstd_level: 1,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -156,7 +223,11 @@ mod tests {
         let defaults: toml::Table = toml::from_str(&Config::default().to_toml().unwrap()).unwrap();
         for (section, keys) in &defaults {
             for (key, default) in keys.as_table().unwrap() {
-                let row = format!("| `{section}.{key}` | `{default}` |");
+                let shown = match default {
+                    toml::Value::Table(t) if t.is_empty() => "{}".to_owned(),
+                    v => v.to_string(),
+                };
+                let row = format!("| `{section}.{key}` | `{shown}` |");
                 assert!(
                     readme.contains(&row),
                     "README's config reference lacks the row {row}"

@@ -3,6 +3,8 @@
 
 mod config;
 mod decode_cmd;
+mod query_cmd;
+mod serve_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,11 @@ enum Command {
     /// stdout, each record that fails with its line number on stderr. Exit code 0 when every
     /// record decoded, 1 when any failed.
     Decode(decode_cmd::DecodeArgs),
+    /// Run the pipeline: consume the topics, store every record hash-chained in Parquet.
+    /// Stops cleanly (flush, commit) on SIGINT or SIGTERM.
+    Serve(serve_cmd::ServeArgs),
+    /// Run SQL over the store (tables `events`, `rejected`, `stored`).
+    Query(query_cmd::QueryArgs),
     /// Print the canonical event schema, column by column.
     Schema {
         /// Print the Arrow schema as JSON instead of a Markdown table.
@@ -70,6 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     init_logging(&cfg.log)?;
     match cli.command {
         Command::Decode(args) => decode_cmd::run(&cfg, args),
+        Command::Serve(args) => serve_cmd::run(&mut cfg, args),
+        Command::Query(args) => query_cmd::run(&cfg, args),
         Command::Schema { json } => {
             if json {
                 let schema = vigil_schemas::canonical_schema();

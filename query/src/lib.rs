@@ -1,8 +1,59 @@
-//! Vigil's query stage: SQL (DataFusion) over the store and the analyst HTTP API (axum).
+//! Vigil's query stage: SQL (DataFusion) over the store.
 //!
-//! **For:** read-only, sandboxed SQL over events, alerts and checkpoints, and the API around it.
-//! **Not for:** writing data or running rules.
-//!
-//! Status: the crate boundary exists so the dependency graph is fixed from the start; SQL lands
-//! with the "Kafka to hash-chained Parquet" issue and the API with "The analyst API". It exports
-//! nothing yet.
+//! **For:** registering the store's files as tables and running read-only SQL over them.
+//! Tables: `stored` (every stored row, decoded or rejected, with its Kafka position and chain
+//! hashes), `events` (the decoded events: `stored` without rejected rows) and `rejected`
+//! (records that failed to decode, with `store_error`).
+//! **Not for:** writing data. The analyst HTTP API and its sandbox (timeouts, row and memory
+//! caps, read-only enforcement) come with the API.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error("data directory {0} has no store (expected an events/ directory)")]
+    NoStore(String),
+}
+
+/// A session with the store's tables registered.
+pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
+    let events_dir = data_dir.join("events");
+    if !events_dir.is_dir() {
+        return Err(QueryError::NoStore(data_dir.display().to_string()));
+    }
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    let abs = events_dir
+        .canonicalize()
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    // The schema is known: an empty store is still queryable, and a file of another schema
+    // is an error rather than a silent widening.
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(vigil_store::store_schema());
+    ctx.register_table("stored", Arc::new(ListingTable::try_new(config)?))?;
+    ctx.sql("CREATE VIEW events AS SELECT * FROM stored WHERE store_error IS NULL")
+        .await?;
+    ctx.sql("CREATE VIEW rejected AS SELECT * FROM stored WHERE store_error IS NOT NULL")
+        .await?;
+    Ok(ctx)
+}
+
+/// Run one SQL statement over the store and collect the result.
+pub async fn query(data_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    let ctx = session(data_dir).await?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}

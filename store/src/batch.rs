@@ -112,7 +112,12 @@ impl StoreCols {
         }
     }
 
-    fn append(&mut self, c: &RowCtx<'_>, value: Option<&[u8]>, error: Option<&DecodeError>) -> Result<(), StoreError> {
+    fn append(
+        &mut self,
+        c: &RowCtx<'_>,
+        value: Option<&[u8]>,
+        error: Option<&DecodeError>,
+    ) -> Result<(), StoreError> {
         let r = c.rec;
         self.topic.append_value(r.topic);
         self.partition.append_value(r.partition);
@@ -121,8 +126,12 @@ impl StoreCols {
         self.key.append_option(r.key);
         let hs = self.headers.values();
         for (k, v) in r.headers {
-            hs.field_builder::<StringBuilder>(0).ok_or(StoreError::Internal("header key builder"))?.append_value(k);
-            hs.field_builder::<BinaryBuilder>(1).ok_or(StoreError::Internal("header value builder"))?.append_option(*v);
+            hs.field_builder::<StringBuilder>(0)
+                .ok_or(StoreError::Internal("header key builder"))?
+                .append_value(k);
+            hs.field_builder::<BinaryBuilder>(1)
+                .ok_or(StoreError::Internal("header value builder"))?
+                .append_option(*v);
             hs.append(true);
         }
         self.headers.append(true);
@@ -132,7 +141,9 @@ impl StoreCols {
         self.error_kind.append_option(error.map(|e| e.kind_name()));
         self.prev_offset.append_value(c.prev_offset);
         self.leaf.append_value(c.leaf).map_err(StoreError::Arrow)?;
-        self.chain.append_value(c.chain).map_err(StoreError::Arrow)?;
+        self.chain
+            .append_value(c.chain)
+            .map_err(StoreError::Arrow)?;
         Ok(())
     }
 
@@ -195,18 +206,34 @@ impl PartitionBatch {
 
     /// Decode, chain and append one record. The record must come after the chain head
     /// (`rec.offset > head.offset`): the caller skips records the store already holds.
-    pub fn append(&mut self, rec: &RecordRef<'_>, decoder: &Decoder, received_ns: i64) -> Result<Appended, StoreError> {
+    pub fn append(
+        &mut self,
+        rec: &RecordRef<'_>,
+        decoder: &Decoder,
+        received_ns: i64,
+    ) -> Result<Appended, StoreError> {
         if rec.topic != self.topic || rec.partition != self.partition {
             return Err(StoreError::Internal("record for another partition"));
         }
         if rec.offset <= self.head.offset {
-            return Err(StoreError::OffsetNotAfterHead { offset: rec.offset, head: self.head.offset });
+            return Err(StoreError::OffsetNotAfterHead {
+                offset: rec.offset,
+                head: self.head.offset,
+            });
         }
         let leaf = leaf_hash(rec);
         let chain = chain_hash(&self.head.hash, self.head.offset, rec.offset, &leaf);
-        let ctx = RowCtx { rec, prev_offset: self.head.offset, leaf, chain };
+        let ctx = RowCtx {
+            rec,
+            prev_offset: self.head.offset,
+            leaf,
+            chain,
+        };
         let value = rec.value.unwrap_or(&[]);
-        let time_ns = rec.timestamp_ms.and_then(|ms| ms.checked_mul(1_000_000)).unwrap_or(received_ns);
+        let time_ns = rec
+            .timestamp_ms
+            .and_then(|ms| ms.checked_mul(1_000_000))
+            .unwrap_or(received_ns);
 
         let (events, cols) = (&mut self.events, &mut self.cols);
         let mut min_time = self.min_event_time_ns;
@@ -236,7 +263,10 @@ impl PartitionBatch {
         }
         self.min_event_time_ns = min_time;
         self.first.get_or_insert((rec.offset, chain));
-        self.head = ChainHead { offset: rec.offset, hash: chain };
+        self.head = ChainHead {
+            offset: rec.offset,
+            hash: chain,
+        };
         self.records += 1;
         Ok(outcome)
     }

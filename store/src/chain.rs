@@ -84,7 +84,12 @@ pub fn leaf_hash(r: &RecordRef<'_>) -> [u8; 32] {
 
 /// The chain hash of a record: the previous link, the offset it follows, its own offset, its
 /// leaf.
-pub fn chain_hash(prev_chain: &[u8; 32], prev_offset: i64, offset: i64, leaf: &[u8; 32]) -> [u8; 32] {
+pub fn chain_hash(
+    prev_chain: &[u8; 32],
+    prev_offset: i64,
+    offset: i64,
+    leaf: &[u8; 32],
+) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(CHAIN_CONTEXT);
     h.update(prev_chain);
     h.update(&prev_offset.to_le_bytes());
@@ -107,19 +112,45 @@ pub fn from_hex(s: &str) -> Option<[u8; 32]> {
 mod tests {
     use super::*;
 
-    fn rec<'a>(value: Option<&'a [u8]>, headers: &'a [(&'a str, Option<&'a [u8]>)]) -> RecordRef<'a> {
-        RecordRef { topic: "t", partition: 0, offset: 5, timestamp_ms: Some(1), key: None, value, headers }
+    fn rec<'a>(
+        value: Option<&'a [u8]>,
+        headers: &'a [(&'a str, Option<&'a [u8]>)],
+    ) -> RecordRef<'a> {
+        RecordRef {
+            topic: "t",
+            partition: 0,
+            offset: 5,
+            timestamp_ms: Some(1),
+            key: None,
+            value,
+            headers,
+        }
     }
 
     #[test]
     fn every_field_changes_the_leaf() {
         let base = leaf_hash(&rec(Some(b"v"), &[]));
         let variants = [
-            RecordRef { topic: "u", ..rec(Some(b"v"), &[]) },
-            RecordRef { partition: 1, ..rec(Some(b"v"), &[]) },
-            RecordRef { offset: 6, ..rec(Some(b"v"), &[]) },
-            RecordRef { timestamp_ms: None, ..rec(Some(b"v"), &[]) },
-            RecordRef { key: Some(b""), ..rec(Some(b"v"), &[]) },
+            RecordRef {
+                topic: "u",
+                ..rec(Some(b"v"), &[])
+            },
+            RecordRef {
+                partition: 1,
+                ..rec(Some(b"v"), &[])
+            },
+            RecordRef {
+                offset: 6,
+                ..rec(Some(b"v"), &[])
+            },
+            RecordRef {
+                timestamp_ms: None,
+                ..rec(Some(b"v"), &[])
+            },
+            RecordRef {
+                key: Some(b""),
+                ..rec(Some(b"v"), &[])
+            },
             rec(Some(b"w"), &[]),
             rec(None, &[]),
             rec(Some(b"v"), &[("h", None)]),
@@ -135,17 +166,29 @@ mod tests {
         // Moving bytes between a header key and value must change the hash.
         let a = [("ab", Some(&b"c"[..]))];
         let b = [("a", Some(&b"bc"[..]))];
-        assert_ne!(leaf_hash(&rec(Some(b"v"), &a)), leaf_hash(&rec(Some(b"v"), &b)));
+        assert_ne!(
+            leaf_hash(&rec(Some(b"v"), &a)),
+            leaf_hash(&rec(Some(b"v"), &b))
+        );
         let c = [("h", None)];
         let d = [("h", Some(&b""[..]))];
-        assert_ne!(leaf_hash(&rec(Some(b"v"), &c)), leaf_hash(&rec(Some(b"v"), &d)));
+        assert_ne!(
+            leaf_hash(&rec(Some(b"v"), &c)),
+            leaf_hash(&rec(Some(b"v"), &d))
+        );
     }
 
     #[test]
     fn chain_commits_to_the_gap() {
         let leaf = leaf_hash(&rec(Some(b"v"), &[]));
-        assert_ne!(chain_hash(&GENESIS, 4, 5, &leaf), chain_hash(&GENESIS, 3, 5, &leaf));
-        assert_ne!(chain_hash(&GENESIS, 4, 5, &leaf), chain_hash(&[1; 32], 4, 5, &leaf));
+        assert_ne!(
+            chain_hash(&GENESIS, 4, 5, &leaf),
+            chain_hash(&GENESIS, 3, 5, &leaf)
+        );
+        assert_ne!(
+            chain_hash(&GENESIS, 4, 5, &leaf),
+            chain_hash(&[1; 32], 4, 5, &leaf)
+        );
         // Leaf and chain hashes live in different domains.
         assert_ne!(chain_hash(&GENESIS, -1, 0, &leaf), leaf);
     }
@@ -165,7 +208,13 @@ mod tests {
         let chain = chain_hash(&GENESIS, GENESIS_PREV_OFFSET, 42, &leaf);
         assert_eq!(from_hex(&to_hex(&chain)), Some(chain));
         // Computed independently (Python `blake3` package) from the encoding in the module docs.
-        assert_eq!(to_hex(&leaf), "d2bd31a9a37c82300fe64017bf3f5b4bd42f83c2035ea5e99a09f250d2940a60");
-        assert_eq!(to_hex(&chain), "64a668714e025a3940611aa1ba6c071211c3fa96a6ebf21726235f8d5e12dbcf");
+        assert_eq!(
+            to_hex(&leaf),
+            "d2bd31a9a37c82300fe64017bf3f5b4bd42f83c2035ea5e99a09f250d2940a60"
+        );
+        assert_eq!(
+            to_hex(&chain),
+            "64a668714e025a3940611aa1ba6c071211c3fa96a6ebf21726235f8d5e12dbcf"
+        );
     }
 }

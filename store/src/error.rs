@@ -5,7 +5,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("I/O on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("Parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("Arrow: {0}")]
@@ -27,6 +30,9 @@ impl StoreError {
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, what: impl Into<String>) -> StoreError {
-        StoreError::Corrupt { path: path.into(), what: what.into() }
+        StoreError::Corrupt {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 }

@@ -62,8 +62,14 @@ pub fn validate_topic(topic: &str) -> Result<(), StoreError> {
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
-        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(()) } else { Err(StoreError::InvalidTopic(topic.to_owned())) }
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidTopic(topic.to_owned()))
+    }
 }
 
 /// The store in a local directory.
@@ -74,7 +80,9 @@ pub struct Store {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io(dir))
 }
 
 /// `create_dir_all`, making each new directory entry durable in its parent.
@@ -115,7 +123,10 @@ impl Store {
 
     pub fn partition_dir(&self, topic: &str, partition: i32) -> Result<PathBuf, StoreError> {
         validate_topic(topic)?;
-        Ok(self.events_dir().join(format!("topic={topic}")).join(format!("partition={partition}")))
+        Ok(self
+            .events_dir()
+            .join(format!("topic={topic}"))
+            .join(format!("partition={partition}")))
     }
 
     fn file_path(&self, span: &BatchSpan) -> Result<PathBuf, StoreError> {
@@ -124,7 +135,10 @@ impl Store {
             .partition_dir(&span.topic, span.partition)?
             .join(format!("date={}", t.format("%Y-%m-%d")))
             .join(format!("hour={}", t.format("%H")))
-            .join(format!("{:020}-{:020}.parquet", span.first_offset, span.last_offset)))
+            .join(format!(
+                "{:020}-{:020}.parquet",
+                span.first_offset, span.last_offset
+            )))
     }
 
     /// Write a sealed batch as one file: temp file, fsync, rename, fsync the directory. When
@@ -132,9 +146,14 @@ impl Store {
     pub fn write(&self, sealed: &SealedBatch) -> Result<FileInfo, StoreError> {
         let span = &sealed.span;
         let path = self.file_path(span)?;
-        let dir = path.parent().ok_or(StoreError::Internal("file without a directory"))?;
+        let dir = path
+            .parent()
+            .ok_or(StoreError::Internal("file without a directory"))?;
         create_dirs_durably(dir)?;
-        let name = path.file_name().and_then(|n| n.to_str()).ok_or(StoreError::Internal("file name"))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or(StoreError::Internal("file name"))?;
         let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
 
         let kv = |k: &str, v: String| KeyValue::new(k.to_owned(), v);
@@ -166,7 +185,11 @@ impl Store {
             .build();
 
         let file = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-        let mut writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), sealed.batch.schema(), Some(props))?;
+        let mut writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            sealed.batch.schema(),
+            Some(props),
+        )?;
         writer.write(&sealed.batch)?;
         let file = writer
             .into_inner()?
@@ -177,14 +200,21 @@ impl Store {
         drop(file);
         fs::rename(&tmp, &path).map_err(StoreError::io(&path))?;
         fsync_dir(dir)?;
-        Ok(FileInfo { path, first_offset: span.first_offset, last_offset: span.last_offset, bytes })
+        Ok(FileInfo {
+            path,
+            first_offset: span.first_offset,
+            last_offset: span.last_offset,
+            bytes,
+        })
     }
 
     /// Every (topic, partition) that has files.
     pub fn partitions(&self) -> Result<Vec<(String, i32)>, StoreError> {
         let mut out = Vec::new();
         for t in read_dir_names(&self.events_dir())? {
-            let Some(topic) = t.strip_prefix("topic=") else { continue };
+            let Some(topic) = t.strip_prefix("topic=") else {
+                continue;
+            };
             for p in read_dir_names(&self.events_dir().join(&t))? {
                 if let Some(n) = p.strip_prefix("partition=").and_then(|n| n.parse().ok()) {
                     out.push((topic.to_owned(), n));
@@ -197,7 +227,11 @@ impl Store {
 
     /// A partition's files in offset order. Leftover temp files (from a crash mid-write) are
     /// reported in the second list; they are not part of the store.
-    pub fn list(&self, topic: &str, partition: i32) -> Result<(Vec<FileEntry>, Vec<PathBuf>), StoreError> {
+    pub fn list(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Vec<FileEntry>, Vec<PathBuf>), StoreError> {
         let (mut files, mut tmp) = (Vec::new(), Vec::new());
         let pdir = self.partition_dir(topic, partition)?;
         for date in read_dir_names(&pdir)? {
@@ -208,7 +242,11 @@ impl Store {
                     if name.starts_with(TMP_PREFIX) {
                         tmp.push(path);
                     } else if let Some((first, last)) = parse_name(&name) {
-                        files.push(FileEntry { path, first_offset: first, last_offset: last });
+                        files.push(FileEntry {
+                            path,
+                            first_offset: first,
+                            last_offset: last,
+                        });
                     }
                 }
             }
@@ -228,17 +266,29 @@ impl Store {
         }
         for w in files.windows(2) {
             if w[1].first_offset <= w[0].last_offset {
-                return Err(StoreError::corrupt(&w[1].path, format!("overlaps {}", w[0].path.display())));
+                return Err(StoreError::corrupt(
+                    &w[1].path,
+                    format!("overlaps {}", w[0].path.display()),
+                ));
             }
         }
         let Some(last) = files.last() else {
-            return Ok(ChainHead { offset: GENESIS_PREV_OFFSET, hash: GENESIS });
+            return Ok(ChainHead {
+                offset: GENESIS_PREV_OFFSET,
+                hash: GENESIS,
+            });
         };
         let m = read_footer(&last.path)?;
         if m.last_offset != last.last_offset {
-            return Err(StoreError::corrupt(&last.path, "footer last offset differs from the file name"));
+            return Err(StoreError::corrupt(
+                &last.path,
+                "footer last offset differs from the file name",
+            ));
         }
-        Ok(ChainHead { offset: m.last_offset, hash: m.last_chain_hash })
+        Ok(ChainHead {
+            offset: m.last_offset,
+            hash: m.last_chain_hash,
+        })
     }
 }
 
@@ -283,7 +333,12 @@ pub struct Footer {
 pub fn read_footer(path: &Path) -> Result<Footer, StoreError> {
     let file = File::open(path).map_err(StoreError::io(path))?;
     let reader = SerializedFileReader::new(file)?;
-    let kvs = reader.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    let kvs = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
     let get = |k: &str| -> Result<String, StoreError> {
         kvs.iter()
             .find(|kv| kv.key == k)
@@ -291,10 +346,13 @@ pub fn read_footer(path: &Path) -> Result<Footer, StoreError> {
             .ok_or_else(|| StoreError::corrupt(path, format!("footer lacks {k}")))
     };
     let num = |k: &str| -> Result<i64, StoreError> {
-        get(k)?.parse().map_err(|_| StoreError::corrupt(path, format!("footer {k} is not a number")))
+        get(k)?
+            .parse()
+            .map_err(|_| StoreError::corrupt(path, format!("footer {k} is not a number")))
     };
     let hash = |k: &str| -> Result<[u8; 32], StoreError> {
-        from_hex(&get(k)?).ok_or_else(|| StoreError::corrupt(path, format!("footer {k} is not a hash")))
+        from_hex(&get(k)?)
+            .ok_or_else(|| StoreError::corrupt(path, format!("footer {k} is not a hash")))
     };
     Ok(Footer {
         topic: get(meta::TOPIC)?,
@@ -325,7 +383,10 @@ mod tests {
 
     #[test]
     fn names_parse() {
-        assert_eq!(parse_name("00000000000000000005-00000000000000000009.parquet"), Some((5, 9)));
+        assert_eq!(
+            parse_name("00000000000000000005-00000000000000000009.parquet"),
+            Some((5, 9))
+        );
         assert_eq!(parse_name(".tmp-1-0-1.parquet"), None);
         assert_eq!(parse_name("x.parquet"), None);
     }

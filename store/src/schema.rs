@@ -31,22 +31,55 @@ pub const STORE_FORMAT: &str = "1";
 pub const STORE_COLUMNS: &[(&str, &str)] = &[
     ("kafka_topic", "Topic the record was read from."),
     ("kafka_partition", "Partition the record was read from."),
-    ("kafka_offset", "Offset of the record. Rows of one record (an OPA upload array) share it."),
-    ("kafka_timestamp", "Kafka timestamp (create or log-append time), UTC ms; null if the broker gave none."),
+    (
+        "kafka_offset",
+        "Offset of the record. Rows of one record (an OPA upload array) share it.",
+    ),
+    (
+        "kafka_timestamp",
+        "Kafka timestamp (create or log-append time), UTC ms; null if the broker gave none.",
+    ),
     ("kafka_key", "Record key bytes; null for no key."),
-    ("kafka_headers", "Record headers in order: list of {key, value}; value null for a null header value."),
-    ("kafka_value", "The record's value when it differs from the row's `raw` (gzip or multi-event records), on the record's first row only; null otherwise, where `raw` is the value."),
-    ("kafka_tombstone", "True when the record's value was null (a tombstone)."),
-    ("store_error", "Why the record failed to decode (a rejected record); null for decoded events."),
-    ("store_error_kind", "Stable name of the decode error kind (`syntax`, `shape`, `too_large`, …); null for decoded events."),
-    ("chain_prev_offset", "Offset of the record this one's chain link follows (-1 at genesis); a value other than kafka_offset - 1 is a recorded gap."),
-    ("leaf_hash", "blake3 leaf hash over the record's position, timestamp, key, value and headers (store/src/chain.rs)."),
-    ("chain_hash", "blake3 chain hash over the previous chain hash, prev offset, offset and leaf."),
+    (
+        "kafka_headers",
+        "Record headers in order: list of {key, value}; value null for a null header value.",
+    ),
+    (
+        "kafka_value",
+        "The record's value when it differs from the row's `raw` (gzip or multi-event records), on the record's first row only; null otherwise, where `raw` is the value.",
+    ),
+    (
+        "kafka_tombstone",
+        "True when the record's value was null (a tombstone).",
+    ),
+    (
+        "store_error",
+        "Why the record failed to decode (a rejected record); null for decoded events.",
+    ),
+    (
+        "store_error_kind",
+        "Stable name of the decode error kind (`syntax`, `shape`, `too_large`, …); null for decoded events.",
+    ),
+    (
+        "chain_prev_offset",
+        "Offset of the record this one's chain link follows (-1 at genesis); a value other than kafka_offset - 1 is a recorded gap.",
+    ),
+    (
+        "leaf_hash",
+        "blake3 leaf hash over the record's position, timestamp, key, value and headers (store/src/chain.rs).",
+    ),
+    (
+        "chain_hash",
+        "blake3 chain hash over the previous chain hash, prev offset, offset and leaf.",
+    ),
 ];
 
 /// The fields of one header: `{key: Utf8, value: Binary (nullable)}`.
 pub fn header_fields() -> Fields {
-    Fields::from(vec![Field::new("key", DataType::Utf8, false), Field::new("value", DataType::Binary, true)])
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ])
 }
 
 /// The list item of `kafka_headers`.
@@ -61,12 +94,19 @@ pub fn headers_type() -> DataType {
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let canonical = canonical_schema();
-    let mut fields: Vec<Field> = canonical.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = canonical
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     let types: [(DataType, bool); 13] = [
         (DataType::Utf8, false),
         (DataType::Int32, false),
         (DataType::Int64, false),
-        (DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+        (
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
         (DataType::Binary, true),
         (headers_type(), false),
         (DataType::Binary, true),
@@ -79,7 +119,8 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ];
     for ((name, doc), (ty, nullable)) in STORE_COLUMNS.iter().zip(types) {
         fields.push(
-            Field::new(*name, ty, nullable).with_metadata(HashMap::from([("doc".to_owned(), (*doc).to_owned())])),
+            Field::new(*name, ty, nullable)
+                .with_metadata(HashMap::from([("doc".to_owned(), (*doc).to_owned())])),
         );
     }
     let mut meta = canonical.metadata().clone();
@@ -103,7 +144,9 @@ mod tests {
         assert_eq!(s.fields().len(), n + STORE_COLUMNS.len());
         for f in &s.fields()[n..] {
             assert!(
-                vigil_schemas::schema::RESERVED_PREFIXES.iter().any(|p| f.name().starts_with(p)),
+                vigil_schemas::schema::RESERVED_PREFIXES
+                    .iter()
+                    .any(|p| f.name().starts_with(p)),
                 "{}",
                 f.name()
             );

@@ -6,8 +6,8 @@ use std::fs::File;
 use std::path::PathBuf;
 
 use arrow::array::{
-    Array, AsArray, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray, StringArray,
-    StructArray,
+    Array, AsArray, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray,
+    StringArray, StructArray,
 };
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType, UInt32Type};
 use parquet::arrow::ProjectionMask;
@@ -45,7 +45,10 @@ impl ChainReport {
     }
 
     pub fn problems(&self) -> Vec<String> {
-        self.partitions.iter().filter_map(|p| p.problem.clone()).collect()
+        self.partitions
+            .iter()
+            .filter_map(|p| p.problem.clone())
+            .collect()
     }
 }
 
@@ -69,7 +72,9 @@ const COLUMNS: &[&str] = &[
 pub fn check_chain(store: &Store) -> Result<ChainReport, StoreError> {
     let mut report = ChainReport::default();
     for (topic, partition) in store.partitions()? {
-        report.partitions.push(check_partition(store, &topic, partition)?);
+        report
+            .partitions
+            .push(check_partition(store, &topic, partition)?);
     }
     Ok(report)
 }
@@ -83,11 +88,23 @@ struct Cursor {
 }
 
 /// Check one partition; I/O errors are errors, mismatches are reported in the result.
-pub fn check_partition(store: &Store, topic: &str, partition: i32) -> Result<PartitionReport, StoreError> {
-    let mut r = PartitionReport { topic: topic.to_owned(), partition, ..Default::default() };
+pub fn check_partition(
+    store: &Store,
+    topic: &str,
+    partition: i32,
+) -> Result<PartitionReport, StoreError> {
+    let mut r = PartitionReport {
+        topic: topic.to_owned(),
+        partition,
+        ..Default::default()
+    };
     let (files, _tmp) = store.list(topic, partition)?;
     r.files = files.len();
-    let mut cur = Cursor { offset: GENESIS_PREV_OFFSET, hash: GENESIS, current: None };
+    let mut cur = Cursor {
+        offset: GENESIS_PREV_OFFSET,
+        hash: GENESIS,
+        current: None,
+    };
     for f in &files {
         if let Err(problem) = check_file(&f.path, topic, partition, &mut cur, &mut r)? {
             r.problem = Some(format!("{}: {problem}", f.path.display()));
@@ -106,7 +123,10 @@ fn check_file(
 ) -> Result<Result<(), String>, StoreError> {
     let footer = read_footer(path)?;
     if footer.topic != topic || footer.partition != partition {
-        return Ok(Err(format!("footer names {}/{}, file is under {topic}/{partition}", footer.topic, footer.partition)));
+        return Ok(Err(format!(
+            "footer names {}/{}, file is under {topic}/{partition}",
+            footer.topic, footer.partition
+        )));
     }
     if footer.prev_offset != cur.offset || footer.prev_chain_hash != cur.hash {
         return Ok(Err(format!(
@@ -117,11 +137,17 @@ fn check_file(
     let file = File::open(path).map_err(StoreError::io(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), COLUMNS.iter().copied());
-    let reader = builder.with_projection(mask).with_batch_size(8192).build()?;
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()?;
     let (mut first, mut records) = (None, 0u64);
     for batch in reader {
         let b = batch.map_err(StoreError::Arrow)?;
-        let col = |name: &str| b.column_by_name(name).ok_or(StoreError::corrupt(path, format!("no column {name}")));
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .ok_or(StoreError::corrupt(path, format!("no column {name}")))
+        };
         let topics: &StringArray = col("kafka_topic")?.as_string::<i32>();
         let partitions: &Int32Array = col("kafka_partition")?.as_primitive::<Int32Type>();
         let offsets: &Int64Array = col("kafka_offset")?.as_primitive::<Int64Type>();
@@ -138,12 +164,21 @@ fn check_file(
         for i in 0..b.num_rows() {
             r.rows += 1;
             let offset = offsets.value(i);
-            let leaf: [u8; 32] = leaves.value(i).try_into().map_err(|_| StoreError::corrupt(path, "leaf hash width"))?;
-            let chain: [u8; 32] = chains.value(i).try_into().map_err(|_| StoreError::corrupt(path, "chain hash width"))?;
+            let leaf: [u8; 32] = leaves
+                .value(i)
+                .try_into()
+                .map_err(|_| StoreError::corrupt(path, "leaf hash width"))?;
+            let chain: [u8; 32] = chains
+                .value(i)
+                .try_into()
+                .map_err(|_| StoreError::corrupt(path, "chain hash width"))?;
             if idx.value(i) > 0 {
                 // A further event of the record on the previous row: same position, same hashes.
                 if cur.current != Some((offset, leaf, chain)) {
-                    return Ok(Err(format!("offset {offset}: row {} of a record does not match its first row", idx.value(i))));
+                    return Ok(Err(format!(
+                        "offset {offset}: row {} of a record does not match its first row",
+                        idx.value(i)
+                    )));
                 }
                 continue;
             }
@@ -158,7 +193,8 @@ fn check_file(
                 )));
             }
             let hs = header_pairs(headers, i);
-            let hs_ref: Vec<(&str, Option<&[u8]>)> = hs.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+            let hs_ref: Vec<(&str, Option<&[u8]>)> =
+                hs.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
             let value = if tomb.value(i) {
                 None
             } else if values.is_valid(i) {
@@ -176,7 +212,9 @@ fn check_file(
                 headers: &hs_ref,
             };
             if leaf_hash(&rec) != leaf {
-                return Ok(Err(format!("offset {offset}: leaf hash does not match the stored bytes")));
+                return Ok(Err(format!(
+                    "offset {offset}: leaf hash does not match the stored bytes"
+                )));
             }
             let expect = chain_hash(&cur.hash, cur.offset, offset, &leaf);
             if expect != chain {
@@ -199,7 +237,10 @@ fn check_file(
         Some((o, h)) if o == footer.first_offset && h == footer.first_chain_hash => {}
         _ => return Ok(Err("first record differs from the footer".to_owned())),
     }
-    if cur.offset != footer.last_offset || cur.hash != footer.last_chain_hash || records != footer.records {
+    if cur.offset != footer.last_offset
+        || cur.hash != footer.last_chain_hash
+        || records != footer.records
+    {
         return Ok(Err(format!(
             "file ends at offset {} after {records} records; its footer says offset {} after {}",
             cur.offset, footer.last_offset, footer.records
@@ -211,9 +252,21 @@ fn check_file(
 /// One row's headers, copied out (the list value is a temporary array).
 fn header_pairs(headers: &ListArray, i: usize) -> Vec<(String, Option<Vec<u8>>)> {
     let list = headers.value(i);
-    let Some(s) = list.as_any().downcast_ref::<StructArray>() else { return Vec::new() };
-    let (Some(k), Some(v)) = (s.column(0).as_string_opt::<i32>(), s.column(1).as_binary_opt::<i32>()) else {
+    let Some(s) = list.as_any().downcast_ref::<StructArray>() else {
         return Vec::new();
     };
-    (0..s.len()).map(|j| (k.value(j).to_owned(), v.is_valid(j).then(|| v.value(j).to_vec()))).collect()
+    let (Some(k), Some(v)) = (
+        s.column(0).as_string_opt::<i32>(),
+        s.column(1).as_binary_opt::<i32>(),
+    ) else {
+        return Vec::new();
+    };
+    (0..s.len())
+        .map(|j| {
+            (
+                k.value(j).to_owned(),
+                v.is_valid(j).then(|| v.value(j).to_vec()),
+            )
+        })
+        .collect()
 }

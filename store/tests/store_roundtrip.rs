@@ -10,8 +10,20 @@ use vigil_store::{Appended, PartitionBatch, RecordRef, Store, WriteOptions, chec
 
 const OPA: &str = r#"{"decision_id":"d","result":false,"timestamp":"2026-01-01T10:00:00Z","input":{"method":"GET","path":"/x"}}"#;
 
-fn rec<'a>(offset: i64, value: Option<&'a [u8]>, headers: &'a [(&'a str, Option<&'a [u8]>)]) -> RecordRef<'a> {
-    RecordRef { topic: "audit", partition: 2, offset, timestamp_ms: Some(1_767_261_600_000), key: Some(b"k"), value, headers }
+fn rec<'a>(
+    offset: i64,
+    value: Option<&'a [u8]>,
+    headers: &'a [(&'a str, Option<&'a [u8]>)],
+) -> RecordRef<'a> {
+    RecordRef {
+        topic: "audit",
+        partition: 2,
+        offset,
+        timestamp_ms: Some(1_767_261_600_000),
+        key: Some(b"k"),
+        value,
+        headers,
+    }
 }
 
 fn fill(store: &Store, offsets: &[i64]) -> PartitionBatch {
@@ -32,7 +44,10 @@ fn files_chain_across_seals_and_restarts() {
     let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
     let mut b = fill(&store, &[0, 1, 2]);
     let f1 = store.write(&b.seal().unwrap().unwrap()).unwrap();
-    assert!(b.seal().unwrap().is_none(), "an empty batch seals to nothing");
+    assert!(
+        b.seal().unwrap().is_none(),
+        "an empty batch seals to nothing"
+    );
     let d = Decoder::default();
     // A gzip upload of two events, a rejected record and a tombstone, after a gap.
     let upload = {
@@ -41,12 +56,33 @@ fn files_chain_across_seals_and_restarts() {
         gz.write_all(format!("[{OPA},{OPA}]").as_bytes()).unwrap();
         gz.finish().unwrap()
     };
-    assert_eq!(b.append(&rec(5, Some(&upload), &[]), &d, 0).unwrap(), Appended::Decoded(2));
-    assert!(matches!(b.append(&rec(6, Some(b"not json"), &[]), &d, 0).unwrap(), Appended::Rejected(_)));
-    assert!(matches!(b.append(&rec(7, None, &[]), &d, 0).unwrap(), Appended::Rejected(_)));
+    assert_eq!(
+        b.append(&rec(5, Some(&upload), &[]), &d, 0).unwrap(),
+        Appended::Decoded(2)
+    );
+    assert!(matches!(
+        b.append(&rec(6, Some(b"not json"), &[]), &d, 0).unwrap(),
+        Appended::Rejected(_)
+    ));
+    assert!(matches!(
+        b.append(&rec(7, None, &[]), &d, 0).unwrap(),
+        Appended::Rejected(_)
+    ));
     let f2 = store.write(&b.seal().unwrap().unwrap()).unwrap();
-    assert_eq!((f1.first_offset, f1.last_offset, f2.first_offset, f2.last_offset), (0, 2, 5, 7));
-    assert!(f1.path.to_string_lossy().contains("topic=audit/partition=2/date=2026-01-01/hour=10/"));
+    assert_eq!(
+        (
+            f1.first_offset,
+            f1.last_offset,
+            f2.first_offset,
+            f2.last_offset
+        ),
+        (0, 2, 5, 7)
+    );
+    assert!(
+        f1.path
+            .to_string_lossy()
+            .contains("topic=audit/partition=2/date=2026-01-01/hour=10/")
+    );
 
     // A restart finds the head in the store itself.
     let reopened = Store::open(dir.path(), WriteOptions::default()).unwrap();
@@ -62,7 +98,11 @@ fn files_chain_across_seals_and_restarts() {
 
     // Records at or before the head are refused.
     let mut again = PartitionBatch::new("audit", 2, head, 4);
-    assert!(again.append(&rec(7, Some(OPA.as_bytes()), &[]), &d, 0).is_err());
+    assert!(
+        again
+            .append(&rec(7, Some(OPA.as_bytes()), &[]), &d, 0)
+            .is_err()
+    );
 }
 
 fn flate2_gz() -> flate2::write::GzEncoder<Vec<u8>> {
@@ -82,7 +122,14 @@ fn rewritten_bytes_are_caught() {
     let tampered: arrow::array::BinaryArray = (0..raw.len())
         .map(|i| {
             let v = raw.value(i).to_vec();
-            Some(if i == 2 { String::from_utf8(v).unwrap().replace("false", "true ").into_bytes() } else { v })
+            Some(if i == 2 {
+                String::from_utf8(v)
+                    .unwrap()
+                    .replace("false", "true ")
+                    .into_bytes()
+            } else {
+                v
+            })
         })
         .collect();
     cols[raw_idx] = std::sync::Arc::new(tampered);
@@ -93,7 +140,11 @@ fn rewritten_bytes_are_caught() {
     store.write(&forged).unwrap();
     let report = check_chain(&store).unwrap();
     assert_eq!(report.problems().len(), 1);
-    assert!(report.problems()[0].contains("offset 2: leaf hash does not match"), "{:?}", report.problems());
+    assert!(
+        report.problems()[0].contains("offset 2: leaf hash does not match"),
+        "{:?}",
+        report.problems()
+    );
 }
 
 #[test]
@@ -114,5 +165,9 @@ fn a_missing_file_breaks_the_chain_and_temp_leftovers_are_removed() {
 
     fs::remove_file(&f1.path).unwrap();
     let report = check_chain(&store).unwrap();
-    assert!(report.problems()[0].contains("does not continue the chain"), "{:?}", report.problems());
+    assert!(
+        report.problems()[0].contains("does not continue the chain"),
+        "{:?}",
+        report.problems()
+    );
 }

@@ -1,0 +1,145 @@
+//! `vigil serve`: the pipeline, until SIGINT/SIGTERM, then a clean flush and commit.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use vigil_ingest::{IngestConfig, IngestMetrics};
+use vigil_schemas::SourceFormat;
+use vigil_store::{Store, WriteOptions};
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Kafka bootstrap brokers (overrides `kafka.brokers`).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Topics to consume, comma-separated; `^regex` for a pattern (overrides `kafka.topics`).
+    #[arg(long, value_delimiter = ',')]
+    topics: Option<Vec<String>>,
+    /// Store directory (overrides `store.data_dir`).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Consumer group id (overrides `kafka.group_id`).
+    #[arg(long)]
+    group_id: Option<String>,
+    /// Seconds between progress lines in the log (0: none).
+    #[arg(long, default_value_t = 5)]
+    progress_secs: u64,
+}
+
+pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(b) = args.brokers {
+        cfg.kafka.brokers = b;
+    }
+    if let Some(t) = args.topics {
+        cfg.kafka.topics = t;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.store.data_dir = d;
+    }
+    if let Some(g) = args.group_id {
+        cfg.kafka.group_id = g;
+    }
+    anyhow::ensure!(
+        !cfg.kafka.topics.is_empty(),
+        "no topics: pass --topics or set kafka.topics"
+    );
+    let mut formats = std::collections::HashMap::new();
+    for (topic, f) in &cfg.kafka.formats {
+        let f: SourceFormat = f
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("kafka.formats.{topic}: {e}"))?;
+        formats.insert(topic.clone(), f);
+    }
+    let icfg = IngestConfig {
+        brokers: cfg.kafka.brokers.clone(),
+        topics: cfg.kafka.topics.clone(),
+        group_id: cfg.kafka.group_id.clone(),
+        formats,
+        dlq_suffix: (!cfg.kafka.dlq_suffix.is_empty()).then(|| cfg.kafka.dlq_suffix.clone()),
+        kafka_properties: cfg
+            .kafka
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        decoder: cfg.decode.decoder_config()?,
+        max_batch_events: cfg.store.max_batch_events,
+        max_batch_bytes: cfg.store.max_batch_bytes,
+        max_batch_wait_ms: cfg.store.max_batch_wait_ms,
+        writer_threads: cfg.store.writer_threads,
+        writer_queue_depth: cfg.store.writer_queue_depth,
+    };
+    let store = Store::open(
+        &cfg.store.data_dir,
+        WriteOptions {
+            zstd_level: cfg.store.zstd_level,
+        },
+    )
+    .with_context(|| format!("opening the store at {}", cfg.store.data_dir.display()))?;
+    tracing::info!(brokers = %icfg.brokers, topics = ?icfg.topics, group = %icfg.group_id,
+        data_dir = %cfg.store.data_dir.display(), "vigil serve starting");
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(IngestMetrics::default());
+    let ingest = {
+        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("vigil-ingest".into())
+            .spawn(move || vigil_ingest::run(icfg, store, shutdown, metrics))?
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let every = Duration::from_secs(args.progress_secs.max(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let (mut last, mut last_at) = (metrics.snapshot(), Instant::now());
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: flushing and committing"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: flushing and committing"); break; }
+                _ = tick.tick() => {
+                    if ingest.is_finished() { break; }
+                    if args.progress_secs > 0 && last_at.elapsed() >= every {
+                        let now = metrics.snapshot();
+                        let secs = last_at.elapsed().as_secs_f64();
+                        tracing::info!(
+                            records_per_s = ((now.records_received - last.records_received) as f64 / secs).round(),
+                            records = now.records_received, decoded = now.records_decoded,
+                            rejected = now.records_rejected, already_stored = now.records_already_stored,
+                            files = now.files_written, rows_stored = now.rows_stored, "progress");
+                        (last, last_at) = (now, Instant::now());
+                    }
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    shutdown.store(true, Ordering::Relaxed);
+    let result = ingest
+        .join()
+        .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
+    let m = metrics.snapshot();
+    tracing::info!(
+        records = m.records_received,
+        decoded = m.records_decoded,
+        rejected = m.records_rejected,
+        already_stored = m.records_already_stored,
+        files = m.files_written,
+        rows_stored = m.rows_stored,
+        dlq_sent = m.dlq_sent,
+        dlq_failed = m.dlq_failed,
+        "vigil serve stopped"
+    );
+    result.context("ingest failed")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,379 @@
+//! Test harness: a real Tansu broker on a free loopback port, topics, a producer, and
+//! `vigil serve` as a child process. Everything is bounded in time and cleaned up on drop.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+/// The Tansu binary: `VIGIL_TANSU_BIN` (set by scripts/test.sh), else the install script's cache.
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("VIGIL_TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cached = Path::new(&home).join(".cache/vigil/tansu-0.6.0-dynostore-libsql/bin/tansu");
+    assert!(
+        cached.exists(),
+        "no Tansu broker: run scripts/install.sh (or set VIGIL_TANSU_BIN)"
+    );
+    cached
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns `Some`, at most `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start tansu");
+        let addr = format!("127.0.0.1:{port}");
+        wait_for("the broker to listen", Duration::from_secs(30), || {
+            TcpStream::connect(&addr).ok()
+        });
+        Broker {
+            child,
+            addr,
+            _log: log,
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--broker",
+                &format!("tcp://{}", self.addr),
+            ])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "topic create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn producer(&self) -> ThreadedProducer<DefaultProducerContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap()
+    }
+
+    /// Read a whole topic from the beginning until `n` records arrived (bounded).
+    pub fn consume(&self, topic: &str, n: usize, timeout: Duration) -> Vec<Consumed> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", format!("test-reader-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        c.subscribe(&[topic]).unwrap();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < n && start.elapsed() < timeout {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Consumed {
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        out
+    }
+}
+
+pub struct Consumed {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Consumed {
+    pub fn header(&self, k: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(hk, _)| hk == k)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One record to produce.
+pub struct Rec {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+pub fn produce(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, recs: &[Rec]) {
+    for r in recs {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .partition(r.partition)
+            .headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        if let Some(v) = &r.value {
+            rec = rec.payload(v);
+        }
+        let mut rec = rec;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "{e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                    rec = back;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// `vigil serve` as a child process.
+pub struct Serve {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+pub fn serve(
+    broker: &Broker,
+    topics: &str,
+    data_dir: &Path,
+    group: &str,
+    extra_env: &[(&str, &str)],
+    config: Option<&Path>,
+) -> Serve {
+    let log = data_dir.with_extension(format!("serve-{}.log", free_port()));
+    let f = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.args([
+        "serve",
+        "--brokers",
+        &broker.addr,
+        "--topics",
+        topics,
+        "--group-id",
+        group,
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .args(["--progress-secs", "1"])
+    .env_remove("RUST_LOG")
+    .env("VIGIL_STORE__MAX_BATCH_WAIT_MS", "200")
+    .stdout(f.try_clone().unwrap())
+    .stderr(f)
+    .stdin(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Serve {
+        child: cmd.spawn().expect("start vigil serve"),
+        log,
+    }
+}
+
+impl Serve {
+    /// SIGTERM and wait (bounded); returns whether it exited 0.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id() as i32;
+        unsafe_kill(pid, 15);
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.success();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "vigil serve did not stop after SIGTERM; log: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    // `kill` the command, to avoid a libc dependency for one call.
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Stored rows per (partition, offset) with their record index, from the store's files.
+pub fn stored_positions(data_dir: &Path) -> Vec<(i32, i64, u32)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let batches = rt
+        .block_on(vigil_query::query(
+            data_dir,
+            "SELECT kafka_partition, kafka_offset, record_index FROM stored",
+        ))
+        .unwrap();
+    let mut out = Vec::new();
+    for b in batches {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Int32Type, Int64Type, UInt32Type};
+        let p = b.column(0).as_primitive::<Int32Type>();
+        let o = b.column(1).as_primitive::<Int64Type>();
+        let i = b.column(2).as_primitive::<UInt32Type>();
+        for r in 0..b.num_rows() {
+            out.push((p.value(r), o.value(r), i.value(r)));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn sql(data_dir: &Path, q: &str) -> Vec<arrow::record_batch::RecordBatch> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(vigil_query::query(data_dir, q))
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+}
+
+/// Records stored so far (distinct offsets), counted from file names only (cheap to poll).
+pub fn stored_records(data_dir: &Path) -> u64 {
+    let store = vigil_store::Store::open(data_dir, Default::default()).unwrap();
+    let mut n = 0;
+    for (t, p) in store.partitions().unwrap() {
+        for f in store.list(&t, p).unwrap().0 {
+            n += vigil_store::files::read_footer(&f.path)
+                .map(|m| m.records)
+                .unwrap_or(0);
+        }
+    }
+    n
+}
+
+/// Wait until the store holds at least `n` records; on timeout, fail with the serve logs.
+pub fn wait_stored(serves: &[&Serve], data_dir: &Path, n: u64, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let have = stored_records(data_dir);
+        if have >= n {
+            return;
+        }
+        if start.elapsed() > timeout {
+            let logs: Vec<String> = serves.iter().map(|s| s.log_text()).collect();
+            panic!(
+                "timed out after {timeout:?}: {have} of {n} records stored\n--- serve logs ---\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
