@@ -96,7 +96,22 @@ struct Part {
     /// A sealed batch the writer queue had no room for; the partition is paused meanwhile.
     pending: Option<SealedBatch>,
     paused: bool,
+    /// Until the broker has delivered a record at or before the resume point, a later first
+    /// record is not trusted as a gap: some brokers (Tansu 0.6) skip the rest of a record batch
+    /// when a fetch starts inside it. We then seek back this far and double it.
+    resume: Option<Resume>,
 }
+
+#[derive(Clone, Copy, Debug)]
+struct Resume {
+    /// The next offset the store needs.
+    next: i64,
+    /// How far before `next` the next seek-back goes.
+    window: i64,
+}
+
+/// First seek-back window; widened fourfold each time the broker again starts too late.
+const RESUME_WINDOW: i64 = 1024;
 
 struct Core {
     cfg: IngestConfig,
@@ -169,10 +184,12 @@ impl Core {
         for e in tpl.elements() {
             let (topic, partition) = (e.topic().to_owned(), e.partition());
             let head = self.store.head(&topic, partition)?;
+            // An empty store needs everything the topic still holds, whatever the group
+            // committed; otherwise resume right after the store's head.
             let offset = if head.offset >= 0 {
                 Offset::Offset(head.offset + 1)
             } else {
-                Offset::Stored
+                Offset::Beginning
             };
             resume.add_partition_offset(&topic, partition, offset)?;
             tracing::info!(%topic, partition, store_head = head.offset, "partition assigned");
@@ -186,6 +203,10 @@ impl Core {
                 head,
                 self.cfg.max_batch_events.min(1 << 16),
             );
+            let resume = (head.offset >= 0).then_some(Resume {
+                next: head.offset + 1,
+                window: RESUME_WINDOW,
+            });
             self.parts.insert(
                 (topic, partition),
                 Part {
@@ -195,6 +216,7 @@ impl Core {
                     in_flight: 0,
                     pending: None,
                     paused: false,
+                    resume,
                 },
             );
         }
@@ -390,6 +412,38 @@ impl Core {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
+        if let Some(r) = part.resume {
+            if msg.offset() <= r.next || r.window == 0 {
+                // Delivered at or before the resume point (or read from offset 0): the stream
+                // is trusted from here, and a later jump is a genuine gap.
+                part.resume = None;
+            } else {
+                // The broker started after the resume point: not a gap we can trust yet.
+                let target = (r.next - r.window).max(0);
+                tracing::warn!(topic = %key.0, partition = key.1, expected = r.next, got = msg.offset(), seek_to = target,
+                    "broker resumed past the store's next offset; seeking back");
+                consumer.seek(
+                    &key.0,
+                    key.1,
+                    Offset::Offset(target),
+                    Duration::from_secs(10),
+                )?;
+                part.resume = Some(Resume {
+                    next: r.next,
+                    window: if target == 0 {
+                        0
+                    } else {
+                        r.window.saturating_mul(4)
+                    },
+                });
+                self.metrics.resume_seeks.fetch_add(1, Ordering::Relaxed);
+                // This record comes again after the seek.
+                self.metrics
+                    .records_refetched
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+        }
         if msg.offset() <= part.batch.head().offset {
             self.metrics
                 .records_already_stored

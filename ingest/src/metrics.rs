@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Ingest counters (monotonic). Every record received ends in exactly one of
-/// `records_decoded`, `records_rejected`, `records_already_stored` or `records_not_assigned`.
+/// `records_decoded`, `records_rejected`, `records_already_stored`, `records_not_assigned`
+/// or `records_refetched`.
 #[derive(Debug, Default)]
 pub struct IngestMetrics {
     pub records_received: AtomicU64,
@@ -14,6 +15,10 @@ pub struct IngestMetrics {
     pub records_already_stored: AtomicU64,
     /// Records for a partition no longer assigned here: left to its new owner.
     pub records_not_assigned: AtomicU64,
+    /// Dropped to be read again after seeking back to the resume point.
+    pub records_refetched: AtomicU64,
+    /// Seeks back because the broker resumed a partition past the store's next offset.
+    pub resume_seeks: AtomicU64,
     pub events_decoded: AtomicU64,
     pub rows_stored: AtomicU64,
     pub files_written: AtomicU64,
@@ -33,6 +38,8 @@ pub struct MetricsSnapshot {
     pub records_rejected: u64,
     pub records_already_stored: u64,
     pub records_not_assigned: u64,
+    pub records_refetched: u64,
+    pub resume_seeks: u64,
     pub events_decoded: u64,
     pub rows_stored: u64,
     pub files_written: u64,
@@ -53,6 +60,8 @@ impl IngestMetrics {
             records_rejected: g(&self.records_rejected),
             records_already_stored: g(&self.records_already_stored),
             records_not_assigned: g(&self.records_not_assigned),
+            records_refetched: g(&self.records_refetched),
+            resume_seeks: g(&self.resume_seeks),
             events_decoded: g(&self.events_decoded),
             rows_stored: g(&self.rows_stored),
             files_written: g(&self.files_written),

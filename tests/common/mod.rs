@@ -251,6 +251,7 @@ pub fn serve(
     .arg(data_dir)
     .args(["--progress-secs", "1"])
     .env_remove("RUST_LOG")
+    .env("NO_COLOR", "1")
     .env("VIGIL_STORE__MAX_BATCH_WAIT_MS", "200")
     .stdout(f.try_clone().unwrap())
     .stderr(f)
@@ -368,7 +369,23 @@ pub fn wait_stored(serves: &[&Serve], data_dir: &Path, n: u64, timeout: Duration
             return;
         }
         if start.elapsed() > timeout {
-            let logs: Vec<String> = serves.iter().map(|s| s.log_text()).collect();
+            // The last lines of each log, without most progress lines.
+            let logs: Vec<String> = serves
+                .iter()
+                .map(|s| {
+                    let text = s.log_text();
+                    let lines: Vec<&str> =
+                        text.lines().filter(|l| !l.contains(" progress ")).collect();
+                    let progress = text
+                        .lines()
+                        .rfind(|l| l.contains(" progress "))
+                        .unwrap_or("");
+                    format!(
+                        "{}\n{progress}",
+                        lines[lines.len().saturating_sub(40)..].join("\n")
+                    )
+                })
+                .collect();
             panic!(
                 "timed out after {timeout:?}: {have} of {n} records stored\n--- serve logs ---\n{}",
                 logs.join("\n---\n")
