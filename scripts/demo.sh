@@ -1,30 +1,78 @@
 #!/usr/bin/env bash
-# The main command, on the embedded default: build Vigil and show what it sees in the real
-# sample events of every supported format (OPA, Hubble, Kubernetes audit, GKE, AKS, native).
-# Grows into the full pipeline (broker, store, API, simulated traffic) as the issues land.
+# The main command, on the embedded default: start a Kafka broker (Tansu, in memory, on a free
+# loopback port), send it the real sample events of every supported format plus a few broken
+# records, run `vigil serve` into ./vigil-data, and query what it stored. Stops everything it
+# started when done (or on Ctrl-C).
+#
+#   scripts/demo.sh            # data in ./vigil-data (kept afterwards for `vigil query`)
+#   VIGIL_DATA_DIR=/tmp/x scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install.sh >/dev/null
+
+export "$(scripts/install.sh | tail -n 1)"   # VIGIL_TANSU_BIN
+echo "building vigil (release; the first build takes several minutes)…"
 cargo build --release --locked --quiet
 vigil=target/release/vigil
 data=../shared/data
-
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-
-show() { # show TITLE FILE [vigil decode flags]
-  local title=$1 file=$2; shift 2
-  printf '\n== %s (%s)\n' "$title" "$file"
-  "$vigil" decode "$@" "$file" 2>"$tmp/stderr" | cut -c1-240
-  cat "$tmp/stderr"
+data_dir="${VIGIL_DATA_DIR:-./vigil-data}"
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
 }
-show "OPA decision logs" "$data/opa/opa_decision_logs.jsonl"
-show "Cilium Hubble flows" "$data/hubble/hubble_flows.jsonl"
-show "Kubernetes audit (Falco: some-user creates a namespace)" \
-  "$data/k8s-audit-falco/trace_files/some-user_creates_namespace_foo.json"
-python3 -c 'import json,sys
-for l in open(sys.argv[1]).readlines()[:3]: print(json.dumps(json.loads(l)["log"]))' \
-  "$data/panther/by_event_shape/gcp_k8s_audit.jsonl" > "$tmp/gke.jsonl"
-show "GKE audit (Panther samples, first 3)" "$tmp/gke.jsonl"
-python3 -c 'import json; print(json.dumps(json.load(open("schemas/native-event.schema.json"))["examples"][0]))' > "$tmp/native.jsonl"
-show "Vigil native event" "$tmp/native.jsonl"
-printf '\nTry next:\n  %s decode --help\n  %s schema\n  echo '"'"'{"kind":"Event","verb":7}'"'"' | %s decode   # a bad record: the error names the field\n' "$vigil" "$vigil" "$vigil"
+trap cleanup EXIT INT TERM
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+brokers="127.0.0.1:$port"
+"$VIGIL_TANSU_BIN" broker --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
+  --storage-engine memory://tansu/ >"$tmp/broker.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+"$VIGIL_TANSU_BIN" topic create audit --broker "tcp://$brokers" --partitions 3 >/dev/null
+"$VIGIL_TANSU_BIN" topic create audit.dlq --broker "tcp://$brokers" --partitions 1 >/dev/null
+echo "== broker up at $brokers; topic 'audit' (3 partitions) and its dead-letter topic 'audit.dlq'"
+
+# Sample traffic: every real sample event, as its emitter would send it.
+python3 - "$data" "$tmp/traffic.jsonl" <<'PY'
+import json, sys, pathlib
+data, out = pathlib.Path(sys.argv[1]), open(sys.argv[2], "w")
+for f in ["opa/opa_decision_logs.jsonl", "hubble/hubble_flows.jsonl"]:
+    out.writelines(l if l.endswith("\n") else l + "\n" for l in open(data / f) if l.strip())
+for f in sorted((data / "k8s-audit-falco/trace_files").glob("*.json")):
+    out.writelines(l if l.endswith("\n") else l + "\n" for l in open(f) if l.strip())
+for shape in ["k8s_audit", "gcp_k8s_audit", "azure_k8s_audit"]:
+    for l in open(data / f"panther/by_event_shape/{shape}.jsonl"):
+        out.write(json.dumps(json.loads(l)["log"]) + "\n")
+out.write(json.dumps(json.load(open("schemas/native-event.schema.json"))["examples"][0]) + "\n")
+out.write('{"decision_id": 42, "result": true}\n{"this is": "not a known format"}\nnot json at all\n')
+PY
+"$vigil" produce --brokers "$brokers" --topic audit "$tmp/traffic.jsonl"
+
+echo "== vigil serve → $data_dir"
+"$vigil" serve --brokers "$brokers" --topics audit --data-dir "$data_dir" --progress-secs 1 &
+pids+=($!)
+want=$(wc -l < "$tmp/traffic.jsonl")
+for _ in $(seq 120); do
+  have=$("$vigil" query --data-dir "$data_dir" --format csv "SELECT count(DISTINCT kafka_offset * 10 + kafka_partition) AS n FROM stored" 2>/dev/null | tail -n 1 || echo 0)
+  [ "${have:-0}" -ge "$want" ] 2>/dev/null && break
+  sleep 0.5
+done
+kill -TERM "${pids[1]}"; wait "${pids[1]}" || true
+pids=("${pids[0]}")
+
+echo
+echo "== stored: every record, decoded or not, hash-chained per partition"
+"$vigil" query --data-dir "$data_dir" "SELECT source_format, decision, count(*) AS events FROM events GROUP BY 1, 2 ORDER BY 1, 2"
+echo "== denials, newest first"
+"$vigil" query --data-dir "$data_dir" "SELECT event_time, source_format, caller_principal, caller_ip, action, resource, reason FROM events WHERE decision = 'deny' ORDER BY event_time DESC LIMIT 8"
+echo "== records that failed to decode (also copied to audit.dlq with the reason in headers)"
+"$vigil" query --data-dir "$data_dir" "SELECT kafka_partition, kafka_offset, store_error FROM rejected ORDER BY 1, 2"
+cat <<EOF
+
+Try next:
+  $vigil query --data-dir $data_dir "SELECT caller_principal, count(*) FROM events WHERE kind = 'admin_audit' GROUP BY 1 ORDER BY 2 DESC"
+  $vigil query --data-dir $data_dir --format json "SELECT * FROM events LIMIT 1"
+  $vigil decode ../shared/data/hubble/hubble_flows.jsonl
+EOF

@@ -3,6 +3,7 @@
 
 mod config;
 mod decode_cmd;
+mod produce_cmd;
 mod query_cmd;
 mod serve_cmd;
 
@@ -45,6 +46,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Run SQL over the store (tables `events`, `rejected`, `stored`).
     Query(query_cmd::QueryArgs),
+    /// Send a file of records (one per line, or `--whole`) to a Kafka topic.
+    Produce(produce_cmd::ProduceArgs),
     /// Print the canonical event schema, column by column.
     Schema {
         /// Print the Arrow schema as JSON instead of a Markdown table.
@@ -79,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decode(args) => decode_cmd::run(&cfg, args),
         Command::Serve(args) => serve_cmd::run(&mut cfg, args),
         Command::Query(args) => query_cmd::run(&cfg, args),
+        Command::Produce(args) => produce_cmd::run(&cfg, args),
         Command::Schema { json } => {
             if json {
                 let schema = vigil_schemas::canonical_schema();

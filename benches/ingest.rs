@@ -1,0 +1,119 @@
+//! End-to-end ingest throughput against the real Tansu broker, with a reference in the same run:
+//!
+//!   (a) a bare rdkafka consumer reading the topic (tuned: fetch.wait.max.ms = 10), and
+//!   (b) `vigil serve` consuming, decoding, chaining and writing durable Parquet,
+//!
+//! printing both rates and their ratio. `cargo bench --bench ingest` (release build).
+//! Environment: VIGIL_BENCH_EVENTS (default 1 000 000), VIGIL_BENCH_PARTITIONS (default 4).
+//! Both rates are measured from the moment the consumer is assigned its partitions to the
+//! moment the last record was read (a) or is durable in the store (b).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+fn env_usize(k: &str, default: usize) -> usize {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn opa_event(i: usize) -> String {
+    format!(
+        concat!(
+            r#"{{"decision_id":"{:08x}-55e4-417a-b1d8-4aceb67960d1","path":"envoy/authz/allow","result":{},"#,
+            r#""timestamp":"2026-11-22T10:{:02}:{:02}.{:09}Z","#,
+            r#""input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"10.4.{}.{}","portValue":{}}}}},"#,
+            r#""principal":"spiffe://cluster.local/ns/web/sa/frontend-{}"}},"destination":{{"address":{{"socketAddress":"#,
+            r#"{{"address":"10.8.0.{}","portValue":8080}}}},"principal":"spiffe://cluster.local/ns/shop/sa/orders"}},"#,
+            r#""request":{{"http":{{"id":"{}","method":"GET","path":"/api/orders/{}","host":"orders.shop:8080","#,
+            r#""headers":{{"x-request-id":"{:08x}-6af4-4986"}}}}}}}}}}}}"#
+        ),
+        i, i % 7 != 0, (i / 60) % 60, i % 60, i % 1_000_000_000, (i / 256) % 256, i % 256, 30000 + i % 30000,
+        i % 50, i % 200, i, i % 10_000, i
+    )
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks harness-less benches to list tests: there are none.
+    }
+    let n = env_usize("VIGIL_BENCH_EVENTS", 1_000_000);
+    let partitions = env_usize("VIGIL_BENCH_PARTITIONS", 4) as i32;
+    let broker = Broker::start();
+    broker.create_topic("bench", partitions);
+
+    let t = Instant::now();
+    let producer = broker.producer();
+    let mut bytes = 0usize;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
+        let recs: Vec<Rec> = chunk
+            .iter()
+            .map(|&i| {
+                let v = opa_event(i).into_bytes();
+                bytes += v.len();
+                Rec { partition: (i % partitions as usize) as i32, key: None, value: Some(v), headers: vec![] }
+            })
+            .collect();
+        produce(&producer, "bench", &recs);
+    }
+    println!("produced {n} events ({:.0} B each) to {partitions} partitions in {:.1} s", bytes as f64 / n as f64, t.elapsed().as_secs_f64());
+
+    // (a) A bare consumer: read every record, touch its payload, nothing else.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "bench-bare")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.max.messages.kbytes", "65536")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset("bench", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let (mut got, mut payload_bytes) = (0usize, 0usize);
+    while got < n && start.elapsed() < Duration::from_secs(600) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            payload_bytes += m.payload().map_or(0, <[u8]>::len);
+            got += 1;
+        }
+    }
+    let bare_secs = start.elapsed().as_secs_f64();
+    assert_eq!(got, n, "the bare consumer did not read everything");
+    drop(consumer);
+    let bare = n as f64 / bare_secs;
+    println!("(a) bare rdkafka consumer: {n} records in {bare_secs:.2} s = {bare:.0} records/s ({:.0} MB/s)", payload_bytes as f64 / bare_secs / 1e6);
+
+    // (b) vigil serve to durable Parquet.
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("store");
+    let s = serve(&broker, "bench", &data_dir, "bench-vigil", &[("VIGIL_STORE__MAX_BATCH_WAIT_MS", "1000")], None);
+    wait_for("assignment", Duration::from_secs(60), || s.log_text().contains("partition assigned").then_some(()));
+    let start = Instant::now();
+    wait_stored(&[&s], &data_dir, n as u64, Duration::from_secs(900));
+    let vigil_secs = start.elapsed().as_secs_f64();
+    assert!(s.terminate());
+    let vigil = n as f64 / vigil_secs;
+    let on_disk: u64 = walk_bytes(&data_dir);
+    println!("(b) vigil serve → durable Parquet: {n} records in {vigil_secs:.2} s = {vigil:.0} records/s");
+    println!("ratio (b)/(a): {:.0}%", 100.0 * vigil / bare);
+    println!("stored: {:.1} MB on disk for {:.1} MB of raw JSON ({:.0}%)", on_disk as f64 / 1e6, bytes as f64 / 1e6, 100.0 * on_disk as f64 / bytes as f64);
+}
+
+fn walk_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            total += if p.is_dir() { walk_bytes(&p) } else { e.metadata().map(|m| m.len()).unwrap_or(0) };
+        }
+    }
+    total
+}
