@@ -19,7 +19,10 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 fn env_usize(k: &str, default: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn opa_event(i: usize) -> String {
@@ -33,8 +36,19 @@ fn opa_event(i: usize) -> String {
             r#""request":{{"http":{{"id":"{}","method":"GET","path":"/api/orders/{}","host":"orders.shop:8080","#,
             r#""headers":{{"x-request-id":"{:08x}-6af4-4986"}}}}}}}}}}}}"#
         ),
-        i, i % 7 != 0, (i / 60) % 60, i % 60, i % 1_000_000_000, (i / 256) % 256, i % 256, 30000 + i % 30000,
-        i % 50, i % 200, i, i % 10_000, i
+        i,
+        i % 7 != 0,
+        (i / 60) % 60,
+        i % 60,
+        i % 1_000_000_000,
+        (i / 256) % 256,
+        i % 256,
+        30000 + i % 30000,
+        i % 50,
+        i % 200,
+        i,
+        i % 10_000,
+        i
     )
 }
 
@@ -56,12 +70,21 @@ fn main() {
             .map(|&i| {
                 let v = opa_event(i).into_bytes();
                 bytes += v.len();
-                Rec { partition: (i % partitions as usize) as i32, key: None, value: Some(v), headers: vec![] }
+                Rec {
+                    partition: (i % partitions as usize) as i32,
+                    key: None,
+                    value: Some(v),
+                    headers: vec![],
+                }
             })
             .collect();
         produce(&producer, "bench", &recs);
     }
-    println!("produced {n} events ({:.0} B each) to {partitions} partitions in {:.1} s", bytes as f64 / n as f64, t.elapsed().as_secs_f64());
+    println!(
+        "produced {n} events ({:.0} B each) to {partitions} partitions in {:.1} s",
+        bytes as f64 / n as f64,
+        t.elapsed().as_secs_f64()
+    );
 
     // (a) A bare consumer: read every record, touch its payload, nothing else.
     let consumer: BaseConsumer = ClientConfig::new()
@@ -74,7 +97,8 @@ fn main() {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset("bench", p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset("bench", p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let start = Instant::now();
@@ -89,22 +113,41 @@ fn main() {
     assert_eq!(got, n, "the bare consumer did not read everything");
     drop(consumer);
     let bare = n as f64 / bare_secs;
-    println!("(a) bare rdkafka consumer: {n} records in {bare_secs:.2} s = {bare:.0} records/s ({:.0} MB/s)", payload_bytes as f64 / bare_secs / 1e6);
+    println!(
+        "(a) bare rdkafka consumer: {n} records in {bare_secs:.2} s = {bare:.0} records/s ({:.0} MB/s)",
+        payload_bytes as f64 / bare_secs / 1e6
+    );
 
     // (b) vigil serve to durable Parquet.
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("store");
-    let s = serve(&broker, "bench", &data_dir, "bench-vigil", &[("VIGIL_STORE__MAX_BATCH_WAIT_MS", "1000")], None);
-    wait_for("assignment", Duration::from_secs(60), || s.log_text().contains("partition assigned").then_some(()));
+    let s = serve(
+        &broker,
+        "bench",
+        &data_dir,
+        "bench-vigil",
+        &[("VIGIL_STORE__MAX_BATCH_WAIT_MS", "1000")],
+        None,
+    );
+    wait_for("assignment", Duration::from_secs(60), || {
+        s.log_text().contains("partition assigned").then_some(())
+    });
     let start = Instant::now();
     wait_stored(&[&s], &data_dir, n as u64, Duration::from_secs(900));
     let vigil_secs = start.elapsed().as_secs_f64();
     assert!(s.terminate());
     let vigil = n as f64 / vigil_secs;
     let on_disk: u64 = walk_bytes(&data_dir);
-    println!("(b) vigil serve → durable Parquet: {n} records in {vigil_secs:.2} s = {vigil:.0} records/s");
+    println!(
+        "(b) vigil serve → durable Parquet: {n} records in {vigil_secs:.2} s = {vigil:.0} records/s"
+    );
     println!("ratio (b)/(a): {:.0}%", 100.0 * vigil / bare);
-    println!("stored: {:.1} MB on disk for {:.1} MB of raw JSON ({:.0}%)", on_disk as f64 / 1e6, bytes as f64 / 1e6, 100.0 * on_disk as f64 / bytes as f64);
+    println!(
+        "stored: {:.1} MB on disk for {:.1} MB of raw JSON ({:.0}%)",
+        on_disk as f64 / 1e6,
+        bytes as f64 / 1e6,
+        100.0 * on_disk as f64 / bytes as f64
+    );
 }
 
 fn walk_bytes(dir: &std::path::Path) -> u64 {
@@ -112,7 +155,11 @@ fn walk_bytes(dir: &std::path::Path) -> u64 {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
-            total += if p.is_dir() { walk_bytes(&p) } else { e.metadata().map(|m| m.len()).unwrap_or(0) };
+            total += if p.is_dir() {
+                walk_bytes(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
         }
     }
     total

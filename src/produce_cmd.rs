@@ -34,7 +34,8 @@ pub fn run(cfg: &Config, args: ProduceArgs) -> anyhow::Result<ExitCode> {
     for (k, v) in &cfg.kafka.properties {
         pc.set(k, v);
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = pc.create().context("creating the producer")?;
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        pc.create().context("creating the producer")?;
     let mut input: Box<dyn BufRead> = match args.input.as_deref() {
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
         Some(p) if p.as_os_str() == "-" => Box::new(std::io::BufReader::new(std::io::stdin())),
@@ -60,7 +61,12 @@ pub fn run(cfg: &Config, args: ProduceArgs) -> anyhow::Result<ExitCode> {
         loop {
             match producer.send(rec) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
                     std::thread::sleep(Duration::from_millis(5));
                     rec = back;
                 }
@@ -68,7 +74,9 @@ pub fn run(cfg: &Config, args: ProduceArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    producer.flush(Duration::from_secs(30)).context("delivering the records")?;
+    producer
+        .flush(Duration::from_secs(30))
+        .context("delivering the records")?;
     eprintln!("produced {} records to {}", records.len(), args.topic);
     Ok(ExitCode::SUCCESS)
 }

@@ -98,8 +98,12 @@ struct Part {
     paused: bool,
     /// Until the broker has delivered a record at or before the resume point, a later first
     /// record is not trusted as a gap: some brokers (Tansu 0.6) skip the rest of a record batch
-    /// when a fetch starts inside it. We then seek back this far and double it.
+    /// when a fetch starts inside it (after an assignment, a seek, or a pause). We then seek
+    /// back before it, widening the window each time.
     resume: Option<Resume>,
+    /// A jump in offsets seen once: (head, next offset delivered). It is recorded as a gap only
+    /// when the broker shows the same jump again, reading on from before it.
+    suspect_gap: Option<(i64, i64)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -148,8 +152,17 @@ impl ConsumerContext for Ctx {
             if let Err(e) = core.flush(consumer, Some(&keys)) {
                 core.fatal.get_or_insert(e);
             }
+            let mut paused = TopicPartitionList::new();
             for k in &keys {
-                core.parts.remove(k);
+                if core.parts.remove(k).is_some_and(|p| p.paused) {
+                    paused.add_partition(&k.0, k.1);
+                }
+            }
+            // Leave no pause behind for whoever is assigned these partitions next.
+            if paused.count() > 0
+                && let Err(e) = consumer.resume(&paused)
+            {
+                tracing::debug!(error = %e, "resuming revoked partitions");
             }
         }
     }
@@ -203,7 +216,7 @@ impl Core {
                 head,
                 self.cfg.max_batch_events.min(1 << 16),
             );
-            let resume = (head.offset >= 0).then_some(Resume {
+            let verify = (head.offset >= 0).then_some(Resume {
                 next: head.offset + 1,
                 window: RESUME_WINDOW,
             });
@@ -216,7 +229,8 @@ impl Core {
                     in_flight: 0,
                     pending: None,
                     paused: false,
-                    resume,
+                    resume: verify,
+                    suspect_gap: None,
                 },
             );
         }
@@ -394,6 +408,31 @@ impl Core {
         Ok(())
     }
 
+    /// Drop a record delivered past `next` and make the broker read again from `target`.
+    fn refetch(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        key: &Key,
+        got: i64,
+        next: i64,
+        target: i64,
+    ) -> Result<Option<DecodeError>, IngestError> {
+        tracing::warn!(topic = %key.0, partition = key.1, expected = next, got, seek_to = target,
+            "broker delivered past the next offset; reading again from before it");
+        consumer.seek(
+            &key.0,
+            key.1,
+            Offset::Offset(target),
+            Duration::from_secs(10),
+        )?;
+        self.metrics.resume_seeks.fetch_add(1, Ordering::Relaxed);
+        // This record comes again after the seek.
+        self.metrics
+            .records_refetched
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    }
+
     /// Decode, chain and append one record. Returns the rejected record's error, if any, for
     /// the dead-letter topic.
     fn handle(
@@ -412,46 +451,54 @@ impl Core {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
+        let head = part.batch.head().offset;
         if let Some(r) = part.resume {
             if msg.offset() <= r.next || r.window == 0 {
                 // Delivered at or before the resume point (or read from offset 0): the stream
-                // is trusted from here, and a later jump is a genuine gap.
+                // is trusted from here.
                 part.resume = None;
             } else {
                 // The broker started after the resume point: not a gap we can trust yet.
                 let target = (r.next - r.window).max(0);
-                tracing::warn!(topic = %key.0, partition = key.1, expected = r.next, got = msg.offset(), seek_to = target,
-                    "broker resumed past the store's next offset; seeking back");
-                consumer.seek(
-                    &key.0,
-                    key.1,
-                    Offset::Offset(target),
-                    Duration::from_secs(10),
-                )?;
+                let window = if target == 0 {
+                    0
+                } else {
+                    r.window.saturating_mul(4)
+                };
                 part.resume = Some(Resume {
                     next: r.next,
-                    window: if target == 0 {
-                        0
-                    } else {
-                        r.window.saturating_mul(4)
-                    },
+                    window,
                 });
-                self.metrics.resume_seeks.fetch_add(1, Ordering::Relaxed);
-                // This record comes again after the seek.
-                self.metrics
-                    .records_refetched
-                    .fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
+                return self.refetch(consumer, &key, msg.offset(), r.next, target);
             }
         }
-        if msg.offset() <= part.batch.head().offset {
+        if msg.offset() <= head {
             self.metrics
                 .records_already_stored
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
-        if part.batch.head().offset >= 0 && msg.offset() > part.batch.head().offset + 1 {
-            self.metrics.offset_gaps.fetch_add(1, Ordering::Relaxed);
+        if head >= 0 && msg.offset() > head + 1 {
+            if part.suspect_gap == Some((head, msg.offset())) {
+                // Seen twice, the second time reading on from before it: a real gap
+                // (compaction, transaction markers, retention). The chain records it.
+                part.suspect_gap = None;
+                self.metrics.offset_gaps.fetch_add(1, Ordering::Relaxed);
+            } else {
+                part.suspect_gap = Some((head, msg.offset()));
+                let next = head + 1;
+                part.resume = Some(Resume {
+                    next,
+                    window: RESUME_WINDOW,
+                });
+                return self.refetch(
+                    consumer,
+                    &key,
+                    msg.offset(),
+                    next,
+                    (next - RESUME_WINDOW).max(0),
+                );
+            }
         }
         let headers: Vec<(&str, Option<&[u8]>)> = match msg.headers() {
             Some(h) => h.iter().map(|h| (h.key, h.value)).collect(),
