@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this): install what is missing,
 # check formatting, lints and the one-arrow rule, then run every test — unit tests, the decoders
-# against the real samples, and the pipeline against a real Tansu broker (crash and
-# consumer-group tests included). Long fuzzing and full benchmarks are separate commands
-# (scripts/fuzz.sh, cargo bench --bench decode|ingest).
+# against the real samples, and the pipeline against a real Tansu broker (the consumer-group
+# failure test included). The kill -9 crash soak, long fuzzing and full benchmarks are
+# separate commands (scripts/soak.sh, scripts/fuzz.sh, cargo bench --bench decode|ingest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
