@@ -22,7 +22,7 @@ if [ -n "$dups" ]; then echo "duplicate arrow/parquet versions:"; echo "$dups"; 
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== benches compile (debug; running them is scripts/bench.sh's job)"
+echo "== benches compile (debug; run them with cargo bench)"
 cargo test --workspace --benches --no-run --locked
 
 echo "== tests"
