@@ -112,7 +112,14 @@ struct Resume {
     next: i64,
     /// How far before `next` the next seek-back goes.
     window: i64,
+    /// When the partition was (re)positioned. A broker that skips to the next batch may have
+    /// none to give (the resume point is in the last batch): silence past
+    /// [`RESUME_SILENCE`] also means "seek back".
+    since: Instant,
 }
+
+/// How long a resuming partition may stay silent before we seek back anyway.
+const RESUME_SILENCE: Duration = Duration::from_secs(2);
 
 /// First seek-back window; widened fourfold each time the broker again starts too late.
 const RESUME_WINDOW: i64 = 1024;
@@ -219,6 +226,7 @@ impl Core {
             let verify = (head.offset >= 0).then_some(Resume {
                 next: head.offset + 1,
                 window: RESUME_WINDOW,
+                since: Instant::now(),
             });
             self.parts.insert(
                 (topic, partition),
@@ -393,6 +401,37 @@ impl Core {
         Ok(())
     }
 
+    /// Seek back partitions whose resume point has stayed silent too long.
+    fn check_silent_resumes(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
+        for (key, part) in self.parts.iter_mut() {
+            let Some(r) = part.resume else { continue };
+            if part.paused || r.window == 0 || r.since.elapsed() < RESUME_SILENCE {
+                continue;
+            }
+            let target = (r.next - r.window).max(0);
+            tracing::warn!(topic = %key.0, partition = key.1, expected = r.next, seek_to = target,
+                "nothing delivered since resuming; reading again from before the resume point");
+            consumer.seek(
+                &key.0,
+                key.1,
+                Offset::Offset(target),
+                Duration::from_secs(10),
+            )?;
+            self.metrics.resume_seeks.fetch_add(1, Ordering::Relaxed);
+            let window = if target == 0 {
+                0
+            } else {
+                r.window.saturating_mul(4)
+            };
+            part.resume = Some(Resume {
+                next: r.next,
+                window,
+                since: Instant::now(),
+            });
+        }
+        Ok(())
+    }
+
     /// Seal batches that have waited long enough.
     fn seal_expired(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
         let wait = Duration::from_millis(self.cfg.max_batch_wait_ms);
@@ -468,6 +507,7 @@ impl Core {
                 part.resume = Some(Resume {
                     next: r.next,
                     window,
+                    since: Instant::now(),
                 });
                 return self.refetch(consumer, &key, msg.offset(), r.next, target);
             }
@@ -490,6 +530,7 @@ impl Core {
                 part.resume = Some(Resume {
                     next,
                     window: RESUME_WINDOW,
+                    since: Instant::now(),
                 });
                 return self.refetch(
                     consumer,
@@ -723,6 +764,7 @@ pub fn run(
                 }
                 c.drain_written(&consumer)?;
                 c.seal_expired(&consumer)?;
+                c.check_silent_resumes(&consumer)?;
             }
             // The lock is not held across poll: rebalance callbacks run inside it.
             match consumer.poll(Duration::from_millis(100)) {
