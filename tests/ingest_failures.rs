@@ -61,7 +61,8 @@ fn kill_nine_at_random_moments_stores_every_record_exactly_once() {
     const KILLS: usize = 10;
     let broker = Broker::start();
     broker.create_topic("audit", PARTITIONS);
-    produce(&broker.producer(), "audit", &records(N, PARTITIONS));
+    let all = records(N, PARTITIONS);
+    let producer = broker.producer();
     let produced: BTreeMap<i32, i64> = (0..PARTITIONS)
         .map(|p| (p, (N as i64) / PARTITIONS as i64))
         .collect();
@@ -74,6 +75,9 @@ fn kill_nine_at_random_moments_stores_every_record_exactly_once() {
     let env = [("VIGIL_STORE__MAX_BATCH_EVENTS", "2000")];
     let mut kills = 0;
     let mut stored_at_kill = Vec::new();
+    // Each round feeds a fresh slice of the records while the process runs, then kills it
+    // at a random moment, so every kill lands while it is ingesting.
+    let slice = N / KILLS;
     while kills < KILLS {
         assert!(Instant::now() < deadline, "crash loop took too long");
         let s = serve(
@@ -87,15 +91,22 @@ fn kill_nine_at_random_moments_stores_every_record_exactly_once() {
         wait_for("assignment", Duration::from_secs(30), || {
             s.log_text().contains("partition assigned").then_some(())
         });
-        std::thread::sleep(Duration::from_millis(rng.random_range(100..1500)));
+        produce(&producer, "audit", &all[kills * slice..(kills + 1) * slice]);
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
         s.kill9();
         kills += 1;
         stored_at_kill.push(stored_records(&data_dir));
     }
     // The kills landed while ingesting, not after it finished.
+    let produced_before: Vec<u64> = (1..=KILLS).map(|k| (k * slice) as u64).collect();
+    let mid_ingest = stored_at_kill
+        .iter()
+        .zip(&produced_before)
+        .filter(|(s, p)| s < p)
+        .count();
     assert!(
-        stored_at_kill.iter().filter(|&&n| n < N as u64).count() >= KILLS / 2,
-        "{stored_at_kill:?}"
+        mid_ingest >= KILLS / 2,
+        "kills mid-ingest: {mid_ingest}; stored {stored_at_kill:?} of {produced_before:?}"
     );
     let s = serve(&broker, "audit", &data_dir, "vigil-crash-final", &env, None);
     wait_stored(&[&s], &data_dir, N as u64, Duration::from_secs(180));
