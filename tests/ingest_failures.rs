@@ -54,7 +54,7 @@ fn assert_exactly_once(data_dir: &std::path::Path, produced_per_partition: &BTre
 }
 
 #[test]
-#[ignore = "soak: run with scripts/soak.sh (fails about 1 run in 10 against Tansu 0.6.0; see README)"]
+#[ignore = "soak: run with scripts/soak.sh (see README, Development)"]
 fn kill_nine_at_random_moments_stores_every_record_exactly_once() {
     const N: usize = 200_000;
     const PARTITIONS: i32 = 4;
