@@ -118,6 +118,35 @@ struct Resume {
     since: Instant,
 }
 
+impl Resume {
+    fn new(next: i64) -> Resume {
+        Resume {
+            next,
+            window: RESUME_WINDOW,
+            since: Instant::now(),
+        }
+    }
+
+    /// Where to seek back to now, and the state for the next attempt: the window widens
+    /// fourfold, down to offset 0, after which whatever the broker gives is what it holds.
+    fn step_back(self) -> (i64, Resume) {
+        let target = (self.next - self.window).max(0);
+        let window = if target == 0 {
+            0
+        } else {
+            self.window.saturating_mul(4)
+        };
+        (
+            target,
+            Resume {
+                next: self.next,
+                window,
+                since: Instant::now(),
+            },
+        )
+    }
+}
+
 /// How long a resuming partition may stay silent before we seek back anyway.
 const RESUME_SILENCE: Duration = Duration::from_secs(2);
 
@@ -223,11 +252,7 @@ impl Core {
                 head,
                 self.cfg.max_batch_events.min(1 << 16),
             );
-            let verify = (head.offset >= 0).then_some(Resume {
-                next: head.offset + 1,
-                window: RESUME_WINDOW,
-                since: Instant::now(),
-            });
+            let verify = (head.offset >= 0).then(|| Resume::new(head.offset + 1));
             self.parts.insert(
                 (topic, partition),
                 Part {
@@ -408,7 +433,7 @@ impl Core {
             if part.paused || r.window == 0 || r.since.elapsed() < RESUME_SILENCE {
                 continue;
             }
-            let target = (r.next - r.window).max(0);
+            let (target, next_try) = r.step_back();
             tracing::warn!(topic = %key.0, partition = key.1, expected = r.next, seek_to = target,
                 "nothing delivered since resuming; reading again from before the resume point");
             consumer.seek(
@@ -418,16 +443,7 @@ impl Core {
                 Duration::from_secs(10),
             )?;
             self.metrics.resume_seeks.fetch_add(1, Ordering::Relaxed);
-            let window = if target == 0 {
-                0
-            } else {
-                r.window.saturating_mul(4)
-            };
-            part.resume = Some(Resume {
-                next: r.next,
-                window,
-                since: Instant::now(),
-            });
+            part.resume = Some(next_try);
         }
         Ok(())
     }
@@ -498,17 +514,8 @@ impl Core {
                 part.resume = None;
             } else {
                 // The broker started after the resume point: not a gap we can trust yet.
-                let target = (r.next - r.window).max(0);
-                let window = if target == 0 {
-                    0
-                } else {
-                    r.window.saturating_mul(4)
-                };
-                part.resume = Some(Resume {
-                    next: r.next,
-                    window,
-                    since: Instant::now(),
-                });
+                let (target, next_try) = r.step_back();
+                part.resume = Some(next_try);
                 return self.refetch(consumer, &key, msg.offset(), r.next, target);
             }
         }
@@ -526,19 +533,9 @@ impl Core {
                 self.metrics.offset_gaps.fetch_add(1, Ordering::Relaxed);
             } else {
                 part.suspect_gap = Some((head, msg.offset()));
-                let next = head + 1;
-                part.resume = Some(Resume {
-                    next,
-                    window: RESUME_WINDOW,
-                    since: Instant::now(),
-                });
-                return self.refetch(
-                    consumer,
-                    &key,
-                    msg.offset(),
-                    next,
-                    (next - RESUME_WINDOW).max(0),
-                );
+                let (target, next_try) = Resume::new(head + 1).step_back();
+                part.resume = Some(next_try);
+                return self.refetch(consumer, &key, msg.offset(), head + 1, target);
             }
         }
         let headers: Vec<(&str, Option<&[u8]>)> = match msg.headers() {
