@@ -159,7 +159,7 @@ fn two_processes_in_one_group_one_killed_mid_stream() {
         "B shares the partitions: {b_parts:?}"
     );
     wait_for("B's partitions complete", Duration::from_secs(120), || {
-        let per = stored_per_partition(&data_dir);
+        let per = stored_per_partition(&data_dir, "audit");
         b_parts
             .iter()
             .all(|p| per.get(p).copied().unwrap_or(0) == (N as i64) / PARTITIONS as i64)
@@ -182,24 +182,4 @@ fn two_processes_in_one_group_one_killed_mid_stream() {
         .map(|p| (p, (N as i64) / PARTITIONS as i64))
         .collect();
     assert_exactly_once(&data_dir, &produced);
-}
-
-fn stored_per_partition(data_dir: &std::path::Path) -> BTreeMap<i32, i64> {
-    let store = vigil_store::Store::open(data_dir, Default::default()).unwrap();
-    let mut out = BTreeMap::new();
-    for (_, p) in store.partitions().unwrap() {
-        let n: u64 = store
-            .list("audit", p)
-            .unwrap()
-            .0
-            .iter()
-            .map(|f| {
-                vigil_store::files::read_footer(&f.path)
-                    .map(|m| m.records)
-                    .unwrap_or(0)
-            })
-            .sum();
-        out.insert(p, n as i64);
-    }
-    out
 }

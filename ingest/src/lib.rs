@@ -436,13 +436,7 @@ impl Core {
             let (target, next_try) = r.step_back();
             tracing::warn!(topic = %key.0, partition = key.1, expected = r.next, seek_to = target,
                 "nothing delivered since resuming; reading again from before the resume point");
-            consumer.seek(
-                &key.0,
-                key.1,
-                Offset::Offset(target),
-                Duration::from_secs(10),
-            )?;
-            self.metrics.resume_seeks.fetch_add(1, Ordering::Relaxed);
+            seek_back(consumer, &self.metrics, key, target)?;
             part.resume = Some(next_try);
         }
         Ok(())
@@ -474,13 +468,7 @@ impl Core {
     ) -> Result<Option<DecodeError>, IngestError> {
         tracing::warn!(topic = %key.0, partition = key.1, expected = next, got, seek_to = target,
             "broker delivered past the next offset; reading again from before it");
-        consumer.seek(
-            &key.0,
-            key.1,
-            Offset::Offset(target),
-            Duration::from_secs(10),
-        )?;
-        self.metrics.resume_seeks.fetch_add(1, Ordering::Relaxed);
+        seek_back(consumer, &self.metrics, key, target)?;
         // This record comes again after the seek.
         self.metrics
             .records_refetched
@@ -575,6 +563,23 @@ impl Core {
         }
         Ok(rejected)
     }
+}
+
+/// Make the broker read a partition again from `target` (a resume point being verified).
+fn seek_back(
+    consumer: &BaseConsumer<Ctx>,
+    metrics: &IngestMetrics,
+    key: &Key,
+    target: i64,
+) -> Result<(), IngestError> {
+    consumer.seek(
+        &key.0,
+        key.1,
+        Offset::Offset(target),
+        Duration::from_secs(10),
+    )?;
+    metrics.resume_seeks.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 struct DlqContext {

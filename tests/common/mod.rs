@@ -346,18 +346,43 @@ pub fn sql(data_dir: &Path, q: &str) -> Vec<arrow::record_batch::RecordBatch> {
         .unwrap_or_else(|e| panic!("{q}: {e}"))
 }
 
-/// Records stored so far (distinct offsets), counted from file names only (cheap to poll).
+/// Records stored so far per partition of `topic`, from the files' footers (cheap to poll).
+pub fn stored_per_partition(data_dir: &Path, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    let store = vigil_store::Store::open(data_dir, Default::default()).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for (t, p) in store.partitions().unwrap() {
+        if t != topic {
+            continue;
+        }
+        let n: u64 = store
+            .list(&t, p)
+            .unwrap()
+            .0
+            .iter()
+            .map(|f| {
+                vigil_store::files::read_footer(&f.path)
+                    .map(|m| m.records)
+                    .unwrap_or(0)
+            })
+            .sum();
+        out.insert(p, n as i64);
+    }
+    out
+}
+
+/// Records stored so far in all topics (distinct offsets), from the files' footers.
 pub fn stored_records(data_dir: &Path) -> u64 {
     let store = vigil_store::Store::open(data_dir, Default::default()).unwrap();
-    let mut n = 0;
-    for (t, p) in store.partitions().unwrap() {
-        for f in store.list(&t, p).unwrap().0 {
-            n += vigil_store::files::read_footer(&f.path)
-                .map(|m| m.records)
-                .unwrap_or(0);
-        }
-    }
-    n
+    let topics: std::collections::BTreeSet<String> = store
+        .partitions()
+        .unwrap()
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    topics
+        .iter()
+        .map(|t| stored_per_partition(data_dir, t).values().sum::<i64>() as u64)
+        .sum()
 }
 
 /// Wait until the store holds at least `n` records; on timeout, fail with the serve logs.
