@@ -112,10 +112,6 @@ impl Store {
         Ok(Store { root, opts })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Where all event files live (what SQL reads).
     pub fn events_dir(&self) -> PathBuf {
         self.root.join("events")

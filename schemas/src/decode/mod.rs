@@ -536,24 +536,6 @@ pub(crate) fn status_at<T>(j: &Json<'_, T>, path: impl PathArg) -> Result<Option
 /// Convenience for mappings: a `Result` over [`Fail`].
 pub(crate) type Mapped<'a> = Result<Event<'a>, Fail>;
 
-/// Decode into a fresh batch (for tools and tests): the batch and the per-record errors.
-pub fn decode_records<'r>(
-    decoder: &Decoder,
-    records: impl IntoIterator<Item = &'r [u8]>,
-    received_time_ns: i64,
-) -> (arrow::record_batch::RecordBatch, Vec<(usize, DecodeError)>) {
-    let mut builder = EventBatchBuilder::with_capacity(1024);
-    let mut errors = Vec::new();
-    for (i, r) in records.into_iter().enumerate() {
-        if let Err(e) = decoder.decode_into(r, received_time_ns, &mut builder) {
-            errors.push((i, e));
-        }
-    }
-    // The builder only ever holds values of the canonical types, so finishing cannot fail.
-    let batch = builder.finish().expect("canonical batch");
-    (batch, errors)
-}
-
 /// Decode a record that must hold exactly one event (unit tests of the format modules).
 #[cfg(test)]
 pub(crate) fn test_one(json: &str) -> Event<'static> {
