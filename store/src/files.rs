@@ -85,12 +85,23 @@ fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(StoreError::io(dir))
 }
 
+/// A path's directory; `.` for a bare relative name (whose `parent()` is the empty path).
+fn parent_dir(path: &Path) -> Option<&Path> {
+    path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    })
+}
+
 /// `create_dir_all`, making each new directory entry durable in its parent.
 fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
-    if let Some(parent) = dir.parent() {
+    if let Some(parent) = parent_dir(dir) {
         create_dirs_durably(parent)?;
     }
     match fs::create_dir(dir) {
@@ -98,7 +109,7 @@ fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(StoreError::io(dir)(e)),
     }
-    if let Some(parent) = dir.parent() {
+    if let Some(parent) = parent_dir(dir) {
         fsync_dir(parent)?;
     }
     Ok(())
@@ -142,9 +153,7 @@ impl Store {
     pub fn write(&self, sealed: &SealedBatch) -> Result<FileInfo, StoreError> {
         let span = &sealed.span;
         let path = self.file_path(span)?;
-        let dir = path
-            .parent()
-            .ok_or(StoreError::Internal("file without a directory"))?;
+        let dir = parent_dir(&path).ok_or(StoreError::Internal("file without a directory"))?;
         create_dirs_durably(dir)?;
         let name = path
             .file_name()
@@ -375,6 +384,13 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "../etc", "a b", &"x".repeat(250), "é"] {
             assert!(validate_topic(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bare_relative_name_lives_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("data")), Some(Path::new(".")));
+        assert_eq!(parent_dir(Path::new("a/b")), Some(Path::new("a")));
+        assert_eq!(parent_dir(Path::new("/")), None);
     }
 
     #[test]
