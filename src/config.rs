@@ -63,6 +63,11 @@ pub struct StoreConfig {
     pub max_batch_bytes: usize,
     /// …or this long after its first record (also the longest a record waits to be durable).
     pub max_batch_wait_ms: u64,
+    /// Threads decoding, hash-chaining and batching records.
+    pub pipeline_threads: usize,
+    /// Chunks (of up to 1024 records / 1 MiB) queued per pipeline thread before partitions
+    /// are paused (backpressure).
+    pub pipeline_queue_depth: usize,
     /// Threads writing Parquet files.
     pub writer_threads: usize,
     /// Sealed batches queued per writer before partitions are paused (backpressure).
@@ -78,7 +83,9 @@ impl Default for StoreConfig {
             max_batch_events: 100_000,
             max_batch_bytes: 64 * 1024 * 1024,
             max_batch_wait_ms: 2000,
-            writer_threads: 1,
+            pipeline_threads: 2,
+            pipeline_queue_depth: 8,
+            writer_threads: 2,
             writer_queue_depth: 2,
             zstd_level: 1,
         }

@@ -71,6 +71,8 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_batch_events: cfg.store.max_batch_events,
         max_batch_bytes: cfg.store.max_batch_bytes,
         max_batch_wait_ms: cfg.store.max_batch_wait_ms,
+        pipeline_threads: cfg.store.pipeline_threads,
+        pipeline_queue_depth: cfg.store.pipeline_queue_depth,
         writer_threads: cfg.store.writer_threads,
         writer_queue_depth: cfg.store.writer_queue_depth,
     };

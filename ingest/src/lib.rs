@@ -8,31 +8,48 @@
 //! store's own record of where it stands.
 //! **Not for:** decoding formats (`vigil-schemas`) or file layout and hashing (`vigil-store`).
 //!
-//! Threads: one consumer thread runs [`run`] (poll, decode, chain, append — and the rebalance
-//! callbacks, which librdkafka runs inside poll); `writer_threads` writer threads seal batches
-//! into files. A partition always goes to the same writer, so its files are written in order.
-//! Queues between them hold at most `writer_queue_depth` batches per writer.
+//! Threads and queues (each queue bounded):
+//!
+//! ```text
+//! consumer thread ──chunks──▶ pipeline threads ──sealed batches──▶ writer threads
+//!   poll, offsets, resume      decode, chain, batch,               Parquet file, fsync
+//!   checks, commit ◀──────────────── reports (file durable / failure) ───────┘
+//! ```
+//!
+//! The consumer thread runs [`run`]: it polls, checks each record's offset against what the
+//! partition already has (resume verification, re-deliveries, gaps), copies records into
+//! chunks of at most [`CHUNK_MAX_RECORDS`] records / [`CHUNK_MAX_BYTES`] bytes, and commits
+//! offsets once their file is durable. librdkafka runs the rebalance callbacks inside poll, on
+//! this thread too. A partition always goes to the same pipeline thread and the same writer,
+//! so it is chained and written in offset order. When a pipeline thread's queue is full the
+//! partition is paused until it has room: that is how a slow store slows the consumer.
 
+mod chunk;
 mod metrics;
+mod pipeline;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver};
+
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use vigil_schemas::{DecodeError, Decoder, DecoderConfig, SourceFormat};
-use vigil_store::{Appended, FileInfo, PartitionBatch, RecordRef, SealedBatch, Store, StoreError};
+use vigil_schemas::{Decoder, DecoderConfig, SourceFormat};
+use vigil_store::{PartitionBatch, Store, StoreError};
 
+pub use chunk::{CHUNK_MAX_BYTES, CHUNK_MAX_RECORDS};
 pub use metrics::{IngestMetrics, MetricsSnapshot};
+
+use chunk::Chunk;
+use pipeline::{Job, Limits, Report, Threads};
 
 /// Everything the ingest stage is configured with.
 #[derive(Clone, Debug)]
@@ -56,8 +73,12 @@ pub struct IngestConfig {
     pub max_batch_bytes: usize,
     /// …or this long after its first record.
     pub max_batch_wait_ms: u64,
+    /// Threads decoding, chaining and batching; a partition always uses the same one.
+    pub pipeline_threads: usize,
+    /// Chunks each pipeline thread may hold queued before partitions are paused.
+    pub pipeline_queue_depth: usize,
     pub writer_threads: usize,
-    /// Sealed batches each writer may hold queued before partitions are paused.
+    /// Sealed batches each writer may hold queued before pipeline threads wait.
     pub writer_queue_depth: usize,
 }
 
@@ -71,30 +92,28 @@ pub enum IngestError {
     Config(String),
     #[error("writer thread stopped unexpectedly")]
     WriterGone,
+    #[error("pipeline thread stopped unexpectedly")]
+    PipelineGone,
+    #[error("internal: {0}")]
+    Internal(&'static str),
 }
 
 type Key = (String, i32);
 
-struct WriteJob {
-    key: Key,
-    sealed: SealedBatch,
-}
-
-struct Written {
-    key: Key,
-    rows: usize,
-    result: Result<FileInfo, StoreError>,
-}
-
-/// One assigned partition's pipeline state.
+/// One assigned partition, as the consumer thread sees it.
 struct Part {
-    decoder: Decoder,
-    batch: PartitionBatch,
-    opened_at: Option<Instant>,
-    /// Batches handed to the writer and not yet confirmed durable.
-    in_flight: usize,
-    /// A sealed batch the writer queue had no room for; the partition is paused meanwhile.
-    pending: Option<SealedBatch>,
+    key: Key,
+    /// Its pipeline thread.
+    pipeline: usize,
+    /// Offset of the last record handed to the pipeline, or the store's head at assignment.
+    /// Records at or before it are already stored or on their way.
+    dispatched: i64,
+    /// Offset of the last record known durable.
+    durable: i64,
+    /// Records not yet handed to the pipeline.
+    chunk: Option<Chunk>,
+    /// A full chunk the pipeline queue had no room for; the partition is paused meanwhile.
+    pending: Option<Chunk>,
     paused: bool,
     /// Until the broker has delivered a record at or before the resume point, a later first
     /// record is not trusted as a gap: some brokers (Tansu 0.6) skip the rest of a record batch
@@ -153,15 +172,31 @@ const RESUME_SILENCE: Duration = Duration::from_secs(2);
 /// First seek-back window; widened fourfold each time the broker again starts too late.
 const RESUME_WINDOW: i64 = 1024;
 
+/// Open chunks are handed on at least this often, so a quiet partition's records do not wait
+/// for a full chunk.
+const CHUNK_MAX_WAIT: Duration = Duration::from_millis(10);
+
+/// How long the consumer thread waits for room in a pipeline thread's queue before it pauses
+/// the partition instead.
+const PIPELINE_WAIT: Duration = Duration::from_millis(500);
+
+/// Records polled between two looks at the clock (open chunks, reports, silent resumes).
+const POLLS_BETWEEN_CHORES: u32 = 64;
+
 struct Core {
     cfg: IngestConfig,
     store: Store,
-    parts: HashMap<Key, Part>,
-    writers: Vec<SyncSender<WriteJob>>,
-    done: Receiver<Written>,
+    parts: Vec<Part>,
+    /// Index in `parts` of the last record's partition: records come in runs.
+    last_part: usize,
+    pipelines: Vec<Sender<Job>>,
+    reports: Receiver<Report>,
     metrics: Arc<IngestMetrics>,
     /// The first fatal error (a failed write, an unreadable store); ends the run.
     fatal: Option<IngestError>,
+    /// Partitions with a pending chunk.
+    pending: usize,
+    chunks_sent_at: Instant,
 }
 
 struct Ctx {
@@ -185,20 +220,8 @@ impl ConsumerContext for Ctx {
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect();
             tracing::info!(partitions = ?keys, "partitions revoked: flushing and committing");
-            if let Err(e) = core.flush(consumer, Some(&keys)) {
+            if let Err(e) = core.revoke(consumer, &keys) {
                 core.fatal.get_or_insert(e);
-            }
-            let mut paused = TopicPartitionList::new();
-            for k in &keys {
-                if core.parts.remove(k).is_some_and(|p| p.paused) {
-                    paused.add_partition(&k.0, k.1);
-                }
-            }
-            // Leave no pause behind for whoever is assigned these partitions next.
-            if paused.count() > 0
-                && let Err(e) = consumer.resume(&paused)
-            {
-                tracing::debug!(error = %e, "resuming revoked partitions");
             }
         }
     }
@@ -220,7 +243,27 @@ fn now_ns() -> i64 {
         .unwrap_or_default()
 }
 
+fn one(key: &Key) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&key.0, key.1);
+    Ok(tpl)
+}
+
 impl Core {
+    fn find(&mut self, topic: &str, partition: i32) -> Option<usize> {
+        let hit = |p: &Part| p.key.1 == partition && p.key.0 == topic;
+        if self.parts.get(self.last_part).is_some_and(hit) {
+            return Some(self.last_part);
+        }
+        let i = self.parts.iter().position(hit)?;
+        self.last_part = i;
+        Some(i)
+    }
+
+    fn index(&self, key: &Key) -> Option<usize> {
+        self.parts.iter().position(|p| &p.key == key)
+    }
+
     /// Open a pipeline for each newly assigned partition at the store's head, and make the
     /// consumer resume right after it (the store, not the group's committed offset, is the
     /// authority on what is stored).
@@ -231,8 +274,8 @@ impl Core {
     ) -> Result<(), IngestError> {
         let mut resume = TopicPartitionList::new();
         for e in tpl.elements() {
-            let (topic, partition) = (e.topic().to_owned(), e.partition());
-            let head = self.store.head(&topic, partition)?;
+            let key: Key = (e.topic().to_owned(), e.partition());
+            let head = self.store.head(&key.0, key.1)?;
             // An empty store needs everything the topic still holds, whatever the group
             // committed; otherwise resume right after the store's head.
             let offset = if head.offset >= 0 {
@@ -240,263 +283,261 @@ impl Core {
             } else {
                 Offset::Beginning
             };
-            resume.add_partition_offset(&topic, partition, offset)?;
-            tracing::info!(%topic, partition, store_head = head.offset, "partition assigned");
-            let decoder = Decoder::new(
-                self.cfg.decoder.clone(),
-                self.cfg.formats.get(&topic).copied(),
-            );
-            let batch = PartitionBatch::new(
-                &topic,
-                partition,
-                head,
-                self.cfg.max_batch_events.min(1 << 16),
-            );
-            let verify = (head.offset >= 0).then(|| Resume::new(head.offset + 1));
-            self.parts.insert(
-                (topic, partition),
-                Part {
-                    decoder,
-                    batch,
-                    opened_at: None,
-                    in_flight: 0,
-                    pending: None,
-                    paused: false,
-                    resume: verify,
-                    suspect_gap: None,
-                },
-            );
+            resume.add_partition_offset(&key.0, key.1, offset)?;
+            tracing::info!(topic = %key.0, partition = key.1, store_head = head.offset, "partition assigned");
+            if let Some(i) = self.index(&key) {
+                // Assigned twice without a revoke in between: the pipeline is reopened at the
+                // store's head below, so forget what this side held.
+                self.parts.swap_remove(i);
+            }
+            // The least busy pipeline thread; its writer (pipelines share writers evenly).
+            let pipeline = (0..self.pipelines.len())
+                .min_by_key(|&p| self.parts.iter().filter(|q| q.pipeline == p).count())
+                .ok_or(IngestError::Internal("no pipeline threads"))?;
+            let job = Job::Open {
+                writer: pipeline % self.cfg.writer_threads.max(1),
+                key: key.clone(),
+                batch: Box::new(PartitionBatch::new(
+                    &key.0,
+                    key.1,
+                    head,
+                    self.cfg.max_batch_events.min(1 << 16),
+                )),
+                decoder: Decoder::new(
+                    self.cfg.decoder.clone(),
+                    self.cfg.formats.get(&key.0).copied(),
+                ),
+            };
+            self.pipelines[pipeline]
+                .send(job)
+                .map_err(|_| IngestError::PipelineGone)?;
+            self.parts.push(Part {
+                key,
+                pipeline,
+                dispatched: head.offset,
+                durable: head.offset,
+                chunk: None,
+                pending: None,
+                paused: false,
+                resume: (head.offset >= 0).then(|| Resume::new(head.offset + 1)),
+                suspect_gap: None,
+            });
         }
+        self.pending = self.parts.iter().filter(|p| p.pending.is_some()).count();
         consumer.assign(&resume)?;
         Ok(())
     }
 
-    fn writer_for(&self, key: &Key) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        (h.finish() % self.writers.len() as u64) as usize
+    /// Flush and commit revoked partitions, then forget them.
+    fn revoke(&mut self, consumer: &BaseConsumer<Ctx>, keys: &[Key]) -> Result<(), IngestError> {
+        let flushed = self.flush(consumer, Some(keys));
+        let mut paused = TopicPartitionList::new();
+        for k in keys {
+            if let Some(i) = self.index(k) {
+                let part = self.parts.swap_remove(i);
+                if part.paused {
+                    paused.add_partition(&k.0, k.1);
+                }
+                let _ = self.pipelines[part.pipeline].send(Job::Close(part.key));
+            }
+        }
+        self.pending = self.parts.iter().filter(|p| p.pending.is_some()).count();
+        // Leave no pause behind for whoever is assigned these partitions next.
+        if paused.count() > 0
+            && let Err(e) = consumer.resume(&paused)
+        {
+            tracing::debug!(error = %e, "resuming revoked partitions");
+        }
+        flushed
     }
 
-    /// Seal a partition's batch and hand it to its writer; pause the partition when the
-    /// writer's queue is full.
-    fn seal(&mut self, consumer: &BaseConsumer<Ctx>, key: &Key) -> Result<(), IngestError> {
-        let w = self.writer_for(key);
-        let Some(part) = self.parts.get_mut(key) else {
-            return Ok(());
-        };
-        let Some(sealed) = part.batch.seal()? else {
-            return Ok(());
-        };
-        part.opened_at = None;
+    /// Hand a partition's open chunk to its pipeline. When the pipeline's queue stays full
+    /// for [`PIPELINE_WAIT`] (the store is stalled, not merely busy), keep the chunk and pause
+    /// the partition so that polling — and the group membership — goes on. With `wait`, block
+    /// until there is room instead.
+    fn dispatch(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        i: usize,
+        wait: bool,
+    ) -> Result<(), IngestError> {
+        let part = &mut self.parts[i];
+        let queue = &self.pipelines[part.pipeline];
         if let Some(older) = part.pending.take() {
-            // Still paused with a batch waiting: wait for room rather than hold a second one.
-            self.writers[w]
-                .send(WriteJob {
-                    key: key.clone(),
-                    sealed: older,
-                })
-                .map_err(|_| IngestError::WriterGone)?;
-            part.in_flight += 1;
+            // Still paused with a chunk waiting: wait for room rather than hold a second one.
+            self.pending -= 1;
+            queue
+                .send(Job::Records(older))
+                .map_err(|_| IngestError::PipelineGone)?;
         }
-        match self.writers[w].try_send(WriteJob {
-            key: key.clone(),
-            sealed,
-        }) {
-            Ok(()) => part.in_flight += 1,
-            Err(TrySendError::Full(job)) => {
-                part.pending = Some(job.sealed);
+        let Some(chunk) = part.chunk.take() else {
+            return Ok(());
+        };
+        if wait {
+            return queue
+                .send(Job::Records(chunk))
+                .map_err(|_| IngestError::PipelineGone);
+        }
+        match queue.send_timeout(Job::Records(chunk), PIPELINE_WAIT) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(Job::Records(chunk))) => {
+                part.pending = Some(chunk);
+                self.pending += 1;
                 if !part.paused {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&key.0, key.1);
-                    consumer.pause(&tpl)?;
+                    consumer.pause(&one(&part.key)?)?;
                     part.paused = true;
                     self.metrics.pauses.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(topic = %key.0, partition = key.1, "store behind: partition paused");
+                    tracing::info!(topic = %part.key.0, partition = part.key.1,
+                        "store stalled: partition paused");
+                }
+                Ok(())
+            }
+            Err(_) => Err(IngestError::PipelineGone),
+        }
+    }
+
+    /// Offer waiting chunks to their pipelines again; resume partitions whose chunk got in.
+    fn retry_pending(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
+        for part in self.parts.iter_mut() {
+            if let Some(chunk) = part.pending.take() {
+                match self.pipelines[part.pipeline].try_send(Job::Records(chunk)) {
+                    Ok(()) => self.pending -= 1,
+                    Err(TrySendError::Full(Job::Records(chunk))) => part.pending = Some(chunk),
+                    Err(_) => return Err(IngestError::PipelineGone),
                 }
             }
-            Err(TrySendError::Disconnected(_)) => return Err(IngestError::WriterGone),
+            if part.paused && part.pending.is_none() {
+                consumer.resume(&one(&part.key)?)?;
+                part.paused = false;
+                // librdkafka fetches again from after the last record we took, which may be
+                // inside a record batch: verify, as after an assignment.
+                part.resume = Some(Resume::new(part.dispatched + 1));
+            }
         }
         Ok(())
     }
 
-    /// Handle one confirmation from a writer: commit the offsets now durable; resume a paused
-    /// partition when its waiting batch fits.
-    fn on_written(
+    /// Commit what a durable file holds.
+    fn on_report(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
-        w: Written,
+        report: Report,
         mode: CommitMode,
     ) -> Result<(), IngestError> {
-        let info = w.result?;
+        let (key, rows, info) = match report {
+            Report::Failed(e) => return Err(e),
+            Report::Written { key, rows, result } => (key, rows, result?),
+        };
         self.metrics.files_written.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .bytes_written
             .fetch_add(info.bytes, Ordering::Relaxed);
         self.metrics
             .rows_stored
-            .fetch_add(w.rows as u64, Ordering::Relaxed);
+            .fetch_add(rows as u64, Ordering::Relaxed);
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&w.key.0, w.key.1, Offset::Offset(info.last_offset + 1))?;
+        tpl.add_partition_offset(&key.0, key.1, Offset::Offset(info.last_offset + 1))?;
         if let Err(e) = consumer.commit(&tpl, mode) {
             // The store is the authority on what is stored; a failed commit only means
             // re-reading records that are then skipped.
-            tracing::warn!(error = %e, topic = %w.key.0, partition = w.key.1, "offset commit failed");
+            tracing::warn!(error = %e, topic = %key.0, partition = key.1, "offset commit failed");
         }
-        if let Some(part) = self.parts.get_mut(&w.key) {
-            part.in_flight = part.in_flight.saturating_sub(1);
-        }
-        // A writer has room again: offer it every batch that was waiting for one.
-        self.retry_pending(consumer)
-    }
-
-    /// Hand waiting batches to their writers where there is room; resume their partitions.
-    fn retry_pending(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
-        let waiting: Vec<Key> = self
-            .parts
-            .iter()
-            .filter(|(_, p)| p.pending.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in waiting {
-            let idx = self.writer_for(&key);
-            let Some(part) = self.parts.get_mut(&key) else {
-                continue;
-            };
-            if let Some(sealed) = part.pending.take() {
-                match self.writers[idx].try_send(WriteJob {
-                    key: key.clone(),
-                    sealed,
-                }) {
-                    Ok(()) => part.in_flight += 1,
-                    Err(TrySendError::Full(job)) => part.pending = Some(job.sealed),
-                    Err(TrySendError::Disconnected(_)) => return Err(IngestError::WriterGone),
-                }
-            }
-            if part.paused && part.pending.is_none() {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&key.0, key.1);
-                consumer.resume(&tpl)?;
-                part.paused = false;
-            }
+        if let Some(i) = self.index(&key) {
+            let part = &mut self.parts[i];
+            part.durable = part.durable.max(info.last_offset);
         }
         Ok(())
     }
 
-    fn drain_written(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
-        while let Ok(w) = self.done.try_recv() {
-            self.on_written(consumer, w, CommitMode::Async)?;
+    /// Everything that runs on the clock rather than per record: hand on open chunks,
+    /// commit durable files, retry paused partitions, seek back silent resumes.
+    fn chores(&mut self, consumer: &BaseConsumer<Ctx>, idle: bool) -> Result<(), IngestError> {
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
         }
-        Ok(())
+        while let Ok(r) = self.reports.try_recv() {
+            self.on_report(consumer, r, CommitMode::Async)?;
+        }
+        if idle || self.chunks_sent_at.elapsed() >= CHUNK_MAX_WAIT {
+            for i in 0..self.parts.len() {
+                self.dispatch(consumer, i, false)?;
+            }
+            self.chunks_sent_at = Instant::now();
+        }
+        if self.pending > 0 {
+            self.retry_pending(consumer)?;
+        }
+        self.check_silent_resumes(consumer)
     }
 
-    /// Seal and write everything the given partitions (or all) hold, wait until it is
-    /// durable, and commit synchronously. Used on revoke and shutdown.
+    /// Hand everything the given partitions (or all) hold to their pipelines, have them seal
+    /// it, wait until it is durable, and commit synchronously. Used on revoke and shutdown.
     fn flush(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
         only: Option<&[Key]>,
     ) -> Result<(), IngestError> {
-        let keys: Vec<Key> = match only {
-            Some(k) => k.to_vec(),
-            None => self.parts.keys().cloned().collect(),
+        let idx: Vec<usize> = match only {
+            Some(keys) => keys.iter().filter_map(|k| self.index(k)).collect(),
+            None => (0..self.parts.len()).collect(),
         };
-        for k in &keys {
-            self.seal(consumer, k)?;
-            let w = self.writer_for(k);
-            if let Some(part) = self.parts.get_mut(k)
-                && let Some(sealed) = part.pending.take()
-            {
-                self.writers[w]
-                    .send(WriteJob {
-                        key: k.clone(),
-                        sealed,
-                    })
-                    .map_err(|_| IngestError::WriterGone)?;
-                part.in_flight += 1;
-            }
+        for &i in &idx {
+            self.dispatch(consumer, i, true)?;
+            let part = &self.parts[i];
+            self.pipelines[part.pipeline]
+                .send(Job::Seal(part.key.clone()))
+                .map_err(|_| IngestError::PipelineGone)?;
         }
-        while keys
-            .iter()
-            .any(|k| self.parts.get(k).is_some_and(|p| p.in_flight > 0))
-        {
-            let w = self.done.recv().map_err(|_| IngestError::WriterGone)?;
-            self.on_written(consumer, w, CommitMode::Sync)?;
+        let keys: Vec<Key> = idx.iter().map(|&i| self.parts[i].key.clone()).collect();
+        while keys.iter().any(|k| {
+            self.index(k)
+                .is_some_and(|i| self.parts[i].durable < self.parts[i].dispatched)
+        }) {
+            let r = self.reports.recv().map_err(|_| IngestError::WriterGone)?;
+            self.on_report(consumer, r, CommitMode::Sync)?;
         }
         Ok(())
     }
 
     /// Seek back partitions whose resume point has stayed silent too long.
     fn check_silent_resumes(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
-        for (key, part) in self.parts.iter_mut() {
+        for part in self.parts.iter_mut() {
             let Some(r) = part.resume else { continue };
             if part.paused || r.window == 0 || r.since.elapsed() < RESUME_SILENCE {
                 continue;
             }
             let (target, next_try) = r.step_back();
-            tracing::warn!(topic = %key.0, partition = key.1, expected = r.next, seek_to = target,
+            tracing::warn!(topic = %part.key.0, partition = part.key.1, expected = r.next,
+                seek_to = target,
                 "nothing delivered since resuming; reading again from before the resume point");
-            seek_back(consumer, &self.metrics, key, target)?;
+            seek_back(consumer, &self.metrics, &part.key, target)?;
             part.resume = Some(next_try);
         }
         Ok(())
     }
 
-    /// Seal batches that have waited long enough.
-    fn seal_expired(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
-        let wait = Duration::from_millis(self.cfg.max_batch_wait_ms);
-        let due: Vec<Key> = self
-            .parts
-            .iter()
-            .filter(|(_, p)| p.opened_at.is_some_and(|t| t.elapsed() >= wait))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in due {
-            self.seal(consumer, &k)?;
-        }
-        Ok(())
-    }
-
-    /// Drop a record delivered past `next` and make the broker read again from `target`.
-    fn refetch(
-        &mut self,
-        consumer: &BaseConsumer<Ctx>,
-        key: &Key,
-        got: i64,
-        next: i64,
-        target: i64,
-    ) -> Result<Option<DecodeError>, IngestError> {
-        tracing::warn!(topic = %key.0, partition = key.1, expected = next, got, seek_to = target,
-            "broker delivered past the next offset; reading again from before it");
-        seek_back(consumer, &self.metrics, key, target)?;
-        // This record comes again after the seek.
-        self.metrics
-            .records_refetched
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(None)
-    }
-
-    /// Decode, chain and append one record. Returns the rejected record's error, if any, for
-    /// the dead-letter topic.
+    /// Check one record's offset against what its partition has, and queue it for its
+    /// pipeline. Re-deliveries are skipped; a record delivered past the next offset makes the
+    /// broker read again from before it (see [`Part::resume`]).
     fn handle(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
         msg: &BorrowedMessage<'_>,
-    ) -> Result<Option<DecodeError>, IngestError> {
+    ) -> Result<(), IngestError> {
         self.metrics
             .records_received
             .fetch_add(1, Ordering::Relaxed);
-        let key = (msg.topic().to_owned(), msg.partition());
-        let Some(part) = self.parts.get_mut(&key) else {
+        let Some(i) = self.find(msg.topic(), msg.partition()) else {
             // Not ours (a message that raced a revoke): it will be read by the new owner.
             self.metrics
                 .records_not_assigned
                 .fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
+            return Ok(());
         };
-        let head = part.batch.head().offset;
+        let part = &mut self.parts[i];
+        let (offset, head) = (msg.offset(), part.dispatched);
         if let Some(r) = part.resume {
-            if msg.offset() <= r.next || r.window == 0 {
+            if offset <= r.next || r.window == 0 {
                 // Delivered at or before the resume point (or read from offset 0): the stream
                 // is trusted from here.
                 part.resume = None;
@@ -504,65 +545,62 @@ impl Core {
                 // The broker started after the resume point: not a gap we can trust yet.
                 let (target, next_try) = r.step_back();
                 part.resume = Some(next_try);
-                return self.refetch(consumer, &key, msg.offset(), r.next, target);
+                return refetch(consumer, &self.metrics, &part.key, offset, r.next, target);
             }
         }
-        if msg.offset() <= head {
+        if offset <= head {
             self.metrics
                 .records_already_stored
                 .fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
+            return Ok(());
         }
-        if head >= 0 && msg.offset() > head + 1 {
-            if part.suspect_gap == Some((head, msg.offset())) {
+        if head >= 0 && offset > head + 1 {
+            if part.suspect_gap == Some((head, offset)) {
                 // Seen twice, the second time reading on from before it: a real gap
                 // (compaction, transaction markers, retention). The chain records it.
                 part.suspect_gap = None;
                 self.metrics.offset_gaps.fetch_add(1, Ordering::Relaxed);
             } else {
-                part.suspect_gap = Some((head, msg.offset()));
+                part.suspect_gap = Some((head, offset));
                 let (target, next_try) = Resume::new(head + 1).step_back();
                 part.resume = Some(next_try);
-                return self.refetch(consumer, &key, msg.offset(), head + 1, target);
+                return refetch(consumer, &self.metrics, &part.key, offset, head + 1, target);
             }
         }
-        let headers: Vec<(&str, Option<&[u8]>)> = match msg.headers() {
-            Some(h) => h.iter().map(|h| (h.key, h.value)).collect(),
-            None => Vec::new(),
-        };
-        let rec = RecordRef {
-            topic: msg.topic(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-            timestamp_ms: msg.timestamp().to_millis(),
-            key: msg.key(),
-            value: msg.payload(),
-            headers: &headers,
-        };
-        let outcome = part.batch.append(&rec, &part.decoder, now_ns())?;
-        part.opened_at.get_or_insert_with(Instant::now);
-        let full = part.batch.rows() >= self.cfg.max_batch_events
-            || part.batch.raw_bytes() >= self.cfg.max_batch_bytes;
-        let rejected = match outcome {
-            Appended::Decoded(n) => {
-                self.metrics.records_decoded.fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .events_decoded
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                None
-            }
-            Appended::Rejected(e) => {
-                self.metrics
-                    .records_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                Some(e)
-            }
-        };
-        if full {
-            self.seal(consumer, &key)?;
+        let chunk = part
+            .chunk
+            .get_or_insert_with(|| Chunk::new(part.key.clone(), now_ns()));
+        let headers = msg.headers().into_iter().flat_map(|h| h.iter());
+        chunk.push(
+            offset,
+            msg.timestamp().to_millis(),
+            msg.key(),
+            msg.payload(),
+            headers.map(|h| (h.key, h.value)),
+        );
+        part.dispatched = offset;
+        if chunk.is_full() {
+            self.dispatch(consumer, i, false)?;
         }
-        Ok(rejected)
+        Ok(())
     }
+}
+
+/// Drop a record delivered past `next` and make the broker read again from `target`.
+fn refetch(
+    consumer: &BaseConsumer<Ctx>,
+    metrics: &IngestMetrics,
+    key: &Key,
+    got: i64,
+    next: i64,
+    target: i64,
+) -> Result<(), IngestError> {
+    tracing::warn!(topic = %key.0, partition = key.1, expected = next, got, seek_to = target,
+        "broker delivered past the next offset; reading again from before it");
+    seek_back(consumer, metrics, key, target)?;
+    // This record comes again after the seek.
+    metrics.records_refetched.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Make the broker read a partition again from `target` (a resume point being verified).
@@ -582,25 +620,6 @@ fn seek_back(
     Ok(())
 }
 
-struct DlqContext {
-    metrics: Arc<IngestMetrics>,
-}
-
-impl ClientContext for DlqContext {}
-
-impl ProducerContext for DlqContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.metrics.dlq_delivered.fetch_add(1, Ordering::Relaxed),
-            Err((e, m)) => {
-                tracing::error!(error = %e, topic = m.topic(), "dead-letter delivery failed (the record is in the store)");
-                self.metrics.dlq_failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-}
-
 fn client_config(cfg: &IngestConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
@@ -610,100 +629,8 @@ fn client_config(cfg: &IngestConfig) -> ClientConfig {
     c
 }
 
-fn dead_letter(
-    producer: &ThreadedProducer<DlqContext>,
-    suffix: &str,
-    msg: &BorrowedMessage<'_>,
-    err: &DecodeError,
-    metrics: &IngestMetrics,
-) {
-    let topic = format!("{}{suffix}", msg.topic());
-    let mut headers = OwnedHeaders::new();
-    if let Some(h) = msg.headers() {
-        for h in h.iter() {
-            headers = headers.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
-        }
-    }
-    let (error, kind) = (err.to_string(), err.kind_name());
-    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
-    headers = headers
-        .insert(Header {
-            key: "vigil.error",
-            value: Some(error.as_bytes()),
-        })
-        .insert(Header {
-            key: "vigil.error_kind",
-            value: Some(kind.as_bytes()),
-        })
-        .insert(Header {
-            key: "vigil.source_topic",
-            value: Some(msg.topic().as_bytes()),
-        })
-        .insert(Header {
-            key: "vigil.source_partition",
-            value: Some(partition.as_bytes()),
-        })
-        .insert(Header {
-            key: "vigil.source_offset",
-            value: Some(offset.as_bytes()),
-        });
-    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic).headers(headers);
-    if let Some(k) = msg.key() {
-        record = record.key(k);
-    }
-    if let Some(v) = msg.payload() {
-        record = record.payload(v);
-    }
-    match producer.send(record) {
-        Ok(()) => metrics.dlq_sent.fetch_add(1, Ordering::Relaxed),
-        Err((e, _)) => {
-            tracing::error!(error = %e, %topic, "dead-letter enqueue failed (the record is in the store)");
-            metrics.dlq_failed.fetch_add(1, Ordering::Relaxed)
-        }
-    };
-}
-
-fn spawn_writers(
-    store: &Store,
-    n: usize,
-    depth: usize,
-    done: mpsc::Sender<Written>,
-) -> (Vec<SyncSender<WriteJob>>, Vec<JoinHandle<()>>) {
-    let mut senders = Vec::new();
-    let mut handles = Vec::new();
-    for i in 0..n.max(1) {
-        let (tx, rx) = mpsc::sync_channel::<WriteJob>(depth.max(1));
-        let (store, done) = (store.clone(), done.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("vigil-writer-{i}"))
-            .spawn(move || {
-                for job in rx {
-                    let rows = job.sealed.batch.num_rows();
-                    let result = store.write(&job.sealed);
-                    if done
-                        .send(Written {
-                            key: job.key,
-                            rows,
-                            result,
-                        })
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            })
-            .expect("spawning a writer thread");
-        senders.push(tx);
-        handles.push(h);
-    }
-    (senders, handles)
-}
-
 /// Run the ingest pipeline until `shutdown` is set or a fatal error occurs. On shutdown every
-/// partition's open batch is written and committed before returning.
+/// partition's records are written and committed before returning.
 pub fn run(
     cfg: IngestConfig,
     store: Store,
@@ -716,17 +643,43 @@ pub fn run(
     if cfg.max_batch_events == 0 || cfg.max_batch_bytes == 0 {
         return Err(IngestError::Config("batch limits must be positive".into()));
     }
-    let (done_tx, done_rx) = mpsc::channel();
-    let (writers, handles) =
-        spawn_writers(&store, cfg.writer_threads, cfg.writer_queue_depth, done_tx);
+    let dlq = match &cfg.dlq_suffix {
+        Some(suffix) => Some(pipeline::dlq_producer(
+            client_config(&cfg),
+            suffix,
+            &metrics,
+        )?),
+        None => None,
+    };
+    let (report_tx, report_rx) = mpsc::channel();
+    let threads = Threads::start(
+        &store,
+        Limits {
+            max_batch_events: cfg.max_batch_events,
+            max_batch_bytes: cfg.max_batch_bytes,
+            max_batch_wait: Duration::from_millis(cfg.max_batch_wait_ms),
+        },
+        cfg.pipeline_threads,
+        cfg.pipeline_queue_depth,
+        cfg.writer_threads,
+        cfg.writer_queue_depth,
+        &metrics,
+        dlq.clone(),
+        &report_tx,
+    )?;
+    // Only the threads report; with them gone, waiting for a report fails instead of hanging.
+    drop(report_tx);
     let core = Arc::new(Mutex::new(Core {
         cfg: cfg.clone(),
         store,
-        parts: HashMap::new(),
-        writers,
-        done: done_rx,
+        parts: Vec::new(),
+        last_part: 0,
+        pipelines: threads.pipelines.clone(),
+        reports: report_rx,
         metrics: metrics.clone(),
         fatal: None,
+        pending: 0,
+        chunks_sent_at: Instant::now(),
     }));
 
     let mut cc = client_config(&cfg);
@@ -737,46 +690,35 @@ pub fn run(
         .set("enable.partition.eof", "false")
         // Tansu and small batches: the 500 ms default wait cuts throughput by an order of magnitude.
         .set("fetch.wait.max.ms", "10")
-        .set("queued.max.messages.kbytes", "65536");
+        .set("queued.max.messages.kbytes", "65536")
+        // When the prefetch queue is full, librdkafka waits this long before fetching again
+        // (default 1 s): with a busy pipeline that idles everything for most of a second.
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in &cfg.kafka_properties {
         cc.set(k, v);
     }
-    let consumer: BaseConsumer<Ctx> = cc.create_with_context(Ctx { core: core.clone() })?;
-    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-
-    let dlq: Option<(ThreadedProducer<DlqContext>, String)> = match &cfg.dlq_suffix {
-        Some(suffix) => {
-            let mut pc = client_config(&cfg);
-            pc.set("linger.ms", "5");
-            let p: ThreadedProducer<DlqContext> = pc.create_with_context(DlqContext {
-                metrics: metrics.clone(),
-            })?;
-            Some((p, suffix.clone()))
-        }
-        None => None,
-    };
-
     let result = (|| -> Result<(), IngestError> {
+        let consumer: BaseConsumer<Ctx> = cc.create_with_context(Ctx { core: core.clone() })?;
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let mut polls = 0u32;
+        let mut idle = true;
         while !shutdown.load(Ordering::Relaxed) {
-            {
-                let mut c = lock(&core);
-                if let Some(e) = c.fatal.take() {
-                    return Err(e);
-                }
-                c.drain_written(&consumer)?;
-                c.seal_expired(&consumer)?;
-                c.check_silent_resumes(&consumer)?;
+            if idle || polls >= POLLS_BETWEEN_CHORES {
+                lock(&core).chores(&consumer, idle)?;
+                polls = 0;
             }
             // The lock is not held across poll: rebalance callbacks run inside it.
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            match consumer.poll(Duration::from_millis(if idle { 100 } else { 0 })) {
+                None => idle = true,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    idle = true;
+                }
                 Some(Ok(msg)) => {
-                    let rejected = lock(&core).handle(&consumer, &msg)?;
-                    if let (Some(err), Some((p, suffix))) = (rejected, &dlq) {
-                        dead_letter(p, suffix, &msg, &err, &metrics);
-                    }
+                    idle = false;
+                    polls += 1;
+                    lock(&core).handle(&consumer, &msg)?;
                 }
             }
         }
@@ -787,17 +729,14 @@ pub fn run(
         c.flush(&consumer, None)
     })();
 
-    if let Some((p, _)) = &dlq {
+    if let Some(dlq) = &dlq {
         use rdkafka::producer::Producer;
-        if let Err(e) = p.flush(Duration::from_secs(10)) {
+        if let Err(e) = dlq.0.flush(Duration::from_secs(10)) {
             tracing::error!(error = %e, "dead-letter producer did not flush");
         }
     }
-    drop(consumer);
-    // Closing the job queues stops the writers once they have finished what they hold.
-    lock(&core).writers.clear();
-    for h in handles {
-        let _ = h.join();
-    }
+    // Closing the queues stops the threads once they have finished what they hold.
+    lock(&core).pipelines.clear();
+    threads.stop();
     result
 }

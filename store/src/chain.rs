@@ -19,6 +19,8 @@
 //! hidden: the next link commits to the offset it follows, so a verifier sees the gap and no one
 //! can insert or remove records across it unseen.
 
+use std::sync::LazyLock;
+
 /// Context string of leaf hashes (blake3 derive-key mode). Changing it is a format change.
 pub const LEAF_CONTEXT: &str = "vigil 2026-11-22 kafka record leaf v1";
 /// Context string of chain hashes.
@@ -62,9 +64,16 @@ fn str_u32(h: &mut blake3::Hasher, s: &str) {
     h.update(s.as_bytes());
 }
 
+// Hashers already keyed with their context: deriving the context key is a compression of its
+// own, so each hash clones one instead of deriving it again.
+static LEAF_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(LEAF_CONTEXT));
+static CHAIN_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(CHAIN_CONTEXT));
+
 /// The leaf hash of one record.
 pub fn leaf_hash(r: &RecordRef<'_>) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key(LEAF_CONTEXT);
+    let mut h = LEAF_HASHER.clone();
     str_u32(&mut h, r.topic);
     h.update(&r.partition.to_le_bytes());
     h.update(&r.offset.to_le_bytes());
@@ -90,7 +99,7 @@ pub fn chain_hash(
     offset: i64,
     leaf: &[u8; 32],
 ) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key(CHAIN_CONTEXT);
+    let mut h = CHAIN_HASHER.clone();
     h.update(prev_chain);
     h.update(&prev_offset.to_le_bytes());
     h.update(&offset.to_le_bytes());

@@ -1,0 +1,360 @@
+//! The threads behind the consumer: pipeline threads (decode → chain → batch) and writer
+//! threads (seal → durable Parquet file), and the dead-letter producer they share.
+//!
+//! A partition always goes to the same pipeline thread and the same writer, so its records
+//! are chained and its files written in offset order. Every queue is bounded: a pipeline
+//! thread blocks on a full writer queue, which fills its own queue, which makes the consumer
+//! pause the partition.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender, SyncSender};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use vigil_schemas::{DecodeError, Decoder};
+use vigil_store::{Appended, FileInfo, PartitionBatch, RecordRef, SealedBatch, Store, StoreError};
+
+use crate::chunk::Chunk;
+use crate::{IngestError, IngestMetrics, Key};
+
+/// Work for a pipeline thread.
+pub(crate) enum Job {
+    /// A partition was assigned: continue its chain from this batch's head.
+    Open {
+        key: Key,
+        batch: Box<PartitionBatch>,
+        decoder: Decoder,
+        /// Its writer, the same for all its batches so that its files are written in order.
+        writer: usize,
+    },
+    Records(Chunk),
+    /// Seal the partition's open batch now (revoke, shutdown).
+    Seal(Key),
+    /// Seal and forget the partition (revoked).
+    Close(Key),
+}
+
+/// What the consumer thread hears back.
+pub(crate) enum Report {
+    /// A file is durable (or failed to be written).
+    Written {
+        key: Key,
+        rows: usize,
+        result: Result<FileInfo, StoreError>,
+    },
+    /// A pipeline thread hit an error it cannot go on from.
+    Failed(IngestError),
+}
+
+/// Batch limits, shared by the pipeline threads.
+#[derive(Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_wait: Duration,
+}
+
+struct Open {
+    batch: PartitionBatch,
+    decoder: Decoder,
+    writer: usize,
+    /// When the open batch got its first record.
+    opened_at: Option<Instant>,
+}
+
+pub(crate) type Dlq = Arc<(ThreadedProducer<DlqContext>, String)>;
+
+struct Pipeline {
+    limits: Limits,
+    parts: HashMap<Key, Open>,
+    writers: Vec<SyncSender<(Key, SealedBatch)>>,
+    metrics: Arc<IngestMetrics>,
+    dlq: Option<Dlq>,
+}
+
+/// Seal a partition's open batch and queue it for its writer.
+fn seal_open(
+    open: &mut Open,
+    key: &Key,
+    writers: &[SyncSender<(Key, SealedBatch)>],
+) -> Result<(), IngestError> {
+    open.opened_at = None;
+    if let Some(sealed) = open.batch.seal()? {
+        // Blocks while the writer is behind: that is the backpressure.
+        writers
+            .get(open.writer)
+            .ok_or(IngestError::Internal("no such writer"))?
+            .send((key.clone(), sealed))
+            .map_err(|_| IngestError::WriterGone)?;
+    }
+    Ok(())
+}
+
+impl Pipeline {
+    fn seal(&mut self, key: &Key) -> Result<(), IngestError> {
+        match self.parts.get_mut(key) {
+            Some(open) => seal_open(open, key, &self.writers),
+            None => Ok(()),
+        }
+    }
+
+    fn records(&mut self, chunk: &Chunk) -> Result<(), IngestError> {
+        let Pipeline {
+            limits,
+            parts,
+            writers,
+            metrics,
+            dlq,
+        } = self;
+        let open = parts
+            .get_mut(&chunk.key)
+            .ok_or(IngestError::Internal("records for a partition not opened"))?;
+        chunk.for_each(|rec| {
+            match open.batch.append(rec, &open.decoder, chunk.received_ns)? {
+                Appended::Decoded(n) => {
+                    metrics.records_decoded.fetch_add(1, Ordering::Relaxed);
+                    metrics
+                        .events_decoded
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Appended::Rejected(e) => {
+                    metrics.records_rejected.fetch_add(1, Ordering::Relaxed);
+                    if let Some(dlq) = dlq {
+                        dead_letter(dlq, rec, &e, metrics);
+                    }
+                }
+            }
+            open.opened_at.get_or_insert_with(Instant::now);
+            if open.batch.rows() >= limits.max_batch_events
+                || open.batch.raw_bytes() >= limits.max_batch_bytes
+            {
+                seal_open(open, &chunk.key, writers)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn seal_expired(&mut self) -> Result<(), IngestError> {
+        let wait = self.limits.max_batch_wait;
+        let due: Vec<Key> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.opened_at.is_some_and(|t| t.elapsed() >= wait))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.seal(&k)?;
+        }
+        Ok(())
+    }
+
+    /// How long until the next open batch is due.
+    fn next_due(&self) -> Duration {
+        self.parts
+            .values()
+            .filter_map(|p| p.opened_at)
+            .map(|t| self.limits.max_batch_wait.saturating_sub(t.elapsed()))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    fn handle(&mut self, job: Job) -> Result<(), IngestError> {
+        match job {
+            Job::Open {
+                key,
+                batch,
+                decoder,
+                writer,
+            } => {
+                self.parts.insert(
+                    key,
+                    Open {
+                        batch: *batch,
+                        decoder,
+                        writer,
+                        opened_at: None,
+                    },
+                );
+                Ok(())
+            }
+            Job::Records(chunk) => self.records(&chunk),
+            Job::Seal(key) => self.seal(&key),
+            Job::Close(key) => {
+                self.seal(&key)?;
+                self.parts.remove(&key);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn run_pipeline(mut p: Pipeline, jobs: Receiver<Job>, reports: Sender<Report>) {
+    loop {
+        let result = match jobs.recv_timeout(p.next_due()) {
+            Ok(job) => p.handle(job),
+            Err(RecvTimeoutError::Timeout) => p.seal_expired(),
+            // The consumer flushed what it needed and hung up.
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Err(e) = result {
+            let _ = reports.send(Report::Failed(e));
+            return;
+        }
+    }
+}
+
+/// The pipeline and writer threads, and the queues into them.
+pub(crate) struct Threads {
+    pub pipelines: Vec<crossbeam_channel::Sender<Job>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Threads {
+    /// Start `pipelines` pipeline threads (each queue `pipeline_queue_depth` chunks deep) and
+    /// `writers` writer threads (each queue `writer_queue_depth` sealed batches deep).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        store: &Store,
+        limits: Limits,
+        pipelines: usize,
+        pipeline_queue_depth: usize,
+        writers: usize,
+        writer_queue_depth: usize,
+        metrics: &Arc<IngestMetrics>,
+        dlq: Option<Dlq>,
+        reports: &Sender<Report>,
+    ) -> Result<Threads, IngestError> {
+        let mut handles = Vec::new();
+        let mut writer_queues = Vec::new();
+        for i in 0..writers.max(1) {
+            let (tx, rx) = mpsc::sync_channel::<(Key, SealedBatch)>(writer_queue_depth.max(1));
+            let (store, reports) = (store.clone(), reports.clone());
+            handles.push(spawn(format!("vigil-writer-{i}"), move || {
+                for (key, sealed) in rx {
+                    let rows = sealed.batch.num_rows();
+                    let result = store.write(&sealed);
+                    if reports.send(Report::Written { key, rows, result }).is_err() {
+                        break;
+                    }
+                }
+            })?);
+            writer_queues.push(tx);
+        }
+        let mut queues = Vec::new();
+        for i in 0..pipelines.max(1) {
+            let (tx, rx) = crossbeam_channel::bounded::<Job>(pipeline_queue_depth.max(1));
+            let p = Pipeline {
+                limits,
+                parts: HashMap::new(),
+                writers: writer_queues.clone(),
+                metrics: metrics.clone(),
+                dlq: dlq.clone(),
+            };
+            let reports = reports.clone();
+            handles.push(spawn(format!("vigil-pipeline-{i}"), move || {
+                run_pipeline(p, rx, reports)
+            })?);
+            queues.push(tx);
+        }
+        // The writers stop once every pipeline thread (each holding their queues) has.
+        drop(writer_queues);
+        Ok(Threads {
+            pipelines: queues,
+            handles,
+        })
+    }
+
+    /// Close the queues and wait for every thread to finish what it holds.
+    pub fn stop(mut self) {
+        self.pipelines.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, IngestError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| IngestError::Config(format!("starting a thread: {e}")))
+}
+
+pub(crate) struct DlqContext {
+    pub metrics: Arc<IngestMetrics>,
+}
+
+impl ClientContext for DlqContext {}
+
+impl ProducerContext for DlqContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.metrics.dlq_delivered.fetch_add(1, Ordering::Relaxed),
+            Err((e, m)) => {
+                use rdkafka::message::Message;
+                tracing::error!(error = %e, topic = m.topic(), "dead-letter delivery failed (the record is in the store)");
+                self.metrics.dlq_failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// The dead-letter producer; `suffix` names its topics (`<topic><suffix>`).
+pub(crate) fn dlq_producer(
+    mut config: ClientConfig,
+    suffix: &str,
+    metrics: &Arc<IngestMetrics>,
+) -> Result<Dlq, IngestError> {
+    config.set("linger.ms", "5");
+    let p: ThreadedProducer<DlqContext> = config.create_with_context(DlqContext {
+        metrics: metrics.clone(),
+    })?;
+    Ok(Arc::new((p, suffix.to_owned())))
+}
+
+/// Copy a rejected record to `<topic><suffix>` with its headers and the reason.
+fn dead_letter(dlq: &Dlq, rec: &RecordRef<'_>, err: &DecodeError, metrics: &IngestMetrics) {
+    let (producer, suffix) = (&dlq.0, &dlq.1);
+    let topic = format!("{}{suffix}", rec.topic);
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in rec.headers {
+        headers = headers.insert(Header { key, value: *value });
+    }
+    let (error, kind) = (err.to_string(), err.kind_name());
+    let (partition, offset) = (rec.partition.to_string(), rec.offset.to_string());
+    for (key, value) in [
+        ("vigil.error", error.as_str()),
+        ("vigil.error_kind", kind),
+        ("vigil.source_topic", rec.topic),
+        ("vigil.source_partition", &partition),
+        ("vigil.source_offset", &offset),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic).headers(headers);
+    if let Some(k) = rec.key {
+        record = record.key(k);
+    }
+    if let Some(v) = rec.value {
+        record = record.payload(v);
+    }
+    match producer.send(record) {
+        Ok(()) => metrics.dlq_sent.fetch_add(1, Ordering::Relaxed),
+        Err((e, _)) => {
+            tracing::error!(error = %e, %topic, "dead-letter enqueue failed (the record is in the store)");
+            metrics.dlq_failed.fetch_add(1, Ordering::Relaxed)
+        }
+    };
+}
