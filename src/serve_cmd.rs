@@ -140,6 +140,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         rows_stored = m.rows_stored,
         dlq_sent = m.dlq_sent,
         dlq_failed = m.dlq_failed,
+        dlq_skipped = m.dlq_skipped,
         "vigil serve stopped"
     );
     result.context("ingest failed")?;

@@ -28,6 +28,8 @@ pub struct IngestMetrics {
     pub dlq_sent: AtomicU64,
     pub dlq_delivered: AtomicU64,
     pub dlq_failed: AtomicU64,
+    /// Rejected records read from a dead-letter topic itself: stored, not copied again.
+    pub dlq_skipped: AtomicU64,
 }
 
 /// A point-in-time copy of [`IngestMetrics`].
@@ -49,6 +51,7 @@ pub struct MetricsSnapshot {
     pub dlq_sent: u64,
     pub dlq_delivered: u64,
     pub dlq_failed: u64,
+    pub dlq_skipped: u64,
 }
 
 impl IngestMetrics {
@@ -71,6 +74,7 @@ impl IngestMetrics {
             dlq_sent: g(&self.dlq_sent),
             dlq_delivered: g(&self.dlq_delivered),
             dlq_failed: g(&self.dlq_failed),
+            dlq_skipped: g(&self.dlq_skipped),
         }
     }
 }

@@ -321,9 +321,15 @@ pub(crate) fn dlq_producer(
     Ok(Arc::new((p, suffix.to_owned())))
 }
 
-/// Copy a rejected record to `<topic><suffix>` with its headers and the reason.
+/// Copy a rejected record to `<topic><suffix>` with its headers and the reason. A record that
+/// is itself a dead letter (a regex subscription can match the dead-letter topics) is not
+/// copied again: that would loop, `t.dlq` → `t.dlq.dlq` → …; it is stored like any other.
 fn dead_letter(dlq: &Dlq, rec: &RecordRef<'_>, err: &DecodeError, metrics: &IngestMetrics) {
     let (producer, suffix) = (&dlq.0, &dlq.1);
+    if rec.topic.ends_with(suffix.as_str()) {
+        metrics.dlq_skipped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let topic = format!("{}{suffix}", rec.topic);
     let mut headers = OwnedHeaders::new();
     for (key, value) in rec.headers {
