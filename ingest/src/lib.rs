@@ -275,7 +275,8 @@ impl Core {
         let mut resume = TopicPartitionList::new();
         for e in tpl.elements() {
             let key: Key = (e.topic().to_owned(), e.partition());
-            let head = self.store.head(&key.0, key.1)?;
+            let log = self.store.head(&key.0, key.1)?;
+            let head = log.chain;
             // An empty store needs everything the topic still holds, whatever the group
             // committed; otherwise resume right after the store's head.
             let offset = if head.offset >= 0 {
@@ -300,7 +301,7 @@ impl Core {
                 batch: Box::new(PartitionBatch::new(
                     &key.0,
                     key.1,
-                    head,
+                    log,
                     self.cfg.max_batch_events.min(1 << 16),
                 )),
                 decoder: Decoder::new(

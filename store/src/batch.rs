@@ -12,6 +12,7 @@ use vigil_schemas::{DecodeError, Decoder, EventBatchBuilder};
 
 use crate::chain::{RecordRef, chain_hash, leaf_hash};
 use crate::error::StoreError;
+use crate::merkle::Frontier;
 use crate::schema::{header_fields, headers_item, store_schema};
 
 /// What happened to one record.
@@ -31,6 +32,22 @@ pub struct ChainHead {
     pub hash: [u8; 32],
 }
 
+/// Where a partition log stands: its chain head and its Merkle tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogHead {
+    pub chain: ChainHead,
+    pub tree: Frontier,
+}
+
+impl Default for ChainHead {
+    fn default() -> Self {
+        ChainHead {
+            offset: crate::chain::GENESIS_PREV_OFFSET,
+            hash: crate::chain::GENESIS,
+        }
+    }
+}
+
 /// What a sealed batch covers; becomes the file's footer metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchSpan {
@@ -45,6 +62,10 @@ pub struct BatchSpan {
     pub records: u64,
     /// Earliest event time in the batch (ns): the file's date/hour directory.
     pub min_event_time_ns: i64,
+    /// Leaf index of the first record (the tree size before the batch).
+    pub first_leaf_index: u64,
+    /// The partition log's tree after the batch.
+    pub tree: Frontier,
 }
 
 /// A sealed batch, ready to be written.
@@ -61,6 +82,10 @@ pub struct PartitionBatch {
     head: ChainHead,
     /// The head the open batch started from.
     start: ChainHead,
+    /// The log's Merkle tree after the last appended record.
+    tree: Frontier,
+    /// Tree size when the open batch started.
+    start_tree_size: u64,
     first: Option<(i64, [u8; 32])>,
     records: u64,
     min_event_time_ns: i64,
@@ -165,13 +190,15 @@ impl StoreCols {
 }
 
 impl PartitionBatch {
-    /// An empty batch continuing the chain from `head`.
-    pub fn new(topic: &str, partition: i32, head: ChainHead, capacity: usize) -> Self {
+    /// An empty batch continuing the log (chain and tree) from `head`.
+    pub fn new(topic: &str, partition: i32, head: LogHead, capacity: usize) -> Self {
         PartitionBatch {
             topic: topic.to_owned(),
             partition,
-            head,
-            start: head,
+            head: head.chain,
+            start: head.chain,
+            start_tree_size: head.tree.size(),
+            tree: head.tree,
             first: None,
             records: 0,
             min_event_time_ns: i64::MAX,
@@ -263,6 +290,7 @@ impl PartitionBatch {
         }
         self.min_event_time_ns = min_time;
         self.first.get_or_insert((rec.offset, chain));
+        self.tree.append(&leaf);
         self.head = ChainHead {
             offset: rec.offset,
             hash: chain,
@@ -290,8 +318,11 @@ impl PartitionBatch {
             last_chain_hash: self.head.hash,
             records: self.records,
             min_event_time_ns: self.min_event_time_ns,
+            first_leaf_index: self.start_tree_size,
+            tree: self.tree.clone(),
         };
         self.start = self.head;
+        self.start_tree_size = self.tree.size();
         self.records = 0;
         self.min_event_time_ns = i64::MAX;
         Ok(Some(SealedBatch { batch, span }))

@@ -19,9 +19,10 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
-use crate::batch::{BatchSpan, ChainHead, SealedBatch};
-use crate::chain::{GENESIS, GENESIS_PREV_OFFSET, from_hex, to_hex};
+use crate::batch::{BatchSpan, ChainHead, LogHead, SealedBatch};
+use crate::chain::{from_hex, to_hex};
 use crate::error::StoreError;
+use crate::merkle::Frontier;
 use crate::schema::{STORE_FORMAT, meta};
 
 /// How files are written.
@@ -186,6 +187,10 @@ impl Store {
                 kv(meta::PREV_CHAIN_HASH, to_hex(&span.prev.hash)),
                 kv(meta::PREV_OFFSET, span.prev.offset.to_string()),
                 kv(meta::RECORDS, span.records.to_string()),
+                kv(meta::FIRST_LEAF_INDEX, span.first_leaf_index.to_string()),
+                kv(meta::TREE_SIZE, span.tree.size().to_string()),
+                kv(meta::MERKLE_ROOT, to_hex(&span.tree.root())),
+                kv(meta::MERKLE_FRONTIER, span.tree.encode()),
             ]))
             .build();
 
@@ -260,10 +265,11 @@ impl Store {
         Ok((files, tmp))
     }
 
-    /// Where a partition's chain stands in the store: the last stored record's offset and
-    /// chain hash, or genesis. Removes temp files a crash left behind, and refuses a store
-    /// whose files overlap or whose last footer disagrees with its name.
-    pub fn head(&self, topic: &str, partition: i32) -> Result<ChainHead, StoreError> {
+    /// Where a partition log stands in the store: the last stored record's offset and chain
+    /// hash and the Merkle tree's frontier, or genesis. Removes temp files a crash left behind,
+    /// and refuses a store whose files overlap or whose last footer disagrees with its name or
+    /// with itself.
+    pub fn head(&self, topic: &str, partition: i32) -> Result<LogHead, StoreError> {
         let (files, tmp) = self.list(topic, partition)?;
         for t in tmp {
             tracing::warn!(path = %t.display(), "removing a partial file left by an interrupted write");
@@ -278,10 +284,7 @@ impl Store {
             }
         }
         let Some(last) = files.last() else {
-            return Ok(ChainHead {
-                offset: GENESIS_PREV_OFFSET,
-                hash: GENESIS,
-            });
+            return Ok(LogHead::default());
         };
         let m = read_footer(&last.path)?;
         if m.last_offset != last.last_offset {
@@ -290,9 +293,18 @@ impl Store {
                 "footer last offset differs from the file name",
             ));
         }
-        Ok(ChainHead {
-            offset: m.last_offset,
-            hash: m.last_chain_hash,
+        if m.frontier.size() != m.tree_size || m.frontier.root() != m.merkle_root {
+            return Err(StoreError::corrupt(
+                &last.path,
+                "footer Merkle frontier does not match its tree size and root",
+            ));
+        }
+        Ok(LogHead {
+            chain: ChainHead {
+                offset: m.last_offset,
+                hash: m.last_chain_hash,
+            },
+            tree: m.frontier,
         })
     }
 }
@@ -332,6 +344,10 @@ pub struct Footer {
     pub prev_chain_hash: [u8; 32],
     pub prev_offset: i64,
     pub records: u64,
+    pub first_leaf_index: u64,
+    pub tree_size: u64,
+    pub merkle_root: [u8; 32],
+    pub frontier: Frontier,
 }
 
 /// Read and parse a file's footer metadata.
@@ -369,6 +385,11 @@ pub fn read_footer(path: &Path) -> Result<Footer, StoreError> {
         prev_chain_hash: hash(meta::PREV_CHAIN_HASH)?,
         prev_offset: num(meta::PREV_OFFSET)?,
         records: num(meta::RECORDS)? as u64,
+        first_leaf_index: num(meta::FIRST_LEAF_INDEX)? as u64,
+        tree_size: num(meta::TREE_SIZE)? as u64,
+        merkle_root: hash(meta::MERKLE_ROOT)?,
+        frontier: Frontier::decode(&get(meta::MERKLE_FRONTIER)?)
+            .map_err(|e| StoreError::corrupt(path, e.to_string()))?,
     })
 }
 

@@ -1,14 +1,16 @@
 //! Vigil's store: every Kafka record, decoded or not, as a row of hash-chained Parquet.
 //!
 //! **For:** turning one partition's records into rows of the store schema ([`schema`]) while
-//! chaining them ([`chain`]), sealing batches into files written atomically and durably
-//! ([`files`]), knowing where each partition's chain stands after a restart
-//! ([`Store::head`]), and checking the chain ([`verify`]).
+//! chaining them ([`chain`]) and growing each partition log's Merkle tree over the same leaves
+//! ([`merkle`]: frontier, inclusion and consistency proofs), sealing batches into files written
+//! atomically and durably ([`files`]), knowing where each partition log stands after a restart
+//! ([`Store::head`]), and checking chain and tree ([`verify`]).
 //! **Not for:** Kafka (that is `vigil-ingest`, which drives this crate), SQL (`vigil-query`),
-//! or signatures and proofs (later).
+//! or signed checkpoints (later).
 //!
 //! Invariants: a file holds one contiguous run of one partition's chain; its footer records
-//! first/last offset, first/last chain hash and the previous file's last chain hash; a file
+//! first/last offset, first/last chain hash, the previous file's last chain hash, the leaf
+//! index of its first record, and the tree size, root and frontier after it; a file
 //! either exists complete and durable or not at all; the store's own files say which offset
 //! each partition is at, so nothing is stored twice.
 
@@ -20,7 +22,7 @@ pub mod merkle;
 pub mod schema;
 pub mod verify;
 
-pub use batch::{Appended, BatchSpan, ChainHead, PartitionBatch, SealedBatch};
+pub use batch::{Appended, BatchSpan, ChainHead, LogHead, PartitionBatch, SealedBatch};
 pub use chain::RecordRef;
 pub use error::StoreError;
 pub use files::{FileInfo, Store, WriteOptions};

@@ -22,10 +22,19 @@ pub mod meta {
     /// Offset of the record the file's first record links to (-1 at genesis).
     pub const PREV_OFFSET: &str = "vigil.prev_offset";
     pub const RECORDS: &str = "vigil.records";
+    /// Leaf index (in the partition log's Merkle tree) of the file's first record: the tree
+    /// size before the file.
+    pub const FIRST_LEAF_INDEX: &str = "vigil.first_leaf_index";
+    /// Tree size after the file's last record.
+    pub const TREE_SIZE: &str = "vigil.tree_size";
+    /// Merkle root of the log up to and including the file's last record.
+    pub const MERKLE_ROOT: &str = "vigil.merkle_root";
+    /// The tree's frontier after the file (`SIZE:HASH,…`), so appends resume in O(log n).
+    pub const MERKLE_FRONTIER: &str = "vigil.merkle_frontier";
 }
 
 /// Version of the stored layout (`vigil.store_format` in every footer).
-pub const STORE_FORMAT: &str = "1";
+pub const STORE_FORMAT: &str = "2";
 
 /// The store columns, after the canonical ones, with their meaning.
 pub const STORE_COLUMNS: &[(&str, &str)] = &[

@@ -1,6 +1,7 @@
 //! The chain check: re-derive every leaf and chain hash from the stored raw bytes, follow the
-//! chain across files, and report the first mismatch per partition. (Signatures, Merkle proofs
-//! and anchors come with `vigil verify`.)
+//! chain across files, rebuild each partition log's Merkle tree and compare it with every
+//! file's footer, and report the first mismatch per partition. (Signatures and anchors come
+//! with `vigil verify`.)
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use crate::chain::{GENESIS, GENESIS_PREV_OFFSET, RecordRef, chain_hash, leaf_hash};
 use crate::error::StoreError;
 use crate::files::{Store, read_footer};
+use crate::merkle::{Frontier, Hash};
 
 /// What the check found in one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,6 +31,9 @@ pub struct PartitionReport {
     pub last_offset: Option<i64>,
     /// Recorded gaps: (offset before, offset after).
     pub gaps: Vec<(i64, i64)>,
+    /// The log's Merkle tree size and root, rebuilt from the stored records.
+    pub tree_size: u64,
+    pub merkle_root: Hash,
     /// The first mismatch, if any: where and what.
     pub problem: Option<String>,
 }
@@ -85,6 +90,7 @@ struct Cursor {
     hash: [u8; 32],
     /// The record whose further rows (record_index > 0) may follow.
     current: Option<(i64, [u8; 32], [u8; 32])>,
+    tree: Frontier,
 }
 
 /// Check one partition; I/O errors are errors, mismatches are reported in the result.
@@ -104,6 +110,7 @@ pub fn check_partition(
         offset: GENESIS_PREV_OFFSET,
         hash: GENESIS,
         current: None,
+        tree: Frontier::default(),
     };
     for f in &files {
         if let Err(problem) = check_file(&f.path, topic, partition, &mut cur, &mut r)? {
@@ -111,6 +118,8 @@ pub fn check_partition(
             break;
         }
     }
+    r.tree_size = cur.tree.size();
+    r.merkle_root = cur.tree.root();
     Ok(r)
 }
 
@@ -132,6 +141,13 @@ fn check_file(
         return Ok(Err(format!(
             "file does not continue the chain: it links to offset {}, the chain stands at offset {}",
             footer.prev_offset, cur.offset
+        )));
+    }
+    if footer.first_leaf_index != cur.tree.size() {
+        return Ok(Err(format!(
+            "file starts at leaf {}, the log's tree holds {} leaves",
+            footer.first_leaf_index,
+            cur.tree.size()
         )));
     }
     let file = File::open(path).map_err(StoreError::io(path))?;
@@ -229,6 +245,7 @@ fn check_file(
             cur.offset = offset;
             cur.hash = chain;
             cur.current = Some((offset, leaf, chain));
+            cur.tree.append(&leaf);
             records += 1;
             r.records += 1;
         }
@@ -244,6 +261,16 @@ fn check_file(
         return Ok(Err(format!(
             "file ends at offset {} after {records} records; its footer says offset {} after {}",
             cur.offset, footer.last_offset, footer.records
+        )));
+    }
+    if cur.tree.size() != footer.tree_size
+        || cur.tree.root() != footer.merkle_root
+        || cur.tree != footer.frontier
+    {
+        return Ok(Err(format!(
+            "Merkle tree after the file (size {}) differs from the footer's (size {})",
+            cur.tree.size(),
+            footer.tree_size
         )));
     }
     Ok(Ok(()))

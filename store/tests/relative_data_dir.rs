@@ -9,5 +9,5 @@ fn a_store_opens_under_a_bare_relative_name() {
     std::env::set_current_dir(dir.path()).unwrap();
     let store = Store::open("data", WriteOptions::default()).unwrap();
     assert!(dir.path().join("data/events").is_dir());
-    assert_eq!(store.head("t", 0).unwrap().offset, -1);
+    assert_eq!(store.head("t", 0).unwrap().chain.offset, -1);
 }

@@ -87,13 +87,20 @@ fn files_chain_across_seals_and_restarts() {
     // A restart finds the head in the store itself.
     let reopened = Store::open(dir.path(), WriteOptions::default()).unwrap();
     let head = reopened.head("audit", 2).unwrap();
-    assert_eq!(head.offset, 7);
-    assert_eq!(head.hash, read_footer(&f2.path).unwrap().last_chain_hash);
+    assert_eq!(head.chain.offset, 7);
+    assert_eq!(
+        head.chain.hash,
+        read_footer(&f2.path).unwrap().last_chain_hash
+    );
+    // The Merkle tree resumes too: six records so far, the root in the last footer.
+    assert_eq!(head.tree.size(), 6);
+    assert_eq!(head.tree.root(), read_footer(&f2.path).unwrap().merkle_root);
 
     let report = check_chain(&reopened).unwrap();
     assert!(report.ok(), "{:?}", report.problems());
     let p = &report.partitions[0];
     assert_eq!((p.files, p.records, p.rows), (2, 6, 7));
+    assert_eq!((p.tree_size, p.merkle_root), (6, head.tree.root()));
     assert_eq!(p.gaps, vec![(2, 5)], "the gap is recorded, not hidden");
 
     // Records at or before the head are refused.
@@ -159,7 +166,7 @@ fn a_missing_file_breaks_the_chain_and_temp_leftovers_are_removed() {
     // A crash mid-write leaves a temp file: not part of the store, removed on open.
     let leftover = f1.path.parent().unwrap().join(".tmp-999-x.parquet");
     fs::write(&leftover, b"partial").unwrap();
-    assert_eq!(store.head("audit", 2).unwrap().offset, 2);
+    assert_eq!(store.head("audit", 2).unwrap().chain.offset, 2);
     assert!(!leftover.exists());
     assert!(check_chain(&store).unwrap().ok());
 
