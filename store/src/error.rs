@@ -19,6 +19,8 @@ pub enum StoreError {
     InvalidTopic(String),
     #[error("{path}: {what}")]
     Corrupt { path: PathBuf, what: String },
+    #[error("checkpoint keys: {0}")]
+    Key(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }

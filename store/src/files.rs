@@ -80,7 +80,7 @@ pub struct Store {
     opts: WriteOptions,
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(StoreError::io(dir))
@@ -98,7 +98,7 @@ fn parent_dir(path: &Path) -> Option<&Path> {
 }
 
 /// `create_dir_all`, making each new directory entry durable in its parent.
-fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
@@ -114,6 +114,25 @@ fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
         fsync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Replace `path` with `bytes` atomically and durably: temp file, fsync, rename, fsync the
+/// directory.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let dir = parent_dir(path).ok_or(StoreError::Internal("file without a directory"))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or(StoreError::Internal("file name"))?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
+    let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(StoreError::io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(StoreError::io(path))?;
+    fsync_dir(dir)
 }
 
 impl Store {

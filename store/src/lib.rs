@@ -16,6 +16,7 @@
 
 pub mod batch;
 pub mod chain;
+pub mod checkpoint;
 pub mod error;
 pub mod files;
 pub mod merkle;

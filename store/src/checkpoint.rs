@@ -1,0 +1,816 @@
+//! Signed checkpoints: a partition log's tree size and Merkle root, signed with Ed25519 in the
+//! C2SP signed-note format (c2sp.org/signed-note, c2sp.org/tlog-checkpoint), so that anyone
+//! holding the public key can check, offline, that the log they are shown is the one that was
+//! signed — and that a later one extends it.
+//!
+//! ```text
+//! <origin>                      vigil-5f0c…/<topic>/<partition>: one per log, never reused
+//! <tree size>
+//! <root, base64>
+//! vigil-chain <offset> <hex>    the chain head at that size
+//! vigil-prev <base64|->         blake3 of the previous checkpoint's note (of a smaller size)
+//! vigil-time <unix ms>          when it was signed: which keys were valid then
+//!
+//! — <key name> <base64(key ID ‖ Ed25519 signature)>
+//! ```
+//!
+//! Keys live in the data directory: `keys/<key ID>.key` (the private key, mode 0600, in the
+//! `PRIVATE+KEY+…` encoding) and `keys/registry` (public: one line per key, `<verifier key>
+//! <valid from ms> <valid until ms|->`). A key signs only inside its validity range; during a
+//! rotation's overlap both keys sign. The store's own registry is only a convenience: an
+//! auditor pins the public keys they trust (`vigil verify --trusted`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use signed_note::{Note, Signer, StandardSigner, StandardVerifier, VerifierList};
+
+use crate::batch::ChainHead;
+use crate::chain::{from_hex, to_hex};
+use crate::error::StoreError;
+use crate::files::{fsync_dir, validate_topic, write_durably};
+use crate::merkle::{Frontier, Hash};
+
+/// Where checkpoints live under the data directory.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+/// Where keys live under the data directory.
+pub const KEYS_DIR: &str = "keys";
+/// The public key registry's file name (in [`KEYS_DIR`]).
+pub const REGISTRY_FILE: &str = "registry";
+
+/// Most signatures a checkpoint may carry (signed_note's own cap is 100).
+pub const MAX_SIGNATURES: usize = 8;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("malformed checkpoint: {0}")]
+    Malformed(String),
+    #[error("malformed key registry line {line}: {reason}")]
+    Registry { line: usize, reason: String },
+    #[error("key: {0}")]
+    Key(String),
+}
+
+/// A checkpoint's text, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+    pub chain: ChainHead,
+    /// blake3 of the previous checkpoint's signed note (the last one of a smaller size).
+    pub prev: Option<Hash>,
+    pub time_ms: i64,
+}
+
+impl Checkpoint {
+    pub fn text(&self) -> String {
+        format!(
+            "{}\n{}\n{}\nvigil-chain {} {}\nvigil-prev {}\nvigil-time {}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root),
+            self.chain.offset,
+            to_hex(&self.chain.hash),
+            self.prev.map_or("-".to_owned(), |h| B64.encode(h)),
+            self.time_ms
+        )
+    }
+
+    /// Parse a checkpoint's text: exactly the lines [`Checkpoint::text`] writes.
+    pub fn parse(text: &[u8]) -> Result<Checkpoint, CheckpointError> {
+        let bad = |why: &str| CheckpointError::Malformed(why.to_owned());
+        let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8"))?;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("no final newline"))?;
+        let lines: Vec<&str> = body.split('\n').collect();
+        let [origin, size, root, chain, prev, time] = lines[..] else {
+            return Err(bad(&format!("{} lines, expected 6", lines.len())));
+        };
+        let hash64 = |s: &str| -> Option<Hash> { B64.decode(s).ok()?.try_into().ok() };
+        if origin.is_empty() || origin.contains(char::is_whitespace) {
+            return Err(bad("origin"));
+        }
+        let (offset, hash) = field("vigil-chain", chain)?
+            .split_once(' ')
+            .ok_or_else(|| bad("vigil-chain"))?;
+        let prev = match field("vigil-prev", prev)? {
+            "-" => None,
+            p => Some(hash64(p).ok_or_else(|| bad("vigil-prev"))?),
+        };
+        let cp = Checkpoint {
+            origin: origin.to_owned(),
+            size: canonical_num(size).ok_or_else(|| bad("tree size"))?,
+            root: hash64(root).ok_or_else(|| bad("root"))?,
+            chain: ChainHead {
+                offset: offset.parse().map_err(|_| bad("chain offset"))?,
+                hash: from_hex(hash).ok_or_else(|| bad("chain hash"))?,
+            },
+            prev,
+            time_ms: field("vigil-time", time)?
+                .parse()
+                .map_err(|_| bad("vigil-time"))?,
+        };
+        // One text per checkpoint: anything that parses must print back identically.
+        if cp.text() != text {
+            return Err(bad("not in canonical form"));
+        }
+        Ok(cp)
+    }
+}
+
+/// The value of an extension line `<name> <value>`.
+fn field<'a>(name: &str, line: &'a str) -> Result<&'a str, CheckpointError> {
+    line.strip_prefix(name)
+        .and_then(|r| r.strip_prefix(' '))
+        .ok_or_else(|| CheckpointError::Malformed(format!("expected a {name} line")))
+}
+
+/// A decimal number without sign, leading zeros or spaces.
+fn canonical_num(s: &str) -> Option<u64> {
+    let n: u64 = s.parse().ok()?;
+    (n.to_string() == s).then_some(n)
+}
+
+/// The origin of a partition log.
+pub fn origin(store_name: &str, topic: &str, partition: i32) -> String {
+    format!("{store_name}/{topic}/{partition}")
+}
+
+/// blake3 of a signed note's bytes: what the next checkpoint's `vigil-prev` commits to.
+pub fn note_hash(note: &[u8]) -> Hash {
+    *blake3::hash(note).as_bytes()
+}
+
+/// One public key and when it may sign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// `<name>+<key ID hex>+<base64 key>` (signed-note verifier key).
+    pub vkey: String,
+    pub valid_from_ms: i64,
+    pub valid_until_ms: Option<i64>,
+}
+
+impl KeyEntry {
+    pub fn name(&self) -> &str {
+        self.vkey.split('+').next().unwrap_or_default()
+    }
+
+    pub fn id(&self) -> u32 {
+        self.vkey
+            .split('+')
+            .nth(1)
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn valid_at(&self, t_ms: i64) -> bool {
+        t_ms >= self.valid_from_ms && self.valid_until_ms.is_none_or(|u| t_ms < u)
+    }
+}
+
+/// Public keys with their validity ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registry {
+    pub keys: Vec<KeyEntry>,
+}
+
+impl Registry {
+    pub fn parse(text: &str) -> Result<Registry, CheckpointError> {
+        let mut keys = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |reason: &str| CheckpointError::Registry {
+                line: i + 1,
+                reason: reason.to_owned(),
+            };
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [vkey, from, until] = f[..] else {
+                return Err(err(
+                    "expected: <verifier key> <valid from ms> <valid until ms|->",
+                ));
+            };
+            StandardVerifier::new(vkey).map_err(|e| err(&format!("verifier key: {e}")))?;
+            keys.push(KeyEntry {
+                vkey: vkey.to_owned(),
+                valid_from_ms: from.parse().map_err(|_| err("valid from"))?,
+                valid_until_ms: match until {
+                    "-" => None,
+                    u => Some(u.parse().map_err(|_| err("valid until"))?),
+                },
+            });
+        }
+        Ok(Registry { keys })
+    }
+
+    pub fn format(&self) -> String {
+        let mut s = String::from(
+            "# Vigil checkpoint keys: <verifier key> <valid from, unix ms> <valid until, unix ms or ->\n",
+        );
+        for k in &self.keys {
+            let until = k.valid_until_ms.map_or("-".to_owned(), |u| u.to_string());
+            s.push_str(&format!("{} {} {}\n", k.vkey, k.valid_from_ms, until));
+        }
+        s
+    }
+
+    /// The store name all keys share (the signer name of every checkpoint).
+    pub fn name(&self) -> Option<&str> {
+        self.keys.first().map(KeyEntry::name)
+    }
+}
+
+/// What checking a signed checkpoint found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoteVerdict {
+    /// Signed by at least one key valid at the checkpoint's time, and by no key outside its
+    /// range; the parsed checkpoint.
+    Valid(Checkpoint),
+    /// Could not be checked as a note or checkpoint at all.
+    Malformed(String),
+    /// A signature by a known key does not verify: forged or edited.
+    BadSignature(String),
+    /// Signed only by keys the verifier does not trust (unknown, or outside their range).
+    Untrusted(String),
+}
+
+/// Check a signed checkpoint against trusted keys.
+pub fn verify_note(bytes: &[u8], keys: &Registry) -> NoteVerdict {
+    let note = match Note::from_bytes(bytes) {
+        Ok(n) => n,
+        Err(e) => return NoteVerdict::Malformed(e.to_string()),
+    };
+    let cp = match Checkpoint::parse(note.text()) {
+        Ok(cp) => cp,
+        Err(e) => return NoteVerdict::Malformed(e.to_string()),
+    };
+    // Signature lines beyond a sane count are refused before any is checked.
+    let sig_lines = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with("—".as_bytes()))
+        .count();
+    if sig_lines > MAX_SIGNATURES {
+        return NoteVerdict::Malformed(format!(
+            "{sig_lines} signatures (at most {MAX_SIGNATURES})"
+        ));
+    }
+    let mut verifiers: Vec<Box<dyn signed_note::Verifier>> = Vec::new();
+    for k in &keys.keys {
+        match StandardVerifier::new(&k.vkey) {
+            Ok(v) => verifiers.push(Box::new(v)),
+            Err(e) => return NoteVerdict::Malformed(format!("trusted key {}: {e}", k.vkey)),
+        }
+    }
+    let (verified, _unknown) = match note.verify(&VerifierList::new(verifiers)) {
+        Ok(v) => v,
+        Err(signed_note::NoteError::UnverifiedNote) => {
+            return NoteVerdict::Untrusted("signed by no trusted key".to_owned());
+        }
+        Err(e) => return NoteVerdict::BadSignature(e.to_string()),
+    };
+    let mut in_range = 0;
+    for sig in &verified {
+        let entry = keys
+            .keys
+            .iter()
+            .find(|k| k.name() == sig.name() && k.id() == sig.id());
+        match entry {
+            Some(k) if k.valid_at(cp.time_ms) => in_range += 1,
+            _ => {
+                return NoteVerdict::Untrusted(format!(
+                    "signed by key {}+{:08x} outside its validity range (checkpoint time {})",
+                    sig.name(),
+                    sig.id(),
+                    cp.time_ms
+                ));
+            }
+        }
+    }
+    if in_range == 0 {
+        return NoteVerdict::Untrusted("no signature by a key valid at its time".to_owned());
+    }
+    NoteVerdict::Valid(cp)
+}
+
+/// The private keys of a store and their registry.
+pub struct KeyRing {
+    dir: PathBuf,
+    pub registry: Registry,
+    signers: Vec<(KeyEntry, StandardSigner)>,
+}
+
+fn key_file_name(id: u32) -> String {
+    format!("{id:08x}.key")
+}
+
+impl KeyRing {
+    /// Open the keys under `data_dir/keys`, generating the first one (and the store's name)
+    /// if there are none. `configured`: a private key file to use instead of a generated one
+    /// (added to the registry, valid from now, if it is not there yet).
+    pub fn open(data_dir: &Path, configured: Option<&Path>) -> Result<KeyRing, StoreError> {
+        let dir = data_dir.join(KEYS_DIR);
+        fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        let reg_path = dir.join(REGISTRY_FILE);
+        let mut registry = match fs::read_to_string(&reg_path) {
+            Ok(t) => {
+                Registry::parse(&t).map_err(|e| StoreError::corrupt(&reg_path, e.to_string()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry::default(),
+            Err(e) => return Err(StoreError::io(&reg_path)(e)),
+        };
+        let mut extra = Vec::new();
+        if let Some(path) = configured {
+            let skey = fs::read_to_string(path).map_err(StoreError::io(path))?;
+            let signer = StandardSigner::new(skey.trim())
+                .map_err(|e| StoreError::corrupt(path, format!("signing key: {e}")))?;
+            extra.push((skey.trim().to_owned(), signer));
+        } else if registry.keys.is_empty() {
+            let mut rnd = [0u8; 8];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut rnd);
+            let name = format!("vigil-{}", hex8(&rnd));
+            let (skey, _) = signed_note::generate_key(&mut rand_core::OsRng, &name);
+            let signer = StandardSigner::new(&skey)
+                .map_err(|e| StoreError::Key(format!("generated key: {e}")))?;
+            write_private_key(&dir.join(key_file_name(signer.key_id())), &skey)?;
+            extra.push((skey, signer));
+        }
+        for (skey, signer) in &extra {
+            if let Some(name) = registry.name()
+                && name != signer.name()
+            {
+                return Err(StoreError::Key(format!(
+                    "key {} is named {}, the store's keys are named {name}",
+                    key_file_name(signer.key_id()),
+                    signer.name()
+                )));
+            }
+            if !registry.keys.iter().any(|k| k.id() == signer.key_id()) {
+                registry.keys.push(KeyEntry {
+                    vkey: vkey_of(skey)?,
+                    valid_from_ms: now_ms(),
+                    valid_until_ms: None,
+                });
+                write_durably(&reg_path, registry.format().as_bytes())?;
+            }
+        }
+        let mut ring = KeyRing {
+            dir,
+            registry,
+            signers: Vec::new(),
+        };
+        ring.load_signers(extra)?;
+        Ok(ring)
+    }
+
+    fn load_signers(&mut self, extra: Vec<(String, StandardSigner)>) -> Result<(), StoreError> {
+        self.signers.clear();
+        for k in &self.registry.keys {
+            let signer = match extra.iter().find(|(_, s)| s.key_id() == k.id()) {
+                Some((_, s)) => Some(s.clone()),
+                None => {
+                    let path = self.dir.join(key_file_name(k.id()));
+                    match fs::read_to_string(&path) {
+                        Ok(skey) => Some(StandardSigner::new(skey.trim()).map_err(|e| {
+                            StoreError::corrupt(&path, format!("signing key: {e}"))
+                        })?),
+                        // A retired key may have been removed; a public entry stays.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(StoreError::io(&path)(e)),
+                    }
+                }
+            };
+            if let Some(s) = signer {
+                self.signers.push((k.clone(), s));
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's name: the signer name of its checkpoints, the prefix of its origins.
+    pub fn name(&self) -> &str {
+        self.registry.name().unwrap_or_default()
+    }
+
+    /// Sign a checkpoint with every key valid at its time.
+    pub fn sign(&self, cp: &Checkpoint) -> Result<Vec<u8>, StoreError> {
+        let signers: Vec<&dyn Signer> = self
+            .signers
+            .iter()
+            .filter(|(k, _)| k.valid_at(cp.time_ms))
+            .map(|(_, s)| s as &dyn Signer)
+            .collect();
+        if signers.is_empty() {
+            return Err(StoreError::Key(format!(
+                "no signing key is valid at {} (see {})",
+                cp.time_ms,
+                self.dir.join(REGISTRY_FILE).display()
+            )));
+        }
+        let text = cp.text();
+        let mut note = Note::new(text.as_bytes(), &[])
+            .map_err(|e| StoreError::Key(format!("checkpoint note: {e}")))?;
+        note.add_sigs(&signers)
+            .map_err(|e| StoreError::Key(format!("signing: {e}")))?;
+        Ok(note.to_bytes())
+    }
+
+    /// Start a new key: it signs from now on; the keys valid now stop signing after
+    /// `overlap_ms` (both sign meanwhile). Returns the new verifier key.
+    pub fn rotate(&mut self, overlap_ms: i64) -> Result<String, StoreError> {
+        let now = now_ms();
+        let name = self.name().to_owned();
+        if name.is_empty() {
+            return Err(StoreError::Key("no key to rotate".into()));
+        }
+        let (skey, vkey) = signed_note::generate_key(&mut rand_core::OsRng, &name);
+        let signer = StandardSigner::new(&skey)
+            .map_err(|e| StoreError::Key(format!("generated key: {e}")))?;
+        write_private_key(&self.dir.join(key_file_name(signer.key_id())), &skey)?;
+        for k in &mut self.registry.keys {
+            if k.valid_at(now) {
+                k.valid_until_ms = Some(now + overlap_ms.max(0));
+            }
+        }
+        self.registry.keys.push(KeyEntry {
+            vkey: vkey.clone(),
+            valid_from_ms: now,
+            valid_until_ms: None,
+        });
+        write_durably(
+            &self.dir.join(REGISTRY_FILE),
+            self.registry.format().as_bytes(),
+        )?;
+        self.load_signers(vec![(skey, signer)])?;
+        Ok(vkey)
+    }
+}
+
+fn hex8(b: &[u8; 8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The verifier key of an encoded signer key.
+fn vkey_of(skey: &str) -> Result<String, StoreError> {
+    let fields: Vec<&str> = skey.splitn(5, '+').collect();
+    let [_, _, name, _, key64] = fields[..] else {
+        return Err(StoreError::Key("malformed signing key".into()));
+    };
+    let raw = B64
+        .decode(key64)
+        .map_err(|_| StoreError::Key("malformed signing key".into()))?;
+    let seed: [u8; 32] = raw
+        .get(1..)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| StoreError::Key("signing key is not Ed25519".into()))?;
+    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+    Ok(signed_note::new_ed25519_verifier_key(
+        name,
+        &sk.verifying_key(),
+    ))
+}
+
+/// Write a private key file readable by its owner only.
+fn write_private_key(path: &Path, skey: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(StoreError::io(path))?;
+    f.write_all(format!("{skey}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(StoreError::io(path))?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The latest checkpoint of one log, as the signer knows it.
+#[derive(Clone, Debug)]
+struct Latest {
+    cp: Checkpoint,
+    note_hash: Hash,
+}
+
+/// Signs and stores checkpoints: after every sealed file, and again when the newest is older
+/// than the refresh interval. Shared by the writer threads.
+pub struct Checkpointer {
+    root: PathBuf,
+    /// A second directory every checkpoint is also written to (an anchor outside the store).
+    mirror: Option<PathBuf>,
+    keys: Mutex<KeyRing>,
+    latest: Mutex<HashMap<(String, i32), Latest>>,
+}
+
+impl Checkpointer {
+    pub fn new(data_dir: &Path, keys: KeyRing, mirror: Option<PathBuf>) -> Checkpointer {
+        Checkpointer {
+            root: data_dir.join(CHECKPOINTS_DIR),
+            mirror,
+            keys: Mutex::new(keys),
+            latest: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store_name(&self) -> String {
+        lock(&self.keys).name().to_owned()
+    }
+
+    /// The directory of one log's checkpoints.
+    pub fn log_dir(root: &Path, topic: &str, partition: i32) -> Result<PathBuf, StoreError> {
+        validate_topic(topic)?;
+        Ok(root
+            .join(format!("topic={topic}"))
+            .join(format!("partition={partition}")))
+    }
+
+    /// The log's newest stored checkpoint (by tree size, then time).
+    fn load_latest(&self, topic: &str, partition: i32) -> Result<Option<Latest>, StoreError> {
+        let dir = Self::log_dir(&self.root, topic, partition)?;
+        let notes = list_notes(&dir)?;
+        let Some((_, path)) = notes.last() else {
+            return Ok(None);
+        };
+        let bytes = fs::read(path).map_err(StoreError::io(path))?;
+        let note = Note::from_bytes(&bytes)
+            .map_err(|e| StoreError::corrupt(path, format!("checkpoint note: {e}")))?;
+        let cp =
+            Checkpoint::parse(note.text()).map_err(|e| StoreError::corrupt(path, e.to_string()))?;
+        Ok(Some(Latest {
+            cp,
+            note_hash: note_hash(&bytes),
+        }))
+    }
+
+    /// Sign and store a checkpoint of the log at (`chain`, `tree`), unless the newest one
+    /// already covers that size and is younger than `max_age_ms` (`None`: only a new size
+    /// makes a new checkpoint). Returns the signed note if one was made.
+    pub fn checkpoint(
+        &self,
+        topic: &str,
+        partition: i32,
+        chain: ChainHead,
+        tree: &Frontier,
+        max_age_ms: Option<i64>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = (topic.to_owned(), partition);
+        let mut latest = lock(&self.latest);
+        if !latest.contains_key(&key)
+            && let Some(l) = self.load_latest(topic, partition)?
+        {
+            latest.insert(key.clone(), l);
+        }
+        let now = now_ms();
+        let prev = match latest.get(&key) {
+            Some(l) if l.cp.size > tree.size() => {
+                return Err(StoreError::Key(format!(
+                    "{topic}/{partition}: the newest checkpoint has tree size {}, the store only {}",
+                    l.cp.size,
+                    tree.size()
+                )));
+            }
+            Some(l) if l.cp.size == tree.size() => {
+                if max_age_ms.is_none_or(|age| now - l.cp.time_ms < age) {
+                    return Ok(None);
+                }
+                // A fresher signature on the same tree: it links where the old one did.
+                l.cp.prev
+            }
+            Some(l) => Some(l.note_hash),
+            None => None,
+        };
+        let cp = Checkpoint {
+            origin: origin(&self.store_name(), topic, partition),
+            size: tree.size(),
+            root: tree.root(),
+            chain,
+            prev,
+            time_ms: now,
+        };
+        let note = lock(&self.keys).sign(&cp)?;
+        let name = format!("{:020}.note", cp.size);
+        let dir = Self::log_dir(&self.root, topic, partition)?;
+        crate::files::create_dirs_durably(&dir)?;
+        write_durably(&dir.join(&name), &note)?;
+        if let Some(m) = &self.mirror {
+            let dir = Self::log_dir(m, topic, partition)?;
+            crate::files::create_dirs_durably(&dir)?;
+            write_durably(&dir.join(&name), &note)?;
+        }
+        latest.insert(
+            key,
+            Latest {
+                note_hash: note_hash(&note),
+                cp,
+            },
+        );
+        Ok(Some(note))
+    }
+
+    /// Every log this checkpointer has signed for, with its newest checkpoint's time.
+    pub fn logs(&self) -> Vec<((String, i32), i64)> {
+        lock(&self.latest)
+            .iter()
+            .map(|(k, l)| (k.clone(), l.cp.time_ms))
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A log's checkpoint files, by tree size.
+pub fn list_notes(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(StoreError::io(dir)(e)),
+    };
+    for e in rd {
+        let e = e.map_err(StoreError::io(dir))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(size) = name.strip_suffix(".note").and_then(|s| s.parse().ok()) {
+            out.push((size, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp() -> Checkpoint {
+        Checkpoint {
+            origin: "vigil-0011223344556677/audit/0".into(),
+            size: 12,
+            root: [7; 32],
+            chain: ChainHead {
+                offset: 41,
+                hash: [9; 32],
+            },
+            prev: Some([1; 32]),
+            time_ms: 1_763_800_000_000,
+        }
+    }
+
+    #[test]
+    fn checkpoint_text_round_trips_and_only_its_canonical_form_parses() {
+        let c = cp();
+        assert_eq!(Checkpoint::parse(c.text().as_bytes()).unwrap(), c);
+        let first = Checkpoint { prev: None, ..cp() };
+        assert_eq!(Checkpoint::parse(first.text().as_bytes()).unwrap(), first);
+        let t = c.text();
+        for bad in [
+            t.replace("\n12\n", "\n012\n"),
+            t.replace("\n12\n", "\n+12\n"),
+            t.replace("vigil-time", "vigil-tme"),
+            format!("{t}extra\n"),
+            t.trim_end().to_owned(),
+            t.replace("vigil-chain 41", "vigil-chain  41"),
+            t.replacen("vigil-0011223344556677/audit/0", "", 1),
+        ] {
+            assert!(Checkpoint::parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_sign_within_their_range_and_rotation_overlaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ring = KeyRing::open(dir.path(), None).unwrap();
+        assert!(ring.name().starts_with("vigil-"));
+        let key_file = dir
+            .path()
+            .join(KEYS_DIR)
+            .join(key_file_name(ring.registry.keys[0].id()));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let mut c = cp();
+        c.origin = origin(ring.name(), "audit", 0);
+        c.time_ms = now_ms();
+        let note = ring.sign(&c).unwrap();
+        let trusted = ring.registry.clone();
+        assert_eq!(verify_note(&note, &trusted), NoteVerdict::Valid(c.clone()));
+
+        // Reopening finds the same key; an empty registry trusts nothing.
+        let again = KeyRing::open(dir.path(), None).unwrap();
+        assert_eq!(again.registry, trusted);
+        assert!(matches!(
+            verify_note(&note, &Registry::default()),
+            NoteVerdict::Untrusted(_)
+        ));
+
+        // Rotation with an overlap: both keys sign now; the old one stops after the overlap.
+        ring.rotate(60_000).unwrap();
+        assert_eq!(ring.registry.keys.len(), 2);
+        c.time_ms = now_ms();
+        let both = ring.sign(&c).unwrap();
+        let sigs = std::str::from_utf8(&both).unwrap().matches('—').count();
+        assert_eq!(sigs, 2);
+        assert!(matches!(
+            verify_note(&both, &ring.registry),
+            NoteVerdict::Valid(_)
+        ));
+        c.time_ms = now_ms() + 120_000;
+        let later = ring.sign(&c).unwrap();
+        assert_eq!(std::str::from_utf8(&later).unwrap().matches('—').count(), 1);
+        // The old key used after its range (a note signed by it alone, dated later) is refused.
+        let old_only = Registry {
+            keys: vec![ring.registry.keys[0].clone()],
+        };
+        let old_ring = KeyRing {
+            dir: dir.path().join(KEYS_DIR),
+            registry: Registry {
+                keys: vec![KeyEntry {
+                    valid_until_ms: None,
+                    ..ring.registry.keys[0].clone()
+                }],
+            },
+            signers: vec![(
+                KeyEntry {
+                    valid_until_ms: None,
+                    ..ring.registry.keys[0].clone()
+                },
+                ring.signers[0].1.clone(),
+            )],
+        };
+        let late = old_ring.sign(&c).unwrap();
+        assert!(matches!(
+            verify_note(&late, &old_only),
+            NoteVerdict::Untrusted(_)
+        ));
+        assert!(matches!(
+            verify_note(&late, &ring.registry),
+            NoteVerdict::Untrusted(_)
+        ));
+    }
+
+    #[test]
+    fn edited_and_malformed_notes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::open(dir.path(), None).unwrap();
+        let mut c = cp();
+        c.time_ms = now_ms();
+        let note = String::from_utf8(ring.sign(&c).unwrap()).unwrap();
+        let keys = &ring.registry;
+        let edited = note.replacen("\n12\n", "\n13\n", 1);
+        assert!(matches!(
+            verify_note(edited.as_bytes(), keys),
+            NoteVerdict::BadSignature(_)
+        ));
+        let root = B64.encode([7u8; 32]);
+        let other = B64.encode([8u8; 32]);
+        assert!(matches!(
+            verify_note(note.replace(&root, &other).as_bytes(), keys),
+            NoteVerdict::BadSignature(_)
+        ));
+        // Extra text line, bad UTF-8, too many signatures, no signature.
+        let (text, sig) = note.rsplit_once("\n\n").unwrap();
+        let extra = format!("{text}\nvigil-extra 1\n\n{sig}");
+        assert!(!matches!(
+            verify_note(extra.as_bytes(), keys),
+            NoteVerdict::Valid(_)
+        ));
+        let mut bad_utf8 = note.clone().into_bytes();
+        bad_utf8[3] = 0xff;
+        assert!(matches!(
+            verify_note(&bad_utf8, keys),
+            NoteVerdict::Malformed(_)
+        ));
+        let many = format!("{text}\n\n{}", sig.repeat(MAX_SIGNATURES + 1));
+        assert!(matches!(
+            verify_note(many.as_bytes(), keys),
+            NoteVerdict::Malformed(_)
+        ));
+        assert!(matches!(
+            verify_note(format!("{text}\n").as_bytes(), keys),
+            NoteVerdict::Malformed(_)
+        ));
+    }
+}
