@@ -572,6 +572,25 @@ impl Checkpointer {
         tree: &Frontier,
         max_age_ms: Option<i64>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.sign_log(
+            topic,
+            partition,
+            chain,
+            tree.size(),
+            tree.root(),
+            max_age_ms,
+        )
+    }
+
+    fn sign_log(
+        &self,
+        topic: &str,
+        partition: i32,
+        chain: ChainHead,
+        size: u64,
+        root: Hash,
+        max_age_ms: Option<i64>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let key = (topic.to_owned(), partition);
         let mut latest = lock(&self.latest);
         if !latest.contains_key(&key)
@@ -581,14 +600,18 @@ impl Checkpointer {
         }
         let now = now_ms();
         let prev = match latest.get(&key) {
-            Some(l) if l.cp.size > tree.size() => {
+            Some(l) if l.cp.size > size => {
                 return Err(StoreError::Key(format!(
-                    "{topic}/{partition}: the newest checkpoint has tree size {}, the store only {}",
-                    l.cp.size,
-                    tree.size()
+                    "{topic}/{partition}: the newest checkpoint has tree size {}, the store only {size}",
+                    l.cp.size
                 )));
             }
-            Some(l) if l.cp.size == tree.size() => {
+            Some(l) if l.cp.size == size => {
+                if l.cp.root != root {
+                    return Err(StoreError::Key(format!(
+                        "{topic}/{partition}: the store's tree of size {size} has another root than its checkpoint"
+                    )));
+                }
                 if max_age_ms.is_none_or(|age| now - l.cp.time_ms < age) {
                     return Ok(None);
                 }
@@ -600,19 +623,16 @@ impl Checkpointer {
         };
         let cp = Checkpoint {
             origin: origin(&self.store_name(), topic, partition),
-            size: tree.size(),
-            root: tree.root(),
+            size,
+            root,
             chain,
             prev,
             time_ms: now,
         };
         let note = lock(&self.keys).sign(&cp)?;
         let name = format!("{:020}.note", cp.size);
-        let dir = Self::log_dir(&self.root, topic, partition)?;
-        crate::files::create_dirs_durably(&dir)?;
-        write_durably(&dir.join(&name), &note)?;
-        if let Some(m) = &self.mirror {
-            let dir = Self::log_dir(m, topic, partition)?;
+        for root_dir in std::iter::once(&self.root).chain(self.mirror.as_ref()) {
+            let dir = Self::log_dir(root_dir, topic, partition)?;
             crate::files::create_dirs_durably(&dir)?;
             write_durably(&dir.join(&name), &note)?;
         }
@@ -626,12 +646,29 @@ impl Checkpointer {
         Ok(Some(note))
     }
 
-    /// Every log this checkpointer has signed for, with its newest checkpoint's time.
-    pub fn logs(&self) -> Vec<((String, i32), i64)> {
-        lock(&self.latest)
+    /// Sign again every log whose newest checkpoint is at least `max_age_ms` old (same tree,
+    /// a fresh time): a reader can tell a quiet log from a stalled signer. Returns the notes.
+    pub fn refresh(&self, max_age_ms: i64) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let now = now_ms();
+        let stale: Vec<((String, i32), Checkpoint)> = lock(&self.latest)
             .iter()
-            .map(|(k, l)| (k.clone(), l.cp.time_ms))
-            .collect()
+            .filter(|(_, l)| now - l.cp.time_ms >= max_age_ms)
+            .map(|(k, l)| (k.clone(), l.cp.clone()))
+            .collect();
+        let mut notes = Vec::new();
+        for ((topic, partition), cp) in stale {
+            if let Some(n) = self.sign_log(
+                &topic,
+                partition,
+                cp.chain,
+                cp.size,
+                cp.root,
+                Some(max_age_ms),
+            )? {
+                notes.push((cp.origin, n));
+            }
+        }
+        Ok(notes)
     }
 }
 
@@ -812,5 +849,60 @@ mod tests {
             verify_note(format!("{text}\n").as_bytes(), keys),
             NoteVerdict::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn checkpoints_link_to_the_previous_size_and_refresh_keeps_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = dir.path().join("mirror");
+        let ring = KeyRing::open(dir.path(), None).unwrap();
+        let keys = ring.registry.clone();
+        let cps = Checkpointer::new(dir.path(), ring, Some(mirror.clone()));
+        let mut tree = Frontier::default();
+        tree.append(&[1; 32]);
+        let head = ChainHead {
+            offset: 0,
+            hash: [5; 32],
+        };
+        let first = cps.checkpoint("t", 0, head, &tree, None).unwrap().unwrap();
+        assert_eq!(cps.checkpoint("t", 0, head, &tree, None).unwrap(), None);
+        tree.append(&[2; 32]);
+        let second = cps.checkpoint("t", 0, head, &tree, None).unwrap().unwrap();
+        let NoteVerdict::Valid(c2) = verify_note(&second, &keys) else {
+            panic!("second checkpoint does not verify")
+        };
+        assert_eq!(c2.prev, Some(note_hash(&first)));
+        assert_eq!((c2.size, c2.root), (2, tree.root()));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let fresh = cps.refresh(1).unwrap();
+        assert_eq!(fresh.len(), 1);
+        let NoteVerdict::Valid(c3) = verify_note(&fresh[0].1, &keys) else {
+            panic!("refreshed checkpoint does not verify")
+        };
+        assert_eq!((c3.size, c3.prev), (2, c2.prev));
+        assert!(c3.time_ms > c2.time_ms);
+        // Stored, mirrored, and found again by a new checkpointer (after a restart).
+        let log = Checkpointer::log_dir(&dir.path().join(CHECKPOINTS_DIR), "t", 0).unwrap();
+        let mirrored = Checkpointer::log_dir(&mirror, "t", 0).unwrap();
+        assert_eq!(list_notes(&log).unwrap().len(), 2);
+        assert_eq!(
+            fs::read(&list_notes(&mirrored).unwrap()[1].1).unwrap(),
+            fresh[0].1
+        );
+        let again = Checkpointer::new(dir.path(), KeyRing::open(dir.path(), None).unwrap(), None);
+        assert_eq!(again.checkpoint("t", 0, head, &tree, None).unwrap(), None);
+        let mut shorter = Frontier::default();
+        shorter.append(&[1; 32]);
+        assert!(
+            again.checkpoint("t", 0, head, &shorter, None).is_err(),
+            "never signs a rollback"
+        );
+        let mut forked = Frontier::default();
+        forked.append(&[1; 32]);
+        forked.append(&[3; 32]);
+        assert!(
+            again.checkpoint("t", 0, head, &forked, None).is_err(),
+            "never signs a fork"
+        );
     }
 }
