@@ -18,6 +18,34 @@ pub struct Config {
     pub decode: DecodeConfig,
     pub kafka: KafkaConfig,
     pub store: StoreConfig,
+    pub checkpoint: CheckpointConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// A log whose newest signed checkpoint is this old is signed again (same tree, fresh
+    /// time), so a reader can tell a quiet log from a stalled signer.
+    pub interval_ms: u64,
+    /// Topic every checkpoint is also published to, keyed by origin (an anchor outside the
+    /// store). Empty disables it.
+    pub kafka_topic: String,
+    /// A second directory every checkpoint is also written to. Empty: none.
+    pub mirror_dir: std::path::PathBuf,
+    /// The private signing key (`PRIVATE+KEY+…`). Empty: generated on first run into
+    /// `<data_dir>/keys/` (mode 0600).
+    pub signing_key_file: std::path::PathBuf,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            interval_ms: 60_000,
+            kafka_topic: "vigil.checkpoints".to_owned(),
+            mirror_dir: Default::default(),
+            signing_key_file: Default::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

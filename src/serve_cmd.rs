@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use vigil_ingest::{IngestConfig, IngestMetrics};
 use vigil_schemas::SourceFormat;
+use vigil_store::checkpoint::{Checkpointer, KeyRing};
 use vigil_store::{Store, WriteOptions};
 
 use crate::config::Config;
@@ -75,6 +76,9 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         pipeline_queue_depth: cfg.store.pipeline_queue_depth,
         writer_threads: cfg.store.writer_threads,
         writer_queue_depth: cfg.store.writer_queue_depth,
+        checkpoint_interval_ms: cfg.checkpoint.interval_ms,
+        checkpoint_topic: (!cfg.checkpoint.kafka_topic.is_empty())
+            .then(|| cfg.checkpoint.kafka_topic.clone()),
     };
     let store = Store::open(
         &cfg.store.data_dir,
@@ -83,8 +87,20 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .with_context(|| format!("opening the store at {}", cfg.store.data_dir.display()))?;
+    let nonempty = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
+    let keys = KeyRing::open(
+        &cfg.store.data_dir,
+        nonempty(&cfg.checkpoint.signing_key_file).as_deref(),
+    )
+    .context("opening the checkpoint signing keys")?;
+    let checkpoints = Arc::new(Checkpointer::new(
+        &cfg.store.data_dir,
+        keys,
+        nonempty(&cfg.checkpoint.mirror_dir),
+    ));
     tracing::info!(brokers = %icfg.brokers, topics = ?icfg.topics, group = %icfg.group_id,
-        data_dir = %cfg.store.data_dir.display(), "vigil serve starting");
+        data_dir = %cfg.store.data_dir.display(), log_name = %checkpoints.store_name(),
+        "vigil serve starting");
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(IngestMetrics::default());
@@ -92,7 +108,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("vigil-ingest".into())
-            .spawn(move || vigil_ingest::run(icfg, store, shutdown, metrics))?
+            .spawn(move || vigil_ingest::run(icfg, store, checkpoints, shutdown, metrics))?
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -141,6 +157,9 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         dlq_sent = m.dlq_sent,
         dlq_failed = m.dlq_failed,
         dlq_skipped = m.dlq_skipped,
+        checkpoints_signed = m.checkpoints_signed,
+        anchors_sent = m.anchors_sent,
+        anchors_failed = m.anchors_failed,
         "vigil serve stopped"
     );
     result.context("ingest failed")?;

@@ -30,6 +30,7 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
     let broker = Broker::start();
     broker.create_topic("audit", 3);
     broker.create_topic("audit.dlq", 1);
+    broker.create_topic("vigil.checkpoints", 1);
     let opa: Vec<String> = data("opa/opa_decision_logs.jsonl")
         .lines()
         .map(str::to_owned)
@@ -82,7 +83,15 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
     let data_dir = dir.path().join("store");
     let s = serve(&broker, "audit", &data_dir, "vigil-e2e", &[], None);
     wait_stored(&[&s], &data_dir, total, Duration::from_secs(90));
+    let log_path = s.log.clone();
     assert!(s.terminate(), "vigil serve exits 0 on SIGTERM");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let signed: usize = log
+        .split("checkpoints_signed=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the final log line counts signed checkpoints");
 
     // Exactly once, chains intact.
     let positions = stored_positions(&data_dir);
@@ -101,6 +110,39 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
         total
     );
     assert!(report.partitions.iter().all(|p| p.gaps.is_empty()));
+
+    // Every partition log ends in a signed checkpoint of its whole tree, in the store and in
+    // the anchor topic.
+    use vigil_store::checkpoint::{
+        CHECKPOINTS_DIR, Checkpointer, KEYS_DIR, NoteVerdict, REGISTRY_FILE, Registry, list_notes,
+        verify_note,
+    };
+    let keys = Registry::parse(
+        &std::fs::read_to_string(data_dir.join(KEYS_DIR).join(REGISTRY_FILE)).unwrap(),
+    )
+    .unwrap();
+    for p in &report.partitions {
+        let dir =
+            Checkpointer::log_dir(&data_dir.join(CHECKPOINTS_DIR), &p.topic, p.partition).unwrap();
+        let notes = list_notes(&dir).unwrap();
+        let newest = std::fs::read(&notes.last().expect("a checkpoint").1).unwrap();
+        let NoteVerdict::Valid(cp) = verify_note(&newest, &keys) else {
+            panic!("newest checkpoint of {} does not verify", p.partition)
+        };
+        assert_eq!((cp.size, cp.root), (p.tree_size, p.merkle_root));
+        assert_eq!(cp.size, p.records);
+    }
+    let anchors = broker.consume("vigil.checkpoints", signed, Duration::from_secs(30));
+    assert_eq!(anchors.len(), signed, "every checkpoint is anchored");
+    let mut origins = BTreeSet::new();
+    for m in &anchors {
+        let NoteVerdict::Valid(cp) = verify_note(m.value.as_deref().unwrap(), &keys) else {
+            panic!("an anchored checkpoint does not verify")
+        };
+        assert_eq!(m.key.as_deref(), Some(cp.origin.as_bytes()));
+        origins.insert(cp.origin);
+    }
+    assert_eq!(origins.len(), 3, "one log per partition");
 
     // Mapped columns, through SQL.
     assert_eq!(count(&data_dir, "SELECT count(*) FROM events"), 1500);

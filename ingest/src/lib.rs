@@ -49,7 +49,8 @@ pub use chunk::{CHUNK_MAX_BYTES, CHUNK_MAX_RECORDS};
 pub use metrics::{IngestMetrics, MetricsSnapshot};
 
 use chunk::Chunk;
-use pipeline::{Job, Limits, Report, Threads};
+use pipeline::{Anchor, Dlq, Job, Limits, Report, Signing, Threads};
+use vigil_store::checkpoint::Checkpointer;
 
 /// Everything the ingest stage is configured with.
 #[derive(Clone, Debug)]
@@ -80,6 +81,11 @@ pub struct IngestConfig {
     pub writer_threads: usize,
     /// Sealed batches each writer may hold queued before pipeline threads wait.
     pub writer_queue_depth: usize,
+    /// A log whose newest checkpoint is this old is signed again (same tree, fresh time).
+    pub checkpoint_interval_ms: u64,
+    /// Topic every checkpoint is also published to (an anchor outside the store); `None`
+    /// disables it.
+    pub checkpoint_topic: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +203,8 @@ struct Core {
     /// Partitions with a pending chunk.
     pending: usize,
     chunks_sent_at: Instant,
+    signing: Signing,
+    refreshed_at: Instant,
 }
 
 struct Ctx {
@@ -277,6 +285,8 @@ impl Core {
             let key: Key = (e.topic().to_owned(), e.partition());
             let log = self.store.head(&key.0, key.1)?;
             let head = log.chain;
+            // A crash between a file and its checkpoint leaves the newest records unsigned.
+            self.signing.checkpoint(&key, head, &log.tree)?;
             // An empty store needs everything the topic still holds, whatever the group
             // committed; otherwise resume right after the store's head.
             let offset = if head.offset >= 0 {
@@ -468,6 +478,11 @@ impl Core {
         if self.pending > 0 {
             self.retry_pending(consumer)?;
         }
+        if self.refreshed_at.elapsed() >= Duration::from_secs(1) {
+            self.signing
+                .refresh(self.cfg.checkpoint_interval_ms as i64)?;
+            self.refreshed_at = Instant::now();
+        }
         self.check_silent_resumes(consumer)
     }
 
@@ -635,6 +650,7 @@ fn client_config(cfg: &IngestConfig) -> ClientConfig {
 pub fn run(
     cfg: IngestConfig,
     store: Store,
+    checkpoints: Arc<Checkpointer>,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<IngestMetrics>,
 ) -> Result<(), IngestError> {
@@ -644,13 +660,28 @@ pub fn run(
     if cfg.max_batch_events == 0 || cfg.max_batch_bytes == 0 {
         return Err(IngestError::Config("batch limits must be positive".into()));
     }
-    let dlq = match &cfg.dlq_suffix {
-        Some(suffix) => Some(pipeline::dlq_producer(
-            client_config(&cfg),
-            suffix,
-            &metrics,
-        )?),
-        None => None,
+    let side = if cfg.dlq_suffix.is_some() || cfg.checkpoint_topic.is_some() {
+        Some(pipeline::side_producer(client_config(&cfg), &metrics)?)
+    } else {
+        None
+    };
+    let dlq = match (&side, &cfg.dlq_suffix) {
+        (Some(p), Some(suffix)) => Some(Dlq {
+            producer: p.clone(),
+            suffix: suffix.clone(),
+        }),
+        _ => None,
+    };
+    let signing = Signing {
+        checkpoints,
+        anchor: match (&side, &cfg.checkpoint_topic) {
+            (Some(p), Some(topic)) => Some(Anchor {
+                producer: p.clone(),
+                topic: topic.clone(),
+            }),
+            _ => None,
+        },
+        metrics: metrics.clone(),
     };
     let (report_tx, report_rx) = mpsc::channel();
     let threads = Threads::start(
@@ -665,7 +696,8 @@ pub fn run(
         cfg.writer_threads,
         cfg.writer_queue_depth,
         &metrics,
-        dlq.clone(),
+        dlq,
+        &signing,
         &report_tx,
     )?;
     // Only the threads report; with them gone, waiting for a report fails instead of hanging.
@@ -681,6 +713,8 @@ pub fn run(
         fatal: None,
         pending: 0,
         chunks_sent_at: Instant::now(),
+        signing,
+        refreshed_at: Instant::now(),
     }));
 
     let mut cc = client_config(&cfg);
@@ -730,14 +764,14 @@ pub fn run(
         c.flush(&consumer, None)
     })();
 
-    if let Some(dlq) = &dlq {
-        use rdkafka::producer::Producer;
-        if let Err(e) = dlq.0.flush(Duration::from_secs(10)) {
-            tracing::error!(error = %e, "dead-letter producer did not flush");
-        }
-    }
     // Closing the queues stops the threads once they have finished what they hold.
     lock(&core).pipelines.clear();
     threads.stop();
+    if let Some(p) = &side {
+        use rdkafka::producer::Producer;
+        if let Err(e) = p.flush(Duration::from_secs(10)) {
+            tracing::error!(error = %e, "dead-letter/anchor producer did not flush");
+        }
+    }
     result
 }

@@ -30,6 +30,11 @@ pub struct IngestMetrics {
     pub dlq_failed: AtomicU64,
     /// Rejected records read from a dead-letter topic itself: stored, not copied again.
     pub dlq_skipped: AtomicU64,
+    /// Signed checkpoints written to the store (after each file, on assignment, on refresh).
+    pub checkpoints_signed: AtomicU64,
+    pub anchors_sent: AtomicU64,
+    pub anchors_delivered: AtomicU64,
+    pub anchors_failed: AtomicU64,
 }
 
 /// A point-in-time copy of [`IngestMetrics`].
@@ -52,6 +57,10 @@ pub struct MetricsSnapshot {
     pub dlq_delivered: u64,
     pub dlq_failed: u64,
     pub dlq_skipped: u64,
+    pub checkpoints_signed: u64,
+    pub anchors_sent: u64,
+    pub anchors_delivered: u64,
+    pub anchors_failed: u64,
 }
 
 impl IngestMetrics {
@@ -75,6 +84,10 @@ impl IngestMetrics {
             dlq_delivered: g(&self.dlq_delivered),
             dlq_failed: g(&self.dlq_failed),
             dlq_skipped: g(&self.dlq_skipped),
+            checkpoints_signed: g(&self.checkpoints_signed),
+            anchors_sent: g(&self.anchors_sent),
+            anchors_delivered: g(&self.anchors_delivered),
+            anchors_failed: g(&self.anchors_failed),
         }
     }
 }

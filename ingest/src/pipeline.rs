@@ -20,7 +20,11 @@ use rdkafka::client::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use vigil_schemas::{DecodeError, Decoder};
-use vigil_store::{Appended, FileInfo, PartitionBatch, RecordRef, SealedBatch, Store, StoreError};
+use vigil_store::checkpoint::Checkpointer;
+use vigil_store::merkle::Frontier;
+use vigil_store::{
+    Appended, ChainHead, FileInfo, PartitionBatch, RecordRef, SealedBatch, Store, StoreError,
+};
 
 use crate::chunk::Chunk;
 use crate::{IngestError, IngestMetrics, Key};
@@ -69,8 +73,6 @@ struct Open {
     /// When the open batch got its first record.
     opened_at: Option<Instant>,
 }
-
-pub(crate) type Dlq = Arc<(ThreadedProducer<DlqContext>, String)>;
 
 struct Pipeline {
     limits: Limits,
@@ -230,17 +232,28 @@ impl Threads {
         writer_queue_depth: usize,
         metrics: &Arc<IngestMetrics>,
         dlq: Option<Dlq>,
+        signing: &Signing,
         reports: &Sender<Report>,
     ) -> Result<Threads, IngestError> {
         let mut handles = Vec::new();
         let mut writer_queues = Vec::new();
         for i in 0..writers.max(1) {
             let (tx, rx) = mpsc::sync_channel::<(Key, SealedBatch)>(writer_queue_depth.max(1));
-            let (store, reports) = (store.clone(), reports.clone());
+            let (store, reports, signing) = (store.clone(), reports.clone(), signing.clone());
             handles.push(spawn(format!("vigil-writer-{i}"), move || {
                 for (key, sealed) in rx {
                     let rows = sealed.batch.num_rows();
-                    let result = store.write(&sealed);
+                    // Durable file, then its checkpoint: a crash in between is caught up on
+                    // the next assignment.
+                    let result = store.write(&sealed).and_then(|info| {
+                        let span = &sealed.span;
+                        let chain = ChainHead {
+                            offset: span.last_offset,
+                            hash: span.last_chain_hash,
+                        };
+                        signing.checkpoint(&key, chain, &span.tree)?;
+                        Ok(info)
+                    });
                     if reports.send(Report::Written { key, rows, result }).is_err() {
                         break;
                     }
@@ -288,44 +301,135 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(|e| IngestError::Config(format!("starting a thread: {e}")))
 }
 
-pub(crate) struct DlqContext {
+/// Signs checkpoints and publishes them to the anchor topic; shared by the writer threads and
+/// the consumer thread.
+#[derive(Clone)]
+pub(crate) struct Signing {
+    pub checkpoints: Arc<Checkpointer>,
+    pub anchor: Option<Anchor>,
     pub metrics: Arc<IngestMetrics>,
 }
 
-impl ClientContext for DlqContext {}
+impl Signing {
+    /// A checkpoint of the log at this head, if its tree has grown since the last one.
+    pub fn checkpoint(
+        &self,
+        key: &Key,
+        chain: ChainHead,
+        tree: &Frontier,
+    ) -> Result<(), StoreError> {
+        if tree.size() == 0 {
+            return Ok(());
+        }
+        if let Some(note) = self
+            .checkpoints
+            .checkpoint(&key.0, key.1, chain, tree, None)?
+        {
+            let origin =
+                vigil_store::checkpoint::origin(&self.checkpoints.store_name(), &key.0, key.1);
+            self.signed(&origin, &note);
+        }
+        Ok(())
+    }
 
-impl ProducerContext for DlqContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.metrics.dlq_delivered.fetch_add(1, Ordering::Relaxed),
-            Err((e, m)) => {
-                use rdkafka::message::Message;
-                tracing::error!(error = %e, topic = m.topic(), "dead-letter delivery failed (the record is in the store)");
-                self.metrics.dlq_failed.fetch_add(1, Ordering::Relaxed)
+    /// Sign again the logs whose newest checkpoint is older than `max_age_ms`.
+    pub fn refresh(&self, max_age_ms: i64) -> Result<(), StoreError> {
+        for (origin, note) in self.checkpoints.refresh(max_age_ms)? {
+            self.signed(&origin, &note);
+        }
+        Ok(())
+    }
+
+    fn signed(&self, origin: &str, note: &[u8]) {
+        self.metrics
+            .checkpoints_signed
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(a) = &self.anchor {
+            a.publish(origin, note, &self.metrics);
+        }
+    }
+}
+
+/// What a side record (sent by the shared producer) is, for its delivery report.
+const SIDE_DLQ: usize = 0;
+const SIDE_ANCHOR: usize = 1;
+
+pub(crate) struct SideContext {
+    pub metrics: Arc<IngestMetrics>,
+}
+
+impl ClientContext for SideContext {}
+
+impl ProducerContext for SideContext {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, kind: usize) {
+        use rdkafka::message::Message;
+        let m = &self.metrics;
+        match (result, kind) {
+            (Ok(_), SIDE_DLQ) => m.dlq_delivered.fetch_add(1, Ordering::Relaxed),
+            (Ok(_), _) => m.anchors_delivered.fetch_add(1, Ordering::Relaxed),
+            (Err((e, msg)), SIDE_DLQ) => {
+                tracing::error!(error = %e, topic = msg.topic(), "dead-letter delivery failed (the record is in the store)");
+                m.dlq_failed.fetch_add(1, Ordering::Relaxed)
+            }
+            (Err((e, msg)), _) => {
+                tracing::error!(error = %e, topic = msg.topic(), "checkpoint anchor delivery failed (the checkpoint is in the store)");
+                m.anchors_failed.fetch_add(1, Ordering::Relaxed)
             }
         };
     }
 }
 
-/// The dead-letter producer; `suffix` names its topics (`<topic><suffix>`).
-pub(crate) fn dlq_producer(
+/// The producer for dead letters and checkpoint anchors.
+pub(crate) type SideProducer = Arc<ThreadedProducer<SideContext>>;
+
+/// Dead letters go to `<topic><suffix>`.
+#[derive(Clone)]
+pub(crate) struct Dlq {
+    pub producer: SideProducer,
+    pub suffix: String,
+}
+
+/// Checkpoints are also published to this topic, keyed by their log's origin.
+#[derive(Clone)]
+pub(crate) struct Anchor {
+    pub producer: SideProducer,
+    pub topic: String,
+}
+
+pub(crate) fn side_producer(
     mut config: ClientConfig,
-    suffix: &str,
     metrics: &Arc<IngestMetrics>,
-) -> Result<Dlq, IngestError> {
+) -> Result<SideProducer, IngestError> {
     config.set("linger.ms", "5");
-    let p: ThreadedProducer<DlqContext> = config.create_with_context(DlqContext {
+    let p: ThreadedProducer<SideContext> = config.create_with_context(SideContext {
         metrics: metrics.clone(),
     })?;
-    Ok(Arc::new((p, suffix.to_owned())))
+    Ok(Arc::new(p))
+}
+
+impl Anchor {
+    /// Publish a signed checkpoint (a failure is counted; the checkpoint is in the store).
+    pub fn publish(&self, origin: &str, note: &[u8], metrics: &IngestMetrics) {
+        let record: BaseRecord<'_, str, [u8], usize> =
+            BaseRecord::with_opaque_to(&self.topic, SIDE_ANCHOR)
+                .key(origin)
+                .payload(note);
+        match self.producer.send(record) {
+            Ok(()) => metrics.anchors_sent.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                tracing::error!(error = %e, topic = %self.topic, "checkpoint anchor enqueue failed");
+                metrics.anchors_failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
 }
 
 /// Copy a rejected record to `<topic><suffix>` with its headers and the reason. A record that
 /// is itself a dead letter (a regex subscription can match the dead-letter topics) is not
 /// copied again: that would loop, `t.dlq` → `t.dlq.dlq` → …; it is stored like any other.
 fn dead_letter(dlq: &Dlq, rec: &RecordRef<'_>, err: &DecodeError, metrics: &IngestMetrics) {
-    let (producer, suffix) = (&dlq.0, &dlq.1);
+    let (producer, suffix) = (&dlq.producer, &dlq.suffix);
     if rec.topic.ends_with(suffix.as_str()) {
         metrics.dlq_skipped.fetch_add(1, Ordering::Relaxed);
         return;
@@ -349,7 +453,8 @@ fn dead_letter(dlq: &Dlq, rec: &RecordRef<'_>, err: &DecodeError, metrics: &Inge
             value: Some(value.as_bytes()),
         });
     }
-    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic).headers(headers);
+    let mut record: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(&topic, SIDE_DLQ).headers(headers);
     if let Some(k) = rec.key {
         record = record.key(k);
     }
