@@ -3,8 +3,11 @@
 //! file's footer, and report the first mismatch per partition. (Signatures and anchors come
 //! with `vigil verify`.)
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use arrow::array::{
     Array, AsArray, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray,
@@ -14,12 +17,13 @@ use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType, UInt32Typ
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::chain::{GENESIS, GENESIS_PREV_OFFSET, RecordRef, chain_hash, leaf_hash};
+use crate::batch::ChainHead;
+use crate::chain::{GENESIS_PREV_OFFSET, RecordRef, chain_hash, leaf_hash};
 use crate::error::StoreError;
-use crate::files::{Store, read_footer};
+use crate::files::{FileEntry, Footer, Store, read_footer};
 use crate::merkle::{Frontier, Hash};
 
-/// What the check found in one partition.
+/// What the check found in one partition log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionReport {
     pub topic: String,
@@ -36,6 +40,10 @@ pub struct PartitionReport {
     pub merkle_root: Hash,
     /// The first mismatch, if any: where and what.
     pub problem: Option<String>,
+    /// Every mismatch, per file (the check goes on after one, from the next file's footer).
+    pub problems: Vec<(PathBuf, String)>,
+    /// The tree root and chain head at each requested size (for checkpoints) the log reached.
+    pub roots_at: BTreeMap<u64, (Hash, ChainHead)>,
 }
 
 /// The whole store's check.
@@ -46,13 +54,14 @@ pub struct ChainReport {
 
 impl ChainReport {
     pub fn ok(&self) -> bool {
-        self.partitions.iter().all(|p| p.problem.is_none())
+        self.partitions.iter().all(|p| p.problems.is_empty())
     }
 
     pub fn problems(&self) -> Vec<String> {
         self.partitions
             .iter()
-            .filter_map(|p| p.problem.clone())
+            .flat_map(|p| p.problems.iter())
+            .map(|(path, what)| format!("{}: {what}", path.display()))
             .collect()
     }
 }
@@ -79,25 +88,44 @@ pub fn check_chain(store: &Store) -> Result<ChainReport, StoreError> {
     for (topic, partition) in store.partitions()? {
         report
             .partitions
-            .push(check_partition(store, &topic, partition)?);
+            .push(check_partition(store, &topic, partition, &BTreeSet::new())?);
     }
     Ok(report)
 }
 
-struct Cursor {
-    /// The chain head after the last complete record.
-    offset: i64,
-    hash: [u8; 32],
-    /// The record whose further rows (record_index > 0) may follow.
-    current: Option<(i64, [u8; 32], [u8; 32])>,
-    tree: Frontier,
+/// What one file says on its own: its records re-hashed and chained from its footer's start.
+struct FileScan {
+    path: PathBuf,
+    footer: Option<Footer>,
+    problem: Option<String>,
+    leaves: Vec<Hash>,
+    rows: u64,
+    gaps: Vec<(i64, i64)>,
+    first_offset: Option<i64>,
+    last_offset: Option<i64>,
+    /// (tree size after the record, chain head) for requested sizes, assuming the footer's
+    /// first leaf index (checked when the file is joined to the log).
+    chains_at: Vec<(u64, ChainHead)>,
 }
 
-/// Check one partition; I/O errors are errors, mismatches are reported in the result.
+/// Files scanned at once per partition (bounds memory: their leaf hashes).
+fn window(threads: usize) -> usize {
+    threads * 2
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Check one partition log: every file's records re-hashed (files in parallel), then the files
+/// joined in order — footers linked, the Merkle tree rebuilt and compared with every footer.
+/// `want`: tree sizes whose root and chain head to report (checkpoint sizes). I/O errors on
+/// the directory are errors; anything wrong with a file is reported in the result.
 pub fn check_partition(
     store: &Store,
     topic: &str,
     partition: i32,
+    want: &BTreeSet<u64>,
 ) -> Result<PartitionReport, StoreError> {
     let mut r = PartitionReport {
         topic: topic.to_owned(),
@@ -106,50 +134,183 @@ pub fn check_partition(
     };
     let (files, _tmp) = store.list(topic, partition)?;
     r.files = files.len();
-    let mut cur = Cursor {
-        offset: GENESIS_PREV_OFFSET,
-        hash: GENESIS,
-        current: None,
-        tree: Frontier::default(),
-    };
-    for f in &files {
-        if let Err(problem) = check_file(&f.path, topic, partition, &mut cur, &mut r)? {
-            r.problem = Some(format!("{}: {problem}", f.path.display()));
-            break;
+    let mut cur = ChainHead::default();
+    let mut tree = Frontier::default();
+    let n = threads();
+    for group in files.chunks(window(n)) {
+        let scans = scan_parallel(group, topic, partition, want, n);
+        for scan in scans {
+            join(scan, topic, partition, want, &mut cur, &mut tree, &mut r);
         }
     }
-    r.tree_size = cur.tree.size();
-    r.merkle_root = cur.tree.root();
+    r.tree_size = tree.size();
+    r.merkle_root = tree.root();
+    r.problem = r
+        .problems
+        .first()
+        .map(|(path, what)| format!("{}: {what}", path.display()));
     Ok(r)
 }
 
-fn check_file(
-    path: &PathBuf,
+fn scan_parallel(
+    files: &[FileEntry],
     topic: &str,
     partition: i32,
-    cur: &mut Cursor,
+    want: &BTreeSet<u64>,
+    threads: usize,
+) -> Vec<FileScan> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<FileScan>>> = files.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(files.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                    let Some(f) = files.get(i) else { break };
+                    let scan = scan_file(&f.path, topic, partition, want);
+                    *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(scan);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .zip(files)
+        .map(|(slot, f)| {
+            slot.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| FileScan::failed(&f.path, "not scanned".into()))
+        })
+        .collect()
+}
+
+/// Join a scanned file to the log: it must continue the chain and the tree where the previous
+/// file left them. After a mismatch the log continues from the file's own footer.
+fn join(
+    scan: FileScan,
+    topic: &str,
+    partition: i32,
+    want: &BTreeSet<u64>,
+    cur: &mut ChainHead,
+    tree: &mut Frontier,
     r: &mut PartitionReport,
+) {
+    let mut problem = scan.problem.clone();
+    let Some(footer) = scan.footer else {
+        r.problems
+            .push((scan.path, problem.unwrap_or_else(|| "no footer".into())));
+        return;
+    };
+    if problem.is_none() {
+        problem = if footer.topic != topic || footer.partition != partition {
+            Some(format!(
+                "footer names {}/{}, file is under {topic}/{partition}",
+                footer.topic, footer.partition
+            ))
+        } else if footer.prev_offset != cur.offset || footer.prev_chain_hash != cur.hash {
+            Some(format!(
+                "file does not continue the chain: it links to offset {}, the chain stands at offset {}",
+                footer.prev_offset, cur.offset
+            ))
+        } else if footer.first_leaf_index != tree.size() {
+            Some(format!(
+                "file starts at leaf {}, the log's tree holds {} leaves",
+                footer.first_leaf_index,
+                tree.size()
+            ))
+        } else {
+            None
+        };
+    }
+    if problem.is_none() {
+        for leaf in &scan.leaves {
+            tree.append(leaf);
+            if want.contains(&tree.size()) {
+                r.roots_at
+                    .insert(tree.size(), (tree.root(), ChainHead::default()));
+            }
+        }
+        for (size, chain) in &scan.chains_at {
+            if let Some(e) = r.roots_at.get_mut(size) {
+                e.1 = *chain;
+            }
+        }
+        if tree.size() != footer.tree_size
+            || tree.root() != footer.merkle_root
+            || *tree != footer.frontier
+        {
+            problem = Some(format!(
+                "Merkle tree after the file (size {}) differs from the footer's (size {})",
+                tree.size(),
+                footer.tree_size
+            ));
+        }
+    }
+    r.records += scan.leaves.len() as u64;
+    r.rows += scan.rows;
+    r.gaps.extend(scan.gaps);
+    if r.first_offset.is_none() {
+        r.first_offset = scan.first_offset;
+    }
+    r.last_offset = scan.last_offset.or(r.last_offset);
+    if let Some(p) = problem {
+        r.problems.push((scan.path, p));
+        // Go on from what the file claims, so that later files are still checked.
+        *cur = ChainHead {
+            offset: footer.last_offset,
+            hash: footer.last_chain_hash,
+        };
+        *tree = footer.frontier;
+        return;
+    }
+    *cur = ChainHead {
+        offset: footer.last_offset,
+        hash: footer.last_chain_hash,
+    };
+}
+
+impl FileScan {
+    fn failed(path: &Path, problem: String) -> FileScan {
+        FileScan {
+            path: path.to_path_buf(),
+            footer: None,
+            problem: Some(problem),
+            leaves: Vec::new(),
+            rows: 0,
+            gaps: Vec::new(),
+            first_offset: None,
+            last_offset: None,
+            chains_at: Vec::new(),
+        }
+    }
+}
+
+/// Re-hash one file's records and chain them from its footer's start.
+fn scan_file(path: &Path, topic: &str, partition: i32, want: &BTreeSet<u64>) -> FileScan {
+    let footer = match read_footer(path) {
+        Ok(f) => f,
+        Err(e) => return FileScan::failed(path, format!("unreadable footer: {e}")),
+    };
+    let mut scan = FileScan {
+        footer: Some(footer.clone()),
+        ..FileScan::failed(path, String::new())
+    };
+    scan.problem = match scan_rows(path, topic, partition, &footer, want, &mut scan) {
+        Ok(Ok(())) => None,
+        Ok(Err(problem)) => Some(problem),
+        Err(e) => Some(format!("unreadable: {e}")),
+    };
+    scan
+}
+
+fn scan_rows(
+    path: &Path,
+    topic: &str,
+    partition: i32,
+    footer: &Footer,
+    want: &BTreeSet<u64>,
+    scan: &mut FileScan,
 ) -> Result<Result<(), String>, StoreError> {
-    let footer = read_footer(path)?;
-    if footer.topic != topic || footer.partition != partition {
-        return Ok(Err(format!(
-            "footer names {}/{}, file is under {topic}/{partition}",
-            footer.topic, footer.partition
-        )));
-    }
-    if footer.prev_offset != cur.offset || footer.prev_chain_hash != cur.hash {
-        return Ok(Err(format!(
-            "file does not continue the chain: it links to offset {}, the chain stands at offset {}",
-            footer.prev_offset, cur.offset
-        )));
-    }
-    if footer.first_leaf_index != cur.tree.size() {
-        return Ok(Err(format!(
-            "file starts at leaf {}, the log's tree holds {} leaves",
-            footer.first_leaf_index,
-            cur.tree.size()
-        )));
-    }
     let file = File::open(path).map_err(StoreError::io(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), COLUMNS.iter().copied());
@@ -157,7 +318,13 @@ fn check_file(
         .with_projection(mask)
         .with_batch_size(8192)
         .build()?;
-    let (mut first, mut records) = (None, 0u64);
+    let mut cur = ChainHead {
+        offset: footer.prev_offset,
+        hash: footer.prev_chain_hash,
+    };
+    // The record whose further rows (record_index > 0) may follow.
+    let mut current: Option<(i64, Hash, Hash)> = None;
+    let mut first = None;
     for batch in reader {
         let b = batch.map_err(StoreError::Arrow)?;
         let col = |name: &str| {
@@ -178,19 +345,17 @@ fn check_file(
         let leaves: &FixedSizeBinaryArray = col("leaf_hash")?.as_fixed_size_binary();
         let chains: &FixedSizeBinaryArray = col("chain_hash")?.as_fixed_size_binary();
         for i in 0..b.num_rows() {
-            r.rows += 1;
+            scan.rows += 1;
             let offset = offsets.value(i);
-            let leaf: [u8; 32] = leaves
-                .value(i)
-                .try_into()
-                .map_err(|_| StoreError::corrupt(path, "leaf hash width"))?;
-            let chain: [u8; 32] = chains
-                .value(i)
-                .try_into()
-                .map_err(|_| StoreError::corrupt(path, "chain hash width"))?;
+            let (Ok(leaf), Ok(chain)) = (
+                <Hash>::try_from(leaves.value(i)),
+                <Hash>::try_from(chains.value(i)),
+            ) else {
+                return Ok(Err(format!("offset {offset}: hash width")));
+            };
             if idx.value(i) > 0 {
                 // A further event of the record on the previous row: same position, same hashes.
-                if cur.current != Some((offset, leaf, chain)) {
+                if current != Some((offset, leaf, chain)) {
                     return Ok(Err(format!(
                         "offset {offset}: row {} of a record does not match its first row",
                         idx.value(i)
@@ -232,28 +397,32 @@ fn check_file(
                     "offset {offset}: leaf hash does not match the stored bytes"
                 )));
             }
-            let expect = chain_hash(&cur.hash, cur.offset, offset, &leaf);
-            if expect != chain {
+            if chain_hash(&cur.hash, cur.offset, offset, &leaf) != chain {
                 return Ok(Err(format!("offset {offset}: chain hash does not match")));
             }
             if cur.offset != GENESIS_PREV_OFFSET && offset != cur.offset + 1 {
-                r.gaps.push((cur.offset, offset));
+                scan.gaps.push((cur.offset, offset));
             }
             first.get_or_insert((offset, chain));
-            r.first_offset.get_or_insert(offset);
-            r.last_offset = Some(offset);
-            cur.offset = offset;
-            cur.hash = chain;
-            cur.current = Some((offset, leaf, chain));
-            cur.tree.append(&leaf);
-            records += 1;
-            r.records += 1;
+            scan.first_offset.get_or_insert(offset);
+            scan.last_offset = Some(offset);
+            cur = ChainHead {
+                offset,
+                hash: chain,
+            };
+            current = Some((offset, leaf, chain));
+            scan.leaves.push(leaf);
+            let size = footer.first_leaf_index + scan.leaves.len() as u64;
+            if want.contains(&size) {
+                scan.chains_at.push((size, cur));
+            }
         }
     }
     match first {
         Some((o, h)) if o == footer.first_offset && h == footer.first_chain_hash => {}
         _ => return Ok(Err("first record differs from the footer".to_owned())),
     }
+    let records = scan.leaves.len() as u64;
     if cur.offset != footer.last_offset
         || cur.hash != footer.last_chain_hash
         || records != footer.records
@@ -261,16 +430,6 @@ fn check_file(
         return Ok(Err(format!(
             "file ends at offset {} after {records} records; its footer says offset {} after {}",
             cur.offset, footer.last_offset, footer.records
-        )));
-    }
-    if cur.tree.size() != footer.tree_size
-        || cur.tree.root() != footer.merkle_root
-        || cur.tree != footer.frontier
-    {
-        return Ok(Err(format!(
-            "Merkle tree after the file (size {}) differs from the footer's (size {})",
-            cur.tree.size(),
-            footer.tree_size
         )));
     }
     Ok(Ok(()))
