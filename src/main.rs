@@ -6,6 +6,7 @@ mod decode_cmd;
 mod produce_cmd;
 mod query_cmd;
 mod serve_cmd;
+mod verify_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,10 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Run SQL over the store (tables `events`, `rejected`, `stored`).
     Query(query_cmd::QueryArgs),
+    /// Verify a store offline: recompute every hash and Merkle root from the raw bytes, check
+    /// every signed checkpoint, compare with a trusted state and anchors. Exit 0 = valid,
+    /// 1 = tampering found, 2 = incomplete or unanchored.
+    Verify(verify_cmd::VerifyArgs),
     /// Send a file of records (one per line, or `--whole`) to a Kafka topic.
     Produce(produce_cmd::ProduceArgs),
     /// Print the canonical event schema, column by column.
@@ -83,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve_cmd::run(&mut cfg, args),
         Command::Query(args) => query_cmd::run(&cfg, args),
         Command::Produce(args) => produce_cmd::run(&cfg, args),
+        Command::Verify(args) => verify_cmd::run(&cfg, args),
         Command::Schema { json } => {
             if json {
                 let schema = vigil_schemas::canonical_schema();

@@ -143,6 +143,21 @@ impl Store {
         Ok(Store { root, opts })
     }
 
+    /// Open an existing store without creating or changing anything (for verification).
+    pub fn open_existing(data_dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root: PathBuf = data_dir.into();
+        if !root.is_dir() {
+            return Err(StoreError::io(&root)(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such store directory",
+            )));
+        }
+        Ok(Store {
+            root,
+            opts: WriteOptions::default(),
+        })
+    }
+
     /// Where all event files live (what SQL reads).
     pub fn events_dir(&self) -> PathBuf {
         self.root.join("events")

@@ -14,6 +14,7 @@
 //! either exists complete and durable or not at all; the store's own files say which offset
 //! each partition is at, so nothing is stored twice.
 
+pub mod audit;
 pub mod batch;
 pub mod chain;
 pub mod checkpoint;

@@ -207,10 +207,15 @@ fn join(
                 "footer names {}/{}, file is under {topic}/{partition}",
                 footer.topic, footer.partition
             ))
-        } else if footer.prev_offset != cur.offset || footer.prev_chain_hash != cur.hash {
+        } else if footer.prev_offset != cur.offset {
             Some(format!(
                 "file does not continue the chain: it links to offset {}, the chain stands at offset {}",
                 footer.prev_offset, cur.offset
+            ))
+        } else if footer.prev_chain_hash != cur.hash {
+            Some(format!(
+                "file does not continue the chain: it links to another chain hash at offset {}",
+                cur.offset
             ))
         } else if footer.first_leaf_index != tree.size() {
             Some(format!(

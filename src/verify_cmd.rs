@@ -1,0 +1,225 @@
+//! `vigil verify`: check a store offline — every leaf, chain hash and Merkle root recomputed
+//! from the raw bytes, every signed checkpoint against pinned keys and against the store, and
+//! the store against a trusted state and anchors. Exit 0 = valid, 1 = tampering found,
+//! 2 = incomplete or unanchored (never "valid" when it could not tell).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use vigil_store::audit::{AuditReport, Trusted, Verdict, audit, read_anchor_dir};
+use vigil_store::checkpoint::Registry;
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Store directory (overrides `store.data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Trusted state: pinned public keys and the checkpoints seen last time (JSON; written by
+    /// `--update-trusted`).
+    #[arg(long)]
+    trusted: Option<PathBuf>,
+    /// When nothing was found tampered, record the store's newest checkpoints in the trusted
+    /// file (and, if it does not exist yet, the store's public keys: trust on first use).
+    #[arg(long, requires = "trusted")]
+    update_trusted: bool,
+    /// Public keys to pin (a key registry: `<verifier key> <valid from ms> <valid until
+    /// ms|->` per line), e.g. a copy of `<data_dir>/keys/registry` taken when it was set up.
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// A directory of anchored checkpoints (a `checkpoint.mirror_dir`); repeatable.
+    #[arg(long)]
+    anchor_dir: Vec<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The trusted state file.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TrustedFile {
+    format: String,
+    /// A key registry.
+    keys: String,
+    /// Signed checkpoint notes, the newest per log.
+    checkpoints: Vec<String>,
+}
+
+const TRUSTED_FORMAT: &str = "vigil-trusted-v1";
+
+pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
+    let mut trusted = Trusted::default();
+    let existing = match &args.trusted {
+        Some(path) if path.exists() => Some(read_trusted(path)?),
+        Some(path) if !args.update_trusted => {
+            anyhow::bail!(
+                "no trusted state at {} (create it with --update-trusted)",
+                path.display()
+            )
+        }
+        _ => None,
+    };
+    if let Some(t) = &existing {
+        trusted.keys = Some(Registry::parse(&t.keys).context("trusted keys")?);
+        for (i, note) in t.checkpoints.iter().enumerate() {
+            trusted.checkpoints.push((
+                format!("trusted checkpoint #{}", i + 1),
+                note.clone().into_bytes(),
+            ));
+        }
+    }
+    if let Some(path) = &args.keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading keys {}", path.display()))?;
+        let mut keys = trusted.keys.take().unwrap_or_default();
+        keys.keys.extend(
+            Registry::parse(&text)
+                .with_context(|| format!("keys {}", path.display()))?
+                .keys,
+        );
+        trusted.keys = Some(keys);
+    }
+    for dir in &args.anchor_dir {
+        trusted.checkpoints.extend(
+            read_anchor_dir(dir).with_context(|| format!("anchor directory {}", dir.display()))?,
+        );
+    }
+
+    let start = Instant::now();
+    let report =
+        audit(&data_dir, &trusted).with_context(|| format!("verifying {}", data_dir.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    let verdict = report.verdict();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json_report(&report, secs))?
+        );
+    } else {
+        print_report(&data_dir, &report, secs);
+    }
+    if args.update_trusted
+        && let Some(path) = &args.trusted
+    {
+        if verdict == Verdict::Tampered {
+            eprintln!("vigil: the trusted state was not updated: tampering was found");
+        } else {
+            write_trusted(path, existing, &report)?;
+            eprintln!("vigil: trusted state updated: {}", path.display());
+        }
+    }
+    Ok(ExitCode::from(verdict.exit_code()))
+}
+
+fn read_trusted(path: &Path) -> anyhow::Result<TrustedFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading trusted state {}", path.display()))?;
+    let t: TrustedFile =
+        serde_json::from_str(&text).with_context(|| format!("trusted state {}", path.display()))?;
+    anyhow::ensure!(
+        t.format == TRUSTED_FORMAT,
+        "trusted state {}: format {:?}, expected {TRUSTED_FORMAT:?}",
+        path.display(),
+        t.format
+    );
+    Ok(t)
+}
+
+fn write_trusted(
+    path: &Path,
+    existing: Option<TrustedFile>,
+    report: &AuditReport,
+) -> anyhow::Result<()> {
+    let keys = match &existing {
+        Some(t) => t.keys.clone(),
+        None => report.keys.format(),
+    };
+    let checkpoints = report
+        .logs
+        .iter()
+        .filter_map(|l| l.newest_note.as_ref())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    let t = TrustedFile {
+        format: TRUSTED_FORMAT.to_owned(),
+        keys,
+        checkpoints,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&t)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+fn hex(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn print_report(data_dir: &Path, r: &AuditReport, secs: f64) {
+    println!("vigil verify {}", data_dir.display());
+    for l in &r.logs {
+        println!(
+            "  {}/{}: {} files, {} records, tree {} root {}…, {} checkpoints (newest {}), anchored at {}",
+            l.topic,
+            l.partition,
+            l.files,
+            l.records,
+            l.tree_size,
+            &hex(&l.root)[..16],
+            l.checkpoints,
+            l.newest_checkpoint.map_or("none".into(), |s| s.to_string()),
+            l.anchored.map_or("none".into(), |s| s.to_string()),
+        );
+    }
+    for f in &r.findings {
+        println!(
+            "  {:<10} {}: {}",
+            f.verdict.as_str().to_uppercase(),
+            f.place,
+            f.what
+        );
+    }
+    let records = r.records();
+    println!(
+        "{}: {} records ({} events) in {} logs checked in {:.2} s ({:.0} records/s)",
+        r.verdict().as_str().to_uppercase(),
+        records,
+        r.rows(),
+        r.logs.len(),
+        secs,
+        records as f64 / secs.max(1e-9)
+    );
+}
+
+fn json_report(r: &AuditReport, secs: f64) -> serde_json::Value {
+    serde_json::json!({
+        "verdict": r.verdict().as_str(),
+        "records": r.records(),
+        "events": r.rows(),
+        "seconds": secs,
+        "logs": r.logs.iter().map(|l| serde_json::json!({
+            "topic": l.topic,
+            "partition": l.partition,
+            "origin": l.origin,
+            "files": l.files,
+            "records": l.records,
+            "tree_size": l.tree_size,
+            "root": hex(&l.root),
+            "checkpoints": l.checkpoints,
+            "newest_checkpoint": l.newest_checkpoint,
+            "anchored": l.anchored,
+        })).collect::<Vec<_>>(),
+        "findings": r.findings.iter().map(|f| serde_json::json!({
+            "verdict": f.verdict.as_str(),
+            "place": f.place,
+            "what": f.what,
+        })).collect::<Vec<_>>(),
+    })
+}

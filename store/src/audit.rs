@@ -1,0 +1,420 @@
+//! The full verification behind `vigil verify`: every leaf, chain hash and Merkle root
+//! recomputed from the raw bytes ([`crate::verify`]), every signed checkpoint checked against
+//! trusted keys and against the rebuilt trees, successive checkpoints linked, and the store
+//! compared with what is known outside it (a trusted state, anchors) so that deleting its
+//! newest files or rolling it back to an older copy is caught.
+//!
+//! The verdict never says "valid" when it could not tell: keys taken from the store itself
+//! (not pinned by the verifier) or a log nothing outside the store vouches for make it
+//! [`Verdict::Incomplete`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{
+    CHECKPOINTS_DIR, Checkpoint, Checkpointer, KEYS_DIR, NoteVerdict, REGISTRY_FILE, Registry,
+    list_notes, note_hash, origin, verify_note,
+};
+use crate::error::StoreError;
+use crate::files::Store;
+use crate::merkle::Hash;
+use crate::verify::check_partition;
+
+/// The outcome, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Everything checked and nothing wrong.
+    Valid,
+    /// Something could not be checked (keys not pinned, a log not anchored, records not yet
+    /// signed): not proven valid.
+    Incomplete,
+    /// Something is wrong: edited, deleted, reordered, forged or rolled back.
+    Tampered,
+}
+
+impl Verdict {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Valid => 0,
+            Verdict::Tampered => 1,
+            Verdict::Incomplete => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Incomplete => "incomplete",
+            Verdict::Tampered => "tampered",
+        }
+    }
+}
+
+/// One thing found: how bad, where, what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub verdict: Verdict,
+    /// A file, a checkpoint, a log (`topic/partition`) or `keys`.
+    pub place: String,
+    pub what: String,
+}
+
+/// What the verifier trusts, from outside the store.
+#[derive(Clone, Debug, Default)]
+pub struct Trusted {
+    /// Pinned public keys; `None`: the store's own registry is used (and the verdict can be no
+    /// better than incomplete).
+    pub keys: Option<Registry>,
+    /// Checkpoints seen before (a trusted state file) or published outside the store (anchors).
+    pub checkpoints: Vec<(String, Vec<u8>)>,
+}
+
+/// One partition log's summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSummary {
+    pub topic: String,
+    pub partition: i32,
+    pub origin: String,
+    pub files: usize,
+    pub records: u64,
+    pub rows: u64,
+    pub tree_size: u64,
+    pub root: Hash,
+    pub checkpoints: usize,
+    pub newest_checkpoint: Option<u64>,
+    /// The largest tree size vouched for outside the store.
+    pub anchored: Option<u64>,
+    /// The newest valid checkpoint in the store (for a trusted state update).
+    pub newest_note: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditReport {
+    pub logs: Vec<LogSummary>,
+    pub findings: Vec<Finding>,
+    /// The keys the checkpoints were checked with.
+    pub keys: Registry,
+}
+
+impl AuditReport {
+    pub fn verdict(&self) -> Verdict {
+        self.findings
+            .iter()
+            .map(|f| f.verdict)
+            .max()
+            .unwrap_or(Verdict::Valid)
+    }
+
+    pub fn records(&self) -> u64 {
+        self.logs.iter().map(|l| l.records).sum()
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.logs.iter().map(|l| l.rows).sum()
+    }
+
+    fn find(&mut self, verdict: Verdict, place: impl Into<String>, what: impl Into<String>) {
+        self.findings.push(Finding {
+            verdict,
+            place: place.into(),
+            what: what.into(),
+        });
+    }
+}
+
+/// A valid checkpoint and where it came from.
+struct Seen {
+    cp: Checkpoint,
+    source: String,
+}
+
+/// Verify the store under `data_dir` against what is trusted.
+pub fn audit(data_dir: &Path, trusted: &Trusted) -> Result<AuditReport, StoreError> {
+    let store = Store::open_existing(data_dir)?;
+    let mut report = AuditReport::default();
+
+    // Keys: pinned by the verifier, or (not proof of anything) the store's own.
+    let keys = match &trusted.keys {
+        Some(k) => k.clone(),
+        None => {
+            let path = data_dir.join(KEYS_DIR).join(REGISTRY_FILE);
+            report.find(
+                Verdict::Incomplete,
+                "keys",
+                "public keys not pinned: checked with the store's own registry, which whoever \
+                 controls the store can replace (pass --trusted)",
+            );
+            match fs::read_to_string(&path) {
+                Ok(t) => Registry::parse(&t).unwrap_or_else(|e| {
+                    report.find(Verdict::Tampered, path.display().to_string(), e.to_string());
+                    Registry::default()
+                }),
+                Err(e) => {
+                    report.find(
+                        Verdict::Incomplete,
+                        path.display().to_string(),
+                        format!("no key registry: {e}"),
+                    );
+                    Registry::default()
+                }
+            }
+        }
+    };
+    report.keys = keys.clone();
+    let name = keys.name().unwrap_or_default().to_owned();
+
+    // Checkpoints from outside the store, by origin.
+    let mut outside: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
+    for (source, note) in &trusted.checkpoints {
+        match verify_note(note, &keys) {
+            NoteVerdict::Valid(cp) => outside.entry(cp.origin.clone()).or_default().push(Seen {
+                cp,
+                source: source.clone(),
+            }),
+            bad => report.find(Verdict::Tampered, source.clone(), describe(&bad)),
+        }
+    }
+
+    // Every log: those with files, those with checkpoints, those known from outside.
+    let cp_root = data_dir.join(CHECKPOINTS_DIR);
+    let mut logs: BTreeSet<(String, i32)> = store.partitions()?.into_iter().collect();
+    logs.extend(checkpoint_logs(&cp_root)?);
+    let known: BTreeMap<String, (String, i32)> = logs
+        .iter()
+        .map(|(t, p)| (origin(&name, t, *p), (t.clone(), *p)))
+        .collect();
+    for o in outside.keys() {
+        if !known.contains_key(o) {
+            match parse_origin(&name, o) {
+                Some(log) => {
+                    logs.insert(log);
+                }
+                None => report.find(
+                    Verdict::Tampered,
+                    o.clone(),
+                    "a trusted checkpoint names a log of another store or name",
+                ),
+            }
+        }
+    }
+
+    for (topic, partition) in logs {
+        let log_origin = origin(&name, &topic, partition);
+        let place = format!("{topic}/{partition}");
+        // The store's own checkpoints of this log.
+        let mut stored: Vec<(Seen, Vec<u8>, PathBuf)> = Vec::new();
+        let dir = Checkpointer::log_dir(&cp_root, &topic, partition)?;
+        for (size, path) in list_notes(&dir)? {
+            let note = fs::read(&path).map_err(StoreError::io(&path))?;
+            match verify_note(&note, &keys) {
+                NoteVerdict::Valid(cp) if cp.origin != log_origin => report.find(
+                    Verdict::Tampered,
+                    path.display().to_string(),
+                    format!("checkpoint of log {}, stored under {place}", cp.origin),
+                ),
+                NoteVerdict::Valid(cp) if cp.size != size => report.find(
+                    Verdict::Tampered,
+                    path.display().to_string(),
+                    format!("checkpoint of tree size {}, stored as size {size}", cp.size),
+                ),
+                NoteVerdict::Valid(cp) => stored.push((
+                    Seen {
+                        cp,
+                        source: path.display().to_string(),
+                    },
+                    note,
+                    path,
+                )),
+                bad => report.find(
+                    Verdict::Tampered,
+                    path.display().to_string(),
+                    describe(&bad),
+                ),
+            }
+        }
+        let from_outside = outside.remove(&log_origin).unwrap_or_default();
+        let want: BTreeSet<u64> = stored
+            .iter()
+            .map(|(s, _, _)| s.cp.size)
+            .chain(from_outside.iter().map(|s| s.cp.size))
+            .collect();
+        let check = check_partition(&store, &topic, partition, &want)?;
+        for (path, what) in &check.problems {
+            report.find(Verdict::Tampered, path.display().to_string(), what.clone());
+        }
+
+        // Every checkpoint, wherever it came from, must describe this store's tree.
+        let all = stored.iter().map(|(s, _, _)| s).chain(from_outside.iter());
+        let mut by_size: BTreeMap<u64, &Seen> = BTreeMap::new();
+        for seen in all {
+            let cp = &seen.cp;
+            if let Some(other) = by_size.get(&cp.size)
+                && other.cp.root != cp.root
+            {
+                report.find(
+                    Verdict::Tampered,
+                    place.clone(),
+                    format!(
+                        "fork: two checkpoints of tree size {} with different roots ({} and {})",
+                        cp.size, other.source, seen.source
+                    ),
+                );
+            }
+            by_size.entry(cp.size).or_insert(seen);
+            if cp.size > check.tree_size {
+                report.find(
+                    Verdict::Tampered,
+                    seen.source.clone(),
+                    format!(
+                        "checkpoint covers {} records of {place}, the store holds {}: its newest \
+                         records were deleted or it was rolled back",
+                        cp.size, check.tree_size
+                    ),
+                );
+                continue;
+            }
+            match check.roots_at.get(&cp.size) {
+                Some((root, chain)) if *root == cp.root && *chain == cp.chain => {}
+                Some(_) => report.find(
+                    Verdict::Tampered,
+                    seen.source.clone(),
+                    format!(
+                        "the store's tree of size {} differs from this checkpoint's (root or chain head)",
+                        cp.size
+                    ),
+                ),
+                None if check.problems.is_empty() => report.find(
+                    Verdict::Tampered,
+                    seen.source.clone(),
+                    format!("tree size {} was never reached by the store", cp.size),
+                ),
+                // The damaged file is already reported.
+                None => {}
+            }
+        }
+
+        // The store's checkpoints form one chain, each linking to the one before.
+        stored.sort_by_key(|(s, _, _)| s.cp.size);
+        let mut prev: Option<Hash> = None;
+        for (seen, note, path) in &stored {
+            if seen.cp.prev != prev {
+                report.find(
+                    Verdict::Tampered,
+                    path.display().to_string(),
+                    "does not link to the previous checkpoint (one was removed, replaced or inserted)",
+                );
+            }
+            prev = Some(note_hash(note));
+        }
+        let stored_sizes: BTreeSet<u64> = stored.iter().map(|(s, _, _)| s.cp.size).collect();
+        for seen in &from_outside {
+            if !stored_sizes.contains(&seen.cp.size) && seen.cp.size <= check.tree_size {
+                report.find(
+                    Verdict::Tampered,
+                    seen.source.clone(),
+                    format!(
+                        "the store has no checkpoint of size {} for {place}: it was removed",
+                        seen.cp.size
+                    ),
+                );
+            }
+        }
+        let newest = stored.last().map(|(s, _, _)| s.cp.size);
+        if check.tree_size > newest.unwrap_or(0) {
+            report.find(
+                Verdict::Incomplete,
+                place.clone(),
+                format!(
+                    "{} records after the newest checkpoint (size {}) are not signed yet",
+                    check.tree_size - newest.unwrap_or(0),
+                    newest.unwrap_or(0)
+                ),
+            );
+        }
+        let anchored = from_outside.iter().map(|s| s.cp.size).max();
+        if anchored.is_none() && check.tree_size > 0 {
+            report.find(
+                Verdict::Incomplete,
+                place.clone(),
+                "unanchored: nothing outside the store vouches for this log, so deleting its \
+                 newest files with their checkpoints could not be seen (pass --trusted or \
+                 --anchor-dir)",
+            );
+        }
+        report.logs.push(LogSummary {
+            topic,
+            partition,
+            origin: log_origin,
+            files: check.files,
+            records: check.records,
+            rows: check.rows,
+            tree_size: check.tree_size,
+            root: check.merkle_root,
+            checkpoints: stored.len(),
+            newest_checkpoint: newest,
+            anchored,
+            newest_note: stored.last().map(|(_, n, _)| n.clone()),
+        });
+    }
+    Ok(report)
+}
+
+fn describe(v: &NoteVerdict) -> String {
+    match v {
+        NoteVerdict::Valid(_) => "valid".into(),
+        NoteVerdict::Malformed(w) => format!("malformed checkpoint: {w}"),
+        NoteVerdict::BadSignature(w) => format!("bad signature: {w}"),
+        NoteVerdict::Untrusted(w) => format!("not signed by a trusted key: {w}"),
+    }
+}
+
+/// `<name>/<topic>/<partition>` back into its log.
+fn parse_origin(name: &str, origin: &str) -> Option<(String, i32)> {
+    let rest = origin.strip_prefix(name)?.strip_prefix('/')?;
+    let (topic, partition) = rest.rsplit_once('/')?;
+    Some((topic.to_owned(), partition.parse().ok()?))
+}
+
+/// Logs that have a checkpoint directory.
+fn checkpoint_logs(root: &Path) -> Result<Vec<(String, i32)>, StoreError> {
+    let mut out = Vec::new();
+    let topics = match fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(StoreError::io(root)(e)),
+    };
+    for t in topics {
+        let t = t.map_err(StoreError::io(root))?;
+        let tname = t.file_name().to_string_lossy().into_owned();
+        let Some(topic) = tname.strip_prefix("topic=") else {
+            continue;
+        };
+        for p in fs::read_dir(t.path()).map_err(StoreError::io(t.path()))? {
+            let p = p.map_err(StoreError::io(t.path()))?;
+            let pname = p.file_name().to_string_lossy().into_owned();
+            if let Some(n) = pname
+                .strip_prefix("partition=")
+                .and_then(|n| n.parse().ok())
+            {
+                out.push((topic.to_owned(), n));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Read every checkpoint note under an anchor directory (a `checkpoint.mirror_dir`).
+pub fn read_anchor_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
+    for (topic, partition) in checkpoint_logs(dir)? {
+        let log = Checkpointer::log_dir(dir, &topic, partition)?;
+        for (_, path) in list_notes(&log)? {
+            out.push((
+                path.display().to_string(),
+                fs::read(&path).map_err(StoreError::io(&path))?,
+            ));
+        }
+    }
+    Ok(out)
+}
