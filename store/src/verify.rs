@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Condvar, Mutex};
 
 use arrow::array::{
     Array, AsArray, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray,
@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use crate::batch::ChainHead;
 use crate::chain::{GENESIS_PREV_OFFSET, RecordRef, chain_hash, leaf_hash};
 use crate::error::StoreError;
-use crate::files::{FileEntry, Footer, Store, read_footer};
+use crate::files::{Footer, Store, read_footer};
 use crate::merkle::{Frontier, Hash};
 
 /// What the check found in one partition log.
@@ -136,13 +136,46 @@ pub fn check_partition(
     r.files = files.len();
     let mut cur = ChainHead::default();
     let mut tree = Frontier::default();
-    let n = threads();
-    for group in files.chunks(window(n)) {
-        let scans = scan_parallel(group, topic, partition, want, n);
-        for scan in scans {
-            join(scan, topic, partition, want, &mut cur, &mut tree, &mut r);
+    // Files are scanned by worker threads at most `window` ahead of the file being joined,
+    // and joined in order on this thread as they arrive.
+    let (threads, window) = (threads(), window(threads()));
+    let next = AtomicUsize::new(0);
+    let gate = (Mutex::new(0usize), Condvar::new());
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, FileScan)>();
+        for _ in 0..threads.min(files.len()) {
+            let (tx, next, gate, files) = (tx.clone(), &next, &gate, &files);
+            s.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                    let Some(f) = files.get(i) else { break };
+                    let mut joined = gate.0.lock().unwrap_or_else(|p| p.into_inner());
+                    while i >= *joined + window {
+                        joined = gate.1.wait(joined).unwrap_or_else(|p| p.into_inner());
+                    }
+                    drop(joined);
+                    if tx
+                        .send((i, scan_file(&f.path, topic, partition, want)))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
         }
-    }
+        drop(tx);
+        let mut arrived = BTreeMap::new();
+        let mut joined = 0;
+        for (i, scan) in rx {
+            arrived.insert(i, scan);
+            while let Some(scan) = arrived.remove(&joined) {
+                join(scan, topic, partition, want, &mut cur, &mut tree, &mut r);
+                joined += 1;
+                *gate.0.lock().unwrap_or_else(|p| p.into_inner()) = joined;
+                gate.1.notify_all();
+            }
+        }
+    });
     r.tree_size = tree.size();
     r.merkle_root = tree.root();
     r.problem = r
@@ -150,38 +183,6 @@ pub fn check_partition(
         .first()
         .map(|(path, what)| format!("{}: {what}", path.display()));
     Ok(r)
-}
-
-fn scan_parallel(
-    files: &[FileEntry],
-    topic: &str,
-    partition: i32,
-    want: &BTreeSet<u64>,
-    threads: usize,
-) -> Vec<FileScan> {
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<FileScan>>> = files.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(files.len()) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, AtomicOrdering::Relaxed);
-                    let Some(f) = files.get(i) else { break };
-                    let scan = scan_file(&f.path, topic, partition, want);
-                    *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(scan);
-                }
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .zip(files)
-        .map(|(slot, f)| {
-            slot.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| FileScan::failed(&f.path, "not scanned".into()))
-        })
-        .collect()
 }
 
 /// Join a scanned file to the log: it must continue the chain and the tree where the previous
@@ -349,6 +350,11 @@ fn scan_rows(
         let prevs: &Int64Array = col("chain_prev_offset")?.as_primitive::<Int64Type>();
         let leaves: &FixedSizeBinaryArray = col("leaf_hash")?.as_fixed_size_binary();
         let chains: &FixedSizeBinaryArray = col("chain_hash")?.as_fixed_size_binary();
+        let header_offsets = headers.value_offsets();
+        let (header_keys, header_values) = header_columns(headers).ok_or_else(|| {
+            StoreError::corrupt(path, "kafka_headers is not a list of (key, value)")
+        })?;
+        let mut hs: Vec<(&str, Option<&[u8]>)> = Vec::new();
         for i in 0..b.num_rows() {
             scan.rows += 1;
             let offset = offsets.value(i);
@@ -378,9 +384,15 @@ fn scan_rows(
                     cur.offset
                 )));
             }
-            let hs = header_pairs(headers, i);
-            let hs_ref: Vec<(&str, Option<&[u8]>)> =
-                hs.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+            hs.clear();
+            if headers.is_valid(i) {
+                for j in header_offsets[i] as usize..header_offsets[i + 1] as usize {
+                    hs.push((
+                        header_keys.value(j),
+                        header_values.is_valid(j).then(|| header_values.value(j)),
+                    ));
+                }
+            }
             let value = if tomb.value(i) {
                 None
             } else if values.is_valid(i) {
@@ -395,7 +407,7 @@ fn scan_rows(
                 timestamp_ms: ts.is_valid(i).then(|| ts.value(i)),
                 key: keys.is_valid(i).then(|| keys.value(i)),
                 value,
-                headers: &hs_ref,
+                headers: &hs,
             };
             if leaf_hash(&rec) != leaf {
                 return Ok(Err(format!(
@@ -440,24 +452,11 @@ fn scan_rows(
     Ok(Ok(()))
 }
 
-/// One row's headers, copied out (the list value is a temporary array).
-fn header_pairs(headers: &ListArray, i: usize) -> Vec<(String, Option<Vec<u8>>)> {
-    let list = headers.value(i);
-    let Some(s) = list.as_any().downcast_ref::<StructArray>() else {
-        return Vec::new();
-    };
-    let (Some(k), Some(v)) = (
-        s.column(0).as_string_opt::<i32>(),
-        s.column(1).as_binary_opt::<i32>(),
-    ) else {
-        return Vec::new();
-    };
-    (0..s.len())
-        .map(|j| {
-            (
-                k.value(j).to_owned(),
-                v.is_valid(j).then(|| v.value(j).to_vec()),
-            )
-        })
-        .collect()
+/// The key and value columns of the headers' entries.
+fn header_columns(headers: &ListArray) -> Option<(&StringArray, &BinaryArray)> {
+    let s = headers.values().as_any().downcast_ref::<StructArray>()?;
+    Some((
+        s.column(0).as_string_opt::<i32>()?,
+        s.column(1).as_binary_opt::<i32>()?,
+    ))
 }
