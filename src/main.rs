@@ -4,6 +4,7 @@
 mod config;
 mod decode_cmd;
 mod produce_cmd;
+mod proof_cmd;
 mod query_cmd;
 mod serve_cmd;
 mod verify_cmd;
@@ -51,6 +52,13 @@ enum Command {
     /// every signed checkpoint, compare with a trusted state and anchors. Exit 0 = valid,
     /// 1 = tampering found, 2 = incomplete or unanchored.
     Verify(verify_cmd::VerifyArgs),
+    /// Write a proof bundle: one event's inclusion in its signed log (`--event ID`, or `--log
+    /// T/P --index I|--offset O`), or a log's consistency between two signed sizes (`--log
+    /// T/P --from N [--to M]`).
+    Proof(proof_cmd::ProofArgs),
+    /// Check a proof bundle with nothing but the signer's public key. Exit 0 = valid,
+    /// 1 = invalid.
+    VerifyProof(proof_cmd::VerifyProofArgs),
     /// Send a file of records (one per line, or `--whole`) to a Kafka topic.
     Produce(produce_cmd::ProduceArgs),
     /// Print the canonical event schema, column by column.
@@ -89,6 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query_cmd::run(&cfg, args),
         Command::Produce(args) => produce_cmd::run(&cfg, args),
         Command::Verify(args) => verify_cmd::run(&cfg, args),
+        Command::Proof(args) => proof_cmd::run_proof(&cfg, args),
+        Command::VerifyProof(args) => proof_cmd::run_verify_proof(args),
         Command::Schema { json } => {
             if json {
                 let schema = vigil_schemas::canonical_schema();

@@ -801,3 +801,184 @@ fn t21_an_old_key_used_after_its_range() {
     std::fs::write(&n, ring.sign(&cp).unwrap()).unwrap();
     assert_tampered(&c.verify(&[]), &name(&n), "outside its validity range");
 }
+
+// ---------------------------------------------------------------------------------------
+// Proofs
+
+fn vigil(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Write `bundle` to a file and check it with the pinned keys.
+fn check_bundle(c: &Case, bundle: &Value) -> (i32, String) {
+    let path = c.root.join(format!(
+        "bundle-{}.json",
+        rand_core::RngCore::next_u32(&mut rand_core::OsRng)
+    ));
+    std::fs::write(&path, serde_json::to_string(bundle).unwrap()).unwrap();
+    let keys = c.root.join("keys");
+    vigil(&[
+        "verify-proof",
+        path.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+    ])
+}
+
+fn proof(c: &Case, args: &[&str]) -> Value {
+    let store = c.store();
+    let mut all = vec!["proof", "--data-dir", store.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (code, out) = vigil(&all);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn t16_an_event_is_proven_with_the_public_key_alone_and_every_mutation_fails() {
+    let c = Case::new();
+    let by_event = proof(&c, &["--event", "id-000007"]);
+    assert_eq!(by_event["record"]["partition"], 1);
+    let (code, out) = check_bundle(&c, &by_event);
+    assert_eq!(code, 0, "{out}");
+    // With the bare public key of the signer (no registry ranges) as well.
+    let keys = Registry::parse(&std::fs::read_to_string(c.root.join("keys")).unwrap()).unwrap();
+    let path = c.root.join("event.json");
+    std::fs::write(&path, serde_json::to_string(&by_event).unwrap()).unwrap();
+    let vkey = &keys.keys[1].vkey;
+    let (code, out) = vigil(&["verify-proof", path.to_str().unwrap(), "--public-key", vkey]);
+    assert_eq!(code, 0, "{out}");
+
+    let good = proof(&c, &["--log", "audit/0", "--index", "9"]);
+    assert_eq!(check_bundle(&c, &good).0, 0);
+    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            "flipped hash",
+            Box::new(|b: &mut Value| {
+                let h = b["proof"][0].as_str().unwrap().to_owned();
+                let flipped = if h.starts_with('0') {
+                    format!("1{}", &h[1..])
+                } else {
+                    format!("0{}", &h[1..])
+                };
+                b["proof"][0] = flipped.into();
+            }),
+        ),
+        (
+            "extra hash",
+            Box::new(|b: &mut Value| {
+                let h = b["proof"][0].clone();
+                b["proof"].as_array_mut().unwrap().push(h);
+            }),
+        ),
+        (
+            "missing hash",
+            Box::new(|b: &mut Value| {
+                b["proof"].as_array_mut().unwrap().pop();
+            }),
+        ),
+        (
+            "index + 1",
+            Box::new(|b: &mut Value| {
+                b["leaf_index"] = (b["leaf_index"].as_u64().unwrap() + 1).into();
+            }),
+        ),
+        (
+            "index - 1",
+            Box::new(|b: &mut Value| {
+                b["leaf_index"] = (b["leaf_index"].as_u64().unwrap() - 1).into();
+            }),
+        ),
+        (
+            "wrong size",
+            Box::new(|b: &mut Value| {
+                let note = b["checkpoint"].as_str().unwrap().to_owned();
+                let mut lines: Vec<String> = note.split('\n').map(str::to_owned).collect();
+                lines[1] = (lines[1].parse::<u64>().unwrap() + 1).to_string();
+                b["checkpoint"] = lines.join("\n").into();
+            }),
+        ),
+        (
+            "record edited",
+            Box::new(|b: &mut Value| {
+                b["record"]["offset"] = (b["record"]["offset"].as_i64().unwrap() + 1).into();
+            }),
+        ),
+        (
+            "another log",
+            Box::new(|b: &mut Value| {
+                b["record"]["partition"] = 2.into();
+            }),
+        ),
+    ];
+    for (what, m) in mutations {
+        let mut b = good.clone();
+        m(&mut b);
+        let (code, out) = check_bundle(&c, &b);
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains("INVALID"), "{what}: {out}");
+    }
+}
+
+#[test]
+fn t17_consistency_between_two_signed_sizes_and_its_mutations() {
+    let c = Case::new();
+    let good = proof(&c, &["--log", "audit/1", "--from", "25"]);
+    let (code, out) = check_bundle(&c, &good);
+    assert_eq!(code, 0, "{out}");
+    assert!(!good["proof"].as_array().unwrap().is_empty());
+    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            "flipped hash",
+            Box::new(|b: &mut Value| {
+                let h = b["proof"][0].as_str().unwrap().to_owned();
+                let flipped = if h.starts_with('0') {
+                    format!("1{}", &h[1..])
+                } else {
+                    format!("0{}", &h[1..])
+                };
+                b["proof"][0] = flipped.into();
+            }),
+        ),
+        (
+            "missing hash",
+            Box::new(|b: &mut Value| {
+                b["proof"].as_array_mut().unwrap().pop();
+            }),
+        ),
+        (
+            "extra hash",
+            Box::new(|b: &mut Value| {
+                let h = b["proof"][0].clone();
+                b["proof"].as_array_mut().unwrap().push(h);
+            }),
+        ),
+        (
+            "swapped checkpoints",
+            Box::new(|b: &mut Value| {
+                let old = b["old_checkpoint"].clone();
+                b["old_checkpoint"] = b["new_checkpoint"].clone();
+                b["new_checkpoint"] = old;
+            }),
+        ),
+    ];
+    for (what, m) in mutations {
+        let mut b = good.clone();
+        m(&mut b);
+        let (code, out) = check_bundle(&c, &b);
+        assert_eq!(code, 1, "{what}: {out}");
+    }
+    // A checkpoint of another log is refused.
+    let other = proof(&c, &["--log", "audit/2", "--from", "25"]);
+    let mut b = good.clone();
+    b["new_checkpoint"] = other["new_checkpoint"].clone();
+    assert_eq!(check_bundle(&c, &b).0, 1);
+}

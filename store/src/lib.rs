@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod files;
 pub mod merkle;
+pub mod proof;
 pub mod schema;
 pub mod verify;
 
