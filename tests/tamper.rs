@@ -805,6 +805,15 @@ fn t21_an_old_key_used_after_its_range() {
 // ---------------------------------------------------------------------------------------
 // Proofs
 
+type Mutation = Box<dyn Fn(&mut Value)>;
+
+/// The first hash of a bundle's proof with its first hex digit changed.
+fn flip_first(b: &mut Value) {
+    let h = b["proof"][0].as_str().unwrap().to_owned();
+    let digit = if h.starts_with('0') { '1' } else { '0' };
+    b["proof"][0] = format!("{digit}{}", &h[1..]).into();
+}
+
 fn vigil(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
@@ -859,19 +868,8 @@ fn t16_an_event_is_proven_with_the_public_key_alone_and_every_mutation_fails() {
 
     let good = proof(&c, &["--log", "audit/0", "--index", "9"]);
     assert_eq!(check_bundle(&c, &good).0, 0);
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        (
-            "flipped hash",
-            Box::new(|b: &mut Value| {
-                let h = b["proof"][0].as_str().unwrap().to_owned();
-                let flipped = if h.starts_with('0') {
-                    format!("1{}", &h[1..])
-                } else {
-                    format!("0{}", &h[1..])
-                };
-                b["proof"][0] = flipped.into();
-            }),
-        ),
+    let mutations: Vec<(&str, Mutation)> = vec![
+        ("flipped hash", Box::new(flip_first)),
         (
             "extra hash",
             Box::new(|b: &mut Value| {
@@ -935,19 +933,8 @@ fn t17_consistency_between_two_signed_sizes_and_its_mutations() {
     let (code, out) = check_bundle(&c, &good);
     assert_eq!(code, 0, "{out}");
     assert!(!good["proof"].as_array().unwrap().is_empty());
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        (
-            "flipped hash",
-            Box::new(|b: &mut Value| {
-                let h = b["proof"][0].as_str().unwrap().to_owned();
-                let flipped = if h.starts_with('0') {
-                    format!("1{}", &h[1..])
-                } else {
-                    format!("0{}", &h[1..])
-                };
-                b["proof"][0] = flipped.into();
-            }),
-        ),
+    let mutations: Vec<(&str, Mutation)> = vec![
+        ("flipped hash", Box::new(flip_first)),
         (
             "missing hash",
             Box::new(|b: &mut Value| {
