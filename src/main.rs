@@ -3,6 +3,7 @@
 
 mod config;
 mod decode_cmd;
+mod keys_cmd;
 mod produce_cmd;
 mod proof_cmd;
 mod query_cmd;
@@ -52,6 +53,8 @@ enum Command {
     /// every signed checkpoint, compare with a trusted state and anchors. Exit 0 = valid,
     /// 1 = tampering found, 2 = incomplete or unanchored.
     Verify(verify_cmd::VerifyArgs),
+    /// Show or rotate the checkpoint signing keys.
+    Keys(keys_cmd::KeysArgs),
     /// Write a proof bundle: one event's inclusion in its signed log (`--event ID`, or `--log
     /// T/P --index I|--offset O`), or a log's consistency between two signed sizes (`--log
     /// T/P --from N [--to M]`).
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Produce(args) => produce_cmd::run(&cfg, args),
         Command::Verify(args) => verify_cmd::run(&cfg, args),
         Command::Proof(args) => proof_cmd::run_proof(&cfg, args),
+        Command::Keys(args) => keys_cmd::run(&cfg, args),
         Command::VerifyProof(args) => proof_cmd::run_verify_proof(args),
         Command::Schema { json } => {
             if json {

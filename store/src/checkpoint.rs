@@ -326,7 +326,14 @@ impl KeyRing {
     /// (added to the registry, valid from now, if it is not there yet).
     pub fn open(data_dir: &Path, configured: Option<&Path>) -> Result<KeyRing, StoreError> {
         let dir = data_dir.join(KEYS_DIR);
-        fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(StoreError::io(&dir))?;
+        }
         let reg_path = dir.join(REGISTRY_FILE);
         let mut registry = match fs::read_to_string(&reg_path) {
             Ok(t) => {
