@@ -1,6 +1,7 @@
 //! `vigil`: the one entry point. Parses arguments and configuration, sets up logging, and
 //! hands off to the stage crates; it owns no pipeline logic of its own.
 
+mod compact_cmd;
 mod config;
 mod decode_cmd;
 mod keys_cmd;
@@ -53,6 +54,9 @@ enum Command {
     /// every signed checkpoint, compare with a trusted state and anchors. Exit 0 = valid,
     /// 1 = tampering found, 2 = incomplete or unanchored.
     Verify(verify_cmd::VerifyArgs),
+    /// Rewrite each partition log's small files into larger ones (same rows and hashes; still
+    /// verifies). Run while `vigil serve` is stopped.
+    Compact(compact_cmd::CompactArgs),
     /// Show or rotate the checkpoint signing keys.
     Keys(keys_cmd::KeysArgs),
     /// Write a proof bundle: one event's inclusion in its signed log (`--event ID`, or `--log
@@ -102,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify_cmd::run(&cfg, args),
         Command::Proof(args) => proof_cmd::run_proof(&cfg, args),
         Command::Keys(args) => keys_cmd::run(&cfg, args),
+        Command::Compact(args) => compact_cmd::run(&cfg, args),
         Command::VerifyProof(args) => proof_cmd::run_verify_proof(args),
         Command::Schema { json } => {
             if json {

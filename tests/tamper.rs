@@ -969,3 +969,48 @@ fn t17_consistency_between_two_signed_sizes_and_its_mutations() {
     b["new_checkpoint"] = other["new_checkpoint"].clone();
     assert_eq!(check_bundle(&c, &b).0, 1);
 }
+
+#[test]
+fn t22_a_legitimate_compaction_verifies_even_when_interrupted() {
+    let c = Case::new();
+    let store = c.store();
+    let before = c.files(0).len();
+    assert!(before > 3);
+    // An interrupted compaction: the compacted file is written, the old ones not yet removed.
+    let saved = c.root.join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    let old: Vec<PathBuf> = c.files(0);
+    for f in &old {
+        std::fs::copy(f, saved.join(name(f))).unwrap();
+    }
+    let (code, out) = vigil(&[
+        "compact",
+        "--data-dir",
+        store.to_str().unwrap(),
+        "--target-records",
+        "50",
+        "--zstd-level",
+        "9",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(c.files(0).len() < before, "{out}");
+    for f in &old {
+        if !f.exists() {
+            std::fs::copy(saved.join(name(f)), f).unwrap();
+        }
+    }
+    // The next run (serve or compact) removes what the compaction replaced; then everything
+    // verifies as before, checkpoints included.
+    let (code, out) = vigil(&[
+        "compact",
+        "--data-dir",
+        store.to_str().unwrap(),
+        "--target-records",
+        "1000",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.files(0).len(), 1);
+    let (exit, r) = c.verify(&[]);
+    assert_eq!(exit, 0, "{}", serde_json::to_string_pretty(&r).unwrap());
+    assert_eq!(r["records"], (FIRST_RUN + SECOND_RUN) as u64);
+}

@@ -304,10 +304,53 @@ impl Store {
     /// and refuses a store whose files overlap or whose last footer disagrees with its name or
     /// with itself.
     pub fn head(&self, topic: &str, partition: i32) -> Result<LogHead, StoreError> {
-        let (files, tmp) = self.list(topic, partition)?;
+        let (mut files, tmp) = self.list(topic, partition)?;
         for t in tmp {
             tracing::warn!(path = %t.display(), "removing a partial file left by an interrupted write");
             fs::remove_file(&t).map_err(StoreError::io(&t))?;
+        }
+        // An interrupted compaction leaves the files it replaced beside the file that replaced
+        // them (written first, complete and durable). They are removed only when they are
+        // exactly that file's run: same ends of the chain, same records.
+        for c in files.clone() {
+            let inside: Vec<&FileEntry> = files
+                .iter()
+                .filter(|f| {
+                    c.first_offset <= f.first_offset
+                        && f.last_offset <= c.last_offset
+                        && (f.first_offset, f.last_offset) != (c.first_offset, c.last_offset)
+                })
+                .collect();
+            if inside.is_empty() {
+                continue;
+            }
+            let cf = read_footer(&c.path)?;
+            let parts: Vec<Footer> = inside
+                .iter()
+                .map(|f| read_footer(&f.path))
+                .collect::<Result<_, _>>()?;
+            let (first, last) = (&parts[0], &parts[parts.len() - 1]);
+            let exact = first.prev_offset == cf.prev_offset
+                && first.prev_chain_hash == cf.prev_chain_hash
+                && last.last_offset == cf.last_offset
+                && last.last_chain_hash == cf.last_chain_hash
+                && parts.iter().map(|p| p.records).sum::<u64>() == cf.records
+                && parts.windows(2).all(|w| {
+                    w[1].prev_offset == w[0].last_offset
+                        && w[1].prev_chain_hash == w[0].last_chain_hash
+                });
+            if !exact {
+                return Err(StoreError::corrupt(
+                    &c.path,
+                    "overlaps other files without being their compaction",
+                ));
+            }
+            let gone: Vec<PathBuf> = inside.iter().map(|f| f.path.clone()).collect();
+            for p in &gone {
+                tracing::warn!(path = %p.display(), "removing a file an interrupted compaction replaced");
+                fs::remove_file(p).map_err(StoreError::io(p))?;
+            }
+            files.retain(|f| !gone.contains(&f.path));
         }
         for w in files.windows(2) {
             if w[1].first_offset <= w[0].last_offset {
