@@ -34,6 +34,13 @@ pub struct VerifyArgs {
     /// A directory of anchored checkpoints (a `checkpoint.mirror_dir`); repeatable.
     #[arg(long)]
     anchor_dir: Vec<PathBuf>,
+    /// Read anchored checkpoints from this Kafka cluster (`host:port,…`), topic
+    /// `--anchor-topic`. Security settings come from `kafka.properties`.
+    #[arg(long)]
+    anchor_kafka: Option<String>,
+    /// The anchor topic (default `checkpoint.kafka_topic`).
+    #[arg(long, requires = "anchor_kafka")]
+    anchor_topic: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -91,6 +98,16 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    if let Some(brokers) = &args.anchor_kafka {
+        let topic = args
+            .anchor_topic
+            .clone()
+            .unwrap_or_else(|| cfg.checkpoint.kafka_topic.clone());
+        trusted
+            .checkpoints
+            .extend(read_anchor_topic(cfg, brokers, &topic)?);
+    }
+
     let start = Instant::now();
     let report =
         audit(&data_dir, &trusted).with_context(|| format!("verifying {}", data_dir.display()))?;
@@ -115,6 +132,80 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(verdict.exit_code()))
+}
+
+/// Every checkpoint in the anchor topic, read from the beginning to the end of each partition.
+fn read_anchor_topic(
+    cfg: &Config,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use std::time::Duration;
+
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers)
+        .set("group.id", format!("vigil-verify-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10");
+    for (k, v) in &cfg.kafka.properties {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer = cc.create().context("anchor consumer")?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("anchor topic {topic}: metadata"))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "anchor topic {topic} has no partitions"
+    );
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    // Until every partition reported its end (and a moment after, for a broker whose end
+    // trails by a batch), at most a minute.
+    let mut settled: Option<Instant> = None;
+    while start.elapsed() < Duration::from_secs(60)
+        && settled.is_none_or(|t| t.elapsed() < Duration::from_secs(1))
+    {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Some(v) = m.payload() {
+                    out.push((
+                        format!("anchor {topic}/{}@{}", m.partition(), m.offset()),
+                        v.to_vec(),
+                    ));
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => anyhow::bail!("reading anchor topic {topic}: {e}"),
+            None => {}
+        }
+        if settled.is_none() && partitions.iter().all(|p| at_end.contains(p)) {
+            settled = Some(Instant::now());
+        }
+    }
+    anyhow::ensure!(
+        settled.is_some(),
+        "anchor topic {topic}: did not reach the end of every partition within a minute"
+    );
+    Ok(out)
 }
 
 fn read_trusted(path: &Path) -> anyhow::Result<TrustedFile> {

@@ -143,6 +143,24 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
         origins.insert(cp.origin);
     }
     assert_eq!(origins.len(), 3, "one log per partition");
+    // `vigil verify` reads the same anchors from Kafka: with pinned keys, valid.
+    let keys_file = dir.path().join("pinned.keys");
+    std::fs::write(&keys_file, keys.format()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["verify", "--data-dir"])
+        .arg(&data_dir)
+        .arg("--keys")
+        .arg(&keys_file)
+        .args(["--anchor-kafka", &broker.addr])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Mapped columns, through SQL.
     assert_eq!(count(&data_dir, "SELECT count(*) FROM events"), 1500);

@@ -338,8 +338,8 @@ pub fn audit(data_dir: &Path, trusted: &Trusted) -> Result<AuditReport, StoreErr
                 Verdict::Incomplete,
                 place.clone(),
                 "unanchored: nothing outside the store vouches for this log, so deleting its \
-                 newest files with their checkpoints could not be seen (pass --trusted or \
-                 --anchor-dir)",
+                 newest files with their checkpoints could not be seen (pass --trusted, \
+                 --anchor-dir or --anchor-kafka)",
             );
         }
         report.logs.push(LogSummary {
