@@ -4,7 +4,8 @@
 # records, run `vigil serve` into ./vigil-data, and query what it stored. Stops everything it
 # started when done (or on Ctrl-C).
 #
-#   scripts/demo.sh            # data in ./vigil-data (kept afterwards for `vigil query`)
+#   scripts/demo.sh            # data in ./vigil-data (kept afterwards for `vigil query`;
+#                              # replaced by the next run, whose broker starts empty)
 #   VIGIL_DATA_DIR=/tmp/x scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,17 @@ cargo build --release --locked --quiet
 vigil=target/release/vigil
 data=../shared/data
 data_dir="${VIGIL_DATA_DIR:-./vigil-data}"
+# The broker is in memory, so a store from an earlier run describes a broker that is gone:
+# every run starts a fresh one. Only a directory this script made is ever removed.
+if [ -e "$data_dir" ]; then
+  if [ -e "$data_dir/.vigil-demo" ]; then
+    rm -rf "$data_dir"
+  else
+    echo "$data_dir exists and was not made by this demo; set VIGIL_DATA_DIR to another path" >&2
+    exit 2
+  fi
+fi
+mkdir -p "$data_dir" && touch "$data_dir/.vigil-demo"
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -32,6 +44,7 @@ pids+=($!)
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 "$VIGIL_TANSU_BIN" topic create audit --broker "tcp://$brokers" --partitions 3 >/dev/null
 "$VIGIL_TANSU_BIN" topic create audit.dlq --broker "tcp://$brokers" --partitions 1 >/dev/null
+"$VIGIL_TANSU_BIN" topic create vigil.checkpoints --broker "tcp://$brokers" --partitions 1 >/dev/null
 echo "== broker up at $brokers; topic 'audit' (3 partitions) and its dead-letter topic 'audit.dlq'"
 
 # Sample traffic: every real sample event, as its emitter would send it.
@@ -69,9 +82,19 @@ echo "== denials, newest first"
 "$vigil" query --data-dir "$data_dir" "SELECT event_time, source_format, caller_principal, caller_ip, action, resource, reason FROM events WHERE decision = 'deny' ORDER BY event_time DESC LIMIT 8"
 echo "== records that failed to decode (also copied to audit.dlq with the reason in headers)"
 "$vigil" query --data-dir "$data_dir" "SELECT kafka_partition, kafka_offset, store_error FROM rejected ORDER BY 1, 2"
+echo "== vigil verify: every hash and root recomputed, every signed checkpoint checked against"
+echo "   the public keys and the anchors in the vigil.checkpoints topic (an auditor takes the"
+echo "   keys once, out of band; here they are read from the store for the demo)"
+"$vigil" keys show --data-dir "$data_dir" > "$tmp/vigil.keys"
+"$vigil" verify --data-dir "$data_dir" --keys "$tmp/vigil.keys" --anchor-kafka "$brokers" || true
+echo "== one event proven with the public key alone"
+"$vigil" proof --data-dir "$data_dir" --log audit/0 --index 7 --out "$tmp/proof.json"
+"$vigil" verify-proof "$tmp/proof.json" --keys "$tmp/vigil.keys" || true
 cat <<EOF
 
 Try next:
+  $vigil keys show --data-dir $data_dir > vigil.keys
+  $vigil verify --data-dir $data_dir --keys vigil.keys --trusted seen.json --update-trusted
   $vigil query --data-dir $data_dir "SELECT caller_principal, count(*) FROM events WHERE kind = 'admin_audit' GROUP BY 1 ORDER BY 2 DESC"
   $vigil query --data-dir $data_dir --format json "SELECT * FROM events LIMIT 1"
   $vigil decode ../shared/data/hubble/hubble_flows.jsonl

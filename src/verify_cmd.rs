@@ -134,6 +134,22 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(verdict.exit_code()))
 }
 
+/// A consumer context that does not log reaching a partition's end as an error (it is how the
+/// anchor reader knows it is done).
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+            && !reason.contains("reached end of partition")
+        {
+            tracing::warn!(%error, reason, "anchor consumer");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 /// Every checkpoint in the anchor topic, read from the beginning to the end of each partition.
 fn read_anchor_topic(
     cfg: &Config,
@@ -154,7 +170,9 @@ fn read_anchor_topic(
     for (k, v) in &cfg.kafka.properties {
         cc.set(k, v);
     }
-    let consumer: BaseConsumer = cc.create().context("anchor consumer")?;
+    let consumer: BaseConsumer<QuietEof> = cc
+        .create_with_context(QuietEof)
+        .context("anchor consumer")?;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("anchor topic {topic}: metadata"))?;

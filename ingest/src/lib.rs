@@ -645,6 +645,28 @@ fn client_config(cfg: &IngestConfig) -> ClientConfig {
     c
 }
 
+/// Warn, loudly, when checkpoints cannot be anchored: the topic does not exist.
+fn check_anchor_topic(p: &pipeline::SideProducer, topic: &str) {
+    use rdkafka::producer::Producer;
+    match p
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    {
+        Ok(md) => {
+            let ok = md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if !ok {
+                tracing::error!(%topic, "the checkpoint anchor topic does not exist: checkpoints are signed and kept in the store, but not anchored outside it until it is created (or set checkpoint.kafka_topic = \"\" to anchor elsewhere)");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%topic, error = %e, "could not look up the checkpoint anchor topic")
+        }
+    }
+}
+
 /// Run the ingest pipeline until `shutdown` is set or a fatal error occurs. On shutdown every
 /// partition's records are written and committed before returning.
 pub fn run(
@@ -672,6 +694,9 @@ pub fn run(
         }),
         _ => None,
     };
+    if let (Some(p), Some(topic)) = (&side, &cfg.checkpoint_topic) {
+        check_anchor_topic(p, topic);
+    }
     let signing = Signing {
         checkpoints,
         anchor: match (&side, &cfg.checkpoint_topic) {
