@@ -17,7 +17,7 @@ use crate::checkpoint::{
     list_notes, note_hash, origin, verify_note,
 };
 use crate::error::StoreError;
-use crate::files::Store;
+use crate::files::{Store, partitions_under};
 use crate::merkle::Hash;
 use crate::verify::check_partition;
 
@@ -179,7 +179,7 @@ pub fn audit(data_dir: &Path, trusted: &Trusted) -> Result<AuditReport, StoreErr
     // Every log: those with files, those with checkpoints, those known from outside.
     let cp_root = data_dir.join(CHECKPOINTS_DIR);
     let mut logs: BTreeSet<(String, i32)> = store.partitions()?.into_iter().collect();
-    logs.extend(checkpoint_logs(&cp_root)?);
+    logs.extend(partitions_under(&cp_root)?);
     let known: BTreeMap<String, (String, i32)> = logs
         .iter()
         .map(|(t, p)| (origin(&name, t, *p), (t.clone(), *p)))
@@ -376,38 +376,10 @@ fn parse_origin(name: &str, origin: &str) -> Option<(String, i32)> {
     Some((topic.to_owned(), partition.parse().ok()?))
 }
 
-/// Logs that have a checkpoint directory.
-fn checkpoint_logs(root: &Path) -> Result<Vec<(String, i32)>, StoreError> {
-    let mut out = Vec::new();
-    let topics = match fs::read_dir(root) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(StoreError::io(root)(e)),
-    };
-    for t in topics {
-        let t = t.map_err(StoreError::io(root))?;
-        let tname = t.file_name().to_string_lossy().into_owned();
-        let Some(topic) = tname.strip_prefix("topic=") else {
-            continue;
-        };
-        for p in fs::read_dir(t.path()).map_err(StoreError::io(t.path()))? {
-            let p = p.map_err(StoreError::io(t.path()))?;
-            let pname = p.file_name().to_string_lossy().into_owned();
-            if let Some(n) = pname
-                .strip_prefix("partition=")
-                .and_then(|n| n.parse().ok())
-            {
-                out.push((topic.to_owned(), n));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Read every checkpoint note under an anchor directory (a `checkpoint.mirror_dir`).
 pub fn read_anchor_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let mut out = Vec::new();
-    for (topic, partition) in checkpoint_logs(dir)? {
+    for (topic, partition) in partitions_under(dir)? {
         let log = Checkpointer::log_dir(dir, &topic, partition)?;
         for (_, path) in list_notes(&log)? {
             out.push((

@@ -685,20 +685,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A log's checkpoint files, by tree size.
 pub fn list_notes(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
-    let mut out = Vec::new();
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(StoreError::io(dir)(e)),
-    };
-    for e in rd {
-        let e = e.map_err(StoreError::io(dir))?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(size) = name.strip_suffix(".note").and_then(|s| s.parse().ok()) {
-            out.push((size, e.path()));
-        }
-    }
+    let mut out: Vec<(u64, PathBuf)> = crate::files::read_dir_names(dir)?
+        .into_iter()
+        .filter_map(|name| {
+            let size = name.strip_suffix(".note")?.parse().ok()?;
+            Some((size, dir.join(name)))
+        })
+        .collect();
     out.sort();
     Ok(out)
 }

@@ -254,19 +254,7 @@ impl Store {
 
     /// Every (topic, partition) that has files.
     pub fn partitions(&self) -> Result<Vec<(String, i32)>, StoreError> {
-        let mut out = Vec::new();
-        for t in read_dir_names(&self.events_dir())? {
-            let Some(topic) = t.strip_prefix("topic=") else {
-                continue;
-            };
-            for p in read_dir_names(&self.events_dir().join(&t))? {
-                if let Some(n) = p.strip_prefix("partition=").and_then(|n| n.parse().ok()) {
-                    out.push((topic.to_owned(), n));
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        partitions_under(&self.events_dir())
     }
 
     /// A partition's files in offset order. Leftover temp files (from a crash mid-write) are
@@ -386,7 +374,25 @@ impl Store {
     }
 }
 
-fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+/// The (topic, partition) directories (`topic=T/partition=P`) under `root`, sorted; none if
+/// `root` does not exist.
+pub fn partitions_under(root: &Path) -> Result<Vec<(String, i32)>, StoreError> {
+    let mut out = Vec::new();
+    for t in read_dir_names(root)? {
+        let Some(topic) = t.strip_prefix("topic=") else {
+            continue;
+        };
+        for p in read_dir_names(&root.join(&t))? {
+            if let Some(n) = p.strip_prefix("partition=").and_then(|n| n.parse().ok()) {
+                out.push((topic.to_owned(), n));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(crate) fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
