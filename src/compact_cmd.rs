@@ -22,6 +22,9 @@ pub struct CompactArgs {
     /// zstd level of the compacted files (default: `store.zstd_level`).
     #[arg(long)]
     zstd_level: Option<i32>,
+    /// Most rows per Parquet row group (default: one row group per file).
+    #[arg(long)]
+    row_group_rows: Option<usize>,
 }
 
 pub fn run(cfg: &Config, args: CompactArgs) -> anyhow::Result<ExitCode> {
@@ -31,6 +34,7 @@ pub fn run(cfg: &Config, args: CompactArgs) -> anyhow::Result<ExitCode> {
         &dir,
         WriteOptions {
             zstd_level: args.zstd_level.unwrap_or(cfg.store.zstd_level),
+            max_row_group_rows: args.row_group_rows,
         },
     )?;
     for (topic, partition) in store.partitions()? {

@@ -84,6 +84,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         &cfg.store.data_dir,
         WriteOptions {
             zstd_level: cfg.store.zstd_level,
+            max_row_group_rows: None,
         },
     )
     .with_context(|| format!("opening the store at {}", cfg.store.data_dir.display()))?;

@@ -991,9 +991,17 @@ fn t22_a_legitimate_compaction_verifies_even_when_interrupted() {
         "50",
         "--zstd-level",
         "9",
+        "--row-group-rows",
+        "7",
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(c.files(0).len() < before, "{out}");
+    let compacted = &c.files(0)[0];
+    let groups = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(compacted).unwrap())
+        .unwrap()
+        .metadata()
+        .num_row_groups();
+    assert!(groups > 1, "rewritten with other row groups: {groups}");
     for f in &old {
         if !f.exists() {
             std::fs::copy(saved.join(name(f)), f).unwrap();

@@ -30,11 +30,16 @@ use crate::schema::{STORE_FORMAT, meta};
 pub struct WriteOptions {
     /// zstd level for every column (1 = fastest).
     pub zstd_level: i32,
+    /// Most rows per Parquet row group; `None`: one row group per file.
+    pub max_row_group_rows: Option<usize>,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { zstd_level: 1 }
+        WriteOptions {
+            zstd_level: 1,
+            max_row_group_rows: None,
+        }
     }
 }
 
@@ -199,7 +204,12 @@ impl Store {
         let kv = |k: &str, v: String| KeyValue::new(k.to_owned(), v);
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.opts.zstd_level)?))
-            .set_max_row_group_row_count(Some(sealed.batch.num_rows().max(1)))
+            .set_max_row_group_row_count(Some(
+                self.opts
+                    .max_row_group_rows
+                    .unwrap_or(sealed.batch.num_rows())
+                    .max(1),
+            ))
             .set_statistics_enabled(EnabledStatistics::Page)
             // Raw bytes and hashes are incompressible by dictionaries and useless as min/max.
             .set_column_dictionary_enabled("raw".into(), false)
