@@ -1022,3 +1022,67 @@ fn t22_a_legitimate_compaction_verifies_even_when_interrupted() {
     assert_eq!(exit, 0, "{}", serde_json::to_string_pretty(&r).unwrap());
     assert_eq!(r["records"], (FIRST_RUN + SECOND_RUN) as u64);
 }
+
+#[test]
+fn t18_a_node_presented_as_a_leaf() {
+    use vigil_store::merkle::{interior, leaf_node, verify_inclusion};
+    let c = Case::new();
+    // A real proof of leaf 0 against the newest signed checkpoint of audit/0.
+    let b = proof(&c, &["--log", "audit/0", "--index", "0"]);
+    assert_eq!(check_bundle(&c, &b).0, 0);
+    let hashes: Vec<[u8; 32]> = b["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| vigil_store::chain::from_hex(h.as_str().unwrap()).unwrap())
+        .collect();
+    let note = signed_note::Note::from_bytes(b["checkpoint"].as_str().unwrap().as_bytes()).unwrap();
+    let cp = Checkpoint::parse(note.text()).unwrap();
+    let rec = &b["record"];
+    let leaf0 = vigil_store::proof::StoredRecord {
+        topic: TOPIC.into(),
+        partition: 0,
+        offset: rec["offset"].as_i64().unwrap(),
+        timestamp_ms: rec["timestamp_ms"].as_i64(),
+        key: Some(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                rec["key"].as_str().unwrap(),
+            )
+            .unwrap(),
+        ),
+        value: Some(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                rec["value"].as_str().unwrap(),
+            )
+            .unwrap(),
+        ),
+        headers: rec["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["key"].as_str().unwrap().to_owned(),
+                    h["value"].as_str().map(|v| {
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v)
+                            .unwrap()
+                    }),
+                )
+            })
+            .collect(),
+    }
+    .leaf_hash();
+    assert!(verify_inclusion(0, cp.size, &leaf0, &hashes, &cp.root));
+    // The interior node over leaves 0 and 1, claimed as leaf 0 of the tree one level up.
+    let node = interior(&leaf_node(&leaf0), &hashes[0]);
+    assert!(!verify_inclusion(
+        0,
+        cp.size.div_ceil(2),
+        &node,
+        &hashes[1..],
+        &cp.root
+    ));
+    assert!(!verify_inclusion(0, cp.size, &node, &hashes[1..], &cp.root));
+}
