@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(records as u64));
     g.bench_function("store", |b| {
         b.iter(|| {
-            let r = audit(dir.path(), &trusted).unwrap();
+            let r = audit(dir.path(), &trusted, None).unwrap();
             assert_eq!(r.records(), records as u64);
             black_box(r)
         })

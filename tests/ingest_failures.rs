@@ -66,6 +66,7 @@ fn assert_exactly_once(data_dir: &std::path::Path, produced_per_partition: &BTre
             keys: Some(keys),
             checkpoints: Vec::new(),
         },
+        None,
     )
     .unwrap();
     let bad: Vec<_> = audit

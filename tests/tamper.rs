@@ -1086,3 +1086,31 @@ fn t18_a_node_presented_as_a_leaf() {
     ));
     assert!(!verify_inclusion(0, cp.size, &node, &hashes[1..], &cp.root));
 }
+
+#[test]
+fn a_decoded_column_edited_alone_is_caught_by_verify_decoded() {
+    let c = Case::new();
+    let (exit, r) = c.verify(&["--decoded"]);
+    assert_eq!(exit, 0, "{}", serde_json::to_string_pretty(&r).unwrap());
+    let f = &c.files(1)[2];
+    edit_rows(f, |b| {
+        let d = b.column_by_name("decision").unwrap().as_string::<i32>();
+        let edited: arrow::array::StringArray = (0..d.len())
+            .map(|i| {
+                d.is_valid(i)
+                    .then(|| if i == 4 { "allow" } else { d.value(i) })
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_ne!(d.value(4), "allow", "the fixture's events are denials");
+        replace_column(&b, "decision", Arc::new(edited))
+    });
+    // The hashes cover the Kafka record, not what was decoded from it…
+    assert_eq!(c.verify(&[]).0, 0);
+    // …which --decoded derives again.
+    assert_tampered(
+        &c.verify(&["--decoded"]),
+        &name(f),
+        "row 4: decoded column decision",
+    );
+}

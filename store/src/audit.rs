@@ -130,7 +130,13 @@ struct Seen {
 }
 
 /// Verify the store under `data_dir` against what is trusted.
-pub fn audit(data_dir: &Path, trusted: &Trusted) -> Result<AuditReport, StoreError> {
+/// With `redecode`, every record's bytes are also decoded again (with that configuration) and
+/// compared with the stored event columns, which the hashes do not cover.
+pub fn audit(
+    data_dir: &Path,
+    trusted: &Trusted,
+    redecode: Option<&vigil_schemas::DecoderConfig>,
+) -> Result<AuditReport, StoreError> {
     let store = Store::open_existing(data_dir)?;
     let mut report = AuditReport::default();
 
@@ -239,7 +245,7 @@ pub fn audit(data_dir: &Path, trusted: &Trusted) -> Result<AuditReport, StoreErr
             .map(|(s, _, _)| s.cp.size)
             .chain(from_outside.iter().map(|s| s.cp.size))
             .collect();
-        let check = check_partition(&store, &topic, partition, &want)?;
+        let check = check_partition(&store, &topic, partition, &want, redecode)?;
         for (path, what) in &check.problems {
             report.find(Verdict::Tampered, path.display().to_string(), what.clone());
         }
