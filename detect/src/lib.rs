@@ -1,8 +1,13 @@
 //! Vigil's detection stage: streaming rules over decoded events in event time.
 //!
-//! **For:** rule state machines (threshold, distinct count, allowlist, first seen, sequence,
-//! rate spike), alert deduplication and alert records.
+//! **For:** rule filters ([`filter`]: a small expression language over the canonical fields,
+//! parsed once, evaluated without allocation); then rule state machines (threshold, distinct
+//! count, allowlist, first seen, sequence, rate spike), alert deduplication and alert records.
 //! **Not for:** delivery transport details, storage formats, or decoding.
 //!
-//! Status: the crate boundary exists so the dependency graph is fixed from the start; the engine
-//! lands with the "Streaming detection" issue. It exports nothing yet.
+//! Status: the filter language is here; the engine and rules land with the rest of the
+//! "Streaming detection" issue.
+
+pub mod filter;
+
+pub use filter::{Filter, FilterError, Row};

@@ -1,0 +1,822 @@
+//! Rule filters: a small expression language over the canonical event fields, parsed once
+//! (field names, types, regexes and CIDRs checked and compiled up front) and evaluated per
+//! event without allocating.
+//!
+//! ```text
+//! expr  := term ("or" term)*
+//! term  := factor ("and" factor)*
+//! factor:= "not" factor | "(" expr ")" | test
+//! test  := FIELD "==" LIT | FIELD "!=" LIT | FIELD "in" "[" LIT ("," LIT)* "]"
+//!        | FIELD "startswith" STRING | FIELD "matches" STRING | FIELD "cidr" STRING
+//!        | FIELD "exists" | FIELD "missing"
+//! LIT   := STRING | INTEGER | "true" | "false"
+//! ```
+//!
+//! `decision == "deny" and source_format in ["opa", "envoy"] and not caller_ip cidr "10.0.0.0/8"`
+//!
+//! A test on a field the event does not have (null) is false — `!=` included; `missing` asks
+//! for exactly that. `matches` is a regex (Rust `regex` syntax, linear time) that must match
+//! somewhere in the value; anchor it with `^…$` for the whole value.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use regex::Regex;
+use vigil_schemas::canonical_schema;
+
+use arrow::datatypes::DataType;
+
+/// What a field holds, for type checking literals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    Str,
+    Int,
+    Bool,
+}
+
+/// A field a filter can test: its canonical column index and type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub column: usize,
+    pub ty: FieldType,
+}
+
+/// Resolve a canonical field name. `raw` and `event_time` are not filterable.
+pub fn field(name: &str) -> Option<Field> {
+    let schema = canonical_schema();
+    let (column, f) = schema.column_with_name(name)?;
+    let ty = match f.data_type() {
+        DataType::Utf8 => FieldType::Str,
+        DataType::Boolean => FieldType::Bool,
+        DataType::Int32 | DataType::UInt16 | DataType::UInt32 => FieldType::Int,
+        _ => return None,
+    };
+    Some(Field { column, ty })
+}
+
+/// Access to one event's fields by canonical column index.
+pub trait Row {
+    fn str(&self, column: usize) -> Option<&str>;
+    fn int(&self, column: usize) -> Option<i64>;
+    fn bool(&self, column: usize) -> Option<bool>;
+}
+
+#[derive(Debug)]
+enum Test {
+    EqStr(String),
+    NeStr(String),
+    InStr(Vec<String>),
+    Prefix(String),
+    Matches(Regex),
+    Cidr(IpNet),
+    EqInt(i64),
+    NeInt(i64),
+    InInt(Vec<i64>),
+    EqBool(bool),
+    NeBool(bool),
+    Exists,
+    Missing,
+}
+
+#[derive(Debug)]
+enum Node {
+    Or(Vec<Node>),
+    And(Vec<Node>),
+    Not(Box<Node>),
+    Test(Field, Test),
+}
+
+/// A parsed filter.
+#[derive(Debug)]
+pub struct Filter {
+    root: Node,
+    source: String,
+}
+
+/// Why a filter does not parse: what, and where (1-based column in the filter text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column {column}: {message}")]
+pub struct FilterError {
+    pub column: usize,
+    pub message: String,
+}
+
+impl Filter {
+    pub fn parse(text: &str) -> Result<Filter, FilterError> {
+        let tokens = lex(text)?;
+        let mut p = Parser {
+            tokens: &tokens,
+            pos: 0,
+            end: text.chars().count() + 1,
+        };
+        let root = p.expr()?;
+        if let Some(t) = p.peek() {
+            return Err(p.err_at(t.col, format!("unexpected {}", t.kind.describe())));
+        }
+        Ok(Filter {
+            root,
+            source: text.to_owned(),
+        })
+    }
+
+    /// The filter as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn matches(&self, row: &impl Row) -> bool {
+        eval(&self.root, row)
+    }
+}
+
+fn eval(node: &Node, row: &impl Row) -> bool {
+    match node {
+        Node::Or(n) => n.iter().any(|n| eval(n, row)),
+        Node::And(n) => n.iter().all(|n| eval(n, row)),
+        Node::Not(n) => !eval(n, row),
+        Node::Test(f, t) => test(*f, t, row),
+    }
+}
+
+fn test(f: Field, t: &Test, row: &impl Row) -> bool {
+    let c = f.column;
+    match t {
+        Test::EqStr(v) => row.str(c) == Some(v.as_str()),
+        Test::NeStr(v) => row.str(c).is_some_and(|x| x != v),
+        Test::InStr(vs) => row.str(c).is_some_and(|x| vs.iter().any(|v| v == x)),
+        Test::Prefix(p) => row.str(c).is_some_and(|x| x.starts_with(p.as_str())),
+        Test::Matches(re) => row.str(c).is_some_and(|x| re.is_match(x)),
+        Test::Cidr(net) => row
+            .str(c)
+            .and_then(|x| x.parse::<IpAddr>().ok())
+            .is_some_and(|ip| net.contains(&ip)),
+        Test::EqInt(v) => row.int(c) == Some(*v),
+        Test::NeInt(v) => row.int(c).is_some_and(|x| x != *v),
+        Test::InInt(vs) => row.int(c).is_some_and(|x| vs.contains(&x)),
+        Test::EqBool(v) => row.bool(c) == Some(*v),
+        Test::NeBool(v) => row.bool(c).is_some_and(|x| x != *v),
+        Test::Exists => match f.ty {
+            FieldType::Str => row.str(c).is_some(),
+            FieldType::Int => row.int(c).is_some(),
+            FieldType::Bool => row.bool(c).is_some(),
+        },
+        Test::Missing => !test(f, &Test::Exists, row),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Int(i64),
+    Eq,
+    Ne,
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+}
+
+impl Tok {
+    fn describe(&self) -> String {
+        match self {
+            Tok::Ident(s) => format!("`{s}`"),
+            Tok::Str(s) => format!("string {s:?}"),
+            Tok::Int(i) => format!("number {i}"),
+            Tok::Eq => "`==`".into(),
+            Tok::Ne => "`!=`".into(),
+            Tok::LParen => "`(`".into(),
+            Tok::RParen => "`)`".into(),
+            Tok::LBracket => "`[`".into(),
+            Tok::RBracket => "`]`".into(),
+            Tok::Comma => "`,`".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Token {
+    kind: Tok,
+    col: usize,
+}
+
+fn lex(text: &str) -> Result<Vec<Token>, FilterError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let err = |col: usize, m: &str| FilterError {
+        column: col,
+        message: m.to_owned(),
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        let col = i + 1;
+        match c {
+            _ if c.is_whitespace() => i += 1,
+            '(' | ')' | '[' | ']' | ',' => {
+                out.push(Token {
+                    kind: match c {
+                        '(' => Tok::LParen,
+                        ')' => Tok::RParen,
+                        '[' => Tok::LBracket,
+                        ']' => Tok::RBracket,
+                        _ => Tok::Comma,
+                    },
+                    col,
+                });
+                i += 1;
+            }
+            '=' | '!' => {
+                if chars.get(i + 1) != Some(&'=') {
+                    return Err(err(col, "expected `==` or `!=`"));
+                }
+                out.push(Token {
+                    kind: if c == '=' { Tok::Eq } else { Tok::Ne },
+                    col,
+                });
+                i += 2;
+            }
+            '"' => {
+                let mut s = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return Err(err(col, "unterminated string")),
+                        Some('"') => break,
+                        Some('\\') => {
+                            match chars.get(i + 1) {
+                                Some('"') => s.push('"'),
+                                Some('\\') => s.push('\\'),
+                                Some('n') => s.push('\n'),
+                                Some('t') => s.push('\t'),
+                                _ => {
+                                    return Err(err(
+                                        i + 1,
+                                        "unknown escape (use \\\" \\\\ \\n \\t)",
+                                    ));
+                                }
+                            }
+                            i += 2;
+                        }
+                        Some(&ch) => {
+                            s.push(ch);
+                            i += 1;
+                        }
+                    }
+                }
+                i += 1;
+                out.push(Token {
+                    kind: Tok::Str(s),
+                    col,
+                });
+            }
+            '-' | '0'..='9' => {
+                let start = i;
+                i += 1;
+                while chars.get(i).is_some_and(char::is_ascii_digit) {
+                    i += 1;
+                }
+                let s: String = chars[start..i].iter().collect();
+                let n = s.parse().map_err(|_| err(col, "not a number"))?;
+                out.push(Token {
+                    kind: Tok::Int(n),
+                    col,
+                });
+            }
+            _ if c.is_ascii_alphabetic() || c == '_' => {
+                let start = i;
+                while chars
+                    .get(i)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+                {
+                    i += 1;
+                }
+                out.push(Token {
+                    kind: Tok::Ident(chars[start..i].iter().collect()),
+                    col,
+                });
+            }
+            _ => return Err(err(col, &format!("unexpected character {c:?}"))),
+        }
+    }
+    Ok(out)
+}
+
+struct Parser<'a> {
+    tokens: &'a [Token],
+    pos: usize,
+    /// Column just past the end, for errors at the end of input.
+    end: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Lit {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn err_at(&self, column: usize, message: impl Into<String>) -> FilterError {
+        FilterError {
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn here(&self) -> usize {
+        self.peek().map_or(self.end, |t| t.col)
+    }
+
+    fn keyword(&mut self, k: &str) -> bool {
+        if matches!(self.peek(), Some(Token { kind: Tok::Ident(s), .. }) if s == k) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, want: Tok) -> Result<(), FilterError> {
+        match self.peek() {
+            Some(t) if t.kind == want => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(t) => Err(self.err_at(
+                t.col,
+                format!("expected {}, found {}", want.describe(), t.kind.describe()),
+            )),
+            None => Err(self.err_at(self.end, format!("expected {}", want.describe()))),
+        }
+    }
+
+    fn expr(&mut self) -> Result<Node, FilterError> {
+        let mut terms = vec![self.term()?];
+        while self.keyword("or") {
+            terms.push(self.term()?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Node::Or(terms)
+        })
+    }
+
+    fn term(&mut self) -> Result<Node, FilterError> {
+        let mut factors = vec![self.factor()?];
+        while self.keyword("and") {
+            factors.push(self.factor()?);
+        }
+        Ok(if factors.len() == 1 {
+            factors.remove(0)
+        } else {
+            Node::And(factors)
+        })
+    }
+
+    fn factor(&mut self) -> Result<Node, FilterError> {
+        if self.keyword("not") {
+            return Ok(Node::Not(Box::new(self.factor()?)));
+        }
+        if matches!(
+            self.peek(),
+            Some(Token {
+                kind: Tok::LParen,
+                ..
+            })
+        ) {
+            self.pos += 1;
+            let e = self.expr()?;
+            self.expect(Tok::RParen)?;
+            return Ok(e);
+        }
+        self.test()
+    }
+
+    fn literal(&mut self) -> Result<(Lit, usize), FilterError> {
+        let col = self.here();
+        let lit = match self.peek().map(|t| &t.kind) {
+            Some(Tok::Str(s)) => Lit::Str(s.clone()),
+            Some(Tok::Int(i)) => Lit::Int(*i),
+            Some(Tok::Ident(s)) if s == "true" => Lit::Bool(true),
+            Some(Tok::Ident(s)) if s == "false" => Lit::Bool(false),
+            Some(t) => {
+                return Err(self.err_at(col, format!("expected a value, found {}", t.describe())));
+            }
+            None => return Err(self.err_at(col, "expected a value")),
+        };
+        self.pos += 1;
+        Ok((lit, col))
+    }
+
+    fn string(&mut self, what: &str) -> Result<(String, usize), FilterError> {
+        match self.literal()? {
+            (Lit::Str(s), col) => Ok((s, col)),
+            (_, col) => Err(self.err_at(col, format!("{what} takes a string"))),
+        }
+    }
+
+    fn test(&mut self) -> Result<Node, FilterError> {
+        let col = self.here();
+        let name = match self.peek().map(|t| &t.kind) {
+            Some(Tok::Ident(s)) => s.clone(),
+            Some(t) => {
+                return Err(self.err_at(col, format!("expected a field, found {}", t.describe())));
+            }
+            None => return Err(self.err_at(col, "expected a field")),
+        };
+        self.pos += 1;
+        let f = field(&name).ok_or_else(|| {
+            self.err_at(
+                col,
+                format!(
+                    "unknown field `{name}` (fields: {})",
+                    filterable_fields().join(", ")
+                ),
+            )
+        })?;
+        let typed = |p: &Self, lit: Lit, lcol: usize, eq: bool| -> Result<Test, FilterError> {
+            match (f.ty, lit) {
+                (FieldType::Str, Lit::Str(s)) => {
+                    Ok(if eq { Test::EqStr(s) } else { Test::NeStr(s) })
+                }
+                (FieldType::Int, Lit::Int(i)) => {
+                    Ok(if eq { Test::EqInt(i) } else { Test::NeInt(i) })
+                }
+                (FieldType::Bool, Lit::Bool(b)) => {
+                    Ok(if eq { Test::EqBool(b) } else { Test::NeBool(b) })
+                }
+                (ty, lit) => {
+                    Err(p.err_at(lcol, format!("`{name}` holds {ty:?} values, not {lit:?}")))
+                }
+            }
+        };
+        let t = if matches!(self.peek(), Some(Token { kind: Tok::Eq, .. })) {
+            self.pos += 1;
+            let (lit, lcol) = self.literal()?;
+            typed(self, lit, lcol, true)?
+        } else if matches!(self.peek(), Some(Token { kind: Tok::Ne, .. })) {
+            self.pos += 1;
+            let (lit, lcol) = self.literal()?;
+            typed(self, lit, lcol, false)?
+        } else if self.keyword("in") {
+            self.expect(Tok::LBracket)?;
+            let mut strs = Vec::new();
+            let mut ints = Vec::new();
+            loop {
+                let (lit, lcol) = self.literal()?;
+                match (f.ty, lit) {
+                    (FieldType::Str, Lit::Str(s)) => strs.push(s),
+                    (FieldType::Int, Lit::Int(i)) => ints.push(i),
+                    (ty, lit) => {
+                        return Err(
+                            self.err_at(lcol, format!("`{name}` holds {ty:?} values, not {lit:?}"))
+                        );
+                    }
+                }
+                if matches!(
+                    self.peek(),
+                    Some(Token {
+                        kind: Tok::Comma,
+                        ..
+                    })
+                ) {
+                    self.pos += 1;
+                    continue;
+                }
+                self.expect(Tok::RBracket)?;
+                break;
+            }
+            match f.ty {
+                FieldType::Str => Test::InStr(strs),
+                FieldType::Int => Test::InInt(ints),
+                FieldType::Bool => {
+                    return Err(self.err_at(col, "`in` needs a text or number field"));
+                }
+            }
+        } else if self.keyword("startswith") {
+            self.text_only(f, col, &name, "startswith")?;
+            Test::Prefix(self.string("startswith")?.0)
+        } else if self.keyword("matches") {
+            self.text_only(f, col, &name, "matches")?;
+            let (re, rcol) = self.string("matches")?;
+            Test::Matches(
+                Regex::new(&re).map_err(|e| self.err_at(rcol, format!("bad regex: {e}")))?,
+            )
+        } else if self.keyword("cidr") {
+            if !name.ends_with("_ip") {
+                return Err(
+                    self.err_at(col, format!("`cidr` needs an address field, not `{name}`"))
+                );
+            }
+            let (net, ncol) = self.string("cidr")?;
+            Test::Cidr(
+                net.parse::<IpNet>()
+                    .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        self.err_at(ncol, format!("{net:?} is not a CIDR (e.g. \"10.0.0.0/8\")"))
+                    })?,
+            )
+        } else if self.keyword("exists") {
+            Test::Exists
+        } else if self.keyword("missing") {
+            Test::Missing
+        } else {
+            let at = self.here();
+            return Err(self.err_at(
+                at,
+                format!("expected an operator after `{name}` (== != in startswith matches cidr exists missing)"),
+            ));
+        };
+        Ok(Node::Test(f, t))
+    }
+
+    fn text_only(&self, f: Field, col: usize, name: &str, op: &str) -> Result<(), FilterError> {
+        if f.ty == FieldType::Str {
+            Ok(())
+        } else {
+            Err(self.err_at(col, format!("`{op}` needs a text field, not `{name}`")))
+        }
+    }
+}
+
+/// The names a filter may test.
+pub fn filterable_fields() -> Vec<&'static str> {
+    vigil_schemas::schema::COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .filter(|n| field(n).is_some())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An event as a map of field → value, for tests.
+    #[derive(Default)]
+    struct Ev(HashMap<usize, Lit>);
+
+    impl Ev {
+        fn with(mut self, name: &str, v: Lit) -> Ev {
+            self.0.insert(field(name).unwrap().column, v);
+            self
+        }
+        fn s(self, name: &str, v: &str) -> Ev {
+            self.with(name, Lit::Str(v.into()))
+        }
+    }
+
+    impl Row for Ev {
+        fn str(&self, c: usize) -> Option<&str> {
+            match self.0.get(&c) {
+                Some(Lit::Str(s)) => Some(s),
+                _ => None,
+            }
+        }
+        fn int(&self, c: usize) -> Option<i64> {
+            match self.0.get(&c) {
+                Some(Lit::Int(i)) => Some(*i),
+                _ => None,
+            }
+        }
+        fn bool(&self, c: usize) -> Option<bool> {
+            match self.0.get(&c) {
+                Some(Lit::Bool(b)) => Some(*b),
+                _ => None,
+            }
+        }
+    }
+
+    fn m(f: &str, e: &Ev) -> bool {
+        Filter::parse(f)
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .matches(e)
+    }
+
+    #[test]
+    fn operators_on_present_and_missing_fields() {
+        let e = Ev::default()
+            .s("decision", "deny")
+            .s("source_format", "envoy")
+            .s("caller_ip", "10.4.2.7")
+            .s(
+                "caller_principal",
+                "spiffe://cluster.local/ns/web/sa/frontend",
+            )
+            .with("status_code", Lit::Int(403))
+            .with("is_reply", Lit::Bool(false));
+        for (f, want) in [
+            (r#"decision == "deny""#, true),
+            (r#"decision != "deny""#, false),
+            (r#"decision != "allow""#, true),
+            (r#"reason != "x""#, false),
+            (r#"reason == "x""#, false),
+            (r#"not reason == "x""#, true),
+            (r#"source_format in ["opa", "envoy"]"#, true),
+            (r#"source_format in ["opa"]"#, false),
+            (
+                r#"caller_principal startswith "spiffe://cluster.local/ns/web/""#,
+                true,
+            ),
+            (r#"caller_principal matches "/sa/front(end)?$""#, true),
+            (r#"caller_principal matches "^frontend""#, false),
+            (r#"caller_ip cidr "10.0.0.0/8""#, true),
+            (r#"caller_ip cidr "10.4.2.7""#, true),
+            (r#"caller_ip cidr "192.168.0.0/16""#, false),
+            (r#"callee_ip cidr "0.0.0.0/0""#, false),
+            ("status_code == 403", true),
+            ("status_code in [401, 403]", true),
+            ("status_code != 403", false),
+            ("is_reply == false", true),
+            ("caller_port exists", false),
+            ("caller_port missing", true),
+            ("caller_ip exists", true),
+            (
+                r#"decision == "deny" and (status_code == 401 or status_code == 403)"#,
+                true,
+            ),
+            (r#"decision == "allow" or not source_format == "opa""#, true),
+            (r#"not not decision == "deny""#, true),
+            (
+                r#"decision == "deny" and source_format == "opa" or status_code == 403"#,
+                true,
+            ),
+            (
+                r#"decision == "deny" and (source_format == "opa" or status_code == 500)"#,
+                false,
+            ),
+        ] {
+            assert_eq!(m(f, &e), want, "{f}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_column_and_the_reason() {
+        for (f, col, what) in [
+            (r#"decison == "deny""#, 1, "unknown field `decison`"),
+            (r#"decision == 5"#, 13, "holds Str values"),
+            (r#"status_code == "403""#, 16, "holds Int values"),
+            (r#"decision = "deny""#, 10, "expected `==` or `!=`"),
+            (r#"decision == "deny" and"#, 23, "expected a field"),
+            (r#"(decision == "deny""#, 20, "expected `)`"),
+            (r#"decision == "deny")"#, 19, "unexpected `)`"),
+            (r#"decision == "deny"#, 13, "unterminated string"),
+            (r#"resource matches "(""#, 18, "bad regex"),
+            (r#"resource cidr "10.0.0.0/8""#, 1, "needs an address field"),
+            (r#"caller_ip cidr "10.0.0.0/33""#, 16, "is not a CIDR"),
+            (r#"status_code startswith "4""#, 1, "needs a text field"),
+            (r#"decision"#, 9, "expected an operator"),
+            (r#"raw == "x""#, 1, "unknown field `raw`"),
+            (r#"decision in []"#, 14, "expected a value"),
+        ] {
+            let e = Filter::parse(f).expect_err(f);
+            assert_eq!(e.column, col, "{f}: {e}");
+            assert!(e.message.contains(what), "{f}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_filterable_field_resolves() {
+        let names = filterable_fields();
+        for n in [
+            "decision",
+            "caller_principal",
+            "callee_ip",
+            "status_code",
+            "is_reply",
+            "kind",
+        ] {
+            assert!(names.contains(&n), "{n}");
+        }
+        assert!(!names.contains(&"raw") && !names.contains(&"event_time"));
+    }
+}
+
+/// The rows of a canonical event batch, for filters: each column downcast once per batch.
+pub struct BatchRows<'a> {
+    cols: Vec<Col<'a>>,
+    len: usize,
+}
+
+enum Col<'a> {
+    Str(&'a arrow::array::StringArray),
+    I32(&'a arrow::array::Int32Array),
+    U16(&'a arrow::array::UInt16Array),
+    U32(&'a arrow::array::UInt32Array),
+    Bool(&'a arrow::array::BooleanArray),
+    Other,
+}
+
+impl<'a> BatchRows<'a> {
+    /// A view of a batch in the canonical schema (`vigil_schemas::canonical_schema`), or of the
+    /// store's rows (the canonical columns come first).
+    pub fn new(batch: &'a arrow::record_batch::RecordBatch) -> BatchRows<'a> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Int32Type, UInt16Type, UInt32Type};
+        let n = canonical_schema().fields().len().min(batch.num_columns());
+        let cols = (0..n)
+            .map(|i| {
+                let a = batch.column(i);
+                match a.data_type() {
+                    DataType::Utf8 => Col::Str(a.as_string::<i32>()),
+                    DataType::Int32 => Col::I32(a.as_primitive::<Int32Type>()),
+                    DataType::UInt16 => Col::U16(a.as_primitive::<UInt16Type>()),
+                    DataType::UInt32 => Col::U32(a.as_primitive::<UInt32Type>()),
+                    DataType::Boolean => Col::Bool(a.as_boolean()),
+                    _ => Col::Other,
+                }
+            })
+            .collect();
+        BatchRows {
+            cols,
+            len: batch.num_rows(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Row `i` (< `len()`).
+    pub fn row(&self, i: usize) -> BatchRow<'_, 'a> {
+        debug_assert!(i < self.len);
+        BatchRow { rows: self, i }
+    }
+}
+
+/// One row of a [`BatchRows`].
+pub struct BatchRow<'r, 'a> {
+    rows: &'r BatchRows<'a>,
+    i: usize,
+}
+
+impl Row for BatchRow<'_, '_> {
+    fn str(&self, column: usize) -> Option<&str> {
+        use arrow::array::Array;
+        match self.rows.cols.get(column)? {
+            Col::Str(a) if a.is_valid(self.i) => Some(a.value(self.i)),
+            _ => None,
+        }
+    }
+
+    fn int(&self, column: usize) -> Option<i64> {
+        use arrow::array::Array;
+        let i = self.i;
+        match self.rows.cols.get(column)? {
+            Col::I32(a) if a.is_valid(i) => Some(a.value(i).into()),
+            Col::U16(a) if a.is_valid(i) => Some(a.value(i).into()),
+            Col::U32(a) if a.is_valid(i) => Some(a.value(i).into()),
+            _ => None,
+        }
+    }
+
+    fn bool(&self, column: usize) -> Option<bool> {
+        use arrow::array::Array;
+        match self.rows.cols.get(column)? {
+            Col::Bool(a) if a.is_valid(self.i) => Some(a.value(self.i)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use vigil_schemas::{Decoder, EventBatchBuilder};
+
+    #[test]
+    fn filters_run_on_decoded_batches() {
+        let lines = [
+            r#"{"decision_id":"a","path":"envoy/authz/allow","result":false,"timestamp":"2026-11-22T10:00:00Z","input":{"attributes":{"source":{"address":{"socketAddress":{"address":"10.4.0.9","portValue":41000}},"principal":"spiffe://cluster.local/ns/web/sa/frontend"},"destination":{"principal":"spiffe://cluster.local/ns/shop/sa/orders"},"request":{"http":{"method":"DELETE","path":"/api/orders/7"}}}}}"#,
+            r#"{"decision_id":"b","path":"envoy/authz/allow","result":true,"timestamp":"2026-11-22T10:00:01Z","input":{"attributes":{"source":{"address":{"socketAddress":{"address":"192.168.1.5","portValue":41001}},"principal":"spiffe://cluster.local/ns/web/sa/frontend"},"destination":{"principal":"spiffe://cluster.local/ns/shop/sa/orders"},"request":{"http":{"method":"GET","path":"/api/orders/7"}}}}}"#,
+        ];
+        let d = Decoder::default();
+        let mut b = EventBatchBuilder::with_capacity(4);
+        for l in lines {
+            d.decode_with(l.as_bytes(), |e| b.append(e, 0)).unwrap();
+        }
+        let batch = b.finish().unwrap();
+        let rows = BatchRows::new(&batch);
+        let f = Filter::parse(
+            r#"decision == "deny" and caller_ip cidr "10.0.0.0/8" and caller_port == 41000 and action in ["DELETE", "POST"] and callee_principal matches "/ns/shop/""#,
+        )
+        .unwrap();
+        let hits: Vec<bool> = (0..rows.len()).map(|i| f.matches(&rows.row(i))).collect();
+        assert_eq!(hits, [true, false]);
+        let allow =
+            Filter::parse(r#"decision == "allow" and not caller_ip cidr "10.0.0.0/8""#).unwrap();
+        assert!(allow.matches(&rows.row(1)));
+    }
+}
