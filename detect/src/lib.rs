@@ -5,9 +5,12 @@
 //! count, allowlist, first seen, sequence, rate spike), alert deduplication and alert records.
 //! **Not for:** delivery transport details, storage formats, or decoding.
 //!
-//! Status: the filter language is here; the engine and rules land with the rest of the
-//! "Streaming detection" issue.
+//! Status: the filter language and the threshold rule kind ([`threshold`]: event-time sliding
+//! window, out-of-order events placed, late ones counted, per-group suppression, bounded
+//! state) are here; the engine, the other rule kinds and rules as code land with the rest of
+//! the "Streaming detection" issue.
 
 pub mod filter;
+pub mod threshold;
 
 pub use filter::{Filter, FilterError, Row};
