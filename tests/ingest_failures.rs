@@ -148,7 +148,12 @@ fn two_processes_in_one_group_one_killed_mid_stream() {
     broker.create_topic("audit", PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("store");
-    let env = [("VIGIL_STORE__MAX_BATCH_EVENTS", "2000")];
+    // Checkpoints refreshed often: a process must stop refreshing the logs it gave up (a
+    // refresh there would replace a note the new owner's checkpoints link to).
+    let env = [
+        ("VIGIL_STORE__MAX_BATCH_EVENTS", "2000"),
+        ("VIGIL_CHECKPOINT__INTERVAL_MS", "200"),
+    ];
     let producer = broker.producer();
     let recs = records(N, PARTITIONS);
     let third = N / 3;
@@ -167,7 +172,7 @@ fn two_processes_in_one_group_one_killed_mid_stream() {
             .then_some(())
     });
     produce(&producer, "audit", &recs[third..2 * third]);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1500));
     // A dies mid-stream, with batches open and perhaps a file half written.
     a.kill9();
     produce(&producer, "audit", &recs[2 * third..]);

@@ -349,6 +349,7 @@ impl Core {
                 if part.paused {
                     paused.add_partition(&k.0, k.1);
                 }
+                self.signing.checkpoints.forget(&part.key.0, part.key.1);
                 let _ = self.pipelines[part.pipeline].send(Job::Close(part.key));
             }
         }

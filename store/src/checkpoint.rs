@@ -21,7 +21,7 @@
 //! auditor pins the public keys they trust (`vigil verify --trusted`).
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -355,7 +355,21 @@ impl KeyRing {
             let (skey, _) = signed_note::generate_key(&mut rand_core::OsRng, &name);
             let signer = StandardSigner::new(&skey)
                 .map_err(|e| StoreError::Key(format!("generated key: {e}")))?;
-            write_private_key(&dir.join(key_file_name(signer.key_id())), &skey)?;
+            let key_path = dir.join(key_file_name(signer.key_id()));
+            write_private_key(&key_path, &skey)?;
+            // Two processes starting on a fresh store at once: the first registry written wins
+            // (created exclusively); the other drops its key and takes the winner's.
+            let entry = KeyEntry {
+                vkey: vkey_of(&skey)?,
+                valid_from_ms: now_ms(),
+                valid_until_ms: None,
+            };
+            let first = Registry { keys: vec![entry] };
+            if !create_exclusive(&reg_path, first.format().as_bytes())? {
+                fs::remove_file(&key_path).map_err(StoreError::io(&key_path))?;
+                return KeyRing::open(data_dir, None);
+            }
+            registry = first;
             extra.push((skey, signer));
         }
         for (skey, signer) in &extra {
@@ -491,6 +505,36 @@ fn vkey_of(skey: &str) -> Result<String, StoreError> {
         name,
         &sk.verifying_key(),
     ))
+}
+
+/// Create `path` with `bytes` unless it exists (then `false`), atomically (a complete file
+/// or none: written aside, then hard-linked into place, which fails if the name exists) and
+/// durably.
+fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
+    let dir = path
+        .parent()
+        .ok_or(StoreError::Internal("file without a directory"))?;
+    let unique = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+    let tmp = dir.join(format!(
+        ".tmp-{}-{unique:016x}-registry",
+        std::process::id()
+    ));
+    {
+        let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(StoreError::io(&tmp))?;
+    }
+    let linked = fs::hard_link(&tmp, path);
+    fs::remove_file(&tmp).map_err(StoreError::io(&tmp))?;
+    match linked {
+        Ok(()) => {
+            fsync_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(StoreError::io(path)(e)),
+    }
 }
 
 /// Write a private key file readable by its owner only.
@@ -651,6 +695,13 @@ impl Checkpointer {
             },
         );
         Ok(Some(note))
+    }
+
+    /// Stop refreshing a log this process no longer writes (its partition was revoked): the
+    /// new owner signs it from now on, and a refresh from here would replace a note its newer
+    /// checkpoints link to.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        lock(&self.latest).remove(&(topic.to_owned(), partition));
     }
 
     /// Sign again every log whose newest checkpoint is at least `max_age_ms` old (same tree,
@@ -904,5 +955,25 @@ mod tests {
             again.checkpoint("t", 0, head, &forked, None).is_err(),
             "never signs a fork"
         );
+    }
+
+    #[test]
+    fn processes_starting_on_a_fresh_store_at_once_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| KeyRing::open(dir.path(), None).unwrap().name().to_owned()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(names.windows(2).all(|w| w[0] == w[1]), "{names:?}");
+        let ring = KeyRing::open(dir.path(), None).unwrap();
+        assert_eq!(ring.registry.keys.len(), 1);
+        let keys: Vec<_> = fs::read_dir(dir.path().join(KEYS_DIR))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".key"))
+            .collect();
+        assert_eq!(keys.len(), 1, "the losers' keys are removed");
     }
 }
