@@ -94,6 +94,10 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         nonempty(&cfg.checkpoint.signing_key_file).as_deref(),
     )
     .context("opening the checkpoint signing keys")?;
+    for k in &keys.registry.keys {
+        tracing::info!(public_key = %k.vkey, valid_from_ms = k.valid_from_ms,
+            valid_until_ms = ?k.valid_until_ms, "checkpoint signing key (pin it to verify the store)");
+    }
     let checkpoints = Arc::new(Checkpointer::new(
         &cfg.store.data_dir,
         keys,
