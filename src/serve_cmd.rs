@@ -94,6 +94,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         nonempty(&cfg.checkpoint.signing_key_file).as_deref(),
     )
     .context("opening the checkpoint signing keys")?;
+    keys.check_can_sign()?;
     for k in &keys.registry.keys {
         tracing::info!(public_key = %k.vkey, valid_from_ms = k.valid_from_ms,
             valid_until_ms = ?k.valid_until_ms, "checkpoint signing key (pin it to verify the store)");

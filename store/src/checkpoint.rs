@@ -424,6 +424,21 @@ impl KeyRing {
         Ok(())
     }
 
+    /// Fail unless some key with its private half here is valid now (checked at start, so a
+    /// store whose keys all expired does not fail at its first file instead).
+    pub fn check_can_sign(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        if self.signers.iter().any(|(k, _)| k.valid_at(now)) {
+            Ok(())
+        } else {
+            Err(StoreError::Key(format!(
+                "no private key in {} is valid now: rotate to a new key (vigil keys rotate) or \
+                 configure checkpoint.signing_key_file",
+                self.dir.display()
+            )))
+        }
+    }
+
     /// The store's name: the signer name of its checkpoints, the prefix of its origins.
     pub fn name(&self) -> &str {
         self.registry.name().unwrap_or_default()
@@ -825,6 +840,7 @@ mod tests {
             verify_note(&both, &ring.registry),
             NoteVerdict::Valid(_)
         ));
+        ring.check_can_sign().unwrap();
         c.time_ms = now_ms() + 120_000;
         let later = ring.sign(&c).unwrap();
         assert_eq!(std::str::from_utf8(&later).unwrap().matches('—').count(), 1);
@@ -849,6 +865,19 @@ mod tests {
             )],
         };
         let late = old_ring.sign(&c).unwrap();
+        // A ring whose only key has expired refuses to start signing.
+        let past = KeyEntry {
+            valid_until_ms: Some(now_ms() - 1),
+            ..ring.registry.keys[0].clone()
+        };
+        let expired = KeyRing {
+            dir: dir.path().join(KEYS_DIR),
+            registry: Registry {
+                keys: vec![past.clone()],
+            },
+            signers: vec![(past, ring.signers[0].1.clone())],
+        };
+        assert!(expired.check_can_sign().is_err());
         assert!(matches!(
             verify_note(&late, &old_only),
             NoteVerdict::Untrusted(_)
