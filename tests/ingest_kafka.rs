@@ -143,7 +143,8 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
         origins.insert(cp.origin);
     }
     assert_eq!(origins.len(), 3, "one log per partition");
-    // `vigil verify` reads the same anchors from Kafka: with pinned keys, valid.
+    // `vigil verify` reads the same anchors from Kafka: with pinned keys, valid — and every
+    // stored event column is what its record's bytes decode to (hostile records included).
     let keys_file = dir.path().join("pinned.keys");
     std::fs::write(&keys_file, keys.format()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -151,7 +152,7 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
         .arg(&data_dir)
         .arg("--keys")
         .arg(&keys_file)
-        .args(["--anchor-kafka", &broker.addr])
+        .args(["--anchor-kafka", &broker.addr, "--decoded"])
         .output()
         .unwrap();
     assert_eq!(
