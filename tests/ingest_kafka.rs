@@ -20,6 +20,19 @@ fn data(rel: &str) -> String {
     .unwrap()
 }
 
+/// (text, count) rows of a `SELECT x, count(*) … GROUP BY` query (one result batch).
+fn counts_by(dir: &std::path::Path, q: &str) -> Vec<(String, i64)> {
+    let b = sql(dir, q);
+    (0..b[0].num_rows())
+        .map(|i| {
+            (
+                b[0].column(0).as_string::<i32>().value(i).to_owned(),
+                b[0].column(1).as_primitive::<Int64Type>().value(i),
+            )
+        })
+        .collect()
+}
+
 fn count(dir: &std::path::Path, q: &str) -> i64 {
     let b = sql(dir, q);
     b[0].column(0).as_primitive::<Int64Type>().value(0)
@@ -197,18 +210,10 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
         ),
         500
     );
-    let b = sql(
+    let kinds = counts_by(
         &data_dir,
         "SELECT store_error_kind, count(*) FROM rejected GROUP BY store_error_kind ORDER BY 1",
     );
-    let kinds: Vec<(String, i64)> = (0..b[0].num_rows())
-        .map(|i| {
-            (
-                b[0].column(0).as_string::<i32>().value(i).to_owned(),
-                b[0].column(1).as_primitive::<Int64Type>().value(i),
-            )
-        })
-        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -376,18 +381,10 @@ fn a_regex_subscription_takes_every_matching_topic_and_dead_letters_do_not_loop(
     assert!(s.terminate());
     let log = std::fs::read_to_string(log_path).unwrap();
     assert!(log.contains("dlq_skipped=1"), "{log}");
-    let b = sql(
+    let per_topic = counts_by(
         &data_dir,
         "SELECT kafka_topic, count(*) FROM stored GROUP BY 1 ORDER BY 1",
     );
-    let per_topic: Vec<(String, i64)> = (0..b[0].num_rows())
-        .map(|i| {
-            (
-                b[0].column(0).as_string::<i32>().value(i).to_owned(),
-                b[0].column(1).as_primitive::<Int64Type>().value(i),
-            )
-        })
-        .collect();
     assert_eq!(
         per_topic,
         vec![
