@@ -98,7 +98,8 @@ pub struct StoreConfig {
     pub pipeline_queue_depth: usize,
     /// Threads writing Parquet files.
     pub writer_threads: usize,
-    /// Sealed batches queued per writer before partitions are paused (backpressure).
+    /// Sealed batches queued per writer before the pipeline threads feeding it wait (and, in
+    /// turn, partitions are paused: backpressure).
     pub writer_queue_depth: usize,
     /// zstd compression level of the Parquet files (1 fastest … 22 smallest).
     pub zstd_level: i32,
