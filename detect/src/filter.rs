@@ -155,11 +155,7 @@ fn test(f: Field, t: &Test, row: &impl Row) -> bool {
         Test::InInt(vs) => row.int(c).is_some_and(|x| vs.contains(&x)),
         Test::EqBool(v) => row.bool(c) == Some(*v),
         Test::NeBool(v) => row.bool(c).is_some_and(|x| x != *v),
-        Test::Exists => match f.ty {
-            FieldType::Str => row.str(c).is_some(),
-            FieldType::Int => row.int(c).is_some(),
-            FieldType::Bool => row.bool(c).is_some(),
-        },
+        Test::Exists => crate::group::present(&f, row),
         Test::Missing => !test(f, &Test::Exists, row),
     }
 }

@@ -5,12 +5,14 @@
 //! count, allowlist, first seen, sequence, rate spike), alert deduplication and alert records.
 //! **Not for:** delivery transport details, storage formats, or decoding.
 //!
-//! Status: the filter language and the threshold rule kind ([`threshold`]: event-time sliding
-//! window, out-of-order events placed, late ones counted, per-group suppression, bounded
-//! state) are here; the engine, the other rule kinds and rules as code land with the rest of
-//! the "Streaming detection" issue.
+//! Status: the filter language, the bounded group table with its event-time clock and alert
+//! suppression ([`group`]), and two rule kinds — [`threshold`] and [`distinct`] (event-time
+//! sliding windows, out-of-order events placed, late ones counted) — are here; the engine, the
+//! other rule kinds and rules as code land with the rest of the "Streaming detection" issue.
 
+pub mod distinct;
 pub mod filter;
+pub mod group;
 pub mod threshold;
 
 pub use filter::{Filter, FilterError, Row};

@@ -8,17 +8,17 @@
 //! State is bounded: at most `max_groups` groups (the least recently seen is evicted and
 //! counted), and at most N timestamps per group.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::VecDeque;
 
-use crate::filter::{Field, FieldType, Filter, Row};
+use crate::filter::{Filter, Row};
+use crate::group::{Clock, GroupBy, Key, Open, Table};
 
 /// A threshold rule's settings.
 #[derive(Debug)]
 pub struct ThresholdSpec {
     pub filter: Filter,
     /// Group by these fields (their values form the group key; a missing value is its own).
-    pub group_by: Vec<(String, Field)>,
+    pub group_by: GroupBy,
     /// Fire at this many matching events within the window.
     pub count: usize,
     pub window_ns: i64,
@@ -48,7 +48,7 @@ pub enum Outcome {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alert {
-    pub key: Vec<Option<String>>,
+    pub key: Key,
     pub first_ns: i64,
     pub last_ns: i64,
     pub count: u64,
@@ -56,13 +56,9 @@ pub struct Alert {
 
 #[derive(Debug)]
 struct Group {
-    key: Vec<Option<String>>,
     /// The newest matching event times, at most `count`, ascending.
     times: VecDeque<i64>,
-    /// The open alert: when it fired (event time) and how many events it has counted.
-    alert: Option<(i64, u64)>,
-    /// Logical clock of the last event, for eviction.
-    seen: u64,
+    open: Open,
 }
 
 /// Counters a rule keeps for metrics.
@@ -77,64 +73,29 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Threshold {
     spec: ThresholdSpec,
-    groups: HashMap<u64, Vec<Group>>,
-    group_count: usize,
-    /// The newest event time seen.
-    max_time: i64,
-    clock: u64,
+    groups: Table<Group>,
+    clock: Clock,
     pub counters: Counters,
-}
-
-fn key_hash(fields: &[(String, Field)], row: &impl Row) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (_, f) in fields {
-        match f.ty {
-            FieldType::Str => row.str(f.column).hash(&mut h),
-            FieldType::Int => row.int(f.column).hash(&mut h),
-            FieldType::Bool => row.bool(f.column).hash(&mut h),
-        }
-    }
-    h.finish()
-}
-
-/// A group key value as the alert reports it (allocated once, when the group is created).
-fn value(f: &Field, row: &impl Row) -> Option<String> {
-    match f.ty {
-        FieldType::Str => row.str(f.column).map(str::to_owned),
-        FieldType::Int => row.int(f.column).map(|i| i.to_string()),
-        FieldType::Bool => row.bool(f.column).map(|b| b.to_string()),
-    }
-}
-
-/// Whether the row belongs to the group with this key, without allocating.
-fn same_key(fields: &[(String, Field)], key: &[Option<String>], row: &impl Row) -> bool {
-    fields.iter().zip(key).all(|((_, f), k)| match f.ty {
-        FieldType::Str => row.str(f.column) == k.as_deref(),
-        FieldType::Int => row.int(f.column) == k.as_deref().and_then(|k| k.parse().ok()),
-        FieldType::Bool => row.bool(f.column) == k.as_deref().and_then(|k| k.parse().ok()),
-    })
 }
 
 impl Threshold {
     pub fn new(spec: ThresholdSpec) -> Threshold {
         assert!(spec.count >= 1 && spec.window_ns > 0 && spec.max_groups >= 1);
         Threshold {
+            groups: Table::new(spec.max_groups),
+            clock: Clock::new(spec.allowed_lateness_ns),
             spec,
-            groups: HashMap::new(),
-            group_count: 0,
-            max_time: i64::MIN,
-            clock: 0,
             counters: Counters::default(),
         }
     }
 
     pub fn groups(&self) -> usize {
-        self.group_count
+        self.groups.len()
     }
 
     /// Evaluate one event with its event time.
     pub fn observe(&mut self, row: &impl Row, time_ns: i64) -> Outcome {
-        if self.max_time != i64::MIN && time_ns < self.max_time - self.spec.allowed_lateness_ns {
+        if self.clock.is_late(time_ns) {
             self.counters.late += 1;
             return Outcome::Late;
         }
@@ -142,102 +103,53 @@ impl Threshold {
             return Outcome::Nothing;
         }
         self.counters.matched += 1;
-        self.max_time = self.max_time.max(time_ns);
-        self.clock += 1;
-        let hash = key_hash(&self.spec.group_by, row);
-        let fields = &self.spec.group_by;
-        let bucket = self.groups.entry(hash).or_default();
-        let i = match bucket.iter().position(|g| same_key(fields, &g.key, row)) {
-            Some(i) => i,
-            None => {
-                bucket.push(Group {
-                    key: fields.iter().map(|(_, f)| value(f, row)).collect(),
-                    times: VecDeque::with_capacity(self.spec.count.min(64)),
-                    alert: None,
-                    seen: 0,
-                });
-                self.group_count += 1;
-                bucket.len() - 1
-            }
-        };
-        let g = &mut bucket[i];
-        g.seen = self.clock;
+        self.clock.advance(time_ns);
+        let (count, window, suppress) =
+            (self.spec.count, self.spec.window_ns, self.spec.suppress_ns);
+        let (key, g) = self.groups.entry(&self.spec.group_by, row, || Group {
+            times: VecDeque::with_capacity(count.min(64)),
+            open: Open::default(),
+        });
         // Insert in event-time order (out-of-order arrivals land in place).
         let at = g.times.partition_point(|&t| t <= time_ns);
         g.times.insert(at, time_ns);
-        if g.times.len() > self.spec.count {
+        if g.times.len() > count {
             g.times.pop_front();
         }
-        let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
-        let outcome = match g.alert {
-            Some((fired, n)) if time_ns < fired + suppress && time_ns >= fired - window => {
-                g.alert = Some((fired, n + 1));
-                Outcome::Updated {
-                    key: g.key.clone(),
-                    count: n + 1,
-                }
+        let outcome = if let Some(n) = g.open.absorb(time_ns, window, suppress) {
+            Outcome::Updated {
+                key: key.clone(),
+                count: n,
             }
-            _ => {
-                // N events within `window` of each other, this one among them.
-                let n = g.times.len();
-                let first = g.times[0];
-                let last = g.times[n - 1];
-                if n >= self.spec.count && last - first <= window {
-                    g.alert = Some((last, n as u64));
-                    self.counters.fired += 1;
-                    Outcome::Fired(Alert {
-                        key: g.key.clone(),
-                        first_ns: first,
-                        last_ns: last,
-                        count: n as u64,
-                    })
-                } else {
-                    Outcome::Nothing
-                }
+        } else {
+            // N events within `window` of each other, this one among them.
+            let n = g.times.len();
+            let (first, last) = (g.times[0], g.times[n - 1]);
+            if n >= count && last - first <= window {
+                g.open.fire(last, n as u64);
+                self.counters.fired += 1;
+                Outcome::Fired(Alert {
+                    key: key.clone(),
+                    first_ns: first,
+                    last_ns: last,
+                    count: n as u64,
+                })
+            } else {
+                Outcome::Nothing
             }
         };
-        if self.group_count > self.spec.max_groups {
-            self.evict_one();
-        }
+        self.counters.evicted = self.groups.evicted;
         outcome
-    }
-
-    /// Drop the least recently seen group. A linear scan, run only when a new group pushes the
-    /// count over the cap; the engine will keep the groups in recency order instead.
-    fn evict_one(&mut self) {
-        let oldest = self
-            .groups
-            .iter()
-            .flat_map(|(h, b)| b.iter().enumerate().map(move |(i, g)| (g.seen, *h, i)))
-            .min();
-        if let Some((_, h, i)) = oldest
-            && let Some(b) = self.groups.get_mut(&h)
-        {
-            b.swap_remove(i);
-            if b.is_empty() {
-                self.groups.remove(&h);
-            }
-            self.group_count -= 1;
-            self.counters.evicted += 1;
-        }
     }
 
     /// Forget groups with nothing in the window and no open alert as of the watermark.
     pub fn expire(&mut self) {
-        let horizon = self.max_time - self.spec.allowed_lateness_ns;
+        let horizon = self.clock.watermark();
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
-        let mut dropped = 0;
-        self.groups.retain(|_, b| {
-            b.retain(|g| {
-                let newest = g.times.back().copied().unwrap_or(i64::MIN);
-                let alert_open = g.alert.is_some_and(|(f, _)| f + suppress > horizon);
-                let keep = newest.saturating_add(window) > horizon || alert_open;
-                dropped += usize::from(!keep);
-                keep
-            });
-            !b.is_empty()
+        self.groups.retain(|g| {
+            let newest = g.times.back().copied().unwrap_or(i64::MIN);
+            newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
         });
-        self.group_count -= dropped;
     }
 }
 
