@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use arrow::array::{Array, AsArray, BinaryArray, FixedSizeBinaryArray, StructArray};
+use arrow::array::{Array, AsArray, BinaryArray, FixedSizeBinaryArray};
 use arrow::datatypes::{Int64Type, TimestampMillisecondType, UInt32Type};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -19,6 +19,7 @@ use crate::files::Store;
 use crate::merkle::{
     Hash, consistency_proof, inclusion_proof, leaf_node, verify_consistency, verify_inclusion,
 };
+use crate::verify::{header_columns, stored_headers, stored_value};
 
 /// A Kafka record as stored: everything its leaf hash commits to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,28 +168,17 @@ fn read_record(
         let raw: &BinaryArray = raw.as_binary::<i32>();
         let tomb = col("kafka_tombstone")?;
         let headers = col("kafka_headers")?;
-        let list = headers.as_list::<i32>().value(r);
+        let headers = headers.as_list::<i32>();
+        let columns = header_columns(headers).ok_or_else(|| {
+            StoreError::corrupt(&f.path, "kafka_headers is not a list of (key, value)")
+        })?;
         let mut hs = Vec::new();
-        if let Some(s) = list.as_any().downcast_ref::<StructArray>()
-            && let (Some(k), Some(v)) = (
-                s.column(0).as_string_opt::<i32>(),
-                s.column(1).as_binary_opt::<i32>(),
-            )
-        {
-            for j in 0..s.len() {
-                hs.push((
-                    k.value(j).to_owned(),
-                    v.is_valid(j).then(|| v.value(j).to_vec()),
-                ));
-            }
-        }
-        let v = if tomb.as_boolean().value(r) {
-            None
-        } else if value.is_valid(r) {
-            Some(value.value(r).to_vec())
-        } else {
-            Some(raw.value(r).to_vec())
-        };
+        stored_headers(headers, columns, r, &mut hs);
+        let hs = hs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.map(<[u8]>::to_vec)))
+            .collect();
+        let v = stored_value(tomb.as_boolean(), value, raw, r).map(<[u8]>::to_vec);
         return Ok(StoredRecord {
             topic: topic.to_owned(),
             partition,

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Condvar, Mutex};
 
 use arrow::array::{
-    Array, AsArray, BinaryArray, FixedSizeBinaryArray, Int32Array, Int64Array, ListArray,
-    StringArray, StructArray,
+    Array, AsArray, BinaryArray, BooleanArray, FixedSizeBinaryArray, Int32Array, Int64Array,
+    ListArray, StringArray, StructArray,
 };
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType, UInt32Type};
 use parquet::arrow::ProjectionMask;
@@ -374,13 +374,8 @@ fn redecode_file(path: &Path, config: &DecoderConfig) -> Result<Result<(), Strin
         if idx.value(r) != 0 {
             continue;
         }
-        let value: &[u8] = if tomb.value(r) {
-            &[]
-        } else if values.is_valid(r) {
-            values.value(r)
-        } else {
-            raws.value(r)
-        };
+        // What the decoder was given: a tombstone decoded as empty.
+        let value: &[u8] = stored_value(tomb, values, raws, r).unwrap_or_default();
         // The stored time stands in where the original fell back to the receive time.
         let fallback = times.value(r);
         let pinned = if formats.is_valid(r) {
@@ -472,7 +467,6 @@ fn scan_rows(
         let prevs: &Int64Array = col("chain_prev_offset")?.as_primitive::<Int64Type>();
         let leaves: &FixedSizeBinaryArray = col("leaf_hash")?.as_fixed_size_binary();
         let chains: &FixedSizeBinaryArray = col("chain_hash")?.as_fixed_size_binary();
-        let header_offsets = headers.value_offsets();
         let (header_keys, header_values) = header_columns(headers).ok_or_else(|| {
             StoreError::corrupt(path, "kafka_headers is not a list of (key, value)")
         })?;
@@ -506,22 +500,8 @@ fn scan_rows(
                     cur.offset
                 )));
             }
-            hs.clear();
-            if headers.is_valid(i) {
-                for j in header_offsets[i] as usize..header_offsets[i + 1] as usize {
-                    hs.push((
-                        header_keys.value(j),
-                        header_values.is_valid(j).then(|| header_values.value(j)),
-                    ));
-                }
-            }
-            let value = if tomb.value(i) {
-                None
-            } else if values.is_valid(i) {
-                Some(values.value(i))
-            } else {
-                Some(raws.value(i))
-            };
+            stored_headers(headers, (header_keys, header_values), i, &mut hs);
+            let value = stored_value(tomb, values, raws, i);
             let rec = RecordRef {
                 topic,
                 partition,
@@ -574,8 +554,41 @@ fn scan_rows(
     Ok(Ok(()))
 }
 
+/// A stored record's Kafka value: `None` for a tombstone; `kafka_value` where the record's
+/// bytes differ from its first row's `raw` (gzip, arrays), else `raw`.
+pub(crate) fn stored_value<'a>(
+    tomb: &BooleanArray,
+    values: &'a BinaryArray,
+    raws: &'a BinaryArray,
+    row: usize,
+) -> Option<&'a [u8]> {
+    if tomb.value(row) {
+        None
+    } else if values.is_valid(row) {
+        Some(values.value(row))
+    } else {
+        Some(raws.value(row))
+    }
+}
+
+/// A stored record's headers into `out` (cleared first), borrowed from the columns.
+pub(crate) fn stored_headers<'a>(
+    headers: &ListArray,
+    (keys, values): (&'a StringArray, &'a BinaryArray),
+    row: usize,
+    out: &mut Vec<(&'a str, Option<&'a [u8]>)>,
+) {
+    out.clear();
+    if headers.is_valid(row) {
+        let offsets = headers.value_offsets();
+        for j in offsets[row] as usize..offsets[row + 1] as usize {
+            out.push((keys.value(j), values.is_valid(j).then(|| values.value(j))));
+        }
+    }
+}
+
 /// The key and value columns of the headers' entries.
-fn header_columns(headers: &ListArray) -> Option<(&StringArray, &BinaryArray)> {
+pub(crate) fn header_columns(headers: &ListArray) -> Option<(&StringArray, &BinaryArray)> {
     let s = headers.values().as_any().downcast_ref::<StructArray>()?;
     Some((
         s.column(0).as_string_opt::<i32>()?,
