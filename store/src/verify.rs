@@ -176,7 +176,7 @@ pub fn check_partition(
         for (i, scan) in rx {
             arrived.insert(i, scan);
             while let Some(scan) = arrived.remove(&joined) {
-                join(scan, topic, partition, want, &mut cur, &mut tree, &mut r);
+                join(scan, topic, partition, &mut cur, &mut tree, &mut r);
                 joined += 1;
                 *gate.0.lock().unwrap_or_else(|p| p.into_inner()) = joined;
                 gate.1.notify_all();
@@ -198,7 +198,6 @@ fn join(
     scan: FileScan,
     topic: &str,
     partition: i32,
-    want: &BTreeSet<u64>,
     cur: &mut ChainHead,
     tree: &mut Frontier,
     r: &mut PartitionReport,
@@ -236,16 +235,16 @@ fn join(
         };
     }
     if problem.is_none() {
+        // The scan noted the chain head at each requested size, in order, counting from the
+        // footer's first leaf index — which is the tree's size here (checked above).
+        let mut chains = scan.chains_at.iter().peekable();
         for leaf in &scan.leaves {
             tree.append(leaf);
-            if want.contains(&tree.size()) {
-                r.roots_at
-                    .insert(tree.size(), (tree.root(), ChainHead::default()));
-            }
-        }
-        for (size, chain) in &scan.chains_at {
-            if let Some(e) = r.roots_at.get_mut(size) {
-                e.1 = *chain;
+            if let Some(&&(size, chain)) = chains.peek()
+                && size == tree.size()
+            {
+                r.roots_at.insert(size, (tree.root(), chain));
+                chains.next();
             }
         }
         if tree.size() != footer.tree_size
