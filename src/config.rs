@@ -19,6 +19,51 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub store: StoreConfig,
     pub checkpoint: CheckpointConfig,
+    pub detect: DetectConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Run the detection engine in `vigil serve`.
+    pub enabled: bool,
+    /// Load the default rule pack (compiled in).
+    pub default_rules: bool,
+    /// A directory of rule files (`*.toml`) loaded after the default pack; a rule with a
+    /// default rule's id replaces it. Empty: none.
+    pub rules_dir: std::path::PathBuf,
+    /// The policy graph (`[[edge]]` caller → callee) the declared unexpected-caller rule checks
+    /// against. Empty: none (the learned first-seen rule runs instead).
+    pub allowlist_file: std::path::PathBuf,
+    /// Events this far behind the newest event time a rule has seen are late: counted
+    /// (`late` in the progress line), not evaluated. Rules may set their own.
+    pub allowed_lateness_ms: u64,
+    /// Groups each rule keeps at most (the least recently seen are evicted, and counted).
+    /// Rules may set their own.
+    pub max_groups_per_rule: usize,
+    /// Chained pieces waiting for detection at most; a full queue makes the pipeline wait.
+    pub queue_depth: usize,
+    /// Updates of open alerts are stored at most this often; new alerts at once.
+    pub alert_flush_ms: u64,
+    /// The engine's state (groups, baselines, positions) is checkpointed to
+    /// `<data_dir>/detect/state.json` this often, and at shutdown.
+    pub state_interval_ms: u64,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            enabled: true,
+            default_rules: true,
+            rules_dir: Default::default(),
+            allowlist_file: Default::default(),
+            allowed_lateness_ms: 30_000,
+            max_groups_per_rule: 100_000,
+            queue_depth: 16,
+            alert_flush_ms: 1000,
+            state_interval_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

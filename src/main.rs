@@ -1,6 +1,7 @@
 //! `vigil`: the one entry point. Parses arguments and configuration, sets up logging, and
 //! hands off to the stage crates; it owns no pipeline logic of its own.
 
+mod alerts_cmd;
 mod compact_cmd;
 mod config;
 mod decode_cmd;
@@ -8,6 +9,7 @@ mod keys_cmd;
 mod produce_cmd;
 mod proof_cmd;
 mod query_cmd;
+mod rules_cmd;
 mod serve_cmd;
 mod verify_cmd;
 
@@ -57,6 +59,11 @@ enum Command {
     /// Rewrite each partition log's small files into larger ones (same rows and hashes; still
     /// verifies). Run while `vigil serve` is stopped.
     Compact(compact_cmd::CompactArgs),
+    /// Detection rules: list them, run the tests rule files carry, backtest them on stored
+    /// events.
+    Rules(rules_cmd::RulesArgs),
+    /// List stored alerts (the newest revision of each), newest first.
+    Alerts(alerts_cmd::AlertsArgs),
     /// Show or rotate the checkpoint signing keys.
     Keys(keys_cmd::KeysArgs),
     /// Write a proof bundle: one event's inclusion in its signed log (`--event ID`, or `--log
@@ -106,6 +113,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify_cmd::run(&cfg, args),
         Command::Proof(args) => proof_cmd::run_proof(&cfg, args),
         Command::Keys(args) => keys_cmd::run(&cfg, args),
+        Command::Rules(args) => rules_cmd::run(&cfg, args),
+        Command::Alerts(args) => alerts_cmd::run(&cfg, args),
         Command::Compact(args) => compact_cmd::run(&cfg, args),
         Command::VerifyProof(args) => proof_cmd::run_verify_proof(args),
         Command::Schema { json } => {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use vigil_detect::run::{DetectMetrics, RunConfig};
 use vigil_ingest::{IngestConfig, IngestMetrics};
 use vigil_schemas::SourceFormat;
 use vigil_store::checkpoint::{Checkpointer, KeyRing};
@@ -108,13 +109,53 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir = %cfg.store.data_dir.display(), log_name = %checkpoints.store_name(),
         "vigil serve starting");
 
+    // Detection: its own thread, fed the chained rows by the pipeline threads.
+    let dmetrics = Arc::new(DetectMetrics::default());
+    let (detect_tx, detect) = if cfg.detect.enabled {
+        let loaded = crate::rules_cmd::load(&cfg.detect)?;
+        let rules: Vec<_> = loaded.rules.into_iter().map(|(r, _)| r).collect();
+        tracing::info!(
+            rules = rules.len(),
+            failed = loaded.errors.len(),
+            inactive = loaded.inactive.len(),
+            "detection rules loaded"
+        );
+        let (tx, rx) = crossbeam_channel::bounded(cfg.detect.queue_depth.max(1));
+        match vigil_detect::run::start(
+            RunConfig {
+                data_dir: cfg.store.data_dir.clone(),
+                alert_flush_ms: cfg.detect.alert_flush_ms,
+                state_interval_ms: cfg.detect.state_interval_ms,
+            },
+            rules,
+            rx,
+            dmetrics.clone(),
+        ) {
+            Ok(handle) => (Some(tx), Some(handle)),
+            // Another process of the group runs detection on this data directory; it reads
+            // this process's files from the store.
+            Err(e @ vigil_detect::run::DetectError::Locked(_)) => {
+                tracing::warn!(reason = %e, "detection runs in another process");
+                (None, None)
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context("starting detection")),
+        }
+    } else {
+        tracing::warn!(
+            "detection is off (detect.enabled = false): events are stored, no rules run"
+        );
+        (None, None)
+    };
+
     let shutdown = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(IngestMetrics::default());
     let ingest = {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("vigil-ingest".into())
-            .spawn(move || vigil_ingest::run(icfg, store, checkpoints, shutdown, metrics))?
+            .spawn(move || {
+                vigil_ingest::run(icfg, store, checkpoints, shutdown, metrics, detect_tx)
+            })?
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -133,6 +174,10 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = int.recv() => { tracing::info!("SIGINT: flushing and committing"); break; }
                 _ = tick.tick() => {
                     if ingest.is_finished() { break; }
+                    if detect.as_ref().is_some_and(|d| d.is_finished()) {
+                        tracing::error!("detection stopped: stopping");
+                        break;
+                    }
                     if args.progress_secs > 0 && last_at.elapsed() >= every {
                         let now = metrics.snapshot();
                         let secs = last_at.elapsed().as_secs_f64();
@@ -140,7 +185,10 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                             records_per_s = ((now.records_received - last.records_received) as f64 / secs).round(),
                             records = now.records_received, decoded = now.records_decoded,
                             rejected = now.records_rejected, already_stored = now.records_already_stored,
-                            files = now.files_written, rows_stored = now.rows_stored, "progress");
+                            files = now.files_written, rows_stored = now.rows_stored,
+                            detected = dmetrics.rows.load(Ordering::Relaxed),
+                            alerts = dmetrics.alerts_fired.load(Ordering::Relaxed),
+                            late = dmetrics.late.load(Ordering::Relaxed), "progress");
                         (last, last_at) = (now, Instant::now());
                     }
                 }
@@ -152,7 +200,23 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let result = ingest
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
+    // The pipeline threads are gone, and with them the detection queue's senders.
+    let detected = match detect {
+        Some(d) => d
+            .join()
+            .map_err(|_| anyhow::anyhow!("detection thread panicked"))?
+            .map_err(anyhow::Error::from),
+        None => Ok(()),
+    };
     let m = metrics.snapshot();
+    tracing::info!(
+        events_evaluated = dmetrics.rows.load(Ordering::Relaxed),
+        alerts_fired = dmetrics.alerts_fired.load(Ordering::Relaxed),
+        alert_revisions = dmetrics.alert_revisions.load(Ordering::Relaxed),
+        late = dmetrics.late.load(Ordering::Relaxed),
+        evicted = dmetrics.evicted.load(Ordering::Relaxed),
+        "detection stopped"
+    );
     tracing::info!(
         records = m.records_received,
         decoded = m.records_decoded,
@@ -169,5 +233,6 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         "vigil serve stopped"
     );
     result.context("ingest failed")?;
+    detected.context("detection failed")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,15 +2,15 @@
 //! matching events within a sliding event-time window — one caller denied on many paths
 //! (permission probing), one source trying many users (spraying).
 //!
-//! Per group it keeps at most N values (the most recently seen), each with the time it was
-//! last seen: enough to tell whether N distinct values fall within one window. Lateness,
+//! Per group it keeps at most N values (the most recently seen), each with the event that
+//! last showed it: enough to tell whether N distinct values fall within one window. Lateness,
 //! suppression and the bound on groups work as for [`crate::threshold`].
 
-use std::hash::Hasher;
+use serde::{Deserialize, Serialize};
 
 use crate::filter::{Field, Filter, Row};
-use crate::group::{self, Clock, GroupBy, Key, Open, Table};
-use crate::threshold::Counters;
+use crate::group::{self, Clock, GroupBy, Open, Table};
+use crate::hit::{Counters, EvRef, Hit, Outcome, newest};
 
 #[derive(Debug)]
 pub struct DistinctSpec {
@@ -25,36 +25,18 @@ pub struct DistinctSpec {
     pub max_groups: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Nothing,
-    /// A new alert: the group, the distinct values seen in the window (at most N), the
-    /// window's first and last event time.
-    Fired {
-        key: Key,
-        values: Vec<String>,
-        first_ns: i64,
-        last_ns: i64,
-    },
-    Updated {
-        key: Key,
-        count: u64,
-    },
-    Late,
-}
-
-#[derive(Debug)]
-struct Group {
-    /// (value hash, value, last seen), at most N.
-    values: Vec<(u64, String, i64)>,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Group {
+    /// (value, the newest event with it), at most N.
+    values: Vec<(String, EvRef)>,
     open: Open,
 }
 
 #[derive(Debug)]
 pub struct DistinctCount {
-    spec: DistinctSpec,
-    groups: Table<Group>,
-    clock: Clock,
+    pub(crate) spec: DistinctSpec,
+    pub(crate) groups: Table<Group>,
+    pub(crate) clock: Clock,
     pub counters: Counters,
 }
 
@@ -73,7 +55,8 @@ impl DistinctCount {
         self.groups.len()
     }
 
-    pub fn observe(&mut self, row: &impl Row, time_ns: i64) -> Outcome {
+    pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
+        let time_ns = ev.time_ns;
         if self.clock.is_late(time_ns) {
             self.counters.late += 1;
             return Outcome::Late;
@@ -86,58 +69,91 @@ impl DistinctCount {
         self.clock.advance(time_ns);
         let (count, window, suppress) =
             (self.spec.count, self.spec.window_ns, self.spec.suppress_ns);
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        group::hash_value(&field, row, &mut h);
-        let vh = h.finish();
         let outcome = {
             let (key, g) = self.groups.entry(&self.spec.group_by, row, || Group {
                 values: Vec::with_capacity(count.min(64)),
                 open: Open::default(),
             });
-            match g.values.iter_mut().find(|(h, _, _)| *h == vh) {
-                Some(v) => v.2 = v.2.max(time_ns),
+            match g
+                .values
+                .iter_mut()
+                .find(|(v, _)| group::value_is(&field, row, v))
+            {
+                Some(v) => {
+                    if time_ns >= v.1.time_ns {
+                        v.1 = ev;
+                    }
+                }
                 None => {
                     g.values
-                        .push((vh, group::value(&field, row).unwrap_or_default(), time_ns));
+                        .push((group::value(&field, row).unwrap_or_default(), ev));
                     if g.values.len() > count {
                         // Keep the N most recently seen.
                         let oldest = g
                             .values
                             .iter()
                             .enumerate()
-                            .min_by_key(|(_, v)| v.2)
+                            .min_by_key(|(_, v)| v.1.time_ns)
                             .map(|(i, _)| i)
                             .unwrap_or(0);
                         g.values.swap_remove(oldest);
                     }
                 }
             }
-            let first = g.values.iter().map(|v| v.2).min().unwrap_or(time_ns);
-            let last = g.values.iter().map(|v| v.2).max().unwrap_or(time_ns);
+            let first = g
+                .values
+                .iter()
+                .map(|v| v.1.time_ns)
+                .min()
+                .unwrap_or(time_ns);
+            let last = g
+                .values
+                .iter()
+                .map(|v| v.1.time_ns)
+                .max()
+                .unwrap_or(time_ns);
             if let Some(n) = g.open.absorb(time_ns, window, suppress) {
                 Outcome::Updated {
                     key: key.clone(),
                     count: n,
+                    ev,
                 }
             } else if g.values.len() >= count && last - first <= window {
                 g.open.fire(last, g.values.len() as u64);
-                let mut values: Vec<String> = g.values.iter().map(|v| v.1.clone()).collect();
+                let mut values: Vec<String> = g.values.iter().map(|v| v.0.clone()).collect();
                 values.sort();
-                Outcome::Fired {
+                Outcome::Fired(Hit {
                     key: key.clone(),
-                    values,
                     first_ns: first,
                     last_ns: last,
-                }
+                    count: g.values.len() as u64,
+                    detail: values,
+                    evidence: newest(g.values.iter().map(|v| v.1).collect()),
+                })
             } else {
                 Outcome::Nothing
             }
         };
-        if matches!(outcome, Outcome::Fired { .. }) {
+        if outcome.fired() {
             self.counters.fired += 1;
         }
         self.counters.evicted = self.groups.evicted;
         outcome
+    }
+
+    /// Forget groups with nothing in the window and no open alert as of the watermark.
+    pub fn expire(&mut self) {
+        let horizon = self.clock.watermark();
+        let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
+        self.groups.retain(|g| {
+            let newest = g
+                .values
+                .iter()
+                .map(|v| v.1.time_ns)
+                .max()
+                .unwrap_or(i64::MIN);
+            newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
+        });
     }
 }
 
@@ -171,6 +187,13 @@ mod tests {
         }
     }
 
+    fn at(t: i64) -> EvRef {
+        EvRef {
+            time_ns: t,
+            ..EvRef::default()
+        }
+    }
+
     fn rule(count: usize, window_s: i64) -> DistinctCount {
         DistinctCount::new(DistinctSpec {
             filter: Filter::parse(r#"decision == "deny""#).unwrap(),
@@ -190,29 +213,40 @@ mod tests {
     #[test]
     fn n_distinct_values_in_the_window_fire_repeats_do_not_count() {
         let mut r = rule(3, 60);
-        assert_eq!(r.observe(&Ev("a", Some("/x"), "deny"), 0), Outcome::Nothing);
-        assert_eq!(r.observe(&Ev("a", Some("/x"), "deny"), S), Outcome::Nothing);
-        assert_eq!(r.observe(&Ev("a", None, "deny"), 2 * S), Outcome::Nothing);
         assert_eq!(
-            r.observe(&Ev("a", Some("/y"), "allow"), 3 * S),
+            r.observe(&Ev("a", Some("/x"), "deny"), at(0)),
             Outcome::Nothing
         );
         assert_eq!(
-            r.observe(&Ev("a", Some("/y"), "deny"), 4 * S),
+            r.observe(&Ev("a", Some("/x"), "deny"), at(S)),
             Outcome::Nothing
         );
         assert_eq!(
-            r.observe(&Ev("a", Some("/z"), "deny"), 60 * S),
-            Outcome::Fired {
+            r.observe(&Ev("a", None, "deny"), at(2 * S)),
+            Outcome::Nothing
+        );
+        assert_eq!(
+            r.observe(&Ev("a", Some("/y"), "allow"), at(3 * S)),
+            Outcome::Nothing
+        );
+        assert_eq!(
+            r.observe(&Ev("a", Some("/y"), "deny"), at(4 * S)),
+            Outcome::Nothing
+        );
+        assert_eq!(
+            r.observe(&Ev("a", Some("/z"), "deny"), at(60 * S)),
+            Outcome::Fired(Hit {
                 key: vec![Some("a".into())],
-                values: vec!["/x".into(), "/y".into(), "/z".into()],
+                detail: vec!["/x".into(), "/y".into(), "/z".into()],
                 first_ns: S,
-                last_ns: 60 * S
-            }
+                last_ns: 60 * S,
+                count: 3,
+                evidence: vec![at(S), at(4 * S), at(60 * S)],
+            })
         );
         // Another probe by the same caller updates the open alert.
         assert!(matches!(
-            r.observe(&Ev("a", Some("/w"), "deny"), 70 * S),
+            r.observe(&Ev("a", Some("/w"), "deny"), at(70 * S)),
             Outcome::Updated { count: 4, .. }
         ));
     }
@@ -220,19 +254,19 @@ mod tests {
     #[test]
     fn values_spread_wider_than_the_window_do_not_fire() {
         let mut r = rule(3, 60);
-        r.observe(&Ev("a", Some("/x"), "deny"), 0);
-        r.observe(&Ev("a", Some("/y"), "deny"), 30 * S);
+        r.observe(&Ev("a", Some("/x"), "deny"), at(0));
+        r.observe(&Ev("a", Some("/y"), "deny"), at(30 * S));
         assert_eq!(
-            r.observe(&Ev("a", Some("/z"), "deny"), 61 * S),
+            r.observe(&Ev("a", Some("/z"), "deny"), at(61 * S)),
             Outcome::Nothing
         );
         // /x seen again inside the window makes three distinct within 60 s.
         assert!(matches!(
-            r.observe(&Ev("a", Some("/x"), "deny"), 62 * S),
-            Outcome::Fired { .. }
+            r.observe(&Ev("a", Some("/x"), "deny"), at(62 * S)),
+            Outcome::Fired(_)
         ));
         assert_eq!(
-            r.observe(&Ev("b", Some("/x"), "deny"), 10 * S),
+            r.observe(&Ev("b", Some("/x"), "deny"), at(10 * S)),
             Outcome::Late
         );
         assert_eq!(r.groups(), 1);

@@ -1,7 +1,10 @@
 //! Group keys: the values of a rule's `group_by` fields for one event, hashed and compared
 //! without allocating; allocated once, as text, when a group is created.
 
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
 
 use crate::filter::{Field, FieldType, Row};
 
@@ -12,10 +15,29 @@ pub type GroupBy = Vec<(String, Field)>;
 pub type Key = Vec<Option<String>>;
 
 /// Hash of the row's group-by values.
-pub fn hash(fields: &GroupBy, row: &impl Row) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+pub fn hash(fields: &GroupBy, row: &impl Row, state: &impl BuildHasher) -> u64 {
+    let mut h = state.build_hasher();
     for (_, f) in fields {
         hash_value(f, row, &mut h);
+    }
+    h.finish()
+}
+
+/// Hash of a stored key, equal to [`hash`] of any row with these values.
+pub fn hash_key(fields: &GroupBy, key: &[Option<String>], state: &impl BuildHasher) -> u64 {
+    let mut h = state.build_hasher();
+    for ((_, f), k) in fields.iter().zip(key) {
+        match f.ty {
+            FieldType::Str => k.as_deref().hash(&mut h),
+            FieldType::Int => k
+                .as_deref()
+                .and_then(|k| k.parse::<i64>().ok())
+                .hash(&mut h),
+            FieldType::Bool => k
+                .as_deref()
+                .and_then(|k| k.parse::<bool>().ok())
+                .hash(&mut h),
+        }
     }
     h.finish()
 }
@@ -47,6 +69,15 @@ pub fn value(f: &Field, row: &impl Row) -> Option<String> {
     }
 }
 
+/// Whether the row's value of `f` is `text` (as [`value`] would write it), without allocating.
+pub fn value_is(f: &Field, row: &impl Row, text: &str) -> bool {
+    match f.ty {
+        FieldType::Str => row.str(f.column) == Some(text),
+        FieldType::Int => row.int(f.column).is_some_and(|i| text.parse() == Ok(i)),
+        FieldType::Bool => row.bool(f.column).is_some_and(|b| text.parse() == Ok(b)),
+    }
+}
+
 /// The row's key, allocated (when a group is created).
 pub fn key(fields: &GroupBy, row: &impl Row) -> Key {
     fields.iter().map(|(_, f)| value(f, row)).collect()
@@ -61,29 +92,33 @@ pub fn matches(fields: &GroupBy, key: &[Option<String>], row: &impl Row) -> bool
     })
 }
 
-/// A rule's groups, bounded: at most `max` (the least recently seen is evicted when a new one
-/// would exceed it, and counted).
+/// A rule's groups, bounded: at most `max`. When a new group would exceed it, the least
+/// recently seen sixteenth of the groups is evicted at once (amortised O(1) per new group) and
+/// counted.
 #[derive(Debug)]
 pub struct Table<S> {
-    by_hash: std::collections::HashMap<u64, Vec<Entry<S>>>,
+    by_hash: HashMap<u64, Vec<Entry<S>>, foldhash::fast::RandomState>,
+    hasher: foldhash::fast::RandomState,
     len: usize,
     clock: u64,
     max: usize,
     pub evicted: u64,
 }
 
-#[derive(Debug)]
-struct Entry<S> {
-    key: Key,
-    state: S,
-    seen: u64,
+/// One group as persisted: its key, its state, and when it was last seen (table clock).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Entry<S> {
+    pub key: Key,
+    pub state: S,
+    pub seen: u64,
 }
 
 impl<S> Table<S> {
     pub fn new(max: usize) -> Table<S> {
         assert!(max >= 1, "a rule keeps at least one group");
         Table {
-            by_hash: Default::default(),
+            by_hash: HashMap::with_hasher(Default::default()),
+            hasher: Default::default(),
             len: 0,
             clock: 0,
             max,
@@ -99,6 +134,19 @@ impl<S> Table<S> {
         self.len == 0
     }
 
+    /// The row's group if it has one.
+    pub fn get(&mut self, fields: &GroupBy, row: &impl Row) -> Option<(&Key, &mut S)> {
+        let h = hash(fields, row, &self.hasher);
+        let e = self
+            .by_hash
+            .get_mut(&h)?
+            .iter_mut()
+            .find(|e| matches(fields, &e.key, row))?;
+        self.clock += 1;
+        e.seen = self.clock;
+        Some((&e.key, &mut e.state))
+    }
+
     /// The row's group, created with `init` if new.
     pub fn entry(
         &mut self,
@@ -107,7 +155,7 @@ impl<S> Table<S> {
         init: impl FnOnce() -> S,
     ) -> (&Key, &mut S) {
         self.clock += 1;
-        let h = hash(fields, row);
+        let h = hash(fields, row, &self.hasher);
         let known = self
             .by_hash
             .get(&h)
@@ -116,7 +164,7 @@ impl<S> Table<S> {
             Some(i) => i,
             None => {
                 if self.len >= self.max {
-                    self.evict_one();
+                    self.evict_oldest();
                 }
                 let bucket = self.by_hash.entry(h).or_default();
                 bucket.push(Entry {
@@ -136,24 +184,27 @@ impl<S> Table<S> {
         (&e.key, &mut e.state)
     }
 
-    /// Drop the least recently seen group. A linear scan, run only when a new group would
-    /// exceed the cap; an engine under constant eviction pressure should keep recency order.
-    fn evict_one(&mut self) {
-        let oldest = self
-            .by_hash
-            .iter()
-            .flat_map(|(h, b)| b.iter().enumerate().map(move |(i, e)| (e.seen, *h, i)))
-            .min();
-        if let Some((_, h, i)) = oldest
-            && let Some(b) = self.by_hash.get_mut(&h)
-        {
-            b.swap_remove(i);
-            if b.is_empty() {
-                self.by_hash.remove(&h);
-            }
-            self.len -= 1;
-            self.evicted += 1;
+    /// Drop the least recently seen sixteenth of the groups (at least one).
+    fn evict_oldest(&mut self) {
+        let mut seen: Vec<u64> = self.by_hash.values().flatten().map(|e| e.seen).collect();
+        if seen.is_empty() {
+            return;
         }
+        let n = (seen.len() / 16).max(1);
+        let (_, cut, _) = seen.select_nth_unstable(n - 1);
+        let cut = *cut;
+        let mut dropped = 0;
+        self.by_hash.retain(|_, b| {
+            b.retain(|e| {
+                let keep = e.seen > cut || dropped >= n;
+                dropped += usize::from(!keep);
+                keep
+            });
+            !b.is_empty()
+        });
+        self.len -= dropped;
+        self.evicted += dropped as u64;
+        debug_assert_eq!(self.len, self.by_hash.values().map(Vec::len).sum::<usize>());
     }
 
     /// Keep only the groups `keep` says to.
@@ -169,11 +220,33 @@ impl<S> Table<S> {
         });
         self.len -= dropped;
     }
+
+    /// Every group, for persisting.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry<S>> {
+        self.by_hash.values().flatten()
+    }
+
+    /// Groups as persisted by [`Table::entries`], rehashed (hashes are never persisted: the
+    /// hasher is seeded per process).
+    pub fn restore(&mut self, fields: &GroupBy, entries: Vec<Entry<S>>) {
+        for e in entries {
+            if e.key.len() != fields.len() {
+                continue;
+            }
+            self.clock = self.clock.max(e.seen);
+            let h = hash_key(fields, &e.key, &self.hasher);
+            self.by_hash.entry(h).or_default().push(e);
+            self.len += 1;
+        }
+        while self.len > self.max {
+            self.evict_oldest();
+        }
+    }
 }
 
 /// Event-time bookkeeping shared by the rule kinds: the newest event time seen, and whether
 /// an event is too late to evaluate.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Clock {
     pub newest_ns: i64,
     pub allowed_lateness_ns: i64,
@@ -202,7 +275,7 @@ impl Clock {
 }
 
 /// A group's open alert: further matches within the suppression window update it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Open {
     /// (event time it fired at, events counted)
     pub alert: Option<(i64, u64)>,

@@ -10,9 +10,21 @@
 //! sliding windows, out-of-order events placed, late ones counted) — are here; the engine, the
 //! other rule kinds and rules as code land with the rest of the "Streaming detection" issue.
 
+pub mod alerts;
+pub mod allowlist;
 pub mod distinct;
+pub mod engine;
 pub mod filter;
+pub mod first_seen;
 pub mod group;
+pub mod hit;
+pub mod rate_spike;
+pub mod replay;
+pub mod row;
+pub mod rules;
+pub mod ruletest;
+pub mod run;
+pub mod sequence;
 pub mod threshold;
 
 pub use filter::{Filter, FilterError, Row};

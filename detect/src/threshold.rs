@@ -5,13 +5,16 @@
 //! Event time, not arrival time: a window is `[t - window, t]` over event times, and events
 //! may arrive out of order. The caller says how late an event may be (`allowed_lateness`
 //! behind the newest event time seen); later ones are counted as late and not evaluated.
-//! State is bounded: at most `max_groups` groups (the least recently seen is evicted and
-//! counted), and at most N timestamps per group.
+//! State is bounded: at most `max_groups` groups (the least recently seen are evicted and
+//! counted), and at most N events per group.
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use crate::filter::{Filter, Row};
-use crate::group::{Clock, GroupBy, Key, Open, Table};
+use crate::group::{Clock, GroupBy, Open, Table};
+use crate::hit::{Counters, EvRef, Hit, Outcome, newest};
 
 /// A threshold rule's settings.
 #[derive(Debug)]
@@ -29,52 +32,18 @@ pub struct ThresholdSpec {
     pub max_groups: usize,
 }
 
-/// What one event did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Did not match the filter (or matched below the threshold).
-    Nothing,
-    /// A new alert for this group: the key values, the window's first and last event time, the
-    /// count in the window.
-    Fired(Alert),
-    /// The group's open alert (within its suppression window) counts one more event.
-    Updated {
-        key: Vec<Option<String>>,
-        count: u64,
-    },
-    /// Too late to evaluate.
-    Late,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Alert {
-    pub key: Key,
-    pub first_ns: i64,
-    pub last_ns: i64,
-    pub count: u64,
-}
-
-#[derive(Debug)]
-struct Group {
-    /// The newest matching event times, at most `count`, ascending.
-    times: VecDeque<i64>,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Group {
+    /// The newest matching events, at most `count`, ascending by event time.
+    events: VecDeque<EvRef>,
     open: Open,
-}
-
-/// Counters a rule keeps for metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub matched: u64,
-    pub late: u64,
-    pub evicted: u64,
-    pub fired: u64,
 }
 
 #[derive(Debug)]
 pub struct Threshold {
-    spec: ThresholdSpec,
-    groups: Table<Group>,
-    clock: Clock,
+    pub(crate) spec: ThresholdSpec,
+    pub(crate) groups: Table<Group>,
+    pub(crate) clock: Clock,
     pub counters: Counters,
 }
 
@@ -93,8 +62,9 @@ impl Threshold {
         self.groups.len()
     }
 
-    /// Evaluate one event with its event time.
-    pub fn observe(&mut self, row: &impl Row, time_ns: i64) -> Outcome {
+    /// Evaluate one event (`ev.time_ns` is its event time).
+    pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
+        let time_ns = ev.time_ns;
         if self.clock.is_late(time_ns) {
             self.counters.late += 1;
             return Outcome::Late;
@@ -107,32 +77,35 @@ impl Threshold {
         let (count, window, suppress) =
             (self.spec.count, self.spec.window_ns, self.spec.suppress_ns);
         let (key, g) = self.groups.entry(&self.spec.group_by, row, || Group {
-            times: VecDeque::with_capacity(count.min(64)),
+            events: VecDeque::with_capacity(count.min(64)),
             open: Open::default(),
         });
         // Insert in event-time order (out-of-order arrivals land in place).
-        let at = g.times.partition_point(|&t| t <= time_ns);
-        g.times.insert(at, time_ns);
-        if g.times.len() > count {
-            g.times.pop_front();
+        let at = g.events.partition_point(|e| e.time_ns <= time_ns);
+        g.events.insert(at, ev);
+        if g.events.len() > count {
+            g.events.pop_front();
         }
         let outcome = if let Some(n) = g.open.absorb(time_ns, window, suppress) {
             Outcome::Updated {
                 key: key.clone(),
                 count: n,
+                ev,
             }
         } else {
             // N events within `window` of each other, this one among them.
-            let n = g.times.len();
-            let (first, last) = (g.times[0], g.times[n - 1]);
+            let n = g.events.len();
+            let (first, last) = (g.events[0].time_ns, g.events[n - 1].time_ns);
             if n >= count && last - first <= window {
                 g.open.fire(last, n as u64);
                 self.counters.fired += 1;
-                Outcome::Fired(Alert {
+                Outcome::Fired(Hit {
                     key: key.clone(),
                     first_ns: first,
                     last_ns: last,
                     count: n as u64,
+                    detail: Vec::new(),
+                    evidence: newest(g.events.iter().copied().collect()),
                 })
             } else {
                 Outcome::Nothing
@@ -147,7 +120,7 @@ impl Threshold {
         let horizon = self.clock.watermark();
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
         self.groups.retain(|g| {
-            let newest = g.times.back().copied().unwrap_or(i64::MIN);
+            let newest = g.events.back().map_or(i64::MIN, |e| e.time_ns);
             newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
         });
     }
@@ -197,73 +170,83 @@ mod tests {
     }
 
     fn fired(o: &Outcome) -> bool {
-        matches!(o, Outcome::Fired(_))
+        o.fired()
+    }
+
+    fn at(t: i64) -> EvRef {
+        EvRef {
+            time_ns: t,
+            ..EvRef::default()
+        }
+    }
+
+    fn hit(o: Outcome) -> Hit {
+        match o {
+            Outcome::Fired(h) => h,
+            o => panic!("expected an alert, got {o:?}"),
+        }
     }
 
     #[test]
     fn exactly_n_within_the_window_fires_and_n_minus_one_does_not() {
         let mut r = rule(3, 60, 300, 10);
-        assert_eq!(r.observe(&Ev("a", "deny"), 0), Outcome::Nothing);
-        assert_eq!(r.observe(&Ev("a", "allow"), 10 * S), Outcome::Nothing);
-        assert_eq!(r.observe(&Ev("a", "deny"), 30 * S), Outcome::Nothing);
+        assert_eq!(r.observe(&Ev("a", "deny"), at(0)), Outcome::Nothing);
+        assert_eq!(r.observe(&Ev("a", "allow"), at(10 * S)), Outcome::Nothing);
+        assert_eq!(r.observe(&Ev("a", "deny"), at(30 * S)), Outcome::Nothing);
         // The third at exactly the window's edge (60 s after the first) still counts.
-        let o = r.observe(&Ev("a", "deny"), 60 * S);
-        assert_eq!(
-            o,
-            Outcome::Fired(Alert {
-                key: vec![Some("a".into())],
-                first_ns: 0,
-                last_ns: 60 * S,
-                count: 3
-            })
-        );
+        let h = hit(r.observe(&Ev("a", "deny"), at(60 * S)));
+        assert_eq!(h.key, vec![Some("a".into())]);
+        assert_eq!((h.first_ns, h.last_ns, h.count), (0, 60 * S, 3));
+        // The evidence is the three events, oldest first.
+        let times: Vec<i64> = h.evidence.iter().map(|e| e.time_ns).collect();
+        assert_eq!(times, [0, 30 * S, 60 * S]);
         // Another caller has its own count.
-        assert_eq!(r.observe(&Ev("b", "deny"), 61 * S), Outcome::Nothing);
+        assert_eq!(r.observe(&Ev("b", "deny"), at(61 * S)), Outcome::Nothing);
     }
 
     #[test]
     fn one_past_the_window_edge_does_not_fire() {
         let mut r = rule(3, 60, 300, 100);
-        r.observe(&Ev("a", "deny"), 0);
-        r.observe(&Ev("a", "deny"), 30 * S);
-        assert_eq!(r.observe(&Ev("a", "deny"), 60 * S + 1), Outcome::Nothing);
+        r.observe(&Ev("a", "deny"), at(0));
+        r.observe(&Ev("a", "deny"), at(30 * S));
+        assert_eq!(
+            r.observe(&Ev("a", "deny"), at(60 * S + 1)),
+            Outcome::Nothing
+        );
         // …but the next one within 60 s of the second does.
-        assert!(fired(&r.observe(&Ev("a", "deny"), 61 * S)));
+        assert!(fired(&r.observe(&Ev("a", "deny"), at(61 * S))));
     }
 
     #[test]
     fn an_open_alert_is_updated_not_repeated_until_its_suppression_ends() {
         let mut r = rule(2, 60, 300, 100);
-        r.observe(&Ev("a", "deny"), 0);
-        assert!(fired(&r.observe(&Ev("a", "deny"), S)));
-        assert_eq!(
-            r.observe(&Ev("a", "deny"), 2 * S),
-            Outcome::Updated {
-                key: vec![Some("a".into())],
-                count: 3
-            }
-        );
-        r.observe(&Ev("a", "deny"), 100 * S);
+        r.observe(&Ev("a", "deny"), at(0));
+        assert!(fired(&r.observe(&Ev("a", "deny"), at(S))));
         assert!(matches!(
-            r.observe(&Ev("a", "deny"), 299 * S),
+            r.observe(&Ev("a", "deny"), at(2 * S)),
+            Outcome::Updated { count: 3, ref key, .. } if key == &vec![Some("a".to_string())]
+        ));
+        r.observe(&Ev("a", "deny"), at(100 * S));
+        assert!(matches!(
+            r.observe(&Ev("a", "deny"), at(299 * S)),
             Outcome::Updated { count: 5, .. }
         ));
         // After the suppression window, a new burst is a new alert.
-        r.observe(&Ev("a", "deny"), 400 * S);
-        assert!(fired(&r.observe(&Ev("a", "deny"), 401 * S)));
+        r.observe(&Ev("a", "deny"), at(400 * S));
+        assert!(fired(&r.observe(&Ev("a", "deny"), at(401 * S))));
         assert_eq!(r.counters.fired, 2);
     }
 
     #[test]
     fn out_of_order_events_count_where_they_belong_and_late_ones_are_counted_apart() {
         let mut r = rule(3, 60, 300, 30);
-        r.observe(&Ev("a", "deny"), 100 * S);
-        r.observe(&Ev("a", "deny"), 160 * S);
+        r.observe(&Ev("a", "deny"), at(100 * S));
+        r.observe(&Ev("a", "deny"), at(160 * S));
         // Arrives after the 160 s event but happened at 130 s: within 30 s of lateness, and
         // with it three events fall within 60 s (100..160).
-        assert!(fired(&r.observe(&Ev("a", "deny"), 130 * S)));
+        assert!(fired(&r.observe(&Ev("a", "deny"), at(130 * S))));
         // More than 30 s behind the newest event time (160 s): late, not evaluated.
-        assert_eq!(r.observe(&Ev("b", "deny"), 129 * S), Outcome::Late);
+        assert_eq!(r.observe(&Ev("b", "deny"), at(129 * S)), Outcome::Late);
         assert_eq!(r.counters.late, 1);
         assert_eq!(r.groups(), 1);
     }
@@ -278,12 +261,17 @@ mod tests {
             .map(|i| &*Box::leak(format!("c{i}").into_boxed_str()))
             .collect();
         for (i, n) in names.iter().enumerate() {
-            r.observe(&Ev(n, "deny"), i as i64 * S);
+            r.observe(&Ev(n, "deny"), at(i as i64 * S));
         }
+        // Never more than the cap; the oldest go first, in sixteenths (at least one).
         assert_eq!(r.groups(), 10);
         assert_eq!(r.counters.evicted, 40);
+        assert!(r.groups.entries().all(|e| {
+            let n: usize = e.key[0].as_deref().unwrap()[1..].parse().unwrap();
+            n >= 40
+        }));
         // Expiry forgets groups whose window and alert are over.
-        r.observe(&Ev("z", "deny"), 10_000 * S);
+        r.observe(&Ev("z", "deny"), at(10_000 * S));
         r.expire();
         assert_eq!(r.groups(), 1);
     }

@@ -98,6 +98,8 @@ pub enum IngestError {
     Config(String),
     #[error("writer thread stopped unexpectedly")]
     WriterGone,
+    #[error("detection stopped unexpectedly")]
+    DetectGone,
     #[error("pipeline thread stopped unexpectedly")]
     PipelineGone,
     #[error("internal: {0}")]
@@ -676,6 +678,7 @@ pub fn run(
     checkpoints: Arc<Checkpointer>,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<IngestMetrics>,
+    detect: Option<crossbeam_channel::Sender<vigil_store::Piece>>,
 ) -> Result<(), IngestError> {
     if cfg.topics.is_empty() {
         return Err(IngestError::Config("no topics to consume".into()));
@@ -725,6 +728,7 @@ pub fn run(
         dlq,
         &signing,
         &report_tx,
+        detect,
     )?;
     // Only the threads report; with them gone, waiting for a report fails instead of hanging.
     drop(report_tx);

@@ -23,7 +23,7 @@ use vigil_schemas::{DecodeError, Decoder};
 use vigil_store::checkpoint::Checkpointer;
 use vigil_store::merkle::Frontier;
 use vigil_store::{
-    Appended, ChainHead, FileInfo, PartitionBatch, RecordRef, SealedBatch, Store, StoreError,
+    Appended, ChainHead, FileInfo, PartitionBatch, Piece, RecordRef, SealedBatch, Store, StoreError,
 };
 
 use crate::chunk::Chunk;
@@ -80,6 +80,23 @@ struct Pipeline {
     writers: Vec<SyncSender<(Key, SealedBatch)>>,
     metrics: Arc<IngestMetrics>,
     dlq: Option<Dlq>,
+    /// Where chained rows go for detection, if it runs.
+    detect: Option<crossbeam_channel::Sender<Piece>>,
+}
+
+/// Hand the rows chained since the last cut to detection (blocks while it is behind: that is
+/// its backpressure).
+fn cut(
+    open: &mut Open,
+    detect: Option<&crossbeam_channel::Sender<Piece>>,
+) -> Result<(), IngestError> {
+    let Some(detect) = detect else {
+        return Ok(());
+    };
+    if let Some(piece) = open.batch.cut()? {
+        detect.send(piece).map_err(|_| IngestError::DetectGone)?;
+    }
+    Ok(())
 }
 
 /// Seal a partition's open batch and queue it for its writer.
@@ -87,8 +104,10 @@ fn seal_open(
     open: &mut Open,
     key: &Key,
     writers: &[SyncSender<(Key, SealedBatch)>],
+    detect: Option<&crossbeam_channel::Sender<Piece>>,
 ) -> Result<(), IngestError> {
     open.opened_at = None;
+    cut(open, detect)?;
     if let Some(sealed) = open.batch.seal()? {
         // Blocks while the writer is behind: that is the backpressure.
         writers
@@ -103,7 +122,7 @@ fn seal_open(
 impl Pipeline {
     fn seal(&mut self, key: &Key) -> Result<(), IngestError> {
         match self.parts.get_mut(key) {
-            Some(open) => seal_open(open, key, &self.writers),
+            Some(open) => seal_open(open, key, &self.writers, self.detect.as_ref()),
             None => Ok(()),
         }
     }
@@ -115,6 +134,7 @@ impl Pipeline {
             writers,
             metrics,
             dlq,
+            detect,
         } = self;
         let open = parts
             .get_mut(&chunk.key)
@@ -138,10 +158,11 @@ impl Pipeline {
             if open.batch.rows() >= limits.max_batch_events
                 || open.batch.raw_bytes() >= limits.max_batch_bytes
             {
-                seal_open(open, &chunk.key, writers)?;
+                seal_open(open, &chunk.key, writers, detect.as_ref())?;
             }
-            Ok(())
-        })
+            Ok::<(), IngestError>(())
+        })?;
+        cut(open, detect.as_ref())
     }
 
     fn seal_expired(&mut self) -> Result<(), IngestError> {
@@ -234,6 +255,7 @@ impl Threads {
         dlq: Option<Dlq>,
         signing: &Signing,
         reports: &Sender<Report>,
+        detect: Option<crossbeam_channel::Sender<Piece>>,
     ) -> Result<Threads, IngestError> {
         let mut handles = Vec::new();
         let mut writer_queues = Vec::new();
@@ -242,7 +264,7 @@ impl Threads {
             let (store, reports, signing) = (store.clone(), reports.clone(), signing.clone());
             handles.push(spawn(format!("vigil-writer-{i}"), move || {
                 for (key, sealed) in rx {
-                    let rows = sealed.batch.num_rows();
+                    let rows = sealed.rows();
                     // Durable file, then its checkpoint: a crash in between is caught up on
                     // the next assignment.
                     let result = store.write(&sealed).and_then(|info| {
@@ -270,6 +292,7 @@ impl Threads {
                 writers: writer_queues.clone(),
                 metrics: metrics.clone(),
                 dlq: dlq.clone(),
+                detect: detect.clone(),
             };
             let reports = reports.clone();
             handles.push(spawn(format!("vigil-pipeline-{i}"), move || {

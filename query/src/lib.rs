@@ -3,7 +3,8 @@
 //! **For:** registering the store's files as tables and running read-only SQL over them.
 //! Tables: `stored` (every stored row, decoded or rejected, with its Kafka position and chain
 //! hashes), `events` (the decoded events: `stored` without rejected rows) and `rejected`
-//! (records that failed to decode, with `store_error`).
+//! (records that failed to decode, with `store_error`), `alerts` (the newest revision of every
+//! stored alert) and `alert_revisions` (all of them).
 //! **Not for:** writing data. The analyst HTTP API and its sandbox (timeouts, row and memory
 //! caps, read-only enforcement) come with the API.
 
@@ -49,7 +50,42 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
         .await?;
     ctx.sql("CREATE VIEW rejected AS SELECT * FROM stored WHERE store_error IS NOT NULL")
         .await?;
+    register_alerts(&ctx, data_dir).await?;
     Ok(ctx)
+}
+
+/// `alert_revisions` (every stored revision) and `alerts` (the newest revision of each).
+async fn register_alerts(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError> {
+    let schema = vigil_detect::alerts::alert_schema();
+    let dir = vigil_detect::alerts::alerts_dir(data_dir);
+    if dir.is_dir() {
+        let abs = dir
+            .canonicalize()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(schema.clone());
+        ctx.register_table("alert_revisions", Arc::new(ListingTable::try_new(config)?))?;
+    } else {
+        let empty = datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![]])?;
+        ctx.register_table("alert_revisions", Arc::new(empty))?;
+    }
+    let cols: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name()))
+        .collect();
+    let cols = cols.join(", ");
+    ctx.sql(&format!(
+        "CREATE VIEW alerts AS SELECT {cols} FROM (SELECT *, row_number() OVER \
+         (PARTITION BY alert_id ORDER BY revision DESC) AS vigil_rn FROM alert_revisions) \
+         WHERE vigil_rn = 1"
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Run one SQL statement over the store and collect the result.

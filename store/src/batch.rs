@@ -68,10 +68,52 @@ pub struct BatchSpan {
     pub tree: Frontier,
 }
 
-/// A sealed batch, ready to be written.
+/// A sealed batch, ready to be written: the pieces cut from it in order (one file).
 pub struct SealedBatch {
-    pub batch: RecordBatch,
+    pub batches: Vec<RecordBatch>,
     pub span: BatchSpan,
+}
+
+impl SealedBatch {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Rows cut from an open batch (store schema) as soon as they are chained, for the stages
+/// that read events before their file is written (detection): which log, and the leaf index
+/// of the first row's record.
+#[derive(Clone, Debug)]
+pub struct Piece {
+    pub topic: String,
+    pub partition: i32,
+    pub first_leaf_index: u64,
+    pub batch: RecordBatch,
+}
+
+/// The leaf index of each row of a store-schema batch whose first row's record has leaf
+/// index `first` (rows of one record share it), and the index after the batch.
+pub fn leaf_indexes(batch: &RecordBatch, first: u64) -> Result<(Vec<u64>, u64), StoreError> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let col = batch
+        .column_by_name("kafka_offset")
+        .ok_or(StoreError::Internal("batch without kafka_offset"))?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or(StoreError::Internal("kafka_offset is not Int64"))?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    let (mut next, mut last) = (first, None);
+    for i in 0..batch.num_rows() {
+        let o = col.value(i);
+        if last != Some(o) {
+            if last.is_some() {
+                next += 1;
+            }
+            last = Some(o);
+        }
+        out.push(next);
+    }
+    Ok((out, if last.is_some() { next + 1 } else { next }))
 }
 
 /// Builds one partition's rows in the store schema, chaining each record as it is appended.
@@ -91,6 +133,12 @@ pub struct PartitionBatch {
     min_event_time_ns: i64,
     events: EventBatchBuilder,
     cols: StoreCols,
+    /// Pieces cut since the last seal, and their rows and raw bytes.
+    pieces: Vec<RecordBatch>,
+    cut_rows: usize,
+    cut_raw_bytes: usize,
+    /// Leaf index of the first record not yet cut.
+    uncut_leaf_index: u64,
 }
 
 struct StoreCols {
@@ -198,12 +246,16 @@ impl PartitionBatch {
             head: head.chain,
             start: head.chain,
             start_tree_size: head.tree.size(),
+            uncut_leaf_index: head.tree.size(),
             tree: head.tree,
             first: None,
             records: 0,
             min_event_time_ns: i64::MAX,
             events: EventBatchBuilder::with_capacity(capacity),
             cols: StoreCols::new(capacity),
+            pieces: Vec::new(),
+            cut_rows: 0,
+            cut_raw_bytes: 0,
         }
     }
 
@@ -219,12 +271,12 @@ impl PartitionBatch {
 
     /// Rows (events) appended since the last seal.
     pub fn rows(&self) -> usize {
-        self.events.len()
+        self.cut_rows + self.events.len()
     }
 
     /// Raw bytes appended since the last seal.
     pub fn raw_bytes(&self) -> usize {
-        self.events.raw_bytes()
+        self.cut_raw_bytes + self.events.raw_bytes()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -299,15 +351,40 @@ impl PartitionBatch {
         Ok(outcome)
     }
 
-    /// Seal the open batch; `None` when it is empty. The next batch continues the chain.
-    pub fn seal(&mut self) -> Result<Option<SealedBatch>, StoreError> {
-        let Some((first_offset, first_chain_hash)) = self.first.take() else {
+    /// Cut the rows appended since the last cut into a piece (part of the open batch, and of
+    /// its file when sealed); `None` when there are none.
+    pub fn cut(&mut self) -> Result<Option<Piece>, StoreError> {
+        if self.events.is_empty() {
             return Ok(None);
-        };
+        }
+        self.cut_rows += self.events.len();
+        self.cut_raw_bytes += self.events.raw_bytes();
         let events = self.events.finish().map_err(StoreError::Arrow)?;
         let mut cols: Vec<ArrayRef> = events.columns().to_vec();
         self.cols.finish_into(&mut cols);
         let batch = RecordBatch::try_new(store_schema(), cols).map_err(StoreError::Arrow)?;
+        let piece = Piece {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            first_leaf_index: self.uncut_leaf_index,
+            batch: batch.clone(),
+        };
+        self.uncut_leaf_index = self.tree.size();
+        self.pieces.push(batch);
+        Ok(Some(piece))
+    }
+
+    /// Seal the open batch; `None` when it is empty. The next batch continues the chain. Rows
+    /// not yet cut are cut first (a piece nobody saw: call [`PartitionBatch::cut`] before to
+    /// see every row).
+    pub fn seal(&mut self) -> Result<Option<SealedBatch>, StoreError> {
+        let Some((first_offset, first_chain_hash)) = self.first.take() else {
+            return Ok(None);
+        };
+        self.cut()?;
+        let batches = std::mem::take(&mut self.pieces);
+        self.cut_rows = 0;
+        self.cut_raw_bytes = 0;
         let span = BatchSpan {
             topic: self.topic.clone(),
             partition: self.partition,
@@ -325,6 +402,6 @@ impl PartitionBatch {
         self.start_tree_size = self.tree.size();
         self.records = 0;
         self.min_event_time_ns = i64::MAX;
-        Ok(Some(SealedBatch { batch, span }))
+        Ok(Some(SealedBatch { batches, span }))
     }
 }

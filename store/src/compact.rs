@@ -100,7 +100,10 @@ fn rewrite(store: &Store, run: &[(&FileEntry, &Footer)]) -> Result<(), StoreErro
         first_leaf_index: first.first_leaf_index,
         tree: last.frontier.clone(),
     };
-    let written = store.write(&SealedBatch { batch, span })?;
+    let written = store.write(&SealedBatch {
+        batches: vec![batch],
+        span,
+    })?;
     for (f, _) in run {
         if f.path != written.path {
             fs::remove_file(&f.path).map_err(StoreError::io(&f.path))?;

@@ -123,7 +123,7 @@ pub(crate) fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
 
 /// Replace `path` with `bytes` atomically and durably: temp file, fsync, rename, fsync the
 /// directory.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     use std::io::Write;
     let dir = parent_dir(path).ok_or(StoreError::Internal("file without a directory"))?;
     let name = path
@@ -205,10 +205,7 @@ impl Store {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.opts.zstd_level)?))
             .set_max_row_group_row_count(Some(
-                self.opts
-                    .max_row_group_rows
-                    .unwrap_or(sealed.batch.num_rows())
-                    .max(1),
+                self.opts.max_row_group_rows.unwrap_or(sealed.rows()).max(1),
             ))
             .set_statistics_enabled(EnabledStatistics::Page)
             // Raw bytes and hashes are incompressible by dictionaries and useless as min/max.
@@ -241,10 +238,12 @@ impl Store {
         let file = File::create(&tmp).map_err(StoreError::io(&tmp))?;
         let mut writer = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, file),
-            sealed.batch.schema(),
+            crate::schema::store_schema(),
             Some(props),
         )?;
-        writer.write(&sealed.batch)?;
+        for b in &sealed.batches {
+            writer.write(b)?;
+        }
         let file = writer
             .into_inner()?
             .into_inner()

@@ -23,12 +23,15 @@ pub mod error;
 pub mod files;
 pub mod merkle;
 pub mod proof;
+pub mod read;
 pub mod schema;
 pub mod verify;
 
-pub use batch::{Appended, BatchSpan, ChainHead, LogHead, PartitionBatch, SealedBatch};
+pub use batch::{
+    Appended, BatchSpan, ChainHead, LogHead, PartitionBatch, Piece, SealedBatch, leaf_indexes,
+};
 pub use chain::RecordRef;
 pub use error::StoreError;
-pub use files::{FileInfo, Store, WriteOptions};
+pub use files::{FileInfo, Store, WriteOptions, write_durably};
 pub use schema::store_schema;
 pub use verify::{ChainReport, check_chain};

@@ -122,9 +122,11 @@ fn rewritten_bytes_are_caught() {
     let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
     let mut b = fill(&store, &[0, 1, 2, 3]);
     let sealed = b.seal().unwrap().unwrap();
+    assert_eq!(sealed.batches.len(), 1, "never cut: one piece");
+    let batch = &sealed.batches[0];
     // Tamper: flip the decision in one row's raw bytes, keep everything else.
-    let mut cols = sealed.batch.columns().to_vec();
-    let raw_idx = sealed.batch.schema().index_of("raw").unwrap();
+    let mut cols = batch.columns().to_vec();
+    let raw_idx = batch.schema().index_of("raw").unwrap();
     let raw = arrow::array::AsArray::as_binary::<i32>(cols[raw_idx].as_ref()).clone();
     let tampered: arrow::array::BinaryArray = (0..raw.len())
         .map(|i| {
@@ -141,7 +143,7 @@ fn rewritten_bytes_are_caught() {
         .collect();
     cols[raw_idx] = std::sync::Arc::new(tampered);
     let forged = vigil_store::SealedBatch {
-        batch: arrow::record_batch::RecordBatch::try_new(sealed.batch.schema(), cols).unwrap(),
+        batches: vec![arrow::record_batch::RecordBatch::try_new(batch.schema(), cols).unwrap()],
         span: sealed.span.clone(),
     };
     store.write(&forged).unwrap();
@@ -176,5 +178,45 @@ fn a_missing_file_breaks_the_chain_and_temp_leftovers_are_removed() {
         report.problems()[0].contains("does not continue the chain"),
         "{:?}",
         report.problems()
+    );
+}
+
+#[test]
+fn pieces_cut_before_sealing_make_one_file_and_say_where_they_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
+    let mut b = fill(&store, &[0, 1, 2]);
+    let p1 = b.cut().unwrap().unwrap();
+    assert!(b.cut().unwrap().is_none(), "nothing new to cut");
+    let hs = [];
+    let d = Decoder::default();
+    // An OPA upload array: one record, two events (rows), one leaf.
+    let arr = format!("[{OPA},{OPA}]");
+    b.append(&rec(5, Some(arr.as_bytes()), &hs), &d, 0).unwrap();
+    b.append(&rec(6, Some(OPA.as_bytes()), &hs), &d, 0).unwrap();
+    let p2 = b.cut().unwrap().unwrap();
+    assert_eq!((p1.first_leaf_index, p1.batch.num_rows()), (0, 3));
+    assert_eq!((p2.first_leaf_index, p2.batch.num_rows()), (3, 3));
+    let (idx, next) = vigil_store::leaf_indexes(&p2.batch, p2.first_leaf_index).unwrap();
+    assert_eq!((idx, next), (vec![3, 3, 4], 5));
+    assert_eq!(b.rows(), 6);
+    let sealed = b.seal().unwrap().unwrap();
+    assert_eq!(sealed.batches.len(), 2);
+    assert_eq!(sealed.rows(), 6);
+    store.write(&sealed).unwrap();
+    assert!(check_chain(&store).unwrap().ok());
+    // Read back as pieces: the same rows, the same leaf indexes.
+    let pieces: Vec<_> = vigil_store::read::LogReader::new(&store, "audit", 2, 0)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(pieces.iter().map(|p| p.batch.num_rows()).sum::<usize>(), 6);
+    assert_eq!(pieces[0].first_leaf_index, 0);
+    // From leaf 5 on there is nothing: the file ends at 5.
+    assert_eq!(
+        vigil_store::read::LogReader::new(&store, "audit", 2, 5)
+            .unwrap()
+            .count(),
+        0
     );
 }

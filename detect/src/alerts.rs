@@ -1,0 +1,370 @@
+//! Alerts: the record every rule kind produces, and the durable alert log in the data
+//! directory (`alerts/`, Parquet, one revision per row) that the `alerts` SQL table reads.
+//!
+//! An alert is written (file durable, directory fsynced) before it is reported as fired.
+//! Updates of an open alert (more events in its suppression window) are new revisions of the
+//! same alert id; readers keep the highest revision per id.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampNanosecondArray,
+};
+use arrow::datatypes::TimestampNanosecondType;
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
+
+/// One event an alert rests on: enough to prove it from the store
+/// (`vigil proof --log <log> --index <index>`) and to check the proof is about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// `<topic>/<partition>`.
+    pub log: String,
+    pub index: u64,
+    /// The record's leaf hash (hex).
+    pub leaf_hash: String,
+    pub event_time_ns: i64,
+    /// The source's own event id, where the engine saw it with the alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+/// An alert revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub revision: i64,
+    pub rule_id: String,
+    pub rule_version: i32,
+    pub rule_kind: String,
+    pub title: String,
+    pub severity: String,
+    /// `open` (lifecycle changes come with alert management).
+    pub status: String,
+    /// Group-by field → value (`null` when the events lacked it).
+    pub group_key: BTreeMap<String, Option<String>>,
+    pub first_event_ns: i64,
+    pub last_event_ns: i64,
+    pub detected_ns: i64,
+    pub event_count: i64,
+    pub detail: Vec<String>,
+    pub evidence: Vec<Evidence>,
+}
+
+/// The `alerts` table's columns.
+pub fn alert_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("revision", DataType::Int64, false),
+        Field::new("rule_id", DataType::Utf8, false),
+        Field::new("rule_version", DataType::Int32, false),
+        Field::new("rule_kind", DataType::Utf8, false),
+        Field::new("title", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("group_key", DataType::Utf8, false),
+        Field::new("first_event_time", ts(), false),
+        Field::new("last_event_time", ts(), false),
+        Field::new("detected_at", ts(), false),
+        Field::new("event_count", DataType::Int64, false),
+        Field::new("detail", DataType::Utf8, false),
+        Field::new("evidence", DataType::Utf8, false),
+    ]))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("alert log {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("alert log: {0}")]
+    Format(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AlertError + '_ {
+    move |e| AlertError::Io {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn fmt(e: impl std::fmt::Display) -> AlertError {
+    AlertError::Format(e.to_string())
+}
+
+/// Alerts as a batch of the `alerts` schema.
+pub fn to_batch(alerts: &[Alert]) -> Result<RecordBatch, AlertError> {
+    let s = |f: fn(&Alert) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(alerts.iter().map(f)))
+    };
+    let t = |f: fn(&Alert) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampNanosecondArray::from_iter_values(alerts.iter().map(f)).with_timezone("UTC"),
+        )
+    };
+    let json = |v: &dyn erased::Json| v.json();
+    let cols: Vec<ArrayRef> = vec![
+        s(|a| a.alert_id.clone()),
+        Arc::new(Int64Array::from_iter_values(
+            alerts.iter().map(|a| a.revision),
+        )),
+        s(|a| a.rule_id.clone()),
+        Arc::new(Int32Array::from_iter_values(
+            alerts.iter().map(|a| a.rule_version),
+        )),
+        s(|a| a.rule_kind.clone()),
+        s(|a| a.title.clone()),
+        s(|a| a.severity.clone()),
+        s(|a| a.status.clone()),
+        Arc::new(StringArray::from_iter_values(
+            alerts.iter().map(|a| json(&a.group_key)),
+        )),
+        t(|a| a.first_event_ns),
+        t(|a| a.last_event_ns),
+        t(|a| a.detected_ns),
+        Arc::new(Int64Array::from_iter_values(
+            alerts.iter().map(|a| a.event_count),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            alerts.iter().map(|a| json(&a.detail)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            alerts.iter().map(|a| json(&a.evidence)),
+        )),
+    ];
+    RecordBatch::try_new(alert_schema(), cols).map_err(fmt)
+}
+
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|_| "null".into())
+        }
+    }
+}
+
+/// Alerts back from a batch of the `alerts` schema.
+pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .ok_or_else(|| AlertError::Format(format!("no column {name}")))
+    };
+    let s = |name: &str| -> Result<&StringArray, AlertError> {
+        col(name)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| AlertError::Format(format!("{name} is not text")))
+    };
+    let i = |name: &str| -> Result<&Int64Array, AlertError> {
+        col(name)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| AlertError::Format(format!("{name} is not Int64")))
+    };
+    let t = |name: &str| -> Result<&TimestampNanosecondArray, AlertError> {
+        col(name)?
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .ok_or_else(|| AlertError::Format(format!("{name} is not a timestamp")))
+    };
+    let (id, rev, rule, ver) = (
+        s("alert_id")?,
+        i("revision")?,
+        s("rule_id")?,
+        col("rule_version")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| fmt("rule_version is not Int32"))?,
+    );
+    let (kind, title, sev, status, key) = (
+        s("rule_kind")?,
+        s("title")?,
+        s("severity")?,
+        s("status")?,
+        s("group_key")?,
+    );
+    let (first, last, det, count, detail, ev) = (
+        t("first_event_time")?,
+        t("last_event_time")?,
+        t("detected_at")?,
+        i("event_count")?,
+        s("detail")?,
+        s("evidence")?,
+    );
+    (0..b.num_rows())
+        .map(|r| {
+            if id.is_null(r) {
+                return Err(fmt("null alert_id"));
+            }
+            Ok(Alert {
+                alert_id: id.value(r).to_owned(),
+                revision: rev.value(r),
+                rule_id: rule.value(r).to_owned(),
+                rule_version: ver.value(r),
+                rule_kind: kind.value(r).to_owned(),
+                title: title.value(r).to_owned(),
+                severity: sev.value(r).to_owned(),
+                status: status.value(r).to_owned(),
+                group_key: serde_json::from_str(key.value(r)).map_err(fmt)?,
+                first_event_ns: first.value(r),
+                last_event_ns: last.value(r),
+                detected_ns: det.value(r),
+                event_count: count.value(r),
+                detail: serde_json::from_str(detail.value(r)).map_err(fmt)?,
+                evidence: serde_json::from_str(ev.value(r)).map_err(fmt)?,
+            })
+        })
+        .collect()
+}
+
+/// The alert log: `<data_dir>/alerts/alerts-<ns>-<pid>-<seq>.parquet`.
+#[derive(Debug)]
+pub struct AlertLog {
+    dir: PathBuf,
+    seq: u64,
+}
+
+/// The alert log's directory in a data directory.
+pub fn alerts_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("alerts")
+}
+
+impl AlertLog {
+    pub fn open(data_dir: &Path) -> Result<AlertLog, AlertError> {
+        let dir = alerts_dir(data_dir);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(AlertLog { dir, seq: 0 })
+    }
+
+    /// Write revisions durably (one file). Returns once the file and its name are on disk.
+    pub fn append(&mut self, alerts: &[Alert], now_ns: i64) -> Result<PathBuf, AlertError> {
+        assert!(!alerts.is_empty(), "an alert file holds at least one alert");
+        let batch = to_batch(alerts)?;
+        let mut bytes = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut bytes, alert_schema(), None).map_err(fmt)?;
+        w.write(&batch).map_err(fmt)?;
+        w.close().map_err(fmt)?;
+        self.seq += 1;
+        let path = self.dir.join(format!(
+            "alerts-{now_ns:020}-{}-{:06}.parquet",
+            std::process::id(),
+            self.seq
+        ));
+        vigil_store::write_durably(&path, &bytes).map_err(|e| AlertError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(path)
+    }
+}
+
+/// Every alert revision stored under `data_dir`, in file order.
+pub fn read_revisions(data_dir: &Path) -> Result<Vec<Alert>, AlertError> {
+    let dir = alerts_dir(data_dir);
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "parquet")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("alerts-"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&dir)(e)),
+    };
+    names.sort();
+    let mut out = Vec::new();
+    for p in names {
+        let f = std::fs::File::open(&p).map_err(io(&p))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+            .and_then(|b| b.build())
+            .map_err(|e| AlertError::Format(format!("{}: {e}", p.display())))?;
+        for b in reader {
+            out.extend(from_batch(&b.map_err(fmt)?)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The newest revision of every alert, newest detection first.
+pub fn latest(revisions: Vec<Alert>) -> Vec<Alert> {
+    let mut by_id: BTreeMap<String, Alert> = BTreeMap::new();
+    for a in revisions {
+        match by_id.get(&a.alert_id) {
+            Some(b) if b.revision >= a.revision => {}
+            _ => {
+                by_id.insert(a.alert_id.clone(), a);
+            }
+        }
+    }
+    let mut v: Vec<Alert> = by_id.into_values().collect();
+    v.sort_by(|a, b| {
+        b.detected_ns
+            .cmp(&a.detected_ns)
+            .then(a.alert_id.cmp(&b.alert_id))
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(id: &str, rev: i64) -> Alert {
+        Alert {
+            alert_id: id.into(),
+            revision: rev,
+            rule_id: "r".into(),
+            rule_version: 1,
+            rule_kind: "threshold".into(),
+            title: "t".into(),
+            severity: "high".into(),
+            status: "open".into(),
+            group_key: [("caller_ip".to_string(), Some("1.2.3.4".to_string()))].into(),
+            first_event_ns: 1,
+            last_event_ns: 2,
+            detected_ns: 3,
+            event_count: 10 * rev,
+            detail: vec!["x".into()],
+            evidence: vec![Evidence {
+                log: "t/0".into(),
+                index: 7,
+                leaf_hash: "00".repeat(32),
+                event_time_ns: 1,
+                event_id: Some("e".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn revisions_round_trip_and_the_newest_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AlertLog::open(dir.path()).unwrap();
+        log.append(&[alert("a", 1), alert("b", 1)], 10).unwrap();
+        log.append(&[alert("a", 2)], 11).unwrap();
+        let revs = read_revisions(dir.path()).unwrap();
+        assert_eq!(revs.len(), 3);
+        assert_eq!(revs[0], alert("a", 1));
+        let latest = latest(revs);
+        assert_eq!(latest.len(), 2);
+        assert_eq!(
+            latest
+                .iter()
+                .find(|a| a.alert_id == "a")
+                .unwrap()
+                .event_count,
+            20
+        );
+        assert!(
+            read_revisions(&dir.path().join("nothing"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

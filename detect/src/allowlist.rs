@@ -1,0 +1,330 @@
+//! The allowlist rule kind: the declared call graph (caller → callee edges, optionally with
+//! methods and paths, from a policy-graph file). Any observed event outside it alerts — the
+//! declared form of "unexpected caller". One alert per unexpected edge per suppression window.
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::filter::{Field, Filter, Row};
+use crate::group::{Clock, GroupBy, Open, Table};
+use crate::hit::{Counters, EvRef, Hit, Outcome};
+
+/// One allowed edge as written in a policy graph. Patterns are exact, or globs where `*`
+/// matches any run of characters (`spiffe://cluster.local/ns/shop/*`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSpec {
+    pub caller: String,
+    pub callee: String,
+    /// Allowed methods/verbs (empty: any).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Allowed paths, as patterns (empty: any).
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// A policy graph file: `[[edge]]` tables.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyGraph {
+    #[serde(default, rename = "edge")]
+    pub edges: Vec<EdgeSpec>,
+}
+
+#[derive(Debug)]
+struct Pattern(Option<Regex>, String);
+
+impl Pattern {
+    fn new(p: &str) -> Result<Pattern, String> {
+        if !p.contains('*') {
+            return Ok(Pattern(None, p.to_owned()));
+        }
+        let re = format!("^{}$", regex::escape(p).replace(r"\*", ".*"));
+        Regex::new(&re)
+            .map(|r| Pattern(Some(r), p.to_owned()))
+            .map_err(|e| format!("pattern `{p}`: {e}"))
+    }
+
+    fn matches(&self, v: &str) -> bool {
+        match &self.0 {
+            Some(r) => r.is_match(v),
+            None => self.1 == v,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Edge {
+    caller: Pattern,
+    callee: Pattern,
+    methods: Vec<String>,
+    paths: Vec<Pattern>,
+}
+
+/// The fields an allowlist reads.
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeFields {
+    pub caller: Field,
+    pub callee: Field,
+    pub method: Option<Field>,
+    pub path: Option<Field>,
+}
+
+#[derive(Debug)]
+pub struct AllowlistSpec {
+    /// Which events the allowlist governs (e.g. `kind == "authz"`).
+    pub filter: Filter,
+    pub fields: EdgeFields,
+    pub edges: Vec<EdgeSpec>,
+    pub suppress_ns: i64,
+    pub allowed_lateness_ns: i64,
+    pub max_groups: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Group {
+    open: Open,
+    last_ns: i64,
+}
+
+#[derive(Debug)]
+pub struct Allowlist {
+    pub(crate) spec: AllowlistSpec,
+    edges: Vec<Edge>,
+    pub(crate) group_by: GroupBy,
+    pub(crate) groups: Table<Group>,
+    pub(crate) clock: Clock,
+    pub counters: Counters,
+}
+
+impl Allowlist {
+    pub fn new(spec: AllowlistSpec) -> Result<Allowlist, String> {
+        let edges = spec
+            .edges
+            .iter()
+            .map(|e| {
+                Ok(Edge {
+                    caller: Pattern::new(&e.caller)?,
+                    callee: Pattern::new(&e.callee)?,
+                    methods: e.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                    paths: e
+                        .paths
+                        .iter()
+                        .map(|p| Pattern::new(p))
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        // Alerts group by the edge (caller, callee).
+        let group_by = vec![
+            ("caller".to_owned(), spec.fields.caller),
+            ("callee".to_owned(), spec.fields.callee),
+        ];
+        Ok(Allowlist {
+            groups: Table::new(spec.max_groups.max(1)),
+            clock: Clock::new(spec.allowed_lateness_ns),
+            edges,
+            group_by,
+            spec,
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    fn allowed(&self, row: &impl Row) -> bool {
+        let f = &self.spec.fields;
+        let (Some(caller), Some(callee)) = (row.str(f.caller.column), row.str(f.callee.column))
+        else {
+            // An event without both ends is not an edge the graph can allow.
+            return false;
+        };
+        let method = f.method.and_then(|m| row.str(m.column));
+        let path = f.path.and_then(|p| row.str(p.column));
+        self.edges.iter().any(|e| {
+            e.caller.matches(caller)
+                && e.callee.matches(callee)
+                && (e.methods.is_empty()
+                    || method.is_some_and(|m| e.methods.iter().any(|x| x.eq_ignore_ascii_case(m))))
+                && (e.paths.is_empty()
+                    || path.is_some_and(|p| e.paths.iter().any(|x| x.matches(p))))
+        })
+    }
+
+    pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
+        let t = ev.time_ns;
+        if self.clock.is_late(t) {
+            self.counters.late += 1;
+            return Outcome::Late;
+        }
+        if !self.spec.filter.matches(row) {
+            return Outcome::Nothing;
+        }
+        self.clock.advance(t);
+        if self.allowed(row) {
+            return Outcome::Nothing;
+        }
+        self.counters.matched += 1;
+        let suppress = self.spec.suppress_ns;
+        let f = self.spec.fields;
+        let (key, g) = self.groups.entry(&self.group_by, row, || Group {
+            open: Open::default(),
+            last_ns: t,
+        });
+        g.last_ns = g.last_ns.max(t);
+        let outcome = if let Some(n) = g.open.absorb(t, 0, suppress) {
+            Outcome::Updated {
+                key: key.clone(),
+                count: n,
+                ev,
+            }
+        } else {
+            g.open.fire(t, 1);
+            let mut detail = Vec::new();
+            if let Some(m) = f.method.and_then(|m| row.str(m.column)) {
+                detail.push(format!("method={m}"));
+            }
+            if let Some(p) = f.path.and_then(|p| row.str(p.column)) {
+                detail.push(format!("path={p}"));
+            }
+            self.counters.fired += 1;
+            Outcome::Fired(Hit {
+                key: key.clone(),
+                first_ns: t,
+                last_ns: t,
+                count: 1,
+                detail,
+                evidence: vec![ev],
+            })
+        };
+        self.counters.evicted = self.groups.evicted;
+        outcome
+    }
+
+    pub fn expire(&mut self) {
+        let horizon = self.clock.watermark();
+        let suppress = self.spec.suppress_ns;
+        self.groups.retain(|g| g.open.is_open(horizon, suppress));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::field;
+    use crate::row::OwnedRow;
+
+    const S: i64 = 1_000_000_000;
+
+    fn at(t: i64) -> EvRef {
+        EvRef {
+            time_ns: t,
+            ..EvRef::default()
+        }
+    }
+
+    fn rule(edges: Vec<EdgeSpec>) -> Allowlist {
+        Allowlist::new(AllowlistSpec {
+            filter: Filter::parse(r#"kind == "authz""#).unwrap(),
+            fields: EdgeFields {
+                caller: field("caller_principal").unwrap(),
+                callee: field("callee_principal").unwrap(),
+                method: field("action"),
+                path: field("resource"),
+            },
+            edges,
+            suppress_ns: 3600 * S,
+            allowed_lateness_ns: 60 * S,
+            max_groups: 100,
+        })
+        .unwrap()
+    }
+
+    fn ev(caller: &str, callee: &str, method: &str, path: &str) -> OwnedRow {
+        OwnedRow::of(&[
+            ("kind", "authz"),
+            ("caller_principal", caller),
+            ("callee_principal", callee),
+            ("action", method),
+            ("resource", path),
+        ])
+    }
+
+    const WEB: &str = "spiffe://c/ns/web/sa/frontend";
+    const ORDERS: &str = "spiffe://c/ns/shop/sa/orders";
+    const PAY: &str = "spiffe://c/ns/shop/sa/payments";
+
+    #[test]
+    fn edges_outside_the_graph_alert_once_per_suppression_window() {
+        let mut r = rule(vec![
+            EdgeSpec {
+                caller: WEB.into(),
+                callee: ORDERS.into(),
+                methods: vec!["get".into(), "POST".into()],
+                paths: vec!["/api/orders*".into()],
+            },
+            EdgeSpec {
+                caller: "spiffe://c/ns/shop/*".into(),
+                callee: "spiffe://c/ns/shop/*".into(),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(
+            r.observe(&ev(WEB, ORDERS, "GET", "/api/orders/7"), at(0)),
+            Outcome::Nothing
+        );
+        assert_eq!(
+            r.observe(&ev(ORDERS, PAY, "PUT", "/x"), at(S)),
+            Outcome::Nothing
+        );
+        // Not declared: web → payments.
+        let o = r.observe(&ev(WEB, PAY, "POST", "/charge"), at(2 * S));
+        let Outcome::Fired(h) = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(h.key, vec![Some(WEB.into()), Some(PAY.into())]);
+        assert_eq!(h.detail, ["method=POST", "path=/charge"]);
+        // The same edge again updates the alert.
+        assert!(matches!(
+            r.observe(&ev(WEB, PAY, "POST", "/charge"), at(3 * S)),
+            Outcome::Updated { count: 2, .. }
+        ));
+        // A declared edge with a method or path outside it alerts too.
+        assert!(
+            r.observe(&ev(WEB, ORDERS, "DELETE", "/api/orders/7"), at(4 * S))
+                .fired()
+        );
+        // Other event kinds are not governed.
+        let flow = OwnedRow::of(&[("kind", "flow"), ("caller_principal", WEB)]);
+        assert_eq!(r.observe(&flow, at(5 * S)), Outcome::Nothing);
+        // An authz event without a callee is not an allowed edge.
+        let half = OwnedRow::of(&[("kind", "authz"), ("caller_principal", WEB)]);
+        assert!(r.observe(&half, at(6 * S)).fired());
+        // After the suppression window the edge alerts again.
+        assert!(
+            r.observe(&ev(WEB, PAY, "POST", "/charge"), at(3 * S + 3600 * S))
+                .fired()
+        );
+    }
+
+    #[test]
+    fn patterns_are_literal_but_for_the_star() {
+        // Every regex metacharacter but `*` is literal, so patterns always compile.
+        let r = rule(vec![EdgeSpec {
+            caller: "a.b(c".into(),
+            callee: "*".into(),
+            ..Default::default()
+        }]);
+        assert_eq!(r.observe_ok("a.b(c"), true);
+        assert_eq!(r.observe_ok("aXb(c"), false);
+    }
+
+    impl Allowlist {
+        fn observe_ok(&self, caller: &str) -> bool {
+            self.allowed(&ev(caller, "x", "GET", "/"))
+        }
+    }
+}

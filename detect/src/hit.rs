@@ -1,0 +1,95 @@
+//! What a rule kind says about one event, shared by every kind.
+
+use serde::{Deserialize, Serialize};
+
+use crate::group::Key;
+
+/// Where an event is in the store: its partition log (an id the engine interns), its leaf
+/// index in that log, its leaf hash, and its event time. Enough to prove the event from the
+/// store (`vigil proof --log … --index …`) and to check the proof is about this event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvRef {
+    pub log: u32,
+    pub index: u64,
+    pub time_ns: i64,
+    #[serde(with = "hex32")]
+    pub leaf: [u8; 32],
+}
+
+/// A new alert for a group: the key, the window's first and last event time, the count in it,
+/// details (the distinct values, the unexpected edge, the baseline…), and the evidence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    pub key: Key,
+    pub first_ns: i64,
+    pub last_ns: i64,
+    pub count: u64,
+    pub detail: Vec<String>,
+    pub evidence: Vec<EvRef>,
+}
+
+/// What one event did to a rule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Did not match, or matched without reaching the rule's condition.
+    Nothing,
+    /// A new alert for this group.
+    Fired(Hit),
+    /// The group's open alert (within its suppression window) counts one more event.
+    Updated { key: Key, count: u64, ev: EvRef },
+    /// Too late to evaluate (behind the newest event time by more than the allowed lateness).
+    Late,
+}
+
+impl Outcome {
+    pub fn fired(&self) -> bool {
+        matches!(self, Outcome::Fired(_))
+    }
+}
+
+/// Counters every rule keeps for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub matched: u64,
+    pub late: u64,
+    pub evicted: u64,
+    pub fired: u64,
+}
+
+/// The most evidence an alert carries (the newest events in its window).
+pub const MAX_EVIDENCE: usize = 16;
+
+/// Keep the newest `MAX_EVIDENCE` of `refs`.
+pub fn newest(mut refs: Vec<EvRef>) -> Vec<EvRef> {
+    refs.sort_by_key(|r| (r.time_ns, r.log, r.index));
+    let n = refs.len();
+    if n > MAX_EVIDENCE {
+        refs.drain(..n - MAX_EVIDENCE);
+    }
+    refs
+}
+
+pub(crate) mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(64);
+        for b in v {
+            out.push_str(&format!("{b:02x}"));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        if s.len() != 64 {
+            return Err(serde::de::Error::custom("expected 64 hex digits"));
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+                .map_err(|_| serde::de::Error::custom("expected hex digits"))?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,61 @@
+//! An event written out as field values (rule tests, unit tests): a [`Row`] without Arrow.
+
+use std::collections::BTreeMap;
+
+use crate::filter::{FieldType, Row, field};
+
+/// One event's canonical field values by column.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedRow {
+    strs: BTreeMap<usize, String>,
+    ints: BTreeMap<usize, i64>,
+    bools: BTreeMap<usize, bool>,
+}
+
+impl OwnedRow {
+    /// From `(field, value)` pairs; values are checked against the field's type.
+    pub fn from_fields<'a>(
+        fields: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>,
+    ) -> Result<OwnedRow, String> {
+        let mut r = OwnedRow::default();
+        for (name, v) in fields {
+            let f = field(name).ok_or_else(|| format!("unknown field `{name}`"))?;
+            match (f.ty, v) {
+                (_, serde_json::Value::Null) => {}
+                (FieldType::Str, serde_json::Value::String(s)) => {
+                    r.strs.insert(f.column, s.clone());
+                }
+                (FieldType::Int, serde_json::Value::Number(n)) if n.is_i64() => {
+                    r.ints.insert(f.column, n.as_i64().unwrap_or_default());
+                }
+                (FieldType::Bool, serde_json::Value::Bool(b)) => {
+                    r.bools.insert(f.column, *b);
+                }
+                (ty, v) => return Err(format!("`{name}` is {ty:?}, not {v}")),
+            }
+        }
+        Ok(r)
+    }
+
+    /// From `field = "text"` pairs (unit tests).
+    pub fn of(pairs: &[(&str, &str)]) -> OwnedRow {
+        let values: Vec<(&str, serde_json::Value)> = pairs
+            .iter()
+            .map(|(k, v)| (*k, serde_json::Value::String((*v).to_owned())))
+            .collect();
+        OwnedRow::from_fields(values.iter().map(|(k, v)| (*k, v)))
+            .expect("unit-test rows name text fields")
+    }
+}
+
+impl Row for OwnedRow {
+    fn str(&self, column: usize) -> Option<&str> {
+        self.strs.get(&column).map(String::as_str)
+    }
+    fn int(&self, column: usize) -> Option<i64> {
+        self.ints.get(&column).copied()
+    }
+    fn bool(&self, column: usize) -> Option<bool> {
+        self.bools.get(&column).copied()
+    }
+}

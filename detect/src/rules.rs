@@ -1,0 +1,864 @@
+//! Rules as code: rule files (TOML) parsed, checked and compiled into rule state machines,
+//! the default pack, and the tests rule files carry.
+//!
+//! A rule file is one rule; see `detect/rules/` (the default pack) and the README for the
+//! format. Every problem is reported with the file, the line and the reason, and a bad file
+//! never stops the others from loading.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::allowlist::{Allowlist, AllowlistSpec, EdgeFields, EdgeSpec, PolicyGraph};
+use crate::distinct::{DistinctCount, DistinctSpec};
+use crate::filter::{Field, Filter, Row, field};
+use crate::first_seen::{FirstSeen, FirstSeenSpec};
+use crate::group::GroupBy;
+use crate::hit::{Counters, EvRef, Outcome};
+use crate::rate_spike::{RateSpike, RateSpikeSpec};
+use crate::sequence::{Sequence, SequenceSpec};
+use crate::threshold::{Threshold, ThresholdSpec};
+
+/// The default pack, compiled into the binary (`detect/rules/*.toml`).
+pub const DEFAULT_PACK: &[(&str, &str)] = &[
+    (
+        "denial_burst_caller.toml",
+        include_str!("../rules/denial_burst_caller.toml"),
+    ),
+    (
+        "denial_burst_source_ip.toml",
+        include_str!("../rules/denial_burst_source_ip.toml"),
+    ),
+    (
+        "k8s_forbidden_burst.toml",
+        include_str!("../rules/k8s_forbidden_burst.toml"),
+    ),
+    (
+        "k8s_forbidden_public_ip.toml",
+        include_str!("../rules/k8s_forbidden_public_ip.toml"),
+    ),
+    (
+        "k8s_secret_access_denied.toml",
+        include_str!("../rules/k8s_secret_access_denied.toml"),
+    ),
+    (
+        "dropped_flow_burst.toml",
+        include_str!("../rules/dropped_flow_burst.toml"),
+    ),
+    (
+        "permission_probing.toml",
+        include_str!("../rules/permission_probing.toml"),
+    ),
+    (
+        "unexpected_caller_declared.toml",
+        include_str!("../rules/unexpected_caller_declared.toml"),
+    ),
+    (
+        "unexpected_caller_learned.toml",
+        include_str!("../rules/unexpected_caller_learned.toml"),
+    ),
+    (
+        "deny_then_allow.toml",
+        include_str!("../rules/deny_then_allow.toml"),
+    ),
+    ("rate_spike.toml", include_str!("../rules/rate_spike.toml")),
+];
+
+/// How bad an alert is.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KindName {
+    Threshold,
+    DistinctCount,
+    Allowlist,
+    FirstSeen,
+    Sequence,
+    RateSpike,
+}
+
+impl KindName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindName::Threshold => "threshold",
+            KindName::DistinctCount => "distinct_count",
+            KindName::Allowlist => "allowlist",
+            KindName::FirstSeen => "first_seen",
+            KindName::Sequence => "sequence",
+            KindName::RateSpike => "rate_spike",
+        }
+    }
+}
+
+/// When a rule is on, relative to the configured policy graph.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Requires {
+    /// Only when an allowlist (policy graph) is configured.
+    Allowlist,
+    /// Only when none is.
+    NoAllowlist,
+}
+
+/// A rule file as written. Which keys a kind needs is checked after parsing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub id: Spanned<String>,
+    pub version: u32,
+    pub title: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub description: String,
+    /// Why the defaults are what they are; comparable rules elsewhere.
+    #[serde(default)]
+    pub references: Vec<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub requires: Option<Requires>,
+    pub kind: Spanned<KindName>,
+    pub filter: Option<Spanned<String>>,
+    pub group_by: Option<Spanned<Vec<String>>>,
+    pub count: Option<Spanned<u64>>,
+    pub window: Option<Spanned<String>>,
+    pub suppress: Option<Spanned<String>>,
+    pub allowed_lateness: Option<Spanned<String>>,
+    pub max_groups: Option<Spanned<usize>>,
+    // distinct_count
+    pub field: Option<Spanned<String>>,
+    // allowlist
+    pub caller_field: Option<Spanned<String>>,
+    pub callee_field: Option<Spanned<String>>,
+    pub method_field: Option<Spanned<String>>,
+    pub path_field: Option<Spanned<String>>,
+    pub policy_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<EdgeSpec>,
+    // first_seen
+    pub learn: Option<Spanned<String>>,
+    pub forget: Option<Spanned<String>>,
+    // sequence
+    pub first: Option<Spanned<String>>,
+    pub first_count: Option<Spanned<u64>>,
+    pub then: Option<Spanned<String>>,
+    // rate_spike
+    pub bucket: Option<Spanned<String>>,
+    pub baseline_buckets: Option<Spanned<u32>>,
+    pub min_history_buckets: Option<Spanned<u32>>,
+    pub z: Option<Spanned<f64>>,
+    pub min_count: Option<Spanned<u64>>,
+    #[serde(default, rename = "test")]
+    pub tests: Vec<RuleTest>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A test a rule file carries: events in, the alerts expected out.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTest {
+    pub name: String,
+    #[serde(default, rename = "event")]
+    pub events: Vec<TestEvent>,
+    /// How many alerts the events raise (updates of an open alert are not new alerts).
+    pub alerts: usize,
+    /// The alerts' group keys, in firing order (each a list of the group-by values; "" for a
+    /// missing one). Optional.
+    #[serde(default)]
+    pub keys: Vec<Vec<String>>,
+    /// For allowlist rules: the policy graph to test against (else the rule's own).
+    #[serde(default)]
+    pub allow: Option<Vec<EdgeSpec>>,
+}
+
+/// Test input: an event's canonical fields, or a raw record in any source format.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestEvent {
+    #[serde(default)]
+    pub fields: Option<toml::Table>,
+    #[serde(default)]
+    pub raw: Option<String>,
+    /// Event time as an offset from the test's start ("90s"); default: `every` after the
+    /// previous event, or the raw record's own time.
+    #[serde(default)]
+    pub at: Option<String>,
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    /// Gap between repeats (default 1s).
+    #[serde(default)]
+    pub every: Option<String>,
+}
+
+/// A rule problem: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct RuleError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Settings the engine gives every rule that does not set its own.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub allowed_lateness_ns: i64,
+    pub max_groups: usize,
+    pub suppress_ns: i64,
+    /// The configured policy graph, if any.
+    pub allowlist: Option<PolicyGraph>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            allowed_lateness_ns: 30 * 1_000_000_000,
+            max_groups: 100_000,
+            suppress_ns: 3600 * 1_000_000_000,
+            allowlist: None,
+        }
+    }
+}
+
+/// What every alert of a rule says about it.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pub id: String,
+    pub version: u32,
+    pub title: String,
+    pub severity: Severity,
+    pub description: String,
+    pub kind: KindName,
+    /// Names of the group key's parts.
+    pub group_names: Vec<String>,
+    pub suppress_ns: i64,
+    /// Where it came from (file path, or `default:<name>`).
+    pub source: String,
+}
+
+/// A rule state machine of any kind.
+#[derive(Debug)]
+pub enum Kind {
+    Threshold(Threshold),
+    DistinctCount(DistinctCount),
+    Allowlist(Allowlist),
+    FirstSeen(FirstSeen),
+    Sequence(Sequence),
+    RateSpike(RateSpike),
+}
+
+macro_rules! each {
+    ($self:expr, $r:ident => $e:expr) => {
+        match $self {
+            Kind::Threshold($r) => $e,
+            Kind::DistinctCount($r) => $e,
+            Kind::Allowlist($r) => $e,
+            Kind::FirstSeen($r) => $e,
+            Kind::Sequence($r) => $e,
+            Kind::RateSpike($r) => $e,
+        }
+    };
+}
+
+impl Kind {
+    pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
+        each!(self, r => r.observe(row, ev))
+    }
+
+    pub fn expire(&mut self) {
+        each!(self, r => r.expire())
+    }
+
+    pub fn counters(&self) -> Counters {
+        each!(self, r => r.counters)
+    }
+
+    pub fn groups(&self) -> usize {
+        each!(self, r => r.groups())
+    }
+
+    /// The state, for the engine's checkpoint.
+    pub fn save(&self) -> serde_json::Result<serde_json::Value> {
+        fn table<S: Serialize>(
+            t: &crate::group::Table<S>,
+            clock: &crate::group::Clock,
+            counters: &Counters,
+            extra: Option<i64>,
+        ) -> serde_json::Result<serde_json::Value> {
+            let groups: Vec<_> = t.entries().collect();
+            Ok(serde_json::json!({
+                "clock": clock,
+                "counters": counters,
+                "extra": extra,
+                "groups": serde_json::to_value(groups)?,
+            }))
+        }
+        match self {
+            Kind::Threshold(r) => table(&r.groups, &r.clock, &r.counters, None),
+            Kind::DistinctCount(r) => table(&r.groups, &r.clock, &r.counters, None),
+            Kind::Allowlist(r) => table(&r.groups, &r.clock, &r.counters, None),
+            Kind::FirstSeen(r) => table(&r.groups, &r.clock, &r.counters, r.started_ns),
+            Kind::Sequence(r) => table(&r.groups, &r.clock, &r.counters, None),
+            Kind::RateSpike(r) => table(&r.groups, &r.clock, &r.counters, None),
+        }
+    }
+
+    /// Restore state saved by [`Kind::save`] (of the same rule version).
+    pub fn restore(&mut self, v: serde_json::Value) -> serde_json::Result<()> {
+        #[derive(Deserialize)]
+        struct Saved<S> {
+            clock: crate::group::Clock,
+            counters: Counters,
+            extra: Option<i64>,
+            groups: Vec<crate::group::Entry<S>>,
+        }
+        macro_rules! load {
+            ($r:expr, $by:expr) => {{
+                let s: Saved<_> = serde_json::from_value(v)?;
+                $r.clock.newest_ns = s.clock.newest_ns;
+                $r.counters = s.counters;
+                let by = $by;
+                $r.groups.restore(&by, s.groups);
+                s.extra
+            }};
+        }
+        match self {
+            Kind::Threshold(r) => {
+                load!(r, r.spec.group_by.clone());
+            }
+            Kind::DistinctCount(r) => {
+                load!(r, r.spec.group_by.clone());
+            }
+            Kind::Allowlist(r) => {
+                load!(r, r.group_by.clone());
+            }
+            Kind::FirstSeen(r) => {
+                r.started_ns = load!(r, r.spec.group_by.clone());
+            }
+            Kind::Sequence(r) => {
+                load!(r, r.spec.group_by.clone());
+            }
+            Kind::RateSpike(r) => {
+                load!(r, r.spec.group_by.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A loaded rule: what it is, and its state machine.
+#[derive(Debug)]
+pub struct Rule {
+    pub meta: Meta,
+    pub kind: Kind,
+}
+
+/// The outcome of loading rules: the rules that loaded, the problems of the ones that did
+/// not, and the ones switched off (by `enabled = false` or `requires`), with why.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub rules: Vec<(Rule, RuleFile)>,
+    pub errors: Vec<RuleError>,
+    pub inactive: Vec<(String, String)>,
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parse a duration like "30s", "5m", "1h 30m", "7d", "250ms".
+pub fn duration_ns(s: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("duration {s:?}: {e}"))?;
+    i64::try_from(d.as_nanos()).map_err(|_| format!("duration {s:?} is too long"))
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> RuleError {
+        RuleError {
+            file: self.file.to_owned(),
+            line: line_of(self.text, span.start),
+            message: message.into(),
+        }
+    }
+
+    fn need<'s, T>(
+        &self,
+        v: &'s Option<Spanned<T>>,
+        key: &str,
+        kind: &Spanned<KindName>,
+    ) -> Result<&'s Spanned<T>, RuleError> {
+        v.as_ref().ok_or_else(|| {
+            self.err(
+                kind.span(),
+                format!("a {} rule needs `{key}`", kind.get_ref().as_str()),
+            )
+        })
+    }
+
+    fn filter(&self, f: &Spanned<String>) -> Result<Filter, RuleError> {
+        Filter::parse(f.get_ref())
+            .map_err(|e| self.err(f.span(), format!("filter `{}`: {e}", f.get_ref())))
+    }
+
+    fn dur(&self, d: &Spanned<String>) -> Result<i64, RuleError> {
+        let ns = duration_ns(d.get_ref()).map_err(|e| self.err(d.span(), e))?;
+        if ns <= 0 {
+            return Err(self.err(d.span(), "a duration must be positive"));
+        }
+        Ok(ns)
+    }
+
+    fn field(&self, name: &Spanned<String>) -> Result<Field, RuleError> {
+        field(name.get_ref()).ok_or_else(|| {
+            self.err(
+                name.span(),
+                format!(
+                    "unknown field `{}` (fields: {})",
+                    name.get_ref(),
+                    crate::filter::filterable_fields().join(", ")
+                ),
+            )
+        })
+    }
+
+    fn group_by(&self, g: &Spanned<Vec<String>>) -> Result<GroupBy, RuleError> {
+        g.get_ref()
+            .iter()
+            .map(|n| {
+                field(n)
+                    .map(|f| (n.clone(), f))
+                    .ok_or_else(|| self.err(g.span(), format!("unknown group_by field `{n}`")))
+            })
+            .collect()
+    }
+}
+
+/// Parse one rule file's text (checking it compiles with `defaults`).
+pub fn parse(file: &str, text: &str) -> Result<RuleFile, RuleError> {
+    let rf: RuleFile = toml::from_str(text).map_err(|e| RuleError {
+        file: file.to_owned(),
+        line: e.span().map_or(1, |s| line_of(text, s.start)),
+        message: e.message().to_owned(),
+    })?;
+    let id = rf.id.get_ref();
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(RuleError {
+            file: file.to_owned(),
+            line: line_of(text, rf.id.span().start),
+            message: format!("rule id {id:?}: use letters, digits, `.`, `_`, `-`"),
+        });
+    }
+    Ok(rf)
+}
+
+/// Compile a parsed rule into its state machine. `dir` resolves a relative `policy_file`.
+pub fn compile(
+    rf: &RuleFile,
+    file: &str,
+    text: &str,
+    dir: Option<&Path>,
+    d: &Defaults,
+    allow_override: Option<&[EdgeSpec]>,
+) -> Result<Rule, RuleError> {
+    let cx = Ctx { file, text };
+    let k = &rf.kind;
+    let filter = || -> Result<Filter, RuleError> {
+        match &rf.filter {
+            Some(f) => cx.filter(f),
+            None => Ok(Filter::parse("kind exists").expect("a fixed filter parses")),
+        }
+    };
+    let suppress_ns = match &rf.suppress {
+        Some(s) => cx.dur(s)?,
+        None => d.suppress_ns,
+    };
+    let allowed_lateness_ns = match &rf.allowed_lateness {
+        Some(s) => cx.dur(s)?,
+        None => d.allowed_lateness_ns,
+    };
+    let max_groups = match &rf.max_groups {
+        Some(m) if *m.get_ref() == 0 => return Err(cx.err(m.span(), "max_groups must be ≥ 1")),
+        Some(m) => *m.get_ref(),
+        None => d.max_groups,
+    };
+    let group_by = match &rf.group_by {
+        Some(g) => cx.group_by(g)?,
+        None => Vec::new(),
+    };
+    let count = |c: &Spanned<u64>| -> Result<usize, RuleError> {
+        match usize::try_from(*c.get_ref()) {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(cx.err(c.span(), "a count must be ≥ 1")),
+        }
+    };
+    let needs_group = |what: &str| -> Result<(), RuleError> {
+        if group_by.is_empty() {
+            Err(cx.err(k.span(), format!("a {what} rule needs `group_by`")))
+        } else {
+            Ok(())
+        }
+    };
+    let kind = match k.get_ref() {
+        KindName::Threshold => {
+            needs_group("threshold")?;
+            Kind::Threshold(Threshold::new(ThresholdSpec {
+                filter: filter()?,
+                group_by: group_by.clone(),
+                count: count(cx.need(&rf.count, "count", k)?)?,
+                window_ns: cx.dur(cx.need(&rf.window, "window", k)?)?,
+                suppress_ns,
+                allowed_lateness_ns,
+                max_groups,
+            }))
+        }
+        KindName::DistinctCount => {
+            needs_group("distinct_count")?;
+            let f = cx.need(&rf.field, "field", k)?;
+            Kind::DistinctCount(DistinctCount::new(DistinctSpec {
+                filter: filter()?,
+                group_by: group_by.clone(),
+                field: (f.get_ref().clone(), cx.field(f)?),
+                count: count(cx.need(&rf.count, "count", k)?)?,
+                window_ns: cx.dur(cx.need(&rf.window, "window", k)?)?,
+                suppress_ns,
+                allowed_lateness_ns,
+                max_groups,
+            }))
+        }
+        KindName::Allowlist => {
+            let fld = |v: &Option<Spanned<String>>, default: &str| -> Result<Field, RuleError> {
+                match v {
+                    Some(n) => cx.field(n),
+                    None => Ok(field(default).expect("default fields exist")),
+                }
+            };
+            let opt = |v: &Option<Spanned<String>>| -> Result<Option<Field>, RuleError> {
+                v.as_ref().map(|n| cx.field(n)).transpose()
+            };
+            let mut edges = rf.allow.clone();
+            if let Some(p) = &rf.policy_file {
+                let path = match dir {
+                    Some(dir) => dir.join(p.get_ref()),
+                    None => PathBuf::from(p.get_ref()),
+                };
+                edges.extend(load_policy(&path).map_err(|e| cx.err(p.span(), e))?.edges);
+            } else if rf.allow.is_empty()
+                && let Some(g) = &d.allowlist
+            {
+                edges.extend(g.edges.iter().cloned());
+            }
+            if let Some(o) = allow_override {
+                edges = o.to_vec();
+            }
+            let al = Allowlist::new(AllowlistSpec {
+                filter: filter()?,
+                fields: EdgeFields {
+                    caller: fld(&rf.caller_field, "caller_principal")?,
+                    callee: fld(&rf.callee_field, "callee_principal")?,
+                    method: opt(&rf.method_field)?,
+                    path: opt(&rf.path_field)?,
+                },
+                edges,
+                suppress_ns,
+                allowed_lateness_ns,
+                max_groups,
+            })
+            .map_err(|e| cx.err(k.span(), e))?;
+            Kind::Allowlist(al)
+        }
+        KindName::FirstSeen => {
+            needs_group("first_seen")?;
+            Kind::FirstSeen(FirstSeen::new(FirstSeenSpec {
+                filter: filter()?,
+                group_by: group_by.clone(),
+                learn_ns: match &rf.learn {
+                    Some(l) => cx.dur(l)?,
+                    None => 0,
+                },
+                forget_ns: cx.dur(cx.need(&rf.forget, "forget", k)?)?,
+                suppress_ns,
+                allowed_lateness_ns,
+                max_groups,
+            }))
+        }
+        KindName::Sequence => {
+            needs_group("sequence")?;
+            Kind::Sequence(Sequence::new(SequenceSpec {
+                group_by: group_by.clone(),
+                first: cx.filter(cx.need(&rf.first, "first", k)?)?,
+                first_count: count(cx.need(&rf.first_count, "first_count", k)?)?,
+                then: cx.filter(cx.need(&rf.then, "then", k)?)?,
+                window_ns: cx.dur(cx.need(&rf.window, "window", k)?)?,
+                suppress_ns,
+                allowed_lateness_ns,
+                max_groups,
+            }))
+        }
+        KindName::RateSpike => {
+            needs_group("rate_spike")?;
+            let baseline = rf.baseline_buckets.as_ref().map_or(60, |b| *b.get_ref());
+            if baseline == 0 {
+                return Err(cx.err(k.span(), "baseline_buckets must be ≥ 1"));
+            }
+            let z = rf.z.as_ref().map_or(4.0, |z| *z.get_ref());
+            if !(z.is_finite() && z > 0.0) {
+                return Err(cx.err(k.span(), "z must be a positive number"));
+            }
+            Kind::RateSpike(RateSpike::new(RateSpikeSpec {
+                filter: filter()?,
+                group_by: group_by.clone(),
+                bucket_ns: cx.dur(cx.need(&rf.bucket, "bucket", k)?)?,
+                baseline_buckets: baseline,
+                min_history_buckets: rf
+                    .min_history_buckets
+                    .as_ref()
+                    .map_or(baseline / 2, |b| *b.get_ref()),
+                z,
+                min_count: rf.min_count.as_ref().map_or(100, |m| *m.get_ref()),
+                suppress_ns,
+                allowed_lateness_ns,
+                max_groups,
+            }))
+        }
+    };
+    let group_names = match &kind {
+        Kind::Allowlist(_) => vec![
+            rf.caller_field
+                .as_ref()
+                .map_or("caller_principal".into(), |f| f.get_ref().clone()),
+            rf.callee_field
+                .as_ref()
+                .map_or("callee_principal".into(), |f| f.get_ref().clone()),
+        ],
+        _ => group_by.into_iter().map(|(n, _)| n).collect(),
+    };
+    Ok(Rule {
+        meta: Meta {
+            id: rf.id.get_ref().clone(),
+            version: rf.version,
+            title: rf.title.clone(),
+            severity: rf.severity,
+            description: rf.description.clone(),
+            kind: *k.get_ref(),
+            group_names,
+            suppress_ns,
+            source: file.to_owned(),
+        },
+        kind,
+    })
+}
+
+/// Read a policy graph file (TOML `[[edge]]` tables).
+pub fn load_policy(path: &Path) -> Result<PolicyGraph, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("policy graph {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(&text, s.start));
+        format!("policy graph {}:{line}: {}", path.display(), e.message())
+    })
+}
+
+/// One rule source: a name (file path or `default:<file>`), its text, and its directory.
+pub struct Source {
+    pub name: String,
+    pub text: String,
+    pub dir: Option<PathBuf>,
+}
+
+/// The rule sources: the default pack (unless `with_defaults` is false), then every `*.toml`
+/// in `dir` (sorted). A directory rule with a default rule's id replaces it.
+pub fn sources(dir: Option<&Path>, with_defaults: bool) -> Result<Vec<Source>, RuleError> {
+    let mut out = Vec::new();
+    if with_defaults {
+        for (name, text) in DEFAULT_PACK {
+            out.push(Source {
+                name: format!("default:{name}"),
+                text: (*text).to_owned(),
+                dir: None,
+            });
+        }
+    }
+    if let Some(dir) = dir {
+        let io = |e: std::io::Error| RuleError {
+            file: dir.display().to_string(),
+            line: 0,
+            message: e.to_string(),
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        paths.sort();
+        for p in paths {
+            let text = std::fs::read_to_string(&p).map_err(io)?;
+            out.push(Source {
+                name: p.display().to_string(),
+                text,
+                dir: Some(dir.to_owned()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Load rules from sources: each parsed and compiled on its own (a bad one is reported and
+/// skipped); duplicates by id keep the last (a directory rule overrides a default).
+pub fn load(sources: &[Source], d: &Defaults) -> Loaded {
+    let mut out = Loaded::default();
+    for s in sources {
+        let rf = match parse(&s.name, &s.text) {
+            Ok(rf) => rf,
+            Err(e) => {
+                out.errors.push(e);
+                continue;
+            }
+        };
+        let id = rf.id.get_ref().clone();
+        out.rules.retain(|(r, _)| r.meta.id != id);
+        out.inactive.retain(|(i, _)| *i != id);
+        if !rf.enabled {
+            out.inactive.push((id, "enabled = false".into()));
+            continue;
+        }
+        match (rf.requires, d.allowlist.is_some()) {
+            (Some(Requires::Allowlist), false)
+                if rf.allow.is_empty() && rf.policy_file.is_none() =>
+            {
+                out.inactive
+                    .push((id, "needs an allowlist (detect.allowlist_file)".into()));
+                continue;
+            }
+            (Some(Requires::NoAllowlist), true) => {
+                out.inactive
+                    .push((id, "replaced by the configured allowlist".into()));
+                continue;
+            }
+            _ => {}
+        }
+        match compile(&rf, &s.name, &s.text, s.dir.as_deref(), d, None) {
+            Ok(r) => out.rules.push((r, rf)),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_pack_loads_and_passes_its_own_tests() {
+        let src = sources(None, true).unwrap();
+        let loaded = load(&src, &Defaults::default());
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        // Without an allowlist the declared unexpected-caller rule is off, the learned one on.
+        assert_eq!(loaded.rules.len(), DEFAULT_PACK.len() - 1);
+        assert_eq!(loaded.inactive.len(), 1);
+        assert_eq!(loaded.inactive[0].0, "vigil.unexpected_caller.declared");
+        let with_graph = Defaults {
+            allowlist: Some(PolicyGraph::default()),
+            ..Defaults::default()
+        };
+        let loaded = load(&src, &with_graph);
+        assert_eq!(loaded.inactive[0].0, "vigil.unexpected_caller.learned");
+        let results = crate::ruletest::run(&src, &Defaults::default());
+        let failed: Vec<_> = results.iter().filter(|r| r.failure.is_some()).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+        assert!(results.len() >= DEFAULT_PACK.len());
+    }
+
+    fn one(text: &str) -> Result<Rule, RuleError> {
+        let rf = parse("r.toml", text)?;
+        compile(&rf, "r.toml", text, None, &Defaults::default(), None)
+    }
+
+    #[test]
+    fn problems_name_the_file_line_and_reason() {
+        let base = "id = \"x\"\nversion = 1\ntitle = \"t\"\nseverity = \"low\"\n";
+        let e = one(&format!(
+            "{base}kind = \"threshold\"\ngroup_by = [\"caller_ip\"]\nwindow = \"1m\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.to_string(), "r.toml:5: a threshold rule needs `count`");
+        let e = one(&format!("{base}kind = \"threshold\"\ncount = 3\nwindow = \"1m\"\ngroup_by = [\"caller_ip\"]\nfilter = 'decision = \"deny\"'\n")).unwrap_err();
+        assert_eq!(e.line, 9);
+        assert!(
+            e.message
+                .contains("filter `decision = \"deny\"`: column 10"),
+            "{e}"
+        );
+        let e = one(&format!("{base}kind = \"thresold\"\n")).unwrap_err();
+        assert_eq!(e.line, 5);
+        assert!(e.message.contains("unknown variant `thresold`"), "{e}");
+        let e = one(&format!("{base}kind = \"threshold\"\ncount = 3\nwindow = \"1 fortnight\"\ngroup_by = [\"caller_ip\"]\n")).unwrap_err();
+        assert_eq!(e.line, 7);
+        let e = one(&format!(
+            "{base}kind = \"threshold\"\ncount = 3\nwindow = \"1m\"\ngroup_by = [\"caller_ipp\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message.contains("unknown group_by field `caller_ipp`"),
+            "{e}"
+        );
+        let e = one(&format!("{base}kind = \"threshold\"\ncolor = 3\n")).unwrap_err();
+        assert!(e.message.contains("unknown field `color`"), "{e}");
+        assert_eq!(e.line, 6);
+    }
+
+    #[test]
+    fn one_bad_rule_never_stops_the_others() {
+        let good = DEFAULT_PACK[0].1.to_owned();
+        let src = vec![
+            Source {
+                name: "bad.toml".into(),
+                text: "id = ".into(),
+                dir: None,
+            },
+            Source {
+                name: "good.toml".into(),
+                text: good,
+                dir: None,
+            },
+        ];
+        let l = load(&src, &Defaults::default());
+        assert_eq!(l.rules.len(), 1);
+        assert_eq!(l.errors.len(), 1);
+        assert_eq!(l.errors[0].file, "bad.toml");
+    }
+}

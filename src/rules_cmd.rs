@@ -1,0 +1,214 @@
+//! `vigil rules …` (list, test, backtest) and the rule loading `serve` shares.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use vigil_detect::engine::{Engine, now_ns};
+use vigil_detect::rules::{self, Defaults, Loaded};
+
+use crate::config::{Config, DetectConfig};
+
+fn nonempty(p: &Path) -> Option<&Path> {
+    (!p.as_os_str().is_empty()).then_some(p)
+}
+
+/// The engine defaults from the configuration (reads the allowlist file if one is set).
+pub fn defaults(d: &DetectConfig) -> anyhow::Result<Defaults> {
+    let allowlist = match nonempty(&d.allowlist_file) {
+        Some(p) => Some(rules::load_policy(p).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
+    anyhow::ensure!(
+        d.max_groups_per_rule >= 1,
+        "detect.max_groups_per_rule must be ≥ 1"
+    );
+    Ok(Defaults {
+        allowed_lateness_ns: i64::try_from(d.allowed_lateness_ms)?.saturating_mul(1_000_000),
+        max_groups: d.max_groups_per_rule,
+        allowlist,
+        ..Defaults::default()
+    })
+}
+
+/// Load the configured rules. Problems are logged with file and line; the other rules load.
+pub fn load(d: &DetectConfig) -> anyhow::Result<Loaded> {
+    let defaults = defaults(d)?;
+    let sources = rules::sources(nonempty(&d.rules_dir), d.default_rules)
+        .context("reading the rules directory")?;
+    let loaded = rules::load(&sources, &defaults);
+    for e in &loaded.errors {
+        tracing::error!(file = %e.file, line = e.line, reason = %e.message, "rule not loaded");
+    }
+    for (id, why) in &loaded.inactive {
+        tracing::info!(rule = %id, reason = %why, "rule inactive");
+    }
+    Ok(loaded)
+}
+
+#[derive(clap::Args)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    command: RulesCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum RulesCommand {
+    /// List the rules that would load (default pack and `detect.rules_dir`), the inactive ones
+    /// and the ones that fail to load.
+    List {
+        /// A rules directory (overrides `detect.rules_dir`).
+        dir: Option<PathBuf>,
+    },
+    /// Run the tests in rule files: the default pack and DIR (or `detect.rules_dir`).
+    /// Exit 0 when all pass, 1 when any fails or a rule does not load.
+    Test {
+        dir: Option<PathBuf>,
+        /// Test only DIR's rules, not the default pack.
+        #[arg(long)]
+        no_defaults: bool,
+    },
+    /// Replay stored events through the rules and print what would have fired. Nothing is
+    /// stored.
+    Backtest {
+        /// Store directory (overrides `store.data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// A rules directory (overrides `detect.rules_dir`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// One alert per line as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .with_context(|| format!("{s:?} is not an RFC 3339 time (2026-11-22T10:00:00Z)"))?;
+    t.timestamp_nanos_opt()
+        .ok_or_else(|| anyhow::anyhow!("{s:?} is out of range"))
+}
+
+pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
+    let mut d = cfg.detect.clone();
+    match args.command {
+        RulesCommand::List { dir } => {
+            if let Some(dir) = dir {
+                d.rules_dir = dir;
+            }
+            let loaded = load(&d)?;
+            for (r, _) in &loaded.rules {
+                println!(
+                    "{:<40} v{:<3} {:<15} {:<8} {}",
+                    r.meta.id,
+                    r.meta.version,
+                    r.meta.kind.as_str(),
+                    r.meta.severity.as_str(),
+                    r.meta.source
+                );
+            }
+            for (id, why) in &loaded.inactive {
+                println!("{id:<40} inactive: {why}");
+            }
+            for e in &loaded.errors {
+                println!("error: {e}");
+            }
+            Ok(if loaded.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        RulesCommand::Test { dir, no_defaults } => {
+            if let Some(dir) = dir {
+                d.rules_dir = dir;
+            }
+            let defaults = defaults(&d)?;
+            let sources = rules::sources(nonempty(&d.rules_dir), !no_defaults)
+                .context("reading the rules directory")?;
+            let results = vigil_detect::ruletest::run(&sources, &defaults);
+            let mut failed = 0;
+            for r in &results {
+                match &r.failure {
+                    None => println!("ok    {} :: {}", r.rule, r.test),
+                    Some(why) => {
+                        failed += 1;
+                        println!("FAIL  {} :: {} ({})\n      {why}", r.rule, r.test, r.source);
+                    }
+                }
+            }
+            println!(
+                "{} test(s), {} passed, {failed} failed",
+                results.len(),
+                results.len() - failed
+            );
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        RulesCommand::Backtest {
+            data_dir,
+            from,
+            to,
+            rules: dir,
+            json,
+        } => {
+            if let Some(dir) = dir {
+                d.rules_dir = dir;
+            }
+            let data_dir = data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
+            let store = vigil_store::Store::open_existing(&data_dir)
+                .with_context(|| format!("opening the store at {}", data_dir.display()))?;
+            let loaded = load(&d)?;
+            let mut engine = Engine::new(loaded.rules.into_iter().map(|(r, _)| r).collect());
+            let from = from
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .unwrap_or(i64::MIN);
+            let to = to
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .unwrap_or(i64::MAX);
+            engine.window = Some((from, to));
+            let mut fired = Vec::new();
+            vigil_detect::replay::replay(&mut engine, &store, |e, p| -> anyhow::Result<()> {
+                e.observe(&p, now_ns())?;
+                fired.extend(e.take_pending());
+                Ok(())
+            })?;
+            fired.extend(engine.take_pending());
+            let alerts = vigil_detect::alerts::latest(fired);
+            let mut alerts: Vec<_> = alerts;
+            alerts.sort_by_key(|a| (a.last_event_ns, a.alert_id.clone()));
+            for a in &alerts {
+                if json {
+                    println!("{}", serde_json::to_string(a)?);
+                } else {
+                    println!("{}", crate::alerts_cmd::line(a));
+                }
+            }
+            eprintln!(
+                "{} events evaluated, {} alert(s) would have fired",
+                engine.rows,
+                alerts.len()
+            );
+            for s in engine.stats() {
+                if s.late > 0 || s.evicted > 0 {
+                    eprintln!("  {}: {} late, {} evicted", s.id, s.late, s.evicted);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
