@@ -332,7 +332,6 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
         .find(|a| a.rule_id == "vigil.denial_burst.source_ip")
         .unwrap();
     assert_eq!(stuffing.event_count, 60, "{stuffing:#?}");
-    assert!(stuffing.revision > 1);
     assert_eq!(stuffing.evidence.len(), 16);
     let ev = &stuffing.evidence[0];
     assert!(ev.log.starts_with("mesh/"));

@@ -113,11 +113,7 @@ impl DistinctCount {
                 .max()
                 .unwrap_or(time_ns);
             if let Some(n) = g.open.absorb(time_ns, window, suppress) {
-                Outcome::Updated {
-                    key: key.clone(),
-                    count: n,
-                    ev,
-                }
+                Outcome::Updated { count: n, ev }
             } else if g.values.len() >= count && last - first <= window {
                 g.open.fire(last, g.values.len() as u64);
                 let mut values: Vec<String> = g.values.iter().map(|v| v.0.clone()).collect();

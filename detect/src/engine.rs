@@ -17,9 +17,9 @@ use vigil_store::{Piece, leaf_indexes};
 
 use crate::alerts::{Alert, Evidence};
 use crate::filter::{BatchRows, Row};
-use crate::group::Key;
+use crate::group::{Entry, GroupBy, Key, Table};
 use crate::hit::{EvRef, Hit, Outcome};
-use crate::rules::Rule;
+use crate::rules::{Meta, Rule};
 
 /// Per-rule figures for metrics and `vigil rules backtest`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -32,10 +32,9 @@ pub struct RuleStats {
     pub groups: usize,
 }
 
+/// A group's open alert: further matches within the rule's suppression window update it.
 #[derive(Debug, Serialize, Deserialize)]
 struct OpenAlert {
-    rule: String,
-    key: Key,
     /// Event time it fired at; it stays open for the rule's suppression window after.
     fired_ns: i64,
     alert: Alert,
@@ -52,20 +51,47 @@ pub enum EngineError {
     State { path: String, message: String },
 }
 
+/// Alert bookkeeping: open alerts per rule (found from an event's group without copying its
+/// key), the changes not yet taken, and the ids already stored.
+struct Book {
+    /// Per rule (same index as the rules).
+    open: Vec<Table<OpenAlert>>,
+    /// Open alerts changed since the last take: (rule, key); their current revision is taken.
+    pending: BTreeMap<String, (usize, Key)>,
+    /// Changed alerts that closed (or were replaced) before they were taken.
+    pending_closed: Vec<Alert>,
+    /// Whether anything pending is a new alert (not only updates).
+    pending_new: bool,
+    /// Highest revision already stored per alert id (so a re-fire after a restart updates it).
+    stored: HashMap<String, i64>,
+}
+
+/// Interned partition logs (`topic/partition` ↔ small ids for evidence refs).
+#[derive(Default)]
+struct Logs {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl Logs {
+    fn id(&mut self, log: &str) -> u32 {
+        if let Some(&id) = self.ids.get(log) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(log.to_owned());
+        self.ids.insert(log.to_owned(), id);
+        id
+    }
+}
+
 /// The rules, their state, and the alerts they raised that have not been taken yet.
 pub struct Engine {
     rules: Vec<Rule>,
-    logs: Vec<String>,
-    log_ids: HashMap<String, u32>,
+    logs: Logs,
     /// Per log: the next leaf index not yet evaluated.
     positions: HashMap<u32, u64>,
-    open: HashMap<(usize, Key), OpenAlert>,
-    /// Alert revisions raised and not yet taken, by id.
-    pending: BTreeMap<String, Alert>,
-    /// Whether `pending` holds a new alert (not only updates).
-    pending_new: bool,
-    /// Highest revision already stored per alert id (so a re-fire after a restart is an update).
-    stored: HashMap<String, i64>,
+    book: Book,
     newest_ns: i64,
     /// Rows skipped because their log position was already evaluated.
     pub skipped_rows: u64,
@@ -81,7 +107,6 @@ struct State {
     format: String,
     positions: BTreeMap<String, u64>,
     rules: Vec<SavedRule>,
-    open: Vec<OpenAlert>,
     newest_ns: i64,
 }
 
@@ -90,201 +115,46 @@ struct SavedRule {
     id: String,
     version: u32,
     state: serde_json::Value,
+    #[serde(default)]
+    open: Vec<Entry<OpenAlert>>,
 }
 
-const STATE_FORMAT: &str = "vigil-detect-state-v1";
+const STATE_FORMAT: &str = "vigil-detect-state-v2";
 
-impl Engine {
-    pub fn new(rules: Vec<Rule>) -> Engine {
-        Engine {
-            rules,
-            logs: Vec::new(),
-            log_ids: HashMap::new(),
-            positions: HashMap::new(),
-            open: HashMap::new(),
-            pending: BTreeMap::new(),
-            pending_new: false,
-            stored: HashMap::new(),
-            newest_ns: i64::MIN,
-            skipped_rows: 0,
-            rows: 0,
-            window: None,
-        }
-    }
-
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
-    /// Alerts already stored (id → highest revision): firing one of them again updates it.
-    pub fn know_stored(&mut self, alerts: &[Alert]) {
-        for a in alerts {
-            let r = self.stored.entry(a.alert_id.clone()).or_insert(0);
-            *r = (*r).max(a.revision);
-        }
-    }
-
-    fn log_id(&mut self, log: &str) -> u32 {
-        if let Some(&id) = self.log_ids.get(log) {
-            return id;
-        }
-        let id = u32::try_from(self.logs.len()).unwrap_or(u32::MAX);
-        self.logs.push(log.to_owned());
-        self.log_ids.insert(log.to_owned(), id);
-        id
-    }
-
-    /// The next leaf index the engine has not evaluated in `log`, if it has seen the log.
-    pub fn position(&self, log: &str) -> Option<u64> {
-        self.log_ids
-            .get(log)
-            .and_then(|id| self.positions.get(id))
-            .copied()
-    }
-
-    /// Evaluate every rule on every decoded row of a piece not evaluated before.
-    pub fn observe(&mut self, piece: &Piece, now_ns: i64) -> Result<(), EngineError> {
-        let b = &piece.batch;
-        let log = self.log_id(&format!("{}/{}", piece.topic, piece.partition));
-        let (indexes, next) = leaf_indexes(b, piece.first_leaf_index)?;
-        let from = self.positions.get(&log).copied().unwrap_or(0);
-        if next <= from {
-            self.skipped_rows += b.num_rows() as u64;
-            return Ok(());
-        }
-        let times = b
-            .column(0)
-            .as_primitive_opt::<TimestampNanosecondType>()
-            .ok_or_else(|| EngineError::Input("event_time is not a ns timestamp".into()))?;
-        let leaves = b
-            .column_by_name("leaf_hash")
-            .and_then(|c| c.as_fixed_size_binary_opt())
-            .ok_or_else(|| EngineError::Input("no leaf_hash column".into()))?;
-        let kind_col = crate::filter::field("kind")
-            .ok_or_else(|| EngineError::Input("no kind field".into()))?
-            .column;
-        let rows = BatchRows::new(b);
-        let mut hits: Vec<(usize, Outcome)> = Vec::new();
-        for (i, &index) in indexes.iter().enumerate() {
-            if index < from {
-                self.skipped_rows += 1;
-                continue;
-            }
-            let row = rows.row(i);
-            // A rejected record (failed to decode) has no event to evaluate.
-            if row.str(kind_col).is_none() {
-                continue;
-            }
-            let time_ns = times.value(i);
-            if self
-                .window
-                .is_some_and(|(from, to)| time_ns < from || time_ns >= to)
-            {
-                continue;
-            }
-            self.rows += 1;
-            let mut leaf = [0u8; 32];
-            leaf.copy_from_slice(leaves.value(i));
-            let ev = EvRef {
-                log,
-                index,
-                time_ns,
-                leaf,
-            };
-            self.newest_ns = self.newest_ns.max(ev.time_ns);
-            for (r, rule) in self.rules.iter_mut().enumerate() {
-                match rule.kind.observe(&row, ev) {
-                    Outcome::Nothing | Outcome::Late => {}
-                    o => hits.push((r, o)),
-                }
-            }
-        }
-        self.positions.insert(log, next);
-        if hits.is_empty() {
-            return Ok(());
-        }
-        // Event ids of this piece's rows, for the evidence.
-        let ids = crate::filter::field("event_id").map(|f| f.column);
-        let event_id = |index: u64| -> Option<String> {
-            let i = indexes.iter().position(|&x| x == index)?;
-            rows.row(i).str(ids?).map(str::to_owned)
+impl Book {
+    /// Count an event into its group's open alert.
+    fn update(&mut self, r: usize, fields: &GroupBy, row: &impl Row, count: u64, ev: EvRef) {
+        let Some((key, open)) = self.open[r].get(fields, row) else {
+            return;
         };
-        for (r, o) in hits {
-            self.apply(r, o, now_ns, &|ev: &EvRef| {
-                (ev.log == log).then(|| event_id(ev.index)).flatten()
-            });
-        }
-        Ok(())
-    }
-
-    /// Evaluate one event given as a row (rule tests, backtests of loose events).
-    pub fn observe_row(&mut self, row: &impl Row, ev: EvRef, now_ns: i64) {
-        self.newest_ns = self.newest_ns.max(ev.time_ns);
-        let outcomes: Vec<(usize, Outcome)> = self
-            .rules
-            .iter_mut()
-            .enumerate()
-            .map(|(r, rule)| (r, rule.kind.observe(row, ev)))
-            .filter(|(_, o)| !matches!(o, Outcome::Nothing | Outcome::Late))
-            .collect();
-        for (r, o) in outcomes {
-            self.apply(r, o, now_ns, &|_| None);
+        let a = &mut open.alert;
+        a.event_count = a.event_count.max(i64::try_from(count).unwrap_or(i64::MAX));
+        a.last_event_ns = a.last_event_ns.max(ev.time_ns);
+        a.first_event_ns = a.first_event_ns.min(ev.time_ns);
+        // One new revision per take, however many events updated it.
+        if !self.pending.contains_key(&a.alert_id) {
+            a.revision += 1;
+            self.pending.insert(a.alert_id.clone(), (r, key.clone()));
         }
     }
 
-    fn evidence(
-        &self,
-        refs: &[EvRef],
-        event_id: &dyn Fn(&EvRef) -> Option<String>,
-    ) -> Vec<Evidence> {
-        refs.iter()
-            .map(|e| Evidence {
-                log: self.logs.get(e.log as usize).cloned().unwrap_or_default(),
-                index: e.index,
-                leaf_hash: e.leaf.iter().map(|b| format!("{b:02x}")).collect(),
-                event_time_ns: e.time_ns,
-                event_id: event_id(e),
-            })
-            .collect()
-    }
-
-    fn apply(
-        &mut self,
-        r: usize,
-        o: Outcome,
-        now_ns: i64,
-        event_id: &dyn Fn(&EvRef) -> Option<String>,
-    ) {
-        match o {
-            Outcome::Fired(hit) => self.fire(r, hit, now_ns, event_id),
-            Outcome::Updated { key, count, ev } => {
-                if let Some(open) = self.open.get_mut(&(r, key)) {
-                    let a = &mut open.alert;
-                    a.revision += 1;
-                    a.event_count = a.event_count.max(i64::try_from(count).unwrap_or(i64::MAX));
-                    a.last_event_ns = a.last_event_ns.max(ev.time_ns);
-                    a.first_event_ns = a.first_event_ns.min(ev.time_ns);
-                    self.pending.insert(a.alert_id.clone(), a.clone());
-                }
-            }
-            Outcome::Nothing | Outcome::Late => {}
-        }
-    }
-
+    #[allow(clippy::too_many_arguments)]
     fn fire(
         &mut self,
         r: usize,
+        meta: &Meta,
+        fields: &GroupBy,
+        row: &impl Row,
         hit: Hit,
         now_ns: i64,
-        event_id: &dyn Fn(&EvRef) -> Option<String>,
+        evidence: Vec<Evidence>,
     ) {
-        let rule = &self.rules[r].meta;
         // The id names the rule, the group and the event time it fired at: replaying the same
         // events fires the same id.
         let mut h = blake3::Hasher::new_derive_key("vigil 2026 alert id v1");
-        h.update(rule.id.as_bytes());
+        h.update(meta.id.as_bytes());
         h.update(&[0]);
-        h.update(&rule.version.to_le_bytes());
+        h.update(&meta.version.to_le_bytes());
         for k in &hit.key {
             match k {
                 Some(v) => {
@@ -303,13 +173,13 @@ impl Engine {
         let alert = Alert {
             alert_id: id.clone(),
             revision,
-            rule_id: rule.id.clone(),
-            rule_version: i32::try_from(rule.version).unwrap_or(i32::MAX),
-            rule_kind: rule.kind.as_str().to_owned(),
-            title: rule.title.clone(),
-            severity: rule.severity.as_str().to_owned(),
+            rule_id: meta.id.clone(),
+            rule_version: i32::try_from(meta.version).unwrap_or(i32::MAX),
+            rule_kind: meta.kind.as_str().to_owned(),
+            title: meta.title.clone(),
+            severity: meta.severity.as_str().to_owned(),
             status: "open".into(),
-            group_key: rule
+            group_key: meta
                 .group_names
                 .iter()
                 .cloned()
@@ -319,54 +189,231 @@ impl Engine {
             last_event_ns: hit.last_ns,
             detected_ns: now_ns,
             event_count: i64::try_from(hit.count).unwrap_or(i64::MAX),
-            detail: hit.detail.clone(),
-            evidence: self.evidence(&hit.evidence, event_id),
+            detail: hit.detail,
+            evidence,
         };
         if revision == 1 {
             self.pending_new = true;
         }
-        self.pending.insert(id, alert.clone());
-        self.open.insert(
-            (r, hit.key.clone()),
-            OpenAlert {
-                rule: self.rules[r].meta.id.clone(),
-                key: hit.key,
-                fired_ns: hit.last_ns,
-                alert,
+        let (_, open) = self.open[r].entry(fields, row, || OpenAlert {
+            fired_ns: hit.last_ns,
+            alert: alert.clone(),
+        });
+        // A group that fires again replaces its old open alert: keep that one's last change.
+        if open.alert.alert_id != id && self.pending.remove(&open.alert.alert_id).is_some() {
+            self.pending_closed.push(open.alert.clone());
+        }
+        open.fired_ns = hit.last_ns;
+        open.alert = alert;
+        self.pending.insert(id, (r, hit.key));
+    }
+}
+
+impl Engine {
+    pub fn new(rules: Vec<Rule>) -> Engine {
+        let open = rules.iter().map(|_| Table::new(usize::MAX)).collect();
+        Engine {
+            rules,
+            logs: Logs::default(),
+            positions: HashMap::new(),
+            book: Book {
+                open,
+                pending: BTreeMap::new(),
+                pending_closed: Vec::new(),
+                pending_new: false,
+                stored: HashMap::new(),
             },
-        );
+            newest_ns: i64::MIN,
+            skipped_rows: 0,
+            rows: 0,
+            window: None,
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Alerts already stored (id → highest revision): firing one of them again updates it.
+    pub fn know_stored(&mut self, alerts: &[Alert]) {
+        for a in alerts {
+            let r = self.book.stored.entry(a.alert_id.clone()).or_insert(0);
+            *r = (*r).max(a.revision);
+        }
+    }
+
+    /// The next leaf index the engine has not evaluated in `log`, if it has seen the log.
+    pub fn position(&self, log: &str) -> Option<u64> {
+        self.logs
+            .ids
+            .get(log)
+            .and_then(|id| self.positions.get(id))
+            .copied()
+    }
+
+    /// Evaluate every rule on every decoded row of a piece not evaluated before.
+    pub fn observe(&mut self, piece: &Piece, now_ns: i64) -> Result<(), EngineError> {
+        let b = &piece.batch;
+        let log = self
+            .logs
+            .id(&format!("{}/{}", piece.topic, piece.partition));
+        let (indexes, next) = leaf_indexes(b, piece.first_leaf_index)?;
+        let from = self.positions.get(&log).copied().unwrap_or(0);
+        if next <= from {
+            self.skipped_rows += b.num_rows() as u64;
+            return Ok(());
+        }
+        let times = b
+            .column(0)
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .ok_or_else(|| EngineError::Input("event_time is not a ns timestamp".into()))?;
+        let leaves = b
+            .column_by_name("leaf_hash")
+            .and_then(|c| c.as_fixed_size_binary_opt())
+            .ok_or_else(|| EngineError::Input("no leaf_hash column".into()))?;
+        let field = |name: &str| {
+            crate::filter::field(name)
+                .map(|f| f.column)
+                .ok_or_else(|| EngineError::Input(format!("no {name} field")))
+        };
+        let (kind_col, id_col) = (field("kind")?, field("event_id")?);
+        let rows = BatchRows::new(b);
+        // Event ids of this piece's rows, for evidence.
+        let event_id = |e: &EvRef| -> Option<String> {
+            if e.log != log {
+                return None;
+            }
+            let i = indexes.iter().position(|&x| x == e.index)?;
+            rows.row(i).str(id_col).map(str::to_owned)
+        };
+        let Engine {
+            rules,
+            logs,
+            book,
+            newest_ns,
+            window,
+            skipped_rows,
+            rows: evaluated,
+            ..
+        } = self;
+        for (i, &index) in indexes.iter().enumerate() {
+            if index < from {
+                *skipped_rows += 1;
+                continue;
+            }
+            let row = rows.row(i);
+            // A rejected record (failed to decode) has no event to evaluate.
+            if row.str(kind_col).is_none() {
+                continue;
+            }
+            let time_ns = times.value(i);
+            if window.is_some_and(|(from, to)| time_ns < from || time_ns >= to) {
+                continue;
+            }
+            *evaluated += 1;
+            let mut leaf = [0u8; 32];
+            leaf.copy_from_slice(leaves.value(i));
+            let ev = EvRef {
+                log,
+                index,
+                time_ns,
+                leaf,
+            };
+            *newest_ns = (*newest_ns).max(time_ns);
+            for (r, rule) in rules.iter_mut().enumerate() {
+                match rule.kind.observe(&row, ev) {
+                    Outcome::Nothing | Outcome::Late => {}
+                    Outcome::Updated { count, ev } => {
+                        book.update(r, rule.kind.group_fields(), &row, count, ev)
+                    }
+                    Outcome::Fired(hit) => {
+                        let evidence = evidence(logs, &hit.evidence, &event_id);
+                        let fields = rule.kind.group_fields();
+                        book.fire(r, &rule.meta, fields, &row, hit, now_ns, evidence);
+                    }
+                }
+            }
+        }
+        self.positions.insert(log, next);
+        Ok(())
+    }
+
+    /// Evaluate one event given as a row (rule tests, replays of loose events).
+    pub fn observe_row(&mut self, row: &impl Row, ev: EvRef, now_ns: i64) {
+        self.newest_ns = self.newest_ns.max(ev.time_ns);
+        let Engine {
+            rules, logs, book, ..
+        } = self;
+        for (r, rule) in rules.iter_mut().enumerate() {
+            match rule.kind.observe(row, ev) {
+                Outcome::Nothing | Outcome::Late => {}
+                Outcome::Updated { count, ev } => {
+                    book.update(r, rule.kind.group_fields(), row, count, ev)
+                }
+                Outcome::Fired(hit) => {
+                    let evidence = evidence(logs, &hit.evidence, &|_| None);
+                    let fields = rule.kind.group_fields();
+                    book.fire(r, &rule.meta, fields, row, hit, now_ns, evidence);
+                }
+            }
+        }
     }
 
     /// Whether alerts wait to be taken; `true` in the second place when one is new.
     pub fn has_pending(&self) -> (bool, bool) {
-        (!self.pending.is_empty(), self.pending_new)
+        (
+            !self.book.pending.is_empty() || !self.book.pending_closed.is_empty(),
+            self.book.pending_new,
+        )
     }
 
     /// The alert revisions raised since the last call. Store them before reporting them.
     pub fn take_pending(&mut self) -> Vec<Alert> {
-        self.pending_new = false;
-        let taken: Vec<Alert> = std::mem::take(&mut self.pending).into_values().collect();
+        let book = &mut self.book;
+        book.pending_new = false;
+        let mut taken = std::mem::take(&mut book.pending_closed);
+        for (_, (r, key)) in std::mem::take(&mut book.pending) {
+            let fields = self.rules[r].kind.group_fields();
+            if let Some(o) = book.open[r].get_by_key(fields, &key) {
+                taken.push(o.alert.clone());
+            }
+        }
         for a in &taken {
-            let r = self.stored.entry(a.alert_id.clone()).or_insert(0);
+            let r = book.stored.entry(a.alert_id.clone()).or_insert(0);
             *r = (*r).max(a.revision);
         }
+        taken.sort_by(|a, b| {
+            a.alert_id
+                .cmp(&b.alert_id)
+                .then(a.revision.cmp(&b.revision))
+        });
         taken
     }
 
     /// Drop state the watermarks have passed: groups with nothing left in their windows,
     /// open alerts past their suppression windows.
     pub fn expire(&mut self) {
-        for r in &mut self.rules {
-            r.kind.expire();
-        }
         let newest = self.newest_ns;
-        let rules = &self.rules;
-        self.open.retain(|(r, _), o| {
-            let suppress = rules.get(*r).map_or(0, |x| x.meta.suppress_ns);
-            o.fired_ns.saturating_add(suppress) > newest
-        });
-        self.stored
-            .retain(|id, _| self.open.values().any(|o| &o.alert.alert_id == id));
+        let book = &mut self.book;
+        for (r, rule) in self.rules.iter_mut().enumerate() {
+            rule.kind.expire();
+            let suppress = rule.meta.suppress_ns;
+            let (pending, closed) = (&mut book.pending, &mut book.pending_closed);
+            book.open[r].retain(|o| {
+                let keep = o.fired_ns.saturating_add(suppress) > newest;
+                if !keep && pending.remove(&o.alert.alert_id).is_some() {
+                    closed.push(o.alert.clone());
+                }
+                keep
+            });
+        }
+        // Stored ids matter while their alert can still be re-fired: while it is open.
+        let open: std::collections::HashSet<&str> = book
+            .open
+            .iter()
+            .flat_map(|t| t.entries().map(|e| e.state.alert.alert_id.as_str()))
+            .collect();
+        book.stored.retain(|id, _| open.contains(id.as_str()));
     }
 
     pub fn stats(&self) -> Vec<RuleStats> {
@@ -386,40 +433,32 @@ impl Engine {
             .collect()
     }
 
-    /// Write the state (positions, every rule's groups, open alerts) durably to `path`.
+    /// Write the state (positions, every rule's groups and open alerts) durably to `path`.
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
         let err = |m: String| EngineError::State {
             path: path.display().to_string(),
             message: m,
         };
         let mut rules = Vec::new();
-        for r in &self.rules {
-            rules.push(SavedRule {
-                id: r.meta.id.clone(),
-                version: r.meta.version,
-                state: r.kind.save().map_err(|e| err(e.to_string()))?,
-            });
+        for (r, rule) in self.rules.iter().enumerate() {
+            let open: Vec<&Entry<OpenAlert>> = self.book.open[r].entries().collect();
+            rules.push(serde_json::json!({
+                "id": rule.meta.id,
+                "version": rule.meta.version,
+                "state": rule.kind.save().map_err(|e| err(e.to_string()))?,
+                "open": open,
+            }));
         }
-        let state = State {
-            format: STATE_FORMAT.into(),
-            positions: self
+        let state = serde_json::json!({
+            "format": STATE_FORMAT,
+            "positions": self
                 .positions
                 .iter()
-                .map(|(l, p)| (self.logs[*l as usize].clone(), *p))
-                .collect(),
-            rules,
-            open: self
-                .open
-                .values()
-                .map(|o| OpenAlert {
-                    rule: o.rule.clone(),
-                    key: o.key.clone(),
-                    fired_ns: o.fired_ns,
-                    alert: o.alert.clone(),
-                })
-                .collect(),
-            newest_ns: self.newest_ns,
-        };
+                .map(|(l, p)| (self.logs.names[*l as usize].clone(), *p))
+                .collect::<BTreeMap<_, _>>(),
+            "rules": rules,
+            "newest_ns": self.newest_ns,
+        });
         let bytes = serde_json::to_vec(&state).map_err(|e| err(e.to_string()))?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
@@ -440,36 +479,53 @@ impl Engine {
             return Err(err(format!("unknown format {:?}", state.format)));
         }
         for (log, p) in state.positions {
-            let id = self.log_id(&log);
+            let id = self.logs.id(&log);
             self.positions.insert(id, p);
         }
         self.newest_ns = state.newest_ns;
         let mut fresh = Vec::new();
-        let mut saved: HashMap<(String, u32), serde_json::Value> = state
+        let mut saved: HashMap<(String, u32), SavedRule> = state
             .rules
             .into_iter()
-            .map(|s| ((s.id, s.version), s.state))
+            .map(|s| ((s.id.clone(), s.version), s))
             .collect();
-        for r in &mut self.rules {
-            match saved.remove(&(r.meta.id.clone(), r.meta.version)) {
-                Some(v) => r
-                    .kind
-                    .restore(v)
-                    .map_err(|e| err(format!("rule {}: {e}", r.meta.id)))?,
-                None => fresh.push(r.meta.id.clone()),
-            }
-        }
-        for o in state.open {
-            if let Some(r) = self.rules.iter().position(|r| r.meta.id == o.rule) {
-                let r_id = o.alert.alert_id.clone();
-                let rev = o.alert.revision;
-                self.open.insert((r, o.key.clone()), o);
-                let s = self.stored.entry(r_id).or_insert(0);
-                *s = (*s).max(rev);
+        for (r, rule) in self.rules.iter_mut().enumerate() {
+            match saved.remove(&(rule.meta.id.clone(), rule.meta.version)) {
+                Some(s) => {
+                    rule.kind
+                        .restore(s.state)
+                        .map_err(|e| err(format!("rule {}: {e}", rule.meta.id)))?;
+                    for o in &s.open {
+                        let rev = self
+                            .book
+                            .stored
+                            .entry(o.state.alert.alert_id.clone())
+                            .or_insert(0);
+                        *rev = (*rev).max(o.state.alert.revision);
+                    }
+                    self.book.open[r].restore(rule.kind.group_fields(), s.open);
+                }
+                None => fresh.push(rule.meta.id.clone()),
             }
         }
         Ok(fresh)
     }
+}
+
+fn evidence(
+    logs: &Logs,
+    refs: &[EvRef],
+    event_id: &dyn Fn(&EvRef) -> Option<String>,
+) -> Vec<Evidence> {
+    refs.iter()
+        .map(|e| Evidence {
+            log: logs.names.get(e.log as usize).cloned().unwrap_or_default(),
+            index: e.index,
+            leaf_hash: e.leaf.iter().map(|b| format!("{b:02x}")).collect(),
+            event_time_ns: e.time_ns,
+            event_id: event_id(e),
+        })
+        .collect()
 }
 
 /// The current time in ns since the epoch.
@@ -477,4 +533,167 @@ pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Defaults, Source, load};
+    use vigil_schemas::Decoder;
+    use vigil_store::{PartitionBatch, RecordRef};
+
+    const RULE: &str = r#"
+id = "t.denials"
+version = 1
+title = "denials"
+severity = "high"
+kind = "threshold"
+filter = 'decision == "deny"'
+group_by = ["caller_ip"]
+count = 3
+window = "1m"
+suppress = "1h"
+"#;
+
+    fn engine(text: &str) -> Engine {
+        let l = load(
+            &[Source {
+                name: "t.toml".into(),
+                text: text.into(),
+                dir: None,
+            }],
+            &Defaults::default(),
+        );
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        Engine::new(l.rules.into_iter().map(|(r, _)| r).collect())
+    }
+
+    fn opa(i: usize, ip: &str, allow: bool) -> String {
+        format!(
+            r#"{{"decision_id":"d{i}","result":{allow},"timestamp":"2026-11-22T10:00:{:02}Z","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{ip}","portValue":1}}}}}},"request":{{"http":{{"method":"GET","path":"/"}}}}}}}}}}"#,
+            i % 60
+        )
+    }
+
+    /// One piece per call: records `from..from+n` of partition 0.
+    struct Log {
+        batch: PartitionBatch,
+        next: i64,
+    }
+
+    impl Log {
+        fn new() -> Log {
+            Log {
+                batch: PartitionBatch::new("t", 0, Default::default(), 16),
+                next: 0,
+            }
+        }
+
+        fn piece(&mut self, values: &[String]) -> Piece {
+            for v in values {
+                let rec = RecordRef {
+                    topic: "t",
+                    partition: 0,
+                    offset: self.next,
+                    timestamp_ms: None,
+                    key: None,
+                    value: Some(v.as_bytes()),
+                    headers: &[],
+                };
+                self.batch.append(&rec, &Decoder::default(), 0).unwrap();
+                self.next += 1;
+            }
+            self.batch.cut().unwrap().unwrap()
+        }
+    }
+
+    #[test]
+    fn a_piece_seen_twice_counts_once_and_updates_coalesce_into_one_revision() {
+        let mut e = engine(RULE);
+        let mut log = Log::new();
+        let p1 = log.piece(&[opa(0, "1.1.1.1", false), opa(1, "1.1.1.1", false)]);
+        e.observe(&p1, 7).unwrap();
+        // Re-delivered (a crash before its file was durable): skipped.
+        e.observe(&p1, 7).unwrap();
+        assert_eq!(e.skipped_rows, 2);
+        assert!(e.take_pending().is_empty());
+        let p2 = log.piece(&[opa(2, "1.1.1.1", false), opa(3, "1.1.1.1", false)]);
+        e.observe(&p2, 8).unwrap();
+        let fired = e.take_pending();
+        assert_eq!(fired.len(), 1);
+        let a = &fired[0];
+        // Fired by the third denial, the fourth already counted in the same piece.
+        assert_eq!((a.revision, a.event_count, a.detected_ns), (1, 4, 8));
+        assert_eq!(a.evidence.len(), 3);
+        assert_eq!(a.evidence[2].log, "t/0");
+        // The evidence is the three that fired it.
+        assert_eq!(a.evidence[2].index, 2);
+        assert_eq!(a.evidence[2].event_id.as_deref(), Some("d2"));
+        assert_eq!(
+            a.evidence[0].event_id, None,
+            "not in the piece that fired it"
+        );
+        // Ten more denials: one new revision, not ten.
+        let p3 = log.piece(
+            &(4..14)
+                .map(|i| opa(i, "1.1.1.1", false))
+                .collect::<Vec<_>>(),
+        );
+        e.observe(&p3, 9).unwrap();
+        let upd = e.take_pending();
+        assert_eq!(upd.len(), 1);
+        assert_eq!(
+            (
+                upd[0].alert_id.as_str(),
+                upd[0].revision,
+                upd[0].event_count
+            ),
+            (a.alert_id.as_str(), 2, 14)
+        );
+    }
+
+    #[test]
+    fn state_survives_a_restart_and_a_rule_change_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut log = Log::new();
+        let mut e = engine(RULE);
+        e.observe(
+            &log.piece(&[opa(0, "2.2.2.2", false), opa(1, "2.2.2.2", false)]),
+            1,
+        )
+        .unwrap();
+        e.observe(
+            &log.piece(&(2..5).map(|i| opa(i, "3.3.3.3", false)).collect::<Vec<_>>()),
+            1,
+        )
+        .unwrap();
+        let fired = e.take_pending();
+        assert_eq!(fired.len(), 1);
+        e.save(&path).unwrap();
+
+        let mut r = engine(RULE);
+        assert!(r.restore(&path).unwrap().is_empty());
+        assert_eq!(r.position("t/0"), Some(5));
+        r.know_stored(&fired);
+        // 2.2.2.2 had two denials before the restart: one more fires.
+        // 3.3.3.3's open alert is updated, not raised again.
+        let p = log.piece(&[opa(5, "2.2.2.2", false), opa(6, "3.3.3.3", false)]);
+        r.observe(&p, 2).unwrap();
+        let got = r.take_pending();
+        assert_eq!(got.len(), 2, "{got:#?}");
+        let upd = got
+            .iter()
+            .find(|a| a.alert_id == fired[0].alert_id)
+            .unwrap();
+        assert_eq!((upd.revision, upd.event_count), (2, 4));
+        assert!(
+            got.iter()
+                .any(|a| a.revision == 1 && a.group_key["caller_ip"].as_deref() == Some("2.2.2.2"))
+        );
+
+        // Version 2 of the rule: its old state does not apply.
+        let mut v2 = engine(&RULE.replace("version = 1", "version = 2"));
+        assert_eq!(v2.restore(&path).unwrap(), ["t.denials"]);
+    }
 }

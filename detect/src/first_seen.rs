@@ -97,11 +97,7 @@ impl FirstSeen {
                 evidence: vec![ev],
             })
         } else if let Some(n) = g.open.absorb(t, 0, suppress) {
-            Outcome::Updated {
-                key: key.clone(),
-                count: n,
-                ev,
-            }
+            Outcome::Updated { count: n, ev }
         } else {
             Outcome::Nothing
         };

@@ -1,7 +1,6 @@
 //! Group keys: the values of a rule's `group_by` fields for one event, hashed and compared
 //! without allocating; allocated once, as text, when a group is created.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
@@ -94,12 +93,12 @@ pub fn matches(fields: &GroupBy, key: &[Option<String>], row: &impl Row) -> bool
 
 /// A rule's groups, bounded: at most `max`. When a new group would exceed it, the least
 /// recently seen sixteenth of the groups is evicted at once (amortised O(1) per new group) and
-/// counted.
+/// counted. Groups sit inline in one hash table (one probe per event, the stored hash compared
+/// before the key).
 #[derive(Debug)]
 pub struct Table<S> {
-    by_hash: HashMap<u64, Vec<Entry<S>>, foldhash::fast::RandomState>,
+    groups: hashbrown::HashTable<Entry<S>>,
     hasher: foldhash::fast::RandomState,
-    len: usize,
     clock: u64,
     max: usize,
     pub evicted: u64,
@@ -111,15 +110,17 @@ pub struct Entry<S> {
     pub key: Key,
     pub state: S,
     pub seen: u64,
+    /// The key's hash under this process's seed (never persisted).
+    #[serde(skip)]
+    hash: u64,
 }
 
 impl<S> Table<S> {
     pub fn new(max: usize) -> Table<S> {
         assert!(max >= 1, "a rule keeps at least one group");
         Table {
-            by_hash: HashMap::with_hasher(Default::default()),
+            groups: hashbrown::HashTable::new(),
             hasher: Default::default(),
-            len: 0,
             clock: 0,
             max,
             evicted: 0,
@@ -127,24 +128,30 @@ impl<S> Table<S> {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.groups.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.groups.is_empty()
     }
 
     /// The row's group if it has one.
     pub fn get(&mut self, fields: &GroupBy, row: &impl Row) -> Option<(&Key, &mut S)> {
         let h = hash(fields, row, &self.hasher);
         let e = self
-            .by_hash
-            .get_mut(&h)?
-            .iter_mut()
-            .find(|e| matches(fields, &e.key, row))?;
+            .groups
+            .find_mut(h, |e| e.hash == h && matches(fields, &e.key, row))?;
         self.clock += 1;
         e.seen = self.clock;
         Some((&e.key, &mut e.state))
+    }
+
+    /// The group with this stored key, if any.
+    pub fn get_by_key(&self, fields: &GroupBy, key: &[Option<String>]) -> Option<&S> {
+        let h = hash_key(fields, key, &self.hasher);
+        self.groups
+            .find(h, |e| e.hash == h && e.key == key)
+            .map(|e| &e.state)
     }
 
     /// The row's group, created with `init` if new.
@@ -156,92 +163,79 @@ impl<S> Table<S> {
     ) -> (&Key, &mut S) {
         self.clock += 1;
         let h = hash(fields, row, &self.hasher);
-        let known = self
-            .by_hash
-            .get(&h)
-            .and_then(|b| b.iter().position(|e| matches(fields, &e.key, row)));
-        let i = match known {
-            Some(i) => i,
-            None => {
-                if self.len >= self.max {
-                    self.evict_oldest();
+        let (clock, max) = (self.clock, self.max);
+        let e = match self
+            .groups
+            .find_entry(h, |e| e.hash == h && matches(fields, &e.key, row))
+        {
+            Ok(found) => found.into_mut(),
+            Err(absent) => {
+                let groups = absent.into_table();
+                if groups.len() >= max {
+                    self.evicted += evict_oldest(groups);
                 }
-                let bucket = self.by_hash.entry(h).or_default();
-                bucket.push(Entry {
-                    key: key(fields, row),
-                    state: init(),
-                    seen: 0,
-                });
-                self.len += 1;
-                bucket.len() - 1
+                groups
+                    .insert_unique(
+                        h,
+                        Entry {
+                            key: key(fields, row),
+                            state: init(),
+                            seen: 0,
+                            hash: h,
+                        },
+                        |e| e.hash,
+                    )
+                    .into_mut()
             }
         };
-        let e = &mut self
-            .by_hash
-            .get_mut(&h)
-            .expect("the group was just found or made")[i];
-        e.seen = self.clock;
+        e.seen = clock;
         (&e.key, &mut e.state)
-    }
-
-    /// Drop the least recently seen sixteenth of the groups (at least one).
-    fn evict_oldest(&mut self) {
-        let mut seen: Vec<u64> = self.by_hash.values().flatten().map(|e| e.seen).collect();
-        if seen.is_empty() {
-            return;
-        }
-        let n = (seen.len() / 16).max(1);
-        let (_, cut, _) = seen.select_nth_unstable(n - 1);
-        let cut = *cut;
-        let mut dropped = 0;
-        self.by_hash.retain(|_, b| {
-            b.retain(|e| {
-                let keep = e.seen > cut || dropped >= n;
-                dropped += usize::from(!keep);
-                keep
-            });
-            !b.is_empty()
-        });
-        self.len -= dropped;
-        self.evicted += dropped as u64;
-        debug_assert_eq!(self.len, self.by_hash.values().map(Vec::len).sum::<usize>());
     }
 
     /// Keep only the groups `keep` says to.
     pub fn retain(&mut self, mut keep: impl FnMut(&S) -> bool) {
-        let mut dropped = 0;
-        self.by_hash.retain(|_, b| {
-            b.retain(|e| {
-                let k = keep(&e.state);
-                dropped += usize::from(!k);
-                k
-            });
-            !b.is_empty()
-        });
-        self.len -= dropped;
+        self.groups.retain(|e| keep(&e.state));
     }
 
     /// Every group, for persisting.
     pub fn entries(&self) -> impl Iterator<Item = &Entry<S>> {
-        self.by_hash.values().flatten()
+        self.groups.iter()
     }
 
     /// Groups as persisted by [`Table::entries`], rehashed (hashes are never persisted: the
     /// hasher is seeded per process).
     pub fn restore(&mut self, fields: &GroupBy, entries: Vec<Entry<S>>) {
-        for e in entries {
+        for mut e in entries {
             if e.key.len() != fields.len() {
                 continue;
             }
             self.clock = self.clock.max(e.seen);
-            let h = hash_key(fields, &e.key, &self.hasher);
-            self.by_hash.entry(h).or_default().push(e);
-            self.len += 1;
+            e.hash = hash_key(fields, &e.key, &self.hasher);
+            let h = e.hash;
+            self.groups.insert_unique(h, e, |e| e.hash);
         }
-        while self.len > self.max {
-            self.evict_oldest();
+        while self.groups.len() > self.max {
+            self.evicted += evict_oldest(&mut self.groups);
         }
     }
+}
+
+/// Drop the least recently seen sixteenth of the groups (at least one); how many went.
+fn evict_oldest<S>(groups: &mut hashbrown::HashTable<Entry<S>>) -> u64 {
+    let mut seen: Vec<u64> = groups.iter().map(|e| e.seen).collect();
+    if seen.is_empty() {
+        return 0;
+    }
+    let n = (seen.len() / 16).max(1);
+    let (_, cut, _) = seen.select_nth_unstable(n - 1);
+    let cut = *cut;
+    let mut dropped = 0;
+    groups.retain(|e| {
+        let keep = e.seen > cut || dropped >= n;
+        dropped += usize::from(!keep);
+        keep
+    });
+    dropped as u64
 }
 
 /// Event-time bookkeeping shared by the rule kinds: the newest event time seen, and whether

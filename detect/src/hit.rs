@@ -35,8 +35,10 @@ pub enum Outcome {
     Nothing,
     /// A new alert for this group.
     Fired(Hit),
-    /// The group's open alert (within its suppression window) counts one more event.
-    Updated { key: Key, count: u64, ev: EvRef },
+    /// The group's open alert (within its suppression window) counts one more event. The
+    /// group is the event's (the caller finds its alert from the event, without a copy of
+    /// the key).
+    Updated { count: u64, ev: EvRef },
     /// Too late to evaluate (behind the newest event time by more than the allowed lateness).
     Late,
 }

@@ -1,14 +1,14 @@
 //! Vigil's detection stage: streaming rules over decoded events in event time.
 //!
 //! **For:** rule filters ([`filter`]: a small expression language over the canonical fields,
-//! parsed once, evaluated without allocation); then rule state machines (threshold, distinct
-//! count, allowlist, first seen, sequence, rate spike), alert deduplication and alert records.
-//! **Not for:** delivery transport details, storage formats, or decoding.
-//!
-//! Status: the filter language, the bounded group table with its event-time clock and alert
-//! suppression ([`group`]), and two rule kinds — [`threshold`] and [`distinct`] (event-time
-//! sliding windows, out-of-order events placed, late ones counted) — are here; the engine, the
-//! other rule kinds and rules as code land with the rest of the "Streaming detection" issue.
+//! parsed once, evaluated without allocation); six rule kinds as small state machines on a
+//! shared core ([`group`]: bounded group tables, the event-time clock, alert suppression) —
+//! [`threshold`], [`distinct`], [`allowlist`], [`first_seen`], [`sequence`], [`rate_spike`];
+//! rules as TOML files with their own tests and the default pack ([`rules`], [`ruletest`]);
+//! the [`engine`] (every rule over every stored row, once, with deduplicated alerts carrying
+//! evidence, and a state checkpoint); the durable alert log ([`alerts`]); replaying the store
+//! ([`replay`]); and the detection thread of `vigil serve` ([`run`]).
+//! **Not for:** delivering alerts (webhooks, SIEMs), the store's file format, decoding.
 
 pub mod alerts;
 pub mod allowlist;

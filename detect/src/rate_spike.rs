@@ -34,7 +34,8 @@ pub struct Group {
     mean: f64,
     var: f64,
     history: u32,
-    recent: Vec<EvRef>,
+    /// The newest events of the open bucket (evidence), at most `MAX_EVIDENCE`.
+    recent: std::collections::VecDeque<EvRef>,
     open: Open,
 }
 
@@ -104,7 +105,7 @@ impl RateSpike {
             mean: 0.0,
             var: 0.0,
             history: 0,
-            recent: Vec::new(),
+            recent: Default::default(),
             open: Open::default(),
         });
         if bucket < g.bucket {
@@ -113,15 +114,11 @@ impl RateSpike {
         g.roll(bucket, alpha);
         g.count += 1;
         if g.recent.len() == MAX_EVIDENCE {
-            g.recent.remove(0);
+            g.recent.pop_front();
         }
-        g.recent.push(ev);
+        g.recent.push_back(ev);
         let outcome = if let Some(n) = g.open.absorb(t, s.bucket_ns, s.suppress_ns) {
-            Outcome::Updated {
-                key: key.clone(),
-                count: n,
-                ev,
-            }
+            Outcome::Updated { count: n, ev }
         } else {
             let limit = g.mean + s.z * g.var.sqrt().max(1.0);
             if g.history >= s.min_history_buckets
@@ -139,7 +136,7 @@ impl RateSpike {
                         format!("baseline_stddev={:.1}", g.var.sqrt()),
                         format!("threshold={limit:.1}"),
                     ],
-                    evidence: g.recent.clone(),
+                    evidence: g.recent.iter().copied().collect(),
                 })
             } else {
                 Outcome::Nothing

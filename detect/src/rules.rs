@@ -293,6 +293,18 @@ impl Kind {
         each!(self, r => r.expire())
     }
 
+    /// The fields that make a group's key.
+    pub fn group_fields(&self) -> &GroupBy {
+        match self {
+            Kind::Threshold(r) => &r.spec.group_by,
+            Kind::DistinctCount(r) => &r.spec.group_by,
+            Kind::Allowlist(r) => &r.group_by,
+            Kind::FirstSeen(r) => &r.spec.group_by,
+            Kind::Sequence(r) => &r.spec.group_by,
+            Kind::RateSpike(r) => &r.spec.group_by,
+        }
+    }
+
     pub fn counters(&self) -> Counters {
         each!(self, r => r.counters)
     }

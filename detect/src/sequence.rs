@@ -81,23 +81,15 @@ impl Sequence {
             match self.groups.get(&self.spec.group_by, row) {
                 None => Outcome::Nothing,
                 Some((key, g)) => {
-                    let ready: Vec<EvRef> = g
-                        .firsts
-                        .iter()
-                        .filter(|f| f.time_ns <= t && f.time_ns >= t - window)
-                        .copied()
-                        .collect();
+                    let in_window = |f: &&EvRef| f.time_ns <= t && f.time_ns >= t - window;
                     let absorbed = g.open.absorb(t, window, suppress);
                     if let Some(c) = absorbed {
-                        Outcome::Updated {
-                            key: key.clone(),
-                            count: c,
-                            ev,
-                        }
-                    } else if ready.len() >= n {
-                        g.open.fire(t, ready.len() as u64 + 1);
+                        Outcome::Updated { count: c, ev }
+                    } else if g.firsts.iter().filter(in_window).count() >= n {
+                        let mut evidence: Vec<EvRef> =
+                            g.firsts.iter().filter(in_window).copied().collect();
+                        g.open.fire(t, evidence.len() as u64 + 1);
                         g.firsts.retain(|f| f.time_ns > t);
-                        let mut evidence = ready;
                         evidence.push(ev);
                         let evidence = newest(evidence);
                         Outcome::Fired(Hit {
