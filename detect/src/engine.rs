@@ -64,6 +64,33 @@ struct Book {
     pending_new: bool,
     /// Highest revision already stored per alert id (so a re-fire after a restart updates it).
     stored: HashMap<String, i64>,
+    /// Alerts stored or raised, by rule and group: (id, first and last event time). A group
+    /// firing again within the rule's suppression window of one of them is that alert again
+    /// (a replay in another order fires at another event, not another alert).
+    known: HashMap<(String, GroupKey), Vec<Known>>,
+}
+
+type GroupKey = BTreeMap<String, Option<String>>;
+
+/// A known alert of a rule and group: its id and first and last event time.
+type Known = (String, i64, i64);
+
+impl Book {
+    fn remember(&mut self, a: &Alert) {
+        let r = self.stored.entry(a.alert_id.clone()).or_insert(0);
+        *r = (*r).max(a.revision);
+        let v = self
+            .known
+            .entry((a.rule_id.clone(), a.group_key.clone()))
+            .or_default();
+        match v.iter_mut().find(|(id, _, _)| *id == a.alert_id) {
+            Some(e) => {
+                e.1 = e.1.min(a.first_event_ns);
+                e.2 = e.2.max(a.last_event_ns);
+            }
+            None => v.push((a.alert_id.clone(), a.first_event_ns, a.last_event_ns)),
+        }
+    }
 }
 
 /// Interned partition logs (`topic/partition` ↔ small ids for evidence refs).
@@ -168,7 +195,26 @@ impl Book {
             }
         }
         h.update(&hit.last_ns.to_le_bytes());
-        let id = h.finalize().to_hex()[..32].to_owned();
+        let group_key: GroupKey = meta
+            .group_names
+            .iter()
+            .cloned()
+            .zip(hit.key.iter().cloned())
+            .collect();
+        let suppress = meta.suppress_ns;
+        let same = self
+            .known
+            .get(&(meta.id.clone(), group_key.clone()))
+            .and_then(|v| {
+                v.iter().find(|(_, first, last)| {
+                    hit.last_ns < last.saturating_add(suppress)
+                        && hit.last_ns >= first.saturating_sub(suppress)
+                })
+            });
+        let id = match same {
+            Some((id, _, _)) => id.clone(),
+            None => h.finalize().to_hex()[..32].to_owned(),
+        };
         let revision = self.stored.get(&id).copied().unwrap_or(0) + 1;
         let alert = Alert {
             alert_id: id.clone(),
@@ -179,12 +225,7 @@ impl Book {
             title: meta.title.clone(),
             severity: meta.severity.as_str().to_owned(),
             status: "open".into(),
-            group_key: meta
-                .group_names
-                .iter()
-                .cloned()
-                .zip(hit.key.iter().cloned())
-                .collect(),
+            group_key,
             first_event_ns: hit.first_ns,
             last_event_ns: hit.last_ns,
             detected_ns: now_ns,
@@ -206,6 +247,8 @@ impl Book {
         open.fired_ns = hit.last_ns;
         open.alert = alert;
         self.pending.insert(id, (r, hit.key));
+        let a = open.alert.clone();
+        self.remember(&a);
     }
 }
 
@@ -222,6 +265,7 @@ impl Engine {
                 pending_closed: Vec::new(),
                 pending_new: false,
                 stored: HashMap::new(),
+                known: HashMap::new(),
             },
             newest_ns: i64::MIN,
             skipped_rows: 0,
@@ -237,8 +281,7 @@ impl Engine {
     /// Alerts already stored (id → highest revision): firing one of them again updates it.
     pub fn know_stored(&mut self, alerts: &[Alert]) {
         for a in alerts {
-            let r = self.book.stored.entry(a.alert_id.clone()).or_insert(0);
-            *r = (*r).max(a.revision);
+            self.book.remember(a);
         }
     }
 
@@ -379,8 +422,7 @@ impl Engine {
             }
         }
         for a in &taken {
-            let r = book.stored.entry(a.alert_id.clone()).or_insert(0);
-            *r = (*r).max(a.revision);
+            book.remember(a);
         }
         taken.sort_by(|a, b| {
             a.alert_id
@@ -407,13 +449,21 @@ impl Engine {
                 keep
             });
         }
-        // Stored ids matter while their alert can still be re-fired: while it is open.
-        let open: std::collections::HashSet<&str> = book
-            .open
+        // Stored alerts matter while a group could fire them again: until the suppression
+        // window after their last event has passed.
+        let suppress: HashMap<&str, i64> = self
+            .rules
             .iter()
-            .flat_map(|t| t.entries().map(|e| e.state.alert.alert_id.as_str()))
+            .map(|r| (r.meta.id.as_str(), r.meta.suppress_ns))
             .collect();
-        book.stored.retain(|id, _| open.contains(id.as_str()));
+        let mut keep = std::collections::HashSet::new();
+        book.known.retain(|(rule, _), v| {
+            let s = suppress.get(rule.as_str()).copied().unwrap_or(0);
+            v.retain(|(_, _, last)| last.saturating_add(s) > newest);
+            keep.extend(v.iter().map(|(id, _, _)| id.clone()));
+            !v.is_empty()
+        });
+        book.stored.retain(|id, _| keep.contains(id));
     }
 
     pub fn stats(&self) -> Vec<RuleStats> {
@@ -695,5 +745,40 @@ suppress = "1h"
         // Version 2 of the rule: its old state does not apply.
         let mut v2 = engine(&RULE.replace("version = 1", "version = 2"));
         assert_eq!(v2.restore(&path).unwrap(), ["t.denials"]);
+    }
+
+    #[test]
+    fn a_replay_firing_at_another_event_is_the_same_alert() {
+        use crate::row::OwnedRow;
+        let row = OwnedRow::of(&[("decision", "deny"), ("caller_ip", "9.9.9.9")]);
+        let at = |t: i64| EvRef {
+            time_ns: t * 1_000_000_000,
+            ..EvRef::default()
+        };
+        let mut live = engine(RULE);
+        for t in [0, 1, 2] {
+            live.observe_row(&row, at(t), 0);
+        }
+        let first = live.take_pending();
+        assert_eq!(first.len(), 1);
+        // Rebuilt from history, the group fires at another event (its events interleaved
+        // differently across partitions): the same alert, a new revision.
+        let mut rebuilt = engine(RULE);
+        rebuilt.know_stored(&first);
+        for t in [5, 6, 7] {
+            rebuilt.observe_row(&row, at(t), 0);
+        }
+        let again = rebuilt.take_pending();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].alert_id, first[0].alert_id);
+        assert_eq!(again[0].revision, 2);
+        // Past the suppression window (1 h) it is a new alert.
+        for t in [4000, 4001, 4002] {
+            rebuilt.observe_row(&row, at(t), 0);
+        }
+        let later = rebuilt.take_pending();
+        assert_eq!(later.len(), 1);
+        assert_ne!(later[0].alert_id, first[0].alert_id);
+        assert_eq!(later[0].revision, 1);
     }
 }
