@@ -221,12 +221,19 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
         .collect()
 }
 
-/// The alert log: `<data_dir>/alerts/alerts-<ns>-<pid>-<seq>.parquet`.
+/// The alert log: `<data_dir>/alerts/alerts-<ns>-<pid>-<seq>.parquet`. Small files are merged
+/// as they pile up: every `MERGE_FILES` appends into one file, and everything into one when a
+/// log with more than `MERGE_FILES` files is opened.
 #[derive(Debug)]
 pub struct AlertLog {
     dir: PathBuf,
     seq: u64,
+    /// Files this log appended since the last merge.
+    small: Vec<PathBuf>,
 }
+
+/// How many alert files are merged at a time.
+pub const MERGE_FILES: usize = 256;
 
 /// The alert log's directory in a data directory.
 pub fn alerts_dir(data_dir: &Path) -> PathBuf {
@@ -234,14 +241,51 @@ pub fn alerts_dir(data_dir: &Path) -> PathBuf {
 }
 
 impl AlertLog {
+    /// Open (creating) the log; merge its files into one if there are many. Only one process
+    /// may append at a time (the detection lock).
     pub fn open(data_dir: &Path) -> Result<AlertLog, AlertError> {
         let dir = alerts_dir(data_dir);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(AlertLog { dir, seq: 0 })
+        let mut log = AlertLog {
+            dir,
+            seq: 0,
+            small: Vec::new(),
+        };
+        let files = alert_files(&log.dir)?;
+        if files.len() > MERGE_FILES {
+            log.merge(files, crate::engine::now_ns())?;
+        }
+        Ok(log)
+    }
+
+    /// Replace `files` by one file holding their rows in order: durable before they are
+    /// removed (a crash in between leaves revisions twice, which readers keep once).
+    fn merge(&mut self, files: Vec<PathBuf>, now_ns: i64) -> Result<(), AlertError> {
+        let mut rows = Vec::new();
+        for p in &files {
+            rows.extend(read_file(p)?);
+        }
+        if !rows.is_empty() {
+            self.write(&rows, now_ns)?;
+        }
+        for p in &files {
+            std::fs::remove_file(p).map_err(io(p))?;
+        }
+        Ok(())
     }
 
     /// Write revisions durably (one file). Returns once the file and its name are on disk.
     pub fn append(&mut self, alerts: &[Alert], now_ns: i64) -> Result<PathBuf, AlertError> {
+        let path = self.write(alerts, now_ns)?;
+        self.small.push(path.clone());
+        if self.small.len() >= MERGE_FILES {
+            let small = std::mem::take(&mut self.small);
+            self.merge(small, now_ns)?;
+        }
+        Ok(path)
+    }
+
+    fn write(&mut self, alerts: &[Alert], now_ns: i64) -> Result<PathBuf, AlertError> {
         assert!(!alerts.is_empty(), "an alert file holds at least one alert");
         let batch = to_batch(alerts)?;
         let mut bytes = Vec::new();
@@ -262,10 +306,36 @@ impl AlertLog {
     }
 }
 
-/// Every alert revision stored under `data_dir`, in file order.
+fn read_file(p: &Path) -> Result<Vec<Alert>, AlertError> {
+    let f = std::fs::File::open(p).map_err(io(p))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.build())
+        .map_err(|e| AlertError::Format(format!("{}: {e}", p.display())))?;
+    let mut out = Vec::new();
+    for b in reader {
+        out.extend(from_batch(&b.map_err(fmt)?)?);
+    }
+    Ok(out)
+}
+
+/// Every alert revision stored under `data_dir`, in file order. A revision found twice (a
+/// merge interrupted by a crash) is kept once.
 pub fn read_revisions(data_dir: &Path) -> Result<Vec<Alert>, AlertError> {
-    let dir = alerts_dir(data_dir);
-    let mut names: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in alert_files(&alerts_dir(data_dir))? {
+        for a in read_file(&p)? {
+            if seen.insert((a.alert_id.clone(), a.revision)) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The alert log's files, in name (time) order.
+fn alert_files(dir: &Path) -> Result<Vec<PathBuf>, AlertError> {
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -276,20 +346,10 @@ pub fn read_revisions(data_dir: &Path) -> Result<Vec<Alert>, AlertError> {
             })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(&dir)(e)),
+        Err(e) => return Err(io(dir)(e)),
     };
     names.sort();
-    let mut out = Vec::new();
-    for p in names {
-        let f = std::fs::File::open(&p).map_err(io(&p))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-            .and_then(|b| b.build())
-            .map_err(|e| AlertError::Format(format!("{}: {e}", p.display())))?;
-        for b in reader {
-            out.extend(from_batch(&b.map_err(fmt)?)?);
-        }
-    }
-    Ok(out)
+    Ok(names)
 }
 
 /// The newest revision of every alert, newest detection first.
