@@ -20,6 +20,14 @@ pub struct Config {
     pub store: StoreConfig,
     pub checkpoint: CheckpointConfig,
     pub detect: DetectConfig,
+    pub deliver: DeliverConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverConfig {
+    /// Where alerts go (`[[deliver.targets]]`; see the README's delivery section).
+    pub targets: Vec<vigil_detect::deliver::TargetConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// Consumer group id (overrides `kafka.group_id`).
     #[arg(long)]
     group_id: Option<String>,
+    /// Deliver alerts to this URL as signed JSON webhooks (a `[[deliver.targets]]` of kind
+    /// `webhook` named `webhook`); the HMAC key comes from `VIGIL_WEBHOOK_SECRET`.
+    #[arg(long)]
+    webhook: Option<String>,
     /// Seconds between progress lines in the log (0: none).
     #[arg(long, default_value_t = 5)]
     progress_secs: u64,
@@ -109,8 +113,24 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir = %cfg.store.data_dir.display(), log_name = %checkpoints.store_name(),
         "vigil serve starting");
 
+    // Delivery targets: checked (and their secrets read) before anything starts.
+    let mut target_cfgs = cfg.deliver.targets.clone();
+    if let Some(url) = &args.webhook {
+        let secret = std::env::var("VIGIL_WEBHOOK_SECRET")
+            .map_err(|_| anyhow::anyhow!("--webhook needs the HMAC key in VIGIL_WEBHOOK_SECRET"))?;
+        target_cfgs.push(vigil_detect::deliver::TargetConfig::webhook(
+            "webhook", url, secret,
+        ));
+    }
+    let targets = target_cfgs
+        .into_iter()
+        .map(vigil_detect::deliver::Target::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let delivery_metrics = Arc::new(vigil_detect::deliver::DeliverMetrics::default());
+
     // Detection: its own thread, fed the chained rows by the pipeline threads.
     let dmetrics = Arc::new(DetectMetrics::default());
+    let mut outbox = None;
     let (detect_tx, detect) = if cfg.detect.enabled {
         let loaded = crate::rules_cmd::load(&cfg.detect)?;
         let rules: Vec<_> = loaded.rules.into_iter().map(|(r, _)| r).collect();
@@ -121,11 +141,23 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             "detection rules loaded"
         );
         let (tx, rx) = crossbeam_channel::bounded(cfg.detect.queue_depth.max(1));
+        if !targets.is_empty() {
+            for t in &targets {
+                tracing::info!(target_name = %t.cfg.name, kind = ?t.cfg.kind, url = %t.cfg.url,
+                    "alert delivery target");
+            }
+            outbox = Some(vigil_detect::deliver::Outbox::open(
+                &cfg.store.data_dir,
+                targets,
+                delivery_metrics.clone(),
+            )?);
+        }
         match vigil_detect::run::start(
             RunConfig {
                 data_dir: cfg.store.data_dir.clone(),
                 alert_flush_ms: cfg.detect.alert_flush_ms,
                 state_interval_ms: cfg.detect.state_interval_ms,
+                outbox: outbox.clone(),
             },
             rules,
             rx,
@@ -135,7 +167,8 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             // Another process of the group runs detection on this data directory; it reads
             // this process's files from the store.
             Err(e @ vigil_detect::run::DetectError::Locked(_)) => {
-                tracing::warn!(reason = %e, "detection runs in another process");
+                tracing::warn!(reason = %e, "detection and alert delivery run in another process");
+                outbox = None;
                 (None, None)
             }
             Err(e) => return Err(anyhow::Error::from(e).context("starting detection")),
@@ -145,6 +178,16 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             "detection is off (detect.enabled = false): events are stored, no rules run"
         );
         (None, None)
+    };
+
+    // Delivery drains the outbox (including what earlier runs left) on its own thread.
+    let deliver_stop = Arc::new(AtomicBool::new(false));
+    let deliver = match &outbox {
+        Some(o) => Some(vigil_detect::deliver::start(
+            o.clone(),
+            deliver_stop.clone(),
+        )?),
+        None => None,
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -208,6 +251,19 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::from),
         None => Ok(()),
     };
+    // Then delivery: what is in flight finishes, the rest stays queued for the next run.
+    deliver_stop.store(true, Ordering::Relaxed);
+    if let Some(d) = deliver {
+        d.join()
+            .map_err(|_| anyhow::anyhow!("delivery thread panicked"))?;
+    }
+    tracing::info!(
+        queued = delivery_metrics.queued.load(Ordering::Relaxed),
+        delivered = delivery_metrics.delivered.load(Ordering::Relaxed),
+        failed_attempts = delivery_metrics.failed_attempts.load(Ordering::Relaxed),
+        undeliverable = delivery_metrics.undeliverable.load(Ordering::Relaxed),
+        "alert delivery stopped"
+    );
     let m = metrics.snapshot();
     tracing::info!(
         events_evaluated = dmetrics.rows.load(Ordering::Relaxed),

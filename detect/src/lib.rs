@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod allowlist;
+pub mod deliver;
 pub mod distinct;
 pub mod engine;
 pub mod filter;

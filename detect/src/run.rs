@@ -24,6 +24,8 @@ pub struct RunConfig {
     pub alert_flush_ms: u64,
     /// State checkpoint (and expiry) interval.
     pub state_interval_ms: u64,
+    /// Where alerts are queued for delivery, if anywhere.
+    pub outbox: Option<crate::deliver::Outbox>,
 }
 
 /// Counters `serve` reports.
@@ -55,6 +57,8 @@ pub enum DetectError {
     Locked(String),
     #[error("{0}")]
     Io(String),
+    #[error("{0}")]
+    Deliver(#[from] crate::deliver::DeliverError),
 }
 
 /// Where the engine's state lives in a data directory.
@@ -127,6 +131,11 @@ impl Loop {
         if alerts.is_empty() {
             return Ok(());
         }
+        // Queued for delivery first: a crash between the two delivers an alert the log lacks
+        // (the replay raises it again, same idempotency key), never the reverse.
+        if let Some(outbox) = &self.cfg.outbox {
+            outbox.enqueue(&alerts)?;
+        }
         self.log.append(&alerts, now_ns())?;
         self.metrics.alert_files.fetch_add(1, Ordering::Relaxed);
         self.metrics
@@ -141,6 +150,19 @@ impl Loop {
                 events = a.event_count, title = %a.title,
                 "alert fired"
             );
+        }
+        Ok(())
+    }
+
+    /// Raise an alert for each delivery given up on: stored, then sent to the other targets.
+    fn undeliverable(&mut self, outbox: &crate::deliver::Outbox) -> Result<(), DetectError> {
+        for g in outbox.take_gave_up() {
+            let a = crate::deliver::undeliverable_alert(&g, now_ns());
+            outbox.enqueue_except(std::slice::from_ref(&a), Some(&g.target))?;
+            self.log.append(std::slice::from_ref(&a), now_ns())?;
+            self.metrics.alerts_fired.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(target: "vigil::alert", alert_id = %a.alert_id, rule = %a.rule_id,
+                undelivered = %g.alert.alert_id, delivery_target = %g.target, "alert fired");
         }
         Ok(())
     }
@@ -268,6 +290,9 @@ fn run(
             if let Some(store) = store {
                 l.tail(&mut engine, &store)?;
             }
+        }
+        if let Some(outbox) = l.cfg.outbox.clone() {
+            l.undeliverable(&outbox)?;
         }
         if l.last_flush.elapsed() >= flush_every {
             l.flush(&mut engine)?;

@@ -232,6 +232,19 @@ pub fn serve(
     extra_env: &[(&str, &str)],
     config: Option<&Path>,
 ) -> Serve {
+    serve_with(broker, topics, data_dir, group, extra_env, config, &[])
+}
+
+/// [`serve`] with more command-line arguments.
+pub fn serve_with(
+    broker: &Broker,
+    topics: &str,
+    data_dir: &Path,
+    group: &str,
+    extra_env: &[(&str, &str)],
+    config: Option<&Path>,
+    extra_args: &[&str],
+) -> Serve {
     let log = data_dir.with_extension(format!("serve-{}.log", free_port()));
     let f = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
@@ -250,6 +263,7 @@ pub fn serve(
     .arg("--data-dir")
     .arg(data_dir)
     .args(["--progress-secs", "1"])
+    .args(extra_args)
     .env_remove("RUST_LOG")
     .env("NO_COLOR", "1")
     .env("VIGIL_STORE__MAX_BATCH_WAIT_MS", "200")

@@ -1,0 +1,883 @@
+//! Alert delivery: a durable outbox in the data directory and the targets it drains into
+//! (signed generic webhooks, Slack, Splunk HEC, Prometheus Alertmanager, a file or stdout).
+//!
+//! An alert revision is queued for every target whose routing matches it, as one file per
+//! (target, alert, revision) under `<data_dir>/outbox/<target>/`, made durable before the
+//! alert log is appended; it leaves the outbox only when the target answered 2xx. Failed
+//! deliveries are retried with exponential backoff and jitter; one older than the target's
+//! `max_age_ms` moves to `<data_dir>/outbox/<target>/undeliverable/` and is logged and
+//! counted. Each target has its own bound on deliveries in flight. Every delivery carries the
+//! idempotency key `<alert_id>:<revision>`, the same on every retry.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::alerts::Alert;
+use crate::engine::now_ns;
+use crate::rules::Severity;
+
+/// What a target speaks.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// JSON body, HMAC-SHA256 signature over timestamp and body.
+    Webhook,
+    /// Slack incoming webhook: a readable message.
+    Slack,
+    /// Splunk HTTP Event Collector (`/services/collector/event`, token auth).
+    Splunk,
+    /// Prometheus Alertmanager (`/api/v2/alerts`).
+    Alertmanager,
+    /// JSON lines appended to a file (`-`: stdout).
+    File,
+}
+
+/// One delivery target, as configured.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Names the target's outbox directory: letters, digits, `-`, `_`.
+    pub name: String,
+    pub kind: TargetKind,
+    /// Where to send (for `file`: the path, or `-`).
+    pub url: String,
+    /// The HMAC key (webhook) or token (Splunk). Prefer `secret_env`.
+    #[serde(default)]
+    pub secret: String,
+    /// The environment variable holding the secret.
+    #[serde(default)]
+    pub secret_env: String,
+    /// Only alerts at least this severe.
+    #[serde(default = "min_severity")]
+    pub min_severity: Severity,
+    /// Only alerts of rules matching one of these patterns (`*` any run); empty: all.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Deliver updates of an alert (new revisions), not only new alerts. Default: true, but
+    /// false for Slack.
+    #[serde(default)]
+    pub updates: Option<bool>,
+    /// Deliveries in flight at most.
+    #[serde(default = "concurrency")]
+    pub concurrency: usize,
+    /// One delivery's time limit.
+    #[serde(default = "timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries back off from this…
+    #[serde(default = "backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// …doubling up to this (each with ±50% jitter).
+    #[serde(default = "backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// A delivery still failing this long after it was queued is undeliverable.
+    #[serde(default = "max_age_ms")]
+    pub max_age_ms: u64,
+    /// Splunk: the event's sourcetype.
+    #[serde(default = "sourcetype")]
+    pub sourcetype: String,
+}
+
+fn min_severity() -> Severity {
+    Severity::Info
+}
+fn concurrency() -> usize {
+    4
+}
+fn timeout_ms() -> u64 {
+    5000
+}
+fn backoff_initial_ms() -> u64 {
+    500
+}
+fn backoff_max_ms() -> u64 {
+    60_000
+}
+fn max_age_ms() -> u64 {
+    24 * 3600 * 1000
+}
+fn sourcetype() -> String {
+    "vigil:alert".into()
+}
+
+impl std::fmt::Debug for TargetConfig {
+    // Secrets are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("secret_env", &self.secret_env)
+            .field("min_severity", &self.min_severity)
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TargetConfig {
+    /// A generic webhook with default settings.
+    pub fn webhook(name: &str, url: &str, secret: String) -> TargetConfig {
+        TargetConfig {
+            name: name.into(),
+            kind: TargetKind::Webhook,
+            url: url.into(),
+            secret,
+            secret_env: String::new(),
+            min_severity: min_severity(),
+            rules: Vec::new(),
+            updates: None,
+            concurrency: concurrency(),
+            timeout_ms: timeout_ms(),
+            backoff_initial_ms: backoff_initial_ms(),
+            backoff_max_ms: backoff_max_ms(),
+            max_age_ms: max_age_ms(),
+            sourcetype: sourcetype(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("delivery target {target}: {message}")]
+    Config { target: String, message: String },
+    #[error("outbox {path}: {message}")]
+    Io { path: PathBuf, message: String },
+}
+
+/// A target ready to use: its settings, its secret resolved, its routing compiled.
+#[derive(Clone)]
+pub struct Target {
+    pub cfg: TargetConfig,
+    secret: String,
+    rules: Vec<regex::Regex>,
+}
+
+impl std::fmt::Debug for Target {
+    // The resolved secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.cfg.fmt(f)
+    }
+}
+
+impl Target {
+    pub fn new(cfg: TargetConfig) -> Result<Target, DeliverError> {
+        let err = |m: String| DeliverError::Config {
+            target: cfg.name.clone(),
+            message: m,
+        };
+        if cfg.name.is_empty()
+            || !cfg
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err("name: use letters, digits, `-`, `_`".into()));
+        }
+        if cfg.concurrency == 0 {
+            return Err(err("concurrency must be ≥ 1".into()));
+        }
+        if cfg.kind != TargetKind::File
+            && !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://"))
+        {
+            return Err(err(format!("url {:?} is not http(s)", cfg.url)));
+        }
+        let secret = if !cfg.secret_env.is_empty() {
+            std::env::var(&cfg.secret_env).map_err(|_| {
+                err(format!(
+                    "environment variable {} is not set",
+                    cfg.secret_env
+                ))
+            })?
+        } else {
+            cfg.secret.clone()
+        };
+        match cfg.kind {
+            TargetKind::Webhook if secret.is_empty() => {
+                return Err(err(
+                    "a webhook needs an HMAC key (secret_env or secret)".into()
+                ));
+            }
+            TargetKind::Splunk if secret.is_empty() => {
+                return Err(err(
+                    "Splunk needs an HEC token (secret_env or secret)".into()
+                ));
+            }
+            _ => {}
+        }
+        let rules = cfg
+            .rules
+            .iter()
+            .map(|p| regex::Regex::new(&format!("^{}$", regex::escape(p).replace(r"\*", ".*"))))
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Target { cfg, secret, rules })
+    }
+
+    /// Whether this target takes this alert revision.
+    pub fn routes(&self, a: &Alert) -> bool {
+        let severity_ok = severity(&a.severity) >= self.cfg.min_severity;
+        let rule_ok = self.rules.is_empty() || self.rules.iter().any(|r| r.is_match(&a.rule_id));
+        let updates = self
+            .cfg
+            .updates
+            .unwrap_or(self.cfg.kind != TargetKind::Slack);
+        severity_ok && rule_ok && (a.revision == 1 || updates)
+    }
+}
+
+fn severity(s: &str) -> Severity {
+    match s {
+        "critical" => Severity::Critical,
+        "high" => Severity::High,
+        "medium" => Severity::Medium,
+        "low" => Severity::Low,
+        _ => Severity::Info,
+    }
+}
+
+/// One queued delivery, as stored in the outbox.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Queued {
+    pub alert: Alert,
+    pub queued_ns: i64,
+    pub attempts: u32,
+    pub next_ns: i64,
+    #[serde(default)]
+    pub last_error: String,
+}
+
+/// The outbox directory of a data directory.
+pub fn outbox_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("outbox")
+}
+
+/// The idempotency key of an alert revision.
+pub fn idempotency_key(a: &Alert) -> String {
+    format!("{}:{}", a.alert_id, a.revision)
+}
+
+/// Counters for `serve`'s progress and the API's metrics.
+#[derive(Debug, Default)]
+pub struct DeliverMetrics {
+    pub queued: AtomicU64,
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub undeliverable: AtomicU64,
+}
+
+/// A delivery given up on (past the target's `max_age_ms`).
+#[derive(Clone, Debug)]
+pub struct GaveUp {
+    pub target: String,
+    pub alert: Alert,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+/// The queueing side, used by the detection thread.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    targets: Arc<Vec<Target>>,
+    wake: Arc<tokio::sync::Notify>,
+    metrics: Arc<DeliverMetrics>,
+    gave_up: (
+        crossbeam_channel::Sender<GaveUp>,
+        crossbeam_channel::Receiver<GaveUp>,
+    ),
+}
+
+/// The alert Vigil raises about an alert it could not deliver: stored like any alert and sent
+/// to every other target.
+pub fn undeliverable_alert(g: &GaveUp, now_ns: i64) -> Alert {
+    let mut h = blake3::Hasher::new_derive_key("vigil 2026 undeliverable alert id v1");
+    h.update(g.target.as_bytes());
+    h.update(&[0]);
+    h.update(idempotency_key(&g.alert).as_bytes());
+    Alert {
+        alert_id: h.finalize().to_hex()[..32].to_owned(),
+        revision: 1,
+        rule_id: "vigil.delivery.undeliverable".into(),
+        rule_version: 1,
+        rule_kind: "system".into(),
+        title: "An alert could not be delivered".into(),
+        severity: "high".into(),
+        status: "open".into(),
+        group_key: [
+            ("target".to_owned(), Some(g.target.clone())),
+            ("alert_id".to_owned(), Some(g.alert.alert_id.clone())),
+        ]
+        .into(),
+        first_event_ns: g.alert.first_event_ns,
+        last_event_ns: g.alert.last_event_ns,
+        detected_ns: now_ns,
+        event_count: 1,
+        detail: vec![
+            format!(
+                "undelivered: {} ({})",
+                idempotency_key(&g.alert),
+                g.alert.rule_id
+            ),
+            format!("attempts={}", g.attempts),
+            format!("last_error={}", g.last_error),
+        ],
+        evidence: g.alert.evidence.clone(),
+    }
+}
+
+impl Outbox {
+    pub fn open(
+        data_dir: &Path,
+        targets: Vec<Target>,
+        metrics: Arc<DeliverMetrics>,
+    ) -> Result<Outbox, DeliverError> {
+        let dir = outbox_dir(data_dir);
+        for t in &targets {
+            let d = dir.join(&t.cfg.name);
+            std::fs::create_dir_all(d.join("undeliverable")).map_err(|e| DeliverError::Io {
+                path: d.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(Outbox {
+            dir,
+            targets: Arc::new(targets),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            metrics,
+            gave_up: crossbeam_channel::bounded(1024),
+        })
+    }
+
+    /// Deliveries given up on since the last call (the detection thread raises an alert for
+    /// each).
+    pub fn take_gave_up(&self) -> Vec<GaveUp> {
+        self.gave_up.1.try_iter().collect()
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Queue each revision for each target that routes it; durable when this returns.
+    pub fn enqueue(&self, alerts: &[Alert]) -> Result<usize, DeliverError> {
+        self.enqueue_except(alerts, None)
+    }
+
+    /// [`Outbox::enqueue`], skipping one target (the one an undeliverable alert was for).
+    pub fn enqueue_except(
+        &self,
+        alerts: &[Alert],
+        skip: Option<&str>,
+    ) -> Result<usize, DeliverError> {
+        let now = now_ns();
+        let mut n = 0;
+        for t in self
+            .targets
+            .iter()
+            .filter(|t| Some(t.cfg.name.as_str()) != skip)
+        {
+            for a in alerts.iter().filter(|a| t.routes(a)) {
+                let q = Queued {
+                    alert: a.clone(),
+                    queued_ns: now,
+                    attempts: 0,
+                    next_ns: now,
+                    last_error: String::new(),
+                };
+                let path = self
+                    .dir
+                    .join(&t.cfg.name)
+                    .join(format!("{}-{:010}.json", a.alert_id, a.revision));
+                write(&path, &q)?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.metrics.queued.fetch_add(n as u64, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+        Ok(n)
+    }
+}
+
+fn write(path: &Path, q: &Queued) -> Result<(), DeliverError> {
+    let bytes = serde_json::to_vec(q).map_err(|e| DeliverError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    vigil_store::write_durably(path, &bytes).map_err(|e| DeliverError::Io {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}
+
+/// The body and headers one target gets for one alert revision.
+pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, String)>) {
+    let key = idempotency_key(a);
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("idempotency-key".to_owned(), key.clone()),
+    ];
+    let body = match t.cfg.kind {
+        TargetKind::Webhook | TargetKind::File => serde_json::json!({
+            "idempotency_key": key,
+            "alert": a,
+        }),
+        TargetKind::Slack => {
+            let group: Vec<String> = a
+                .group_key
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("-")))
+                .collect();
+            serde_json::json!({
+                "text": format!(
+                    "*[{}] {}* — {} events, {}\nrule `{}` · alert `{}` (revision {})",
+                    a.severity.to_uppercase(),
+                    a.title,
+                    a.event_count,
+                    group.join(", "),
+                    a.rule_id,
+                    a.alert_id,
+                    a.revision
+                ),
+            })
+        }
+        TargetKind::Splunk => {
+            headers.push(("authorization".into(), format!("Splunk {}", t.secret)));
+            serde_json::json!({
+                "time": a.detected_ns as f64 / 1e9,
+                "host": "vigil",
+                "source": "vigil",
+                "sourcetype": t.cfg.sourcetype,
+                "event": a,
+                "fields": { "idempotency_key": key, "rule_id": a.rule_id, "severity": a.severity },
+            })
+        }
+        TargetKind::Alertmanager => {
+            let rfc3339 = |ns: i64| {
+                chrono::DateTime::from_timestamp_nanos(ns)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            };
+            let mut labels = serde_json::Map::new();
+            labels.insert("alertname".into(), a.rule_id.clone().into());
+            labels.insert("severity".into(), a.severity.clone().into());
+            labels.insert("alert_id".into(), a.alert_id.clone().into());
+            for (k, v) in &a.group_key {
+                labels.insert(k.clone(), v.clone().unwrap_or_default().into());
+            }
+            let mut alert = serde_json::json!({
+                "labels": labels,
+                "annotations": {
+                    "summary": a.title,
+                    "events": a.event_count.to_string(),
+                    "revision": a.revision.to_string(),
+                },
+                "startsAt": rfc3339(a.first_event_ns),
+            });
+            if a.status == "resolved" {
+                alert["endsAt"] = rfc3339(a.detected_ns).into();
+            }
+            serde_json::json!([alert])
+        }
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    if t.cfg.kind == TargetKind::Webhook {
+        let ts = now_s.to_string();
+        let mut mac = Hmac::<Sha256>::new_from_slice(t.secret.as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(ts.as_bytes());
+        mac.update(b".");
+        mac.update(&body);
+        let sig = hex::encode(mac.finalize().into_bytes());
+        headers.push(("x-vigil-timestamp".into(), ts));
+        headers.push(("x-vigil-signature".into(), format!("v1={sig}")));
+    }
+    (body, headers)
+}
+
+/// Where a target's requests go.
+fn endpoint(t: &Target) -> String {
+    let base = t.cfg.url.trim_end_matches('/');
+    match t.cfg.kind {
+        TargetKind::Splunk if !base.ends_with("/services/collector/event") => {
+            format!("{base}/services/collector/event")
+        }
+        TargetKind::Alertmanager if !base.ends_with("/api/v2/alerts") => {
+            format!("{base}/api/v2/alerts")
+        }
+        _ => t.cfg.url.clone(),
+    }
+}
+
+/// Backoff before attempt `attempts + 1`: initial · 2^attempts, capped, ±50% jitter.
+pub fn backoff_ms(cfg: &TargetConfig, attempts: u32, jitter: f64) -> u64 {
+    let base = cfg
+        .backoff_initial_ms
+        .saturating_mul(1u64 << attempts.min(30))
+        .min(cfg.backoff_max_ms);
+    (base as f64 * (0.5 + jitter.clamp(0.0, 1.0))) as u64
+}
+
+/// Start the delivery thread: it drains every target's outbox (what earlier runs left too)
+/// until `shutdown`, then returns (undelivered entries stay queued for the next run).
+pub fn start(
+    outbox: Outbox,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("vigil-deliver".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "delivery: no runtime");
+                    return;
+                }
+            };
+            rt.block_on(run(outbox, shutdown));
+        })
+}
+
+async fn run(outbox: Outbox, shutdown: Arc<AtomicBool>) {
+    let client = match reqwest::Client::builder().build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "delivery: no HTTP client");
+            return;
+        }
+    };
+    let in_flight: Vec<Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>> =
+        outbox.targets.iter().map(|_| Default::default()).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        if shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = now_ns();
+        for (i, t) in outbox.targets.iter().enumerate() {
+            let dir = outbox.dir.join(&t.cfg.name);
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut due: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect();
+            due.sort();
+            for path in due {
+                let busy = in_flight[i].lock().map(|s| s.len()).unwrap_or(usize::MAX);
+                if busy >= t.cfg.concurrency {
+                    break;
+                }
+                if in_flight[i].lock().is_ok_and(|s| s.contains(&path)) {
+                    continue;
+                }
+                let q: Queued = match std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                {
+                    Some(q) => q,
+                    // Not (yet) a complete entry: temp files are named apart, so this is damage.
+                    None => {
+                        tracing::error!(path = %path.display(), "outbox entry unreadable; left in place");
+                        continue;
+                    }
+                };
+                if q.next_ns > now {
+                    continue;
+                }
+                if let Ok(mut s) = in_flight[i].lock() {
+                    s.insert(path.clone());
+                }
+                let (t, client, flight, metrics) = (
+                    t.clone(),
+                    client.clone(),
+                    in_flight[i].clone(),
+                    outbox.metrics.clone(),
+                );
+                let (dir, gave_up) = (dir.clone(), outbox.gave_up.0.clone());
+                tasks.spawn(async move {
+                    attempt(&t, &client, &dir, &path, q, &metrics, &gave_up).await;
+                    if let Ok(mut s) = flight.lock() {
+                        s.remove(&path);
+                    }
+                });
+            }
+        }
+        while let Some(r) = tasks.try_join_next() {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "delivery task failed");
+            }
+        }
+        tokio::select! {
+            _ = outbox.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    // Let deliveries in flight finish (each is bounded by its timeout).
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn attempt(
+    t: &Target,
+    client: &reqwest::Client,
+    dir: &Path,
+    path: &Path,
+    mut q: Queued,
+    metrics: &DeliverMetrics,
+    gave_up: &crossbeam_channel::Sender<GaveUp>,
+) {
+    let (body, headers) = request(t, &q.alert, now_ns() / 1_000_000_000);
+    let result: Result<(), String> = if t.cfg.kind == TargetKind::File {
+        append_line(&t.cfg.url, &body).map_err(|e| e.to_string())
+    } else {
+        let mut req = client
+            .post(endpoint(t))
+            .timeout(Duration::from_millis(t.cfg.timeout_ms))
+            .body(body);
+        for (k, v) in &headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status())),
+            Err(e) if e.is_timeout() => Err("timed out".into()),
+            Err(e) => Err(format!("{e}")),
+        }
+    };
+    match result {
+        Ok(()) => {
+            metrics.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::error!(path = %path.display(), error = %e, "delivered, but the outbox entry stays: it will be sent again (same idempotency key)");
+            }
+        }
+        Err(why) => {
+            metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            q.attempts += 1;
+            q.last_error = why.clone();
+            let now = now_ns();
+            let age_ms = (now - q.queued_ns) / 1_000_000;
+            if age_ms >= i64::try_from(t.cfg.max_age_ms).unwrap_or(i64::MAX) {
+                metrics.undeliverable.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(target_name = %t.cfg.name, alert_id = %q.alert.alert_id,
+                    revision = q.alert.revision, attempts = q.attempts, last_error = %why,
+                    "alert undeliverable: gave up after max_age_ms");
+                let dest = dir
+                    .join("undeliverable")
+                    .join(path.file_name().unwrap_or_default());
+                if write(&dest, &q).is_ok() {
+                    let _ = std::fs::remove_file(path);
+                }
+                let notice = GaveUp {
+                    target: t.cfg.name.clone(),
+                    alert: q.alert,
+                    attempts: q.attempts,
+                    last_error: why,
+                };
+                if gave_up.try_send(notice).is_err() {
+                    tracing::error!("too many undeliverable alerts to raise an alert for each");
+                }
+                return;
+            }
+            let jitter = (now as u64 % 1000) as f64 / 1000.0;
+            let wait = backoff_ms(&t.cfg, q.attempts - 1, jitter);
+            q.next_ns = now + i64::try_from(wait).unwrap_or(i64::MAX / 2) * 1_000_000;
+            tracing::warn!(target_name = %t.cfg.name, alert_id = %q.alert.alert_id,
+                attempts = q.attempts, retry_in_ms = wait, error = %why, "alert delivery failed");
+            if let Err(e) = write(path, &q) {
+                tracing::error!(error = %e, "outbox entry not updated");
+            }
+        }
+    }
+}
+
+fn append_line(path: &str, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if path == "-" {
+        let mut out = std::io::stdout().lock();
+        out.write_all(body)?;
+        out.write_all(b"\n")?;
+        return out.flush();
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut line = body.to_vec();
+    line.push(b'\n');
+    f.write_all(&line)?;
+    f.sync_data()
+}
+
+/// Check a webhook delivery as a receiver should: the signature over `timestamp.body` with the
+/// shared key, and a timestamp within `tolerance_s` of now (replays are refused).
+pub fn verify_webhook(
+    secret: &[u8],
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+    now_s: i64,
+    tolerance_s: i64,
+) -> bool {
+    let Ok(ts) = timestamp.parse::<i64>() else {
+        return false;
+    };
+    if (now_s - ts).abs() > tolerance_s {
+        return false;
+    }
+    let Some(hex_sig) = signature.strip_prefix("v1=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(sev: &str, rule: &str, rev: i64) -> Alert {
+        Alert {
+            alert_id: "a1".into(),
+            revision: rev,
+            rule_id: rule.into(),
+            rule_version: 1,
+            rule_kind: "threshold".into(),
+            title: "Repeated denials".into(),
+            severity: sev.into(),
+            status: "open".into(),
+            group_key: [("caller_ip".to_string(), Some("1.2.3.4".to_string()))].into(),
+            first_event_ns: 1_795_000_000_000_000_000,
+            last_event_ns: 1_795_000_001_000_000_000,
+            detected_ns: 1_795_000_002_000_000_000,
+            event_count: 20,
+            detail: vec![],
+            evidence: vec![],
+        }
+    }
+
+    fn target(kind: TargetKind) -> Target {
+        let mut c = TargetConfig::webhook("t", "http://127.0.0.1:9/x", "k3y".into());
+        c.kind = kind;
+        Target::new(c).unwrap()
+    }
+
+    #[test]
+    fn routing_by_severity_rule_and_revision() {
+        let mut c = TargetConfig::webhook("t", "http://127.0.0.1:9/", "k".into());
+        c.min_severity = Severity::High;
+        c.rules = vec!["vigil.k8s.*".into()];
+        let t = Target::new(c).unwrap();
+        assert!(t.routes(&alert("high", "vigil.k8s.forbidden_burst.user", 1)));
+        assert!(t.routes(&alert("critical", "vigil.k8s.x", 2)));
+        assert!(!t.routes(&alert("medium", "vigil.k8s.x", 1)));
+        assert!(!t.routes(&alert("high", "vigil.denial_burst.caller", 1)));
+        // Slack gets new alerts only, unless told otherwise.
+        let s = target(TargetKind::Slack);
+        assert!(s.routes(&alert("low", "r", 1)) && !s.routes(&alert("low", "r", 2)));
+    }
+
+    #[test]
+    fn webhook_signatures_verify_and_forgeries_and_replays_do_not() {
+        let t = target(TargetKind::Webhook);
+        let a = alert("high", "r", 3);
+        let (body, headers) = request(&t, &a, 1_795_000_000);
+        let h = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(h("idempotency-key"), "a1:3");
+        let (ts, sig) = (h("x-vigil-timestamp"), h("x-vigil-signature"));
+        assert!(verify_webhook(b"k3y", &ts, &sig, &body, 1_795_000_010, 300));
+        // Another key, a changed body, an old timestamp: refused.
+        assert!(!verify_webhook(
+            b"other",
+            &ts,
+            &sig,
+            &body,
+            1_795_000_010,
+            300
+        ));
+        let mut forged = body.clone();
+        forged[10] ^= 1;
+        assert!(!verify_webhook(
+            b"k3y",
+            &ts,
+            &sig,
+            &forged,
+            1_795_000_010,
+            300
+        ));
+        assert!(!verify_webhook(
+            b"k3y",
+            &ts,
+            &sig,
+            &body,
+            1_795_001_000,
+            300
+        ));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["alert"]["alert_id"], "a1");
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter() {
+        let c = TargetConfig::webhook("t", "http://x/", "k".into());
+        assert_eq!(backoff_ms(&c, 0, 0.5), 500);
+        assert_eq!(backoff_ms(&c, 3, 0.5), 4000);
+        assert_eq!(backoff_ms(&c, 30, 0.5), 60_000);
+        assert_eq!(backoff_ms(&c, 0, 0.0), 250);
+        assert_eq!(backoff_ms(&c, 0, 1.0), 750);
+    }
+
+    #[test]
+    fn bad_targets_are_refused_and_secrets_never_printed() {
+        let mut c = TargetConfig::webhook("t", "ftp://x", "k".into());
+        assert!(Target::new(c.clone()).is_err());
+        c.url = "http://x/".into();
+        c.secret = String::new();
+        assert!(
+            Target::new(c.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("HMAC key")
+        );
+        c.secret = "hunter2".into();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        c.secret_env = "VIGIL_TEST_SURELY_UNSET_VAR".into();
+        assert!(
+            Target::new(c)
+                .unwrap_err()
+                .to_string()
+                .contains("VIGIL_TEST_SURELY_UNSET_VAR")
+        );
+    }
+}
