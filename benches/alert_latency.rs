@@ -1,0 +1,182 @@
+//! Produce-to-alert latency under load: `cargo bench --bench alert_latency`.
+//!
+//! A real Tansu broker, `vigil serve --webhook` (default rules), and a webhook receiver (axum)
+//! on loopback. A producer sends `VIGIL_BENCH_RATE` (100 000) background events per second —
+//! allowed OPA decisions from 1 000 callers — for `VIGIL_BENCH_SECS` (20) seconds, and every
+//! 500 ms injects a burst of 50 denials from a fresh source IP: the 50th trips
+//! `vigil.denial_burst.source_ip`. Latency = from the moment the 50th denial was handed to the
+//! Kafka producer to the moment the receiver got the alert. Prints p50, p99 and max
+//! (target: p99 < 1 s) and the background rate achieved.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use common::*;
+use rdkafka::producer::{BaseRecord, Producer};
+
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+async fn receive(State(seen): State<Seen>, body: Bytes) -> StatusCode {
+    let at = Instant::now();
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+        && v["alert"]["rule_id"] == "vigil.denial_burst.source_ip"
+        && let Some(ip) = v["alert"]["group_key"]["caller_ip"].as_str()
+    {
+        seen.lock().unwrap().entry(ip.to_owned()).or_insert(at);
+    }
+    StatusCode::OK
+}
+
+fn opa(id: u64, ip: &str, caller: Option<&str>, allow: bool) -> String {
+    let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let principal = caller
+        .map(|c| format!(r#","principal":"{c}""#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"decision_id":"{id:016x}","path":"envoy/authz/allow","result":{allow},"timestamp":"{t}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{ip}","portValue":41000}}}}{principal}}},"destination":{{"principal":"spiffe://cluster.local/ns/shop/sa/orders"}},"request":{{"http":{{"method":"GET","path":"/api/orders/{}","host":"orders"}}}}}}}}}}"#,
+        id % 1000
+    )
+}
+
+fn env_u64(k: &str, default: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rate = env_u64("VIGIL_BENCH_RATE", 100_000);
+    let secs = env_u64("VIGIL_BENCH_SECS", 20);
+    let broker = Broker::start();
+    broker.create_topic("mesh", 4);
+    broker.create_topic("vigil.checkpoints", 1);
+
+    // The receiver.
+    let seen: Seen = Default::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(receive).with_state(state);
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let s = serve_with(
+        &broker,
+        "mesh",
+        &dir,
+        "g-latency",
+        &[("VIGIL_WEBHOOK_SECRET", "bench-key")],
+        None,
+        &["--webhook", &format!("http://{addr}/alerts")],
+    );
+    wait_for(
+        "serve to take its partitions",
+        Duration::from_secs(60),
+        || s.log_text().contains("partition assigned").then_some(()),
+    );
+
+    let producer = broker.producer();
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let start = Instant::now();
+    let mut produced = 0u64;
+    let mut id = 0u64;
+    let mut next_trigger = start + Duration::from_secs(2);
+    let mut k = 0u32;
+    let send = |p: &rdkafka::producer::ThreadedProducer<_>, key: &str, v: String| {
+        let mut rec: BaseRecord<'_, str, str> = BaseRecord::to("mesh").key(key).payload(&v);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    std::thread::sleep(Duration::from_micros(200));
+                    rec = back;
+                }
+            }
+        }
+    };
+    while start.elapsed() < Duration::from_secs(secs) {
+        // 10 ms worth of background traffic, then wait for the next tick.
+        let tick = Instant::now();
+        for _ in 0..rate / 100 {
+            id += 1;
+            let c = id % 1000;
+            let ip = format!("10.1.{}.{}", c / 256, c % 256);
+            let caller = format!("spiffe://cluster.local/ns/web/sa/svc-{c}");
+            send(&producer, &ip, opa(id, &ip, Some(&caller), true));
+            produced += 1;
+        }
+        if Instant::now() >= next_trigger {
+            k += 1;
+            let ip = format!("198.18.{}.{}", k / 256, k % 256);
+            for _ in 0..50 {
+                id += 1;
+                send(&producer, &ip, opa(id, &ip, None, false));
+            }
+            sent_at.insert(ip, Instant::now());
+            next_trigger += Duration::from_millis(500);
+        }
+        let spent = tick.elapsed();
+        if spent < Duration::from_millis(10) {
+            std::thread::sleep(Duration::from_millis(10) - spent);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().len() < sent_at.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.log_text();
+    s.terminate();
+    let seen = seen.lock().unwrap();
+    let mut lat: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(ip, t)| {
+            seen.get(ip)
+                .map(|r| r.duration_since(*t).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    println!(
+        "background: {produced} events in {elapsed:.1} s = {:.0} events/s (target {rate}/s)",
+        produced as f64 / elapsed
+    );
+    println!(
+        "alerts received: {} of {} injected bursts",
+        lat.len(),
+        sent_at.len()
+    );
+    if lat.is_empty() {
+        println!("no alert arrived; serve log:\n{log}");
+        return;
+    }
+    println!(
+        "produce-to-webhook latency: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (target p99 < 1000 ms)",
+        pct(0.50),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+}
