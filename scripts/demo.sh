@@ -60,6 +60,21 @@ for shape in ["k8s_audit", "gcp_k8s_audit", "azure_k8s_audit"]:
         out.write(json.dumps(json.loads(l)["log"]) + "\n")
 out.write(json.dumps(json.load(open("schemas/native-event.schema.json"))["examples"][0]) + "\n")
 out.write('{"decision_id": 42, "result": true}\n{"this is": "not a known format"}\nnot json at all\n')
+# A few attacks, happening now: a credential-stuffing burst (60 denied logins from one
+# address) and a guess that worked (6 denials, then an allow, from another).
+import datetime
+def opa(i, ip, allow):
+    t = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return json.dumps({"decision_id": f"demo-{i}", "path": "envoy/authz/allow", "result": allow,
+        "timestamp": t, "input": {"attributes": {
+            "source": {"address": {"socketAddress": {"address": ip, "portValue": 41000}}},
+            "destination": {"principal": "spiffe://cluster.local/ns/auth/sa/login"},
+            "request": {"http": {"method": "POST", "path": "/login", "host": "login.auth"}}}}}) + "\n"
+for i in range(60):
+    out.write(opa(i, "203.0.113.50", False))
+for i in range(6):
+    out.write(opa(100 + i, "198.51.100.23", False))
+out.write(opa(200, "198.51.100.23", True))
 PY
 "$vigil" produce --brokers "$brokers" --topic audit "$tmp/traffic.jsonl"
 
@@ -82,6 +97,8 @@ echo "== denials, newest first"
 "$vigil" query --data-dir "$data_dir" "SELECT event_time, source_format, caller_principal, caller_ip, action, resource, reason FROM events WHERE decision = 'deny' ORDER BY event_time DESC LIMIT 8"
 echo "== records that failed to decode (also copied to audit.dlq with the reason in headers)"
 "$vigil" query --data-dir "$data_dir" "SELECT kafka_partition, kafka_offset, store_error FROM rejected ORDER BY 1, 2"
+echo "== alerts (the default rules; stored before they are reported)"
+"$vigil" alerts --data-dir "$data_dir"
 echo "== vigil verify: every hash and root recomputed, every signed checkpoint checked against"
 echo "   the public keys and the anchors in the vigil.checkpoints topic (an auditor takes the"
 echo "   keys once, out of band; here they are read from the store for the demo)"
@@ -98,4 +115,8 @@ Try next:
   $vigil query --data-dir $data_dir "SELECT caller_principal, count(*) FROM events WHERE kind = 'admin_audit' GROUP BY 1 ORDER BY 2 DESC"
   $vigil query --data-dir $data_dir --format json "SELECT * FROM events LIMIT 1"
   $vigil decode ../shared/data/hubble/hubble_flows.jsonl
+  $vigil alerts --data-dir $data_dir --json
+  $vigil query --data-dir $data_dir "SELECT rule_id, severity, event_count, group_key FROM alerts"
+  $vigil rules list
+  $vigil rules backtest --data-dir $data_dir
 EOF
