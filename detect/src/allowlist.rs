@@ -6,8 +6,8 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Field, Filter, Row};
-use crate::group::{Clock, GroupBy, Open, Table};
-use crate::hit::{Counters, EvRef, Hit, Outcome};
+use crate::group::{GroupBy, Open, State};
+use crate::hit::{EvRef, Hit, Outcome};
 
 /// One allowed edge as written in a policy graph. Patterns are exact, or globs where `*`
 /// matches any run of characters (`spiffe://cluster.local/ns/shop/*`).
@@ -93,9 +93,7 @@ pub struct Allowlist {
     pub(crate) spec: AllowlistSpec,
     edges: Vec<Edge>,
     pub(crate) group_by: GroupBy,
-    pub(crate) groups: Table<Group>,
-    pub(crate) clock: Clock,
-    pub counters: Counters,
+    pub(crate) st: State<Group>,
 }
 
 impl Allowlist {
@@ -122,17 +120,15 @@ impl Allowlist {
             ("callee".to_owned(), spec.fields.callee),
         ];
         Ok(Allowlist {
-            groups: Table::new(spec.max_groups.max(1)),
-            clock: Clock::new(spec.allowed_lateness_ns),
+            st: State::new(spec.max_groups.max(1), spec.allowed_lateness_ns),
             edges,
             group_by,
             spec,
-            counters: Counters::default(),
         })
     }
 
     pub fn groups(&self) -> usize {
-        self.groups.len()
+        self.st.groups.len()
     }
 
     fn allowed(&self, row: &impl Row) -> bool {
@@ -156,21 +152,20 @@ impl Allowlist {
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if self.clock.is_late(t) {
-            self.counters.late += 1;
+        if !self.st.on_time(t) {
             return Outcome::Late;
         }
         if !self.spec.filter.matches(row) {
             return Outcome::Nothing;
         }
-        self.clock.advance(t);
+        self.st.clock.advance(t);
         if self.allowed(row) {
             return Outcome::Nothing;
         }
-        self.counters.matched += 1;
+        self.st.counters.matched += 1;
         let suppress = self.spec.suppress_ns;
         let f = self.spec.fields;
-        let (key, g) = self.groups.entry(&self.group_by, row, || Group {
+        let (key, g) = self.st.groups.entry(&self.group_by, row, || Group {
             open: Open::default(),
             last_ns: t,
         });
@@ -186,7 +181,6 @@ impl Allowlist {
             if let Some(p) = f.path.and_then(|p| row.str(p.column)) {
                 detail.push(format!("path={p}"));
             }
-            self.counters.fired += 1;
             Outcome::Fired(Hit {
                 key: key.clone(),
                 first_ns: t,
@@ -196,14 +190,13 @@ impl Allowlist {
                 evidence: vec![ev],
             })
         };
-        self.counters.evicted = self.groups.evicted;
-        outcome
+        self.st.outcome(outcome)
     }
 
     pub fn expire(&mut self) {
-        let horizon = self.clock.watermark();
+        let horizon = self.st.clock.watermark();
         let suppress = self.spec.suppress_ns;
-        self.groups.retain(|g| g.open.is_open(horizon, suppress));
+        self.st.groups.retain(|g| g.open.is_open(horizon, suppress));
     }
 }
 

@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Field, Filter, Row};
-use crate::group::{self, Clock, GroupBy, Open, Table};
-use crate::hit::{Counters, EvRef, Hit, Outcome, newest};
+use crate::group::{self, GroupBy, Open, State};
+use crate::hit::{EvRef, Hit, Outcome, newest};
 
 #[derive(Debug)]
 pub struct DistinctSpec {
@@ -35,42 +35,36 @@ pub struct Group {
 #[derive(Debug)]
 pub struct DistinctCount {
     pub(crate) spec: DistinctSpec,
-    pub(crate) groups: Table<Group>,
-    pub(crate) clock: Clock,
-    pub counters: Counters,
+    pub(crate) st: State<Group>,
 }
 
 impl DistinctCount {
     pub fn new(spec: DistinctSpec) -> DistinctCount {
         assert!(spec.count >= 1 && spec.window_ns > 0 && spec.max_groups >= 1);
         DistinctCount {
-            groups: Table::new(spec.max_groups),
-            clock: Clock::new(spec.allowed_lateness_ns),
+            st: State::new(spec.max_groups, spec.allowed_lateness_ns),
             spec,
-            counters: Counters::default(),
         }
     }
 
     pub fn groups(&self) -> usize {
-        self.groups.len()
+        self.st.groups.len()
     }
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let time_ns = ev.time_ns;
-        if self.clock.is_late(time_ns) {
-            self.counters.late += 1;
+        if !self.st.on_time(time_ns) {
             return Outcome::Late;
         }
         let field = self.spec.field.1;
         if !self.spec.filter.matches(row) || !group::present(&field, row) {
             return Outcome::Nothing;
         }
-        self.counters.matched += 1;
-        self.clock.advance(time_ns);
+        self.st.matched(time_ns);
         let (count, window, suppress) =
             (self.spec.count, self.spec.window_ns, self.spec.suppress_ns);
         let outcome = {
-            let (key, g) = self.groups.entry(&self.spec.group_by, row, || Group {
+            let (key, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
                 values: Vec::with_capacity(count.min(64)),
                 open: Open::default(),
             });
@@ -130,18 +124,14 @@ impl DistinctCount {
                 Outcome::Nothing
             }
         };
-        if outcome.fired() {
-            self.counters.fired += 1;
-        }
-        self.counters.evicted = self.groups.evicted;
-        outcome
+        self.st.outcome(outcome)
     }
 
     /// Forget groups with nothing in the window and no open alert as of the watermark.
     pub fn expire(&mut self) {
-        let horizon = self.clock.watermark();
+        let horizon = self.st.clock.watermark();
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
-        self.groups.retain(|g| {
+        self.st.groups.retain(|g| {
             let newest = g
                 .values
                 .iter()

@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Filter, Row};
-use crate::group::{Clock, GroupBy, Open, Table};
-use crate::hit::{Counters, EvRef, Hit, Outcome};
+use crate::group::{GroupBy, Open, State};
+use crate::hit::{EvRef, Hit, Outcome};
 
 #[derive(Debug)]
 pub struct FirstSeenSpec {
@@ -33,27 +33,23 @@ pub struct Group {
 #[derive(Debug)]
 pub struct FirstSeen {
     pub(crate) spec: FirstSeenSpec,
-    pub(crate) groups: Table<Group>,
-    pub(crate) clock: Clock,
+    pub(crate) st: State<Group>,
     /// Event time of the first event (the learning period starts there).
     pub(crate) started_ns: Option<i64>,
-    pub counters: Counters,
 }
 
 impl FirstSeen {
     pub fn new(spec: FirstSeenSpec) -> FirstSeen {
         assert!(spec.forget_ns > 0 && spec.max_groups >= 1);
         FirstSeen {
-            groups: Table::new(spec.max_groups),
-            clock: Clock::new(spec.allowed_lateness_ns),
+            st: State::new(spec.max_groups, spec.allowed_lateness_ns),
             started_ns: None,
             spec,
-            counters: Counters::default(),
         }
     }
 
     pub fn groups(&self) -> usize {
-        self.groups.len()
+        self.st.groups.len()
     }
 
     /// Whether the rule is still learning at event time `t`.
@@ -64,20 +60,18 @@ impl FirstSeen {
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if self.clock.is_late(t) {
-            self.counters.late += 1;
+        if !self.st.on_time(t) {
             return Outcome::Late;
         }
         if !self.spec.filter.matches(row) {
             return Outcome::Nothing;
         }
-        self.counters.matched += 1;
-        self.clock.advance(t);
+        self.st.matched(t);
         let started = *self.started_ns.get_or_insert(t);
         let learning = t < started.saturating_add(self.spec.learn_ns);
         let suppress = self.spec.suppress_ns;
         let mut new = false;
-        let (key, g) = self.groups.entry(&self.spec.group_by, row, || {
+        let (key, g) = self.st.groups.entry(&self.spec.group_by, row, || {
             new = true;
             Group {
                 last_ns: t,
@@ -87,7 +81,6 @@ impl FirstSeen {
         g.last_ns = g.last_ns.max(t);
         let outcome = if new && !learning {
             g.open.fire(t, 1);
-            self.counters.fired += 1;
             Outcome::Fired(Hit {
                 key: key.clone(),
                 first_ns: t,
@@ -101,15 +94,15 @@ impl FirstSeen {
         } else {
             Outcome::Nothing
         };
-        self.counters.evicted = self.groups.evicted;
-        outcome
+        self.st.outcome(outcome)
     }
 
     /// Forget tuples not seen within the history window.
     pub fn expire(&mut self) {
-        let horizon = self.clock.watermark();
+        let horizon = self.st.clock.watermark();
         let forget = self.spec.forget_ns;
-        self.groups
+        self.st
+            .groups
             .retain(|g| g.last_ns.saturating_add(forget) > horizon);
     }
 }
@@ -168,7 +161,7 @@ mod tests {
         ));
         // After the suppression window the tuple is known: nothing more.
         assert_eq!(r.observe(&ev("x", "b"), at(800 * S)), Outcome::Nothing);
-        assert_eq!(r.counters.fired, 1);
+        assert_eq!(r.st.counters.fired, 1);
     }
 
     #[test]
@@ -181,6 +174,6 @@ mod tests {
         assert!(r.observe(&ev("a", "b"), at(1501 * S)).fired());
         // Late events are counted, not learned.
         assert_eq!(r.observe(&ev("e", "f"), at(1400 * S)), Outcome::Late);
-        assert_eq!(r.counters.late, 1);
+        assert_eq!(r.st.counters.late, 1);
     }
 }

@@ -6,6 +6,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Field, FieldType, Row};
+use crate::hit::{Counters, Outcome};
 
 /// A rule's group-by fields (name, field).
 pub type GroupBy = Vec<(String, Field)>;
@@ -236,6 +237,45 @@ fn evict_oldest<S>(groups: &mut hashbrown::HashTable<Entry<S>>) -> u64 {
         keep
     });
     dropped as u64
+}
+
+/// What every rule kind keeps besides its settings: its groups, its event-time clock, and its
+/// counters; and the steps every kind takes the same way.
+#[derive(Debug)]
+pub struct State<G> {
+    pub groups: Table<G>,
+    pub clock: Clock,
+    pub counters: Counters,
+}
+
+impl<G> State<G> {
+    pub fn new(max_groups: usize, allowed_lateness_ns: i64) -> State<G> {
+        State {
+            groups: Table::new(max_groups),
+            clock: Clock::new(allowed_lateness_ns),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Whether an event at `t` is in time to evaluate (a late one is counted).
+    pub fn on_time(&mut self, t: i64) -> bool {
+        let late = self.clock.is_late(t);
+        self.counters.late += u64::from(late);
+        !late
+    }
+
+    /// A matching event at `t`: counted, and the clock moves on.
+    pub fn matched(&mut self, t: i64) {
+        self.counters.matched += 1;
+        self.clock.advance(t);
+    }
+
+    /// Count what an event did (an alert fired, groups evicted) and hand it back.
+    pub fn outcome(&mut self, o: Outcome) -> Outcome {
+        self.counters.fired += u64::from(o.fired());
+        self.counters.evicted = self.groups.evicted;
+        o
+    }
 }
 
 /// Event-time bookkeeping shared by the rule kinds: the newest event time seen, and whether

@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Filter, Row};
-use crate::group::{Clock, GroupBy, Open, Table};
-use crate::hit::{Counters, EvRef, Hit, MAX_EVIDENCE, Outcome};
+use crate::group::{GroupBy, Open, State};
+use crate::hit::{EvRef, Hit, MAX_EVIDENCE, Outcome};
 
 #[derive(Debug)]
 pub struct RateSpikeSpec {
@@ -65,41 +65,35 @@ impl Group {
 #[derive(Debug)]
 pub struct RateSpike {
     pub(crate) spec: RateSpikeSpec,
-    pub(crate) groups: Table<Group>,
-    pub(crate) clock: Clock,
-    pub counters: Counters,
+    pub(crate) st: State<Group>,
 }
 
 impl RateSpike {
     pub fn new(spec: RateSpikeSpec) -> RateSpike {
         assert!(spec.bucket_ns > 0 && spec.baseline_buckets >= 1 && spec.max_groups >= 1);
         RateSpike {
-            groups: Table::new(spec.max_groups),
-            clock: Clock::new(spec.allowed_lateness_ns),
+            st: State::new(spec.max_groups, spec.allowed_lateness_ns),
             spec,
-            counters: Counters::default(),
         }
     }
 
     pub fn groups(&self) -> usize {
-        self.groups.len()
+        self.st.groups.len()
     }
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if self.clock.is_late(t) {
-            self.counters.late += 1;
+        if !self.st.on_time(t) {
             return Outcome::Late;
         }
         if !self.spec.filter.matches(row) {
             return Outcome::Nothing;
         }
-        self.counters.matched += 1;
-        self.clock.advance(t);
+        self.st.matched(t);
         let s = &self.spec;
         let alpha = 2.0 / (f64::from(s.baseline_buckets) + 1.0);
         let bucket = t.div_euclid(s.bucket_ns);
-        let (key, g) = self.groups.entry(&s.group_by, row, || Group {
+        let (key, g) = self.st.groups.entry(&s.group_by, row, || Group {
             bucket,
             count: 0,
             mean: 0.0,
@@ -142,11 +136,7 @@ impl RateSpike {
                 Outcome::Nothing
             }
         };
-        if outcome.fired() {
-            self.counters.fired += 1;
-        }
-        self.counters.evicted = self.groups.evicted;
-        outcome
+        self.st.outcome(outcome)
     }
 
     /// Groups keep their baseline; only the bound on groups limits them.
@@ -230,6 +220,6 @@ mod tests {
         }
         assert!(minute(&mut r, "busy", 30, 100).iter().all(|o| !o.fired()));
         assert!(minute(&mut r, "busy", 150, 100).iter().any(|o| o.fired()));
-        assert_eq!(r.counters.late, 0);
+        assert_eq!(r.st.counters.late, 0);
     }
 }

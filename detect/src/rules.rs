@@ -306,36 +306,30 @@ impl Kind {
     }
 
     pub fn counters(&self) -> Counters {
-        each!(self, r => r.counters)
+        each!(self, r => r.st.counters)
     }
 
     pub fn groups(&self) -> usize {
-        each!(self, r => r.groups())
+        each!(self, r => r.st.groups.len())
     }
 
     /// The state, for the engine's checkpoint.
     pub fn save(&self) -> serde_json::Result<serde_json::Value> {
         fn table<S: Serialize>(
-            t: &crate::group::Table<S>,
-            clock: &crate::group::Clock,
-            counters: &Counters,
+            st: &crate::group::State<S>,
             extra: Option<i64>,
         ) -> serde_json::Result<serde_json::Value> {
-            let groups: Vec<_> = t.entries().collect();
+            let groups: Vec<_> = st.groups.entries().collect();
             Ok(serde_json::json!({
-                "clock": clock,
-                "counters": counters,
+                "clock": st.clock,
+                "counters": st.counters,
                 "extra": extra,
                 "groups": serde_json::to_value(groups)?,
             }))
         }
         match self {
-            Kind::Threshold(r) => table(&r.groups, &r.clock, &r.counters, None),
-            Kind::DistinctCount(r) => table(&r.groups, &r.clock, &r.counters, None),
-            Kind::Allowlist(r) => table(&r.groups, &r.clock, &r.counters, None),
-            Kind::FirstSeen(r) => table(&r.groups, &r.clock, &r.counters, r.started_ns),
-            Kind::Sequence(r) => table(&r.groups, &r.clock, &r.counters, None),
-            Kind::RateSpike(r) => table(&r.groups, &r.clock, &r.counters, None),
+            Kind::FirstSeen(r) => table(&r.st, r.started_ns),
+            _ => each!(self, r => table(&r.st, None)),
         }
     }
 
@@ -348,34 +342,22 @@ impl Kind {
             extra: Option<i64>,
             groups: Vec<crate::group::Entry<S>>,
         }
-        macro_rules! load {
-            ($r:expr, $by:expr) => {{
-                let s: Saved<_> = serde_json::from_value(v)?;
-                $r.clock.newest_ns = s.clock.newest_ns;
-                $r.counters = s.counters;
-                let by = $by;
-                $r.groups.restore(&by, s.groups);
-                s.extra
-            }};
+        fn load<S: serde::de::DeserializeOwned>(
+            st: &mut crate::group::State<S>,
+            by: &GroupBy,
+            v: serde_json::Value,
+        ) -> serde_json::Result<Option<i64>> {
+            let s: Saved<S> = serde_json::from_value(v)?;
+            st.clock.newest_ns = s.clock.newest_ns;
+            st.counters = s.counters;
+            st.groups.restore(by, s.groups);
+            Ok(s.extra)
         }
+        let by = self.group_fields().clone();
         match self {
-            Kind::Threshold(r) => {
-                load!(r, r.spec.group_by.clone());
-            }
-            Kind::DistinctCount(r) => {
-                load!(r, r.spec.group_by.clone());
-            }
-            Kind::Allowlist(r) => {
-                load!(r, r.group_by.clone());
-            }
-            Kind::FirstSeen(r) => {
-                r.started_ns = load!(r, r.spec.group_by.clone());
-            }
-            Kind::Sequence(r) => {
-                load!(r, r.spec.group_by.clone());
-            }
-            Kind::RateSpike(r) => {
-                load!(r, r.spec.group_by.clone());
+            Kind::FirstSeen(r) => r.started_ns = load(&mut r.st, &by, v)?,
+            _ => {
+                each!(self, r => load(&mut r.st, &by, v)?);
             }
         }
         Ok(())

@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Filter, Row};
-use crate::group::{Clock, GroupBy, Open, Table};
-use crate::hit::{Counters, EvRef, Hit, Outcome, newest};
+use crate::group::{GroupBy, Open, State};
+use crate::hit::{EvRef, Hit, Outcome, newest};
 
 #[derive(Debug)]
 pub struct SequenceSpec {
@@ -38,30 +38,25 @@ pub struct Group {
 #[derive(Debug)]
 pub struct Sequence {
     pub(crate) spec: SequenceSpec,
-    pub(crate) groups: Table<Group>,
-    pub(crate) clock: Clock,
-    pub counters: Counters,
+    pub(crate) st: State<Group>,
 }
 
 impl Sequence {
     pub fn new(spec: SequenceSpec) -> Sequence {
         assert!(spec.first_count >= 1 && spec.window_ns > 0 && spec.max_groups >= 1);
         Sequence {
-            groups: Table::new(spec.max_groups),
-            clock: Clock::new(spec.allowed_lateness_ns),
+            st: State::new(spec.max_groups, spec.allowed_lateness_ns),
             spec,
-            counters: Counters::default(),
         }
     }
 
     pub fn groups(&self) -> usize {
-        self.groups.len()
+        self.st.groups.len()
     }
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if self.clock.is_late(t) {
-            self.counters.late += 1;
+        if !self.st.on_time(t) {
             return Outcome::Late;
         }
         let is_first = self.spec.first.matches(row);
@@ -69,8 +64,7 @@ impl Sequence {
         if !is_first && !is_then {
             return Outcome::Nothing;
         }
-        self.counters.matched += 1;
-        self.clock.advance(t);
+        self.st.matched(t);
         let (n, window, suppress) = (
             self.spec.first_count,
             self.spec.window_ns,
@@ -78,7 +72,7 @@ impl Sequence {
         );
         let outcome = if is_then {
             // A `then` event only matters to a group that has `first` events.
-            match self.groups.get(&self.spec.group_by, row) {
+            match self.st.groups.get(&self.spec.group_by, row) {
                 None => Outcome::Nothing,
                 Some((key, g)) => {
                     let in_window = |f: &&EvRef| f.time_ns <= t && f.time_ns >= t - window;
@@ -109,7 +103,7 @@ impl Sequence {
             Outcome::Nothing
         };
         if is_first && !outcome.fired() {
-            let (_, g) = self.groups.entry(&self.spec.group_by, row, || Group {
+            let (_, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
                 firsts: VecDeque::with_capacity(n.min(64)),
                 open: Open::default(),
             });
@@ -119,17 +113,13 @@ impl Sequence {
                 g.firsts.pop_front();
             }
         }
-        if outcome.fired() {
-            self.counters.fired += 1;
-        }
-        self.counters.evicted = self.groups.evicted;
-        outcome
+        self.st.outcome(outcome)
     }
 
     pub fn expire(&mut self) {
-        let horizon = self.clock.watermark();
+        let horizon = self.st.clock.watermark();
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
-        self.groups.retain(|g| {
+        self.st.groups.retain(|g| {
             let newest = g.firsts.back().map_or(i64::MIN, |e| e.time_ns);
             newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
         });

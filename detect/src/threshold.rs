@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Filter, Row};
-use crate::group::{Clock, GroupBy, Open, Table};
-use crate::hit::{Counters, EvRef, Hit, Outcome, newest};
+use crate::group::{GroupBy, Open, State};
+use crate::hit::{EvRef, Hit, Outcome, newest};
 
 /// A threshold rule's settings.
 #[derive(Debug)]
@@ -42,41 +42,35 @@ pub struct Group {
 #[derive(Debug)]
 pub struct Threshold {
     pub(crate) spec: ThresholdSpec,
-    pub(crate) groups: Table<Group>,
-    pub(crate) clock: Clock,
-    pub counters: Counters,
+    pub(crate) st: State<Group>,
 }
 
 impl Threshold {
     pub fn new(spec: ThresholdSpec) -> Threshold {
         assert!(spec.count >= 1 && spec.window_ns > 0 && spec.max_groups >= 1);
         Threshold {
-            groups: Table::new(spec.max_groups),
-            clock: Clock::new(spec.allowed_lateness_ns),
+            st: State::new(spec.max_groups, spec.allowed_lateness_ns),
             spec,
-            counters: Counters::default(),
         }
     }
 
     pub fn groups(&self) -> usize {
-        self.groups.len()
+        self.st.groups.len()
     }
 
     /// Evaluate one event (`ev.time_ns` is its event time).
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let time_ns = ev.time_ns;
-        if self.clock.is_late(time_ns) {
-            self.counters.late += 1;
+        if !self.st.on_time(time_ns) {
             return Outcome::Late;
         }
         if !self.spec.filter.matches(row) {
             return Outcome::Nothing;
         }
-        self.counters.matched += 1;
-        self.clock.advance(time_ns);
+        self.st.matched(time_ns);
         let (count, window, suppress) =
             (self.spec.count, self.spec.window_ns, self.spec.suppress_ns);
-        let (key, g) = self.groups.entry(&self.spec.group_by, row, || Group {
+        let (key, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
             events: VecDeque::with_capacity(count.min(64)),
             open: Open::default(),
         });
@@ -94,7 +88,6 @@ impl Threshold {
             let (first, last) = (g.events[0].time_ns, g.events[n - 1].time_ns);
             if n >= count && last - first <= window {
                 g.open.fire(last, n as u64);
-                self.counters.fired += 1;
                 Outcome::Fired(Hit {
                     key: key.clone(),
                     first_ns: first,
@@ -107,15 +100,14 @@ impl Threshold {
                 Outcome::Nothing
             }
         };
-        self.counters.evicted = self.groups.evicted;
-        outcome
+        self.st.outcome(outcome)
     }
 
     /// Forget groups with nothing in the window and no open alert as of the watermark.
     pub fn expire(&mut self) {
-        let horizon = self.clock.watermark();
+        let horizon = self.st.clock.watermark();
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
-        self.groups.retain(|g| {
+        self.st.groups.retain(|g| {
             let newest = g.events.back().map_or(i64::MIN, |e| e.time_ns);
             newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
         });
@@ -230,7 +222,7 @@ mod tests {
         // After the suppression window, a new burst is a new alert.
         r.observe(&Ev("a", "deny"), at(400 * S));
         assert!(fired(&r.observe(&Ev("a", "deny"), at(401 * S))));
-        assert_eq!(r.counters.fired, 2);
+        assert_eq!(r.st.counters.fired, 2);
     }
 
     #[test]
@@ -243,7 +235,7 @@ mod tests {
         assert!(fired(&r.observe(&Ev("a", "deny"), at(130 * S))));
         // More than 30 s behind the newest event time (160 s): late, not evaluated.
         assert_eq!(r.observe(&Ev("b", "deny"), at(129 * S)), Outcome::Late);
-        assert_eq!(r.counters.late, 1);
+        assert_eq!(r.st.counters.late, 1);
         assert_eq!(r.groups(), 1);
     }
 
@@ -261,8 +253,8 @@ mod tests {
         }
         // Never more than the cap; the oldest go first, in sixteenths (at least one).
         assert_eq!(r.groups(), 10);
-        assert_eq!(r.counters.evicted, 40);
-        assert!(r.groups.entries().all(|e| {
+        assert_eq!(r.st.counters.evicted, 40);
+        assert!(r.st.groups.entries().all(|e| {
             let n: usize = e.key[0].as_deref().unwrap()[1..].parse().unwrap();
             n >= 40
         }));
