@@ -64,21 +64,10 @@ fn main() {
 
     // The receiver.
     let seen: Seen = Default::default();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = seen.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            let app = axum::Router::new().fallback(receive).with_state(state);
-            axum::serve(l, app).await.unwrap();
-        });
-    });
+    let app = axum::Router::new()
+        .fallback(receive)
+        .with_state(seen.clone());
+    let addr = http_server(None, app);
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");

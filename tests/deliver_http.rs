@@ -75,22 +75,8 @@ fn receiver(addr: Option<SocketAddr>, behaviour: Behaviour) -> (SocketAddr, Rece
         seen: Default::default(),
         behaviour: Arc::new(behaviour),
     };
-    let std_listener =
-        std::net::TcpListener::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into())).unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    let state = r.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            let app = axum::Router::new().fallback(handle).with_state(state);
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
+    let app = axum::Router::new().fallback(handle).with_state(r.clone());
+    let addr = common::http_server(addr, app);
     (addr, r)
 }
 

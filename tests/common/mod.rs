@@ -433,3 +433,22 @@ pub fn wait_stored(serves: &[&Serve], data_dir: &Path, n: u64, timeout: Duration
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Serve `app` (axum) on `addr`, or a free loopback port, from a thread of its own; returns
+/// the address. Receivers for delivery tests and benches.
+pub fn http_server(addr: Option<std::net::SocketAddr>, app: axum::Router) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into())).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    addr
+}
