@@ -45,19 +45,12 @@ fn opa(id: u64, ip: &str, caller: Option<&str>, allow: bool) -> String {
     )
 }
 
-fn env_u64(k: &str, default: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rate = env_u64("VIGIL_BENCH_RATE", 100_000);
-    let secs = env_u64("VIGIL_BENCH_SECS", 20);
+    let rate = env_or("VIGIL_BENCH_RATE", 100_000u64);
+    let secs = env_or("VIGIL_BENCH_SECS", 20u64);
     let broker = Broker::start();
     broker.create_topic("mesh", 4);
     broker.create_topic("vigil.checkpoints", 1);

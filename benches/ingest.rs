@@ -21,19 +21,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-fn env_usize(k: &str, default: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks harness-less benches to list tests: there are none.
     }
-    let n = env_usize("VIGIL_BENCH_EVENTS", 1_000_000);
-    let partitions = env_usize("VIGIL_BENCH_PARTITIONS", 4) as i32;
+    let n = env_or("VIGIL_BENCH_EVENTS", 1_000_000usize);
+    let partitions = env_or("VIGIL_BENCH_PARTITIONS", 4usize) as i32;
     let broker = Broker::start();
     broker.create_topic("bench", partitions);
 

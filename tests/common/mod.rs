@@ -452,3 +452,11 @@ pub fn http_server(addr: Option<std::net::SocketAddr>, app: axum::Router) -> std
     });
     addr
 }
+
+/// A number from the environment (bench settings), or `default`.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
