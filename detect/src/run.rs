@@ -273,8 +273,21 @@ fn run(
     loop {
         match pieces.recv_timeout(flush_every) {
             Ok(p) => {
-                l.live
-                    .insert(format!("{}/{}", p.topic, p.partition), Instant::now());
+                let log = format!("{}/{}", p.topic, p.partition);
+                // Rows stored before this piece that were never evaluated (the partition came
+                // from another process of the group, whose last files were not read yet):
+                // from the store first.
+                if let Some(pos) = engine.position(&log)
+                    && pos < p.first_leaf_index
+                    && let Some(store) = Store::open_existing(&l.cfg.data_dir).ok()
+                {
+                    for stored in
+                        vigil_store::read::LogReader::new(&store, &p.topic, p.partition, pos)?
+                    {
+                        l.observe(&mut engine, &stored?)?;
+                    }
+                }
+                l.live.insert(log, Instant::now());
                 l.observe(&mut engine, &p)?
             }
             Err(RecvTimeoutError::Timeout) => {}
