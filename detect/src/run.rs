@@ -195,6 +195,23 @@ impl Loop {
         Ok(())
     }
 
+    /// A piece from this process's pipeline. Rows stored before it that were never evaluated
+    /// (the partition came from another process of the group, whose last files were not read
+    /// yet) are read from the store first.
+    fn live(&mut self, engine: &mut Engine, p: &Piece) -> Result<(), DetectError> {
+        let log = format!("{}/{}", p.topic, p.partition);
+        if let Some(pos) = engine.position(&log)
+            && pos < p.first_leaf_index
+            && let Ok(store) = Store::open_existing(&self.cfg.data_dir)
+        {
+            for stored in vigil_store::read::LogReader::new(&store, &p.topic, p.partition, pos)? {
+                self.observe(engine, &stored?)?;
+            }
+        }
+        self.live.insert(log, Instant::now());
+        self.observe(engine, p)
+    }
+
     fn observe(&mut self, engine: &mut Engine, piece: &Piece) -> Result<(), DetectError> {
         let before = engine.rows;
         engine.observe(piece, now_ns())?;
@@ -272,24 +289,7 @@ fn run(
     let mut last_tail = Instant::now();
     loop {
         match pieces.recv_timeout(flush_every) {
-            Ok(p) => {
-                let log = format!("{}/{}", p.topic, p.partition);
-                // Rows stored before this piece that were never evaluated (the partition came
-                // from another process of the group, whose last files were not read yet):
-                // from the store first.
-                if let Some(pos) = engine.position(&log)
-                    && pos < p.first_leaf_index
-                    && let Some(store) = Store::open_existing(&l.cfg.data_dir).ok()
-                {
-                    for stored in
-                        vigil_store::read::LogReader::new(&store, &p.topic, p.partition, pos)?
-                    {
-                        l.observe(&mut engine, &stored?)?;
-                    }
-                }
-                l.live.insert(log, Instant::now());
-                l.observe(&mut engine, &p)?
-            }
+            Ok(p) => l.live(&mut engine, &p)?,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -317,4 +317,79 @@ fn run(
     l.save(&mut engine)?;
     tracing::info!(rows = engine.rows, "detection stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_schemas::Decoder;
+    use vigil_store::{PartitionBatch, RecordRef, WriteOptions};
+
+    #[test]
+    fn a_taken_over_partition_is_read_from_the_store_up_to_the_first_live_piece() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
+        let opa = |i: i64| {
+            format!(
+                r#"{{"decision_id":"d{i}","result":true,"timestamp":"2026-11-22T10:00:{:02}Z","input":{{"method":"GET","path":"/"}}}}"#,
+                i % 60
+            )
+        };
+        // Another process stored records 0..10 of p/0; this one evaluated 0..5 before the
+        // partition moved, and resumes at 10.
+        let mut b = PartitionBatch::new("p", 0, Default::default(), 16);
+        let mut early = None;
+        for i in 0..10 {
+            let v = opa(i);
+            let rec = RecordRef {
+                topic: "p",
+                partition: 0,
+                offset: i,
+                timestamp_ms: None,
+                key: None,
+                value: Some(v.as_bytes()),
+                headers: &[],
+            };
+            b.append(&rec, &Decoder::default(), 0).unwrap();
+            if i == 4 {
+                early = b.cut().unwrap();
+            }
+        }
+        store.write(&b.seal().unwrap().unwrap()).unwrap();
+        let v = opa(10);
+        let rec = RecordRef {
+            topic: "p",
+            partition: 0,
+            offset: 10,
+            timestamp_ms: None,
+            key: None,
+            value: Some(v.as_bytes()),
+            headers: &[],
+        };
+        b.append(&rec, &Decoder::default(), 0).unwrap();
+        let live = b.cut().unwrap().unwrap();
+        assert_eq!(live.first_leaf_index, 10);
+
+        let mut engine = Engine::new(Vec::new());
+        engine.observe(&early.unwrap(), 0).unwrap();
+        assert_eq!(engine.position("p/0"), Some(5));
+        let mut l = Loop {
+            cfg: RunConfig {
+                data_dir: dir.path().to_owned(),
+                alert_flush_ms: 1000,
+                state_interval_ms: 1000,
+                outbox: None,
+            },
+            log: AlertLog::open(dir.path()).unwrap(),
+            metrics: Default::default(),
+            last_flush: Instant::now(),
+            last_state: Instant::now(),
+            live: HashMap::new(),
+            tailed: HashMap::new(),
+        };
+        l.live(&mut engine, &live).unwrap();
+        // 5 before, 5 from the store, 1 live: each once.
+        assert_eq!(engine.rows, 11);
+        assert_eq!(engine.position("p/0"), Some(11));
+    }
 }
