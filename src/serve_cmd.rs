@@ -231,7 +231,11 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                             files = now.files_written, rows_stored = now.rows_stored,
                             detected = dmetrics.rows.load(Ordering::Relaxed),
                             alerts = dmetrics.alerts_fired.load(Ordering::Relaxed),
-                            late = dmetrics.late.load(Ordering::Relaxed), "progress");
+                            late = dmetrics.late.load(Ordering::Relaxed),
+                            delivered = delivery_metrics.delivered.load(Ordering::Relaxed),
+                            delivery_failures = delivery_metrics.failed_attempts.load(Ordering::Relaxed),
+                            undeliverable = delivery_metrics.undeliverable.load(Ordering::Relaxed),
+                            "progress");
                         (last, last_at) = (now, Instant::now());
                     }
                 }
