@@ -9,6 +9,7 @@
 //! counted. Each target has its own bound on deliveries in flight. Every delivery carries the
 //! idempotency key `<alert_id>:<revision>`, the same on every retry.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -562,8 +563,12 @@ async fn run(outbox: Outbox, shutdown: Arc<AtomicBool>) {
             return;
         }
     };
-    let in_flight: Vec<Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>> =
-        outbox.targets.iter().map(|_| Default::default()).collect();
+    // Per target: the entries being attempted, and when each entry seen is next due (so a
+    // queued entry's file is read once, not on every pass).
+    let mut in_flight: Vec<HashSet<PathBuf>> =
+        outbox.targets.iter().map(|_| HashSet::new()).collect();
+    let mut due_at: Vec<HashMap<PathBuf, i64>> =
+        outbox.targets.iter().map(|_| HashMap::new()).collect();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         if shutdown.load(Ordering::Relaxed) {
@@ -575,17 +580,22 @@ async fn run(outbox: Outbox, shutdown: Arc<AtomicBool>) {
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;
             };
-            let mut due: Vec<PathBuf> = rd
+            let mut queued: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .filter(|p| {
+                    // An entry being written is a temp file until it is renamed in place.
+                    p.extension().is_some_and(|x| x == "json")
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| !vigil_store::files::is_temp_name(n))
+                })
                 .collect();
-            due.sort();
-            for path in due {
-                let busy = in_flight[i].lock().map(|s| s.len()).unwrap_or(usize::MAX);
-                if busy >= t.cfg.concurrency {
+            queued.sort();
+            for path in queued {
+                if in_flight[i].len() >= t.cfg.concurrency {
                     break;
                 }
-                if in_flight[i].lock().is_ok_and(|s| s.contains(&path)) {
+                if in_flight[i].contains(&path) || due_at[i].get(&path).is_some_and(|&n| n > now) {
                     continue;
                 }
                 let q: Queued = match std::fs::read(&path)
@@ -593,36 +603,36 @@ async fn run(outbox: Outbox, shutdown: Arc<AtomicBool>) {
                     .and_then(|b| serde_json::from_slice(&b).ok())
                 {
                     Some(q) => q,
-                    // Not (yet) a complete entry: temp files are named apart, so this is damage.
+                    // Complete entries only are listed, so this is damage: said once, left in place.
                     None => {
                         tracing::error!(path = %path.display(), "outbox entry unreadable; left in place");
+                        due_at[i].insert(path, i64::MAX);
                         continue;
                     }
                 };
                 if q.next_ns > now {
+                    due_at[i].insert(path, q.next_ns);
                     continue;
                 }
-                if let Ok(mut s) = in_flight[i].lock() {
-                    s.insert(path.clone());
-                }
-                let (t, client, flight, metrics) = (
-                    t.clone(),
-                    client.clone(),
-                    in_flight[i].clone(),
-                    outbox.metrics.clone(),
-                );
+                in_flight[i].insert(path.clone());
+                let (t, client, metrics) = (t.clone(), client.clone(), outbox.metrics.clone());
                 let (dir, gave_up) = (dir.clone(), outbox.gave_up.0.clone());
                 tasks.spawn(async move {
-                    attempt(&t, &client, &dir, &path, q, &metrics, &gave_up).await;
-                    if let Ok(mut s) = flight.lock() {
-                        s.remove(&path);
-                    }
+                    let next = attempt(&t, &client, &dir, &path, q, &metrics, &gave_up).await;
+                    (i, path, next)
                 });
             }
         }
         while let Some(r) = tasks.try_join_next() {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "delivery task failed");
+            match r {
+                Ok((i, path, next)) => {
+                    in_flight[i].remove(&path);
+                    match next {
+                        Some(n) => due_at[i].insert(path, n),
+                        None => due_at[i].remove(&path),
+                    };
+                }
+                Err(e) => tracing::error!(error = %e, "delivery task failed"),
             }
         }
         tokio::select! {
@@ -634,6 +644,7 @@ async fn run(outbox: Outbox, shutdown: Arc<AtomicBool>) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// One delivery attempt; when the entry is next due, or `None` once it left the outbox.
 async fn attempt(
     t: &Target,
     client: &reqwest::Client,
@@ -642,7 +653,7 @@ async fn attempt(
     mut q: Queued,
     metrics: &DeliverMetrics,
     gave_up: &crossbeam_channel::Sender<GaveUp>,
-) {
+) -> Option<i64> {
     let (body, headers) = request(t, &q.alert, now_ns() / 1_000_000_000);
     let result: Result<(), String> = if t.cfg.kind == TargetKind::File {
         append_line(&t.cfg.url, &body).map_err(|e| e.to_string())
@@ -667,6 +678,7 @@ async fn attempt(
             if let Err(e) = std::fs::remove_file(path) {
                 tracing::error!(path = %path.display(), error = %e, "delivered, but the outbox entry stays: it will be sent again (same idempotency key)");
             }
+            None
         }
         Err(why) => {
             metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -694,7 +706,7 @@ async fn attempt(
                 if gave_up.try_send(notice).is_err() {
                     tracing::error!("too many undeliverable alerts to raise an alert for each");
                 }
-                return;
+                return None;
             }
             let jitter = (now as u64 % 1000) as f64 / 1000.0;
             let wait = backoff_ms(&t.cfg, q.attempts - 1, jitter);
@@ -704,6 +716,7 @@ async fn attempt(
             if let Err(e) = write(path, &q) {
                 tracing::error!(error = %e, "outbox entry not updated");
             }
+            Some(q.next_ns)
         }
     }
 }

@@ -62,6 +62,11 @@ pub struct FileEntry {
 
 const TMP_PREFIX: &str = ".tmp-";
 
+/// Whether a file name is one of [`write_durably`]'s temp files (not yet, or never, a file).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(TMP_PREFIX)
+}
+
 /// Kafka's own rule for topic names: `[a-zA-Z0-9._-]{1,249}`. Anything else never reaches a path.
 pub fn validate_topic(topic: &str) -> Result<(), StoreError> {
     let ok = !topic.is_empty()
@@ -280,7 +285,7 @@ impl Store {
                 let dir = pdir.join(&date).join(&hour);
                 for name in read_dir_names(&dir)? {
                     let path = dir.join(&name);
-                    if name.starts_with(TMP_PREFIX) {
+                    if is_temp_name(&name) {
                         tmp.push(path);
                     } else if let Some((first, last)) = parse_name(&name) {
                         files.push(FileEntry {
