@@ -54,6 +54,19 @@ impl Traffic {
         self.recs.push((key.to_owned(), v));
     }
 
+    /// The records to produce: keyed by source IP, over 3 partitions by key.
+    fn records(&self) -> Vec<Rec> {
+        self.recs
+            .iter()
+            .map(|(k, v)| Rec {
+                partition: (k.bytes().map(u32::from).sum::<u32>() % 3) as i32,
+                key: Some(k.as_bytes().to_vec()),
+                value: Some(v.as_bytes().to_vec()),
+                headers: Vec::new(),
+            })
+            .collect()
+    }
+
     fn id(&mut self) -> String {
         self.n += 1;
         format!("ev-{:06}", self.n)
@@ -283,17 +296,7 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
     .map(|(r, k)| (r.to_string(), k.to_string()))
     .collect();
 
-    let partition = |key: &str| (key.bytes().map(u32::from).sum::<u32>() % 3) as i32;
-    let recs: Vec<Rec> = t
-        .recs
-        .iter()
-        .map(|(k, v)| Rec {
-            partition: partition(k),
-            key: Some(k.as_bytes().to_vec()),
-            value: Some(v.as_bytes().to_vec()),
-            headers: Vec::new(),
-        })
-        .collect();
+    let recs = t.records();
     let total = recs.len() as u64;
 
     let s = serve(&broker, "mesh", &dir, "g-detect", &[], Some(&config));
@@ -398,16 +401,7 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
     };
     more.opa(None, "203.0.113.50", LOGIN, "POST", "/login", false);
     more.normal(100);
-    let recs2: Vec<Rec> = more
-        .recs
-        .iter()
-        .map(|(k, v)| Rec {
-            partition: partition(k),
-            key: Some(k.as_bytes().to_vec()),
-            value: Some(v.as_bytes().to_vec()),
-            headers: Vec::new(),
-        })
-        .collect();
+    let recs2 = more.records();
     let s = serve(&broker, "mesh", &dir, "g-detect", &[], Some(&config));
     produce(&broker.producer(), "mesh", &recs2);
     wait_stored(

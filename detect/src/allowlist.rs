@@ -204,16 +204,10 @@ impl Allowlist {
 mod tests {
     use super::*;
     use crate::filter::field;
+    use crate::hit::at;
     use crate::row::OwnedRow;
 
     const S: i64 = 1_000_000_000;
-
-    fn at(t: i64) -> EvRef {
-        EvRef {
-            time_ns: t,
-            ..EvRef::default()
-        }
-    }
 
     fn rule(edges: Vec<EdgeSpec>) -> Allowlist {
         Allowlist::new(AllowlistSpec {

@@ -147,6 +147,7 @@ impl DistinctCount {
 mod tests {
     use super::*;
     use crate::filter::field;
+    use crate::hit::at;
 
     const S: i64 = 1_000_000_000;
 
@@ -170,13 +171,6 @@ mod tests {
         }
         fn bool(&self, _: usize) -> Option<bool> {
             None
-        }
-    }
-
-    fn at(t: i64) -> EvRef {
-        EvRef {
-            time_ns: t,
-            ..EvRef::default()
         }
     }
 

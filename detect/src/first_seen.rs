@@ -111,16 +111,10 @@ impl FirstSeen {
 mod tests {
     use super::*;
     use crate::filter::field;
+    use crate::hit::at;
     use crate::row::OwnedRow;
 
     const S: i64 = 1_000_000_000;
-
-    fn at(t: i64) -> EvRef {
-        EvRef {
-            time_ns: t,
-            ..EvRef::default()
-        }
-    }
 
     fn ev(caller: &str, callee: &str) -> OwnedRow {
         OwnedRow::of(&[("caller_principal", caller), ("callee_principal", callee)])

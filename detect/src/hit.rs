@@ -16,6 +16,15 @@ pub struct EvRef {
     pub leaf: [u8; 32],
 }
 
+/// An event at this time, nowhere in particular (unit tests of the rule kinds).
+#[cfg(test)]
+pub(crate) fn at(time_ns: i64) -> EvRef {
+    EvRef {
+        time_ns,
+        ..EvRef::default()
+    }
+}
+
 /// A new alert for a group: the key, the window's first and last event time, the count in it,
 /// details (the distinct values, the unexpected edge, the baseline…), and the evidence.
 #[derive(Clone, Debug, PartialEq)]

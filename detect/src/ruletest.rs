@@ -22,6 +22,7 @@ pub struct TestResult {
     pub failure: Option<String>,
 }
 
+#[derive(Clone)]
 enum Input {
     Fields(OwnedRow),
     Raw(RecordBatch),
@@ -73,15 +74,8 @@ fn expand(t: &RuleTest) -> Result<Vec<(Input, i64)>, String> {
             (None, Some(t)) => t,
             (None, None) => next,
         };
-        let shared = std::sync::Arc::new(input);
         for _ in 0..repeat {
-            out.push((
-                match &*shared {
-                    Input::Fields(r) => Input::Fields(r.clone()),
-                    Input::Raw(b) => Input::Raw(b.clone()),
-                },
-                t0,
-            ));
+            out.push((input.clone(), t0));
             next = t0 + every;
             t0 += every;
         }

@@ -130,16 +130,10 @@ impl Sequence {
 mod tests {
     use super::*;
     use crate::filter::field;
+    use crate::hit::at;
     use crate::row::OwnedRow;
 
     const S: i64 = 1_000_000_000;
-
-    fn at(t: i64) -> EvRef {
-        EvRef {
-            time_ns: t,
-            ..EvRef::default()
-        }
-    }
 
     fn ev(ip: &str, decision: &str) -> OwnedRow {
         OwnedRow::of(&[("caller_ip", ip), ("decision", decision)])

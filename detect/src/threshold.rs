@@ -118,6 +118,7 @@ impl Threshold {
 mod tests {
     use super::*;
     use crate::filter::field;
+    use crate::hit::at;
 
     const S: i64 = 1_000_000_000;
 
@@ -159,13 +160,6 @@ mod tests {
 
     fn fired(o: &Outcome) -> bool {
         o.fired()
-    }
-
-    fn at(t: i64) -> EvRef {
-        EvRef {
-            time_ns: t,
-            ..EvRef::default()
-        }
     }
 
     fn hit(o: Outcome) -> Hit {
