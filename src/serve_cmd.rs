@@ -54,37 +54,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         !cfg.kafka.topics.is_empty(),
         "no topics: pass --topics or set kafka.topics"
     );
-    let mut formats = std::collections::HashMap::new();
-    for (topic, f) in &cfg.kafka.formats {
-        let f: SourceFormat = f
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("kafka.formats.{topic}: {e}"))?;
-        formats.insert(topic.clone(), f);
-    }
-    let icfg = IngestConfig {
-        brokers: cfg.kafka.brokers.clone(),
-        topics: cfg.kafka.topics.clone(),
-        group_id: cfg.kafka.group_id.clone(),
-        formats,
-        dlq_suffix: (!cfg.kafka.dlq_suffix.is_empty()).then(|| cfg.kafka.dlq_suffix.clone()),
-        kafka_properties: cfg
-            .kafka
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        decoder: cfg.decode.decoder_config()?,
-        max_batch_events: cfg.store.max_batch_events,
-        max_batch_bytes: cfg.store.max_batch_bytes,
-        max_batch_wait_ms: cfg.store.max_batch_wait_ms,
-        pipeline_threads: cfg.store.pipeline_threads,
-        pipeline_queue_depth: cfg.store.pipeline_queue_depth,
-        writer_threads: cfg.store.writer_threads,
-        writer_queue_depth: cfg.store.writer_queue_depth,
-        checkpoint_interval_ms: cfg.checkpoint.interval_ms,
-        checkpoint_topic: (!cfg.checkpoint.kafka_topic.is_empty())
-            .then(|| cfg.checkpoint.kafka_topic.clone()),
-    };
+    let icfg = ingest_config(cfg)?;
     let store = Store::open(
         &cfg.store.data_dir,
         WriteOptions {
@@ -93,22 +63,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .with_context(|| format!("opening the store at {}", cfg.store.data_dir.display()))?;
-    let nonempty = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
-    let keys = KeyRing::open(
-        &cfg.store.data_dir,
-        nonempty(&cfg.checkpoint.signing_key_file).as_deref(),
-    )
-    .context("opening the checkpoint signing keys")?;
-    keys.check_can_sign()?;
-    for k in &keys.registry.keys {
-        tracing::info!(public_key = %k.vkey, valid_from_ms = k.valid_from_ms,
-            valid_until_ms = ?k.valid_until_ms, "checkpoint signing key (pin it to verify the store)");
-    }
-    let checkpoints = Arc::new(Checkpointer::new(
-        &cfg.store.data_dir,
-        keys,
-        nonempty(&cfg.checkpoint.mirror_dir),
-    ));
+    let checkpoints = checkpointer(cfg)?;
     tracing::info!(brokers = %icfg.brokers, topics = ?icfg.topics, group = %icfg.group_id,
         data_dir = %cfg.store.data_dir.display(), log_name = %checkpoints.store_name(),
         "vigil serve starting");
@@ -129,7 +84,10 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let delivery_metrics = Arc::new(vigil_detect::deliver::DeliverMetrics::default());
 
     // Detection: its own thread, fed the chained rows by the pipeline threads.
+    let metrics = Arc::new(IngestMetrics::default());
     let dmetrics = Arc::new(DetectMetrics::default());
+    // Vigil's own log (written by detection) is anchored like the partitions' logs.
+    let own_anchor = vigil_ingest::AnchorPublisher::new(&icfg, metrics.clone())?.map(Arc::new);
     let mut outbox = None;
     let (detect_tx, detect) = if cfg.detect.enabled {
         let loaded = crate::rules_cmd::load(&cfg.detect)?;
@@ -158,6 +116,10 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 alert_flush_ms: cfg.detect.alert_flush_ms,
                 state_interval_ms: cfg.detect.state_interval_ms,
                 outbox: outbox.clone(),
+                checkpoints: Some(checkpoints.clone()),
+                anchor: own_anchor.clone().map(|p| {
+                    vigil_detect::run::AnchorFn(Arc::new(move |o: &str, n: &[u8]| p.publish(o, n)))
+                }),
             },
             rules,
             rx,
@@ -191,7 +153,6 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(IngestMetrics::default());
     let ingest = {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         std::thread::Builder::new()
@@ -255,6 +216,11 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::from),
         None => Ok(()),
     };
+    if let Some(p) = &own_anchor
+        && let Err(e) = p.flush(Duration::from_secs(10))
+    {
+        tracing::error!(error = %e, "anchors of Vigil's own log not all delivered (they are in the store)");
+    }
     // Then delivery: what is in flight finishes, the rest stays queued for the next run.
     deliver_stop.store(true, Ordering::Relaxed);
     if let Some(d) = deliver {
@@ -295,4 +261,59 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     result.context("ingest failed")?;
     detected.context("detection failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ingest settings from the configuration.
+pub fn ingest_config(cfg: &Config) -> anyhow::Result<IngestConfig> {
+    let mut formats = std::collections::HashMap::new();
+    for (topic, f) in &cfg.kafka.formats {
+        let f: SourceFormat = f
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("kafka.formats.{topic}: {e}"))?;
+        formats.insert(topic.clone(), f);
+    }
+    Ok(IngestConfig {
+        brokers: cfg.kafka.brokers.clone(),
+        topics: cfg.kafka.topics.clone(),
+        group_id: cfg.kafka.group_id.clone(),
+        formats,
+        dlq_suffix: (!cfg.kafka.dlq_suffix.is_empty()).then(|| cfg.kafka.dlq_suffix.clone()),
+        kafka_properties: cfg
+            .kafka
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        decoder: cfg.decode.decoder_config()?,
+        max_batch_events: cfg.store.max_batch_events,
+        max_batch_bytes: cfg.store.max_batch_bytes,
+        max_batch_wait_ms: cfg.store.max_batch_wait_ms,
+        pipeline_threads: cfg.store.pipeline_threads,
+        pipeline_queue_depth: cfg.store.pipeline_queue_depth,
+        writer_threads: cfg.store.writer_threads,
+        writer_queue_depth: cfg.store.writer_queue_depth,
+        checkpoint_interval_ms: cfg.checkpoint.interval_ms,
+        checkpoint_topic: (!cfg.checkpoint.kafka_topic.is_empty())
+            .then(|| cfg.checkpoint.kafka_topic.clone()),
+    })
+}
+
+/// The checkpoint signer: the configured (or the data directory's) keys, able to sign now.
+pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
+    let nonempty = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
+    let keys = KeyRing::open(
+        &cfg.store.data_dir,
+        nonempty(&cfg.checkpoint.signing_key_file).as_deref(),
+    )
+    .context("opening the checkpoint signing keys")?;
+    keys.check_can_sign()?;
+    for k in &keys.registry.keys {
+        tracing::info!(public_key = %k.vkey, valid_from_ms = k.valid_from_ms,
+            valid_until_ms = ?k.valid_until_ms, "checkpoint signing key (pin it to verify the store)");
+    }
+    Ok(Arc::new(Checkpointer::new(
+        &cfg.store.data_dir,
+        keys,
+        nonempty(&cfg.checkpoint.mirror_dir),
+    )))
 }

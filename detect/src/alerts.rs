@@ -44,8 +44,17 @@ pub struct Alert {
     pub rule_kind: String,
     pub title: String,
     pub severity: String,
-    /// `open` (lifecycle changes come with alert management).
+    /// `open`, `acknowledged`, `resolved` or `suppressed` ([`Status`]).
     pub status: String,
+    /// Who made the last lifecycle change (`None` while open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_by: Option<String>,
+    /// When the last lifecycle change was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_at_ns: Option<i64>,
+    /// The note given with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_note: Option<String>,
     /// Group-by field → value (`null` when the events lacked it).
     pub group_key: BTreeMap<String, Option<String>>,
     pub first_event_ns: i64,
@@ -54,6 +63,43 @@ pub struct Alert {
     pub event_count: i64,
     pub detail: Vec<String>,
     pub evidence: Vec<Evidence>,
+}
+
+/// Where an alert is in its lifecycle: open → acknowledged → resolved, or suppressed (no
+/// more revisions for it until its suppression window ends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Open,
+    Acknowledged,
+    Resolved,
+    Suppressed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Acknowledged => "acknowledged",
+            Status::Resolved => "resolved",
+            Status::Suppressed => "suppressed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Open,
+            Status::Acknowledged,
+            Status::Resolved,
+            Status::Suppressed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Resolved and suppressed alerts take no further lifecycle changes but resolve.
+    pub fn is_final(self) -> bool {
+        self == Status::Resolved
+    }
 }
 
 /// The `alerts` table's columns.
@@ -68,6 +114,9 @@ pub fn alert_schema() -> SchemaRef {
         Field::new("title", DataType::Utf8, false),
         Field::new("severity", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
+        Field::new("status_by", DataType::Utf8, true),
+        Field::new("status_changed_at", ts(), true),
+        Field::new("status_note", DataType::Utf8, true),
         Field::new("group_key", DataType::Utf8, false),
         Field::new("first_event_time", ts(), false),
         Field::new("last_event_time", ts(), false),
@@ -121,6 +170,16 @@ pub fn to_batch(alerts: &[Alert]) -> Result<RecordBatch, AlertError> {
         s(|a| a.title.clone()),
         s(|a| a.severity.clone()),
         s(|a| a.status.clone()),
+        Arc::new(StringArray::from_iter(
+            alerts.iter().map(|a| a.status_by.as_deref()),
+        )),
+        Arc::new(
+            TimestampNanosecondArray::from_iter(alerts.iter().map(|a| a.status_at_ns))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter(
+            alerts.iter().map(|a| a.status_note.as_deref()),
+        )),
         Arc::new(StringArray::from_iter_values(
             alerts.iter().map(|a| json(&a.group_key)),
         )),
@@ -195,6 +254,20 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
         s("detail")?,
         s("evidence")?,
     );
+    // Written before lifecycle changes existed: no such columns, every alert open.
+    let opt_s = |name: &str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+    };
+    let (by, at, note) = (
+        opt_s("status_by"),
+        b.column_by_name("status_changed_at")
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>()),
+        opt_s("status_note"),
+    );
+    let get_s = |c: Option<&StringArray>, r: usize| {
+        c.filter(|c| c.is_valid(r)).map(|c| c.value(r).to_owned())
+    };
     (0..b.num_rows())
         .map(|r| {
             if id.is_null(r) {
@@ -209,6 +282,9 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
                 title: title.value(r).to_owned(),
                 severity: sev.value(r).to_owned(),
                 status: status.value(r).to_owned(),
+                status_by: get_s(by, r),
+                status_at_ns: at.filter(|c| c.is_valid(r)).map(|c| c.value(r)),
+                status_note: get_s(note, r),
                 group_key: serde_json::from_str(key.value(r)).map_err(fmt)?,
                 first_event_ns: first.value(r),
                 last_event_ns: last.value(r),
@@ -318,6 +394,14 @@ fn read_file(p: &Path) -> Result<Vec<Alert>, AlertError> {
     Ok(out)
 }
 
+/// The newest stored revision of one alert.
+pub fn find(data_dir: &Path, alert_id: &str) -> Result<Option<Alert>, AlertError> {
+    Ok(read_revisions(data_dir)?
+        .into_iter()
+        .filter(|a| a.alert_id == alert_id)
+        .max_by_key(|a| a.revision))
+}
+
 /// Every alert revision stored under `data_dir`, in file order. A revision found twice (a
 /// merge interrupted by a crash) is kept once.
 pub fn read_revisions(data_dir: &Path) -> Result<Vec<Alert>, AlertError> {
@@ -386,6 +470,9 @@ mod tests {
             title: "t".into(),
             severity: "high".into(),
             status: "open".into(),
+            status_by: None,
+            status_at_ns: None,
+            status_note: None,
             group_key: [("caller_ip".to_string(), Some("1.2.3.4".to_string()))].into(),
             first_event_ns: 1,
             last_event_ns: 2,

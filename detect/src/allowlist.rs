@@ -88,6 +88,8 @@ pub struct Group {
     last_ns: i64,
 }
 
+crate::has_open!(Group);
+
 #[derive(Debug)]
 pub struct Allowlist {
     pub(crate) spec: AllowlistSpec,

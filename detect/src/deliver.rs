@@ -317,6 +317,9 @@ pub fn undeliverable_alert(g: &GaveUp, now_ns: i64) -> Alert {
         title: "An alert could not be delivered".into(),
         severity: "high".into(),
         status: "open".into(),
+        status_by: None,
+        status_at_ns: None,
+        status_note: None,
         group_key: [
             ("target".to_owned(), Some(g.target.clone())),
             ("alert_id".to_owned(), Some(g.alert.alert_id.clone())),
@@ -488,8 +491,15 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
                 },
                 "startsAt": rfc3339(a.first_event_ns),
             });
+            alert["annotations"]["status"] = a.status.clone().into();
+            if let Some(by) = &a.status_by {
+                alert["annotations"]["status_by"] = by.clone().into();
+            }
+            if let Some(note) = &a.status_note {
+                alert["annotations"]["status_note"] = note.clone().into();
+            }
             if a.status == "resolved" {
-                alert["endsAt"] = rfc3339(a.detected_ns).into();
+                alert["endsAt"] = rfc3339(a.status_at_ns.unwrap_or(a.detected_ns)).into();
             }
             serde_json::json!([alert])
         }
@@ -784,6 +794,9 @@ mod tests {
             title: "Repeated denials".into(),
             severity: sev.into(),
             status: "open".into(),
+            status_by: None,
+            status_at_ns: None,
+            status_note: None,
             group_key: [("caller_ip".to_string(), Some("1.2.3.4".to_string()))].into(),
             first_event_ns: 1_795_000_000_000_000_000,
             last_event_ns: 1_795_000_001_000_000_000,
@@ -813,6 +826,24 @@ mod tests {
         // Slack gets new alerts only, unless told otherwise.
         let s = target(TargetKind::Slack);
         assert!(s.routes(&alert("low", "r", 1)) && !s.routes(&alert("low", "r", 2)));
+    }
+
+    #[test]
+    fn alertmanager_gets_the_lifecycle_and_ends_at_when_resolved() {
+        let t = target(TargetKind::Alertmanager);
+        let mut a = alert("high", "r", 2);
+        let body = |a: &Alert| -> serde_json::Value {
+            serde_json::from_slice(&request(&t, a, 1_795_000_000).0).unwrap()
+        };
+        let open = body(&a);
+        assert_eq!(open[0]["annotations"]["status"], "open");
+        assert!(open[0].get("endsAt").is_none());
+        a.status = "resolved".into();
+        a.status_by = Some("local:ana".into());
+        a.status_at_ns = Some(1_795_000_060_000_000_000);
+        let res = body(&a);
+        assert_eq!(res[0]["endsAt"], "2026-11-18T11:07:40.000Z");
+        assert_eq!(res[0]["annotations"]["status_by"], "local:ana");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Group {
     open: Open,
 }
 
+crate::has_open!(Group);
+
 #[derive(Debug)]
 pub struct DistinctCount {
     pub(crate) spec: DistinctSpec,

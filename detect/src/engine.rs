@@ -15,10 +15,11 @@ use arrow::datatypes::TimestampNanosecondType;
 use serde::{Deserialize, Serialize};
 use vigil_store::{Piece, leaf_indexes};
 
-use crate::alerts::{Alert, Evidence};
+use crate::alerts::{Alert, Evidence, Status};
 use crate::filter::{BatchRows, Row};
 use crate::group::{Entry, GroupBy, Key, Table};
 use crate::hit::{EvRef, Hit, Outcome};
+use crate::lifecycle::{Command, SYSTEM_PRINCIPAL};
 use crate::rules::{Meta, Rule};
 
 /// Per-rule figures for metrics and `vigil rules backtest`.
@@ -68,6 +69,11 @@ struct Book {
     /// firing again within the rule's suppression window of one of them is that alert again
     /// (a replay in another order fires at another event, not another alert).
     known: HashMap<(String, GroupKey), Vec<Known>>,
+    /// Alerts someone acknowledged, suppressed or resolved: their newest revision's status
+    /// fields, carried into any later revision. A resolved alert is never raised again (a
+    /// replay firing its id is that alert, already dealt with) nor updated; its group's next
+    /// firing is a new alert.
+    lifecycle: HashMap<String, Alert>,
 }
 
 type GroupKey = BTreeMap<String, Option<String>>;
@@ -78,6 +84,9 @@ type Known = (String, i64, i64);
 impl Book {
     fn remember(&mut self, a: &Alert) {
         let r = self.stored.entry(a.alert_id.clone()).or_insert(0);
+        if a.revision >= *r && a.status != Status::Open.as_str() {
+            self.lifecycle.insert(a.alert_id.clone(), a.clone());
+        }
         *r = (*r).max(a.revision);
         let v = self
             .known
@@ -158,6 +167,10 @@ impl Book {
         a.event_count = a.event_count.max(i64::try_from(count).unwrap_or(i64::MAX));
         a.last_event_ns = a.last_event_ns.max(ev.time_ns);
         a.first_event_ns = a.first_event_ns.min(ev.time_ns);
+        // A suppressed alert counts its events but raises no revision for them.
+        if a.status == Status::Suppressed.as_str() {
+            return;
+        }
         // One new revision per take, however many events updated it.
         if !self.pending.contains_key(&a.alert_id) {
             a.revision += 1;
@@ -202,21 +215,32 @@ impl Book {
             .zip(hit.key.iter().cloned())
             .collect();
         let suppress = meta.suppress_ns;
+        let resolved = |id: &str| {
+            self.lifecycle
+                .get(id)
+                .is_some_and(|a| a.status == Status::Resolved.as_str())
+        };
         let same = self
             .known
             .get(&(meta.id.clone(), group_key.clone()))
             .and_then(|v| {
-                v.iter().find(|(_, first, last)| {
+                v.iter().find(|(id, first, last)| {
                     hit.last_ns < last.saturating_add(suppress)
                         && hit.last_ns >= first.saturating_sub(suppress)
+                        && !resolved(id)
                 })
             });
         let id = match same {
             Some((id, _, _)) => id.clone(),
             None => h.finalize().to_hex()[..32].to_owned(),
         };
+        if resolved(&id) {
+            // The very firing someone resolved (replayed after a rebuild): nothing new.
+            return;
+        }
         let revision = self.stored.get(&id).copied().unwrap_or(0) + 1;
-        let alert = Alert {
+        let life = self.lifecycle.get(&id);
+        let mut alert = Alert {
             alert_id: id.clone(),
             revision,
             rule_id: meta.id.clone(),
@@ -225,6 +249,9 @@ impl Book {
             title: meta.title.clone(),
             severity: meta.severity.as_str().to_owned(),
             status: "open".into(),
+            status_by: None,
+            status_at_ns: None,
+            status_note: None,
             group_key,
             first_event_ns: hit.first_ns,
             last_event_ns: hit.last_ns,
@@ -233,6 +260,12 @@ impl Book {
             detail: hit.detail,
             evidence,
         };
+        if let Some(l) = life {
+            alert.status.clone_from(&l.status);
+            alert.status_by.clone_from(&l.status_by);
+            alert.status_at_ns = l.status_at_ns;
+            alert.status_note.clone_from(&l.status_note);
+        }
         if revision == 1 {
             self.pending_new = true;
         }
@@ -266,6 +299,7 @@ impl Engine {
                 pending_new: false,
                 stored: HashMap::new(),
                 known: HashMap::new(),
+                lifecycle: HashMap::new(),
             },
             newest_ns: i64::MIN,
             skipped_rows: 0,
@@ -320,6 +354,10 @@ impl Engine {
                 .ok_or_else(|| EngineError::Input(format!("no {name} field")))
         };
         let (kind_col, id_col) = (field("kind")?, field("event_id")?);
+        // Vigil's own log: what people did is evaluated, the revisions detection raised are
+        // not (a rule matching them would feed on its own alerts).
+        let own = piece.topic == vigil_store::AUDIT_TOPIC;
+        let principal_col = field("caller_principal")?;
         let rows = BatchRows::new(b);
         // Event ids of this piece's rows, for evidence.
         let event_id = |e: &EvRef| -> Option<String> {
@@ -346,7 +384,9 @@ impl Engine {
             }
             let row = rows.row(i);
             // A rejected record (failed to decode) has no event to evaluate.
-            if row.str(kind_col).is_none() {
+            if row.str(kind_col).is_none()
+                || (own && row.str(principal_col) == Some(SYSTEM_PRINCIPAL))
+            {
                 continue;
             }
             let time_ns = times.value(i);
@@ -464,6 +504,57 @@ impl Engine {
             !v.is_empty()
         });
         book.stored.retain(|id, _| keep.contains(id));
+        book.lifecycle.retain(|id, _| keep.contains(id));
+    }
+
+    /// Apply a lifecycle change: the alert's new revision, pending like any other (take it to
+    /// store it). `stored` is the alert's newest stored revision, for an alert no longer open
+    /// here. Take pending revisions before, so that revisions stay in order.
+    pub fn apply(&mut self, cmd: &Command, stored: Option<&Alert>) -> Result<Alert, String> {
+        let Engine { rules, book, .. } = self;
+        let open = rules.iter().enumerate().find_map(|(r, rule)| {
+            book.open[r]
+                .entries()
+                .find(|e| e.state.alert.alert_id == cmd.alert_id)
+                .map(|e| (r, rule.kind.group_fields(), e.key.clone()))
+        });
+        let current = match &open {
+            Some((r, fields, key)) => book.open[*r]
+                .get_by_key(fields, key)
+                .map(|o| o.alert.clone()),
+            None => stored.cloned(),
+        }
+        .ok_or_else(|| format!("there is no alert {}", cmd.alert_id))?;
+        let from = Status::parse(&current.status)
+            .ok_or_else(|| format!("its status {:?} is unknown", current.status))?;
+        let to = cmd.action.apply_to(from)?;
+        let mut next = current;
+        next.revision = next
+            .revision
+            .max(stored.map_or(0, |s| s.revision))
+            .max(book.stored.get(&cmd.alert_id).copied().unwrap_or(0))
+            + 1;
+        next.status = to.as_str().to_owned();
+        next.status_by = Some(cmd.by.clone());
+        next.status_at_ns = Some(cmd.at_ns);
+        next.status_note.clone_from(&cmd.note);
+        match open {
+            Some((r, fields, key)) if to != Status::Resolved => {
+                if let Some(o) = book.open[r].get_by_key_mut(fields, &key) {
+                    o.alert = next.clone();
+                }
+                book.pending.insert(next.alert_id.clone(), (r, key));
+            }
+            Some((r, fields, key)) => {
+                book.open[r].remove_by_key(fields, &key);
+                rules[r].kind.close(&key);
+                book.pending.remove(&next.alert_id);
+                book.pending_closed.push(next.clone());
+            }
+            None => book.pending_closed.push(next.clone()),
+        }
+        book.remember(&next);
+        Ok(next)
     }
 
     pub fn stats(&self) -> Vec<RuleStats> {
@@ -700,6 +791,126 @@ suppress = "1h"
             ),
             (a.alert_id.as_str(), 2, 14)
         );
+    }
+
+    fn change(id: &str, action: crate::lifecycle::Action) -> Command {
+        Command {
+            alert_id: id.into(),
+            action,
+            by: "local:ana".into(),
+            note: Some("on it".into()),
+            at_ns: 99,
+        }
+    }
+
+    #[test]
+    fn lifecycle_changes_are_revisions_and_a_resolved_alert_is_never_raised_again() {
+        use crate::lifecycle::Action::*;
+        let mut e = engine(RULE);
+        let mut log = Log::new();
+        let denials = |log: &mut Log, from: usize, n: usize| {
+            log.piece(
+                &(from..from + n)
+                    .map(|i| opa(i, "1.1.1.1", false))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        e.observe(&denials(&mut log, 0, 3), 1).unwrap();
+        let fired = e.take_pending();
+        let id = fired[0].alert_id.clone();
+        assert!(
+            e.apply(&change("nope", Acknowledge), None)
+                .unwrap_err()
+                .contains("no alert")
+        );
+
+        let acked = e.apply(&change(&id, Acknowledge), None).unwrap();
+        assert_eq!((acked.revision, acked.status.as_str()), (2, "acknowledged"));
+        assert_eq!(acked.status_by.as_deref(), Some("local:ana"));
+        assert_eq!(e.take_pending(), vec![acked.clone()]);
+        assert!(
+            e.apply(&change(&id, Acknowledge), None)
+                .unwrap_err()
+                .contains("already")
+        );
+        // Later events update it and it stays acknowledged, by whom it was.
+        e.observe(&denials(&mut log, 3, 2), 2).unwrap();
+        let upd = e.take_pending();
+        assert_eq!((upd[0].revision, upd[0].event_count), (3, 5));
+        assert_eq!(upd[0].status, "acknowledged");
+        assert_eq!(upd[0].status_at_ns, Some(99));
+
+        // Suppressed: counted, no revisions.
+        let sup = e.apply(&change(&id, Suppress), None).unwrap();
+        assert_eq!((sup.revision, sup.status.as_str()), (4, "suppressed"));
+        e.take_pending();
+        e.observe(&denials(&mut log, 5, 5), 3).unwrap();
+        assert!(e.take_pending().is_empty());
+
+        // Resolved: closed, with the count it reached.
+        let res = e.apply(&change(&id, Resolve), None).unwrap();
+        assert_eq!(
+            (res.revision, res.status.as_str(), res.event_count),
+            (5, "resolved", 10)
+        );
+        assert_eq!(e.take_pending(), vec![res.clone()]);
+        assert!(
+            e.apply(&change(&id, Resolve), Some(&res))
+                .unwrap_err()
+                .contains("resolved")
+        );
+        // The group's next firing is a new alert.
+        e.observe(&denials(&mut log, 10, 3), 4).unwrap();
+        let next = e.take_pending();
+        assert_eq!(next.len(), 1);
+        assert_ne!(next[0].alert_id, id);
+        assert_eq!((next[0].revision, next[0].status.as_str()), (1, "open"));
+
+        // A rebuild replaying the same events knows the stored history: the resolved alert is
+        // never raised or updated again; the firing lands in the newer alert (stored, in the
+        // suppression window): an update of it, not a duplicate.
+        let mut r = engine(RULE);
+        let mut history = fired.clone();
+        history.extend([acked, sup, res]);
+        history.extend(next.clone());
+        r.know_stored(&crate::alerts::latest(history));
+        let mut again = Log::new();
+        r.observe(&denials(&mut again, 0, 13), 5).unwrap();
+        let replayed = r.take_pending();
+        assert_eq!(replayed.len(), 1, "{replayed:#?}");
+        assert_eq!(
+            (replayed[0].alert_id.as_str(), replayed[0].revision),
+            (next[0].alert_id.as_str(), 2)
+        );
+    }
+
+    #[test]
+    fn a_change_to_an_alert_no_longer_open_builds_on_its_stored_revision() {
+        let mut e = engine(RULE);
+        let mut stored = e_alert();
+        stored.revision = 7;
+        let a = e
+            .apply(
+                &change(&stored.alert_id, crate::lifecycle::Action::Resolve),
+                Some(&stored),
+            )
+            .unwrap();
+        assert_eq!(
+            (a.revision, a.status.as_str(), a.event_count),
+            (8, "resolved", stored.event_count)
+        );
+        assert_eq!(e.take_pending(), vec![a]);
+    }
+
+    fn e_alert() -> Alert {
+        let mut e = engine(RULE);
+        let mut log = Log::new();
+        e.observe(
+            &log.piece(&(0..3).map(|i| opa(i, "4.4.4.4", false)).collect::<Vec<_>>()),
+            1,
+        )
+        .unwrap();
+        e.take_pending().remove(0)
     }
 
     #[test]

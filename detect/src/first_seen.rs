@@ -30,6 +30,8 @@ pub struct Group {
     open: Open,
 }
 
+crate::has_open!(Group);
+
 #[derive(Debug)]
 pub struct FirstSeen {
     pub(crate) spec: FirstSeenSpec,

@@ -155,6 +155,23 @@ impl<S> Table<S> {
             .map(|e| &e.state)
     }
 
+    /// The group with this stored key, mutably, if any.
+    pub fn get_by_key_mut(&mut self, fields: &GroupBy, key: &[Option<String>]) -> Option<&mut S> {
+        let h = hash_key(fields, key, &self.hasher);
+        self.groups
+            .find_mut(h, |e| e.hash == h && e.key == key)
+            .map(|e| &mut e.state)
+    }
+
+    /// Remove the group with this stored key; its state if it had one.
+    pub fn remove_by_key(&mut self, fields: &GroupBy, key: &[Option<String>]) -> Option<S> {
+        let h = hash_key(fields, key, &self.hasher);
+        self.groups
+            .find_entry(h, |e| e.hash == h && e.key == key)
+            .ok()
+            .map(|e| e.remove().0.state)
+    }
+
     /// The row's group, created with `init` if new.
     pub fn entry(
         &mut self,
@@ -306,6 +323,23 @@ impl Clock {
     pub fn watermark(&self) -> i64 {
         self.newest_ns.saturating_sub(self.allowed_lateness_ns)
     }
+}
+
+/// A rule kind's group: it has an [`Open`] alert marker.
+pub trait HasOpen {
+    fn open_mut(&mut self) -> &mut Open;
+}
+
+/// Implement [`HasOpen`] for group types with an `open` field.
+#[macro_export]
+macro_rules! has_open {
+    ($t:ty) => {
+        impl $crate::group::HasOpen for $t {
+            fn open_mut(&mut self) -> &mut $crate::group::Open {
+                &mut self.open
+            }
+        }
+    };
 }
 
 /// A group's open alert: further matches within the suppression window update it.

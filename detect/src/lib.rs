@@ -7,8 +7,11 @@
 //! rules as TOML files with their own tests and the default pack ([`rules`], [`ruletest`]);
 //! the [`engine`] (every rule over every stored row, once, with deduplicated alerts carrying
 //! evidence, and a state checkpoint); the durable alert log ([`alerts`]); replaying the store
-//! ([`replay`]); and the detection thread of `vigil serve` ([`run`]).
-//! **Not for:** delivering alerts (webhooks, SIEMs), the store's file format, decoding.
+//! ([`replay`]); the alert lifecycle ([`lifecycle`]: acknowledge, resolve, suppress, applied by
+//! the lock holder, recorded in Vigil's own chained log); delivery to SIEMs ([`deliver`]); and
+//! the detection thread of `vigil serve` ([`run`]).
+//! **Not for:** the store's file format (Vigil's own log is written through the store),
+//! decoding, authenticating who asks for a lifecycle change (the caller names them).
 
 pub mod alerts;
 pub mod allowlist;
@@ -19,6 +22,7 @@ pub mod filter;
 pub mod first_seen;
 pub mod group;
 pub mod hit;
+pub mod lifecycle;
 pub mod rate_spike;
 pub mod replay;
 pub mod row;

@@ -39,6 +39,8 @@ pub struct Group {
     open: Open,
 }
 
+crate::has_open!(Group);
+
 impl Group {
     /// Close buckets up to (not including) `bucket`.
     fn roll(&mut self, bucket: i64, alpha: f64) {

@@ -293,6 +293,17 @@ impl Kind {
         each!(self, r => r.expire())
     }
 
+    /// Close the group's open alert (it was resolved): its next match can fire a new one.
+    pub fn close(&mut self, key: &[Option<String>]) {
+        use crate::group::HasOpen;
+        let fields = self.group_fields().clone();
+        each!(self, r => {
+            if let Some(g) = r.st.groups.get_by_key_mut(&fields, key) {
+                g.open_mut().alert = None;
+            }
+        })
+    }
+
     /// The fields that make a group's key.
     pub fn group_fields(&self) -> &GroupBy {
         match self {

@@ -1,5 +1,7 @@
 //! The detection thread of `vigil serve`: catch up from the store, then evaluate pieces as
-//! the pipeline chains them; store alerts durably, then report them; checkpoint state.
+//! the pipeline chains them; store alerts durably, then report them; record every alert
+//! revision and lifecycle change in Vigil's own chained log; apply queued lifecycle commands;
+//! checkpoint state. [`apply_direct`] applies one command when no `serve` holds the lock.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,11 +12,27 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use vigil_store::{Piece, Store};
+use vigil_store::checkpoint::Checkpointer;
+use vigil_store::{AUDIT_PARTITION, AUDIT_TOPIC, OwnLog, Piece, Store, WriteOptions};
 
-use crate::alerts::{AlertLog, latest, read_revisions};
+use crate::alerts::{Alert, AlertLog, latest, read_revisions};
 use crate::engine::{Engine, EngineError, RuleStats, now_ns};
+use crate::lifecycle::{Command, Queue, Reply, audit_event};
 use crate::rules::Rule;
+
+/// Publishes a signed checkpoint of Vigil's own log outside the store (the Kafka anchor
+/// topic): called with the log's origin and the note.
+#[derive(Clone)]
+pub struct AnchorFn(pub Arc<Publish>);
+
+/// `(origin, signed note)`.
+pub type Publish = dyn Fn(&str, &[u8]) + Send + Sync;
+
+impl std::fmt::Debug for AnchorFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnchorFn")
+    }
+}
 
 /// Settings of the detection thread.
 #[derive(Clone, Debug)]
@@ -26,6 +44,10 @@ pub struct RunConfig {
     pub state_interval_ms: u64,
     /// Where alerts are queued for delivery, if anywhere.
     pub outbox: Option<crate::deliver::Outbox>,
+    /// Signs Vigil's own log after each append (unsigned without).
+    pub checkpoints: Option<Arc<Checkpointer>>,
+    /// Publishes those checkpoints outside the store.
+    pub anchor: Option<AnchorFn>,
 }
 
 /// Counters `serve` reports.
@@ -38,6 +60,9 @@ pub struct DetectMetrics {
     pub late: AtomicU64,
     pub evicted: AtomicU64,
     pub state_saves: AtomicU64,
+    /// Lifecycle commands applied and refused.
+    pub commands_applied: AtomicU64,
+    pub commands_refused: AtomicU64,
     /// Set once catch-up from the store is done and live pieces are being evaluated.
     pub live: AtomicBool,
     pub stats: std::sync::Mutex<Vec<RuleStats>>,
@@ -59,6 +84,8 @@ pub enum DetectError {
     Io(String),
     #[error("{0}")]
     Deliver(#[from] crate::deliver::DeliverError),
+    #[error("{0}")]
+    Queue(#[from] crate::lifecycle::QueueError),
 }
 
 /// Where the engine's state lives in a data directory.
@@ -74,6 +101,30 @@ pub fn start(
     pieces: Receiver<Piece>,
     metrics: Arc<DetectMetrics>,
 ) -> Result<JoinHandle<Result<(), DetectError>>, DetectError> {
+    let lock = lock(&cfg)?;
+    let (engine, restored) = restore(&cfg, rules)?;
+    std::thread::Builder::new()
+        .name("vigil-detect".into())
+        .spawn(move || {
+            let _lock = lock;
+            run(cfg, engine, restored, pieces, metrics)
+        })
+        .map_err(|e| DetectError::Io(e.to_string()))
+}
+
+/// Apply one lifecycle command now, in this process, if no other holds the detection lock
+/// (`Err(Locked)` otherwise: queue it for the holder instead, [`Queue`]).
+pub fn apply_direct(cfg: RunConfig, rules: Vec<Rule>, cmd: &Command) -> Result<Reply, DetectError> {
+    let _lock = lock(&cfg)?;
+    let (mut engine, _) = restore(&cfg, rules)?;
+    let mut l = Loop::new(cfg, Arc::default())?;
+    let reply = l.apply(&mut engine, cmd)?;
+    engine.save(&state_path(&l.cfg.data_dir))?;
+    Ok(reply)
+}
+
+/// Take the data directory's detection lock (held while the file stays open).
+fn lock(cfg: &RunConfig) -> Result<File, DetectError> {
     let dir = cfg.data_dir.join("detect");
     std::fs::create_dir_all(&dir)
         .map_err(|e| DetectError::Io(format!("{}: {e}", dir.display())))?;
@@ -87,6 +138,12 @@ pub fn start(
     if lock.try_lock().is_err() {
         return Err(DetectError::Locked(lock_path.display().to_string()));
     }
+    Ok(lock)
+}
+
+/// The engine with its saved state and the stored alerts it must know; whether a state was
+/// found.
+fn restore(cfg: &RunConfig, rules: Vec<Rule>) -> Result<(Engine, bool), DetectError> {
     let mut engine = Engine::new(rules);
     let state = state_path(&cfg.data_dir);
     let restored = state.exists();
@@ -97,13 +154,7 @@ pub fn start(
         }
     }
     engine.know_stored(&latest(read_revisions(&cfg.data_dir)?));
-    std::thread::Builder::new()
-        .name("vigil-detect".into())
-        .spawn(move || {
-            let _lock = lock;
-            run(cfg, engine, restored, pieces, metrics)
-        })
-        .map_err(|e| DetectError::Io(e.to_string()))
+    Ok((engine, restored))
 }
 
 /// Everything the thread keeps besides the engine.
@@ -117,6 +168,12 @@ struct Loop {
     live: HashMap<String, Instant>,
     /// Per log read from the store: the last offset of the newest file read.
     tailed: HashMap<String, i64>,
+    /// Vigil's own log: every alert revision and lifecycle change.
+    audit: OwnLog,
+    /// Lifecycle commands waiting to be applied, and the revisions they made (id, revision).
+    queue: Queue,
+    applied: HashMap<(String, i64), Command>,
+    last_commands: Instant,
 }
 
 /// A log not fed live for this long is read from the store instead (its partition belongs to
@@ -124,6 +181,85 @@ struct Loop {
 const LIVE_GRACE: Duration = Duration::from_secs(10);
 
 impl Loop {
+    fn new(cfg: RunConfig, metrics: Arc<DetectMetrics>) -> Result<Loop, DetectError> {
+        let store = Store::open(&cfg.data_dir, WriteOptions::default())?;
+        let audit = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION)?;
+        let l = Loop {
+            log: AlertLog::open(&cfg.data_dir)?,
+            queue: Queue::new(&cfg.data_dir),
+            cfg,
+            metrics,
+            last_flush: Instant::now(),
+            last_state: Instant::now(),
+            live: HashMap::new(),
+            tailed: HashMap::new(),
+            audit,
+            applied: HashMap::new(),
+            last_commands: Instant::now(),
+        };
+        // Records stored but not signed (a crash between file and checkpoint) are signed now;
+        // this also hands the log to the checkpointer's refresh.
+        let head = l.audit.head().clone();
+        l.sign(head.chain, &head.tree)?;
+        Ok(l)
+    }
+
+    fn sign(
+        &self,
+        chain: vigil_store::ChainHead,
+        tree: &vigil_store::merkle::Frontier,
+    ) -> Result<(), DetectError> {
+        let Some(cp) = &self.cfg.checkpoints else {
+            return Ok(());
+        };
+        if tree.size() == 0 {
+            return Ok(());
+        }
+        if let Some(note) = cp.checkpoint(AUDIT_TOPIC, AUDIT_PARTITION, chain, tree, None)?
+            && let Some(anchor) = &self.cfg.anchor
+        {
+            let origin =
+                vigil_store::checkpoint::origin(&cp.store_name(), AUDIT_TOPIC, AUDIT_PARTITION);
+            (anchor.0)(&origin, &note);
+        }
+        Ok(())
+    }
+
+    /// Append records to Vigil's own log (one durable file), sign it, and evaluate them.
+    fn record(&mut self, engine: &mut Engine, values: &[Vec<u8>]) -> Result<(), DetectError> {
+        let Some(w) = self.audit.append(values, now_ns() / 1_000_000)? else {
+            return Ok(());
+        };
+        self.sign(w.chain(), &w.span.tree)?;
+        engine.observe(&w.piece, now_ns())?;
+        Ok(())
+    }
+
+    /// Store revisions durably: queued for delivery (except to `skip_target`), in the alert
+    /// log, in Vigil's own log.
+    fn store(
+        &mut self,
+        engine: &mut Engine,
+        alerts: &[Alert],
+        skip_target: Option<&str>,
+    ) -> Result<(), DetectError> {
+        // Queued for delivery first: a crash between the two delivers an alert the log lacks
+        // (the replay raises it again, same idempotency key), never the reverse.
+        if let Some(outbox) = &self.cfg.outbox {
+            outbox.enqueue_except(alerts, skip_target)?;
+        }
+        let now = now_ns();
+        self.log.append(alerts, now)?;
+        let events: Vec<Vec<u8>> = alerts
+            .iter()
+            .map(|a| {
+                let cmd = self.applied.remove(&(a.alert_id.clone(), a.revision));
+                audit_event(Some(a), cmd.as_ref(), None, now)
+            })
+            .collect();
+        self.record(engine, &events)
+    }
+
     /// Store pending alerts (durably), then report them.
     fn flush(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
         let alerts = engine.take_pending();
@@ -131,12 +267,7 @@ impl Loop {
         if alerts.is_empty() {
             return Ok(());
         }
-        // Queued for delivery first: a crash between the two delivers an alert the log lacks
-        // (the replay raises it again, same idempotency key), never the reverse.
-        if let Some(outbox) = &self.cfg.outbox {
-            outbox.enqueue(&alerts)?;
-        }
-        self.log.append(&alerts, now_ns())?;
+        self.store(engine, &alerts, None)?;
         self.metrics.alert_files.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .alert_revisions
@@ -154,12 +285,60 @@ impl Loop {
         Ok(())
     }
 
+    /// Apply one lifecycle command: pending revisions are stored first, then the change (a
+    /// new revision, stored and recorded with who asked); a refusal is recorded too.
+    fn apply(&mut self, engine: &mut Engine, cmd: &Command) -> Result<Reply, DetectError> {
+        self.flush(engine)?;
+        let stored = crate::alerts::find(&self.cfg.data_dir, &cmd.alert_id)?;
+        match engine.apply(cmd, stored.as_ref()) {
+            Ok(a) => {
+                self.applied
+                    .insert((a.alert_id.clone(), a.revision), cmd.clone());
+                self.flush(engine)?;
+                self.metrics
+                    .commands_applied
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: "vigil::alert", alert_id = %a.alert_id, status = %a.status,
+                    by = %cmd.by, revision = a.revision, "alert lifecycle change");
+                Ok(Reply::Applied { alert: Box::new(a) })
+            }
+            Err(reason) => {
+                let reason = format!("alert {} not changed: {reason}", cmd.alert_id);
+                let ev = audit_event(None, Some(cmd), Some(&reason), now_ns());
+                self.record(engine, &[ev])?;
+                self.metrics
+                    .commands_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(Reply::Refused { reason })
+            }
+        }
+    }
+
+    /// Apply the queued lifecycle commands (looked for every 100 ms).
+    fn commands(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
+        if self.last_commands.elapsed() < Duration::from_millis(100) {
+            return Ok(());
+        }
+        self.last_commands = Instant::now();
+        for (name, cmd) in self.queue.claim() {
+            let reply = match cmd {
+                Ok(cmd) => self.apply(engine, &cmd)?,
+                Err(reason) => Reply::Refused { reason },
+            };
+            self.queue.reply(&name, &reply)?;
+        }
+        Ok(())
+    }
+
     /// Raise an alert for each delivery given up on: stored, then sent to the other targets.
-    fn undeliverable(&mut self, outbox: &crate::deliver::Outbox) -> Result<(), DetectError> {
+    fn undeliverable(
+        &mut self,
+        engine: &mut Engine,
+        outbox: &crate::deliver::Outbox,
+    ) -> Result<(), DetectError> {
         for g in outbox.take_gave_up() {
             let a = crate::deliver::undeliverable_alert(&g, now_ns());
-            outbox.enqueue_except(std::slice::from_ref(&a), Some(&g.target))?;
-            self.log.append(std::slice::from_ref(&a), now_ns())?;
+            self.store(engine, std::slice::from_ref(&a), Some(&g.target))?;
             self.metrics.alerts_fired.fetch_add(1, Ordering::Relaxed);
             tracing::error!(target: "vigil::alert", alert_id = %a.alert_id, rule = %a.rule_id,
                 undelivered = %g.alert.alert_id, delivery_target = %g.target, "alert fired");
@@ -171,6 +350,9 @@ impl Loop {
     /// of the consumer group sharing the data directory).
     fn tail(&mut self, engine: &mut Engine, store: &Store) -> Result<(), DetectError> {
         for (topic, partition) in store.partitions()? {
+            if topic == AUDIT_TOPIC {
+                continue; // written, and evaluated, by this thread
+            }
             let log = format!("{topic}/{partition}");
             if self
                 .live
@@ -257,16 +439,7 @@ fn run(
     pieces: Receiver<Piece>,
     metrics: Arc<DetectMetrics>,
 ) -> Result<(), DetectError> {
-    let log = AlertLog::open(&cfg.data_dir)?;
-    let mut l = Loop {
-        cfg,
-        log,
-        metrics,
-        last_flush: Instant::now(),
-        last_state: Instant::now(),
-        live: HashMap::new(),
-        tailed: HashMap::new(),
-    };
+    let mut l = Loop::new(cfg, metrics)?;
     // Catch up: stored events the state has not evaluated (all of them without a state: the
     // state is rebuilt from the stored history).
     let store = Store::open_existing(&l.cfg.data_dir).ok();
@@ -305,8 +478,9 @@ fn run(
             }
         }
         if let Some(outbox) = l.cfg.outbox.clone() {
-            l.undeliverable(&outbox)?;
+            l.undeliverable(&mut engine, &outbox)?;
         }
+        l.commands(&mut engine)?;
         if l.last_flush.elapsed() >= flush_every {
             l.flush(&mut engine)?;
         }
@@ -324,6 +498,17 @@ mod tests {
     use super::*;
     use vigil_schemas::Decoder;
     use vigil_store::{PartitionBatch, RecordRef, WriteOptions};
+
+    fn cfg(dir: &std::path::Path) -> RunConfig {
+        RunConfig {
+            data_dir: dir.to_owned(),
+            alert_flush_ms: 1000,
+            state_interval_ms: 1000,
+            outbox: None,
+            checkpoints: None,
+            anchor: None,
+        }
+    }
 
     #[test]
     fn a_taken_over_partition_is_read_from_the_store_up_to_the_first_live_piece() {
@@ -373,23 +558,135 @@ mod tests {
         let mut engine = Engine::new(Vec::new());
         engine.observe(&early.unwrap(), 0).unwrap();
         assert_eq!(engine.position("p/0"), Some(5));
-        let mut l = Loop {
-            cfg: RunConfig {
-                data_dir: dir.path().to_owned(),
-                alert_flush_ms: 1000,
-                state_interval_ms: 1000,
-                outbox: None,
-            },
-            log: AlertLog::open(dir.path()).unwrap(),
-            metrics: Default::default(),
-            last_flush: Instant::now(),
-            last_state: Instant::now(),
-            live: HashMap::new(),
-            tailed: HashMap::new(),
-        };
+        let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
         l.live(&mut engine, &live).unwrap();
         // 5 before, 5 from the store, 1 live: each once.
         assert_eq!(engine.rows, 11);
         assert_eq!(engine.position("p/0"), Some(11));
+    }
+
+    fn denial_rule() -> Vec<Rule> {
+        let l = crate::rules::load(
+            &[crate::rules::Source {
+                name: "t.toml".into(),
+                text: r#"
+id = "t.denials"
+version = 1
+title = "denials"
+severity = "high"
+kind = "threshold"
+filter = 'decision == "deny"'
+group_by = ["caller_ip"]
+count = 3
+window = "1m"
+suppress = "1h"
+"#
+                .into(),
+                dir: None,
+            }],
+            &Default::default(),
+        );
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        l.rules.into_iter().map(|(r, _)| r).collect()
+    }
+
+    /// Vigil's own log, decoded: (caller principal, action, decision) per record.
+    fn own_log(dir: &std::path::Path) -> Vec<(String, String, String)> {
+        let store = Store::open_existing(dir).unwrap();
+        let mut out = Vec::new();
+        for p in vigil_store::read::LogReader::new(&store, AUDIT_TOPIC, AUDIT_PARTITION, 0).unwrap()
+        {
+            let p = p.unwrap();
+            let rows = crate::filter::BatchRows::new(&p.batch);
+            let col = |n: &str| crate::filter::field(n).unwrap().column;
+            use crate::filter::Row;
+            for i in 0..rows.len() {
+                let r = rows.row(i);
+                let s = |n: &str| r.str(col(n)).unwrap_or_default().to_owned();
+                out.push((s("caller_principal"), s("action"), s("decision")));
+            }
+        }
+        let report = vigil_store::check_chain(&store).unwrap();
+        assert!(report.ok(), "{:?}", report.problems());
+        out
+    }
+
+    #[test]
+    fn lifecycle_commands_through_the_queue_and_directly_are_revisions_and_own_log_records() {
+        use crate::lifecycle::Action;
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PartitionBatch::new("p", 0, Default::default(), 16);
+        for i in 0..3 {
+            let v = format!(
+                r#"{{"decision_id":"d{i}","result":false,"timestamp":"2026-11-22T10:00:0{i}Z","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"9.9.9.9","portValue":1}}}}}}}}}}}}"#
+            );
+            let rec = RecordRef {
+                topic: "p",
+                partition: 0,
+                offset: i,
+                timestamp_ms: None,
+                key: None,
+                value: Some(v.as_bytes()),
+                headers: &[],
+            };
+            b.append(&rec, &Decoder::default(), 0).unwrap();
+        }
+        let piece = b.cut().unwrap().unwrap();
+        let (mut engine, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
+        let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
+        l.observe(&mut engine, &piece).unwrap();
+        let fired = crate::alerts::latest(read_revisions(dir.path()).unwrap());
+        assert_eq!(fired.len(), 1);
+        let id = fired[0].alert_id.clone();
+
+        let cmd = |action| Command {
+            alert_id: id.clone(),
+            action,
+            by: "local:ana".into(),
+            note: Some("looking into it".into()),
+            at_ns: now_ns(),
+        };
+        // Queued (as the CLI does while serve runs), drained by the loop.
+        let t = l.queue.submit(&cmd(Action::Acknowledge)).unwrap();
+        let again = l.queue.submit(&cmd(Action::Acknowledge)).unwrap();
+        std::thread::sleep(Duration::from_millis(110));
+        l.commands(&mut engine).unwrap();
+        let Reply::Applied { alert } = l.queue.wait(&t, Duration::from_secs(1)).unwrap() else {
+            panic!("not applied")
+        };
+        assert_eq!((alert.revision, alert.status.as_str()), (2, "acknowledged"));
+        let Reply::Refused { reason } = l.queue.wait(&again, Duration::from_secs(1)).unwrap()
+        else {
+            panic!("applied twice")
+        };
+        assert!(reason.contains("already acknowledged"), "{reason}");
+        engine.save(&state_path(dir.path())).unwrap();
+        drop(l);
+
+        // Nobody holds the lock: applied directly.
+        let reply = apply_direct(cfg(dir.path()), denial_rule(), &cmd(Action::Resolve)).unwrap();
+        let Reply::Applied { alert } = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!((alert.revision, alert.status.as_str()), (3, "resolved"));
+        assert_eq!(alert.status_note.as_deref(), Some("looking into it"));
+        let stored = crate::alerts::find(dir.path(), &id).unwrap().unwrap();
+        assert_eq!(stored, *alert);
+        // Someone holds it: refused with Locked, nothing applied.
+        let held = lock(&cfg(dir.path())).unwrap();
+        let err = apply_direct(cfg(dir.path()), denial_rule(), &cmd(Action::Resolve)).unwrap_err();
+        assert!(matches!(err, DetectError::Locked(_)), "{err}");
+        drop(held);
+
+        let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+        assert_eq!(
+            own_log(dir.path()),
+            vec![
+                s(crate::lifecycle::SYSTEM_PRINCIPAL, "alert.raise", "allow"),
+                s("local:ana", "alert.acknowledge", "allow"),
+                s("local:ana", "alert.acknowledge", "deny"),
+                s("local:ana", "alert.resolve", "allow"),
+            ]
+        );
     }
 }

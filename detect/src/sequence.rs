@@ -35,6 +35,8 @@ pub struct Group {
     open: Open,
 }
 
+crate::has_open!(Group);
+
 #[derive(Debug)]
 pub struct Sequence {
     pub(crate) spec: SequenceSpec,

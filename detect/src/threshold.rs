@@ -39,6 +39,8 @@ pub struct Group {
     open: Open,
 }
 
+crate::has_open!(Group);
+
 #[derive(Debug)]
 pub struct Threshold {
     pub(crate) spec: ThresholdSpec,

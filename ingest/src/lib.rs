@@ -285,6 +285,9 @@ impl Core {
         let mut resume = TopicPartitionList::new();
         for e in tpl.elements() {
             let key: Key = (e.topic().to_owned(), e.partition());
+            if vigil_store::is_reserved_topic(&key.0) {
+                return Err(reserved(&key.0));
+            }
             let log = self.store.head(&key.0, key.1)?;
             let head = log.chain;
             // A crash between a file and its checkpoint leaves the newest records unsigned.
@@ -648,6 +651,50 @@ fn client_config(cfg: &IngestConfig) -> ClientConfig {
     c
 }
 
+/// Publishes signed checkpoints of logs ingest does not write (Vigil's own log, written by
+/// detection) to the anchor topic, counted in the same metrics as ingest's own.
+pub struct AnchorPublisher {
+    anchor: pipeline::Anchor,
+    metrics: Arc<IngestMetrics>,
+}
+
+impl AnchorPublisher {
+    /// `None` when checkpoints are not anchored in Kafka (`checkpoint_topic` unset).
+    pub fn new(
+        cfg: &IngestConfig,
+        metrics: Arc<IngestMetrics>,
+    ) -> Result<Option<AnchorPublisher>, IngestError> {
+        let Some(topic) = &cfg.checkpoint_topic else {
+            return Ok(None);
+        };
+        let producer = pipeline::side_producer(client_config(cfg), &metrics)?;
+        Ok(Some(AnchorPublisher {
+            anchor: pipeline::Anchor {
+                producer,
+                topic: topic.clone(),
+            },
+            metrics,
+        }))
+    }
+
+    /// Queue a note for the anchor topic (a failure is logged and counted).
+    pub fn publish(&self, origin: &str, note: &[u8]) {
+        self.anchor.publish(origin, note, &self.metrics);
+    }
+
+    /// Wait up to `timeout` for what was queued to be delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<(), IngestError> {
+        use rdkafka::producer::Producer;
+        Ok(self.anchor.producer.flush(timeout)?)
+    }
+}
+
+fn reserved(topic: &str) -> IngestError {
+    IngestError::Config(format!(
+        "topic {topic:?} is reserved: Vigil writes its own audit log under that name; leave it out of the subscription"
+    ))
+}
+
 /// Warn, loudly, when checkpoints cannot be anchored: the topic does not exist.
 fn check_anchor_topic(p: &pipeline::SideProducer, topic: &str) {
     use rdkafka::producer::Producer;
@@ -682,6 +729,13 @@ pub fn run(
 ) -> Result<(), IngestError> {
     if cfg.topics.is_empty() {
         return Err(IngestError::Config("no topics to consume".into()));
+    }
+    if let Some(t) = cfg
+        .topics
+        .iter()
+        .find(|t| vigil_store::is_reserved_topic(t))
+    {
+        return Err(reserved(t));
     }
     if cfg.max_batch_events == 0 || cfg.max_batch_bytes == 0 {
         return Err(IngestError::Config("batch limits must be positive".into()));

@@ -587,6 +587,16 @@ pub struct Checkpointer {
     latest: Mutex<HashMap<(String, i32), Latest>>,
 }
 
+/// Names its directories only: never the keys.
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("root", &self.root)
+            .field("mirror", &self.mirror)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Checkpointer {
     pub fn new(data_dir: &Path, keys: KeyRing, mirror: Option<PathBuf>) -> Checkpointer {
         Checkpointer {

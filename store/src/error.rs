@@ -21,6 +21,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, what: String },
     #[error("checkpoint keys: {0}")]
     Key(String),
+    #[error("invalid input: {0}")]
+    Invalid(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }

@@ -406,7 +406,8 @@ pub fn partitions_under(root: &Path) -> Result<Vec<(String, i32)>, StoreError> {
     Ok(out)
 }
 
-pub(crate) fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+/// The names in a directory, sorted (none if it does not exist).
+pub fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

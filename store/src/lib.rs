@@ -6,7 +6,7 @@
 //! atomically and durably ([`files`]), knowing where each partition log stands after a restart
 //! ([`Store::head`]), and checking chain and tree ([`verify`]).
 //! **Not for:** Kafka (that is `vigil-ingest`, which drives this crate), SQL (`vigil-query`),
-//! or signed checkpoints (later).
+//! or deciding what Vigil's own logs ([`own`]: alert revisions, lifecycle changes) say.
 //!
 //! Invariants: a file holds one contiguous run of one partition's chain; its footer records
 //! first/last offset, first/last chain hash, the previous file's last chain hash, the leaf
@@ -22,6 +22,7 @@ pub mod compact;
 pub mod error;
 pub mod files;
 pub mod merkle;
+pub mod own;
 pub mod proof;
 pub mod read;
 pub mod schema;
@@ -33,5 +34,6 @@ pub use batch::{
 pub use chain::RecordRef;
 pub use error::StoreError;
 pub use files::{FileInfo, Store, WriteOptions, write_durably};
+pub use own::{AUDIT_PARTITION, AUDIT_TOPIC, OwnLog, is_reserved_topic};
 pub use schema::store_schema;
 pub use verify::{ChainReport, check_chain};

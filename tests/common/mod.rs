@@ -324,7 +324,8 @@ impl Drop for Serve {
     }
 }
 
-/// Stored rows per (partition, offset) with their record index, from the store's files.
+/// Stored rows of records read from Kafka per (partition, offset) with their record index, from
+/// the store's files (Vigil's own log, `vigil.audit`, left out).
 pub fn stored_positions(data_dir: &Path) -> Vec<(i32, i64, u32)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -333,7 +334,8 @@ pub fn stored_positions(data_dir: &Path) -> Vec<(i32, i64, u32)> {
     let batches = rt
         .block_on(vigil_query::query(
             data_dir,
-            "SELECT kafka_partition, kafka_offset, record_index FROM stored",
+            "SELECT kafka_partition, kafka_offset, record_index FROM stored \
+             WHERE kafka_topic <> 'vigil.audit'",
         ))
         .unwrap();
     let mut out = Vec::new();
@@ -384,7 +386,8 @@ pub fn stored_per_partition(data_dir: &Path, topic: &str) -> std::collections::B
     out
 }
 
-/// Records stored so far in all topics (distinct offsets), from the files' footers.
+/// Records read from Kafka stored so far in all topics (distinct offsets), from the files'
+/// footers.
 pub fn stored_records(data_dir: &Path) -> u64 {
     let store = vigil_store::Store::open(data_dir, Default::default()).unwrap();
     let topics: std::collections::BTreeSet<String> = store
@@ -392,6 +395,7 @@ pub fn stored_records(data_dir: &Path) -> u64 {
         .unwrap()
         .into_iter()
         .map(|(t, _)| t)
+        .filter(|t| !vigil_store::is_reserved_topic(t))
         .collect();
     topics
         .iter()

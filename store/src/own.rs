@@ -1,0 +1,185 @@
+//! Logs Vigil writes itself: records it creates (native `vigil.event/v1` JSON: its alerts'
+//! revisions, alert lifecycle changes) chained, treed and stored exactly like a Kafka
+//! partition's, so `vigil verify`, proofs and SQL cover them like any other log.
+//!
+//! One writer per log: the caller must hold whatever lock makes it the only one (the detection
+//! lock for [`AUDIT_TOPIC`]). The log's topic is reserved: ingest refuses to consume a Kafka
+//! topic of the same name.
+
+use vigil_schemas::{Decoder, DecoderConfig, SourceFormat};
+
+use crate::batch::{LogHead, PartitionBatch, Piece};
+use crate::chain::RecordRef;
+use crate::error::StoreError;
+use crate::files::{FileInfo, Store};
+use crate::{BatchSpan, ChainHead};
+
+/// The log of what Vigil itself did: alert revisions and lifecycle changes, one partition.
+pub const AUDIT_TOPIC: &str = "vigil.audit";
+pub const AUDIT_PARTITION: i32 = 0;
+
+/// Topic names no Kafka topic may be stored under (Vigil writes these logs itself).
+pub fn is_reserved_topic(topic: &str) -> bool {
+    topic == AUDIT_TOPIC
+}
+
+/// An appended run of records: its file, where the log now stands, and its rows as a piece.
+#[derive(Debug)]
+pub struct Written {
+    pub info: FileInfo,
+    pub span: BatchSpan,
+    pub piece: Piece,
+}
+
+impl Written {
+    /// The chain head after the run.
+    pub fn chain(&self) -> ChainHead {
+        ChainHead {
+            offset: self.span.last_offset,
+            hash: self.span.last_chain_hash,
+        }
+    }
+}
+
+/// A log this process writes: appends go straight to a durable file each.
+pub struct OwnLog {
+    store: Store,
+    topic: String,
+    partition: i32,
+    head: LogHead,
+    decoder: Decoder,
+}
+
+impl OwnLog {
+    /// Open the log where the store's files leave it.
+    pub fn open(store: &Store, topic: &str, partition: i32) -> Result<OwnLog, StoreError> {
+        let head = store.head(topic, partition)?;
+        Ok(OwnLog {
+            store: store.clone(),
+            topic: topic.to_owned(),
+            partition,
+            head,
+            decoder: Decoder::new(DecoderConfig::default(), Some(SourceFormat::Native)),
+        })
+    }
+
+    pub fn head(&self) -> &LogHead {
+        &self.head
+    }
+
+    pub fn log(&self) -> String {
+        format!("{}/{}", self.topic, self.partition)
+    }
+
+    /// Chain `values` (native events, each one record at the next offset, timestamped
+    /// `time_ms`) and write them as one durable file. Every value must decode: one that does
+    /// not is refused before anything is chained. `Ok(None)` for no values.
+    pub fn append(
+        &mut self,
+        values: &[Vec<u8>],
+        time_ms: i64,
+    ) -> Result<Option<Written>, StoreError> {
+        if values.is_empty() {
+            return Ok(None);
+        }
+        for v in values {
+            self.decoder.decode_with(v, |_| {}).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "{}: a record Vigil wrote does not decode: {e}",
+                    self.log()
+                ))
+            })?;
+        }
+        let mut batch =
+            PartitionBatch::new(&self.topic, self.partition, self.head.clone(), values.len());
+        for (offset, v) in (self.head.chain.offset + 1..).zip(values) {
+            let rec = RecordRef {
+                topic: &self.topic,
+                partition: self.partition,
+                offset,
+                timestamp_ms: Some(time_ms),
+                key: None,
+                value: Some(v),
+                headers: &[],
+            };
+            batch.append(&rec, &self.decoder, time_ms.saturating_mul(1_000_000))?;
+        }
+        let piece = batch
+            .cut()?
+            .ok_or(StoreError::Internal("own log: appended rows missing"))?;
+        let sealed = batch
+            .seal()?
+            .ok_or(StoreError::Internal("own log: appended batch missing"))?;
+        let info = self.store.write(&sealed)?;
+        self.head = LogHead {
+            chain: ChainHead {
+                offset: sealed.span.last_offset,
+                hash: sealed.span.last_chain_hash,
+            },
+            tree: sealed.span.tree.clone(),
+        };
+        Ok(Some(Written {
+            info,
+            span: sealed.span,
+            piece,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WriteOptions;
+
+    fn event(i: usize) -> Vec<u8> {
+        format!(
+            r#"{{"schema":"vigil.event/v1","id":"a{i}","time":"2026-11-22T10:00:00Z","kind":"admin_audit","decision":"allow","caller":{{"principal":"local:ana"}},"action":"alert.acknowledge","resource":"alert/x"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn appends_continue_the_chain_across_reopens_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
+        let mut log = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION).unwrap();
+        let w = log.append(&[event(0), event(1)], 1_000).unwrap().unwrap();
+        assert_eq!((w.span.first_offset, w.span.last_offset), (0, 1));
+        assert_eq!(w.piece.first_leaf_index, 0);
+        assert_eq!(w.piece.batch.num_rows(), 2);
+        assert!(log.append(&[], 1_000).unwrap().is_none());
+
+        let mut again = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION).unwrap();
+        assert_eq!(again.head(), log.head());
+        let w = again.append(&[event(2)], 2_000).unwrap().unwrap();
+        assert_eq!((w.span.first_offset, w.piece.first_leaf_index), (2, 2));
+        assert_eq!(w.span.tree.size(), 3);
+
+        let report = crate::check_chain(&store).unwrap();
+        assert!(report.ok(), "{:?}", report.problems());
+        assert_eq!(report.partitions[0].records, 3);
+        assert_eq!(report.partitions[0].topic, AUDIT_TOPIC);
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_refused_before_anything_is_chained() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
+        let mut log = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION).unwrap();
+        let err = log
+            .append(
+                &[event(0), b"{\"schema\":\"vigil.event/v1\"}".to_vec()],
+                1_000,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
+        assert_eq!(log.head().tree.size(), 0);
+        assert!(
+            store
+                .list(AUDIT_TOPIC, AUDIT_PARTITION)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+    }
+}
