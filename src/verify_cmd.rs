@@ -119,8 +119,19 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let report = audit(&data_dir, &trusted, redecode.as_ref())
+    let mut report = audit(&data_dir, &trusted, redecode.as_ref())
         .with_context(|| format!("verifying {}", data_dir.display()))?;
+    // The alert log against Vigil's own (verified) log: every revision recorded there, alike.
+    for (tampered, place, what) in vigil_detect::lifecycle::check_alert_log(&data_dir)
+        .with_context(|| format!("checking the alert log of {}", data_dir.display()))?
+    {
+        let v = if tampered {
+            Verdict::Tampered
+        } else {
+            Verdict::Incomplete
+        };
+        report.find(v, place, what);
+    }
     let secs = start.elapsed().as_secs_f64();
     let verdict = report.verdict();
     if args.json {

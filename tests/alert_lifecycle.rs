@@ -3,7 +3,7 @@
 //! thread), updated by later events without losing who acknowledged it, resolved from the CLI
 //! once serve has stopped (applied directly); each change reaches the webhook, is a revision in
 //! the alert log, and is an `admin_audit` event in Vigil's own chained log — signed, anchored,
-//! queryable — so `vigil verify` covers it and deleting it is seen.
+//! queryable — so `vigil verify` covers it, and deleting it, or the alert log, is seen.
 
 mod common;
 
@@ -246,6 +246,24 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     let (code, report) = verify(&copy);
     assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(report["verdict"], "tampered", "{report:#}");
+
+    // So is deleting the alert log (the alerts table) while Vigil's own log stands.
+    let copy = tmp.path().join("copy2");
+    copy_dir(&dir, &copy);
+    std::fs::remove_dir_all(copy.join("alerts")).unwrap();
+    let (code, report) = verify(&copy);
+    assert_eq!(code, Some(1), "{report:#}");
+    let findings = report["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["place"] == format!("alert {id} revision 1")
+                && f["what"]
+                    .as_str()
+                    .unwrap()
+                    .contains("missing from the alert log")),
+        "{report:#}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

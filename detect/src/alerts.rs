@@ -418,7 +418,7 @@ pub fn read_revisions(data_dir: &Path) -> Result<Vec<Alert>, AlertError> {
 }
 
 /// The alert log's files, in name (time) order.
-fn alert_files(dir: &Path) -> Result<Vec<PathBuf>, AlertError> {
+pub(crate) fn alert_files(dir: &Path) -> Result<Vec<PathBuf>, AlertError> {
     let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -456,11 +456,12 @@ pub fn latest(revisions: Vec<Alert>) -> Vec<Alert> {
     v
 }
 
+/// A sample alert for tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    fn alert(id: &str, rev: i64) -> Alert {
+    pub(crate) fn alert(id: &str, rev: i64) -> Alert {
         Alert {
             alert_id: id.into(),
             revision: rev,
@@ -488,6 +489,12 @@ mod tests {
             }],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::alert;
+    use super::*;
 
     #[test]
     fn revisions_round_trip_and_the_newest_wins() {

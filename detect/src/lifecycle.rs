@@ -290,6 +290,81 @@ pub fn audit_event(
     serde_json::to_vec(&ev).unwrap_or_default()
 }
 
+/// The alert revisions recorded in Vigil's own log, by (alert id, revision).
+pub fn recorded(
+    store: &vigil_store::Store,
+) -> Result<std::collections::BTreeMap<(String, i64), Alert>, vigil_store::StoreError> {
+    use arrow::array::AsArray;
+    let mut out = std::collections::BTreeMap::new();
+    let reader = vigil_store::read::LogReader::new(
+        store,
+        vigil_store::AUDIT_TOPIC,
+        vigil_store::AUDIT_PARTITION,
+        0,
+    )?;
+    for piece in reader {
+        let piece = piece?;
+        let Some(raw) = piece
+            .batch
+            .column_by_name("raw")
+            .and_then(|c| c.as_binary_opt::<i32>())
+        else {
+            return Err(vigil_store::StoreError::Internal("no raw column"));
+        };
+        for v in raw.iter().flatten() {
+            // Refused changes carry no alert.
+            #[derive(Deserialize)]
+            struct Rec {
+                alert: Option<Alert>,
+            }
+            if let Ok(Rec { alert: Some(a) }) = serde_json::from_slice::<Rec>(v) {
+                out.insert((a.alert_id.clone(), a.revision), a);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How the alert log compares with Vigil's own log: (tampered?, place, what) per difference.
+/// A revision the own log lacks is only incomplete (a crash between the two appends leaves
+/// one; the next `serve` records it); one that differs, or one recorded but missing from the
+/// alert log, was edited or deleted.
+pub fn check_alert_log(
+    data_dir: &Path,
+) -> Result<Vec<(bool, String, String)>, crate::run::DetectError> {
+    let mut findings = Vec::new();
+    let Ok(store) = vigil_store::Store::open_existing(data_dir) else {
+        return Ok(findings);
+    };
+    let mut recorded = recorded(&store)?;
+    let place = |a: &str, r: i64| format!("alert {a} revision {r}");
+    for a in crate::alerts::read_revisions(data_dir)? {
+        match recorded.remove(&(a.alert_id.clone(), a.revision)) {
+            Some(r) if r == a => {}
+            Some(_) => findings.push((
+                true,
+                place(&a.alert_id, a.revision),
+                "the alert log's revision differs from the one recorded in Vigil's own log (edited)"
+                    .into(),
+            )),
+            None => findings.push((
+                false,
+                place(&a.alert_id, a.revision),
+                "in the alert log but not recorded in Vigil's own log (a crash between the two; the next `vigil serve` records it)"
+                    .into(),
+            )),
+        }
+    }
+    for (id, rev) in recorded.keys() {
+        findings.push((
+            true,
+            place(id, *rev),
+            "recorded in Vigil's own log but missing from the alert log (deleted)".into(),
+        ));
+    }
+    Ok(findings)
+}
+
 fn time_rfc3339(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let nanos = ns.rem_euclid(1_000_000_000) as u32;

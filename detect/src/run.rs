@@ -204,6 +204,25 @@ impl Loop {
         Ok(l)
     }
 
+    /// Record the stored revisions Vigil's own log lacks (a crash between the alert log's
+    /// append and its own); recorded by detection, in stored order.
+    fn record_missing(&mut self, engine: &mut Engine, store: &Store) -> Result<(), DetectError> {
+        let recorded = crate::lifecycle::recorded(store)?;
+        let now = now_ns();
+        let missing: Vec<Vec<u8>> = read_revisions(&self.cfg.data_dir)?
+            .iter()
+            .filter(|a| !recorded.contains_key(&(a.alert_id.clone(), a.revision)))
+            .map(|a| audit_event(Some(a), None, None, now))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                revisions = missing.len(),
+                "alert revisions stored but not in Vigil's own log (a crash between the two): recorded now"
+            );
+        }
+        self.record(engine, &missing)
+    }
+
     fn sign(
         &self,
         chain: vigil_store::ChainHead,
@@ -440,6 +459,9 @@ fn run(
     metrics: Arc<DetectMetrics>,
 ) -> Result<(), DetectError> {
     let mut l = Loop::new(cfg, metrics)?;
+    if let Ok(store) = Store::open_existing(&l.cfg.data_dir) {
+        l.record_missing(&mut engine, &store)?;
+    }
     // Catch up: stored events the state has not evaluated (all of them without a state: the
     // state is rebuilt from the stored history).
     let store = Store::open_existing(&l.cfg.data_dir).ok();
@@ -688,5 +710,53 @@ suppress = "1h"
                 s("local:ana", "alert.resolve", "allow"),
             ]
         );
+    }
+
+    #[test]
+    fn the_alert_log_is_checked_against_vigils_own_log_and_a_missing_record_is_made_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = crate::alerts::test_support::alert("a1", 1);
+        // Stored, then a crash before Vigil's own log recorded it.
+        AlertLog::open(dir.path())
+            .unwrap()
+            .append(std::slice::from_ref(&a), 1)
+            .unwrap();
+        let _ = Store::open(dir.path(), WriteOptions::default()).unwrap();
+        let found = crate::lifecycle::check_alert_log(dir.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(
+            !found[0].0 && found[0].2.contains("not recorded"),
+            "{found:?}"
+        );
+
+        let (mut engine, _) = restore(&cfg(dir.path()), Vec::new()).unwrap();
+        let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
+        let store = Store::open_existing(dir.path()).unwrap();
+        l.record_missing(&mut engine, &store).unwrap();
+        l.record_missing(&mut engine, &store).unwrap();
+        assert_eq!(own_log(dir.path()).len(), 1, "recorded once");
+        assert!(
+            crate::lifecycle::check_alert_log(dir.path())
+                .unwrap()
+                .is_empty()
+        );
+
+        // Edited in the alert log: seen.
+        let files = crate::alerts::alert_files(&crate::alerts::alerts_dir(dir.path())).unwrap();
+        let mut edited = a.clone();
+        edited.event_count += 1;
+        std::fs::remove_file(&files[0]).unwrap();
+        AlertLog::open(dir.path())
+            .unwrap()
+            .append(&[edited], 2)
+            .unwrap();
+        let found = crate::lifecycle::check_alert_log(dir.path()).unwrap();
+        assert!(found[0].0 && found[0].2.contains("differs"), "{found:?}");
+        // Deleted from it: seen.
+        for f in crate::alerts::alert_files(&crate::alerts::alerts_dir(dir.path())).unwrap() {
+            std::fs::remove_file(f).unwrap();
+        }
+        let found = crate::lifecycle::check_alert_log(dir.path()).unwrap();
+        assert!(found[0].0 && found[0].2.contains("missing"), "{found:?}");
     }
 }

@@ -114,7 +114,8 @@ impl AuditReport {
         self.logs.iter().map(|l| l.rows).sum()
     }
 
-    fn find(&mut self, verdict: Verdict, place: impl Into<String>, what: impl Into<String>) {
+    /// Add a finding (checks outside this crate add theirs: the alert log's).
+    pub fn find(&mut self, verdict: Verdict, place: impl Into<String>, what: impl Into<String>) {
         self.findings.push(Finding {
             verdict,
             place: place.into(),
