@@ -83,7 +83,7 @@ echo "== vigil serve → $data_dir"
 pids+=($!)
 want=$(wc -l < "$tmp/traffic.jsonl")
 for _ in $(seq 120); do
-  have=$("$vigil" query --data-dir "$data_dir" --format csv "SELECT count(DISTINCT kafka_offset * 10 + kafka_partition) AS n FROM stored" 2>/dev/null | tail -n 1 || echo 0)
+  have=$("$vigil" query --data-dir "$data_dir" --format csv "SELECT count(DISTINCT kafka_offset * 10 + kafka_partition) AS n FROM stored WHERE kafka_topic = 'audit'" 2>/dev/null | tail -n 1 || echo 0)
   [ "${have:-0}" -ge "$want" ] 2>/dev/null && break
   sleep 0.5
 done
@@ -99,6 +99,12 @@ echo "== records that failed to decode (also copied to audit.dlq with the reason
 "$vigil" query --data-dir "$data_dir" "SELECT kafka_partition, kafka_offset, store_error FROM rejected ORDER BY 1, 2"
 echo "== alerts (the default rules; stored before they are reported)"
 "$vigil" alerts --data-dir "$data_dir"
+first=$("$vigil" alerts --data-dir "$data_dir" --json --limit 1 2>/dev/null | sed -n 's/.*"alert_id":"\([0-9a-f]*\)".*/\1/p')
+if [ -n "$first" ]; then
+  echo "== the alert lifecycle: acknowledged (who, when, why), recorded in Vigil's own chained log"
+  "$vigil" alerts ack "$first" --note "demo: looking into it" --data-dir "$data_dir" || true
+  "$vigil" query --data-dir "$data_dir" "SELECT event_time, caller_principal, action, decision, resource FROM events WHERE kafka_topic = 'vigil.audit' ORDER BY kafka_offset DESC LIMIT 3"
+fi
 echo "== vigil verify: every hash and root recomputed, every signed checkpoint checked against"
 echo "   the public keys and the anchors in the vigil.checkpoints topic (an auditor takes the"
 echo "   keys once, out of band; here they are read from the store for the demo)"
@@ -116,6 +122,7 @@ Try next:
   $vigil query --data-dir $data_dir --format json "SELECT * FROM events LIMIT 1"
   $vigil decode ../shared/data/hubble/hubble_flows.jsonl
   $vigil alerts --data-dir $data_dir --json
+  $vigil alerts resolve <alert id> --note "why" --data-dir $data_dir
   $vigil query --data-dir $data_dir "SELECT rule_id, severity, event_count, group_key FROM alerts"
   $vigil rules list
   $vigil rules backtest --data-dir $data_dir

@@ -217,11 +217,6 @@ fn change(cfg: &Config, action: Action, args: ChangeArgs) -> anyhow::Result<Exit
 fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> {
     let mut cfg = cfg.clone();
     cfg.store.data_dir = dir.to_path_buf();
-    let rules: Vec<_> = crate::rules_cmd::load(&cfg.detect)?
-        .rules
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
     let targets = cfg
         .deliver
         .targets
@@ -247,7 +242,6 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
                 .clone()
                 .map(|p| AnchorFn(Arc::new(move |o: &str, n: &[u8]| p.publish(o, n)))),
         },
-        rules,
         cmd,
     )?;
     if let Some(p) = publisher

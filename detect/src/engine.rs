@@ -312,10 +312,34 @@ impl Engine {
         &self.rules
     }
 
-    /// Alerts already stored (id → highest revision): firing one of them again updates it.
+    /// Alerts already stored (their newest revisions): firing one of them again updates it.
+    /// An open alert the store has a newer revision of (a lifecycle change applied while this
+    /// state was saved: by the CLI with no `serve` running) takes that revision; resolved, it
+    /// is closed.
     pub fn know_stored(&mut self, alerts: &[Alert]) {
         for a in alerts {
             self.book.remember(a);
+        }
+        let newer: HashMap<&str, &Alert> =
+            alerts.iter().map(|a| (a.alert_id.as_str(), a)).collect();
+        let Engine { rules, book, .. } = self;
+        for (r, rule) in rules.iter_mut().enumerate() {
+            let fields = rule.kind.group_fields().clone();
+            let stale: Vec<(Key, Alert)> = book.open[r]
+                .entries()
+                .filter_map(|e| {
+                    let s = newer.get(e.state.alert.alert_id.as_str())?;
+                    (s.revision > e.state.alert.revision).then(|| (e.key.clone(), (*s).clone()))
+                })
+                .collect();
+            for (key, s) in stale {
+                if s.status == Status::Resolved.as_str() {
+                    book.open[r].remove_by_key(&fields, &key);
+                    rule.kind.close(&key);
+                } else if let Some(o) = book.open[r].get_by_key_mut(&fields, &key) {
+                    o.alert = s;
+                }
+            }
         }
     }
 

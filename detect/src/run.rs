@@ -113,14 +113,14 @@ pub fn start(
 }
 
 /// Apply one lifecycle command now, in this process, if no other holds the detection lock
-/// (`Err(Locked)` otherwise: queue it for the holder instead, [`Queue`]).
-pub fn apply_direct(cfg: RunConfig, rules: Vec<Rule>, cmd: &Command) -> Result<Reply, DetectError> {
+/// (`Err(Locked)` otherwise: queue it for the holder instead, [`Queue`]). The change builds on
+/// the alert's newest stored revision; the detection state is not touched (the next `serve`
+/// takes the change from the alert log when it restores its state).
+pub fn apply_direct(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError> {
     let _lock = lock(&cfg)?;
-    let (mut engine, _) = restore(&cfg, rules)?;
+    let (mut engine, _) = restore(&cfg, Vec::new())?;
     let mut l = Loop::new(cfg, Arc::default())?;
-    let reply = l.apply(&mut engine, cmd)?;
-    engine.save(&state_path(&l.cfg.data_dir))?;
-    Ok(reply)
+    l.apply(&mut engine, cmd)
 }
 
 /// Take the data directory's detection lock (held while the file stays open).
@@ -146,7 +146,7 @@ fn lock(cfg: &RunConfig) -> Result<File, DetectError> {
 fn restore(cfg: &RunConfig, rules: Vec<Rule>) -> Result<(Engine, bool), DetectError> {
     let mut engine = Engine::new(rules);
     let state = state_path(&cfg.data_dir);
-    let restored = state.exists();
+    let restored = state.exists() && !engine.rules().is_empty();
     if restored {
         let fresh = engine.restore(&state)?;
         if !fresh.is_empty() {
@@ -597,7 +597,7 @@ version = 1
 title = "denials"
 severity = "high"
 kind = "threshold"
-filter = 'decision == "deny"'
+filter = 'decision == "deny" and kind == "authz"'
 group_by = ["caller_ip"]
 count = 3
 window = "1m"
@@ -638,11 +638,13 @@ suppress = "1h"
         use crate::lifecycle::Action;
         let dir = tempfile::tempdir().unwrap();
         let mut b = PartitionBatch::new("p", 0, Default::default(), 16);
-        for i in 0..3 {
-            let v = format!(
+        let denial = |i: i64| {
+            format!(
                 r#"{{"decision_id":"d{i}","result":false,"timestamp":"2026-11-22T10:00:0{i}Z","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"9.9.9.9","portValue":1}}}}}}}}}}}}"#
-            );
-            let rec = RecordRef {
+            )
+        };
+        fn rec(i: i64, v: &str) -> RecordRef<'_> {
+            RecordRef {
                 topic: "p",
                 partition: 0,
                 offset: i,
@@ -650,8 +652,11 @@ suppress = "1h"
                 key: None,
                 value: Some(v.as_bytes()),
                 headers: &[],
-            };
-            b.append(&rec, &Decoder::default(), 0).unwrap();
+            }
+        }
+        for i in 0..3 {
+            let v = denial(i);
+            b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
         }
         let piece = b.cut().unwrap().unwrap();
         let (mut engine, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
@@ -685,8 +690,8 @@ suppress = "1h"
         engine.save(&state_path(dir.path())).unwrap();
         drop(l);
 
-        // Nobody holds the lock: applied directly.
-        let reply = apply_direct(cfg(dir.path()), denial_rule(), &cmd(Action::Resolve)).unwrap();
+        // Nobody holds the lock: applied directly (the state is left as it is).
+        let reply = apply_direct(cfg(dir.path()), &cmd(Action::Resolve)).unwrap();
         let Reply::Applied { alert } = reply else {
             panic!("{reply:?}")
         };
@@ -696,9 +701,24 @@ suppress = "1h"
         assert_eq!(stored, *alert);
         // Someone holds it: refused with Locked, nothing applied.
         let held = lock(&cfg(dir.path())).unwrap();
-        let err = apply_direct(cfg(dir.path()), denial_rule(), &cmd(Action::Resolve)).unwrap_err();
+        let err = apply_direct(cfg(dir.path()), &cmd(Action::Resolve)).unwrap_err();
         assert!(matches!(err, DetectError::Locked(_)), "{err}");
         drop(held);
+
+        // The next start takes the resolution from the alert log: the open alert is closed,
+        // and the group's next denials are a new alert.
+        let (mut engine, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
+        for i in 3..6 {
+            let v = denial(i);
+            b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
+        }
+        engine
+            .observe(&b.cut().unwrap().unwrap(), now_ns())
+            .unwrap();
+        let next = engine.take_pending();
+        assert_eq!(next.len(), 1, "{next:#?}");
+        assert_ne!(next[0].alert_id, id);
+        assert_eq!((next[0].revision, next[0].status.as_str()), (1, "open"));
 
         let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
         assert_eq!(
