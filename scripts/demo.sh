@@ -102,7 +102,7 @@ echo "== alerts (the default rules; stored before they are reported)"
 first=$("$vigil" alerts --data-dir "$data_dir" --json --limit 1 2>/dev/null | sed -n 's/.*"alert_id":"\([0-9a-f]*\)".*/\1/p')
 if [ -n "$first" ]; then
   echo "== the alert lifecycle: acknowledged (who, when, why), recorded in Vigil's own chained log"
-  "$vigil" alerts ack "$first" --note "demo: looking into it" --data-dir "$data_dir" || true
+  "$vigil" alerts ack "$first" --note "demo: looking into it" --data-dir "$data_dir" --brokers "$brokers" || true
   "$vigil" query --data-dir "$data_dir" "SELECT event_time, caller_principal, action, decision, resource FROM events WHERE kafka_topic = 'vigil.audit' ORDER BY kafka_offset DESC LIMIT 3"
 fi
 echo "== vigil verify: every hash and root recomputed, every signed checkpoint checked against"

@@ -43,6 +43,10 @@ struct ChangeArgs {
     /// Store directory (overrides `store.data_dir`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Kafka brokers to anchor the change's checkpoint in, when applied here (overrides
+    /// `kafka.brokers`).
+    #[arg(long)]
+    brokers: Option<String>,
     /// Seconds to wait for a running `vigil serve` to take the change (it is withdrawn if not).
     #[arg(long, default_value_t = 10)]
     wait_secs: u64,
@@ -176,7 +180,11 @@ fn change(cfg: &Config, action: Action, args: ChangeArgs) -> anyhow::Result<Exit
         at_ns: vigil_detect::engine::now_ns(),
     };
     cmd.check().map_err(anyhow::Error::msg)?;
-    let reply = match apply_here(cfg, &dir, &cmd) {
+    let mut cfg = cfg.clone();
+    if let Some(b) = args.brokers {
+        cfg.kafka.brokers = b;
+    }
+    let reply = match apply_here(&cfg, &dir, &cmd) {
         Ok(r) => r,
         Err(e)
             if e.downcast_ref::<DetectError>()
@@ -229,8 +237,9 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
         .transpose()?;
     let icfg = crate::serve_cmd::ingest_config(&cfg)?;
     let anchor_metrics = Arc::new(vigil_ingest::IngestMetrics::default());
+    // Quiet: one warning below says whether the anchor got out, not librdkafka's retries.
     let publisher =
-        vigil_ingest::AnchorPublisher::new(&icfg, anchor_metrics.clone())?.map(Arc::new);
+        vigil_ingest::AnchorPublisher::new(&icfg, anchor_metrics.clone(), true)?.map(Arc::new);
     let reply = vigil_detect::run::apply_direct(
         RunConfig {
             data_dir: dir.to_path_buf(),

@@ -87,7 +87,8 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(IngestMetrics::default());
     let dmetrics = Arc::new(DetectMetrics::default());
     // Vigil's own log (written by detection) is anchored like the partitions' logs.
-    let own_anchor = vigil_ingest::AnchorPublisher::new(&icfg, metrics.clone())?.map(Arc::new);
+    let own_anchor =
+        vigil_ingest::AnchorPublisher::new(&icfg, metrics.clone(), false)?.map(Arc::new);
     let mut outbox = None;
     let (detect_tx, detect) = if cfg.detect.enabled {
         let loaded = crate::rules_cmd::load(&cfg.detect)?;
@@ -241,6 +242,8 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         alert_revisions = dmetrics.alert_revisions.load(Ordering::Relaxed),
         late = dmetrics.late.load(Ordering::Relaxed),
         evicted = dmetrics.evicted.load(Ordering::Relaxed),
+        lifecycle_applied = dmetrics.commands_applied.load(Ordering::Relaxed),
+        lifecycle_refused = dmetrics.commands_refused.load(Ordering::Relaxed),
         "detection stopped"
     );
     tracing::info!(

@@ -659,15 +659,17 @@ pub struct AnchorPublisher {
 }
 
 impl AnchorPublisher {
-    /// `None` when checkpoints are not anchored in Kafka (`checkpoint_topic` unset).
+    /// `None` when checkpoints are not anchored in Kafka (`checkpoint_topic` unset). `quiet`:
+    /// librdkafka's own logs are dropped (the caller reports the outcome of [`Self::flush`]).
     pub fn new(
         cfg: &IngestConfig,
         metrics: Arc<IngestMetrics>,
+        quiet: bool,
     ) -> Result<Option<AnchorPublisher>, IngestError> {
         let Some(topic) = &cfg.checkpoint_topic else {
             return Ok(None);
         };
-        let producer = pipeline::side_producer(client_config(cfg), &metrics)?;
+        let producer = pipeline::side_producer(client_config(cfg), &metrics, quiet)?;
         Ok(Some(AnchorPublisher {
             anchor: pipeline::Anchor {
                 producer,
@@ -741,7 +743,11 @@ pub fn run(
         return Err(IngestError::Config("batch limits must be positive".into()));
     }
     let side = if cfg.dlq_suffix.is_some() || cfg.checkpoint_topic.is_some() {
-        Some(pipeline::side_producer(client_config(&cfg), &metrics)?)
+        Some(pipeline::side_producer(
+            client_config(&cfg),
+            &metrics,
+            false,
+        )?)
     } else {
         None
     };

@@ -379,9 +379,32 @@ const SIDE_ANCHOR: usize = 1;
 
 pub(crate) struct SideContext {
     pub metrics: Arc<IngestMetrics>,
+    /// librdkafka's own logs and errors are not logged (a one-shot caller reports the outcome).
+    pub quiet: bool,
 }
 
-impl ClientContext for SideContext {}
+impl ClientContext for SideContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        if self.quiet {
+            return;
+        }
+        match level {
+            Emerg | Alert | Critical | Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            Notice | Info => tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !self.quiet {
+            tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        }
+    }
+}
 
 impl ProducerContext for SideContext {
     type DeliveryOpaque = usize;
@@ -396,7 +419,9 @@ impl ProducerContext for SideContext {
                 m.dlq_failed.fetch_add(1, Ordering::Relaxed)
             }
             (Err((e, msg)), _) => {
-                tracing::error!(error = %e, topic = msg.topic(), "checkpoint anchor delivery failed (the checkpoint is in the store)");
+                if !self.quiet {
+                    tracing::error!(error = %e, topic = msg.topic(), "checkpoint anchor delivery failed (the checkpoint is in the store)");
+                }
                 m.anchors_failed.fetch_add(1, Ordering::Relaxed)
             }
         };
@@ -423,10 +448,12 @@ pub(crate) struct Anchor {
 pub(crate) fn side_producer(
     mut config: ClientConfig,
     metrics: &Arc<IngestMetrics>,
+    quiet: bool,
 ) -> Result<SideProducer, IngestError> {
     config.set("linger.ms", "5");
     let p: ThreadedProducer<SideContext> = config.create_with_context(SideContext {
         metrics: metrics.clone(),
+        quiet,
     })?;
     Ok(Arc::new(p))
 }
