@@ -13,8 +13,9 @@ set -euo pipefail
 TANSU_VERSION="0.6.0"
 TANSU_FEATURES="dynostore,libsql"
 tools="${VIGIL_TOOLS_DIR:-$HOME/.cache/vigil}"
-# Build dependencies of librdkafka (bundled by rdkafka-sys) with TLS and SASL/GSSAPI support.
-apt_packages=(pkg-config libssl-dev libsasl2-dev)
+# Build dependencies of librdkafka (bundled by rdkafka-sys) with TLS and SASL/GSSAPI support;
+# openssl (the tool) makes the RSA keys of the API tests.
+apt_packages=(pkg-config libssl-dev libsasl2-dev openssl)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 

@@ -184,19 +184,7 @@ fn change(cfg: &Config, action: Action, args: ChangeArgs) -> anyhow::Result<Exit
     if let Some(b) = args.brokers {
         cfg.kafka.brokers = b;
     }
-    let reply = match apply_here(&cfg, &dir, &cmd) {
-        Ok(r) => r,
-        Err(e)
-            if e.downcast_ref::<DetectError>()
-                .is_some_and(|d| matches!(d, DetectError::Locked(_))) =>
-        {
-            // A `vigil serve` runs detection here: it alone writes alert revisions.
-            let q = Queue::new(&dir);
-            let ticket = q.submit(&cmd)?;
-            q.wait(&ticket, Duration::from_secs(args.wait_secs.max(1)))?
-        }
-        Err(e) => return Err(e),
-    };
+    let reply = apply_or_queue(&cfg, &dir, &cmd, Duration::from_secs(args.wait_secs.max(1)))?;
     match reply {
         Reply::Applied { alert } => {
             if args.json {
@@ -217,6 +205,29 @@ fn change(cfg: &Config, action: Action, args: ChangeArgs) -> anyhow::Result<Exit
             eprintln!("refused: {reason}");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// Apply a change here when no process holds the detection lock; otherwise queue it for the
+/// one that does (it alone writes alert revisions: a `vigil serve`) and wait up to `wait` for
+/// its answer.
+pub fn apply_or_queue(
+    cfg: &Config,
+    dir: &Path,
+    cmd: &Command,
+    wait: Duration,
+) -> anyhow::Result<Reply> {
+    match apply_here(cfg, dir, cmd) {
+        Ok(r) => Ok(r),
+        Err(e)
+            if e.downcast_ref::<DetectError>()
+                .is_some_and(|d| matches!(d, DetectError::Locked(_))) =>
+        {
+            let q = Queue::new(dir);
+            let ticket = q.submit(cmd)?;
+            Ok(q.wait(&ticket, wait)?)
+        }
+        Err(e) => Err(e),
     }
 }
 

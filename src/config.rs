@@ -21,6 +21,66 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub detect: DetectConfig,
     pub deliver: DeliverConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the analyst HTTP API from `vigil serve`.
+    pub enabled: bool,
+    /// Address to listen on (flag `--listen`). Loopback by default.
+    pub listen: String,
+    /// Rows one query may return at most; more is a 422.
+    pub max_rows: usize,
+    /// A query running longer is stopped (408).
+    pub query_timeout_ms: u64,
+    /// Memory one query may use (DataFusion's memory pool); more is a 422.
+    pub query_memory_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// JWTs: the issuer and audience every token must name. Both empty: no JWTs.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// The environment variable holding the HS256 secret (at least 32 bytes). Empty: none.
+    pub jwt_hs256_secret_env: String,
+    /// A JWKS file with the RS256/ES256 public keys (each with a `kid`). Empty: none.
+    pub jwt_jwks_file: std::path::PathBuf,
+    /// The claim listing a token's roles.
+    pub jwt_roles_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub jwt_leeway_s: u64,
+    /// API keys: `[[api.keys]]` with `name`, `sha256` (hex of the key's SHA-256; `vigil
+    /// api-key` makes one) and `roles`.
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    pub sha256: String,
+    pub roles: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            max_rows: 100_000,
+            query_timeout_ms: 30_000,
+            query_memory_bytes: 512 << 20,
+            max_body_bytes: 1 << 20,
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            jwt_hs256_secret_env: String::new(),
+            jwt_jwks_file: Default::default(),
+            jwt_roles_claim: "roles".into(),
+            jwt_leeway_s: 30,
+            keys: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

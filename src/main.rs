@@ -2,6 +2,7 @@
 //! hands off to the stage crates; it owns no pipeline logic of its own.
 
 mod alerts_cmd;
+mod api_serve;
 mod compact_cmd;
 mod config;
 mod decode_cmd;
@@ -62,8 +63,11 @@ enum Command {
     /// Detection rules: list them, run the tests rule files carry, backtest them on stored
     /// events.
     Rules(rules_cmd::RulesArgs),
-    /// List stored alerts (the newest revision of each), newest first.
+    /// List stored alerts (the newest revision of each), newest first; `ack|resolve|suppress ID`
+    /// changes one.
     Alerts(alerts_cmd::AlertsArgs),
+    /// Make an API key for the analyst API (printed once) and its configuration entry.
+    ApiKey(api_serve::ApiKeyArgs),
     /// Show or rotate the checkpoint signing keys.
     Keys(keys_cmd::KeysArgs),
     /// Write a proof bundle: one event's inclusion in its signed log (`--event ID`, or `--log
@@ -115,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(args) => keys_cmd::run(&cfg, args),
         Command::Rules(args) => rules_cmd::run(&cfg, args),
         Command::Alerts(args) => alerts_cmd::run(&cfg, args),
+        Command::ApiKey(args) => api_serve::api_key(args),
         Command::Compact(args) => compact_cmd::run(&cfg, args),
         Command::VerifyProof(args) => proof_cmd::run_verify_proof(args),
         Command::Schema { json } => {

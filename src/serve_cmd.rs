@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// `webhook` named `webhook`); the HMAC key comes from `VIGIL_WEBHOOK_SECRET`.
     #[arg(long)]
     webhook: Option<String>,
+    /// The analyst API's address (overrides `api.listen`).
+    #[arg(long)]
+    listen: Option<String>,
     /// Seconds between progress lines in the log (0: none).
     #[arg(long, default_value_t = 5)]
     progress_secs: u64,
@@ -49,6 +52,9 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(g) = args.group_id {
         cfg.kafka.group_id = g;
+    }
+    if let Some(l) = args.listen {
+        cfg.api.listen = l;
     }
     anyhow::ensure!(
         !cfg.kafka.topics.is_empty(),
@@ -153,6 +159,21 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
+    // The analyst API: ready once partitions are assigned.
+    let ready = Arc::new(AtomicBool::new(false));
+    let api = if cfg.api.enabled {
+        let text = metrics_text(metrics.clone(), dmetrics.clone(), delivery_metrics.clone());
+        Some(crate::api_serve::start(
+            cfg,
+            checkpoints.clone(),
+            own_anchor.clone(),
+            ready.clone(),
+            text,
+        )?)
+    } else {
+        None
+    };
+
     let shutdown = Arc::new(AtomicBool::new(false));
     let ingest = {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
@@ -178,6 +199,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => { tracing::info!("SIGTERM: flushing and committing"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: flushing and committing"); break; }
                 _ = tick.tick() => {
+                    ready.store(metrics.partitions_assigned.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
                     if ingest.is_finished() { break; }
                     if detect.as_ref().is_some_and(|d| d.is_finished()) {
                         tracing::error!("detection stopped: stopping");
@@ -205,6 +227,8 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
+    ready.store(false, Ordering::Relaxed);
+    let api_stopped = api.map(crate::api_serve::Api::stop).transpose();
     shutdown.store(true, Ordering::Relaxed);
     let result = ingest
         .join()
@@ -263,6 +287,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     result.context("ingest failed")?;
     detected.context("detection failed")?;
+    api_stopped.context("API failed")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -319,4 +344,115 @@ pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
         keys,
         nonempty(&cfg.checkpoint.mirror_dir),
     )))
+}
+
+/// The process's counters in Prometheus text format.
+fn metrics_text(
+    ingest: Arc<IngestMetrics>,
+    detect: Arc<DetectMetrics>,
+    deliver: Arc<vigil_detect::deliver::DeliverMetrics>,
+) -> Arc<dyn Fn() -> String + Send + Sync> {
+    Arc::new(move || {
+        use std::fmt::Write;
+        let m = ingest.snapshot();
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut put = |name: &str, help: &str, kind: &str, series: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in series {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        put(
+            "vigil_records_total",
+            "Kafka records by outcome.",
+            "counter",
+            &[
+                ("{outcome=\"decoded\"}", m.records_decoded),
+                ("{outcome=\"rejected\"}", m.records_rejected),
+                ("{outcome=\"already_stored\"}", m.records_already_stored),
+                ("{outcome=\"not_assigned\"}", m.records_not_assigned),
+                ("{outcome=\"refetched\"}", m.records_refetched),
+            ],
+        );
+        put(
+            "vigil_rows_stored_total",
+            "Rows written to the store.",
+            "counter",
+            &[("", m.rows_stored)],
+        );
+        put(
+            "vigil_files_written_total",
+            "Store files written.",
+            "counter",
+            &[("", m.files_written)],
+        );
+        put(
+            "vigil_bytes_written_total",
+            "Store bytes written.",
+            "counter",
+            &[("", m.bytes_written)],
+        );
+        put(
+            "vigil_partitions_assigned",
+            "Partitions this process consumes.",
+            "gauge",
+            &[("", l(&ingest.partitions_assigned))],
+        );
+        put(
+            "vigil_checkpoints_signed_total",
+            "Signed checkpoints.",
+            "counter",
+            &[("", m.checkpoints_signed)],
+        );
+        put(
+            "vigil_anchors_failed_total",
+            "Checkpoint anchors not delivered.",
+            "counter",
+            &[("", m.anchors_failed)],
+        );
+        put(
+            "vigil_detect_events_total",
+            "Events evaluated by detection.",
+            "counter",
+            &[("", l(&detect.rows))],
+        );
+        put(
+            "vigil_detect_late_total",
+            "Events too late to evaluate.",
+            "counter",
+            &[("", l(&detect.late))],
+        );
+        put(
+            "vigil_alerts_fired_total",
+            "Alerts raised.",
+            "counter",
+            &[("", l(&detect.alerts_fired))],
+        );
+        put(
+            "vigil_alert_revisions_total",
+            "Alert revisions stored.",
+            "counter",
+            &[("", l(&detect.alert_revisions))],
+        );
+        put(
+            "vigil_deliveries_total",
+            "Alert deliveries acknowledged by their targets.",
+            "counter",
+            &[("", l(&deliver.delivered))],
+        );
+        put(
+            "vigil_delivery_failures_total",
+            "Failed delivery attempts.",
+            "counter",
+            &[("", l(&deliver.failed_attempts))],
+        );
+        put(
+            "vigil_undeliverable_total",
+            "Alerts given up on.",
+            "counter",
+            &[("", l(&deliver.undeliverable))],
+        );
+        out
+    })
 }

@@ -23,6 +23,10 @@ use crate::threshold::{Threshold, ThresholdSpec};
 /// The default pack, compiled into the binary (`detect/rules/*.toml`).
 pub const DEFAULT_PACK: &[(&str, &str)] = &[
     (
+        "api_denied_burst.toml",
+        include_str!("../rules/api_denied_burst.toml"),
+    ),
+    (
         "denial_burst_caller.toml",
         include_str!("../rules/denial_burst_caller.toml"),
     ),

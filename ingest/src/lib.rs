@@ -341,6 +341,9 @@ impl Core {
         }
         self.pending = self.parts.iter().filter(|p| p.pending.is_some()).count();
         consumer.assign(&resume)?;
+        self.metrics
+            .partitions_assigned
+            .store(self.parts.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -359,6 +362,9 @@ impl Core {
             }
         }
         self.pending = self.parts.iter().filter(|p| p.pending.is_some()).count();
+        self.metrics
+            .partitions_assigned
+            .store(self.parts.len() as u64, Ordering::Relaxed);
         // Leave no pause behind for whoever is assigned these partitions next.
         if paused.count() > 0
             && let Err(e) = consumer.resume(&paused)

@@ -35,6 +35,8 @@ pub struct IngestMetrics {
     pub anchors_sent: AtomicU64,
     pub anchors_delivered: AtomicU64,
     pub anchors_failed: AtomicU64,
+    /// Partitions this process holds now (a gauge; not in the snapshot).
+    pub partitions_assigned: AtomicU64,
 }
 
 /// A point-in-time copy of [`IngestMetrics`].

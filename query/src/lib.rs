@@ -5,8 +5,14 @@
 //! hashes), `events` (the decoded events: `stored` without rejected rows) and `rejected`
 //! (records that failed to decode, with `store_error`), `alerts` (the newest revision of every
 //! stored alert) and `alert_revisions` (all of them).
-//! **Not for:** writing data. The analyst HTTP API and its sandbox (timeouts, row and memory
-//! caps, read-only enforcement) come with the API.
+//! The analyst HTTP API ([`api`]): authenticated and role-checked routes over the same tables,
+//! SQL in a sandbox (read-only, time, row and memory caps), alerts and their lifecycle, every
+//! call handed to an audit sink.
+//! **Not for:** writing data (lifecycle changes and the audit records go through callbacks the
+//! binary provides), deciding who is who (the identity provider signs tokens; keys come from
+//! the configuration).
+
+pub mod api;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,11 +35,27 @@ pub enum QueryError {
 
 /// A session with the store's tables registered.
 pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
+    session_with(data_dir, None).await
+}
+
+/// [`session`], its memory bounded to `memory_limit_bytes` when given (queries over it fail
+/// with "Resources exhausted" past it).
+pub async fn session_with(
+    data_dir: &Path,
+    memory_limit_bytes: Option<usize>,
+) -> Result<SessionContext, QueryError> {
     let events_dir = data_dir.join("events");
     if !events_dir.is_dir() {
         return Err(QueryError::NoStore(data_dir.display().to_string()));
     }
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    let mut rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+    if let Some(limit) = memory_limit_bytes {
+        rt = rt.with_memory_limit(limit, 1.0);
+    }
+    let ctx = SessionContext::new_with_config_rt(
+        SessionConfig::new().with_information_schema(true),
+        rt.build_arc()?,
+    );
     let abs = events_dir
         .canonicalize()
         .map_err(|e| DataFusionError::External(Box::new(e)))?;

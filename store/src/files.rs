@@ -169,6 +169,11 @@ impl Store {
     }
 
     /// Where all event files live (what SQL reads).
+    /// The data directory the store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.root
+    }
+
     pub fn events_dir(&self) -> PathBuf {
         self.root.join("events")
     }

@@ -18,9 +18,37 @@ use crate::{BatchSpan, ChainHead};
 pub const AUDIT_TOPIC: &str = "vigil.audit";
 pub const AUDIT_PARTITION: i32 = 0;
 
+/// The log of calls to Vigil's HTTP API: one partition per `serve` process ([`claim`]).
+pub const API_TOPIC: &str = "vigil.api";
+
 /// Topic names no Kafka topic may be stored under (Vigil writes these logs itself).
 pub fn is_reserved_topic(topic: &str) -> bool {
-    topic == AUDIT_TOPIC
+    topic == AUDIT_TOPIC || topic == API_TOPIC
+}
+
+/// Most partitions of a claimed log (processes writing it at once).
+pub const MAX_CLAIMED_PARTITIONS: i32 = 64;
+
+/// Open the first partition of `topic` no other process writes: a lock file per partition
+/// (`DIR/own/<topic>-<partition>.lock`), held while the returned file stays open.
+pub fn claim(store: &Store, topic: &str) -> Result<(OwnLog, std::fs::File), StoreError> {
+    let dir = store.data_dir().join("own");
+    crate::files::create_dirs_durably(&dir)?;
+    for p in 0..MAX_CLAIMED_PARTITIONS {
+        let path = dir.join(format!("{topic}-{p}.lock"));
+        let f = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(&path))?;
+        if f.try_lock().is_ok() {
+            return Ok((OwnLog::open(store, topic, p)?, f));
+        }
+    }
+    Err(StoreError::Invalid(format!(
+        "{topic}: all {MAX_CLAIMED_PARTITIONS} partitions are held by other processes"
+    )))
 }
 
 /// An appended run of records: its file, where the log now stands, and its rows as a piece.
@@ -65,6 +93,10 @@ impl OwnLog {
 
     pub fn head(&self) -> &LogHead {
         &self.head
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
     }
 
     pub fn log(&self) -> String {
@@ -159,6 +191,21 @@ mod tests {
         assert!(report.ok(), "{:?}", report.problems());
         assert_eq!(report.partitions[0].records, 3);
         assert_eq!(report.partitions[0].topic, AUDIT_TOPIC);
+    }
+
+    #[test]
+    fn claims_take_the_first_free_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
+        let (a, _la) = claim(&store, API_TOPIC).unwrap();
+        let (b, lb) = claim(&store, API_TOPIC).unwrap();
+        assert_eq!(
+            (a.log(), b.log()),
+            ("vigil.api/0".into(), "vigil.api/1".into())
+        );
+        drop(lb);
+        let (c, _lc) = claim(&store, API_TOPIC).unwrap();
+        assert_eq!(c.log(), "vigil.api/1");
     }
 
     #[test]

@@ -222,6 +222,8 @@ pub fn produce(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, recs: 
 pub struct Serve {
     pub child: Child,
     pub log: PathBuf,
+    /// The analyst API's address (a free loopback port unless `--listen` was given).
+    pub api: String,
 }
 
 pub fn serve(
@@ -270,12 +272,21 @@ pub fn serve_with(
     .stdout(f.try_clone().unwrap())
     .stderr(f)
     .stdin(Stdio::null());
+    let api = match extra_args.iter().position(|a| *a == "--listen") {
+        Some(i) => extra_args[i + 1].to_owned(),
+        None => {
+            let a = format!("127.0.0.1:{}", free_port());
+            cmd.args(["--listen", &a]);
+            a
+        }
+    };
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
     Serve {
         child: cmd.spawn().expect("start vigil serve"),
         log,
+        api,
     }
 }
 

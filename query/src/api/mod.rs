@@ -1,0 +1,486 @@
+//! The analyst HTTP API (axum): thin handlers over explicit state.
+//!
+//! Every route but `/healthz` and `/readyz` needs a caller ([`auth`]) with one of the route's
+//! roles: none is 401, the wrong ones 403. Every call but the health probes is handed to the
+//! audit sink — who, route, SQL, rows, time taken, allowed or denied, and why — before its
+//! response goes out; the sink is bounded, so a stalled audit log slows the API rather than
+//! losing records.
+
+pub mod auth;
+pub mod sql;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use vigil_detect::alerts::Alert;
+use vigil_detect::lifecycle::{Action, Command, Reply};
+
+use auth::{Auth, AuthError, Principal, Role};
+
+/// Settings of the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub data_dir: PathBuf,
+    pub limits: sql::Limits,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Applies a lifecycle change (queued for, or applied by, whoever holds the detection lock).
+pub type LifecycleFn = dyn Fn(Command) -> Result<Reply, String> + Send + Sync;
+
+/// One API call, as the audit log records it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ApiCall {
+    pub time_ns: i64,
+    /// The authenticated caller (`None`: not authenticated).
+    pub principal: Option<String>,
+    pub peer: Option<SocketAddr>,
+    pub method: String,
+    /// The request path (at most 256 bytes).
+    pub path: String,
+    pub status: u16,
+    /// Whether authentication and the role check let it through.
+    pub allowed: bool,
+    /// Why it was denied, or what failed.
+    pub reason: Option<String>,
+    pub sql: Option<String>,
+    pub rows: Option<u64>,
+    pub duration_ms: f64,
+}
+
+/// An API call for the audit log, and where to say it is recorded (durably: `true`).
+#[derive(Debug)]
+pub struct Audited {
+    pub call: ApiCall,
+    pub done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// The native `admin_audit` event recording an API call (`seq` makes its id unique in this
+/// process).
+pub fn audit_event(c: &ApiCall, seq: u64) -> Vec<u8> {
+    let t = chrono::DateTime::from_timestamp_nanos(c.time_ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let mut caller = serde_json::Map::new();
+    if let Some(p) = &c.principal {
+        caller.insert("principal".into(), p.clone().into());
+    }
+    if let Some(peer) = c.peer {
+        caller.insert("ip".into(), peer.ip().to_string().into());
+        caller.insert("port".into(), peer.port().into());
+    }
+    let mut ev = serde_json::json!({
+        "schema": vigil_schemas::NATIVE_SCHEMA_V1,
+        "id": format!("api-{}-{}-{seq}", c.time_ns, std::process::id()),
+        "time": t,
+        "kind": "admin_audit",
+        "decision": if c.allowed { "allow" } else { "deny" },
+        "caller": caller,
+        "callee": {"service": API_SERVICE},
+        "action": format!("{} {}", c.method, c.path),
+        "resource": c.path,
+        "status_code": c.status,
+        "api": {"sql": c.sql, "rows": c.rows, "duration_ms": c.duration_ms},
+    });
+    if let Some(r) = &c.reason {
+        ev["reason"] = r.chars().take(1024).collect::<String>().into();
+    }
+    serde_json::to_vec(&ev).unwrap_or_default()
+}
+
+/// The callee service of the API's audit events (rules match on it).
+pub const API_SERVICE: &str = "vigil-api";
+
+/// The API's state.
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<ApiConfig>,
+    pub auth: Arc<Auth>,
+    /// `None`: alert lifecycle changes are not available in this process.
+    pub lifecycle: Option<Arc<LifecycleFn>>,
+    /// Where calls are recorded; a call's response waits until its record is durable.
+    pub audit: tokio::sync::mpsc::Sender<Audited>,
+    /// Ready: consuming (set by the binary).
+    pub ready: Arc<AtomicBool>,
+    /// Prometheus text of the process's metrics.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+/// What authentication found, for the role check.
+#[derive(Clone)]
+struct Authn(Result<Principal, AuthError>);
+
+/// What a handler adds to the audit record.
+#[derive(Clone, Default)]
+struct Detail {
+    sql: Option<String>,
+    rows: Option<u64>,
+    reason: Option<String>,
+}
+
+/// A refusal by authentication or the role check.
+#[derive(Clone)]
+struct Denied(String);
+
+const READ: &[Role] = &[Role::Reader, Role::Analyst, Role::Admin];
+const CHANGE: &[Role] = &[Role::Analyst, Role::Admin];
+
+/// The router: every route with its roles, behind authentication and audit.
+pub fn router(state: AppState) -> Router {
+    let limit = state.cfg.max_body_bytes;
+    let guarded = |r: axum::routing::MethodRouter<AppState>, roles: &'static [Role]| {
+        r.route_layer(middleware::from_fn_with_state(roles, require))
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/query", guarded(post(query), READ))
+        .route("/v1/alerts", guarded(get(alerts), READ))
+        .route("/v1/alerts/{id}/{action}", guarded(post(change), CHANGE))
+        .route("/v1/keys", guarded(get(keys), READ))
+        .route("/v1/checkpoints/latest", guarded(get(checkpoints), READ))
+        .route("/metrics", guarded(get(metrics), READ))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), audited))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": message.to_string() })),
+    )
+        .into_response()
+}
+
+fn now_ns() -> i64 {
+    vigil_detect::engine::now_ns()
+}
+
+/// Authenticate, run the route, and record the call.
+async fn audited(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let path: String = req.uri().path().chars().take(256).collect();
+    let probe = path == "/healthz" || path == "/readyz";
+    let method = req.method().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let now_s = u64::try_from(now_ns() / 1_000_000_000).unwrap_or(0);
+    let who = s.auth.authenticate(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+        now_s,
+    );
+    let principal = who.as_ref().ok().map(|p| p.id.clone());
+    req.extensions_mut().insert(Authn(who));
+    let resp = next.run(req).await;
+    if probe {
+        return resp;
+    }
+    let denied = resp.extensions().get::<Denied>().map(|d| d.0.clone());
+    let detail = resp
+        .extensions()
+        .get::<Detail>()
+        .cloned()
+        .unwrap_or_default();
+    let status = resp.status().as_u16();
+    let call = ApiCall {
+        time_ns: now_ns(),
+        // A refused credential names no one.
+        principal: if denied.is_some() && status == 401 {
+            None
+        } else {
+            principal
+        },
+        peer,
+        method,
+        path,
+        status,
+        allowed: denied.is_none(),
+        reason: denied.or(detail.reason),
+        sql: detail.sql,
+        rows: detail.rows,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    let (done, recorded) = tokio::sync::oneshot::channel();
+    let sent = s.audit.send(Audited { call, done }).await.is_ok();
+    if !sent || !recorded.await.unwrap_or(false) {
+        tracing::error!("the API audit log did not record a call: refusing its response");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable");
+    }
+    resp
+}
+
+/// The role check of one route.
+async fn require(State(roles): State<&'static [Role]>, mut req: Request, next: Next) -> Response {
+    let who = req.extensions().get::<Authn>().map(|a| a.0.clone());
+    let p = match who {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            let mut r = error(StatusCode::UNAUTHORIZED, &e);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"vigil\""),
+            );
+            r.extensions_mut().insert(Denied(e.to_string()));
+            return r;
+        }
+        None => return error(StatusCode::INTERNAL_SERVER_ERROR, "no authentication ran"),
+    };
+    if !p.roles.iter().any(|r| roles.contains(r)) {
+        let want: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        let why = format!(
+            "{} lacks the role for this route (one of: {})",
+            p.id,
+            want.join(", ")
+        );
+        let mut r = error(StatusCode::FORBIDDEN, &why);
+        r.extensions_mut().insert(Denied(why));
+        return r;
+    }
+    req.extensions_mut().insert(p);
+    next.run(req).await
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not consuming yet\n").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct QueryBody {
+    sql: String,
+    #[serde(default)]
+    format: Option<sql::Format>,
+}
+
+fn with_detail(mut r: Response, d: Detail) -> Response {
+    r.extensions_mut().insert(d);
+    r
+}
+
+async fn query(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let q: QueryBody = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "body: {e} (expected {{\"sql\": \"…\", \"format\": \"json|ndjson|csv|arrow\"}})"
+                ),
+            );
+        }
+    };
+    let format = q
+        .format
+        .or_else(|| {
+            headers
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .and_then(sql::Format::from_accept)
+        })
+        .unwrap_or(sql::Format::Json);
+    let mut d = Detail {
+        sql: Some(q.sql.chars().take(4096).collect()),
+        ..Default::default()
+    };
+    match sql::run(&s.cfg.data_dir, &q.sql, s.cfg.limits).await {
+        Ok(out) => {
+            d.rows = Some(out.rows as u64);
+            let body = Body::from_stream(sql::encode(out, format));
+            let r = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+            with_detail(r, d)
+        }
+        Err(e) => {
+            d.reason = Some(e.to_string());
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            with_detail(error(status, &e), d)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AlertFilter {
+    status: Option<String>,
+    rule: Option<String>,
+    severity: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// Most alerts one page holds.
+const MAX_PAGE: usize = 1000;
+
+async fn alerts(State(s): State<AppState>, Query(f): Query<AlertFilter>) -> Response {
+    let dir = s.cfg.data_dir.clone();
+    let all = tokio::task::spawn_blocking(move || vigil_detect::alerts::read_revisions(&dir)).await;
+    let all = match all {
+        Ok(Ok(a)) => vigil_detect::alerts::latest(a),
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let limit = f.limit.unwrap_or(100).min(MAX_PAGE);
+    let matching: Vec<&Alert> = all
+        .iter()
+        .filter(|a| f.status.as_ref().is_none_or(|x| &a.status == x))
+        .filter(|a| f.rule.as_ref().is_none_or(|x| &a.rule_id == x))
+        .filter(|a| f.severity.as_ref().is_none_or(|x| &a.severity == x))
+        .collect();
+    let page: Vec<&Alert> = matching
+        .iter()
+        .skip(f.offset)
+        .take(limit)
+        .copied()
+        .collect();
+    let next = (f.offset + page.len() < matching.len()).then_some(f.offset + page.len());
+    let d = Detail {
+        rows: Some(page.len() as u64),
+        ..Default::default()
+    };
+    with_detail(
+        Json(serde_json::json!({ "alerts": page, "total": matching.len(), "next_offset": next }))
+            .into_response(),
+        d,
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct ChangeBody {
+    note: Option<String>,
+}
+
+async fn change(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path((id, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let action = match action.as_str() {
+        "ack" | "acknowledge" => Action::Acknowledge,
+        "resolve" => Action::Resolve,
+        "suppress" => Action::Suppress,
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no such action (ack, resolve, suppress)",
+            );
+        }
+    };
+    let b: ChangeBody = if body.is_empty() {
+        ChangeBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body: {e} (expected {{\"note\": \"…\"}})"),
+                );
+            }
+        }
+    };
+    let Some(apply) = s.lifecycle.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alert changes are not available in this process",
+        );
+    };
+    let cmd = Command {
+        alert_id: id,
+        action,
+        by: p.id.clone(),
+        note: b.note,
+        at_ns: now_ns(),
+    };
+    if let Err(e) = cmd.check() {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let reply = tokio::task::spawn_blocking(move || apply(cmd)).await;
+    match reply {
+        Ok(Ok(Reply::Applied { alert })) => Json(alert).into_response(),
+        Ok(Ok(Reply::Refused { reason })) => {
+            let status = if reason.contains("there is no alert") {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::CONFLICT
+            };
+            let r = error(status, &reason);
+            with_detail(
+                r,
+                Detail {
+                    reason: Some(reason),
+                    ..Default::default()
+                },
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn keys(State(s): State<AppState>) -> Response {
+    let path = s
+        .cfg
+        .data_dir
+        .join(vigil_store::checkpoint::KEYS_DIR)
+        .join(vigil_store::checkpoint::REGISTRY_FILE);
+    match tokio::fs::read_to_string(&path).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, format!("no key registry: {e}")),
+    }
+}
+
+/// The newest signed checkpoint of every log (notes as text).
+async fn checkpoints(State(s): State<AppState>) -> Response {
+    let dir = s.cfg.data_dir.clone();
+    let r = tokio::task::spawn_blocking(move || -> Result<Vec<serde_json::Value>, String> {
+        let root = dir.join(vigil_store::checkpoint::CHECKPOINTS_DIR);
+        let mut out = Vec::new();
+        for (topic, partition) in
+            vigil_store::files::partitions_under(&root).map_err(|e| e.to_string())?
+        {
+            let log = vigil_store::checkpoint::Checkpointer::log_dir(&root, &topic, partition)
+                .map_err(|e| e.to_string())?;
+            let notes = vigil_store::checkpoint::list_notes(&log).map_err(|e| e.to_string())?;
+            if let Some((size, path)) = notes.last() {
+                let note = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+                out.push(serde_json::json!({
+                    "log": format!("{topic}/{partition}"), "tree_size": size, "note": note,
+                }));
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    match r {
+        Ok(Ok(v)) => Json(serde_json::json!({ "checkpoints": v })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        (s.metrics)(),
+    )
+        .into_response()
+}
