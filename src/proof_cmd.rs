@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::{Value, json};
+use serde_json::Value;
 use vigil_store::checkpoint::Registry;
 use vigil_store::merkle::Hash;
 use vigil_store::proof::{
@@ -18,7 +18,7 @@ use vigil_store::proof::{
 
 use crate::config::Config;
 
-const FORMAT: &str = "vigil-proof-v1";
+use vigil_store::proof::FORMAT;
 
 #[derive(clap::Args)]
 pub struct ProofArgs {
@@ -71,12 +71,6 @@ fn parse_log(log: &str) -> anyhow::Result<(String, i32)> {
     ))
 }
 
-fn hexes(h: &[Hash]) -> Vec<String> {
-    h.iter()
-        .map(|h| h.iter().map(|b| format!("{b:02x}")).collect())
-        .collect()
-}
-
 pub fn run_proof(cfg: &Config, args: ProofArgs) -> anyhow::Result<ExitCode> {
     let dir = args
         .data_dir
@@ -84,7 +78,7 @@ pub fn run_proof(cfg: &Config, args: ProofArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| cfg.store.data_dir.clone());
     let bundle = if let Some(id) = &args.event {
         let (topic, partition, offset) = find_event(&dir, id)?;
-        inclusion_json(&prove_inclusion(
+        vigil_store::proof::inclusion_json(&prove_inclusion(
             &dir,
             &topic,
             partition,
@@ -96,14 +90,16 @@ pub fn run_proof(cfg: &Config, args: ProofArgs) -> anyhow::Result<ExitCode> {
         )?;
         let (topic, partition) = parse_log(log)?;
         if let Some(from) = args.from {
-            consistency_json(&prove_consistency(&dir, &topic, partition, from, args.to)?)
+            vigil_store::proof::consistency_json(&prove_consistency(
+                &dir, &topic, partition, from, args.to,
+            )?)
         } else {
             let target = match (args.index, args.offset) {
                 (Some(i), _) => Target::Index(i),
                 (_, Some(o)) => Target::Offset(o),
                 _ => anyhow::bail!("--log needs --index, --offset or --from"),
             };
-            inclusion_json(&prove_inclusion(&dir, &topic, partition, target)?)
+            vigil_store::proof::inclusion_json(&prove_inclusion(&dir, &topic, partition, target)?)
         }
     };
     let text = serde_json::to_string_pretty(&bundle)? + "\n";
@@ -146,41 +142,6 @@ fn find_event(dir: &std::path::Path, id: &str) -> anyhow::Result<(String, i32, i
             "{n} records hold an event with id {id:?}: {found:?}; pass --log TOPIC/PARTITION --offset O"
         ),
     }
-}
-
-fn b64(v: &Option<Vec<u8>>) -> Value {
-    v.as_ref()
-        .map_or(Value::Null, |v| Value::from(B64.encode(v)))
-}
-
-fn inclusion_json(b: &InclusionBundle) -> Value {
-    let r = &b.record;
-    json!({
-        "format": FORMAT,
-        "kind": "inclusion",
-        "leaf_index": b.leaf_index,
-        "record": {
-            "topic": r.topic,
-            "partition": r.partition,
-            "offset": r.offset,
-            "timestamp_ms": r.timestamp_ms,
-            "key": b64(&r.key),
-            "value": b64(&r.value),
-            "headers": r.headers.iter().map(|(k, v)| json!({"key": k, "value": b64(v)})).collect::<Vec<_>>(),
-        },
-        "proof": hexes(&b.proof),
-        "checkpoint": String::from_utf8_lossy(&b.checkpoint),
-    })
-}
-
-fn consistency_json(b: &ConsistencyBundle) -> Value {
-    json!({
-        "format": FORMAT,
-        "kind": "consistency",
-        "proof": hexes(&b.proof),
-        "old_checkpoint": String::from_utf8_lossy(&b.old_checkpoint),
-        "new_checkpoint": String::from_utf8_lossy(&b.new_checkpoint),
-    })
 }
 
 fn get<'a>(v: &'a Value, k: &str) -> anyhow::Result<&'a Value> {

@@ -213,32 +213,28 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         (v["total"].as_u64() == Some(1)).then_some(())
     });
 
-    // Route × role: none → 401; a role the route does not take → 403; its roles get through
-    // (an unknown alert is a 404 past the role check).
-    let read = ["reader", "analyst", "admin"];
-    let change = ["analyst", "admin"];
-    let routes: Vec<(&str, &str, Option<Value>, &[&str])> = vec![
-        ("POST", "/v1/query", Some(json!({"sql": "SELECT 1"})), &read),
-        ("GET", "/v1/alerts", None, &read),
-        (
-            "POST",
-            "/v1/alerts/ffffffffffffffffffffffffffffffff/ack",
-            None,
-            &change,
-        ),
-        (
-            "POST",
-            "/v1/alerts/ffffffffffffffffffffffffffffffff/resolve",
-            None,
-            &change,
-        ),
-        ("GET", "/v1/keys", None, &read),
-        ("GET", "/v1/checkpoints/latest", None, &read),
-        ("GET", "/metrics", None, &read),
-    ];
+    // Route × role, for every route the API describes: none → 401; a role the route does not
+    // take → 403; its roles get through (an unknown alert is a 404, a proof without its
+    // parameters a 400, past the role check).
     let mut calls = 0usize;
-    for (method, path, body, allowed) in &routes {
-        let (st, _) = c.call(method, path, None, body.clone());
+    let routes = vigil_query::api::routes();
+    assert!(routes.len() >= 11);
+    for r in &routes {
+        let method = r.method.to_uppercase();
+        let path = r
+            .path
+            .replace("{id}", "ffffffffffffffffffffffffffffffff")
+            .replace("{action}", "ack");
+        let body = (method == "POST").then(|| json!({"sql": "SELECT 1"}));
+        let Some(allowed) = r.roles else {
+            assert_eq!(
+                c.call(&method, &path, None, None).0,
+                StatusCode::OK,
+                "{path}"
+            );
+            continue;
+        };
+        let (st, _) = c.call(&method, &path, None, body.clone());
         assert_eq!(
             st,
             StatusCode::UNAUTHORIZED,
@@ -246,21 +242,29 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         );
         calls += 1;
         for (role, key) in keys {
-            let (st, b) = c.call(method, path, Some(key), body.clone());
+            let (st, b) = c.call(&method, &path, Some(key), body.clone());
             calls += 1;
+            let role = vigil_query::api::auth::Role::parse(role).unwrap();
             if allowed.contains(&role) {
                 assert!(
-                    st.is_success() || st == StatusCode::NOT_FOUND,
-                    "{method} {path} as {role}: {st} {}",
+                    st.is_success() || st == StatusCode::NOT_FOUND || st == StatusCode::BAD_REQUEST,
+                    "{method} {path} as {role:?}: {st} {}",
                     String::from_utf8_lossy(&b)
                 );
             } else {
-                assert_eq!(st, StatusCode::FORBIDDEN, "{method} {path} as {role}");
+                assert_eq!(st, StatusCode::FORBIDDEN, "{method} {path} as {role:?}");
             }
         }
     }
-    for p in ["/healthz", "/readyz"] {
-        assert_eq!(c.call("GET", p, None, None).0, StatusCode::OK, "{p}");
+    let (_, doc) = c.json("GET", "/openapi.json", Some(reader), None);
+    calls += 1;
+    for r in &routes {
+        assert!(
+            doc["paths"][r.path][r.method].is_object(),
+            "{} {} undocumented",
+            r.method,
+            r.path
+        );
     }
     let (_, metrics) = c.call("GET", "/metrics", Some(reader), None);
     assert!(
@@ -404,6 +408,49 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         assert!(v["error"].as_str().unwrap().contains(says), "{sql}: {v}");
     }
 
+    // Proofs: the bundle `vigil verify-proof` checks with the public key alone.
+    let (st, bundle) = c.json(
+        "GET",
+        "/v1/proofs/inclusion?log=mesh/0&index=7",
+        Some(reader),
+        None,
+    );
+    calls += 1;
+    assert_eq!(st, StatusCode::OK, "{bundle}");
+    let bundle_path = tmp.path().join("proof.json");
+    std::fs::write(&bundle_path, bundle.to_string()).unwrap();
+    let keys_path = tmp.path().join("api.keys");
+    let (_, registry) = c.call("GET", "/v1/keys", Some(reader), None);
+    calls += 1;
+    std::fs::write(&keys_path, registry).unwrap();
+    let checked = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("verify-proof")
+        .arg(&bundle_path)
+        .arg("--keys")
+        .arg(&keys_path)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let (st, v) = c.json(
+        "GET",
+        "/v1/proofs/inclusion?log=mesh/0&index=100000",
+        Some(reader),
+        None,
+    );
+    calls += 1;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    // The checkpoints as a table, too.
+    let cps = c.sql(
+        reader,
+        "SELECT max(tree_size) AS n FROM checkpoints WHERE topic = 'mesh'",
+    );
+    calls += 1;
+    assert_eq!(cps, vec![json!({"n": 60})]);
+
     // The lifecycle: an analyst acknowledges; a reader may not.
     let (_, v) = c.json("GET", "/v1/alerts", Some(reader), None);
     let id = v["alerts"][0]["alert_id"].as_str().unwrap().to_owned();
@@ -428,7 +475,14 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     calls += 3;
     let (_, v) = c.json("GET", "/v1/alerts?status=acknowledged", Some(reader), None);
     assert_eq!(v["total"], 1);
-    calls += 1;
+    let history = c.sql(
+        reader,
+        &format!(
+            "SELECT revision, status FROM alert_history WHERE alert_id = '{id}' ORDER BY revision"
+        ),
+    );
+    assert_eq!(history.last().unwrap()["status"], "acknowledged");
+    calls += 2;
 
     // Refused 25 times from one address: Vigil's own rule sees it in Vigil's own log.
     for _ in 0..25 {

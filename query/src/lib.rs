@@ -4,7 +4,8 @@
 //! Tables: `stored` (every stored row, decoded or rejected, with its Kafka position and chain
 //! hashes), `events` (the decoded events: `stored` without rejected rows) and `rejected`
 //! (records that failed to decode, with `store_error`), `alerts` (the newest revision of every
-//! stored alert) and `alert_revisions` (all of them).
+//! stored alert), `alert_revisions` and `alert_history` (all of them), `checkpoints` (every
+//! stored signed checkpoint).
 //! The analyst HTTP API ([`api`]): authenticated and role-checked routes over the same tables,
 //! SQL in a sandbox (read-only, time, row and memory caps), alerts and their lifecycle, every
 //! call handed to an audit sink.
@@ -73,7 +74,84 @@ pub async fn session_with(
     ctx.sql("CREATE VIEW rejected AS SELECT * FROM stored WHERE store_error IS NOT NULL")
         .await?;
     register_alerts(&ctx, data_dir).await?;
+    register_checkpoints(&ctx, data_dir)?;
     Ok(ctx)
+}
+
+/// `checkpoints`: every stored signed checkpoint (one row per note: log, tree size, root,
+/// chain head, time, the note itself). Signatures are not checked here; `vigil verify` does.
+fn register_checkpoints(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError> {
+    use datafusion::arrow::array::{
+        ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+    };
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use vigil_store::checkpoint::{CHECKPOINTS_DIR, Checkpointer, list_notes, parse_note};
+    let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let ext = |e: String| DataFusionError::External(e.into());
+    let root = data_dir.join(CHECKPOINTS_DIR);
+    let (
+        mut topic,
+        mut partition,
+        mut size,
+        mut tree_root,
+        mut head,
+        mut offset,
+        mut time,
+        mut note,
+    ) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
+    for (t, p) in vigil_store::files::partitions_under(&root).map_err(|e| ext(e.to_string()))? {
+        let dir = Checkpointer::log_dir(&root, &t, p).map_err(|e| ext(e.to_string()))?;
+        for (_, path) in list_notes(&dir).map_err(|e| ext(e.to_string()))? {
+            let bytes =
+                std::fs::read(&path).map_err(|e| ext(format!("{}: {e}", path.display())))?;
+            let cp = parse_note(&bytes).map_err(|e| ext(format!("{}: {e}", path.display())))?;
+            topic.push(t.clone());
+            partition.push(p);
+            size.push(i64::try_from(cp.size).unwrap_or(i64::MAX));
+            tree_root.push(hex(&cp.root));
+            head.push(hex(&cp.chain.hash));
+            offset.push(cp.chain.offset);
+            time.push(cp.time_ms);
+            note.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("tree_size", DataType::Int64, false),
+        Field::new("root", DataType::Utf8, false),
+        Field::new("chain_head", DataType::Utf8, false),
+        Field::new("chain_offset", DataType::Int64, false),
+        Field::new(
+            "signed_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("note", DataType::Utf8, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(topic)),
+        Arc::new(Int32Array::from(partition)),
+        Arc::new(Int64Array::from(size)),
+        Arc::new(StringArray::from(tree_root)),
+        Arc::new(StringArray::from(head)),
+        Arc::new(Int64Array::from(offset)),
+        Arc::new(TimestampMillisecondArray::from(time).with_timezone("UTC")),
+        Arc::new(StringArray::from(note)),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(DataFusionError::from)?;
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
+    ctx.register_table("checkpoints", Arc::new(table))?;
+    Ok(())
 }
 
 /// `alert_revisions` (every stored revision) and `alerts` (the newest revision of each).
@@ -107,6 +185,8 @@ async fn register_alerts(ctx: &SessionContext, data_dir: &Path) -> Result<(), Qu
          WHERE vigil_rn = 1"
     ))
     .await?;
+    ctx.sql("CREATE VIEW alert_history AS SELECT * FROM alert_revisions")
+        .await?;
     Ok(())
 }
 

@@ -759,6 +759,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A stored checkpoint note's checkpoint (the signatures are not checked here: `vigil verify`
+/// does that).
+pub fn parse_note(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    let note =
+        Note::from_bytes(bytes).map_err(|e| CheckpointError::Malformed(format!("note: {e}")))?;
+    Checkpoint::parse(note.text())
+}
+
 /// A log's checkpoint files, by tree size.
 pub fn list_notes(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut out: Vec<(u64, PathBuf)> = crate::files::read_dir_names(dir)?

@@ -339,3 +339,53 @@ pub fn check_consistency(
     }
     Ok((old, new))
 }
+
+/// The proof bundles' JSON format.
+pub const FORMAT: &str = "vigil-proof-v1";
+
+fn hexes(h: &[Hash]) -> Vec<String> {
+    h.iter()
+        .map(|h| h.iter().map(|b| format!("{b:02x}")).collect())
+        .collect()
+}
+
+fn b64(v: &Option<Vec<u8>>) -> serde_json::Value {
+    v.as_ref().map_or(serde_json::Value::Null, |v| {
+        serde_json::Value::from(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            v,
+        ))
+    })
+}
+
+/// An inclusion bundle as the JSON `vigil proof` writes and `vigil verify-proof` reads.
+pub fn inclusion_json(b: &InclusionBundle) -> serde_json::Value {
+    let r = &b.record;
+    serde_json::json!({
+        "format": FORMAT,
+        "kind": "inclusion",
+        "leaf_index": b.leaf_index,
+        "record": {
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "timestamp_ms": r.timestamp_ms,
+            "key": b64(&r.key),
+            "value": b64(&r.value),
+            "headers": r.headers.iter().map(|(k, v)| serde_json::json!({"key": k, "value": b64(v)})).collect::<Vec<_>>(),
+        },
+        "proof": hexes(&b.proof),
+        "checkpoint": String::from_utf8_lossy(&b.checkpoint),
+    })
+}
+
+/// A consistency bundle as JSON.
+pub fn consistency_json(b: &ConsistencyBundle) -> serde_json::Value {
+    serde_json::json!({
+        "format": FORMAT,
+        "kind": "consistency",
+        "proof": hexes(&b.proof),
+        "old_checkpoint": String::from_utf8_lossy(&b.old_checkpoint),
+        "new_checkpoint": String::from_utf8_lossy(&b.new_checkpoint),
+    })
+}

@@ -136,24 +136,118 @@ struct Denied(String);
 const READ: &[Role] = &[Role::Reader, Role::Analyst, Role::Admin];
 const CHANGE: &[Role] = &[Role::Analyst, Role::Admin];
 
+/// One route as `/openapi.json` describes it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteDoc {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// `None`: no authentication (the probes).
+    pub roles: Option<&'static [Role]>,
+    pub summary: &'static str,
+}
+
+/// The router under construction and the description of each route added.
+struct Routes {
+    router: Router<AppState>,
+    docs: Vec<RouteDoc>,
+}
+
+impl Routes {
+    /// Add a route: its handler behind the role check (if it has roles), and its description.
+    fn add(
+        mut self,
+        method: &'static str,
+        path: &'static str,
+        roles: Option<&'static [Role]>,
+        summary: &'static str,
+        handler: axum::routing::MethodRouter<AppState>,
+    ) -> Routes {
+        let handler = match roles {
+            Some(r) => handler.route_layer(middleware::from_fn_with_state(r, require)),
+            None => handler,
+        };
+        self.router = self.router.route(path, handler);
+        self.docs.push(RouteDoc {
+            method,
+            path,
+            roles,
+            summary,
+        });
+        self
+    }
+}
+
+/// Every route, described.
+pub fn routes() -> Vec<RouteDoc> {
+    build().docs
+}
+
+fn build() -> Routes {
+    let r = Routes {
+        router: Router::new(),
+        docs: Vec::new(),
+    };
+    r.add("get", "/healthz", None, "Alive.", get(|| async { "ok\n" }))
+        .add("get", "/readyz", None, "Ready: consuming (503 until partitions are assigned).", get(readyz))
+        .add("post", "/v1/query", Some(READ), "SQL over the store: body {\"sql\", \"format\": json|ndjson|csv|arrow}; read-only, capped in rows, time and memory.", post(query))
+        .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity; paging offset, limit.", get(alerts))
+        .add("post", "/v1/alerts/{id}/{action}", Some(CHANGE), "Alert lifecycle: action ack, resolve or suppress; body {\"note\"}.", post(change))
+        .add("get", "/v1/keys", Some(READ), "The checkpoint signing keys (registry).", get(keys))
+        .add("get", "/v1/checkpoints/latest", Some(READ), "Each log's newest signed checkpoint.", get(checkpoints))
+        .add("get", "/v1/proofs/inclusion", Some(READ), "Inclusion proof bundle: log=T/P and index or offset.", get(inclusion))
+        .add("get", "/v1/proofs/consistency", Some(READ), "Consistency proof bundle: log=T/P, from, to (default newest).", get(consistency))
+        .add("get", "/metrics", Some(READ), "Prometheus metrics.", get(metrics))
+        .add("get", "/openapi.json", Some(READ), "This description.", get(openapi))
+}
+
 /// The router: every route with its roles, behind authentication and audit.
 pub fn router(state: AppState) -> Router {
     let limit = state.cfg.max_body_bytes;
-    let guarded = |r: axum::routing::MethodRouter<AppState>, roles: &'static [Role]| {
-        r.route_layer(middleware::from_fn_with_state(roles, require))
-    };
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/v1/query", guarded(post(query), READ))
-        .route("/v1/alerts", guarded(get(alerts), READ))
-        .route("/v1/alerts/{id}/{action}", guarded(post(change), CHANGE))
-        .route("/v1/keys", guarded(get(keys), READ))
-        .route("/v1/checkpoints/latest", guarded(get(checkpoints), READ))
-        .route("/metrics", guarded(get(metrics), READ))
+    build()
+        .router
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), audited))
         .with_state(state)
+}
+
+/// An OpenAPI 3.1 description of [`routes`].
+pub fn openapi_doc() -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for r in routes() {
+        let params: Vec<serde_json::Value> = r
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = serde_json::json!({
+            "summary": r.summary,
+            "parameters": params,
+            "responses": {"200": {"description": "OK"}},
+        });
+        if let Some(roles) = r.roles {
+            op["security"] = serde_json::json!([{"bearer": []}]);
+            op["x-vigil-roles"] = roles.iter().map(|x| x.as_str()).collect::<Vec<_>>().into();
+            op["responses"]["401"] = serde_json::json!({"description": "no valid credential"});
+            op["responses"]["403"] =
+                serde_json::json!({"description": "none of the route's roles"});
+        }
+        let entry = paths
+            .entry(r.path.to_owned())
+            .or_insert_with(|| serde_json::json!({}));
+        entry[r.method] = op;
+    }
+    serde_json::json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Vigil analyst API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+            "description": "An API key or a JWT (HS256, RS256, ES256)"}}},
+    })
+}
+
+async fn openapi() -> Response {
+    Json(openapi_doc()).into_response()
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -475,6 +569,70 @@ async fn checkpoints(State(s): State<AppState>) -> Response {
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+#[derive(Deserialize)]
+struct ProofQuery {
+    /// `<topic>/<partition>`.
+    log: String,
+    index: Option<u64>,
+    offset: Option<i64>,
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+fn parse_log(log: &str) -> Option<(String, i32)> {
+    let (t, p) = log.rsplit_once('/')?;
+    Some((t.to_owned(), p.parse().ok()?))
+}
+
+/// Run a proof builder off the async threads; its errors are about what was asked (404).
+async fn proof(
+    q: ProofQuery,
+    data_dir: PathBuf,
+    build: fn(&std::path::Path, &str, i32, &ProofQuery) -> Result<serde_json::Value, String>,
+) -> Response {
+    let Some((topic, partition)) = parse_log(&q.log) else {
+        return error(StatusCode::BAD_REQUEST, "log: <topic>/<partition>");
+    };
+    match tokio::task::spawn_blocking(move || build(&data_dir, &topic, partition, &q)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `?log=T/P&index=I` or `&offset=O`: the bundle `vigil verify-proof` checks.
+async fn inclusion(State(s): State<AppState>, Query(q): Query<ProofQuery>) -> Response {
+    use vigil_store::proof::{Target, inclusion_json, prove_inclusion};
+    if q.index.is_some() == q.offset.is_some() {
+        return error(StatusCode::BAD_REQUEST, "give index or offset");
+    }
+    proof(q, s.cfg.data_dir.clone(), |dir, t, p, q| {
+        let target = match (q.index, q.offset) {
+            (Some(i), _) => Target::Index(i),
+            (_, Some(o)) => Target::Offset(o),
+            _ => return Err("give index or offset".into()),
+        };
+        prove_inclusion(dir, t, p, target)
+            .map(|b| inclusion_json(&b))
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// `?log=T/P&from=N[&to=M]`: the log's consistency between two signed sizes.
+async fn consistency(State(s): State<AppState>, Query(q): Query<ProofQuery>) -> Response {
+    use vigil_store::proof::{consistency_json, prove_consistency};
+    if q.from.is_none() {
+        return error(StatusCode::BAD_REQUEST, "give from (and to, or the newest)");
+    }
+    proof(q, s.cfg.data_dir.clone(), |dir, t, p, q| {
+        prove_consistency(dir, t, p, q.from.unwrap_or(0), q.to)
+            .map(|b| consistency_json(&b))
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
