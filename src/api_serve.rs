@@ -1,6 +1,6 @@
 //! The analyst API inside `vigil serve`: its settings from the configuration, the HTTP server
-//! on its own runtime, and the writer that records every call in Vigil's own log
-//! (`vigil.api/<n>`, a partition per process: chained, signed, anchored).
+//! on its own runtime, and the writers of Vigil's own logs it feeds (a partition per process,
+//! chained, signed, anchored): every call in `vigil.api/<n>`, OPA uploads in `vigil.opa/<n>`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use vigil_query::api::auth::{ApiKey, Auth, JwtConfig, Role};
-use vigil_query::api::{self, ApiConfig as Settings, AppState, Audited, sql::Limits};
+use vigil_query::api::{
+    self, ApiConfig as Settings, AppState, Audited, Upload, Uploaded, sql::Limits,
+};
 use vigil_store::checkpoint::Checkpointer;
-use vigil_store::{API_TOPIC, Store, WriteOptions};
+use vigil_store::{API_TOPIC, OPA_TOPIC, Store, WriteOptions};
 
 use crate::config::Config;
 
@@ -20,13 +22,13 @@ use crate::config::Config;
 pub struct Api {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: JoinHandle<anyhow::Result<()>>,
-    writer: JoinHandle<anyhow::Result<()>>,
+    writers: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Calls waiting to be recorded at most (a full queue slows the API down).
-const AUDIT_QUEUE: usize = 1024;
-/// Calls recorded in one file at most.
-const AUDIT_BATCH: usize = 256;
+/// Calls (or uploads) waiting to be recorded at most (a full queue slows the API down).
+const QUEUE: usize = 1024;
+/// Records in one file at most.
+const BATCH: usize = 256;
 
 /// The authenticator the configuration describes.
 pub fn auth(cfg: &Config) -> anyhow::Result<Auth> {
@@ -106,24 +108,61 @@ pub fn start(
     let addr = listener.local_addr()?;
 
     let store = Store::open(&cfg.store.data_dir, WriteOptions::default())?;
-    let (log, lock) = vigil_store::claim(&store, API_TOPIC)?;
-    // Records stored but not signed (a crash between file and checkpoint) are signed first.
-    let head = log.head().clone();
-    if head.tree.size() > 0
-        && let Some(note) =
-            checkpoints.checkpoint(API_TOPIC, log.partition(), head.chain, &head.tree, None)?
-        && let Some(a) = &anchor
-    {
-        let origin =
-            vigil_store::checkpoint::origin(&checkpoints.store_name(), API_TOPIC, log.partition());
-        a.publish(&origin, &note);
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Audited>(AUDIT_QUEUE);
+    let (log, lock) = open_log(&store, API_TOPIC, None, &checkpoints, anchor.as_deref())?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Audited>(QUEUE);
+    let (cp, an) = (checkpoints.clone(), anchor.clone());
     let writer = std::thread::Builder::new()
         .name("vigil-api-audit".into())
         .spawn(move || {
             let _lock = lock;
-            record(log, rx, &checkpoints, anchor.as_deref())
+            write_log(
+                log,
+                rx,
+                &cp,
+                an.as_deref(),
+                |a: &Audited, seq| api::audit_event(&a.call, seq),
+                |a, r| {
+                    let _ = a.done.send(r.is_ok());
+                },
+            )
+        })?;
+    // OPA uploads (`POST /logs`): stored as received, decoded as OPA's upload format.
+    let opa = vigil_schemas::Decoder::new(
+        cfg.decode.decoder_config()?,
+        Some(vigil_schemas::SourceFormat::Opa),
+    );
+    let (log, lock) = open_log(
+        &store,
+        OPA_TOPIC,
+        Some(opa),
+        &checkpoints,
+        anchor.as_deref(),
+    )?;
+    let (up_tx, up_rx) = tokio::sync::mpsc::channel::<Upload>(QUEUE);
+    let uploads = std::thread::Builder::new()
+        .name("vigil-api-uploads".into())
+        .spawn(move || {
+            let _lock = lock;
+            write_log(
+                log,
+                up_rx,
+                &checkpoints,
+                anchor.as_deref(),
+                |u: &Upload, _| u.body.clone(),
+                |u, r| {
+                    let r = r.map(|o| match o {
+                        vigil_store::Appended::Decoded(n) => Uploaded {
+                            events: *n,
+                            rejected: None,
+                        },
+                        vigil_store::Appended::Rejected(e) => Uploaded {
+                            events: 0,
+                            rejected: Some(e.to_string()),
+                        },
+                    });
+                    let _ = u.done.send(r);
+                },
+            )
         })?;
 
     let data_dir = cfg.store.data_dir.clone();
@@ -145,6 +184,7 @@ pub fn start(
         auth: Arc::new(auth),
         lifecycle: Some(lifecycle),
         audit: tx,
+        uploads: Some(up_tx),
         ready,
         metrics,
     };
@@ -172,7 +212,7 @@ pub fn start(
     Ok(Api {
         stop: Some(stop),
         server,
-        writer,
+        writers: vec![writer, uploads],
     })
 }
 
@@ -186,27 +226,31 @@ impl Api {
             .server
             .join()
             .map_err(|_| anyhow::anyhow!("API thread panicked"))?;
-        let recorded = self
-            .writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("API audit thread panicked"))?;
         served.context("API server")?;
-        recorded.context("API audit log")
+        for w in self.writers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("API log writer panicked"))?
+                .context("API log writer")?;
+        }
+        Ok(())
     }
 }
 
-/// Record calls in batches: one durable file per batch, signed and anchored, then each call's
-/// response is let go.
-fn record(
+/// Append what arrives in batches (one durable file per batch, signed and anchored), then
+/// answer each item with what became of its record.
+fn write_log<T>(
     mut log: vigil_store::OwnLog,
-    mut rx: tokio::sync::mpsc::Receiver<Audited>,
+    mut rx: tokio::sync::mpsc::Receiver<T>,
     checkpoints: &Checkpointer,
     anchor: Option<&vigil_ingest::AnchorPublisher>,
+    value: impl Fn(&T, u64) -> Vec<u8>,
+    answer: impl Fn(T, Result<&vigil_store::Appended, String>),
 ) -> anyhow::Result<()> {
+    let topic = log.topic().to_owned();
     let mut seq = 0u64;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
-        while batch.len() < AUDIT_BATCH {
+        while batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(a) => batch.push(a),
                 Err(_) => break,
@@ -216,38 +260,69 @@ fn record(
             .iter()
             .map(|a| {
                 seq += 1;
-                api::audit_event(&a.call, seq)
+                value(a, seq)
             })
             .collect();
         let written = log
             .append(&values, vigil_detect::engine::now_ns() / 1_000_000)
             .map_err(anyhow::Error::from)
             .and_then(|w| {
-                if let Some(w) = &w {
-                    let (topic, partition) = (API_TOPIC, w.span.partition);
-                    if let Some(note) =
-                        checkpoints.checkpoint(topic, partition, w.chain(), &w.span.tree, None)?
-                        && let Some(a) = anchor
-                    {
-                        let origin = vigil_store::checkpoint::origin(
-                            &checkpoints.store_name(),
-                            topic,
-                            partition,
-                        );
-                        a.publish(&origin, &note);
-                    }
+                let w = w.context("no record written")?;
+                let partition = w.span.partition;
+                if let Some(note) =
+                    checkpoints.checkpoint(&topic, partition, w.chain(), &w.span.tree, None)?
+                    && let Some(a) = anchor
+                {
+                    let origin = vigil_store::checkpoint::origin(
+                        &checkpoints.store_name(),
+                        &topic,
+                        partition,
+                    );
+                    a.publish(&origin, &note);
                 }
-                Ok(())
+                Ok(w.outcomes)
             });
-        let ok = written.is_ok();
-        for a in batch {
-            let _ = a.done.send(ok);
-        }
-        if let Err(e) = written {
-            tracing::error!(error = %format!("{e:#}"), "recording API calls failed: the API answers 503 until it works again");
+        match written {
+            Ok(outcomes) => {
+                for (item, o) in batch.into_iter().zip(&outcomes) {
+                    answer(item, Ok(o));
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                tracing::error!(error = %e, log = %log.log(), "writing to Vigil's own log failed: the API answers 503 until it works again");
+                for item in batch {
+                    answer(item, Err(e.clone()));
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Claim a partition of one of Vigil's own logs and sign what a crash left unsigned.
+fn open_log(
+    store: &Store,
+    topic: &str,
+    decoder: Option<vigil_schemas::Decoder>,
+    checkpoints: &Checkpointer,
+    anchor: Option<&vigil_ingest::AnchorPublisher>,
+) -> anyhow::Result<(vigil_store::OwnLog, std::fs::File)> {
+    let (log, lock) = match decoder {
+        Some(d) => vigil_store::claim_with(store, topic, d, false)?,
+        None => vigil_store::claim(store, topic)?,
+    };
+    let head = log.head().clone();
+    if head.tree.size() > 0
+        && let Some(note) =
+            checkpoints.checkpoint(topic, log.partition(), head.chain, &head.tree, None)?
+        && let Some(a) = anchor
+    {
+        let origin =
+            vigil_store::checkpoint::origin(&checkpoints.store_name(), topic, log.partition());
+        a.publish(&origin, &note);
+    }
+    Ok((log, lock))
 }
 
 /// `vigil api-key`: a new random API key, printed once, and the configuration entry holding

@@ -124,6 +124,28 @@ impl Client {
         (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
 
+    fn post_raw(
+        &self,
+        path: &str,
+        auth: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {auth}"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        self.rt.block_on(async {
+            let resp = r.body(body).send().await.unwrap();
+            let status = resp.status();
+            let b = resp.bytes().await.unwrap();
+            (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+        })
+    }
+
     fn sql(&self, key: &str, sql: &str) -> Vec<Value> {
         let (s, v) = self.json("POST", "/v1/query", Some(key), Some(json!({"sql": sql})));
         assert_eq!(s, StatusCode::OK, "{sql}: {v}");
@@ -482,6 +504,57 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         ),
     );
     assert_eq!(history.last().unwrap()["status"], "acknowledged");
+    calls += 2;
+
+    // OPA's own upload format: a gzip JSON array of decisions in, one row per decision out,
+    // chained under Vigil's own log; one that does not decode is a 400, kept as rejected.
+    let sample = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/opa/opa_decision_logs.jsonl"),
+    )
+    .unwrap();
+    let decisions: Vec<Value> = sample
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&serde_json::to_vec(&decisions).unwrap())
+            .unwrap();
+        e.finish().unwrap()
+    };
+    let ingestor = keys[2].1;
+    let opa_headers = [
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
+    let (st, v) = c.post_raw("/logs", ingestor, &opa_headers, gz.clone());
+    assert_eq!(
+        (st, &v),
+        (StatusCode::OK, &json!({"events": decisions.len()}))
+    );
+    assert_eq!(
+        c.post_raw("/logs", reader, &opa_headers, gz).0,
+        StatusCode::FORBIDDEN
+    );
+    let (st, v) = c.post_raw("/logs", ingestor, &opa_headers, b"not an upload".to_vec());
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["stored"], "as a rejected record");
+    calls += 3;
+    let rows = c.sql(
+        reader,
+        "SELECT event_id, source_format FROM events WHERE kafka_topic = 'vigil.opa' ORDER BY record_index",
+    );
+    let want: Vec<Value> = decisions
+        .iter()
+        .map(|d| json!({"event_id": d["decision_id"], "source_format": "opa"}))
+        .collect();
+    assert_eq!(rows, want);
+    let rejected = c.sql(
+        reader,
+        "SELECT count(*) AS n FROM rejected WHERE kafka_topic = 'vigil.opa'",
+    );
+    assert!(rejected[0]["n"].as_u64().unwrap() >= 1);
     calls += 2;
 
     // Refused 25 times from one address: Vigil's own rule sees it in Vigil's own log.

@@ -34,6 +34,9 @@ pub use batch::{
 pub use chain::RecordRef;
 pub use error::StoreError;
 pub use files::{FileInfo, Store, WriteOptions, write_durably};
-pub use own::{API_TOPIC, AUDIT_PARTITION, AUDIT_TOPIC, OwnLog, claim, is_reserved_topic};
+pub use own::{
+    API_TOPIC, AUDIT_PARTITION, AUDIT_TOPIC, OPA_TOPIC, OwnLog, claim, claim_with,
+    is_reserved_topic,
+};
 pub use schema::store_schema;
 pub use verify::{ChainReport, check_chain};

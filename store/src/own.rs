@@ -21,9 +21,13 @@ pub const AUDIT_PARTITION: i32 = 0;
 /// The log of calls to Vigil's HTTP API: one partition per `serve` process ([`claim`]).
 pub const API_TOPIC: &str = "vigil.api";
 
+/// The log of OPA decision-log uploads received over HTTP (`POST /logs`): one partition per
+/// `serve` process.
+pub const OPA_TOPIC: &str = "vigil.opa";
+
 /// Topic names no Kafka topic may be stored under (Vigil writes these logs itself).
 pub fn is_reserved_topic(topic: &str) -> bool {
-    topic == AUDIT_TOPIC || topic == API_TOPIC
+    topic == AUDIT_TOPIC || topic == API_TOPIC || topic == OPA_TOPIC
 }
 
 /// Most partitions of a claimed log (processes writing it at once).
@@ -32,6 +36,17 @@ pub const MAX_CLAIMED_PARTITIONS: i32 = 64;
 /// Open the first partition of `topic` no other process writes: a lock file per partition
 /// (`DIR/own/<topic>-<partition>.lock`), held while the returned file stays open.
 pub fn claim(store: &Store, topic: &str) -> Result<(OwnLog, std::fs::File), StoreError> {
+    let native = Decoder::new(DecoderConfig::default(), Some(SourceFormat::Native));
+    claim_with(store, topic, native, true)
+}
+
+/// [`claim`] with the log's decoder and strictness ([`OwnLog::open_with`]).
+pub fn claim_with(
+    store: &Store,
+    topic: &str,
+    decoder: Decoder,
+    strict: bool,
+) -> Result<(OwnLog, std::fs::File), StoreError> {
     let dir = store.data_dir().join("own");
     crate::files::create_dirs_durably(&dir)?;
     for p in 0..MAX_CLAIMED_PARTITIONS {
@@ -43,7 +58,7 @@ pub fn claim(store: &Store, topic: &str) -> Result<(OwnLog, std::fs::File), Stor
             .open(&path)
             .map_err(StoreError::io(&path))?;
         if f.try_lock().is_ok() {
-            return Ok((OwnLog::open(store, topic, p)?, f));
+            return Ok((OwnLog::open_with(store, topic, p, decoder, strict)?, f));
         }
     }
     Err(StoreError::Invalid(format!(
@@ -51,12 +66,14 @@ pub fn claim(store: &Store, topic: &str) -> Result<(OwnLog, std::fs::File), Stor
     )))
 }
 
-/// An appended run of records: its file, where the log now stands, and its rows as a piece.
+/// An appended run of records: its file, where the log now stands, its rows as a piece, and
+/// what became of each record (decoded into so many events, or rejected).
 #[derive(Debug)]
 pub struct Written {
     pub info: FileInfo,
     pub span: BatchSpan,
     pub piece: Piece,
+    pub outcomes: Vec<crate::Appended>,
 }
 
 impl Written {
@@ -76,23 +93,43 @@ pub struct OwnLog {
     partition: i32,
     head: LogHead,
     decoder: Decoder,
+    /// Refuse a record that does not decode (Vigil's own records) rather than store it as a
+    /// rejected row (records received from outside).
+    strict: bool,
 }
 
 impl OwnLog {
-    /// Open the log where the store's files leave it.
+    /// Open the log of Vigil's own native records where the store's files leave it.
     pub fn open(store: &Store, topic: &str, partition: i32) -> Result<OwnLog, StoreError> {
+        let native = Decoder::new(DecoderConfig::default(), Some(SourceFormat::Native));
+        Self::open_with(store, topic, partition, native, true)
+    }
+
+    /// Open a log with its decoder; `strict`: refuse records that do not decode.
+    pub fn open_with(
+        store: &Store,
+        topic: &str,
+        partition: i32,
+        decoder: Decoder,
+        strict: bool,
+    ) -> Result<OwnLog, StoreError> {
         let head = store.head(topic, partition)?;
         Ok(OwnLog {
             store: store.clone(),
             topic: topic.to_owned(),
             partition,
             head,
-            decoder: Decoder::new(DecoderConfig::default(), Some(SourceFormat::Native)),
+            decoder,
+            strict,
         })
     }
 
     pub fn head(&self) -> &LogHead {
         &self.head
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     pub fn partition(&self) -> i32 {
@@ -103,9 +140,10 @@ impl OwnLog {
         format!("{}/{}", self.topic, self.partition)
     }
 
-    /// Chain `values` (native events, each one record at the next offset, timestamped
-    /// `time_ms`) and write them as one durable file. Every value must decode: one that does
-    /// not is refused before anything is chained. `Ok(None)` for no values.
+    /// Chain `values` (each one record at the next offset, timestamped `time_ms`) and write
+    /// them as one durable file. In a strict log every value must decode: one that does not is
+    /// refused before anything is chained; otherwise it is stored as a rejected row.
+    /// `Ok(None)` for no values.
     pub fn append(
         &mut self,
         values: &[Vec<u8>],
@@ -114,7 +152,7 @@ impl OwnLog {
         if values.is_empty() {
             return Ok(None);
         }
-        for v in values {
+        for v in values.iter().filter(|_| self.strict) {
             self.decoder.decode_with(v, |_| {}).map_err(|e| {
                 StoreError::Invalid(format!(
                     "{}: a record Vigil wrote does not decode: {e}",
@@ -124,6 +162,7 @@ impl OwnLog {
         }
         let mut batch =
             PartitionBatch::new(&self.topic, self.partition, self.head.clone(), values.len());
+        let mut outcomes = Vec::with_capacity(values.len());
         for (offset, v) in (self.head.chain.offset + 1..).zip(values) {
             let rec = RecordRef {
                 topic: &self.topic,
@@ -134,7 +173,7 @@ impl OwnLog {
                 value: Some(v),
                 headers: &[],
             };
-            batch.append(&rec, &self.decoder, time_ms.saturating_mul(1_000_000))?;
+            outcomes.push(batch.append(&rec, &self.decoder, time_ms.saturating_mul(1_000_000))?);
         }
         let piece = batch
             .cut()?
@@ -154,6 +193,7 @@ impl OwnLog {
             info,
             span: sealed.span,
             piece,
+            outcomes,
         }))
     }
 }

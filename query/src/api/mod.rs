@@ -99,6 +99,22 @@ pub fn audit_event(c: &ApiCall, seq: u64) -> Vec<u8> {
     serde_json::to_vec(&ev).unwrap_or_default()
 }
 
+/// An OPA decision-log upload (`POST /logs`: the body as received, usually a gzip JSON array)
+/// to store, and where to say what became of it once it is durable.
+#[derive(Debug)]
+pub struct Upload {
+    pub body: Vec<u8>,
+    pub done: tokio::sync::oneshot::Sender<Result<Uploaded, String>>,
+}
+
+/// A stored upload: its events, or why it did not decode (then it is stored as a rejected
+/// row, like a Kafka record that does not decode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uploaded {
+    pub events: usize,
+    pub rejected: Option<String>,
+}
+
 /// The callee service of the API's audit events (rules match on it).
 pub const API_SERVICE: &str = "vigil-api";
 
@@ -111,6 +127,8 @@ pub struct AppState {
     pub lifecycle: Option<Arc<LifecycleFn>>,
     /// Where calls are recorded; a call's response waits until its record is durable.
     pub audit: tokio::sync::mpsc::Sender<Audited>,
+    /// Where `POST /logs` uploads go (`None`: not taken here).
+    pub uploads: Option<tokio::sync::mpsc::Sender<Upload>>,
     /// Ready: consuming (set by the binary).
     pub ready: Arc<AtomicBool>,
     /// Prometheus text of the process's metrics.
@@ -135,6 +153,7 @@ struct Denied(String);
 
 const READ: &[Role] = &[Role::Reader, Role::Analyst, Role::Admin];
 const CHANGE: &[Role] = &[Role::Analyst, Role::Admin];
+const INGEST: &[Role] = &[Role::Ingestor];
 
 /// One route as `/openapi.json` describes it.
 #[derive(Clone, Debug, Serialize)]
@@ -196,6 +215,7 @@ fn build() -> Routes {
         .add("get", "/v1/checkpoints/latest", Some(READ), "Each log's newest signed checkpoint.", get(checkpoints))
         .add("get", "/v1/proofs/inclusion", Some(READ), "Inclusion proof bundle: log=T/P and index or offset.", get(inclusion))
         .add("get", "/v1/proofs/consistency", Some(READ), "Consistency proof bundle: log=T/P, from, to (default newest).", get(consistency))
+        .add("post", "/logs", Some(INGEST), "OPA decision-log upload (what OPA's decision_logs plugin sends: a gzip JSON array), chained under Vigil's own log vigil.opa/<n>.", post(upload))
         .add("get", "/metrics", Some(READ), "Prometheus metrics.", get(metrics))
         .add("get", "/openapi.json", Some(READ), "This description.", get(openapi))
 }
@@ -568,6 +588,60 @@ async fn checkpoints(State(s): State<AppState>) -> Response {
         Ok(Ok(v)) => Json(serde_json::json!({ "checkpoints": v })).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn upload(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let Some(tx) = s.uploads.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "uploads are not taken in this process",
+        );
+    };
+    if body.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "an empty upload");
+    }
+    let (done, stored) = tokio::sync::oneshot::channel();
+    if tx
+        .send(Upload {
+            body: body.to_vec(),
+            done,
+        })
+        .await
+        .is_err()
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the upload log is gone");
+    }
+    match stored.await {
+        Ok(Ok(Uploaded {
+            events,
+            rejected: None,
+        })) => with_detail(
+            Json(serde_json::json!({ "events": events })).into_response(),
+            Detail {
+                rows: Some(events as u64),
+                ..Default::default()
+            },
+        ),
+        Ok(Ok(Uploaded {
+            rejected: Some(why),
+            ..
+        })) => {
+            let r = (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": why, "stored": "as a rejected record" })),
+            )
+                .into_response();
+            with_detail(
+                r,
+                Detail {
+                    reason: Some(why),
+                    ..Default::default()
+                },
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "not stored"),
     }
 }
 
