@@ -171,7 +171,12 @@ pub fn start(
         crate::alerts_cmd::apply_or_queue(&lifecycle_cfg, &data_dir, &cmd, Duration::from_secs(10))
             .map_err(|e| format!("{e:#}"))
     });
+    // The alert log's directory exists from the start, so its table is its files, not an empty
+    // stand-in made before the first alert.
+    std::fs::create_dir_all(vigil_detect::alerts::alerts_dir(&cfg.store.data_dir))?;
+    let catalog = Arc::new(vigil_query::Catalog::open(&cfg.store.data_dir)?);
     let state = AppState {
+        catalog,
         cfg: Arc::new(Settings {
             data_dir: cfg.store.data_dir.clone(),
             limits: Limits {

@@ -45,37 +45,92 @@ pub async fn session_with(
     data_dir: &Path,
     memory_limit_bytes: Option<usize>,
 ) -> Result<SessionContext, QueryError> {
-    let events_dir = data_dir.join("events");
-    if !events_dir.is_dir() {
-        return Err(QueryError::NoStore(data_dir.display().to_string()));
+    Catalog::open(data_dir)?.session(memory_limit_bytes).await
+}
+
+/// The store's tables, made once and shared by the sessions made from them: the files' list is
+/// read at each query, their footers' statistics (what prunes files and row groups by
+/// `event_time` and the other columns) only once per file.
+#[derive(Clone)]
+pub struct Catalog {
+    data_dir: std::path::PathBuf,
+    stored: Arc<dyn datafusion::catalog::TableProvider>,
+    alert_revisions: Arc<dyn datafusion::catalog::TableProvider>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
     }
-    let mut rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
-    if let Some(limit) = memory_limit_bytes {
-        rt = rt.with_memory_limit(limit, 1.0);
-    }
-    let ctx = SessionContext::new_with_config_rt(
-        SessionConfig::new().with_information_schema(true),
-        rt.build_arc()?,
-    );
-    let abs = events_dir
+}
+
+/// A listing table over a directory's Parquet files, of a known schema (an empty directory is
+/// still queryable; a file of another schema is an error rather than a silent widening).
+fn listing(
+    dir: &Path,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> Result<Arc<ListingTable>, QueryError> {
+    let abs = dir
         .canonicalize()
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
     let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    // The schema is known: an empty store is still queryable, and a file of another schema
-    // is an error rather than a silent widening.
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
-        .with_schema(vigil_store::store_schema());
-    ctx.register_table("stored", Arc::new(ListingTable::try_new(config)?))?;
-    ctx.sql("CREATE VIEW events AS SELECT * FROM stored WHERE store_error IS NULL")
-        .await?;
-    ctx.sql("CREATE VIEW rejected AS SELECT * FROM stored WHERE store_error IS NOT NULL")
-        .await?;
-    register_alerts(&ctx, data_dir).await?;
-    register_checkpoints(&ctx, data_dir)?;
-    Ok(ctx)
+        .with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+impl Catalog {
+    /// The tables of the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Catalog, QueryError> {
+        let events_dir = data_dir.join("events");
+        if !events_dir.is_dir() {
+            return Err(QueryError::NoStore(data_dir.display().to_string()));
+        }
+        let stored = listing(&events_dir, vigil_store::store_schema())?;
+        let schema = vigil_detect::alerts::alert_schema();
+        let dir = vigil_detect::alerts::alerts_dir(data_dir);
+        let alert_revisions: Arc<dyn datafusion::catalog::TableProvider> = if dir.is_dir() {
+            listing(&dir, schema)?
+        } else {
+            Arc::new(datafusion::datasource::MemTable::try_new(
+                schema,
+                vec![vec![]],
+            )?)
+        };
+        Ok(Catalog {
+            data_dir: data_dir.to_owned(),
+            stored,
+            alert_revisions,
+        })
+    }
+
+    /// A session over the tables, its memory bounded to `memory_limit_bytes` when given.
+    pub async fn session(
+        &self,
+        memory_limit_bytes: Option<usize>,
+    ) -> Result<SessionContext, QueryError> {
+        let mut rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        if let Some(limit) = memory_limit_bytes {
+            rt = rt.with_memory_limit(limit, 1.0);
+        }
+        let ctx = SessionContext::new_with_config_rt(
+            SessionConfig::new().with_information_schema(true),
+            rt.build_arc()?,
+        );
+        ctx.register_table("stored", self.stored.clone())?;
+        ctx.sql("CREATE VIEW events AS SELECT * FROM stored WHERE store_error IS NULL")
+            .await?;
+        ctx.sql("CREATE VIEW rejected AS SELECT * FROM stored WHERE store_error IS NOT NULL")
+            .await?;
+        register_alerts(&ctx, self.alert_revisions.clone()).await?;
+        register_checkpoints(&ctx, &self.data_dir)?;
+        Ok(ctx)
+    }
 }
 
 /// `checkpoints`: every stored signed checkpoint (one row per note: log, tree size, root,
@@ -155,24 +210,12 @@ fn register_checkpoints(ctx: &SessionContext, data_dir: &Path) -> Result<(), Que
 }
 
 /// `alert_revisions` (every stored revision) and `alerts` (the newest revision of each).
-async fn register_alerts(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError> {
+async fn register_alerts(
+    ctx: &SessionContext,
+    revisions: Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<(), QueryError> {
     let schema = vigil_detect::alerts::alert_schema();
-    let dir = vigil_detect::alerts::alerts_dir(data_dir);
-    if dir.is_dir() {
-        let abs = dir
-            .canonicalize()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new(url)
-            .with_listing_options(options)
-            .with_schema(schema.clone());
-        ctx.register_table("alert_revisions", Arc::new(ListingTable::try_new(config)?))?;
-    } else {
-        let empty = datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![]])?;
-        ctx.register_table("alert_revisions", Arc::new(empty))?;
-    }
+    ctx.register_table("alert_revisions", revisions)?;
     let cols: Vec<String> = schema
         .fields()
         .iter()

@@ -122,6 +122,8 @@ pub const API_SERVICE: &str = "vigil-api";
 #[derive(Clone)]
 pub struct AppState {
     pub cfg: Arc<ApiConfig>,
+    /// The store's tables, shared by every query (file statistics read once).
+    pub catalog: Arc<crate::Catalog>,
     pub auth: Arc<Auth>,
     /// `None`: alert lifecycle changes are not available in this process.
     pub lifecycle: Option<Arc<LifecycleFn>>,
@@ -415,7 +417,7 @@ async fn query(State(s): State<AppState>, headers: HeaderMap, body: axum::body::
         sql: Some(q.sql.chars().take(4096).collect()),
         ..Default::default()
     };
-    match sql::run(&s.cfg.data_dir, &q.sql, s.cfg.limits).await {
+    match sql::run(&s.catalog, &q.sql, s.cfg.limits).await {
         Ok(out) => {
             d.rows = Some(out.rows as u64);
             let body = Body::from_stream(sql::encode(out, format));
