@@ -1,0 +1,260 @@
+//! Analyst queries through Vigil's API against DuckDB on the same Parquet files, in one run.
+//!
+//! 1. Generates `VIGIL_BENCH_EVENTS` (default 10 000 000) native events straight into a store
+//!    (decoded, chained, written as `vigil serve` writes them: 4 partitions, 100 000 events a
+//!    file), spread in time order over `VIGIL_BENCH_DAYS` (30) days, 1 000 callers, 50
+//!    callees, one call in twenty denied.
+//! 2. Starts `vigil serve` on it (a real broker, an idle topic) and asks its API, with a reader
+//!    key, a fixed set of analyst queries: denials per caller in the last hour, the top caller
+//!    → callee pairs, one event by id, a one-day range scan.
+//! 3. Runs the same SQL in DuckDB (`pip install duckdb`; the script installs it if missing)
+//!    over the same files.
+//!
+//! Each query runs once cold, then `VIGIL_BENCH_RUNS` (3) times; the median of those is
+//! reported, with the ratio Vigil / DuckDB (target ≤ 1.5). The results are compared too.
+//! `cargo bench --bench query` (release build).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vigil_schemas::Decoder;
+use vigil_store::{PartitionBatch, RecordRef, Store, WriteOptions};
+
+const PARTITIONS: i32 = 4;
+const PER_FILE: usize = 100_000;
+const CALLERS: usize = 1000;
+const CALLEES: usize = 50;
+const KEY: &str = "vk_bench_reader_0123456789";
+
+/// Fixed end of the generated time range (UTC).
+const END_S: i64 = 1_795_392_000; // 2026-11-23T00:00:00Z
+
+fn event(i: usize, t_ns: i64) -> String {
+    let caller = (i * 7919) % CALLERS;
+    let callee = (i * 104_729 + caller) % CALLEES;
+    let deny = i.is_multiple_of(20);
+    let t = chrono::DateTime::from_timestamp_nanos(t_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    format!(
+        r#"{{"schema":"vigil.event/v1","id":"e{i:011}","time":"{t}","kind":"authz","decision":"{}","caller":{{"principal":"spiffe://cluster.local/ns/ns{}/sa/svc{caller}","ip":"10.{}.{}.{}"}},"callee":{{"principal":"spiffe://cluster.local/ns/core/sa/api{callee}","port":8443}},"action":"GET","resource":"/v1/items/{}","status_code":{}}}"#,
+        if deny { "deny" } else { "allow" },
+        caller % 20,
+        caller / 256,
+        caller % 256,
+        i % 200,
+        i % 5000,
+        if deny { 403 } else { 200 }
+    )
+}
+
+/// Write `n` events into the store: partition `p` gets every event `i` with `i % P == p`,
+/// in time order.
+fn generate(dir: &Path, n: usize, days: i64) {
+    let store = Store::open(dir, WriteOptions::default()).unwrap();
+    let span_ns = days * 86_400 * 1_000_000_000;
+    let start_ns = END_S * 1_000_000_000 - span_ns;
+    std::thread::scope(|s| {
+        for p in 0..PARTITIONS {
+            let store = store.clone();
+            s.spawn(move || {
+                let decoder = Decoder::default();
+                let mut b = PartitionBatch::new("bench", p, Default::default(), PER_FILE);
+                let mut offset = 0i64;
+                for i in (p as usize..n).step_by(PARTITIONS as usize) {
+                    let t = start_ns + (span_ns as i128 * i as i128 / n as i128) as i64;
+                    let v = event(i, t);
+                    let rec = RecordRef {
+                        topic: "bench",
+                        partition: p,
+                        offset,
+                        timestamp_ms: Some(t / 1_000_000),
+                        key: None,
+                        value: Some(v.as_bytes()),
+                        headers: &[],
+                    };
+                    b.append(&rec, &decoder, t).unwrap();
+                    offset += 1;
+                    if b.rows() >= PER_FILE {
+                        store.write(&b.seal().unwrap().unwrap()).unwrap();
+                    }
+                }
+                if let Some(sealed) = b.seal().unwrap() {
+                    store.write(&sealed).unwrap();
+                }
+            });
+        }
+    });
+}
+
+fn ts(s: i64) -> String {
+    chrono::DateTime::from_timestamp(s, 0)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn queries() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "denials per caller, last hour",
+            format!(
+                "SELECT caller_principal, count(*) AS denials FROM events WHERE decision = 'deny' \
+                 AND event_time >= '{}' GROUP BY caller_principal ORDER BY denials DESC, caller_principal LIMIT 20",
+                ts(END_S - 3600)
+            ),
+        ),
+        (
+            "top caller → callee pairs",
+            "SELECT caller_principal, callee_principal, count(*) AS calls FROM events \
+             GROUP BY caller_principal, callee_principal ORDER BY calls DESC, caller_principal, callee_principal LIMIT 10"
+                .to_owned(),
+        ),
+        (
+            "one event by id",
+            "SELECT event_id, caller_principal, decision FROM events WHERE event_id = 'e00004242424'"
+                .to_owned(),
+        ),
+        (
+            "one day, range scan",
+            format!(
+                "SELECT count(*) AS n, count(DISTINCT caller_principal) AS callers FROM events \
+                 WHERE event_time >= '{}' AND event_time < '{}'",
+                ts(END_S - 10 * 86_400),
+                ts(END_S - 9 * 86_400)
+            ),
+        ),
+    ]
+}
+
+const DUCKDB: &str = r#"
+import json, sys, time, statistics
+import duckdb
+glob, runs, queries = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+con = duckdb.connect()
+con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{glob}') WHERE store_error IS NULL")
+out = []
+for q in queries:
+    t = time.perf_counter(); rows = con.execute(q).fetchall(); cold = time.perf_counter() - t
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter(); rows = con.execute(q).fetchall(); times.append(time.perf_counter() - t)
+    out.append({"cold_s": cold, "median_s": statistics.median(times), "rows": len(rows), "first": [str(c) for c in rows[0]] if rows else []})
+print(json.dumps(out))
+"#;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n = env_or("VIGIL_BENCH_EVENTS", 10_000_000usize);
+    let days = env_or("VIGIL_BENCH_DAYS", 30i64);
+    let runs = env_or("VIGIL_BENCH_RUNS", 3usize);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+
+    let t = Instant::now();
+    generate(&dir, n, days);
+    let bytes: u64 = walk(&dir.join("events"));
+    println!(
+        "generated {n} events over {days} days into {} in {:.1} s ({:.0} B/event stored)",
+        dir.display(),
+        t.elapsed().as_secs_f64(),
+        bytes as f64 / n as f64
+    );
+
+    // DuckDB installed if missing (not part of the test suite: this bench's own need).
+    let have = Command::new("python3").args(["-c", "import duckdb"]).status();
+    if !have.is_ok_and(|s| s.success()) {
+        let ok = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "duckdb"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pip install duckdb failed");
+    }
+
+    let broker = Broker::start();
+    broker.create_topic("idle", 1);
+    let config = tmp.path().join("vigil.toml");
+    {
+        use sha2::Digest;
+        std::fs::write(
+            &config,
+            format!(
+                "[detect]\nenabled = false\n[api]\nquery_timeout_ms = 600000\nquery_memory_bytes = 4294967296\n[[api.keys]]\nname = \"bench\"\nsha256 = \"{}\"\nroles = [\"reader\"]\n",
+                hex::encode(sha2::Sha256::digest(KEY.as_bytes()))
+            ),
+        )
+        .unwrap();
+    }
+    let s = serve_with(&broker, "idle", &dir, "bench-q", &[], Some(&config), &[]);
+    let http = reqwest::Client::new();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("http://{}/v1/query", s.api);
+    wait_for("the API", Duration::from_secs(120), || {
+        rt.block_on(http.get(format!("http://{}/healthz", s.api)).send()).ok().map(|_| ())
+    });
+    let ask = |sql: &str| -> (f64, serde_json::Value) {
+        let t = Instant::now();
+        let v: serde_json::Value = rt.block_on(async {
+            let r = http
+                .post(&url)
+                .bearer_auth(KEY)
+                .json(&serde_json::json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{sql}: {}", r.status());
+            r.json().await.unwrap()
+        });
+        (t.elapsed().as_secs_f64(), v)
+    };
+
+    let qs = queries();
+    // Every stored file, not the temp files of one being written (`.tmp-…`).
+    let glob = format!("{}/events/**/[0-9]*.parquet", dir.display());
+    let sqls: Vec<&str> = qs.iter().map(|(_, q)| q.as_str()).collect();
+    let duck = Command::new("python3")
+        .args(["-c", DUCKDB, &glob, &runs.to_string(), &serde_json::to_string(&sqls).unwrap()])
+        .output()
+        .unwrap();
+    assert!(duck.status.success(), "{}", String::from_utf8_lossy(&duck.stderr));
+    let duck: Vec<serde_json::Value> = serde_json::from_slice(&duck.stdout).unwrap();
+
+    println!();
+    println!("| query | Vigil API cold ms | Vigil API ms | DuckDB cold ms | DuckDB ms | ratio (target ≤ 1.5) | rows |");
+    println!("|---|---|---|---|---|---|---|");
+    for ((name, sql), d) in qs.iter().zip(&duck) {
+        let (cold, first) = ask(sql);
+        let warm = median((0..runs).map(|_| ask(sql).0).collect());
+        let rows = first.as_array().map_or(0, Vec::len);
+        assert_eq!(rows as u64, d["rows"].as_u64().unwrap(), "{name}: Vigil and DuckDB disagree");
+        let dm = d["median_s"].as_f64().unwrap();
+        println!(
+            "| {name} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {rows} |",
+            cold * 1e3,
+            warm * 1e3,
+            d["cold_s"].as_f64().unwrap() * 1e3,
+            dm * 1e3,
+            warm / dm
+        );
+    }
+    assert!(s.terminate());
+}
+
+fn walk(p: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let path = e.path();
+        n += if path.is_dir() { walk(&path) } else { e.metadata().map_or(0, |m| m.len()) };
+    }
+    n
+}
