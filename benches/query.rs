@@ -38,7 +38,8 @@ fn event(i: usize, t_ns: i64) -> String {
     let caller = (i * 7919) % CALLERS;
     let callee = (i * 104_729 + caller) % CALLEES;
     let deny = i.is_multiple_of(20);
-    let t = chrono::DateTime::from_timestamp_nanos(t_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let t = chrono::DateTime::from_timestamp_nanos(t_ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     format!(
         r#"{{"schema":"vigil.event/v1","id":"e{i:011}","time":"{t}","kind":"authz","decision":"{}","caller":{{"principal":"spiffe://cluster.local/ns/ns{}/sa/svc{caller}","ip":"10.{}.{}.{}"}},"callee":{{"principal":"spiffe://cluster.local/ns/core/sa/api{callee}","port":8443}},"action":"GET","resource":"/v1/items/{}","status_code":{}}}"#,
         if deny { "deny" } else { "allow" },
@@ -63,8 +64,8 @@ fn generate(dir: &Path, n: usize, days: i64) {
             s.spawn(move || {
                 let decoder = Decoder::default();
                 let mut b = PartitionBatch::new("bench", p, Default::default(), PER_FILE);
-                let mut offset = 0i64;
-                for i in (p as usize..n).step_by(PARTITIONS as usize) {
+                for (offset, i) in (p as usize..n).step_by(PARTITIONS as usize).enumerate() {
+                    let offset = offset as i64;
                     let t = start_ns + (span_ns as i128 * i as i128 / n as i128) as i64;
                     let v = event(i, t);
                     let rec = RecordRef {
@@ -77,7 +78,6 @@ fn generate(dir: &Path, n: usize, days: i64) {
                         headers: &[],
                     };
                     b.append(&rec, &decoder, t).unwrap();
-                    offset += 1;
                     if b.rows() >= PER_FILE {
                         store.write(&b.seal().unwrap().unwrap()).unwrap();
                     }
@@ -99,6 +99,8 @@ fn ts(s: i64) -> String {
 
 fn queries() -> Vec<(&'static str, String)> {
     vec![
+        // The fixed cost of a call: HTTP, authentication, planning, the audit record.
+        ("SELECT 1 (fixed cost)", "SELECT 1 AS one".to_owned()),
         (
             "denials per caller, last hour",
             format!(
@@ -172,7 +174,9 @@ fn main() {
     );
 
     // DuckDB installed if missing (not part of the test suite: this bench's own need).
-    let have = Command::new("python3").args(["-c", "import duckdb"]).status();
+    let have = Command::new("python3")
+        .args(["-c", "import duckdb"])
+        .status();
     if !have.is_ok_and(|s| s.success()) {
         let ok = Command::new("python3")
             .args(["-m", "pip", "install", "--quiet", "duckdb"])
@@ -197,10 +201,15 @@ fn main() {
     }
     let s = serve_with(&broker, "idle", &dir, "bench-q", &[], Some(&config), &[]);
     let http = reqwest::Client::new();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let url = format!("http://{}/v1/query", s.api);
     wait_for("the API", Duration::from_secs(120), || {
-        rt.block_on(http.get(format!("http://{}/healthz", s.api)).send()).ok().map(|_| ())
+        rt.block_on(http.get(format!("http://{}/healthz", s.api)).send())
+            .ok()
+            .map(|_| ())
     });
     let ask = |sql: &str| -> (f64, serde_json::Value) {
         let t = Instant::now();
@@ -223,20 +232,36 @@ fn main() {
     let glob = format!("{}/events/**/[0-9]*.parquet", dir.display());
     let sqls: Vec<&str> = qs.iter().map(|(_, q)| q.as_str()).collect();
     let duck = Command::new("python3")
-        .args(["-c", DUCKDB, &glob, &runs.to_string(), &serde_json::to_string(&sqls).unwrap()])
+        .args([
+            "-c",
+            DUCKDB,
+            &glob,
+            &runs.to_string(),
+            &serde_json::to_string(&sqls).unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(duck.status.success(), "{}", String::from_utf8_lossy(&duck.stderr));
+    assert!(
+        duck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&duck.stderr)
+    );
     let duck: Vec<serde_json::Value> = serde_json::from_slice(&duck.stdout).unwrap();
 
     println!();
-    println!("| query | Vigil API cold ms | Vigil API ms | DuckDB cold ms | DuckDB ms | ratio (target ≤ 1.5) | rows |");
+    println!(
+        "| query | Vigil API cold ms | Vigil API ms | DuckDB cold ms | DuckDB ms | ratio (target ≤ 1.5) | rows |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for ((name, sql), d) in qs.iter().zip(&duck) {
         let (cold, first) = ask(sql);
         let warm = median((0..runs).map(|_| ask(sql).0).collect());
         let rows = first.as_array().map_or(0, Vec::len);
-        assert_eq!(rows as u64, d["rows"].as_u64().unwrap(), "{name}: Vigil and DuckDB disagree");
+        assert_eq!(
+            rows as u64,
+            d["rows"].as_u64().unwrap(),
+            "{name}: Vigil and DuckDB disagree"
+        );
         let dm = d["median_s"].as_f64().unwrap();
         println!(
             "| {name} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {rows} |",
@@ -254,7 +279,11 @@ fn walk(p: &Path) -> u64 {
     let mut n = 0;
     for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
         let path = e.path();
-        n += if path.is_dir() { walk(&path) } else { e.metadata().map_or(0, |m| m.len()) };
+        n += if path.is_dir() {
+            walk(&path)
+        } else {
+            e.metadata().map_or(0, |m| m.len())
+        };
     }
     n
 }

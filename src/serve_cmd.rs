@@ -162,7 +162,12 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The analyst API: ready once partitions are assigned.
     let ready = Arc::new(AtomicBool::new(false));
     let api = if cfg.api.enabled {
-        let text = metrics_text(metrics.clone(), dmetrics.clone(), delivery_metrics.clone());
+        let text = metrics_text(
+            cfg.store.data_dir.clone(),
+            metrics.clone(),
+            dmetrics.clone(),
+            delivery_metrics.clone(),
+        );
         Some(crate::api_serve::start(
             cfg,
             checkpoints.clone(),
@@ -348,6 +353,7 @@ pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
 
 /// The process's counters in Prometheus text format.
 fn metrics_text(
+    data_dir: std::path::PathBuf,
     ingest: Arc<IngestMetrics>,
     detect: Arc<DetectMetrics>,
     deliver: Arc<vigil_detect::deliver::DeliverMetrics>,
@@ -452,6 +458,34 @@ fn metrics_text(
             "Alerts given up on.",
             "counter",
             &[("", l(&deliver.undeliverable))],
+        );
+        let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+        let by_rule: Vec<(String, u64)> = detect
+            .stats
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .map(|r| (format!("{{rule=\"{}\"}}", esc(&r.id)), r.fired))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let by_rule: Vec<(&str, u64)> = by_rule.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        put(
+            "vigil_rule_alerts_total",
+            "Alerts raised per rule (as of the last state checkpoint).",
+            "counter",
+            &by_rule,
+        );
+        let depth: Vec<(String, u64)> = vigil_detect::deliver::outbox_depth(&data_dir)
+            .into_iter()
+            .map(|(t, n)| (format!("{{target=\"{}\"}}", esc(&t)), n))
+            .collect();
+        let depth: Vec<(&str, u64)> = depth.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        put(
+            "vigil_outbox_depth",
+            "Deliveries waiting per target.",
+            "gauge",
+            &depth,
         );
         out
     })

@@ -279,6 +279,25 @@ pub struct DeliverMetrics {
     pub undeliverable: AtomicU64,
 }
 
+/// Deliveries waiting in the outbox, per target (entries being written excluded).
+pub fn outbox_depth(data_dir: &Path) -> Vec<(String, u64)> {
+    let dir = outbox_dir(data_dir);
+    let Ok(targets) = vigil_store::files::read_dir_names(&dir) else {
+        return Vec::new();
+    };
+    targets
+        .into_iter()
+        .map(|t| {
+            let n = vigil_store::files::read_dir_names(&dir.join(&t))
+                .unwrap_or_default()
+                .iter()
+                .filter(|n| n.ends_with(".json") && !vigil_store::files::is_temp_name(n))
+                .count() as u64;
+            (t, n)
+        })
+        .collect()
+}
+
 /// A delivery given up on (past the target's `max_age_ms`).
 #[derive(Clone, Debug)]
 pub struct GaveUp {

@@ -118,10 +118,13 @@ impl Catalog {
         if let Some(limit) = memory_limit_bytes {
             rt = rt.with_memory_limit(limit, 1.0);
         }
-        let ctx = SessionContext::new_with_config_rt(
-            SessionConfig::new().with_information_schema(true),
-            rt.build_arc()?,
-        );
+        let mut config = SessionConfig::new().with_information_schema(true);
+        // Filters evaluated while decoding (only matching rows' other columns are read), the
+        // cheapest first: analyst queries are mostly selective (one caller, one id, an hour).
+        let opts = config.options_mut();
+        opts.execution.parquet.pushdown_filters = true;
+        opts.execution.parquet.reorder_filters = true;
+        let ctx = SessionContext::new_with_config_rt(config, rt.build_arc()?);
         ctx.register_table("stored", self.stored.clone())?;
         ctx.sql("CREATE VIEW events AS SELECT * FROM stored WHERE store_error IS NULL")
             .await?;
