@@ -521,6 +521,19 @@ mod tests {
     use vigil_schemas::Decoder;
     use vigil_store::{PartitionBatch, RecordRef, WriteOptions};
 
+    /// Record `i` of log p/0.
+    fn rec(i: i64, v: &str) -> RecordRef<'_> {
+        RecordRef {
+            topic: "p",
+            partition: 0,
+            offset: i,
+            timestamp_ms: None,
+            key: None,
+            value: Some(v.as_bytes()),
+            headers: &[],
+        }
+    }
+
     fn cfg(dir: &std::path::Path) -> RunConfig {
         RunConfig {
             data_dir: dir.to_owned(),
@@ -548,32 +561,14 @@ mod tests {
         let mut early = None;
         for i in 0..10 {
             let v = opa(i);
-            let rec = RecordRef {
-                topic: "p",
-                partition: 0,
-                offset: i,
-                timestamp_ms: None,
-                key: None,
-                value: Some(v.as_bytes()),
-                headers: &[],
-            };
-            b.append(&rec, &Decoder::default(), 0).unwrap();
+            b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
             if i == 4 {
                 early = b.cut().unwrap();
             }
         }
         store.write(&b.seal().unwrap().unwrap()).unwrap();
         let v = opa(10);
-        let rec = RecordRef {
-            topic: "p",
-            partition: 0,
-            offset: 10,
-            timestamp_ms: None,
-            key: None,
-            value: Some(v.as_bytes()),
-            headers: &[],
-        };
-        b.append(&rec, &Decoder::default(), 0).unwrap();
+        b.append(&rec(10, &v), &Decoder::default(), 0).unwrap();
         let live = b.cut().unwrap().unwrap();
         assert_eq!(live.first_leaf_index, 10);
 
@@ -643,17 +638,6 @@ suppress = "1h"
                 r#"{{"decision_id":"d{i}","result":false,"timestamp":"2026-11-22T10:00:0{i}Z","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"9.9.9.9","portValue":1}}}}}}}}}}}}"#
             )
         };
-        fn rec(i: i64, v: &str) -> RecordRef<'_> {
-            RecordRef {
-                topic: "p",
-                partition: 0,
-                offset: i,
-                timestamp_ms: None,
-                key: None,
-                value: Some(v.as_bytes()),
-                headers: &[],
-            }
-        }
         for i in 0..3 {
             let v = denial(i);
             b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
