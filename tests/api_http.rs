@@ -572,6 +572,13 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         (v["total"].as_u64() == Some(1)).then_some(v)
     });
 
+    // Probing for routes without a credential: a 404, recorded as refused.
+    assert_eq!(
+        c.call("GET", "/v1/admin", None, None).0,
+        StatusCode::NOT_FOUND
+    );
+    calls += 1;
+
     // Every call (probes aside) is in the API's log: who, what, how it ended.
     let audit = c.sql(
         reader,
@@ -591,6 +598,9 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     assert!(audit.iter().any(|r| r["decision"] == "deny"
         && r["status_code"] == 403
         && r["caller_principal"] == "key:ingestor"));
+    assert!(audit.iter().any(|r| r["action"] == "GET /v1/admin"
+        && r["decision"] == "deny"
+        && r["status_code"] == 404));
     assert!(audit.iter().any(|r| r["action"] == "POST /v1/query"
         && r["decision"] == "allow"
         && r["caller_principal"] == "key:reader"));

@@ -302,12 +302,19 @@ async fn audited(State(s): State<AppState>, mut req: Request, next: Next) -> Res
         now_s,
     );
     let principal = who.as_ref().ok().map(|p| p.id.clone());
+    let unauthenticated = who.as_ref().err().map(ToString::to_string);
     req.extensions_mut().insert(Authn(who));
     let resp = next.run(req).await;
     if probe {
         return resp;
     }
-    let denied = resp.extensions().get::<Denied>().map(|d| d.0.clone());
+    // Refused by the role check, or without a valid credential wherever it went (an unknown
+    // path included: probing for routes is refused traffic too).
+    let denied = resp
+        .extensions()
+        .get::<Denied>()
+        .map(|d| d.0.clone())
+        .or(unauthenticated);
     let detail = resp
         .extensions()
         .get::<Detail>()
@@ -317,11 +324,7 @@ async fn audited(State(s): State<AppState>, mut req: Request, next: Next) -> Res
     let call = ApiCall {
         time_ns: now_ns(),
         // A refused credential names no one.
-        principal: if denied.is_some() && status == 401 {
-            None
-        } else {
-            principal
-        },
+        principal,
         peer,
         method,
         path,
