@@ -95,6 +95,7 @@ pub fn start(
     anchor: Option<Arc<vigil_ingest::AnchorPublisher>>,
     ready: Arc<AtomicBool>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    live: vigil_query::Live,
 ) -> anyhow::Result<Api> {
     let auth = auth(cfg)?;
     if !auth.configured() {
@@ -174,7 +175,7 @@ pub fn start(
     // The alert log's directory exists from the start, so its table is its files, not an empty
     // stand-in made before the first alert.
     std::fs::create_dir_all(vigil_detect::alerts::alerts_dir(&cfg.store.data_dir))?;
-    let catalog = Arc::new(vigil_query::Catalog::open(&cfg.store.data_dir)?);
+    let catalog = Arc::new(vigil_query::Catalog::open(&cfg.store.data_dir)?.with_live(live));
     let state = AppState {
         catalog,
         cfg: Arc::new(Settings {

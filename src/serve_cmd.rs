@@ -161,22 +161,60 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     // The analyst API: ready once partitions are assigned.
     let ready = Arc::new(AtomicBool::new(false));
-    let api = if cfg.api.enabled {
+    let recent = cfg
+        .api
+        .enabled
+        .then(|| Arc::new(vigil_query::recent::Recent::default()));
+    let api = if let Some(recent) = &recent {
         let text = metrics_text(
             cfg.store.data_dir.clone(),
             metrics.clone(),
             dmetrics.clone(),
             delivery_metrics.clone(),
         );
+        let durable = metrics.clone();
+        let live = vigil_query::Live {
+            recent: recent.clone(),
+            durable: Arc::new(move || durable.durable()),
+        };
         Some(crate::api_serve::start(
             cfg,
             checkpoints.clone(),
             own_anchor.clone(),
             ready.clone(),
             text,
+            live,
         )?)
     } else {
         None
+    };
+
+    // The pipeline's pieces: to the API's buffer of rows not yet in a file, and on to detection.
+    let (pieces_tx, tee) = match (recent.clone(), detect_tx) {
+        (None, d) => (d, None),
+        (Some(recent), d) => {
+            let (tx, rx) =
+                crossbeam_channel::bounded::<vigil_store::Piece>(cfg.detect.queue_depth.max(1));
+            let m = metrics.clone();
+            let tee = std::thread::Builder::new()
+                .name("vigil-tee".into())
+                .spawn(move || {
+                    let mut trimmed = Instant::now();
+                    for p in rx {
+                        recent.push(p.clone());
+                        if trimmed.elapsed() >= Duration::from_secs(1) {
+                            recent.trim(&m.durable());
+                            trimmed = Instant::now();
+                        }
+                        if let Some(d) = &d
+                            && d.send(p).is_err()
+                        {
+                            break; // detection stopped: serve stops too
+                        }
+                    }
+                })?;
+            (Some(tx), Some(tee))
+        }
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -185,7 +223,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         std::thread::Builder::new()
             .name("vigil-ingest".into())
             .spawn(move || {
-                vigil_ingest::run(icfg, store, checkpoints, shutdown, metrics, detect_tx)
+                vigil_ingest::run(icfg, store, checkpoints, shutdown, metrics, pieces_tx)
             })?
     };
 
@@ -238,7 +276,11 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let result = ingest
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
-    // The pipeline threads are gone, and with them the detection queue's senders.
+    // The pipeline threads are gone, and with them the pieces' senders.
+    if let Some(t) = tee {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("tee thread panicked"))?;
+    }
     let detected = match detect {
         Some(d) => d
             .join()

@@ -290,6 +290,7 @@ impl Core {
             }
             let log = self.store.head(&key.0, key.1)?;
             let head = log.chain;
+            self.metrics.durable_at(&key, head.offset);
             // A crash between a file and its checkpoint leaves the newest records unsigned.
             self.signing.checkpoint(&key, head, &log.tree)?;
             // An empty store needs everything the topic still holds, whatever the group
@@ -465,6 +466,7 @@ impl Core {
             // re-reading records that are then skipped.
             tracing::warn!(error = %e, topic = %key.0, partition = key.1, "offset commit failed");
         }
+        self.metrics.durable_at(&key, info.last_offset);
         if let Some(i) = self.index(&key) {
             let part = &mut self.parts[i];
             part.durable = part.durable.max(info.last_offset);

@@ -37,6 +37,27 @@ pub struct IngestMetrics {
     pub anchors_failed: AtomicU64,
     /// Partitions this process holds now (a gauge; not in the snapshot).
     pub partitions_assigned: AtomicU64,
+    /// Per partition log this process has held: the last offset in a durable file (the
+    /// store's head when assigned). Rows after it are not in a file yet.
+    pub durable_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+}
+
+impl IngestMetrics {
+    /// A copy of [`IngestMetrics::durable_offsets`].
+    pub fn durable(&self) -> std::collections::HashMap<(String, i32), i64> {
+        self.durable_offsets
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Record that `key` is durable up to `offset`.
+    pub(crate) fn durable_at(&self, key: &(String, i32), offset: i64) {
+        if let Ok(mut m) = self.durable_offsets.lock() {
+            let e = m.entry(key.clone()).or_insert(offset);
+            *e = (*e).max(offset);
+        }
+    }
 }
 
 /// A point-in-time copy of [`IngestMetrics`].

@@ -14,6 +14,7 @@
 //! the configuration).
 
 pub mod api;
+pub mod recent;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -56,6 +57,14 @@ pub struct Catalog {
     data_dir: std::path::PathBuf,
     stored: Arc<dyn datafusion::catalog::TableProvider>,
     alert_revisions: Arc<dyn datafusion::catalog::TableProvider>,
+    live: Option<Live>,
+}
+
+/// Rows not yet in a file ([`recent::Recent`]) and where each log is durable up to.
+#[derive(Clone)]
+pub struct Live {
+    pub recent: Arc<recent::Recent>,
+    pub durable: Arc<dyn Fn() -> std::collections::HashMap<recent::Log, i64> + Send + Sync>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -63,6 +72,40 @@ impl std::fmt::Debug for Catalog {
         f.debug_struct("Catalog")
             .field("data_dir", &self.data_dir)
             .finish_non_exhaustive()
+    }
+}
+
+impl Catalog {
+    /// `stored`: the files, and (when live) the rows not in a file yet — per log, files up to
+    /// the durable offset taken once for the query, the buffer after it.
+    async fn register_stored(&self, ctx: &SessionContext) -> Result<(), QueryError> {
+        let Some(live) = &self.live else {
+            ctx.register_table("stored", self.stored.clone())?;
+            return Ok(());
+        };
+        let (rows, cutoffs) = live.recent.snapshot(&(live.durable)());
+        if rows.is_empty() {
+            ctx.register_table("stored", self.stored.clone())?;
+            return Ok(());
+        }
+        ctx.register_table("stored_files", self.stored.clone())?;
+        let schema = vigil_store::store_schema();
+        let mem = datafusion::datasource::MemTable::try_new(schema, vec![rows])?;
+        ctx.register_table("stored_recent", Arc::new(mem))?;
+        // Topic names are Kafka's ([a-zA-Z0-9._-]): safe inside quotes.
+        let cases: Vec<String> = cutoffs
+            .iter()
+            .map(|((t, p), cut)| {
+                format!("WHEN kafka_topic = '{t}' AND kafka_partition = {p} THEN {cut}")
+            })
+            .collect();
+        ctx.sql(&format!(
+            "CREATE VIEW stored AS SELECT * FROM stored_files WHERE kafka_offset <= \
+             CASE {} ELSE 9223372036854775807 END UNION ALL SELECT * FROM stored_recent",
+            cases.join(" ")
+        ))
+        .await?;
+        Ok(())
     }
 }
 
@@ -106,7 +149,14 @@ impl Catalog {
             data_dir: data_dir.to_owned(),
             stored,
             alert_revisions,
+            live: None,
         })
+    }
+
+    /// Queries see the rows not yet in a file too.
+    pub fn with_live(mut self, live: Live) -> Catalog {
+        self.live = Some(live);
+        self
     }
 
     /// A session over the tables, its memory bounded to `memory_limit_bytes` when given.
@@ -125,7 +175,7 @@ impl Catalog {
         opts.execution.parquet.pushdown_filters = true;
         opts.execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, rt.build_arc()?);
-        ctx.register_table("stored", self.stored.clone())?;
+        self.register_stored(&ctx).await?;
         ctx.sql("CREATE VIEW events AS SELECT * FROM stored WHERE store_error IS NULL")
             .await?;
         ctx.sql("CREATE VIEW rejected AS SELECT * FROM stored WHERE store_error IS NOT NULL")
