@@ -109,6 +109,7 @@ pub fn start(
     let addr = listener.local_addr()?;
 
     let store = Store::open(&cfg.store.data_dir, WriteOptions::default())?;
+    let signer = checkpoints.clone();
     let (log, lock) = open_log(&store, API_TOPIC, None, &checkpoints, anchor.as_deref())?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Audited>(QUEUE);
     let (cp, an) = (checkpoints.clone(), anchor.clone());
@@ -191,6 +192,7 @@ pub fn start(
         lifecycle: Some(lifecycle),
         audit: tx,
         uploads: Some(up_tx),
+        checkpoints: Some(signer),
         ready,
         metrics,
     };

@@ -24,7 +24,8 @@ enum KeysAction {
     /// generating the first key if there is none.
     Show,
     /// Start signing with a new key; the current keys keep signing for `--overlap-secs`, then
-    /// stop. Run while `vigil serve` is stopped (it reads the keys at start).
+    /// stop. Run while `vigil serve` is stopped (it reads the keys at start); while it runs,
+    /// an admin rotates through the API (`POST /v1/keys/rotate`).
     Rotate {
         #[arg(long, default_value_t = 3600)]
         overlap_secs: u64,

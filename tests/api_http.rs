@@ -278,6 +278,17 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
             }
         }
     }
+    // The admin's rotation (in the matrix above) took effect in the running signer: two keys,
+    // the first closing after its overlap; the store still verifies at the end.
+    let (_, registry) = c.call("GET", "/v1/keys", Some(reader), None);
+    calls += 1;
+    let registry = String::from_utf8_lossy(&registry).into_owned();
+    let keys_listed: Vec<&str> = registry.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(keys_listed.len(), 2, "{registry}");
+    assert!(
+        !keys_listed[0].ends_with(" -"),
+        "the first key closes: {registry}"
+    );
     let (_, doc) = c.json("GET", "/openapi.json", Some(reader), None);
     calls += 1;
     for r in &routes {

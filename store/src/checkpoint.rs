@@ -611,6 +611,13 @@ impl Checkpointer {
         lock(&self.keys).name().to_owned()
     }
 
+    /// Start signing with a new key ([`KeyRing::rotate`]) while running; the registry after.
+    pub fn rotate(&self, overlap_ms: i64) -> Result<(String, String), StoreError> {
+        let mut keys = lock(&self.keys);
+        let vkey = keys.rotate(overlap_ms)?;
+        Ok((vkey, keys.registry.format()))
+    }
+
     /// The directory of one log's checkpoints.
     pub fn log_dir(root: &Path, topic: &str, partition: i32) -> Result<PathBuf, StoreError> {
         validate_topic(topic)?;

@@ -129,6 +129,8 @@ pub struct AppState {
     pub lifecycle: Option<Arc<LifecycleFn>>,
     /// Where calls are recorded; a call's response waits until its record is durable.
     pub audit: tokio::sync::mpsc::Sender<Audited>,
+    /// The running signer (`POST /v1/keys/rotate`; `None`: not here).
+    pub checkpoints: Option<Arc<vigil_store::checkpoint::Checkpointer>>,
     /// Where `POST /logs` uploads go (`None`: not taken here).
     pub uploads: Option<tokio::sync::mpsc::Sender<Upload>>,
     /// Ready: consuming (set by the binary).
@@ -156,6 +158,7 @@ struct Denied(String);
 const READ: &[Role] = &[Role::Reader, Role::Analyst, Role::Admin];
 const CHANGE: &[Role] = &[Role::Analyst, Role::Admin];
 const INGEST: &[Role] = &[Role::Ingestor];
+const ADMIN: &[Role] = &[Role::Admin];
 
 /// One route as `/openapi.json` describes it.
 #[derive(Clone, Debug, Serialize)]
@@ -214,6 +217,7 @@ fn build() -> Routes {
         .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity; paging offset, limit.", get(alerts))
         .add("post", "/v1/alerts/{id}/{action}", Some(CHANGE), "Alert lifecycle: action ack, resolve or suppress; body {\"note\"}.", post(change))
         .add("get", "/v1/keys", Some(READ), "The checkpoint signing keys (registry).", get(keys))
+        .add("post", "/v1/keys/rotate", Some(ADMIN), "Start signing checkpoints with a new key (query overlap_secs, default 3600: how long the current keys keep signing); the new registry to pin.", post(rotate))
         .add("get", "/v1/checkpoints/latest", Some(READ), "Each log's newest signed checkpoint.", get(checkpoints))
         .add("get", "/v1/proofs/inclusion", Some(READ), "Inclusion proof bundle: log=T/P and index or offset.", get(inclusion))
         .add("get", "/v1/proofs/consistency", Some(READ), "Consistency proof bundle: log=T/P, from, to (default newest).", get(consistency))
@@ -564,6 +568,32 @@ async fn keys(State(s): State<AppState>) -> Response {
     match tokio::fs::read_to_string(&path).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
         Err(e) => error(StatusCode::NOT_FOUND, format!("no key registry: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct RotateQuery {
+    #[serde(default = "default_overlap")]
+    overlap_secs: u64,
+}
+
+fn default_overlap() -> u64 {
+    3600
+}
+
+async fn rotate(State(s): State<AppState>, Query(q): Query<RotateQuery>) -> Response {
+    let Some(cp) = s.checkpoints.clone() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no signer in this process");
+    };
+    let overlap_ms = i64::try_from(q.overlap_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    match tokio::task::spawn_blocking(move || cp.rotate(overlap_ms)).await {
+        Ok(Ok((public_key, registry))) => {
+            tracing::warn!(%public_key, "checkpoint signing key rotated through the API");
+            Json(serde_json::json!({ "public_key": public_key, "registry": registry }))
+                .into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
