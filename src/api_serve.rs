@@ -35,22 +35,11 @@ pub fn auth(cfg: &Config) -> anyhow::Result<Auth> {
     let a = &cfg.api;
     let mut keys = Vec::new();
     for k in &a.keys {
-        let hash = hex::decode(&k.sha256)
-            .ok()
-            .and_then(|h| <[u8; 32]>::try_from(h).ok())
-            .with_context(|| format!("api.keys {}: sha256 is not 64 hex digits", k.name))?;
-        let roles = k
-            .roles
-            .iter()
-            .map(|r| {
-                Role::parse(r).with_context(|| format!("api.keys {}: unknown role {r:?}", k.name))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        keys.push(ApiKey {
-            name: k.name.clone(),
-            sha256: hash,
-            roles,
-        });
+        keys.push(entry("api.keys", k)?);
+    }
+    let mut certs = Vec::new();
+    for c in &a.clients {
+        certs.push(entry("api.clients", c)?);
     }
     let jwt = if a.jwt_issuer.is_empty() && a.jwt_audience.is_empty() {
         None
@@ -85,7 +74,142 @@ pub fn auth(cfg: &Config) -> anyhow::Result<Auth> {
             leeway_s: a.jwt_leeway_s,
         })
     };
-    Auth::new(keys, jwt).map_err(|e| anyhow::anyhow!("api: {e}"))
+    Auth::new(keys, certs, jwt).map_err(|e| anyhow::anyhow!("api: {e}"))
+}
+
+/// An `[[api.keys]]` or `[[api.clients]]` entry: its hash and roles checked.
+fn entry(section: &str, k: &crate::config::ApiKeyConfig) -> anyhow::Result<ApiKey> {
+    let hash = hex::decode(&k.sha256)
+        .ok()
+        .and_then(|h| <[u8; 32]>::try_from(h).ok())
+        .with_context(|| format!("{section} {}: sha256 is not 64 hex digits", k.name))?;
+    let roles = k
+        .roles
+        .iter()
+        .map(|r| {
+            Role::parse(r).with_context(|| format!("{section} {}: unknown role {r:?}", k.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(ApiKey {
+        name: k.name.clone(),
+        sha256: hash,
+        roles,
+    })
+}
+
+/// The TLS settings, if HTTPS is configured: certificate, key, and (mTLS) the client CA.
+fn tls_config(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let a = &cfg.api;
+    let (cert, key) = (&a.tls_cert_file, &a.tls_key_file);
+    match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+        (true, true) => {
+            anyhow::ensure!(
+                a.tls_client_ca_file.as_os_str().is_empty(),
+                "api.tls_client_ca_file needs api.tls_cert_file and api.tls_key_file"
+            );
+            return Ok(None);
+        }
+        (false, false) => {}
+        _ => anyhow::bail!("api.tls_cert_file and api.tls_key_file go together"),
+    }
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("api.tls_cert_file {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("api.tls_key_file {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = if a.tls_client_ca_file.as_os_str().is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        let cas = CertificateDer::pem_file_iter(&a.tls_client_ca_file)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .with_context(|| {
+                format!("api.tls_client_ca_file {}", a.tls_client_ca_file.display())
+            })?;
+        for c in cas {
+            roots.add(c)?;
+        }
+        let v =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let v = if a.tls_client_required {
+            v
+        } else {
+            v.allow_unauthenticated()
+        };
+        builder.with_client_cert_verifier(v.build()?)
+    };
+    let mut c = builder
+        .with_single_cert(chain, key)
+        .context("api.tls_cert_file and api.tls_key_file do not make a certificate")?;
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(c)))
+}
+
+/// Serve HTTPS: each connection's TLS handshake (bounded), its verified client certificate's
+/// fingerprint and peer address put on every request, then the router.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use sha2::Digest;
+    use tower::ServiceExt;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection");
+                        continue;
+                    }
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                let watcher = graceful.watcher();
+                conns.spawn(async move {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| api::ClientCert(sha2::Sha256::digest(c.as_ref()).into()));
+                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                        if let Some(c) = cert {
+                            req.extensions_mut().insert(c);
+                        }
+                        app.clone().oneshot(req.map(axum::body::Body::new))
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
+    }
+    // Requests in flight finish (for up to 10 s); idle connections close at once.
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    conns.abort_all();
+    Ok(())
 }
 
 /// Start the API: bind (so a busy address fails `serve` at once), record calls, serve.
@@ -98,6 +222,7 @@ pub fn start(
     live: vigil_query::Live,
 ) -> anyhow::Result<Api> {
     let auth = auth(cfg)?;
+    let tls = tls_config(cfg)?;
     if !auth.configured() {
         tracing::warn!(
             "the API has no API keys or JWT settings: every route but /healthz and /readyz answers 401 (see api.keys, `vigil api-key`)"
@@ -206,6 +331,9 @@ pub fn start(
                 .build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
+                if let Some(tls) = tls {
+                    return serve_tls(listener, tls, api::router(state), stopped).await;
+                }
                 let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
@@ -216,7 +344,8 @@ pub fn start(
             })
         },
     )?;
-    tracing::info!(%addr, "analyst API listening");
+    tracing::info!(%addr, https = !cfg.api.tls_cert_file.as_os_str().is_empty(),
+        mtls = !cfg.api.tls_client_ca_file.as_os_str().is_empty(), "analyst API listening");
     Ok(Api {
         stop: Some(stop),
         server,

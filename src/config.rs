@@ -53,6 +53,17 @@ pub struct ApiConfig {
     /// API keys: `[[api.keys]]` with `name`, `sha256` (hex of the key's SHA-256; `vigil
     /// api-key` makes one) and `roles`.
     pub keys: Vec<ApiKeyConfig>,
+    /// HTTPS: the server's certificate chain and private key (PEM). Both empty: plain HTTP.
+    pub tls_cert_file: std::path::PathBuf,
+    pub tls_key_file: std::path::PathBuf,
+    /// mTLS: client certificates must chain to this CA (PEM) to be accepted. Empty: none asked.
+    pub tls_client_ca_file: std::path::PathBuf,
+    /// Refuse TLS connections without a client certificate (else they may use a bearer
+    /// credential instead).
+    pub tls_client_required: bool,
+    /// Client certificates that authenticate: `[[api.clients]]` with `name`, `sha256` (hex of
+    /// the certificate's DER SHA-256) and `roles`.
+    pub clients: Vec<ApiKeyConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,6 +90,11 @@ impl Default for ApiConfig {
             jwt_roles_claim: "roles".into(),
             jwt_leeway_s: 30,
             keys: Vec::new(),
+            tls_cert_file: Default::default(),
+            tls_key_file: Default::default(),
+            tls_client_ca_file: Default::default(),
+            tls_client_required: false,
+            clients: Vec::new(),
         }
     }
 }

@@ -67,6 +67,8 @@ pub enum AuthError {
     Oversized(usize),
     #[error("unknown API key")]
     UnknownKey,
+    #[error("the client certificate is not one of api.clients")]
+    UnknownCert,
     #[error("token refused: {0}")]
     Token(String),
 }
@@ -111,9 +113,11 @@ impl std::fmt::Debug for JwtConfig {
 /// Longest credential looked at, in bytes.
 pub const MAX_CREDENTIAL_BYTES: usize = 8192;
 
-/// The authenticator: API keys by hash, JWT keys.
+/// The authenticator: API keys by hash, client certificates by fingerprint, JWT keys.
 pub struct Auth {
     keys: HashMap<[u8; 32], ApiKey>,
+    /// Client certificates (mTLS), by the SHA-256 of their DER; `sha256` holds it.
+    certs: HashMap<[u8; 32], ApiKey>,
     jwt: Option<JwtConfig>,
     /// RS256/ES256 keys by kid, with the algorithm each is for.
     public: HashMap<String, (Algorithm, DecodingKey)>,
@@ -123,6 +127,7 @@ impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
             .field("api_keys", &self.keys.len())
+            .field("client_certs", &self.certs.len())
             .field("jwt", &self.jwt)
             .finish()
     }
@@ -135,7 +140,11 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 
 impl Auth {
     /// Check the settings: every JWKS key needs a `kid` and an RS256 or ES256 algorithm.
-    pub fn new(keys: Vec<ApiKey>, jwt: Option<JwtConfig>) -> Result<Auth, String> {
+    pub fn new(
+        keys: Vec<ApiKey>,
+        certs: Vec<ApiKey>,
+        jwt: Option<JwtConfig>,
+    ) -> Result<Auth, String> {
         let mut public = HashMap::new();
         if let Some(j) = &jwt {
             if j.issuer.is_empty() || j.audience.is_empty() {
@@ -162,13 +171,14 @@ impl Auth {
                 return Err("JWTs need an HS256 secret or a JWKS file".into());
             }
         }
-        for k in &keys {
+        for k in keys.iter().chain(&certs) {
             if k.roles.is_empty() {
-                return Err(format!("API key {}: no roles", k.name));
+                return Err(format!("API key or client {}: no roles", k.name));
             }
         }
         Ok(Auth {
             keys: keys.into_iter().map(|k| (k.sha256, k)).collect(),
+            certs: certs.into_iter().map(|k| (k.sha256, k)).collect(),
             jwt,
             public,
         })
@@ -176,7 +186,16 @@ impl Auth {
 
     /// Whether any way in is configured (without one, every protected route is 401).
     pub fn configured(&self) -> bool {
-        !self.keys.is_empty() || self.jwt.is_some()
+        !self.keys.is_empty() || !self.certs.is_empty() || self.jwt.is_some()
+    }
+
+    /// The caller of a TLS connection whose (verified) client certificate has this SHA-256.
+    pub fn authenticate_cert(&self, fingerprint: &[u8; 32]) -> Result<Principal, AuthError> {
+        let c = self.certs.get(fingerprint).ok_or(AuthError::UnknownCert)?;
+        Ok(Principal {
+            id: format!("cert:{}", c.name),
+            roles: c.roles.clone(),
+        })
     }
 
     /// The caller of a request with this `Authorization` header value.
@@ -297,6 +316,7 @@ mod tests {
                 sha256: hash_key("vk_reader_key"),
                 roles: vec![Role::Reader],
             }],
+            vec![],
             Some(JwtConfig {
                 hs256_secret: Some(SECRET.to_vec()),
                 jwks: None,
@@ -435,16 +455,19 @@ mod tests {
             roles_claim: "roles".into(),
             ..Default::default()
         };
-        assert!(Auth::new(vec![], Some(jwt("", SECRET))).is_err());
-        assert!(Auth::new(vec![], Some(jwt("i", b"short"))).is_err());
+        assert!(Auth::new(vec![], vec![], Some(jwt("", SECRET))).is_err());
+        assert!(Auth::new(vec![], vec![], Some(jwt("i", b"short"))).is_err());
         let no_roles = ApiKey {
             name: "x".into(),
             sha256: [0; 32],
             roles: vec![],
         };
-        assert!(Auth::new(vec![no_roles], None).is_err());
-        assert!(!Auth::new(vec![], None).unwrap().configured());
-        let dbg = format!("{:?}", Auth::new(vec![], Some(jwt("i", SECRET))).unwrap());
+        assert!(Auth::new(vec![], vec![no_roles], None).is_err());
+        assert!(!Auth::new(vec![], vec![], None).unwrap().configured());
+        let dbg = format!(
+            "{:?}",
+            Auth::new(vec![], vec![], Some(jwt("i", SECRET))).unwrap()
+        );
         assert!(!dbg.contains("0123456789abcdef"), "{dbg}");
     }
 }

@@ -139,6 +139,11 @@ pub struct AppState {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
+/// The SHA-256 of the verified client certificate of the request's TLS connection (set by the
+/// server loop when mTLS is on).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientCert(pub [u8; 32]);
+
 /// What authentication found, for the role check.
 #[derive(Clone)]
 struct Authn(Result<Principal, AuthError>);
@@ -299,12 +304,15 @@ async fn audited(State(s): State<AppState>, mut req: Request, next: Next) -> Res
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let now_s = u64::try_from(now_ns() / 1_000_000_000).unwrap_or(0);
-    let who = s.auth.authenticate(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-        now_s,
-    );
+    // A bearer credential if one is given, else the connection's client certificate.
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let who = match (bearer, req.extensions().get::<ClientCert>()) {
+        (None, Some(c)) => s.auth.authenticate_cert(&c.0),
+        (bearer, _) => s.auth.authenticate(bearer, now_s),
+    };
     let principal = who.as_ref().ok().map(|p| p.id.clone());
     let unauthenticated = who.as_ref().err().map(ToString::to_string);
     req.extensions_mut().insert(Authn(who));
