@@ -50,14 +50,17 @@ pub async fn session_with(
 }
 
 /// The store's tables, made once and shared by the sessions made from them: the files' list is
-/// read at each query, their footers' statistics (what prunes files and row groups by
-/// `event_time` and the other columns) only once per file.
+/// read at each query, their footers, page indexes and statistics (what prunes files and row
+/// groups by `event_time` and the other columns) only once per file.
 #[derive(Clone)]
 pub struct Catalog {
     data_dir: std::path::PathBuf,
     stored: Arc<dyn datafusion::catalog::TableProvider>,
     alert_revisions: Arc<dyn datafusion::catalog::TableProvider>,
     live: Option<Live>,
+    /// Every session's caches of file statistics and Parquet metadata (footers, page
+    /// indexes): files never change once written, so each is read once.
+    caches: datafusion::execution::cache::cache_manager::CacheManagerConfig,
 }
 
 /// Rows not yet in a file ([`recent::Recent`]) and where each log is durable up to.
@@ -145,11 +148,22 @@ impl Catalog {
                 vec![vec![]],
             )?)
         };
+        // Made once and shared; the list of files is never cached (a new file must show at once:
+        // rows leave the in-memory buffer when their file is durable).
+        use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+        let no_listing = CacheManagerConfig::default().with_list_files_cache_limit(0);
+        let rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(no_listing.clone())
+            .build()?;
+        let caches = no_listing
+            .with_file_statistics_cache(rt.cache_manager.get_file_statistic_cache())
+            .with_file_metadata_cache(Some(rt.cache_manager.get_file_metadata_cache()));
         Ok(Catalog {
             data_dir: data_dir.to_owned(),
             stored,
             alert_revisions,
             live: None,
+            caches,
         })
     }
 
@@ -164,7 +178,8 @@ impl Catalog {
         &self,
         memory_limit_bytes: Option<usize>,
     ) -> Result<SessionContext, QueryError> {
-        let mut rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        let mut rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(self.caches.clone());
         if let Some(limit) = memory_limit_bytes {
             rt = rt.with_memory_limit(limit, 1.0);
         }
