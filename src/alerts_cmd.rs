@@ -217,7 +217,15 @@ pub fn apply_or_queue(
     cmd: &Command,
     wait: Duration,
 ) -> anyhow::Result<Reply> {
-    match apply_here(cfg, dir, cmd) {
+    // Held (a `serve` runs detection): no need to set up signing and delivery here first.
+    let here = if vigil_detect::run::lock_held(dir) {
+        Err(anyhow::Error::from(DetectError::Locked(
+            dir.display().to_string(),
+        )))
+    } else {
+        apply_here(cfg, dir, cmd)
+    };
+    match here {
         Ok(r) => Ok(r),
         Err(e)
             if e.downcast_ref::<DetectError>()

@@ -123,6 +123,16 @@ pub fn apply_direct(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError>
     l.apply(&mut engine, cmd)
 }
 
+/// Whether a process holds the data directory's detection lock now (it may change at once:
+/// callers fall back on [`DetectError::Locked`] anyway).
+pub fn lock_held(data_dir: &std::path::Path) -> bool {
+    let path = data_dir.join("detect").join("state.lock");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .is_ok_and(|f| f.try_lock().is_err())
+}
+
 /// Take the data directory's detection lock (held while the file stays open).
 fn lock(cfg: &RunConfig) -> Result<File, DetectError> {
     let dir = cfg.data_dir.join("detect");
@@ -684,10 +694,13 @@ suppress = "1h"
         let stored = crate::alerts::find(dir.path(), &id).unwrap().unwrap();
         assert_eq!(stored, *alert);
         // Someone holds it: refused with Locked, nothing applied.
+        assert!(!lock_held(dir.path()));
         let held = lock(&cfg(dir.path())).unwrap();
+        assert!(lock_held(dir.path()));
         let err = apply_direct(cfg(dir.path()), &cmd(Action::Resolve)).unwrap_err();
         assert!(matches!(err, DetectError::Locked(_)), "{err}");
         drop(held);
+        assert!(!lock_held(dir.path()));
 
         // The next start takes the resolution from the alert log: the open alert is closed,
         // and the group's next denials are a new alert.
