@@ -405,18 +405,13 @@ fn write_log<T>(
             .map_err(anyhow::Error::from)
             .and_then(|w| {
                 let w = w.context("no record written")?;
-                let partition = w.span.partition;
-                if let Some(note) =
-                    checkpoints.checkpoint(&topic, partition, w.chain(), &w.span.tree, None)?
-                    && let Some(a) = anchor
-                {
-                    let origin = vigil_store::checkpoint::origin(
-                        &checkpoints.store_name(),
-                        &topic,
-                        partition,
-                    );
-                    a.publish(&origin, &note);
-                }
+                checkpoints.sign_and_publish(
+                    &topic,
+                    w.span.partition,
+                    w.chain(),
+                    &w.span.tree,
+                    |origin, note| anchor.into_iter().for_each(|a| a.publish(origin, note)),
+                )?;
                 Ok(w.outcomes)
             });
         match written {
@@ -450,15 +445,13 @@ fn open_log(
         None => vigil_store::claim(store, topic)?,
     };
     let head = log.head().clone();
-    if head.tree.size() > 0
-        && let Some(note) =
-            checkpoints.checkpoint(topic, log.partition(), head.chain, &head.tree, None)?
-        && let Some(a) = anchor
-    {
-        let origin =
-            vigil_store::checkpoint::origin(&checkpoints.store_name(), topic, log.partition());
-        a.publish(&origin, &note);
-    }
+    checkpoints.sign_and_publish(
+        topic,
+        log.partition(),
+        head.chain,
+        &head.tree,
+        |origin, note| anchor.into_iter().for_each(|a| a.publish(origin, note)),
+    )?;
     Ok((log, lock))
 }
 

@@ -241,16 +241,11 @@ impl Loop {
         let Some(cp) = &self.cfg.checkpoints else {
             return Ok(());
         };
-        if tree.size() == 0 {
-            return Ok(());
-        }
-        if let Some(note) = cp.checkpoint(AUDIT_TOPIC, AUDIT_PARTITION, chain, tree, None)?
-            && let Some(anchor) = &self.cfg.anchor
-        {
-            let origin =
-                vigil_store::checkpoint::origin(&cp.store_name(), AUDIT_TOPIC, AUDIT_PARTITION);
-            (anchor.0)(&origin, &note);
-        }
+        cp.sign_and_publish(AUDIT_TOPIC, AUDIT_PARTITION, chain, tree, |origin, note| {
+            if let Some(anchor) = &self.cfg.anchor {
+                (anchor.0)(origin, note);
+            }
+        })?;
         Ok(())
     }
 

@@ -341,18 +341,10 @@ impl Signing {
         chain: ChainHead,
         tree: &Frontier,
     ) -> Result<(), StoreError> {
-        if tree.size() == 0 {
-            return Ok(());
-        }
-        if let Some(note) = self
-            .checkpoints
-            .checkpoint(&key.0, key.1, chain, tree, None)?
-        {
-            let origin =
-                vigil_store::checkpoint::origin(&self.checkpoints.store_name(), &key.0, key.1);
-            self.signed(&origin, &note);
-        }
-        Ok(())
+        self.checkpoints
+            .sign_and_publish(&key.0, key.1, chain, tree, |origin, note| {
+                self.signed(origin, note)
+            })
     }
 
     /// Sign again the logs whose newest checkpoint is older than `max_age_ms`.
