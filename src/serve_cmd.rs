@@ -405,113 +405,119 @@ fn metrics_text(
         let m = ingest.snapshot();
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
-        let mut put = |name: &str, help: &str, kind: &str, series: &[(&str, u64)]| {
+        let mut put = |name: &str, help: &str, kind: &str, series: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, v) in series {
                 let _ = writeln!(out, "{name}{labels} {v}");
             }
         };
+        let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+        let label = |k: &str, v: &str| format!("{{{k}=\"{}\"}}", esc(v));
+        let outcomes = [
+            ("decoded", m.records_decoded),
+            ("rejected", m.records_rejected),
+            ("already_stored", m.records_already_stored),
+            ("not_assigned", m.records_not_assigned),
+            ("refetched", m.records_refetched),
+        ];
+        let by_outcome: Vec<(String, u64)> = outcomes
+            .iter()
+            .map(|(o, v)| (label("outcome", o), *v))
+            .collect();
         put(
             "vigil_records_total",
             "Kafka records by outcome.",
             "counter",
-            &[
-                ("{outcome=\"decoded\"}", m.records_decoded),
-                ("{outcome=\"rejected\"}", m.records_rejected),
-                ("{outcome=\"already_stored\"}", m.records_already_stored),
-                ("{outcome=\"not_assigned\"}", m.records_not_assigned),
-                ("{outcome=\"refetched\"}", m.records_refetched),
-            ],
+            &by_outcome,
         );
-        put(
-            "vigil_rows_stored_total",
-            "Rows written to the store.",
-            "counter",
-            &[("", m.rows_stored)],
-        );
-        put(
-            "vigil_files_written_total",
-            "Store files written.",
-            "counter",
-            &[("", m.files_written)],
-        );
-        put(
-            "vigil_bytes_written_total",
-            "Store bytes written.",
-            "counter",
-            &[("", m.bytes_written)],
-        );
-        put(
-            "vigil_partitions_assigned",
-            "Partitions this process consumes.",
-            "gauge",
-            &[("", l(&ingest.partitions_assigned))],
-        );
-        put(
-            "vigil_checkpoints_signed_total",
-            "Signed checkpoints.",
-            "counter",
-            &[("", m.checkpoints_signed)],
-        );
-        put(
-            "vigil_anchors_failed_total",
-            "Checkpoint anchors not delivered.",
-            "counter",
-            &[("", m.anchors_failed)],
-        );
-        put(
-            "vigil_detect_events_total",
-            "Events evaluated by detection.",
-            "counter",
-            &[("", l(&detect.rows))],
-        );
-        put(
-            "vigil_detect_late_total",
-            "Events too late to evaluate.",
-            "counter",
-            &[("", l(&detect.late))],
-        );
-        put(
-            "vigil_alerts_fired_total",
-            "Alerts raised.",
-            "counter",
-            &[("", l(&detect.alerts_fired))],
-        );
-        put(
-            "vigil_alert_revisions_total",
-            "Alert revisions stored.",
-            "counter",
-            &[("", l(&detect.alert_revisions))],
-        );
-        put(
-            "vigil_deliveries_total",
-            "Alert deliveries acknowledged by their targets.",
-            "counter",
-            &[("", l(&deliver.delivered))],
-        );
-        put(
-            "vigil_delivery_failures_total",
-            "Failed delivery attempts.",
-            "counter",
-            &[("", l(&deliver.failed_attempts))],
-        );
-        put(
-            "vigil_undeliverable_total",
-            "Alerts given up on.",
-            "counter",
-            &[("", l(&deliver.undeliverable))],
-        );
-        let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+        // One unlabelled series each.
+        for (name, help, kind, v) in [
+            (
+                "vigil_rows_stored_total",
+                "Rows written to the store.",
+                "counter",
+                m.rows_stored,
+            ),
+            (
+                "vigil_files_written_total",
+                "Store files written.",
+                "counter",
+                m.files_written,
+            ),
+            (
+                "vigil_bytes_written_total",
+                "Store bytes written.",
+                "counter",
+                m.bytes_written,
+            ),
+            (
+                "vigil_partitions_assigned",
+                "Partitions this process consumes.",
+                "gauge",
+                l(&ingest.partitions_assigned),
+            ),
+            (
+                "vigil_checkpoints_signed_total",
+                "Signed checkpoints.",
+                "counter",
+                m.checkpoints_signed,
+            ),
+            (
+                "vigil_anchors_failed_total",
+                "Checkpoint anchors not delivered.",
+                "counter",
+                m.anchors_failed,
+            ),
+            (
+                "vigil_detect_events_total",
+                "Events evaluated by detection.",
+                "counter",
+                l(&detect.rows),
+            ),
+            (
+                "vigil_detect_late_total",
+                "Events too late to evaluate.",
+                "counter",
+                l(&detect.late),
+            ),
+            (
+                "vigil_alerts_fired_total",
+                "Alerts raised.",
+                "counter",
+                l(&detect.alerts_fired),
+            ),
+            (
+                "vigil_alert_revisions_total",
+                "Alert revisions stored.",
+                "counter",
+                l(&detect.alert_revisions),
+            ),
+            (
+                "vigil_deliveries_total",
+                "Alert deliveries acknowledged by their targets.",
+                "counter",
+                l(&deliver.delivered),
+            ),
+            (
+                "vigil_delivery_failures_total",
+                "Failed delivery attempts.",
+                "counter",
+                l(&deliver.failed_attempts),
+            ),
+            (
+                "vigil_undeliverable_total",
+                "Alerts given up on.",
+                "counter",
+                l(&deliver.undeliverable),
+            ),
+        ] {
+            put(name, help, kind, &[(String::new(), v)]);
+        }
         let by_rule: Vec<(String, u64)> = detect
             .stats
             .lock()
-            .map(|s| {
-                s.iter()
-                    .map(|r| (format!("{{rule=\"{}\"}}", esc(&r.id)), r.fired))
-                    .collect()
-            })
+            .map(|s| s.iter().map(|r| (label("rule", &r.id), r.fired)).collect())
             .unwrap_or_default();
-        let by_rule: Vec<(&str, u64)> = by_rule.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         put(
             "vigil_rule_alerts_total",
             "Alerts raised per rule (as of the last state checkpoint).",
@@ -520,9 +526,8 @@ fn metrics_text(
         );
         let depth: Vec<(String, u64)> = vigil_detect::deliver::outbox_depth(&data_dir)
             .into_iter()
-            .map(|(t, n)| (format!("{{target=\"{}\"}}", esc(&t)), n))
+            .map(|(t, n)| (label("target", &t), n))
             .collect();
-        let depth: Vec<(&str, u64)> = depth.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         put(
             "vigil_outbox_depth",
             "Deliveries waiting per target.",
