@@ -88,6 +88,25 @@ struct Client {
 }
 
 impl Client {
+    /// A client of `serve`'s API, once it answers.
+    fn connect(s: &Serve) -> Client {
+        let c = Client {
+            base: format!("http://{}", s.api),
+            http: reqwest::Client::new(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        };
+        wait_for("the API", Duration::from_secs(60), || {
+            (c.rt
+                .block_on(c.http.get(format!("{}/healthz", c.base)).send())
+                .is_ok())
+            .then_some(())
+        });
+        c
+    }
+
     fn call(
         &self,
         method: &str,
@@ -198,20 +217,7 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         Some(&config_path),
         &[],
     );
-    let c = Client {
-        base: format!("http://{}", s.api),
-        http: reqwest::Client::new(),
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-    };
-    wait_for("the API", Duration::from_secs(60), || {
-        (c.rt
-            .block_on(c.http.get(format!("{}/healthz", c.base)).send())
-            .is_ok())
-        .then_some(())
-    });
+    let c = Client::connect(&s);
     // 60 denials from one address: an alert to manage.
     let now_t = chrono::Utc::now();
     let recs: Vec<Rec> = (0..60)
@@ -687,20 +693,7 @@ fn rows_not_yet_in_a_file_are_queryable_and_never_counted_twice() {
         Some(&config),
         &[],
     );
-    let c = Client {
-        base: format!("http://{}", s.api),
-        http: reqwest::Client::new(),
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-    };
-    wait_for("the API", Duration::from_secs(60), || {
-        (c.rt
-            .block_on(c.http.get(format!("{}/healthz", c.base)).send())
-            .is_ok())
-        .then_some(())
-    });
+    let c = Client::connect(&s);
     wait_for("ready", Duration::from_secs(60), || {
         (c.call("GET", "/readyz", None, None).0 == StatusCode::OK).then_some(())
     });

@@ -170,20 +170,25 @@ fn client_certificates_authenticate_and_nothing_else_gets_through() {
     let broker = Broker::start();
     broker.create_topic("mesh", 1);
     let dir = d.join("data");
-    let s = serve_with(
-        &broker,
-        "mesh",
-        &dir,
-        "g-tls",
-        &[],
-        Some(&config(false)),
-        &[],
-    );
-    let base = format!("https://{}", s.api);
     let listed = client(d, &ca_pem, Some("grafana"));
-    wait_for("the API over TLS", Duration::from_secs(60), || {
-        get(&listed, &format!("{base}/healthz"), None).ok()
-    });
+    // `serve` over TLS, with client certificates optional or required; once it answers.
+    let start = |required: bool| {
+        let s = serve_with(
+            &broker,
+            "mesh",
+            &dir,
+            "g-tls",
+            &[],
+            Some(&config(required)),
+            &[],
+        );
+        let base = format!("https://{}", s.api);
+        wait_for("the API over TLS", Duration::from_secs(60), || {
+            get(&listed, &format!("{base}/healthz"), None).ok()
+        });
+        (s, base)
+    };
+    let (s, base) = start(false);
     let alerts = format!("{base}/v1/alerts");
     assert_eq!(
         get(&listed, &alerts, None).unwrap(),
@@ -234,19 +239,7 @@ fn client_certificates_authenticate_and_nothing_else_gets_through() {
     assert!(s.terminate());
 
     // Required: no certificate, no connection.
-    let s = serve_with(
-        &broker,
-        "mesh",
-        &dir,
-        "g-tls",
-        &[],
-        Some(&config(true)),
-        &[],
-    );
-    let base = format!("https://{}", s.api);
-    wait_for("the API over TLS", Duration::from_secs(60), || {
-        get(&listed, &format!("{base}/healthz"), None).ok()
-    });
+    let (s, base) = start(true);
     assert_eq!(
         get(&listed, &format!("{base}/v1/alerts"), None).unwrap(),
         200
