@@ -705,14 +705,16 @@ fn parse_log(log: &str) -> Option<(String, i32)> {
 
 /// Run a proof builder off the async threads; its errors are about what was asked (404).
 async fn proof(
-    q: ProofQuery,
+    log: &str,
     data_dir: PathBuf,
-    build: fn(&std::path::Path, &str, i32, &ProofQuery) -> Result<serde_json::Value, String>,
+    build: impl FnOnce(&std::path::Path, &str, i32) -> Result<serde_json::Value, String>
+    + Send
+    + 'static,
 ) -> Response {
-    let Some((topic, partition)) = parse_log(&q.log) else {
+    let Some((topic, partition)) = parse_log(log) else {
         return error(StatusCode::BAD_REQUEST, "log: <topic>/<partition>");
     };
-    match tokio::task::spawn_blocking(move || build(&data_dir, &topic, partition, &q)).await {
+    match tokio::task::spawn_blocking(move || build(&data_dir, &topic, partition)).await {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -722,15 +724,12 @@ async fn proof(
 /// `?log=T/P&index=I` or `&offset=O`: the bundle `vigil verify-proof` checks.
 async fn inclusion(State(s): State<AppState>, Query(q): Query<ProofQuery>) -> Response {
     use vigil_store::proof::{Target, inclusion_json, prove_inclusion};
-    if q.index.is_some() == q.offset.is_some() {
-        return error(StatusCode::BAD_REQUEST, "give index or offset");
-    }
-    proof(q, s.cfg.data_dir.clone(), |dir, t, p, q| {
-        let target = match (q.index, q.offset) {
-            (Some(i), _) => Target::Index(i),
-            (_, Some(o)) => Target::Offset(o),
-            _ => return Err("give index or offset".into()),
-        };
+    let target = match (q.index, q.offset) {
+        (Some(i), None) => Target::Index(i),
+        (None, Some(o)) => Target::Offset(o),
+        _ => return error(StatusCode::BAD_REQUEST, "give index or offset"),
+    };
+    proof(&q.log, s.cfg.data_dir.clone(), move |dir, t, p| {
         prove_inclusion(dir, t, p, target)
             .map(|b| inclusion_json(&b))
             .map_err(|e| e.to_string())
@@ -741,11 +740,12 @@ async fn inclusion(State(s): State<AppState>, Query(q): Query<ProofQuery>) -> Re
 /// `?log=T/P&from=N[&to=M]`: the log's consistency between two signed sizes.
 async fn consistency(State(s): State<AppState>, Query(q): Query<ProofQuery>) -> Response {
     use vigil_store::proof::{consistency_json, prove_consistency};
-    if q.from.is_none() {
+    let Some(from) = q.from else {
         return error(StatusCode::BAD_REQUEST, "give from (and to, or the newest)");
-    }
-    proof(q, s.cfg.data_dir.clone(), |dir, t, p, q| {
-        prove_consistency(dir, t, p, q.from.unwrap_or(0), q.to)
+    };
+    let to = q.to;
+    proof(&q.log, s.cfg.data_dir.clone(), move |dir, t, p| {
+        prove_consistency(dir, t, p, from, to)
             .map(|b| consistency_json(&b))
             .map_err(|e| e.to_string())
     })
