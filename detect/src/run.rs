@@ -102,12 +102,12 @@ pub fn start(
     metrics: Arc<DetectMetrics>,
 ) -> Result<JoinHandle<Result<(), DetectError>>, DetectError> {
     let lock = lock(&cfg)?;
-    let (engine, restored) = restore(&cfg, rules)?;
+    let (engine, restored, stored) = restore(&cfg, rules)?;
     std::thread::Builder::new()
         .name("vigil-detect".into())
         .spawn(move || {
             let _lock = lock;
-            run(cfg, engine, restored, pieces, metrics)
+            run(cfg, engine, restored, &stored, pieces, metrics)
         })
         .map_err(|e| DetectError::Io(e.to_string()))
 }
@@ -118,7 +118,7 @@ pub fn start(
 /// takes the change from the alert log when it restores its state).
 pub fn apply_direct(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError> {
     let _lock = lock(&cfg)?;
-    let (mut engine, _) = restore(&cfg, Vec::new())?;
+    let (mut engine, _, _) = restore(&cfg, Vec::new())?;
     let mut l = Loop::new(cfg, Arc::default())?;
     l.apply(&mut engine, cmd)
 }
@@ -152,8 +152,8 @@ fn lock(cfg: &RunConfig) -> Result<File, DetectError> {
 }
 
 /// The engine with its saved state and the stored alerts it must know; whether a state was
-/// found.
-fn restore(cfg: &RunConfig, rules: Vec<Rule>) -> Result<(Engine, bool), DetectError> {
+/// found; the stored alert revisions.
+fn restore(cfg: &RunConfig, rules: Vec<Rule>) -> Result<(Engine, bool, Vec<Alert>), DetectError> {
     let mut engine = Engine::new(rules);
     let state = state_path(&cfg.data_dir);
     let restored = state.exists() && !engine.rules().is_empty();
@@ -163,8 +163,9 @@ fn restore(cfg: &RunConfig, rules: Vec<Rule>) -> Result<(Engine, bool), DetectEr
             tracing::info!(rules = ?fresh, "rules new or changed since the last state: they start empty");
         }
     }
-    engine.know_stored(&latest(read_revisions(&cfg.data_dir)?));
-    Ok((engine, restored))
+    let stored = read_revisions(&cfg.data_dir)?;
+    engine.know_stored(&latest(stored.clone()));
+    Ok((engine, restored, stored))
 }
 
 /// Everything the thread keeps besides the engine.
@@ -216,10 +217,15 @@ impl Loop {
 
     /// Record the stored revisions Vigil's own log lacks (a crash between the alert log's
     /// append and its own); recorded by detection, in stored order.
-    fn record_missing(&mut self, engine: &mut Engine, store: &Store) -> Result<(), DetectError> {
+    fn record_missing(
+        &mut self,
+        engine: &mut Engine,
+        store: &Store,
+        stored: &[Alert],
+    ) -> Result<(), DetectError> {
         let recorded = crate::lifecycle::recorded(store)?;
         let now = now_ns();
-        let missing: Vec<Vec<u8>> = read_revisions(&self.cfg.data_dir)?
+        let missing: Vec<Vec<u8>> = stored
             .iter()
             .filter(|a| !recorded.contains_key(&(a.alert_id.clone(), a.revision)))
             .map(|a| audit_event(Some(a), None, None, now))
@@ -460,16 +466,17 @@ fn run(
     cfg: RunConfig,
     mut engine: Engine,
     restored: bool,
+    stored: &[Alert],
     pieces: Receiver<Piece>,
     metrics: Arc<DetectMetrics>,
 ) -> Result<(), DetectError> {
     let mut l = Loop::new(cfg, metrics)?;
-    if let Ok(store) = Store::open_existing(&l.cfg.data_dir) {
-        l.record_missing(&mut engine, &store)?;
+    let store = Store::open_existing(&l.cfg.data_dir).ok();
+    if let Some(store) = &store {
+        l.record_missing(&mut engine, store, stored)?;
     }
     // Catch up: stored events the state has not evaluated (all of them without a state: the
     // state is rebuilt from the stored history).
-    let store = Store::open_existing(&l.cfg.data_dir).ok();
     if let Some(store) = &store {
         let started = Instant::now();
         crate::replay::replay(&mut engine, store, |e, p| l.observe(e, &p))?;
@@ -648,7 +655,7 @@ suppress = "1h"
             b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
         }
         let piece = b.cut().unwrap().unwrap();
-        let (mut engine, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
+        let (mut engine, _, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
         let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
         l.observe(&mut engine, &piece).unwrap();
         let fired = crate::alerts::latest(read_revisions(dir.path()).unwrap());
@@ -699,7 +706,7 @@ suppress = "1h"
 
         // The next start takes the resolution from the alert log: the open alert is closed,
         // and the group's next denials are a new alert.
-        let (mut engine, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
+        let (mut engine, _, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
         for i in 3..6 {
             let v = denial(i);
             b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
@@ -741,11 +748,11 @@ suppress = "1h"
             "{found:?}"
         );
 
-        let (mut engine, _) = restore(&cfg(dir.path()), Vec::new()).unwrap();
+        let (mut engine, _, stored) = restore(&cfg(dir.path()), Vec::new()).unwrap();
         let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
         let store = Store::open_existing(dir.path()).unwrap();
-        l.record_missing(&mut engine, &store).unwrap();
-        l.record_missing(&mut engine, &store).unwrap();
+        l.record_missing(&mut engine, &store, &stored).unwrap();
+        l.record_missing(&mut engine, &store, &stored).unwrap();
         assert_eq!(own_log(dir.path()).len(), 1, "recorded once");
         assert!(
             crate::lifecycle::check_alert_log(dir.path())
