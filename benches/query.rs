@@ -12,7 +12,8 @@
 //!
 //! Each query runs once cold, then `VIGIL_BENCH_RUNS` (3) times; the median of those is
 //! reported, with the ratio Vigil / DuckDB (target ≤ 1.5). The results are compared too.
-//! `cargo bench --bench query` (release build).
+//! `cargo bench --bench query` (release build). `VIGIL_BENCH_DIR=DIR` keeps the generated store in
+//! DIR and reuses it in later runs.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -161,17 +162,25 @@ fn main() {
     let days = env_or("VIGIL_BENCH_DAYS", 30i64);
     let runs = env_or("VIGIL_BENCH_RUNS", 3usize);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
+    // `VIGIL_BENCH_DIR`: generate there once and reuse it in later runs (for profiling).
+    let dir = match std::env::var_os("VIGIL_BENCH_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => tmp.path().join("data"),
+    };
 
-    let t = Instant::now();
-    generate(&dir, n, days);
-    let bytes: u64 = walk(&dir.join("events"));
-    println!(
-        "generated {n} events over {days} days into {} in {:.1} s ({:.0} B/event stored)",
-        dir.display(),
-        t.elapsed().as_secs_f64(),
-        bytes as f64 / n as f64
-    );
+    if dir.join("events").is_dir() {
+        println!("reusing the events in {}", dir.display());
+    } else {
+        let t = Instant::now();
+        generate(&dir, n, days);
+        let bytes: u64 = walk(&dir.join("events"));
+        println!(
+            "generated {n} events over {days} days into {} in {:.1} s ({:.0} B/event stored)",
+            dir.display(),
+            t.elapsed().as_secs_f64(),
+            bytes as f64 / n as f64
+        );
+    }
 
     // DuckDB installed if missing (not part of the test suite: this bench's own need).
     let have = Command::new("python3")

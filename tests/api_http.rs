@@ -425,6 +425,11 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    // Strings as plain Utf8 (queries run on Utf8View; not every Arrow reader knows it).
+    assert_eq!(
+        batches[0].schema().field(0).data_type(),
+        &datafusion::arrow::datatypes::DataType::Utf8
+    );
     let bad = [
         ("SELECT nope FROM events", StatusCode::BAD_REQUEST, "nope"),
         ("DROP VIEW events", StatusCode::BAD_REQUEST, "not allowed"),

@@ -19,7 +19,9 @@ pub mod recent;
 use std::path::Path;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -57,6 +59,9 @@ pub struct Catalog {
     data_dir: std::path::PathBuf,
     stored: Arc<dyn datafusion::catalog::TableProvider>,
     alert_revisions: Arc<dyn datafusion::catalog::TableProvider>,
+    /// The views over the shared tables, planned once (planning them took most of a
+    /// session's set-up).
+    views: Arc<tokio::sync::OnceCell<Views>>,
     live: Option<Live>,
     /// Every session's caches of file statistics and Parquet metadata (footers, page
     /// indexes): files never change once written, so each is read once.
@@ -80,19 +85,25 @@ impl std::fmt::Debug for Catalog {
 
 impl Catalog {
     /// `stored`: the files, and (when live) the rows not in a file yet — per log, files up to
-    /// the durable offset taken once for the query, the buffer after it.
-    async fn register_stored(&self, ctx: &SessionContext) -> Result<(), QueryError> {
+    /// the durable offset taken once for the query, the buffer after it. True when `stored`
+    /// is that per-query union rather than the shared table.
+    async fn register_stored(&self, ctx: &SessionContext) -> Result<bool, QueryError> {
         let Some(live) = &self.live else {
             ctx.register_table("stored", self.stored.clone())?;
-            return Ok(());
+            return Ok(false);
         };
         let (rows, cutoffs) = live.recent.snapshot(&(live.durable)());
         if rows.is_empty() {
             ctx.register_table("stored", self.stored.clone())?;
-            return Ok(());
+            return Ok(false);
         }
         ctx.register_table("stored_files", self.stored.clone())?;
-        let schema = vigil_store::store_schema();
+        let schema = self.stored.schema();
+        let rows = rows
+            .iter()
+            .map(|b| to_schema(b, &schema))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DataFusionError::from)?;
         let mem = datafusion::datasource::MemTable::try_new(schema, vec![rows])?;
         ctx.register_table("stored_recent", Arc::new(mem))?;
         // Topic names are Kafka's ([a-zA-Z0-9._-]): safe inside quotes.
@@ -108,8 +119,107 @@ impl Catalog {
             cases.join(" ")
         ))
         .await?;
-        Ok(())
+        Ok(true)
     }
+
+    /// The views, planned on first use against the shared tables.
+    async fn views(&self) -> Result<&Views, QueryError> {
+        self.views
+            .get_or_try_init(|| async {
+                let ctx = SessionContext::new();
+                ctx.register_table("stored", self.stored.clone())?;
+                ctx.register_table("alert_revisions", self.alert_revisions.clone())?;
+                let (events, rejected) = event_views(&ctx).await?;
+                let cols: Vec<String> = self
+                    .alert_revisions
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| format!("\"{}\"", f.name()))
+                    .collect();
+                let alerts = ctx
+                    .sql(&format!(
+                        "SELECT {} FROM (SELECT *, row_number() OVER (PARTITION BY alert_id \
+                         ORDER BY revision DESC) AS vigil_rn FROM alert_revisions) WHERE vigil_rn = 1",
+                        cols.join(", ")
+                    ))
+                    .await?
+                    .logical_plan()
+                    .clone();
+                let alert_history = ctx.table("alert_revisions").await?.logical_plan().clone();
+                Ok::<_, QueryError>(Views {
+                    events,
+                    rejected,
+                    alerts,
+                    alert_history,
+                })
+            })
+            .await
+    }
+}
+
+/// Views planned once: their plans hold the tables themselves, not their names.
+struct Views {
+    events: LogicalPlan,
+    rejected: LogicalPlan,
+    alerts: LogicalPlan,
+    alert_history: LogicalPlan,
+}
+
+/// `events` (decoded rows) and `rejected` (rows that failed to decode) over `ctx`'s `stored`.
+async fn event_views(ctx: &SessionContext) -> Result<(LogicalPlan, LogicalPlan), QueryError> {
+    use datafusion::prelude::col;
+    let stored = ctx.table("stored").await?;
+    let events = stored.clone().filter(col("store_error").is_null())?;
+    let rejected = stored.filter(col("store_error").is_not_null())?;
+    Ok((events.logical_plan().clone(), rejected.logical_plan().clone()))
+}
+
+fn view(plan: &LogicalPlan) -> Arc<datafusion::catalog::view::ViewTable> {
+    Arc::new(datafusion::catalog::view::ViewTable::new(plan.clone(), None))
+}
+
+/// The store's schema as queries see it: strings as `Utf8View` (cheaper to read from Parquet,
+/// hash and compare than `Utf8`; DataFusion's own default when it infers a schema).
+fn query_schema(stored: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = stored
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()))
+}
+
+/// `schema` with `Utf8View`/`BinaryView` columns as `Utf8`/`Binary`, the types every Arrow
+/// reader knows.
+pub fn plain_schema(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// `batch` cast to `schema` (the same columns, other string or binary types).
+pub fn to_schema(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let cols = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), cols)
 }
 
 /// A listing table over a directory's Parquet files, of a known schema (an empty directory is
@@ -137,7 +247,7 @@ impl Catalog {
         if !events_dir.is_dir() {
             return Err(QueryError::NoStore(data_dir.display().to_string()));
         }
-        let stored = listing(&events_dir, vigil_store::store_schema())?;
+        let stored = listing(&events_dir, query_schema(&vigil_store::store_schema()))?;
         let schema = vigil_detect::alerts::alert_schema();
         let dir = vigil_detect::alerts::alerts_dir(data_dir);
         let alert_revisions: Arc<dyn datafusion::catalog::TableProvider> = if dir.is_dir() {
@@ -162,6 +272,7 @@ impl Catalog {
             data_dir: data_dir.to_owned(),
             stored,
             alert_revisions,
+            views: Arc::default(),
             live: None,
             caches,
         })
@@ -190,24 +301,82 @@ impl Catalog {
         opts.execution.parquet.pushdown_filters = true;
         opts.execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, rt.build_arc()?);
-        self.register_stored(&ctx).await?;
-        ctx.sql("CREATE VIEW events AS SELECT * FROM stored WHERE store_error IS NULL")
-            .await?;
-        ctx.sql("CREATE VIEW rejected AS SELECT * FROM stored WHERE store_error IS NOT NULL")
-            .await?;
-        register_alerts(&ctx, self.alert_revisions.clone()).await?;
-        register_checkpoints(&ctx, &self.data_dir)?;
+        let views = self.views().await?;
+        if self.register_stored(&ctx).await? {
+            let (events, rejected) = event_views(&ctx).await?;
+            ctx.register_table("events", view(&events))?;
+            ctx.register_table("rejected", view(&rejected))?;
+        } else {
+            ctx.register_table("events", view(&views.events))?;
+            ctx.register_table("rejected", view(&views.rejected))?;
+        }
+        ctx.register_table("alert_revisions", self.alert_revisions.clone())?;
+        ctx.register_table("alerts", view(&views.alerts))?;
+        ctx.register_table("alert_history", view(&views.alert_history))?;
+        ctx.register_table(
+            "checkpoints",
+            Arc::new(Checkpoints {
+                data_dir: self.data_dir.clone(),
+            }),
+        )?;
         Ok(ctx)
     }
 }
 
 /// `checkpoints`: every stored signed checkpoint (one row per note: log, tree size, root,
-/// chain head, time, the note itself). Signatures are not checked here; `vigil verify` does.
-fn register_checkpoints(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError> {
+/// chain head, time, the note itself), read when a query scans it. Signatures are not checked
+/// here; `vigil verify` does.
+#[derive(Debug)]
+struct Checkpoints {
+    data_dir: std::path::PathBuf,
+}
+
+fn checkpoints_schema() -> SchemaRef {
+    use datafusion::arrow::datatypes::TimeUnit;
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("tree_size", DataType::Int64, false),
+        Field::new("root", DataType::Utf8, false),
+        Field::new("chain_head", DataType::Utf8, false),
+        Field::new("chain_offset", DataType::Int64, false),
+        Field::new(
+            "signed_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("note", DataType::Utf8, false),
+    ]))
+}
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProvider for Checkpoints {
+    fn schema(&self) -> SchemaRef {
+        checkpoints_schema()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        datafusion::logical_expr::TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::prelude::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let batch = read_checkpoints(&self.data_dir)?;
+        datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+fn read_checkpoints(data_dir: &Path) -> Result<RecordBatch, DataFusionError> {
     use datafusion::arrow::array::{
         ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
     };
-    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use vigil_store::checkpoint::{CHECKPOINTS_DIR, Checkpointer, list_notes, parse_note};
     let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let ext = |e: String| DataFusionError::External(e.into());
@@ -247,20 +416,6 @@ fn register_checkpoints(ctx: &SessionContext, data_dir: &Path) -> Result<(), Que
             note.push(String::from_utf8_lossy(&bytes).into_owned());
         }
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("topic", DataType::Utf8, false),
-        Field::new("partition", DataType::Int32, false),
-        Field::new("tree_size", DataType::Int64, false),
-        Field::new("root", DataType::Utf8, false),
-        Field::new("chain_head", DataType::Utf8, false),
-        Field::new("chain_offset", DataType::Int64, false),
-        Field::new(
-            "signed_at",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("note", DataType::Utf8, false),
-    ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(topic)),
         Arc::new(Int32Array::from(partition)),
@@ -271,38 +426,20 @@ fn register_checkpoints(ctx: &SessionContext, data_dir: &Path) -> Result<(), Que
         Arc::new(TimestampMillisecondArray::from(time).with_timezone("UTC")),
         Arc::new(StringArray::from(note)),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(DataFusionError::from)?;
-    let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
-    ctx.register_table("checkpoints", Arc::new(table))?;
-    Ok(())
+    Ok(RecordBatch::try_new(checkpoints_schema(), cols)?)
 }
 
-/// `alert_revisions` (every stored revision) and `alerts` (the newest revision of each).
-async fn register_alerts(
-    ctx: &SessionContext,
-    revisions: Arc<dyn datafusion::catalog::TableProvider>,
-) -> Result<(), QueryError> {
-    let schema = vigil_detect::alerts::alert_schema();
-    ctx.register_table("alert_revisions", revisions)?;
-    let cols: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| format!("\"{}\"", f.name()))
-        .collect();
-    let cols = cols.join(", ");
-    ctx.sql(&format!(
-        "CREATE VIEW alerts AS SELECT {cols} FROM (SELECT *, row_number() OVER \
-         (PARTITION BY alert_id ORDER BY revision DESC) AS vigil_rn FROM alert_revisions) \
-         WHERE vigil_rn = 1"
-    ))
-    .await?;
-    ctx.sql("CREATE VIEW alert_history AS SELECT * FROM alert_revisions")
-        .await?;
-    Ok(())
-}
-
-/// Run one SQL statement over the store and collect the result.
+/// Run one SQL statement over the store and collect the result, strings as plain `Utf8`.
 pub async fn query(data_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
     let ctx = session(data_dir).await?;
-    Ok(ctx.sql(sql).await?.collect().await?)
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let plain = plain_schema(&first.schema());
+    Ok(batches
+        .iter()
+        .map(|b| to_schema(b, &plain))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DataFusionError::from)?)
 }

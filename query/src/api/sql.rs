@@ -213,9 +213,11 @@ pub fn encode(
         Format::Arrow => {
             let mut buf = Vec::new();
             let r = (|| {
-                let mut w = ipc::writer::StreamWriter::try_new(&mut buf, &schema)?;
+                // Strings as plain Utf8, which every Arrow reader knows (queries run on views).
+                let plain = crate::plain_schema(&schema);
+                let mut w = ipc::writer::StreamWriter::try_new(&mut buf, &plain)?;
                 for b in &batches {
-                    w.write(b)?;
+                    w.write(&crate::to_schema(b, &plain)?)?;
                 }
                 w.finish()
             })()
