@@ -534,6 +534,42 @@ fn metrics_text(
             "gauge",
             &depth,
         );
+        let lag = ingest.lag();
+        let part = |l: &vigil_ingest::PartitionLag| {
+            format!(
+                "{{topic=\"{}\",partition=\"{}\"}}",
+                esc(&l.topic),
+                l.partition
+            )
+        };
+        let (watermarks, lags): (Vec<_>, Vec<_>) = lag
+            .iter()
+            .map(|l| {
+                let hw = u64::try_from(l.high_watermark).unwrap_or(0);
+                let lag = u64::try_from(l.lag_records).unwrap_or(0);
+                ((part(l), hw), (part(l), lag))
+            })
+            .unzip();
+        put(
+            "vigil_partition_high_watermark",
+            "The broker's high watermark per partition consumed here.",
+            "gauge",
+            &watermarks,
+        );
+        put(
+            "vigil_partition_lag_records",
+            "Records the broker holds that are not in a durable file yet, per partition consumed here.",
+            "gauge",
+            &lags,
+        );
+        out.push_str(&ingest.flush_seconds.render(
+            "vigil_flush_seconds",
+            "Time to write a sealed batch: its file durable and its checkpoint signed.",
+        ));
+        out.push_str(&ingest.batch_age_seconds.render(
+            "vigil_batch_age_seconds",
+            "Time from a batch's first record to its file being durable.",
+        ));
         out
     })
 }

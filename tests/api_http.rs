@@ -305,10 +305,26 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
             r.path
         );
     }
-    let (_, metrics) = c.call("GET", "/metrics", Some(reader), None);
-    assert!(
-        String::from_utf8_lossy(&metrics).contains("vigil_records_total{outcome=\"decoded\"} 60")
-    );
+    // Records by outcome, the lag per partition (once the consumer's statistics came), the
+    // flush timings (once the batch is in a file).
+    let metrics = wait_for("the lag and flush metrics", Duration::from_secs(30), || {
+        let (_, m) = c.call("GET", "/metrics", Some(reader), None);
+        let m = String::from_utf8_lossy(&m).into_owned();
+        let flushed = m
+            .lines()
+            .find_map(|l| l.strip_prefix("vigil_flush_seconds_count "))
+            .is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n >= 1));
+        (flushed && m.contains("vigil_partition_lag_records{topic=\"mesh\",partition=\"0\"} 0"))
+            .then_some(m)
+    });
+    for line in [
+        "vigil_records_total{outcome=\"decoded\"} 60",
+        "vigil_partition_high_watermark{topic=\"mesh\",partition=\"0\"} ",
+        "# TYPE vigil_batch_age_seconds histogram",
+        "vigil_batch_age_seconds_bucket{le=\"+Inf\"} ",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 
     // Tokens: HS256, RS256 and ES256 get in with their roles; every attack is a 401.
     let hs = EncodingKey::from_secret(HS_SECRET.as_bytes());

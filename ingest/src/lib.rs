@@ -46,7 +46,7 @@ use vigil_schemas::{Decoder, DecoderConfig, SourceFormat};
 use vigil_store::{PartitionBatch, Store, StoreError};
 
 pub use chunk::{CHUNK_MAX_BYTES, CHUNK_MAX_RECORDS};
-pub use metrics::{IngestMetrics, MetricsSnapshot};
+pub use metrics::{Histogram, IngestMetrics, MetricsSnapshot, PartitionLag};
 
 use chunk::Chunk;
 use pipeline::{Anchor, Dlq, Job, Limits, Report, Signing, Threads};
@@ -211,9 +211,26 @@ struct Core {
 
 struct Ctx {
     core: Arc<Mutex<Core>>,
+    metrics: Arc<IngestMetrics>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// The consumer's statistics (every `statistics.interval.ms`): the high watermark of each
+    /// partition it fetches, for the lag.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let mut hw = std::collections::HashMap::new();
+        for (topic, t) in stats.topics {
+            for (partition, p) in t.partitions {
+                // Partition -1 is librdkafka's internal "unassigned" queue; "none" and
+                // "stopped" are partitions it does not fetch (not ours now).
+                if partition >= 0 && p.hi_offset >= 0 && p.fetch_state == "active" {
+                    hw.insert((topic.clone(), partition), p.hi_offset);
+                }
+            }
+        }
+        self.metrics.set_high_watermarks(hw);
+    }
+}
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
     // A panic while holding the lock is a bug; the state it guards is then not trustworthy.
@@ -826,12 +843,17 @@ pub fn run(
         .set("queued.max.messages.kbytes", "65536")
         // When the prefetch queue is full, librdkafka waits this long before fetching again
         // (default 1 s): with a busy pipeline that idles everything for most of a second.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // High watermarks for the lag per partition (`vigil_partition_lag_records`).
+        .set("statistics.interval.ms", "1000");
     for (k, v) in &cfg.kafka_properties {
         cc.set(k, v);
     }
     let result = (|| -> Result<(), IngestError> {
-        let consumer: BaseConsumer<Ctx> = cc.create_with_context(Ctx { core: core.clone() })?;
+        let consumer: BaseConsumer<Ctx> = cc.create_with_context(Ctx {
+            core: core.clone(),
+            metrics: metrics.clone(),
+        })?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let mut polls = 0u32;

@@ -40,6 +40,67 @@ pub struct IngestMetrics {
     /// Per partition log this process has held: the last offset in a durable file (the
     /// store's head when assigned). Rows after it are not in a file yet.
     pub durable_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    /// Per partition consumed now: the broker's high watermark (the offset its next record
+    /// will get), from the consumer's statistics (`statistics.interval.ms`, 1 s by default).
+    pub high_watermarks: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    /// Time to write one sealed batch: its Parquet file made durable and its checkpoint
+    /// signed.
+    pub flush_seconds: Histogram,
+    /// Time from a batch's first record to its file being durable: how long a record waits
+    /// before it is stored and provable.
+    pub batch_age_seconds: Histogram,
+}
+
+/// Per partition consumed now: its high watermark and lag — records the broker holds that are
+/// not in a durable file yet (never negative).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub high_watermark: i64,
+    pub lag_records: i64,
+}
+
+/// A Prometheus histogram of durations with fixed buckets (bounded: one counter per bucket).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at most `BUCKETS_S[i]` (not cumulative; rendering sums them).
+    counts: [AtomicU64; BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+/// Upper bounds of the buckets, seconds (and +Inf).
+pub const BUCKETS_S: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = BUCKETS_S.iter().position(|&b| s <= b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The histogram in Prometheus text format, as `name` with `help`.
+    pub fn render(&self, name: &str, help: &str) -> String {
+        use std::fmt::Write;
+        let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS_S.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let sum_s = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum_s}\n{name}_count {count}");
+        out
+    }
 }
 
 impl IngestMetrics {
@@ -49,6 +110,38 @@ impl IngestMetrics {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
+    }
+
+    /// Per partition consumed now, by topic and partition.
+    pub fn lag(&self) -> Vec<PartitionLag> {
+        let durable = self.durable();
+        let mut out: Vec<PartitionLag> = self
+            .high_watermarks
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|((topic, partition), hw)| {
+                let next = durable
+                    .get(&(topic.clone(), partition))
+                    .map_or(0, |&o| o.saturating_add(1));
+                PartitionLag {
+                    topic,
+                    partition,
+                    high_watermark: hw,
+                    lag_records: hw.saturating_sub(next).max(0),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
+    }
+
+    /// Replace the high watermarks with those of the partitions consumed now.
+    pub(crate) fn set_high_watermarks(&self, now: std::collections::HashMap<(String, i32), i64>) {
+        if let Ok(mut m) = self.high_watermarks.lock() {
+            *m = now;
+        }
     }
 
     /// Record that `key` is durable up to `offset`.
@@ -112,5 +205,48 @@ impl IngestMetrics {
             anchors_delivered: g(&self.anchors_delivered),
             anchors_failed: g(&self.anchors_failed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_sum_and_count() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(20));
+        h.observe(Duration::from_secs(60));
+        let text = h.render("x_seconds", "help");
+        assert!(text.contains("# TYPE x_seconds histogram"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"0.01\"} 1\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"0.025\"} 2\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"30\"} 2\n"), "{text}");
+        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("x_seconds_sum 60.0205\n"), "{text}");
+        assert!(text.contains("x_seconds_count 3\n"), "{text}");
+    }
+
+    #[test]
+    fn lag_counts_records_past_the_durable_offset_never_negative() {
+        let m = IngestMetrics::default();
+        let key = |p: i32| ("t".to_owned(), p);
+        m.durable_at(&key(0), 99); // offsets 0..=99 durable
+        m.durable_at(&key(2), 10);
+        m.set_high_watermarks(
+            [(key(0), 150), (key(1), 7), (key(2), 5)]
+                .into_iter()
+                .collect(),
+        );
+        let lag: Vec<(i32, i64, i64)> = m
+            .lag()
+            .iter()
+            .map(|l| (l.partition, l.high_watermark, l.lag_records))
+            .collect();
+        // Partition 1: nothing durable yet, all 7 behind; partition 2: a trailing watermark.
+        assert_eq!(lag, vec![(0, 150, 50), (1, 7, 7), (2, 5, 0)]);
     }
 }

@@ -66,6 +66,9 @@ pub(crate) struct Limits {
     pub max_batch_wait: Duration,
 }
 
+/// A sealed batch for a writer thread, and when its first record arrived.
+type ToWrite = (Key, SealedBatch, Instant);
+
 struct Open {
     batch: PartitionBatch,
     decoder: Decoder,
@@ -77,7 +80,7 @@ struct Open {
 struct Pipeline {
     limits: Limits,
     parts: HashMap<Key, Open>,
-    writers: Vec<SyncSender<(Key, SealedBatch)>>,
+    writers: Vec<SyncSender<ToWrite>>,
     metrics: Arc<IngestMetrics>,
     dlq: Option<Dlq>,
     /// Where chained rows go for detection, if it runs.
@@ -103,17 +106,17 @@ fn cut(
 fn seal_open(
     open: &mut Open,
     key: &Key,
-    writers: &[SyncSender<(Key, SealedBatch)>],
+    writers: &[SyncSender<ToWrite>],
     detect: Option<&crossbeam_channel::Sender<Piece>>,
 ) -> Result<(), IngestError> {
-    open.opened_at = None;
+    let opened_at = open.opened_at.take().unwrap_or_else(Instant::now);
     cut(open, detect)?;
     if let Some(sealed) = open.batch.seal()? {
         // Blocks while the writer is behind: that is the backpressure.
         writers
             .get(open.writer)
             .ok_or(IngestError::Internal("no such writer"))?
-            .send((key.clone(), sealed))
+            .send((key.clone(), sealed, opened_at))
             .map_err(|_| IngestError::WriterGone)?;
     }
     Ok(())
@@ -260,11 +263,13 @@ impl Threads {
         let mut handles = Vec::new();
         let mut writer_queues = Vec::new();
         for i in 0..writers.max(1) {
-            let (tx, rx) = mpsc::sync_channel::<(Key, SealedBatch)>(writer_queue_depth.max(1));
+            let (tx, rx) = mpsc::sync_channel::<ToWrite>(writer_queue_depth.max(1));
             let (store, reports, signing) = (store.clone(), reports.clone(), signing.clone());
+            let metrics = metrics.clone();
             handles.push(spawn(format!("vigil-writer-{i}"), move || {
-                for (key, sealed) in rx {
+                for (key, sealed, opened_at) in rx {
                     let rows = sealed.rows();
+                    let started = Instant::now();
                     // Durable file, then its checkpoint: a crash in between is caught up on
                     // the next assignment.
                     let result = store.write(&sealed).and_then(|info| {
@@ -276,6 +281,10 @@ impl Threads {
                         signing.checkpoint(&key, chain, &span.tree)?;
                         Ok(info)
                     });
+                    if result.is_ok() {
+                        metrics.flush_seconds.observe(started.elapsed());
+                        metrics.batch_age_seconds.observe(opened_at.elapsed());
+                    }
                     if reports.send(Report::Written { key, rows, result }).is_err() {
                         break;
                     }
