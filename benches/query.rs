@@ -8,10 +8,11 @@
 //!    key, a fixed set of analyst queries: denials per caller in the last hour, the top caller
 //!    → callee pairs, one event by id, a one-day range scan.
 //! 3. Runs the same SQL in DuckDB (`pip install duckdb`; the script installs it if missing)
-//!    over the same files.
+//!    over the same files, in one Python process.
 //!
-//! Each query runs once cold, then `VIGIL_BENCH_RUNS` (3) times; the median of those is
-//! reported, with the ratio Vigil / DuckDB (target ≤ 1.5). The results are compared too.
+//! Each query runs once cold in each, then `VIGIL_BENCH_RUNS` (7) times in each, alternately
+//! (DuckDB stays up, taking queries on stdin), so that both see the same machine; the medians
+//! are reported, with the ratio Vigil / DuckDB (target ≤ 1.5). Their row counts are compared.
 //! `cargo bench --bench query` (release build). `VIGIL_BENCH_DIR=DIR` keeps the generated store in
 //! DIR and reuses it in later runs.
 
@@ -133,21 +134,52 @@ fn queries() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// DuckDB as a server on stdin/stdout: one JSON line per query in, its time and result out.
 const DUCKDB: &str = r#"
-import json, sys, time, statistics
+import json, sys, time
 import duckdb
-glob, runs, queries = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 con = duckdb.connect()
-con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{glob}') WHERE store_error IS NULL")
-out = []
-for q in queries:
-    t = time.perf_counter(); rows = con.execute(q).fetchall(); cold = time.perf_counter() - t
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter(); rows = con.execute(q).fetchall(); times.append(time.perf_counter() - t)
-    out.append({"cold_s": cold, "median_s": statistics.median(times), "rows": len(rows), "first": [str(c) for c in rows[0]] if rows else []})
-print(json.dumps(out))
+con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{sys.argv[1]}') WHERE store_error IS NULL")
+print("ready", flush=True)
+for line in sys.stdin:
+    q = json.loads(line)
+    t = time.perf_counter(); rows = con.execute(q).fetchall(); s = time.perf_counter() - t
+    print(json.dumps({"s": s, "rows": len(rows)}), flush=True)
 "#;
+
+/// A DuckDB process over the store's files.
+struct Duck {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Duck {
+    fn start(glob: &str) -> Duck {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args(["-c", DUCKDB, glob])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "DuckDB did not start");
+        Duck { child, out }
+    }
+
+    /// Seconds and rows.
+    fn ask(&mut self, sql: &str) -> (f64, u64) {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{}", serde_json::to_string(sql).unwrap()).unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{sql}: {e}: {line}"));
+        (v["s"].as_f64().unwrap(), v["rows"].as_u64().unwrap())
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -160,7 +192,7 @@ fn main() {
     }
     let n = env_or("VIGIL_BENCH_EVENTS", 10_000_000usize);
     let days = env_or("VIGIL_BENCH_DAYS", 30i64);
-    let runs = env_or("VIGIL_BENCH_RUNS", 3usize);
+    let runs = env_or("VIGIL_BENCH_RUNS", 7usize);
     let tmp = tempfile::tempdir().unwrap();
     // `VIGIL_BENCH_DIR`: generate there once and reuse it in later runs (for profiling).
     let dir = match std::env::var_os("VIGIL_BENCH_DIR") {
@@ -239,48 +271,36 @@ fn main() {
     let qs = queries();
     // Every stored file, not the temp files of one being written (`.tmp-…`).
     let glob = format!("{}/events/**/[0-9]*.parquet", dir.display());
-    let sqls: Vec<&str> = qs.iter().map(|(_, q)| q.as_str()).collect();
-    let duck = Command::new("python3")
-        .args([
-            "-c",
-            DUCKDB,
-            &glob,
-            &runs.to_string(),
-            &serde_json::to_string(&sqls).unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        duck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&duck.stderr)
-    );
-    let duck: Vec<serde_json::Value> = serde_json::from_slice(&duck.stdout).unwrap();
+    let mut duck = Duck::start(&glob);
 
     println!();
     println!(
         "| query | Vigil API cold ms | Vigil API ms | DuckDB cold ms | DuckDB ms | ratio (target ≤ 1.5) | rows |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for ((name, sql), d) in qs.iter().zip(&duck) {
+    for (name, sql) in &qs {
+        // Cold, then the two alternately, so that both see the same machine.
         let (cold, first) = ask(sql);
-        let warm = median((0..runs).map(|_| ask(sql).0).collect());
+        let (duck_cold, duck_rows) = duck.ask(sql);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ours.push(ask(sql).0);
+            theirs.push(duck.ask(sql).0);
+        }
         let rows = first.as_array().map_or(0, Vec::len);
-        assert_eq!(
-            rows as u64,
-            d["rows"].as_u64().unwrap(),
-            "{name}: Vigil and DuckDB disagree"
-        );
-        let dm = d["median_s"].as_f64().unwrap();
+        assert_eq!(rows as u64, duck_rows, "{name}: Vigil and DuckDB disagree");
+        let (warm, dm) = (median(ours), median(theirs));
         println!(
             "| {name} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {rows} |",
             cold * 1e3,
             warm * 1e3,
-            d["cold_s"].as_f64().unwrap() * 1e3,
+            duck_cold * 1e3,
             dm * 1e3,
             warm / dm
         );
     }
+    drop(duck.child.stdin.take());
+    let _ = duck.child.wait();
     assert!(s.terminate());
 }
 

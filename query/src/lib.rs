@@ -223,10 +223,13 @@ pub fn to_schema(
 }
 
 /// A listing table over a directory's Parquet files, of a known schema (an empty directory is
-/// still queryable; a file of another schema is an error rather than a silent widening).
+/// still queryable; a file of another schema is an error rather than a silent widening), its
+/// files' statistics kept in `statistics` (a table made by hand does not use the session's
+/// cache: without one, every query works them out again from every footer).
 fn listing(
     dir: &Path,
-    schema: datafusion::arrow::datatypes::SchemaRef,
+    schema: SchemaRef,
+    statistics: Option<Arc<datafusion::execution::cache::cache_manager::FileStatisticsCache>>,
 ) -> Result<Arc<ListingTable>, QueryError> {
     let abs = dir
         .canonicalize()
@@ -237,7 +240,7 @@ fn listing(
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    Ok(Arc::new(ListingTable::try_new(config)?.with_cache(statistics)))
 }
 
 impl Catalog {
@@ -247,17 +250,6 @@ impl Catalog {
         if !events_dir.is_dir() {
             return Err(QueryError::NoStore(data_dir.display().to_string()));
         }
-        let stored = listing(&events_dir, query_schema(&vigil_store::store_schema()))?;
-        let schema = vigil_detect::alerts::alert_schema();
-        let dir = vigil_detect::alerts::alerts_dir(data_dir);
-        let alert_revisions: Arc<dyn datafusion::catalog::TableProvider> = if dir.is_dir() {
-            listing(&dir, schema)?
-        } else {
-            Arc::new(datafusion::datasource::MemTable::try_new(
-                schema,
-                vec![vec![]],
-            )?)
-        };
         // Made once and shared; the list of files is never cached (a new file must show at once:
         // rows leave the in-memory buffer when their file is durable).
         use datafusion::execution::cache::cache_manager::CacheManagerConfig;
@@ -265,9 +257,25 @@ impl Catalog {
         let rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_cache_manager(no_listing.clone())
             .build()?;
+        let statistics = rt.cache_manager.get_file_statistic_cache();
         let caches = no_listing
-            .with_file_statistics_cache(rt.cache_manager.get_file_statistic_cache())
+            .with_file_statistics_cache(statistics.clone())
             .with_file_metadata_cache(Some(rt.cache_manager.get_file_metadata_cache()));
+        let stored = listing(
+            &events_dir,
+            query_schema(&vigil_store::store_schema()),
+            statistics.clone(),
+        )?;
+        let schema = vigil_detect::alerts::alert_schema();
+        let dir = vigil_detect::alerts::alerts_dir(data_dir);
+        let alert_revisions: Arc<dyn datafusion::catalog::TableProvider> = if dir.is_dir() {
+            listing(&dir, schema, statistics)?
+        } else {
+            Arc::new(datafusion::datasource::MemTable::try_new(
+                schema,
+                vec![vec![]],
+            )?)
+        };
         Ok(Catalog {
             data_dir: data_dir.to_owned(),
             stored,
