@@ -212,6 +212,40 @@ async fn serve_tls(
     Ok(())
 }
 
+/// `POST /v1/rules/reload`: the rules directory read again (the configuration file is not);
+/// any rule that fails to load refuses the whole reload, so a typo never drops a rule.
+fn reload_fn(cfg: &Config, reloader: Option<vigil_detect::run::Reloader>) -> Arc<api::ReloadFn> {
+    let detect = cfg.detect.clone();
+    Arc::new(move |by: &str| {
+        let Some(reloader) = &reloader else {
+            return Err(api::ReloadFail::Unavailable(
+                "detection does not run in this process (detect.enabled = false, or another process holds the data directory's detection lock)".into(),
+            ));
+        };
+        let loaded = crate::rules_cmd::load(&detect)
+            .map_err(|e| api::ReloadFail::Invalid(vec![format!("{e:#}")]))?;
+        if !loaded.errors.is_empty() {
+            return Err(api::ReloadFail::Invalid(
+                loaded
+                    .errors
+                    .iter()
+                    .map(|e| format!("{}:{}: {}", e.file, e.line, e.message))
+                    .collect(),
+            ));
+        }
+        let rules = loaded.rules.into_iter().map(|(r, _)| r).collect();
+        let done = reloader
+            .reload(rules, by, Duration::from_secs(30))
+            .map_err(api::ReloadFail::Unavailable)?;
+        Ok(serde_json::json!({
+            "rules": done.rules,
+            "fresh": done.fresh,
+            "removed": done.removed,
+            "inactive": loaded.inactive.iter().map(|(id, why)| serde_json::json!({"id": id, "reason": why})).collect::<Vec<_>>(),
+        }))
+    })
+}
+
 /// Start the API: bind (so a busy address fails `serve` at once), record calls, serve.
 pub fn start(
     cfg: &Config,
@@ -220,6 +254,7 @@ pub fn start(
     ready: Arc<AtomicBool>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     live: vigil_query::Live,
+    reloader: Option<vigil_detect::run::Reloader>,
 ) -> anyhow::Result<Api> {
     let auth = auth(cfg)?;
     let tls = tls_config(cfg)?;
@@ -292,6 +327,7 @@ pub fn start(
             )
         })?;
 
+    let reload = reload_fn(cfg, reloader);
     let data_dir = cfg.store.data_dir.clone();
     let lifecycle_cfg = cfg.clone();
     let lifecycle: Arc<api::LifecycleFn> = Arc::new(move |cmd| {
@@ -315,6 +351,7 @@ pub fn start(
         }),
         auth: Arc::new(auth),
         lifecycle: Some(lifecycle),
+        reload,
         audit: tx,
         uploads: Some(up_tx),
         checkpoints: Some(signer),

@@ -96,6 +96,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let own_anchor =
         vigil_ingest::AnchorPublisher::new(&icfg, metrics.clone(), false)?.map(Arc::new);
     let mut outbox = None;
+    let mut reloader = None;
     let (detect_tx, detect) = if cfg.detect.enabled {
         let loaded = crate::rules_cmd::load(&cfg.detect)?;
         let rules: Vec<_> = loaded.rules.into_iter().map(|(r, _)| r).collect();
@@ -132,7 +133,10 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             rx,
             dmetrics.clone(),
         ) {
-            Ok(handle) => (Some(tx), Some(handle)),
+            Ok((handle, r)) => {
+                reloader = Some(r);
+                (Some(tx), Some(handle))
+            }
             // Another process of the group runs detection on this data directory; it reads
             // this process's files from the store.
             Err(e @ vigil_detect::run::DetectError::Locked(_)) => {
@@ -184,6 +188,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             ready.clone(),
             text,
             live,
+            reloader,
         )?)
     } else {
         None

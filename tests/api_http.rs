@@ -201,6 +201,12 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     for (role, key) in keys {
         config.push_str(&key_entry(role, key, &[role]));
     }
+    let rules_dir = tmp.path().join("rules");
+    std::fs::create_dir(&rules_dir).unwrap();
+    config.push_str(&format!(
+        "[detect]\nrules_dir = \"{}\"\n",
+        rules_dir.display()
+    ));
     let config_path = tmp.path().join("vigil.toml");
     std::fs::write(&config_path, config).unwrap();
 
@@ -609,6 +615,45 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         );
         (v["total"].as_u64() == Some(1)).then_some(v)
     });
+
+    // Rules reload (admin): a rule that does not load refuses the whole reload; a good new
+    // rule starts empty, the default pack keeps running; both are recorded.
+    let admin = "vk_admin_0123456789";
+    std::fs::write(
+        rules_dir.join("bad.toml"),
+        "id = \"x.bad\"\nversion = 1\nkind = \"nope\"\n",
+    )
+    .unwrap();
+    let (st, v) = c.json("POST", "/v1/rules/reload", Some(admin), None);
+    calls += 1;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("bad.toml"), "{v}");
+    std::fs::remove_file(rules_dir.join("bad.toml")).unwrap();
+    std::fs::write(
+        rules_dir.join("new.toml"),
+        "id = \"x.new\"\nversion = 1\ntitle = \"errors\"\nseverity = \"low\"\n\
+         kind = \"threshold\"\nfilter = 'decision == \"error\"'\ngroup_by = [\"caller_ip\"]\n\
+         count = 5\nwindow = \"1m\"\n",
+    )
+    .unwrap();
+    let (st, v) = c.json("POST", "/v1/rules/reload", Some(admin), None);
+    calls += 1;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["fresh"], json!(["x.new"]), "{v}");
+    assert_eq!(v["removed"], json!([]), "{v}");
+    let running = v["rules"].as_array().unwrap();
+    assert!(
+        running.contains(&json!("x.new")) && running.contains(&json!("vigil.api.denied_burst"))
+    );
+    let reloads = c.sql(
+        reader,
+        "SELECT caller_principal FROM events WHERE kafka_topic = 'vigil.audit' \
+         AND action = 'rules.reload'",
+    );
+    calls += 1;
+    // The matrix's admin call reloaded once too.
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert!(reloads.iter().all(|r| r["caller_principal"] == "key:admin"));
 
     // Probing for routes without a credential: a 404, recorded as refused.
     assert_eq!(

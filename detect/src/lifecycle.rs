@@ -365,7 +365,7 @@ pub fn check_alert_log(
     Ok(findings)
 }
 
-fn time_rfc3339(ns: i64) -> String {
+pub(crate) fn time_rfc3339(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let nanos = ns.rem_euclid(1_000_000_000) as u32;
     let t = std::time::UNIX_EPOCH

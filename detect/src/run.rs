@@ -1,7 +1,8 @@
 //! The detection thread of `vigil serve`: catch up from the store, then evaluate pieces as
 //! the pipeline chains them; store alerts durably, then report them; record every alert
 //! revision and lifecycle change in Vigil's own chained log; apply queued lifecycle commands;
-//! checkpoint state. [`apply_direct`] applies one command when no `serve` holds the lock.
+//! replace the rules when asked ([`Reloader`]); checkpoint state. [`apply_direct`] applies one
+//! command when no `serve` holds the lock.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -94,22 +95,71 @@ pub fn state_path(data_dir: &std::path::Path) -> PathBuf {
 }
 
 /// Lock the data directory's detection state and start the thread. It runs until `pieces`
-/// is closed (every sender dropped), then writes its alerts and state and returns.
+/// is closed (every sender dropped), then writes its alerts and state and returns. The
+/// [`Reloader`] replaces its rules while it runs.
 pub fn start(
     cfg: RunConfig,
     rules: Vec<Rule>,
     pieces: Receiver<Piece>,
     metrics: Arc<DetectMetrics>,
-) -> Result<JoinHandle<Result<(), DetectError>>, DetectError> {
+) -> Result<(JoinHandle<Result<(), DetectError>>, Reloader), DetectError> {
     let lock = lock(&cfg)?;
     let (engine, restored, stored) = restore(&cfg, rules)?;
-    std::thread::Builder::new()
+    // Bounded: one reload at a time is plenty; a second waits for room or times out.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let handle = std::thread::Builder::new()
         .name("vigil-detect".into())
         .spawn(move || {
             let _lock = lock;
-            run(cfg, engine, restored, &stored, pieces, metrics)
+            run(cfg, engine, restored, &stored, pieces, rx, metrics)
         })
-        .map_err(|e| DetectError::Io(e.to_string()))
+        .map_err(|e| DetectError::Io(e.to_string()))?;
+    Ok((handle, Reloader(tx)))
+}
+
+/// A request to replace the running rules.
+#[derive(Debug)]
+pub struct Reload {
+    pub rules: Vec<Rule>,
+    /// Who asked (recorded in Vigil's own log).
+    pub by: String,
+    pub reply: crossbeam_channel::Sender<Result<Reloaded, String>>,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Reloaded {
+    /// The rules running now (ids).
+    pub rules: Vec<String>,
+    /// Rules new or changed (another version): they start with an empty state.
+    pub fresh: Vec<String>,
+    /// Rules no longer running (their open alerts stay as stored; nothing updates them).
+    pub removed: Vec<String>,
+}
+
+/// Replaces the rules of a running detection thread: its state is saved first (every pending
+/// alert stored), then the new rules take it back as a restart would — a rule of the same id
+/// and version keeps its groups and open alerts, a new or changed one starts empty — with no
+/// event missed or evaluated twice. The change is recorded in Vigil's own log.
+#[derive(Clone, Debug)]
+pub struct Reloader(crossbeam_channel::Sender<Reload>);
+
+impl Reloader {
+    /// Ask for the reload and wait up to `wait` for it to be done.
+    pub fn reload(&self, rules: Vec<Rule>, by: &str, wait: Duration) -> Result<Reloaded, String> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let req = Reload {
+            rules,
+            by: by.to_owned(),
+            reply,
+        };
+        self.0
+            .send_timeout(req, wait)
+            .map_err(|_| "detection is busy or stopped: try again".to_owned())?;
+        answer.recv_timeout(wait).map_err(|_| {
+            "detection did not answer in time: the reload may still happen".to_owned()
+        })?
+    }
 }
 
 /// Apply one lifecycle command now, in this process, if no other holds the detection lock
@@ -154,18 +204,30 @@ fn lock(cfg: &RunConfig) -> Result<File, DetectError> {
 /// The engine with its saved state and the stored alerts it must know; whether a state was
 /// found; the stored alert revisions.
 fn restore(cfg: &RunConfig, rules: Vec<Rule>) -> Result<(Engine, bool, Vec<Alert>), DetectError> {
+    let (engine, restored, _, stored) = restore_fresh(cfg, rules)?;
+    Ok((engine, restored, stored))
+}
+
+/// [`restore`], and the rules that found no saved state (new or changed).
+fn restore_fresh(
+    cfg: &RunConfig,
+    rules: Vec<Rule>,
+) -> Result<(Engine, bool, Vec<String>, Vec<Alert>), DetectError> {
     let mut engine = Engine::new(rules);
     let state = state_path(&cfg.data_dir);
     let restored = state.exists() && !engine.rules().is_empty();
-    if restored {
+    let fresh = if restored {
         let fresh = engine.restore(&state)?;
         if !fresh.is_empty() {
             tracing::info!(rules = ?fresh, "rules new or changed since the last state: they start empty");
         }
-    }
+        fresh
+    } else {
+        engine.rules().iter().map(|r| r.meta.id.clone()).collect()
+    };
     let stored = read_revisions(&cfg.data_dir)?;
     engine.know_stored(&latest(stored.clone()));
-    Ok((engine, restored, stored))
+    Ok((engine, restored, fresh, stored))
 }
 
 /// Everything the thread keeps besides the engine.
@@ -185,6 +247,8 @@ struct Loop {
     queue: Queue,
     applied: HashMap<(String, i64), Command>,
     last_commands: Instant,
+    /// Rule reloads asked for (none in [`apply_direct`]).
+    reloads: Option<Receiver<Reload>>,
 }
 
 /// A log not fed live for this long is read from the store instead (its partition belongs to
@@ -207,6 +271,7 @@ impl Loop {
             audit,
             applied: HashMap::new(),
             last_commands: Instant::now(),
+            reloads: None,
         };
         // Records stored but not signed (a crash between file and checkpoint) are signed now;
         // this also hands the log to the checkpointer's refresh.
@@ -451,6 +516,63 @@ impl Loop {
         }
     }
 
+    /// Take the reloads asked for, one by one.
+    fn reloads(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
+        while let Some(r) = self.reloads.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            match self.reload(engine, r.rules, &r.by) {
+                Ok(answer) => {
+                    let _ = r.reply.send(answer);
+                }
+                Err(e) => {
+                    let _ = r.reply.send(Err(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Save the state, then let `rules` take it back (as a restart would), and record it.
+    /// `Ok(Err)`: the new rules could not take the state back; the old ones keep running.
+    fn reload(
+        &mut self,
+        engine: &mut Engine,
+        rules: Vec<Rule>,
+        by: &str,
+    ) -> Result<Result<Reloaded, String>, DetectError> {
+        self.save(engine)?;
+        let (mut next, _, fresh, _) = match restore_fresh(&self.cfg, rules) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "rules not reloaded: the running ones stay");
+                return Ok(Err(format!(
+                    "the new rules could not take the state back: {e}"
+                )));
+            }
+        };
+        next.rows = engine.rows;
+        next.skipped_rows = engine.skipped_rows;
+        let ids =
+            |e: &Engine| -> Vec<String> { e.rules().iter().map(|r| r.meta.id.clone()).collect() };
+        let now_running = ids(&next);
+        let removed: Vec<String> = ids(engine)
+            .into_iter()
+            .filter(|id| !now_running.contains(id))
+            .collect();
+        let done = Reloaded {
+            rules: now_running,
+            fresh,
+            removed,
+        };
+        *engine = next;
+        self.save(engine)?;
+        tracing::warn!(by, rules = done.rules.len(), fresh = ?done.fresh, removed = ?done.removed,
+            "detection rules reloaded");
+        let event = reload_event(by, engine, &done, now_ns());
+        self.record(engine, &[event])?;
+        Ok(Ok(done))
+    }
+
     fn save(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
         self.flush(engine)?;
         engine.expire();
@@ -462,15 +584,49 @@ impl Loop {
     }
 }
 
+/// The `admin_audit` event of a reload: who, and the rules (id, version) running after it.
+fn reload_event(by: &str, engine: &Engine, done: &Reloaded, now_ns: i64) -> Vec<u8> {
+    let rules: Vec<serde_json::Value> = engine
+        .rules()
+        .iter()
+        .map(|r| serde_json::json!({"id": r.meta.id, "version": r.meta.version}))
+        .collect();
+    let ev = serde_json::json!({
+        "schema": vigil_schemas::NATIVE_SCHEMA_V1,
+        "id": format!("rules.reload:{now_ns}"),
+        "time": crate::lifecycle::time_rfc3339(now_ns),
+        "kind": "admin_audit",
+        "decision": "allow",
+        "caller": {"principal": by},
+        "callee": {"service": "vigil"},
+        "action": "rules.reload",
+        "resource": "rules",
+        "reason": format!("{} rules; new or changed: {}; removed: {}", done.rules.len(),
+            list_or_none(&done.fresh), list_or_none(&done.removed)),
+        "rules": rules,
+    });
+    serde_json::to_vec(&ev).unwrap_or_default()
+}
+
+fn list_or_none(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    }
+}
+
 fn run(
     cfg: RunConfig,
     mut engine: Engine,
     restored: bool,
     stored: &[Alert],
     pieces: Receiver<Piece>,
+    reloads: Receiver<Reload>,
     metrics: Arc<DetectMetrics>,
 ) -> Result<(), DetectError> {
     let mut l = Loop::new(cfg, metrics)?;
+    l.reloads = Some(reloads);
     let store = Store::open_existing(&l.cfg.data_dir).ok();
     if let Some(store) = &store {
         l.record_missing(&mut engine, store, stored)?;
@@ -515,6 +671,7 @@ fn run(
             l.undeliverable(&mut engine, &outbox)?;
         }
         l.commands(&mut engine)?;
+        l.reloads(&mut engine)?;
         if l.last_flush.elapsed() >= flush_every {
             l.flush(&mut engine)?;
         }
@@ -595,12 +752,18 @@ mod tests {
     }
 
     fn denial_rule() -> Vec<Rule> {
-        let l = crate::rules::load(
-            &[crate::rules::Source {
-                name: "t.toml".into(),
-                text: r#"
+        rules(1, false)
+    }
+
+    /// `t.denials` at `version` (3 denials from one address in a minute), and `t.other` if
+    /// `other`.
+    fn rules(version: u32, other: bool) -> Vec<Rule> {
+        let mut sources = vec![crate::rules::Source {
+            name: "t.toml".into(),
+            text: format!(
+                r#"
 id = "t.denials"
-version = 1
+version = {version}
 title = "denials"
 severity = "high"
 kind = "threshold"
@@ -610,13 +773,110 @@ count = 3
 window = "1m"
 suppress = "1h"
 "#
+            ),
+            dir: None,
+        }];
+        if other {
+            sources.push(crate::rules::Source {
+                name: "o.toml".into(),
+                text: r#"
+id = "t.other"
+version = 1
+title = "errors"
+severity = "low"
+kind = "threshold"
+filter = 'decision == "error"'
+group_by = ["caller_ip"]
+count = 5
+window = "1m"
+"#
                 .into(),
                 dir: None,
-            }],
-            &Default::default(),
-        );
+            });
+        }
+        let l = crate::rules::load(&sources, &Default::default());
         assert!(l.errors.is_empty(), "{:?}", l.errors);
         l.rules.into_iter().map(|(r, _)| r).collect()
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_rules_state_starts_new_ones_empty_and_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = PartitionBatch::new("p", 0, Default::default(), 16);
+        let denial = |i: i64| {
+            format!(
+                r#"{{"decision_id":"d{i}","result":false,"timestamp":"2026-11-22T10:00:0{i}Z","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"9.9.9.9","portValue":1}}}}}}}}}}}}"#
+            )
+        };
+        let mut feed = |l: &mut Loop, engine: &mut Engine, range: std::ops::Range<i64>| {
+            for i in range {
+                let v = denial(i);
+                b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
+            }
+            l.observe(engine, &b.cut().unwrap().unwrap()).unwrap();
+            l.flush(engine).unwrap();
+        };
+        let (mut engine, _, _) = restore(&cfg(dir.path()), rules(1, false)).unwrap();
+        let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        l.reloads = Some(rx);
+        let reloader = Reloader(tx);
+        feed(&mut l, &mut engine, 0..2);
+
+        // Asked for from another thread (as the API does), taken by the loop.
+        let ask = |rules: Vec<Rule>, l: &mut Loop, engine: &mut Engine| {
+            let r = reloader.clone();
+            let asked =
+                std::thread::spawn(move || r.reload(rules, "jwt:ana", Duration::from_secs(10)));
+            while !asked.is_finished() {
+                l.reloads(engine).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            asked.join().unwrap().unwrap()
+        };
+        let done = ask(rules(1, true), &mut l, &mut engine);
+        assert_eq!(
+            done,
+            Reloaded {
+                rules: vec!["t.denials".into(), "t.other".into()],
+                fresh: vec!["t.other".into()],
+                removed: vec![],
+            }
+        );
+        // t.denials kept its two denials: the third fires.
+        feed(&mut l, &mut engine, 2..3);
+        assert_eq!(read_revisions(dir.path()).unwrap().len(), 1);
+
+        // A new version starts empty; a rule left out is removed.
+        let done = ask(rules(2, false), &mut l, &mut engine);
+        assert_eq!(
+            done,
+            Reloaded {
+                rules: vec!["t.denials".into()],
+                fresh: vec!["t.denials".into()],
+                removed: vec!["t.other".into()],
+            }
+        );
+        feed(&mut l, &mut engine, 3..5);
+        assert_eq!(
+            read_revisions(dir.path()).unwrap().len(),
+            1,
+            "two denials after v2"
+        );
+        // Each event evaluated once across both reloads.
+        assert_eq!(engine.position("p/0"), Some(5));
+        assert_eq!(engine.position("vigil.audit/0"), Some(3));
+
+        let reloads: Vec<_> = own_log(dir.path())
+            .into_iter()
+            .filter(|(_, action, _)| action == "rules.reload")
+            .collect();
+        let r = (
+            "jwt:ana".to_owned(),
+            "rules.reload".to_owned(),
+            "allow".to_owned(),
+        );
+        assert_eq!(reloads, vec![r.clone(), r]);
     }
 
     /// Vigil's own log, decoded: (caller principal, action, decision) per record.

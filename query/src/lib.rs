@@ -21,12 +21,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 #[derive(Debug, thiserror::Error)]
@@ -172,11 +172,17 @@ async fn event_views(ctx: &SessionContext) -> Result<(LogicalPlan, LogicalPlan),
     let stored = ctx.table("stored").await?;
     let events = stored.clone().filter(col("store_error").is_null())?;
     let rejected = stored.filter(col("store_error").is_not_null())?;
-    Ok((events.logical_plan().clone(), rejected.logical_plan().clone()))
+    Ok((
+        events.logical_plan().clone(),
+        rejected.logical_plan().clone(),
+    ))
 }
 
 fn view(plan: &LogicalPlan) -> Arc<datafusion::catalog::view::ViewTable> {
-    Arc::new(datafusion::catalog::view::ViewTable::new(plan.clone(), None))
+    Arc::new(datafusion::catalog::view::ViewTable::new(
+        plan.clone(),
+        None,
+    ))
 }
 
 /// The store's schema as queries see it: strings as `Utf8View` (cheaper to read from Parquet,
@@ -240,7 +246,9 @@ fn listing(
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?.with_cache(statistics)))
+    Ok(Arc::new(
+        ListingTable::try_new(config)?.with_cache(statistics),
+    ))
 }
 
 impl Catalog {

@@ -40,6 +40,20 @@ pub struct ApiConfig {
 /// Applies a lifecycle change (queued for, or applied by, whoever holds the detection lock).
 pub type LifecycleFn = dyn Fn(Command) -> Result<Reply, String> + Send + Sync;
 
+/// Reloads the detection rules for the named caller: what changed, as JSON.
+pub type ReloadFn = dyn Fn(&str) -> Result<serde_json::Value, ReloadFail> + Send + Sync;
+
+/// Why the rules were not reloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadFail {
+    /// Rules that do not load (file:line: why): nothing changed.
+    #[error("rules do not load: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// Detection does not run here, or did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// One API call, as the audit log records it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ApiCall {
@@ -127,6 +141,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// `None`: alert lifecycle changes are not available in this process.
     pub lifecycle: Option<Arc<LifecycleFn>>,
+    /// Replaces the running detection rules (`POST /v1/rules/reload`).
+    pub reload: Arc<ReloadFn>,
     /// Where calls are recorded; a call's response waits until its record is durable.
     pub audit: tokio::sync::mpsc::Sender<Audited>,
     /// The running signer (`POST /v1/keys/rotate`; `None`: not here).
@@ -222,6 +238,7 @@ fn build() -> Routes {
         .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity; paging offset, limit.", get(alerts))
         .add("post", "/v1/alerts/{id}/{action}", Some(CHANGE), "Alert lifecycle: action ack, resolve or suppress; body {\"note\"}.", post(change))
         .add("get", "/v1/keys", Some(READ), "The checkpoint signing keys (registry).", get(keys))
+        .add("post", "/v1/rules/reload", Some(ADMIN), "Read the rules directory again and replace the running rules (unchanged ones keep their state; any rule that fails to load refuses the whole reload: 422); the rules now running, the new or changed, the removed.", post(reload))
         .add("post", "/v1/keys/rotate", Some(ADMIN), "Start signing checkpoints with a new key (query overlap_secs, default 3600: how long the current keys keep signing); the new registry to pin.", post(rotate))
         .add("get", "/v1/checkpoints/latest", Some(READ), "Each log's newest signed checkpoint.", get(checkpoints))
         .add("get", "/v1/proofs/inclusion", Some(READ), "Inclusion proof bundle: log=T/P and index or offset.", get(inclusion))
@@ -563,6 +580,28 @@ async fn change(
             )
         }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn reload(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> Response {
+    let reload = s.reload.clone();
+    match tokio::task::spawn_blocking(move || reload(&p.id)).await {
+        Ok(Ok(done)) => Json(done).into_response(),
+        Ok(Err(e @ ReloadFail::Invalid(_))) => {
+            let reason = e.to_string();
+            with_detail(
+                error(StatusCode::UNPROCESSABLE_ENTITY, &reason),
+                Detail {
+                    reason: Some(reason),
+                    ..Default::default()
+                },
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
