@@ -176,7 +176,8 @@ impl Duck {
         writeln!(stdin, "{}", serde_json::to_string(sql).unwrap()).unwrap();
         let mut line = String::new();
         self.out.read_line(&mut line).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{sql}: {e}: {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{sql}: {e}: {line}"));
         (v["s"].as_f64().unwrap(), v["rows"].as_u64().unwrap())
     }
 }

@@ -221,9 +221,15 @@ mod tests {
         h.observe(Duration::from_secs(60));
         let text = h.render("x_seconds", "help");
         assert!(text.contains("# TYPE x_seconds histogram"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
+        assert!(
+            text.contains("x_seconds_bucket{le=\"0.001\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("x_seconds_bucket{le=\"0.01\"} 1\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"0.025\"} 2\n"), "{text}");
+        assert!(
+            text.contains("x_seconds_bucket{le=\"0.025\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("x_seconds_bucket{le=\"30\"} 2\n"), "{text}");
         assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
         assert!(text.contains("x_seconds_sum 60.0205\n"), "{text}");
