@@ -237,12 +237,16 @@ fn reload_fn(cfg: &Config, reloader: Option<vigil_detect::run::Reloader>) -> Arc
         let done = reloader
             .reload(rules, by, Duration::from_secs(30))
             .map_err(api::ReloadFail::Unavailable)?;
-        Ok(serde_json::json!({
-            "rules": done.rules,
-            "fresh": done.fresh,
-            "removed": done.removed,
-            "inactive": loaded.inactive.iter().map(|(id, why)| serde_json::json!({"id": id, "reason": why})).collect::<Vec<_>>(),
-        }))
+        Ok(api::RulesReloaded {
+            rules: done.rules,
+            fresh: done.fresh,
+            removed: done.removed,
+            inactive: loaded
+                .inactive
+                .into_iter()
+                .map(|(id, reason)| api::InactiveRule { id, reason })
+                .collect(),
+        })
     })
 }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 /// One event an alert rests on: enough to prove it from the store
 /// (`vigil proof --log <log> --index <index>`) and to check the proof is about it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evidence {
     /// `<topic>/<partition>`.
     pub log: String,
@@ -35,7 +35,7 @@ pub struct Evidence {
 }
 
 /// An alert revision.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Alert {
     pub alert_id: String,
     pub revision: i64,

@@ -22,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vigil_detect::alerts::Alert;
 use vigil_detect::lifecycle::{Action, Command, Reply};
@@ -40,8 +41,27 @@ pub struct ApiConfig {
 /// Applies a lifecycle change (queued for, or applied by, whoever holds the detection lock).
 pub type LifecycleFn = dyn Fn(Command) -> Result<Reply, String> + Send + Sync;
 
-/// Reloads the detection rules for the named caller: what changed, as JSON.
-pub type ReloadFn = dyn Fn(&str) -> Result<serde_json::Value, ReloadFail> + Send + Sync;
+/// Reloads the detection rules for the named caller: what changed.
+pub type ReloadFn = dyn Fn(&str) -> Result<RulesReloaded, ReloadFail> + Send + Sync;
+
+/// What `POST /v1/rules/reload` changed.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RulesReloaded {
+    /// The rules running now (ids).
+    pub rules: Vec<String>,
+    /// New or changed (another version): they start with an empty state.
+    pub fresh: Vec<String>,
+    /// No longer running (their open alerts stay as stored).
+    pub removed: Vec<String>,
+    /// Loaded but not running (`enabled = false`, or the data they need is missing).
+    pub inactive: Vec<InactiveRule>,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct InactiveRule {
+    pub id: String,
+    pub reason: String,
+}
 
 /// Why the rules were not reloaded.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +209,121 @@ pub struct RouteDoc {
     /// `None`: no authentication (the probes).
     pub roles: Option<&'static [Role]>,
     pub summary: &'static str,
+    /// What it takes and answers.
+    #[serde(skip)]
+    pub io: Io,
+}
+
+/// The JSON Schema of a type, from its definition (schemars).
+type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+fn schema_of<T: JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
+
+/// A route's inputs and its answer, as the handler's own types: its query parameters, its
+/// JSON body, and its 200 answer (`ok`, in the first of `content`; other content types as
+/// text or bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct Io {
+    query: Option<SchemaFn>,
+    body: Option<SchemaFn>,
+    ok: Option<SchemaFn>,
+    content: &'static [&'static str],
+}
+
+impl Io {
+    /// Answers JSON of type `T`.
+    fn json<T: JsonSchema>() -> Io {
+        Io {
+            query: None,
+            body: None,
+            ok: Some(schema_of::<T>),
+            content: &["application/json"],
+        }
+    }
+
+    /// Answers text.
+    fn text() -> Io {
+        Io {
+            query: None,
+            body: None,
+            ok: None,
+            content: &["text/plain"],
+        }
+    }
+
+    /// Takes query parameters `Q`.
+    fn query<Q: JsonSchema>(mut self) -> Io {
+        self.query = Some(schema_of::<Q>);
+        self
+    }
+
+    /// Takes a JSON body `B`.
+    fn body<B: JsonSchema>(mut self) -> Io {
+        self.body = Some(schema_of::<B>);
+        self
+    }
+
+    /// Answers in these content types too.
+    fn also(mut self, content: &'static [&'static str]) -> Io {
+        self.content = content;
+        self
+    }
+}
+
+/// Every error answer.
+#[derive(Serialize, JsonSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// A query's rows (`format: json`): one object per row, columns by name.
+type Rows = Vec<serde_json::Map<String, serde_json::Value>>;
+
+/// A proof bundle, as `vigil proof` writes it and `vigil verify-proof` checks it.
+type ProofBundle = serde_json::Map<String, serde_json::Value>;
+
+/// `GET /v1/alerts`.
+#[derive(Serialize, JsonSchema)]
+pub struct AlertsPage {
+    /// Newest revision of each alert, newest first.
+    pub alerts: Vec<Alert>,
+    /// Alerts matching the filters (all pages).
+    pub total: usize,
+    /// The `offset` of the next page, if there is one.
+    pub next_offset: Option<usize>,
+}
+
+/// `POST /v1/keys/rotate`.
+#[derive(Serialize, JsonSchema)]
+pub struct Rotated {
+    /// The new signing key (C2SP note verifier key).
+    pub public_key: String,
+    /// The key registry to pin (`vigil verify --keys`).
+    pub registry: String,
+}
+
+/// `GET /v1/checkpoints/latest`.
+#[derive(Serialize, JsonSchema)]
+pub struct LatestCheckpoints {
+    pub checkpoints: Vec<LatestCheckpoint>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct LatestCheckpoint {
+    /// `<topic>/<partition>`.
+    pub log: String,
+    pub tree_size: u64,
+    /// The signed note (C2SP tlog-checkpoint).
+    pub note: String,
+}
+
+/// `POST /logs`.
+#[derive(Serialize, JsonSchema)]
+pub struct UploadAnswer {
+    /// Decisions stored as events.
+    pub events: usize,
 }
 
 /// The router under construction and the description of each route added.
@@ -205,6 +340,7 @@ impl Routes {
         path: &'static str,
         roles: Option<&'static [Role]>,
         summary: &'static str,
+        io: Io,
         handler: axum::routing::MethodRouter<AppState>,
     ) -> Routes {
         let handler = match roles {
@@ -217,6 +353,7 @@ impl Routes {
             path,
             roles,
             summary,
+            io,
         });
         self
     }
@@ -232,20 +369,26 @@ fn build() -> Routes {
         router: Router::new(),
         docs: Vec::new(),
     };
-    r.add("get", "/healthz", None, "Alive.", get(|| async { "ok\n" }))
-        .add("get", "/readyz", None, "Ready: consuming (503 until partitions are assigned).", get(readyz))
-        .add("post", "/v1/query", Some(READ), "SQL over the store: body {\"sql\", \"format\": json|ndjson|csv|arrow}; read-only, capped in rows, time and memory.", post(query))
-        .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity; paging offset, limit.", get(alerts))
-        .add("post", "/v1/alerts/{id}/{action}", Some(CHANGE), "Alert lifecycle: action ack, resolve or suppress; body {\"note\"}.", post(change))
-        .add("get", "/v1/keys", Some(READ), "The checkpoint signing keys (registry).", get(keys))
-        .add("post", "/v1/rules/reload", Some(ADMIN), "Read the rules directory again and replace the running rules (unchanged ones keep their state; any rule that fails to load refuses the whole reload: 422); the rules now running, the new or changed, the removed.", post(reload))
-        .add("post", "/v1/keys/rotate", Some(ADMIN), "Start signing checkpoints with a new key (query overlap_secs, default 3600: how long the current keys keep signing); the new registry to pin.", post(rotate))
-        .add("get", "/v1/checkpoints/latest", Some(READ), "Each log's newest signed checkpoint.", get(checkpoints))
-        .add("get", "/v1/proofs/inclusion", Some(READ), "Inclusion proof bundle: log=T/P and index or offset.", get(inclusion))
-        .add("get", "/v1/proofs/consistency", Some(READ), "Consistency proof bundle: log=T/P, from, to (default newest).", get(consistency))
-        .add("post", "/logs", Some(INGEST), "OPA decision-log upload (what OPA's decision_logs plugin sends: a gzip JSON array), chained under Vigil's own log vigil.opa/<n>.", post(upload))
-        .add("get", "/metrics", Some(READ), "Prometheus metrics.", get(metrics))
-        .add("get", "/openapi.json", Some(READ), "This description.", get(openapi))
+    let ndjson_csv_arrow: &[&str] = &[
+        "application/json",
+        "application/x-ndjson",
+        "text/csv",
+        "application/vnd.apache.arrow.stream",
+    ];
+    r.add("get", "/healthz", None, "Alive.", Io::text(), get(|| async { "ok\n" }))
+        .add("get", "/readyz", None, "Ready: consuming (503 until partitions are assigned).", Io::text(), get(readyz))
+        .add("post", "/v1/query", Some(READ), "SQL over the store: body {\"sql\", \"format\": json|ndjson|csv|arrow}; read-only, capped in rows, time and memory.", Io::json::<Rows>().body::<QueryBody>().also(ndjson_csv_arrow), post(query))
+        .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity; paging offset, limit.", Io::json::<AlertsPage>().query::<AlertFilter>(), get(alerts))
+        .add("post", "/v1/alerts/{id}/{action}", Some(CHANGE), "Alert lifecycle: action ack, resolve or suppress; body {\"note\"}.", Io::json::<Alert>().body::<ChangeBody>(), post(change))
+        .add("get", "/v1/keys", Some(READ), "The checkpoint signing keys (registry).", Io::text(), get(keys))
+        .add("post", "/v1/rules/reload", Some(ADMIN), "Read the rules directory again and replace the running rules (unchanged ones keep their state; any rule that fails to load refuses the whole reload: 422); the rules now running, the new or changed, the removed.", Io::json::<RulesReloaded>(), post(reload))
+        .add("post", "/v1/keys/rotate", Some(ADMIN), "Start signing checkpoints with a new key (query overlap_secs, default 3600: how long the current keys keep signing); the new registry to pin.", Io::json::<Rotated>().query::<RotateQuery>(), post(rotate))
+        .add("get", "/v1/checkpoints/latest", Some(READ), "Each log's newest signed checkpoint.", Io::json::<LatestCheckpoints>(), get(checkpoints))
+        .add("get", "/v1/proofs/inclusion", Some(READ), "Inclusion proof bundle: log=T/P and index or offset.", Io::json::<ProofBundle>().query::<ProofQuery>(), get(inclusion))
+        .add("get", "/v1/proofs/consistency", Some(READ), "Consistency proof bundle: log=T/P, from, to (default newest).", Io::json::<ProofBundle>().query::<ProofQuery>(), get(consistency))
+        .add("post", "/logs", Some(INGEST), "OPA decision-log upload (what OPA's decision_logs plugin sends: a gzip JSON array), chained under Vigil's own log vigil.opa/<n>.", Io::json::<UploadAnswer>(), post(upload))
+        .add("get", "/metrics", Some(READ), "Prometheus metrics.", Io::text(), get(metrics))
+        .add("get", "/openapi.json", Some(READ), "This description.", Io::json::<serde_json::Map<String, serde_json::Value>>(), get(openapi))
 }
 
 /// The router: every route with its roles, behind authentication and audit.
@@ -258,39 +401,93 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// An OpenAPI 3.1 description of [`routes`].
+/// An OpenAPI 3.1 description of [`routes`]: each route's roles, parameters, body and answer,
+/// their JSON Schemas derived from the handlers' own types (schemars).
 pub fn openapi_doc() -> serde_json::Value {
+    use schemars::generate::{Contract, SchemaSettings};
+    use serde_json::{Value, json};
+    let settings = |contract: Contract| {
+        SchemaSettings::draft2020_12().with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.contract = contract;
+        })
+    };
+    // Inputs as they are read, answers as they are written; parameters inline (each becomes
+    // its own parameter object).
+    let mut inputs = settings(Contract::Deserialize).into_generator();
+    let mut answers = settings(Contract::Serialize).into_generator();
+    let mut params = settings(Contract::Deserialize)
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let error_schema = answers.subschema_for::<ErrorBody>().to_value();
     let mut paths = serde_json::Map::new();
     for r in routes() {
-        let params: Vec<serde_json::Value> = r
+        let mut parameters: Vec<Value> = r
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
-            .map(|name| serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
-        let mut op = serde_json::json!({
-            "summary": r.summary,
-            "parameters": params,
-            "responses": {"200": {"description": "OK"}},
-        });
-        if let Some(roles) = r.roles {
-            op["security"] = serde_json::json!([{"bearer": []}]);
-            op["x-vigil-roles"] = roles.iter().map(|x| x.as_str()).collect::<Vec<_>>().into();
-            op["responses"]["401"] = serde_json::json!({"description": "no valid credential"});
-            op["responses"]["403"] =
-                serde_json::json!({"description": "none of the route's roles"});
+        if let Some(q) = r.io.query {
+            let schema = q(&mut params).to_value();
+            let required = schema["required"].as_array().cloned().unwrap_or_default();
+            if let Some(props) = schema["properties"].as_object() {
+                for (name, s) in props {
+                    parameters.push(json!({
+                        "name": name, "in": "query",
+                        "required": required.contains(&Value::from(name.as_str())),
+                        "description": s.get("description").cloned().unwrap_or(Value::Null),
+                        "schema": s,
+                    }));
+                }
+            }
         }
-        let entry = paths
-            .entry(r.path.to_owned())
-            .or_insert_with(|| serde_json::json!({}));
+        let mut content = serde_json::Map::new();
+        for (i, ct) in r.io.content.iter().enumerate() {
+            let schema = match (i, r.io.ok) {
+                (0, Some(ok)) => ok(&mut answers).to_value(),
+                _ if ct.starts_with("text/") => json!({"type": "string"}),
+                _ => json!({"type": "string", "contentEncoding": "binary"}),
+            };
+            content.insert((*ct).to_owned(), json!({"schema": schema}));
+        }
+        let error = json!({"content": {"application/json": {"schema": error_schema}}});
+        let with = |d: &str| {
+            let mut e = error.clone();
+            e["description"] = d.into();
+            e
+        };
+        let mut op = json!({
+            "summary": r.summary,
+            "parameters": parameters,
+            "responses": {"200": {"description": "OK", "content": content}},
+        });
+        if let Some(b) = r.io.body {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": b(&mut inputs).to_value()}}});
+        }
+        if let Some(roles) = r.roles {
+            op["security"] = json!([{"bearer": []}]);
+            op["x-vigil-roles"] = roles.iter().map(|x| x.as_str()).collect::<Vec<_>>().into();
+            op["responses"]["400"] = with("the request is not valid (the reason in `error`)");
+            op["responses"]["401"] = with("no valid credential");
+            op["responses"]["403"] = with("none of the route's roles");
+            op["responses"]["503"] =
+                with("the call could not be recorded, or the service it needs does not run here");
+        }
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
         entry[r.method] = op;
     }
-    serde_json::json!({
+    let mut schemas = inputs.take_definitions(true);
+    schemas.extend(answers.take_definitions(true));
+    json!({
         "openapi": "3.1.0",
         "info": {"title": "Vigil analyst API", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-            "description": "An API key or a JWT (HS256, RS256, ES256)"}}},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "An API key or a JWT (HS256, RS256, ES256)"}},
+        },
     })
 }
 
@@ -299,11 +496,10 @@ async fn openapi() -> Response {
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": message.to_string() })),
-    )
-        .into_response()
+    let body = ErrorBody {
+        error: message.to_string(),
+    };
+    (status, Json(body)).into_response()
 }
 
 fn now_ns() -> i64 {
@@ -412,9 +608,11 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct QueryBody {
+    /// One read-only statement (SELECT, WITH, EXPLAIN, SHOW).
     sql: String,
+    /// The answer's format (default: from `Accept`, else json).
     #[serde(default)]
     format: Option<sql::Format>,
 }
@@ -464,13 +662,18 @@ async fn query(State(s): State<AppState>, headers: HeaderMap, body: axum::body::
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct AlertFilter {
+    /// open, acknowledged, resolved or suppressed.
     status: Option<String>,
+    /// A rule id.
     rule: Option<String>,
+    /// low, medium, high or critical.
     severity: Option<String>,
+    /// Alerts to skip (paging).
     #[serde(default)]
     offset: usize,
+    /// Alerts on the page (default 100, at most 1000).
     limit: Option<usize>,
 }
 
@@ -503,15 +706,17 @@ async fn alerts(State(s): State<AppState>, Query(f): Query<AlertFilter>) -> Resp
         rows: Some(page.len() as u64),
         ..Default::default()
     };
-    with_detail(
-        Json(serde_json::json!({ "alerts": page, "total": matching.len(), "next_offset": next }))
-            .into_response(),
-        d,
-    )
+    let page = AlertsPage {
+        alerts: page.into_iter().cloned().collect(),
+        total: matching.len(),
+        next_offset: next,
+    };
+    with_detail(Json(page).into_response(), d)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, JsonSchema)]
 struct ChangeBody {
+    /// Why (kept with the revision and in Vigil's own log).
     note: Option<String>,
 }
 
@@ -618,8 +823,9 @@ async fn keys(State(s): State<AppState>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct RotateQuery {
+    /// How long the current keys keep signing beside the new one (default 3600).
     #[serde(default = "default_overlap")]
     overlap_secs: u64,
 }
@@ -636,8 +842,11 @@ async fn rotate(State(s): State<AppState>, Query(q): Query<RotateQuery>) -> Resp
     match tokio::task::spawn_blocking(move || cp.rotate(overlap_ms)).await {
         Ok(Ok((public_key, registry))) => {
             tracing::warn!(%public_key, "checkpoint signing key rotated through the API");
-            Json(serde_json::json!({ "public_key": public_key, "registry": registry }))
-                .into_response()
+            Json(Rotated {
+                public_key,
+                registry,
+            })
+            .into_response()
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -647,7 +856,7 @@ async fn rotate(State(s): State<AppState>, Query(q): Query<RotateQuery>) -> Resp
 /// The newest signed checkpoint of every log (notes as text).
 async fn checkpoints(State(s): State<AppState>) -> Response {
     let dir = s.cfg.data_dir.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Vec<serde_json::Value>, String> {
+    let r = tokio::task::spawn_blocking(move || -> Result<Vec<LatestCheckpoint>, String> {
         let root = dir.join(vigil_store::checkpoint::CHECKPOINTS_DIR);
         let mut out = Vec::new();
         for (topic, partition) in
@@ -658,16 +867,18 @@ async fn checkpoints(State(s): State<AppState>) -> Response {
             let notes = vigil_store::checkpoint::list_notes(&log).map_err(|e| e.to_string())?;
             if let Some((size, path)) = notes.last() {
                 let note = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-                out.push(serde_json::json!({
-                    "log": format!("{topic}/{partition}"), "tree_size": size, "note": note,
-                }));
+                out.push(LatestCheckpoint {
+                    log: format!("{topic}/{partition}"),
+                    tree_size: *size,
+                    note,
+                });
             }
         }
         Ok(out)
     })
     .await;
     match r {
-        Ok(Ok(v)) => Json(serde_json::json!({ "checkpoints": v })).into_response(),
+        Ok(Ok(checkpoints)) => Json(LatestCheckpoints { checkpoints }).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
@@ -699,7 +910,7 @@ async fn upload(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
             events,
             rejected: None,
         })) => with_detail(
-            Json(serde_json::json!({ "events": events })).into_response(),
+            Json(UploadAnswer { events }).into_response(),
             Detail {
                 rows: Some(events as u64),
                 ..Default::default()
@@ -727,13 +938,17 @@ async fn upload(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct ProofQuery {
-    /// `<topic>/<partition>`.
+    /// The log: `<topic>/<partition>`.
     log: String,
+    /// Inclusion: the record's leaf index in its log.
     index: Option<u64>,
+    /// Inclusion: the record's Kafka offset (instead of `index`).
     offset: Option<i64>,
+    /// Consistency: the older tree size.
     from: Option<u64>,
+    /// Consistency: the newer tree size (default: the newest signed).
     to: Option<u64>,
 }
 
@@ -797,4 +1012,118 @@ async fn metrics(State(s): State<AppState>) -> Response {
         (s.metrics)(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Every `$ref` in `v`.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    /// Follow a `#/components/schemas/X` reference.
+    fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+        match v["$ref"].as_str() {
+            Some(r) => &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")],
+            None => v,
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route_from_its_types_and_every_ref_resolves() {
+        let doc = openapi_doc();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in &all {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("{r}: not a component"));
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} does not resolve"
+            );
+        }
+        let op = |m: &str, p: &str| doc["paths"][p][m].clone();
+
+        // The query body and its answer formats.
+        let q = op("post", "/v1/query");
+        let body = resolve(
+            &doc,
+            &q["requestBody"]["content"]["application/json"]["schema"],
+        );
+        assert_eq!(body["required"], serde_json::json!(["sql"]), "{body}");
+        assert!(body["properties"]["format"].is_object());
+        let content = q["responses"]["200"]["content"].as_object().unwrap();
+        assert_eq!(content.len(), 4);
+        assert_eq!(content["application/json"]["schema"]["type"], "array");
+
+        // Query parameters, each its own parameter; the answer's alerts with their fields.
+        let a = op("get", "/v1/alerts");
+        let mut names: Vec<&str> = a["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["limit", "offset", "rule", "severity", "status"]);
+        assert!(
+            a["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["in"] == "query")
+        );
+        let page = resolve(
+            &doc,
+            &a["responses"]["200"]["content"]["application/json"]["schema"],
+        );
+        let alert = resolve(&doc, &page["properties"]["alerts"]["items"]);
+        for f in [
+            "alert_id",
+            "revision",
+            "rule_id",
+            "status",
+            "evidence",
+            "group_key",
+        ] {
+            assert!(alert["properties"][f].is_object(), "Alert.{f}: {alert}");
+        }
+
+        // Path parameters; errors; roles; the probes open.
+        let c = op("post", "/v1/alerts/{id}/{action}");
+        assert_eq!(c["parameters"][0]["in"], "path");
+        let note = resolve(
+            &doc,
+            &c["requestBody"]["content"]["application/json"]["schema"],
+        );
+        assert!(note["properties"]["note"].is_object());
+        let err = resolve(
+            &doc,
+            &c["responses"]["403"]["content"]["application/json"]["schema"],
+        );
+        assert_eq!(err["required"], serde_json::json!(["error"]));
+        assert_eq!(
+            op("post", "/v1/rules/reload")["x-vigil-roles"],
+            serde_json::json!(["admin"])
+        );
+        assert!(op("get", "/healthz")["security"].is_null());
+        assert_eq!(
+            op("get", "/metrics")["responses"]["200"]["content"]["text/plain"]["schema"]["type"],
+            "string"
+        );
+    }
 }

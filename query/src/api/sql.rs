@@ -115,7 +115,7 @@ pub async fn run(catalog: &crate::Catalog, sql: &str, limits: Limits) -> Result<
 }
 
 /// A result format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// A JSON array of objects.
