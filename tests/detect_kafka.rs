@@ -290,7 +290,8 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
         ),
         ("vigil.k8s.forbidden_burst.user", "mallory"),
         ("vigil.flow.drop_burst.source", "empire xwing"),
-        ("vigil.deny_then_allow", "198.51.100.23"),
+        // Key parts in field-name order: callee_service (the HTTP host), caller_ip.
+        ("vigil.deny_then_allow", "svc 198.51.100.23"),
     ]
     .iter()
     .map(|(r, k)| (r.to_string(), k.to_string()))
