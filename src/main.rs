@@ -12,6 +12,7 @@ mod proof_cmd;
 mod query_cmd;
 mod rules_cmd;
 mod serve_cmd;
+mod simulate_cmd;
 mod verify_cmd;
 
 use std::path::PathBuf;
@@ -79,6 +80,9 @@ enum Command {
     VerifyProof(proof_cmd::VerifyProofArgs),
     /// Send a file of records (one per line, or `--whole`) to a Kafka topic.
     Produce(produce_cmd::ProduceArgs),
+    /// Produce traffic from a simulated zero-trust mesh (OPA, Hubble, Kubernetes audit) with
+    /// named attacks on top; prints what it injected and when, and the rules that should fire.
+    Simulate(simulate_cmd::SimulateArgs),
     /// Print the canonical event schema, column by column.
     Schema {
         /// Print the Arrow schema as JSON instead of a Markdown table.
@@ -114,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve_cmd::run(&mut cfg, args),
         Command::Query(args) => query_cmd::run(&cfg, args),
         Command::Produce(args) => produce_cmd::run(&cfg, args),
+        Command::Simulate(args) => simulate_cmd::run(&cfg, args),
         Command::Verify(args) => verify_cmd::run(&cfg, args),
         Command::Proof(args) => proof_cmd::run_proof(&cfg, args),
         Command::Keys(args) => keys_cmd::run(&cfg, args),
