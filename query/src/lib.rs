@@ -187,28 +187,30 @@ fn view(plan: &LogicalPlan) -> Arc<datafusion::catalog::view::ViewTable> {
 
 /// The store's schema as queries see it: strings as `Utf8View` (cheaper to read from Parquet,
 /// hash and compare than `Utf8`; DataFusion's own default when it infers a schema).
-fn query_schema(stored: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = stored
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, stored.metadata().clone()))
+fn query_schema(stored: &SchemaRef) -> SchemaRef {
+    retype(stored, |t| {
+        (t == &DataType::Utf8).then_some(DataType::Utf8View)
+    })
 }
 
 /// `schema` with `Utf8View`/`BinaryView` columns as `Utf8`/`Binary`, the types every Arrow
 /// reader knows.
 pub fn plain_schema(schema: &SchemaRef) -> SchemaRef {
+    retype(schema, |t| match t {
+        DataType::Utf8View => Some(DataType::Utf8),
+        DataType::BinaryView => Some(DataType::Binary),
+        _ => None,
+    })
+}
+
+/// `schema` with each column's type replaced where `to` gives one.
+fn retype(schema: &SchemaRef, to: impl Fn(&DataType) -> Option<DataType>) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
-            DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
-            _ => f.as_ref().clone(),
+        .map(|f| match to(f.data_type()) {
+            Some(t) => f.as_ref().clone().with_data_type(t),
+            None => f.as_ref().clone(),
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
