@@ -57,26 +57,39 @@ pub fn run(cfg: &Config, args: ProduceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for r in &records {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&args.topic).payload(r);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    std::thread::sleep(Duration::from_millis(5));
-                    rec = back;
-                }
-                Err((e, _)) => return Err(e).context("producing"),
-            }
-        }
+        send(&producer, &args.topic, None, r)?;
     }
     producer
         .flush(Duration::from_secs(30))
         .context("delivering the records")?;
     eprintln!("produced {} records to {}", records.len(), args.topic);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Queue one record, waiting for room while the producer's queue is full.
+pub fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                std::thread::sleep(Duration::from_millis(2));
+                rec = back;
+            }
+            Err((e, _)) => return Err(e).context("producing"),
+        }
+    }
 }

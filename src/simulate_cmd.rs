@@ -23,7 +23,7 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::config::Config;
 
@@ -272,6 +272,11 @@ impl Emit {
         (ip.to_owned(), v)
     }
 
+    /// A login at `target` from an address without a workload identity.
+    fn login(&mut self, t_ns: i64, ip: &str, target: &Service, allow: bool) -> Record {
+        self.opa(t_ns, None, ip, &target.spiffe(), "POST", "/login", allow)
+    }
+
     /// A Hubble flow from `from` to `to`, forwarded or dropped by policy.
     fn flow(&mut self, t_ns: i64, from: &Service, to: &Service, dropped: bool) -> Record {
         let id = self.id("flow");
@@ -426,20 +431,12 @@ impl Traffic {
         let ms = 1_000_000i64;
         let mut out = Vec::new();
         let n = self.mesh.services.len();
-        let auth = &self.mesh.services[7 % n];
+        let auth = self.mesh.services[7 % n].clone();
         let (subject, what) = match s {
             Scenario::CredentialStuffing => {
                 let ip = format!("203.0.113.{}", self.rng.random_range(2..250));
                 for i in 0..60 {
-                    out.push(self.emit.opa(
-                        t_ns + i * 20 * ms,
-                        None,
-                        &ip,
-                        &auth.spiffe(),
-                        "POST",
-                        "/login",
-                        false,
-                    ));
+                    out.push(self.emit.login(t_ns + i * 20 * ms, &ip, &auth, false));
                 }
                 (ip, format!("60 denied logins to {}", auth.spiffe()))
             }
@@ -516,25 +513,9 @@ impl Traffic {
             Scenario::DenyThenAllow => {
                 let ip = format!("198.51.100.{}", self.rng.random_range(2..250));
                 for i in 0..6 {
-                    out.push(self.emit.opa(
-                        t_ns + i * 200 * ms,
-                        None,
-                        &ip,
-                        &auth.spiffe(),
-                        "POST",
-                        "/login",
-                        false,
-                    ));
+                    out.push(self.emit.login(t_ns + i * 200 * ms, &ip, &auth, false));
                 }
-                out.push(self.emit.opa(
-                    t_ns + 1400 * ms,
-                    None,
-                    &ip,
-                    &auth.spiffe(),
-                    "POST",
-                    "/login",
-                    true,
-                ));
+                out.push(self.emit.login(t_ns + 1400 * ms, &ip, &auth, true));
                 (
                     format!("{ip} at {}", auth.host()),
                     format!("6 denied logins to {}, then one allowed", auth.spiffe()),
@@ -576,24 +557,12 @@ struct Sender {
 
 impl Sender {
     fn send(&self, (key, value): &Record) -> anyhow::Result<()> {
-        let mut rec: BaseRecord<'_, str, str> = BaseRecord::to(&self.topic)
-            .key(key.as_str())
-            .payload(value.as_str());
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    std::thread::sleep(Duration::from_millis(2));
-                    rec = back;
-                }
-                Err((e, _)) => return Err(e).context("producing"),
-            }
-        }
+        crate::produce_cmd::send(
+            &self.producer,
+            &self.topic,
+            Some(key.as_bytes()),
+            value.as_bytes(),
+        )
     }
 }
 

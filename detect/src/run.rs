@@ -755,6 +755,13 @@ mod tests {
         rules(1, false)
     }
 
+    /// OPA denial `i` from 9.9.9.9 (second `i` of a minute).
+    fn denial(i: i64) -> String {
+        format!(
+            r#"{{"decision_id":"d{i}","result":false,"timestamp":"2026-11-22T10:00:0{i}Z","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"9.9.9.9","portValue":1}}}}}}}}}}}}"#
+        )
+    }
+
     /// `t.denials` at `version` (3 denials from one address in a minute), and `t.other` if
     /// `other`.
     fn rules(version: u32, other: bool) -> Vec<Rule> {
@@ -803,11 +810,6 @@ window = "1m"
     fn a_reload_keeps_unchanged_rules_state_starts_new_ones_empty_and_is_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = PartitionBatch::new("p", 0, Default::default(), 16);
-        let denial = |i: i64| {
-            format!(
-                r#"{{"decision_id":"d{i}","result":false,"timestamp":"2026-11-22T10:00:0{i}Z","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"9.9.9.9","portValue":1}}}}}}}}}}}}"#
-            )
-        };
         let mut feed = |l: &mut Loop, engine: &mut Engine, range: std::ops::Range<i64>| {
             for i in range {
                 let v = denial(i);
@@ -905,11 +907,6 @@ window = "1m"
         use crate::lifecycle::Action;
         let dir = tempfile::tempdir().unwrap();
         let mut b = PartitionBatch::new("p", 0, Default::default(), 16);
-        let denial = |i: i64| {
-            format!(
-                r#"{{"decision_id":"d{i}","result":false,"timestamp":"2026-11-22T10:00:0{i}Z","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"9.9.9.9","portValue":1}}}}}}}}}}}}"#
-            )
-        };
         for i in 0..3 {
             let v = denial(i);
             b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
