@@ -110,8 +110,8 @@ echo "   the public keys and the anchors in the vigil.checkpoints topic (an audi
 echo "   keys once, out of band; here they are read from the store for the demo)"
 "$vigil" keys show --data-dir "$data_dir" > "$tmp/vigil.keys"
 "$vigil" verify --data-dir "$data_dir" --keys "$tmp/vigil.keys" --anchor-kafka "$brokers" --decoded || true
-echo "== one event proven with the public key alone"
-"$vigil" proof --data-dir "$data_dir" --log audit/0 --index 7 --out "$tmp/proof.json"
+echo "== one event (the first denied login, by its decision id) proven with the public key alone"
+"$vigil" proof --data-dir "$data_dir" --event demo-0 --out "$tmp/proof.json"
 "$vigil" verify-proof "$tmp/proof.json" --keys "$tmp/vigil.keys" || true
 cat <<EOF
 
