@@ -417,7 +417,14 @@ fn metrics_text(
             }
         };
         let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
-        let label = |k: &str, v: &str| format!("{{{k}=\"{}\"}}", esc(v));
+        let labels = |pairs: &[(&str, &str)]| {
+            let inner: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        };
+        let label = |k: &str, v: &str| labels(&[(k, v)]);
         let outcomes = [
             ("decoded", m.records_decoded),
             ("rejected", m.records_rejected),
@@ -541,11 +548,7 @@ fn metrics_text(
         );
         let lag = ingest.lag();
         let part = |l: &vigil_ingest::PartitionLag| {
-            format!(
-                "{{topic=\"{}\",partition=\"{}\"}}",
-                esc(&l.topic),
-                l.partition
-            )
+            labels(&[("topic", &l.topic), ("partition", &l.partition.to_string())])
         };
         let (watermarks, lags): (Vec<_>, Vec<_>) = lag
             .iter()
