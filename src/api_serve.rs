@@ -234,13 +234,11 @@ fn reload_fn(cfg: &Config, reloader: Option<vigil_detect::run::Reloader>) -> Arc
             ));
         }
         let rules = loaded.rules.into_iter().map(|(r, _)| r).collect();
-        let done = reloader
+        let reloaded = reloader
             .reload(rules, by, Duration::from_secs(30))
             .map_err(api::ReloadFail::Unavailable)?;
         Ok(api::RulesReloaded {
-            rules: done.rules,
-            fresh: done.fresh,
-            removed: done.removed,
+            reloaded,
             inactive: loaded
                 .inactive
                 .into_iter()

@@ -127,7 +127,7 @@ pub struct Reload {
 }
 
 /// What a reload changed.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Reloaded {
     /// The rules running now (ids).
     pub rules: Vec<String>,
@@ -565,7 +565,8 @@ impl Loop {
             removed,
         };
         *engine = next;
-        self.save(engine)?;
+        // The state just saved is the one the new rules started from: only the stats change.
+        self.publish_stats(engine);
         tracing::warn!(by, rules = done.rules.len(), fresh = ?done.fresh, removed = ?done.removed,
             "detection rules reloaded");
         let event = reload_event(by, engine, &done, now_ns());

@@ -47,12 +47,9 @@ pub type ReloadFn = dyn Fn(&str) -> Result<RulesReloaded, ReloadFail> + Send + S
 /// What `POST /v1/rules/reload` changed.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct RulesReloaded {
-    /// The rules running now (ids).
-    pub rules: Vec<String>,
-    /// New or changed (another version): they start with an empty state.
-    pub fresh: Vec<String>,
-    /// No longer running (their open alerts stay as stored).
-    pub removed: Vec<String>,
+    /// The rules running now, the new or changed, the removed.
+    #[serde(flatten)]
+    pub reloaded: vigil_detect::run::Reloaded,
     /// Loaded but not running (`enabled = false`, or the data they need is missing).
     pub inactive: Vec<InactiveRule>,
 }
