@@ -90,11 +90,16 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading keys {}", path.display()))?;
         let mut keys = trusted.keys.take().unwrap_or_default();
-        keys.keys.extend(
-            Registry::parse(&text)
-                .with_context(|| format!("keys {}", path.display()))?
-                .keys,
-        );
+        // A key the trusted state already holds, with the same validity, is the same key (two
+        // entries for one key id would make every signature by it ambiguous).
+        for k in Registry::parse(&text)
+            .with_context(|| format!("keys {}", path.display()))?
+            .keys
+        {
+            if !keys.keys.contains(&k) {
+                keys.keys.push(k);
+            }
+        }
         trusted.keys = Some(keys);
     }
     for dir in &args.anchor_dir {
@@ -146,10 +151,10 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         && let Some(path) = &args.trusted
     {
         if verdict == Verdict::Tampered {
-            eprintln!("vigil: the trusted state was not updated: tampering was found");
+            tracing::warn!(trusted = %path.display(), "the trusted state was not updated: tampering was found");
         } else {
             write_trusted(path, existing, &report)?;
-            eprintln!("vigil: trusted state updated: {}", path.display());
+            tracing::info!(trusted = %path.display(), "trusted state updated");
         }
     }
     Ok(ExitCode::from(verdict.exit_code()))
