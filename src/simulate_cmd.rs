@@ -125,6 +125,10 @@ pub struct SimulateArgs {
     /// Print injections and the summary as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Also write the mesh's edges, each injection and the summary as JSON lines to this file
+    /// (as `--json` prints them), whatever the terminal shows.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
 }
 
 /// One service of the mesh.
@@ -602,6 +606,23 @@ pub fn run(cfg: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         let _ = writeln!(o, "{line}");
         let _ = o.flush();
     };
+    let mut record = match &args.record {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    // A JSON line: printed with `--json`, written to `--record` (flushed: it is read live).
+    let mut structured = |v: serde_json::Value| -> anyhow::Result<()> {
+        if let Some(r) = record.as_mut() {
+            writeln!(r, "{v}")?;
+            r.flush()?;
+        }
+        if args.json {
+            say(v.to_string());
+        }
+        Ok(())
+    };
     if !args.json {
         say(format!(
             "simulating {} services ({} call edges) → {} on {brokers}: ~{} events/s{}; attacks: {}",
@@ -623,7 +644,7 @@ pub fn run(cfg: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
             }
         ));
     }
-    if args.json {
+    {
         let edges: Vec<[String; 2]> = traffic
             .mesh
             .edges
@@ -635,7 +656,7 @@ pub fn run(cfg: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 ]
             })
             .collect();
-        say(serde_json::json!({"mesh": {"edges": edges}}).to_string());
+        structured(serde_json::json!({"mesh": {"edges": edges}}))?;
     }
     let mut sent = 0u64;
     let mut attack_records = 0u64;
@@ -688,9 +709,8 @@ pub fn run(cfg: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
             }
             attack_records += records.len() as u64;
             next_attack += 1;
-            if args.json {
-                say(serde_json::to_string(&injected)?);
-            } else {
+            structured(serde_json::to_value(&injected)?)?;
+            if !args.json {
                 say(format!(
                     "[{elapsed:6.1}s] injected {:<20} {} — {} ({} records) → expect {}",
                     injected.scenario,
@@ -716,9 +736,10 @@ pub fn run(cfg: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         .context("delivering the records")?;
     let total = sent + normal + attack_records;
     let secs = start.elapsed().as_secs_f64();
-    if args.json {
-        say(serde_json::json!({"done": true, "events": total, "normal": normal, "attack": attack_records, "history": sent, "secs": secs}).to_string());
-    } else {
+    structured(
+        serde_json::json!({"done": true, "events": total, "normal": normal, "attack": attack_records, "history": sent, "secs": secs}),
+    )?;
+    if !args.json {
         say(format!(
             "done: {total} events in {secs:.1} s ({normal} normal, {attack_records} in {next_attack} attacks, {sent} history)"
         ));

@@ -475,3 +475,110 @@ pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// What `vigil simulate` said it did (its `--json` output or `--record` file): the mesh's call
+/// edges and, per injected attack, the rules that should fire about its subject.
+pub struct Simulated {
+    pub edges: std::collections::BTreeSet<(String, String)>,
+    pub injected: Vec<serde_json::Value>,
+    /// (rule id, subject) for every rule every injection expects.
+    pub expected: std::collections::BTreeSet<(String, String)>,
+    /// The closing summary (`{"done": true, "events": N, …}`), when the run has ended.
+    pub done: Option<serde_json::Value>,
+}
+
+/// An alert as the tests compare it: its rule and group key.
+pub type AlertKey = (String, std::collections::BTreeMap<String, Option<String>>);
+
+impl Simulated {
+    pub fn parse(text: &str) -> Simulated {
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let edges = lines
+            .first()
+            .and_then(|l| l["mesh"]["edges"].as_array())
+            .unwrap_or_else(|| panic!("the mesh's edges do not come first: {text}"))
+            .iter()
+            .map(|e| {
+                (
+                    e[0].as_str().unwrap().to_owned(),
+                    e[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let injected: Vec<serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["scenario"].is_string())
+            .cloned()
+            .collect();
+        let expected = injected
+            .iter()
+            .flat_map(|i| {
+                let subject = i["subject"].as_str().unwrap().to_owned();
+                i["expect"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |r| (r.as_str().unwrap().to_owned(), subject.clone()))
+            })
+            .collect();
+        let done = lines.iter().find(|l| l["done"] == true).cloned();
+        Simulated {
+            edges,
+            injected,
+            expected,
+            done,
+        }
+    }
+
+    /// An alert is about a subject when its caller (principal, else address) is part of it
+    /// (the probe's new-edge alerts name each service it probed as well).
+    pub fn about(
+        group_key: &std::collections::BTreeMap<String, Option<String>>,
+        subject: &str,
+    ) -> bool {
+        let field = |f: &str| group_key.get(f).cloned().flatten();
+        field("caller_principal")
+            .or_else(|| field("caller_ip"))
+            .is_some_and(|v| subject.contains(&v))
+    }
+
+    /// The (rule, subject) pairs no alert answers yet.
+    pub fn missing(&self, alerts: &[AlertKey]) -> Vec<&(String, String)> {
+        self.expected
+            .iter()
+            .filter(|(rule, subject)| {
+                !alerts
+                    .iter()
+                    .any(|(r, key)| r == rule && Self::about(key, subject))
+            })
+            .collect()
+    }
+
+    /// Nothing but the attacks: every alert is an expected rule about an injected subject, and
+    /// no new-edge alert is about an edge of the mesh.
+    pub fn assert_nothing_else(&self, alerts: &[AlertKey], context: &str) {
+        let rules: std::collections::BTreeSet<&str> =
+            self.expected.iter().map(|(r, _)| r.as_str()).collect();
+        for (rule, key) in alerts {
+            if rule == "vigil.unexpected_caller.learned" {
+                let f = |n: &str| key.get(n).cloned().flatten().unwrap_or_default();
+                let edge = (f("caller_principal"), f("callee_principal"));
+                assert!(
+                    !self.edges.contains(&edge),
+                    "a mesh edge taken for a new one: {edge:?}\n{context}"
+                );
+            }
+            assert!(
+                rules.contains(rule.as_str())
+                    && self
+                        .injected
+                        .iter()
+                        .any(|i| Self::about(key, i["subject"].as_str().unwrap())),
+                "an alert no attack explains: {rule} {key:?}\n{context}"
+            );
+        }
+    }
+}
