@@ -260,6 +260,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                             records_per_s = ((now.records_received - last.records_received) as f64 / secs).round(),
                             records = now.records_received, decoded = now.records_decoded,
                             rejected = now.records_rejected, already_stored = now.records_already_stored,
+                            lag_records = metrics.lag().iter().map(|l| l.lag_records).sum::<i64>(),
                             files = now.files_written, rows_stored = now.rows_stored,
                             detected = dmetrics.rows.load(Ordering::Relaxed),
                             alerts = dmetrics.alerts_fired.load(Ordering::Relaxed),
