@@ -1,23 +1,61 @@
 #!/usr/bin/env bash
-# The main command, on the embedded default: start a Kafka broker (Tansu, in memory, on a free
-# loopback port), send it the real sample events of every supported format plus a few broken
-# records, run `vigil serve` into ./vigil-data, and query what it stored. Stops everything it
-# started when done (or on Ctrl-C).
+# The main command: the whole product on the embedded default, on simulated traffic.
 #
-#   scripts/demo.sh            # data in ./vigil-data (kept afterwards for `vigil query`;
-#                              # replaced by the next run, whose broker starts empty)
-#   VIGIL_DATA_DIR=/tmp/x scripts/demo.sh
+# Starts a Kafka broker (Tansu, in memory, on a free loopback port), `vigil serve` into
+# ./vigil-data with the default rule pack and the analyst API on localhost (with an API key made
+# for this run), and `vigil simulate`: a 12-service zero-trust mesh (OPA/Envoy decisions,
+# Hubble flows, Kubernetes audit events) with the six attack scenarios mixed in, one every
+# --attack-every seconds. The terminal shows the attacks as they are injected, the alerts as
+# they fire and a progress line (ingest rate, lag, alerts so far); the lines to try next are
+# printed once the API is up. Ctrl-C (or --duration) stops the traffic, lets `vigil serve`
+# flush and commit, verifies the store against its signed checkpoints and the Kafka anchors,
+# and stops the broker.
+#
+#   scripts/demo.sh                          # until Ctrl-C; data in ./vigil-data
+#   scripts/demo.sh --duration 120           # stop by itself after 120 s
+#   scripts/demo.sh --log-format json        # structured logs (JSON lines) for machines
+#   scripts/demo.sh --rate 50 --attack-every 10
+#   VIGIL_DATA_DIR=/tmp/x scripts/demo.sh    # another data directory
+#   VIGIL_BIN=target/debug/vigil scripts/demo.sh   # a vigil already built (else: release build)
+#
+# The data directory is replaced by the next run (its broker starts empty); only a directory
+# this script made is ever removed. It keeps what the run left for `vigil query`, `vigil
+# verify` and the API key in <data dir>/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export "$(scripts/install.sh | tail -n 1)"   # VIGIL_TANSU_BIN
-echo "building vigil (release; the first build takes several minutes)…"
-cargo build --release --locked --quiet
-vigil=target/release/vigil
-data=../shared/data
+duration="" rate=50 attack_every=10 log_format=text
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration=${2:?--duration needs seconds}; shift 2 ;;
+    --rate) rate=${2:?--rate needs events per second}; shift 2 ;;
+    --attack-every) attack_every=${2:?--attack-every needs seconds}; shift 2 ;;
+    --log-format) log_format=${2:?--log-format needs text or json}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown option '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+case "$log_format" in text | json) ;; *) echo "--log-format: text or json, not '$log_format'" >&2; exit 2 ;; esac
+
+# What the script itself says: plain lines, or JSON lines with --log-format json.
+say() {
+  if [ "$log_format" = json ]; then
+    python3 -c 'import json,sys,datetime; print(json.dumps({"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(), "level": "INFO", "target": "demo", "fields": {"message": sys.argv[1]}}), flush=True)' "$*"
+  else
+    printf '== %s\n' "$*"
+  fi
+}
+
+export "$(scripts/install.sh | tail -n 1)" # VIGIL_TANSU_BIN
+if [ -n "${VIGIL_BIN:-}" ]; then
+  vigil=$VIGIL_BIN
+else
+  say "building vigil (release; the first build takes several minutes)"
+  cargo build --release --locked --quiet
+  vigil=target/release/vigil
+fi
 data_dir="${VIGIL_DATA_DIR:-./vigil-data}"
-# The broker is in memory, so a store from an earlier run describes a broker that is gone:
-# every run starts a fresh one. Only a directory this script made is ever removed.
 if [ -e "$data_dir" ]; then
   if [ -e "$data_dir/.vigil-demo" ]; then
     rm -rf "$data_dir"
@@ -26,104 +64,130 @@ if [ -e "$data_dir" ]; then
     exit 2
   fi
 fi
-mkdir -p "$data_dir" && touch "$data_dir/.vigil-demo"
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
+mkdir -p "$data_dir/demo" && touch "$data_dir/.vigil-demo"
+demo="$data_dir/demo"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port_free() { python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null; }
+
+broker_pid="" serve_pid="" sim_pid="" stopping=""
+# Stop in order: the traffic, then `vigil serve` (it flushes, commits and publishes its last
+# checkpoints while the broker is still up), then the broker. The broker runs in its own
+# session so that a Ctrl-C in the terminal does not stop it before `vigil serve` is done.
+stop_all() {
+  if [ -n "$sim_pid" ]; then
+    kill -TERM "$sim_pid" 2>/dev/null || true
+    wait "$sim_pid" 2>/dev/null || true
+    sim_pid=""
+  fi
+  if [ -n "$serve_pid" ]; then
+    kill -TERM "$serve_pid" 2>/dev/null || true
+    wait "$serve_pid" 2>/dev/null || true
+    serve_pid=""
+  fi
 }
-trap cleanup EXIT INT TERM
+stop_broker() {
+  if [ -n "$broker_pid" ]; then
+    kill -TERM "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+    broker_pid=""
+  fi
+}
+trap 'stop_all; stop_broker' EXIT
+# Ctrl-C or TERM: note it; the loops below end and the clean stop follows. (A command cut
+# short by the signal must not end the script under `set -e`: hence `|| true` on the sleeps.)
+trap 'stopping=1' INT TERM
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 brokers="127.0.0.1:$port"
-"$VIGIL_TANSU_BIN" broker --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
-  --storage-engine memory://tansu/ >"$tmp/broker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-"$VIGIL_TANSU_BIN" topic create audit --broker "tcp://$brokers" --partitions 3 >/dev/null
-"$VIGIL_TANSU_BIN" topic create audit.dlq --broker "tcp://$brokers" --partitions 1 >/dev/null
+setsid "$VIGIL_TANSU_BIN" broker --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
+  --storage-engine memory://tansu/ >"$demo/broker.log" 2>&1 &
+broker_pid=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+"$VIGIL_TANSU_BIN" topic create mesh --broker "tcp://$brokers" --partitions 3 >/dev/null
+"$VIGIL_TANSU_BIN" topic create mesh.dlq --broker "tcp://$brokers" --partitions 1 >/dev/null
 "$VIGIL_TANSU_BIN" topic create vigil.checkpoints --broker "tcp://$brokers" --partitions 1 >/dev/null
-echo "== broker up at $brokers; topic 'audit' (3 partitions) and its dead-letter topic 'audit.dlq'"
+say "Kafka broker (Tansu, in memory) at $brokers; topic 'mesh' (3 partitions)"
 
-# Sample traffic: every real sample event, as its emitter would send it.
-python3 - "$data" "$tmp/traffic.jsonl" <<'PY'
-import json, sys, pathlib
-data, out = pathlib.Path(sys.argv[1]), open(sys.argv[2], "w")
-for f in ["opa/opa_decision_logs.jsonl", "hubble/hubble_flows.jsonl"]:
-    out.writelines(l if l.endswith("\n") else l + "\n" for l in open(data / f) if l.strip())
-for f in sorted((data / "k8s-audit-falco/trace_files").glob("*.json")):
-    out.writelines(l if l.endswith("\n") else l + "\n" for l in open(f) if l.strip())
-for shape in ["k8s_audit", "gcp_k8s_audit", "azure_k8s_audit"]:
-    for l in open(data / f"panther/by_event_shape/{shape}.jsonl"):
-        out.write(json.dumps(json.loads(l)["log"]) + "\n")
-out.write(json.dumps(json.load(open("schemas/native-event.schema.json"))["examples"][0]) + "\n")
-out.write('{"decision_id": 42, "result": true}\n{"this is": "not a known format"}\nnot json at all\n')
-# A few attacks, happening now: a credential-stuffing burst (60 denied logins from one
-# address) and a guess that worked (6 denials, then an allow, from another).
-import datetime
-def opa(i, ip, allow):
-    t = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
-    return json.dumps({"decision_id": f"demo-{i}", "path": "envoy/authz/allow", "result": allow,
-        "timestamp": t, "input": {"attributes": {
-            "source": {"address": {"socketAddress": {"address": ip, "portValue": 41000}}},
-            "destination": {"principal": "spiffe://cluster.local/ns/auth/sa/login"},
-            "request": {"http": {"method": "POST", "path": "/login", "host": "login.auth"}}}}}) + "\n"
-for i in range(60):
-    out.write(opa(i, "203.0.113.50", False))
-for i in range(6):
-    out.write(opa(100 + i, "198.51.100.23", False))
-out.write(opa(200, "198.51.100.23", True))
-PY
-"$vigil" produce --brokers "$brokers" --topic audit "$tmp/traffic.jsonl"
+# The API: on 127.0.0.1:8080 when free, else a free port; one key with every role, made for
+# this run (its SHA-256 goes into the configuration, the key itself only into $demo/api-key).
+api_port=8080
+port_free "$api_port" || api_port=$(free_port)
+api="http://127.0.0.1:$api_port"
+(umask 077 && "$vigil" api-key --name demo --role reader --role analyst --role admin \
+  >"$demo/api-key" 2>"$demo/api-key.entry")
+key=$(cat "$demo/api-key")
+{
+  echo "# Written by scripts/demo.sh for this run."
+  echo "[api]"
+  echo "listen = \"127.0.0.1:$api_port\""
+  echo
+  sed -n '/^\[\[api.keys\]\]/,/^$/p' "$demo/api-key.entry"
+} >"$demo/vigil.toml"
+rm -f "$demo/api-key.entry"
 
-echo "== vigil serve → $data_dir"
-"$vigil" serve --brokers "$brokers" --topics audit --data-dir "$data_dir" --progress-secs 1 &
-pids+=($!)
-want=$(wc -l < "$tmp/traffic.jsonl")
-for _ in $(seq 120); do
-  have=$("$vigil" query --data-dir "$data_dir" --format csv "SELECT count(DISTINCT kafka_offset * 10 + kafka_partition) AS n FROM stored WHERE kafka_topic = 'audit'" 2>/dev/null | tail -n 1 || echo 0)
-  [ "${have:-0}" -ge "$want" ] 2>/dev/null && break
-  sleep 0.5
+say "vigil serve → $data_dir (default rule pack; API on $api)"
+"$vigil" --log-format "$log_format" --config "$demo/vigil.toml" serve --brokers "$brokers" \
+  --topics mesh --data-dir "$data_dir" --group-id vigil-demo --progress-secs 5 &
+serve_pid=$!
+for _ in $(seq 300); do
+  [ -n "$stopping" ] && break
+  curl -fsS -o /dev/null "$api/readyz" 2>/dev/null && break
+  kill -0 "$serve_pid" 2>/dev/null || { echo "vigil serve stopped; see above" >&2; exit 1; }
+  sleep 0.2 || true
 done
-kill -TERM "${pids[1]}"; wait "${pids[1]}" || true
-pids=("${pids[0]}")
 
-echo
-echo "== stored: every record, decoded or not, hash-chained per partition"
-"$vigil" query --data-dir "$data_dir" "SELECT source_format, decision, count(*) AS events FROM events GROUP BY 1, 2 ORDER BY 1, 2"
-echo "== denials, newest first"
-"$vigil" query --data-dir "$data_dir" "SELECT event_time, source_format, caller_principal, caller_ip, action, resource, reason FROM events WHERE decision = 'deny' ORDER BY event_time DESC LIMIT 8"
-echo "== records that failed to decode (also copied to audit.dlq with the reason in headers)"
-"$vigil" query --data-dir "$data_dir" "SELECT kafka_partition, kafka_offset, store_error FROM rejected ORDER BY 1, 2"
-echo "== alerts (the default rules; stored before they are reported)"
-"$vigil" alerts --data-dir "$data_dir"
-first=$("$vigil" alerts --data-dir "$data_dir" --json --limit 1 2>/dev/null | sed -n 's/.*"alert_id":"\([0-9a-f]*\)".*/\1/p')
-if [ -n "$first" ]; then
-  echo "== the alert lifecycle: acknowledged (who, when, why), recorded in Vigil's own chained log"
-  "$vigil" alerts ack "$first" --note "demo: looking into it" --data-dir "$data_dir" --brokers "$brokers" || true
-  "$vigil" query --data-dir "$data_dir" "SELECT event_time, caller_principal, action, decision, resource FROM events WHERE kafka_topic = 'vigil.audit' ORDER BY kafka_offset DESC LIMIT 3"
-fi
-echo "== vigil verify: every hash and root recomputed, every signed checkpoint checked against"
-echo "   the public keys and the anchors in the vigil.checkpoints topic (an auditor takes the"
-echo "   keys once, out of band; here they are read from the store for the demo)"
-"$vigil" keys show --data-dir "$data_dir" > "$tmp/vigil.keys"
-"$vigil" verify --data-dir "$data_dir" --keys "$tmp/vigil.keys" --anchor-kafka "$brokers" --decoded || true
-echo "== one event (the first denied login, by its decision id) proven with the public key alone"
-"$vigil" proof --data-dir "$data_dir" --event demo-0 --out "$tmp/proof.json"
-"$vigil" verify-proof "$tmp/proof.json" --keys "$tmp/vigil.keys" || true
-cat <<EOF
+sim_args=(simulate --brokers "$brokers" --topic mesh --rate "$rate" --attack-every "$attack_every"
+  --scenario all --record "$demo/simulated.jsonl")
+[ "$log_format" = json ] && sim_args+=(--json)
+"$vigil" "${sim_args[@]}" &
+sim_pid=$!
 
-Try next:
-  $vigil keys show --data-dir $data_dir > vigil.keys
-  $vigil verify --data-dir $data_dir --keys vigil.keys --trusted seen.json --update-trusted
-  $vigil query --data-dir $data_dir "SELECT caller_principal, count(*) FROM events WHERE kind = 'admin_audit' GROUP BY 1 ORDER BY 2 DESC"
-  $vigil query --data-dir $data_dir --format json "SELECT * FROM events LIMIT 1"
-  $vigil decode ../shared/data/hubble/hubble_flows.jsonl
-  $vigil alerts --data-dir $data_dir --json
-  $vigil alerts resolve <alert id> --note "why" --data-dir $data_dir
+if [ "$log_format" = text ]; then
+  cat <<EOF
+
+== Try, while it runs (another terminal):
+  export VIGIL_KEY=\$(cat $demo/api-key)
+  curl -s -H "Authorization: Bearer \$VIGIL_KEY" $api/v1/alerts | python3 -m json.tool
+  curl -s -H "Authorization: Bearer \$VIGIL_KEY" $api/v1/query \\
+    -d '{"sql": "SELECT source_format, decision, count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 3 DESC"}'
+  curl -s -H "Authorization: Bearer \$VIGIL_KEY" -H 'Accept: text/csv' $api/v1/query \\
+    -d '{"sql": "SELECT event_time, caller_principal, caller_ip, callee_service, action, reason FROM events WHERE decision = '"'"'deny'"'"' ORDER BY event_time DESC LIMIT 10"}'
+  curl -s -H "Authorization: Bearer \$VIGIL_KEY" $api/metrics | grep -E '^vigil_(records|alerts|partition_lag)'
   $vigil query --data-dir $data_dir "SELECT rule_id, severity, event_count, group_key FROM alerts"
-  $vigil rules list
-  $vigil rules backtest --data-dir $data_dir
+  $vigil alerts --data-dir $data_dir
+  $vigil proof --data-dir $data_dir --log mesh/0 --index 0 --out proof.json
+(Ctrl-C stops everything: the traffic, then vigil serve — flushed and committed — then the broker.)
+
 EOF
+fi
+
+started=$SECONDS
+while [ -z "$stopping" ]; do
+  if [ -n "$duration" ] && [ $((SECONDS - started)) -ge "$duration" ]; then break; fi
+  kill -0 "$serve_pid" 2>/dev/null || { say "vigil serve stopped by itself"; serve_pid=""; break; }
+  sleep 0.2 || true
+done
+trap '' INT # a second Ctrl-C does not cut the clean stop short
+say "stopping: the traffic, then vigil serve (flush, commit, last checkpoints)"
+stop_all
+
+say "alerts stored (newest revision of each; the attacks the simulator injected are in $demo/simulated.jsonl)"
+if [ "$log_format" = json ]; then
+  "$vigil" --log-format json alerts --data-dir "$data_dir" --limit 1000 --json || true
+else
+  "$vigil" alerts --data-dir "$data_dir" --limit 20 || true
+fi
+say "vigil verify: every hash and Merkle root recomputed from the raw bytes, every signed checkpoint checked against the pinned public keys and the anchors in Kafka; what it saw is kept as the trusted state for later (offline) runs"
+"$vigil" keys show --data-dir "$data_dir" >"$demo/vigil.keys"
+verified=0
+verify=(verify --data-dir "$data_dir" --keys "$demo/vigil.keys" --anchor-kafka "$brokers"
+  --trusted "$demo/trusted.json" --update-trusted)
+if [ "$log_format" = json ]; then
+  "$vigil" --log-format json "${verify[@]}" --json >"$demo/verify.json" || verified=$?
+  python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$demo/verify.json"
+else
+  "$vigil" "${verify[@]}" || verified=$?
+fi
+stop_broker
+say "stopped; the data stays in $data_dir: vigil query / alerts work on it offline, and so does vigil verify --data-dir $data_dir --keys $demo/vigil.keys --trusted $demo/trusted.json (an auditor keeps those two files elsewhere)"
+exit "$verified"
