@@ -150,7 +150,8 @@ struct State {
 struct SavedRule {
     id: String,
     version: u32,
-    state: serde_json::Value,
+    /// Parsed by the rule's kind itself (no JSON tree of every group in between).
+    state: Box<serde_json::value::RawValue>,
     #[serde(default)]
     open: Vec<Entry<OpenAlert>>,
 }
@@ -604,31 +605,49 @@ impl Engine {
             path: path.display().to_string(),
             message: m,
         };
-        let mut rules = Vec::new();
-        for (r, rule) in self.rules.iter().enumerate() {
-            let open: Vec<&Entry<OpenAlert>> = self.book.open[r].entries().collect();
-            rules.push(serde_json::json!({
-                "id": rule.meta.id,
-                "version": rule.meta.version,
-                "state": rule.kind.save().map_err(|e| err(e.to_string()))?,
-                "open": open,
-            }));
+        // The shape of `State`, borrowed: streamed to the file, never built in memory whole
+        // (a million groups would take gigabytes as a JSON tree).
+        #[derive(Serialize)]
+        struct RuleRef<'a> {
+            id: &'a str,
+            version: u32,
+            state: crate::rules::SavedKind<'a>,
+            open: Vec<&'a Entry<OpenAlert>>,
         }
-        let state = serde_json::json!({
-            "format": STATE_FORMAT,
-            "positions": self
+        #[derive(Serialize)]
+        struct StateRef<'a> {
+            format: &'a str,
+            positions: BTreeMap<&'a str, u64>,
+            rules: Vec<RuleRef<'a>>,
+            newest_ns: i64,
+        }
+        let state = StateRef {
+            format: STATE_FORMAT,
+            positions: self
                 .positions
                 .iter()
-                .map(|(l, p)| (self.logs.names[*l as usize].clone(), *p))
-                .collect::<BTreeMap<_, _>>(),
-            "rules": rules,
-            "newest_ns": self.newest_ns,
-        });
-        let bytes = serde_json::to_vec(&state).map_err(|e| err(e.to_string()))?;
+                .map(|(l, p)| (self.logs.names[*l as usize].as_str(), *p))
+                .collect(),
+            rules: self
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(r, rule)| RuleRef {
+                    id: &rule.meta.id,
+                    version: rule.meta.version,
+                    state: rule.kind.saved(),
+                    open: self.book.open[r].entries().collect(),
+                })
+                .collect(),
+            newest_ns: self.newest_ns,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
-        vigil_store::write_durably(path, &bytes).map_err(|e| err(e.to_string()))
+        vigil_store::write_durably_with(path, |w| {
+            serde_json::to_writer(w, &state).map_err(std::io::Error::other)
+        })
+        .map_err(|e| err(e.to_string()))
     }
 
     /// Restore state saved by [`Engine::save`]. Rules whose id and version match get their
@@ -658,7 +677,7 @@ impl Engine {
             match saved.remove(&(rule.meta.id.clone(), rule.meta.version)) {
                 Some(s) => {
                     rule.kind
-                        .restore(s.state)
+                        .restore(&s.state)
                         .map_err(|e| err(format!("rule {}: {e}", rule.meta.id)))?;
                     for o in &s.open {
                         let rev = self

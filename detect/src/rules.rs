@@ -328,28 +328,14 @@ impl Kind {
         each!(self, r => r.st.groups.len())
     }
 
-    /// The state, for the engine's checkpoint.
-    pub fn save(&self) -> serde_json::Result<serde_json::Value> {
-        fn table<S: Serialize>(
-            st: &crate::group::State<S>,
-            extra: Option<i64>,
-        ) -> serde_json::Result<serde_json::Value> {
-            let groups: Vec<_> = st.groups.entries().collect();
-            Ok(serde_json::json!({
-                "clock": st.clock,
-                "counters": st.counters,
-                "extra": extra,
-                "groups": serde_json::to_value(groups)?,
-            }))
-        }
-        match self {
-            Kind::FirstSeen(r) => table(&r.st, r.started_ns),
-            _ => each!(self, r => table(&r.st, None)),
-        }
+    /// The state, for the engine's checkpoint: serialized straight from the groups (no copy
+    /// of them is built, however many there are).
+    pub fn saved(&self) -> SavedKind<'_> {
+        SavedKind(self)
     }
 
-    /// Restore state saved by [`Kind::save`] (of the same rule version).
-    pub fn restore(&mut self, v: serde_json::Value) -> serde_json::Result<()> {
+    /// Restore state saved by [`Kind::saved`] (of the same rule version).
+    pub fn restore(&mut self, v: &serde_json::value::RawValue) -> serde_json::Result<()> {
         #[derive(Deserialize)]
         struct Saved<S> {
             clock: crate::group::Clock,
@@ -360,9 +346,9 @@ impl Kind {
         fn load<S: serde::de::DeserializeOwned>(
             st: &mut crate::group::State<S>,
             by: &GroupBy,
-            v: serde_json::Value,
+            v: &serde_json::value::RawValue,
         ) -> serde_json::Result<Option<i64>> {
-            let s: Saved<S> = serde_json::from_value(v)?;
+            let s: Saved<S> = serde_json::from_str(v.get())?;
             st.clock.newest_ns = s.clock.newest_ns;
             st.counters = s.counters;
             st.groups.restore(by, s.groups);
@@ -376,6 +362,39 @@ impl Kind {
             }
         }
         Ok(())
+    }
+}
+
+/// A rule's state as [`Kind::saved`] writes it: clock, counters, the kind's extra figure and
+/// every group, borrowed.
+pub struct SavedKind<'a>(&'a Kind);
+
+impl Serialize for SavedKind<'_> {
+    fn serialize<Ser: serde::Serializer>(&self, ser: Ser) -> Result<Ser::Ok, Ser::Error> {
+        #[derive(Serialize)]
+        struct Table<'a, S> {
+            clock: &'a crate::group::Clock,
+            counters: &'a Counters,
+            extra: Option<i64>,
+            groups: Vec<&'a crate::group::Entry<S>>,
+        }
+        fn table<S: Serialize, Ser: serde::Serializer>(
+            st: &crate::group::State<S>,
+            extra: Option<i64>,
+            ser: Ser,
+        ) -> Result<Ser::Ok, Ser::Error> {
+            Table {
+                clock: &st.clock,
+                counters: &st.counters,
+                extra,
+                groups: st.groups.entries().collect(),
+            }
+            .serialize(ser)
+        }
+        match self.0 {
+            Kind::FirstSeen(r) => table(&r.st, r.started_ns, ser),
+            k => each!(k, r => table(&r.st, None, ser)),
+        }
     }
 }
 

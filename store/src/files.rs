@@ -129,6 +129,15 @@ pub(crate) fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
 /// Replace `path` with `bytes` atomically and durably: temp file, fsync, rename, fsync the
 /// directory.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_durably_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_durably`] with the content streamed by `write` (through a buffer) instead of held
+/// in memory whole: for large files such as the detection state.
+pub fn write_durably_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<(), StoreError> {
     use std::io::Write;
     let dir = parent_dir(path).ok_or(StoreError::Internal("file without a directory"))?;
     let name = path
@@ -136,10 +145,13 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .and_then(|n| n.to_str())
         .ok_or(StoreError::Internal("file name"))?;
     let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+    let f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    write(&mut w)
+        .and_then(|()| w.flush())
         .map_err(StoreError::io(&tmp))?;
+    let f = w.into_inner().map_err(|e| StoreError::io(&tmp)(e.into_error()))?;
+    f.sync_all().map_err(StoreError::io(&tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(StoreError::io(path))?;
     fsync_dir(dir)

@@ -33,7 +33,7 @@ pub use batch::{
 };
 pub use chain::RecordRef;
 pub use error::StoreError;
-pub use files::{FileInfo, Store, WriteOptions, write_durably};
+pub use files::{FileInfo, Store, WriteOptions, write_durably, write_durably_with};
 pub use own::{
     API_TOPIC, AUDIT_PARTITION, AUDIT_TOPIC, OPA_TOPIC, OwnLog, claim, claim_with,
     is_reserved_topic,
