@@ -125,6 +125,11 @@ pub struct SimulateArgs {
     /// Print injections and the summary as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Workloads outside the mesh calling its services instead of the mesh itself, in turn,
+    /// each with its own SPIFFE id and address: this many distinct callers, so as many groups
+    /// in every per-caller rule (for load and memory measurements); 0: none.
+    #[arg(long, default_value_t = 0)]
+    callers: usize,
     /// Also write the mesh's edges, each injection and the summary as JSON lines to this file
     /// (as `--json` prints them), whatever the terminal shows.
     #[arg(long)]
@@ -323,6 +328,9 @@ pub struct Traffic {
     pub mesh: Mesh,
     rng: StdRng,
     emit: Emit,
+    /// Outside callers (`--callers`) and the next one's number.
+    callers: usize,
+    next_caller: usize,
 }
 
 /// What an attack injected.
@@ -348,7 +356,15 @@ impl Traffic {
             mesh,
             rng,
             emit: Emit { n: 0, run },
+            callers: 0,
+            next_caller: 0,
         }
+    }
+
+    /// Calls come from `n` distinct workloads outside the mesh, in turn (0: from the mesh).
+    pub fn with_callers(mut self, n: usize) -> Traffic {
+        self.callers = n;
+        self
     }
 
     /// One normal event at `t_ns`: a call on the graph (70%), a flow (20%), a Kubernetes API
@@ -357,7 +373,22 @@ impl Traffic {
         let roll: f64 = self.rng.random();
         let (c, e) = self.mesh.edges[self.rng.random_range(0..self.mesh.edges.len())];
         let (caller, callee) = (&self.mesh.services[c], &self.mesh.services[e]);
-        if roll < 0.7 {
+        if roll < 0.7 && self.callers > 0 {
+            let k = self.next_caller % self.callers;
+            self.next_caller += 1;
+            let path = format!("/v1/{}/{}", callee.name, self.rng.random_range(0..50));
+            // 100.64.0.0/10 holds 4 194 304 addresses: one per caller up to that many.
+            let ip = format!("100.{}.{}.{}", 64 + (k >> 16) % 64, (k >> 8) & 255, k & 255);
+            self.emit.opa(
+                t_ns,
+                Some(&format!("spiffe://cluster.local/ns/clients/sa/client-{k}")),
+                &ip,
+                &callee.spiffe(),
+                "GET",
+                &path,
+                true,
+            )
+        } else if roll < 0.7 {
             let allow = !self.rng.random_bool(1.0 / 3000.0);
             let method = if self.rng.random_bool(0.8) {
                 "GET"
@@ -598,7 +629,7 @@ pub fn run(cfg: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         ctrlc_handler(move || stop.store(true, Ordering::Relaxed))?;
     }
 
-    let mut traffic = Traffic::new(args.services, args.seed);
+    let mut traffic = Traffic::new(args.services, args.seed).with_callers(args.callers);
     let scenarios = expand(&args.scenarios);
     let out = std::io::stdout();
     let say = |line: String| {
@@ -818,6 +849,33 @@ mod tests {
         let h = t.history(25, now);
         assert_eq!(h.len(), 25 * t.mesh.edges.len());
         assert!(h.iter().all(|(_, v)| decode(v)[0].1 == "allow"));
+    }
+
+    #[test]
+    fn outside_callers_take_turns_each_with_its_own_identity_and_address() {
+        let mut t = Traffic::new(12, 2).with_callers(300);
+        let now = now_ns();
+        let (mut principals, mut ips) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        for _ in 0..1000 {
+            let (key, v) = t.normal(now);
+            let row = decode(&v).remove(0);
+            if row.4 == "opa" {
+                assert!(
+                    row.2
+                        .starts_with("spiffe://cluster.local/ns/clients/sa/client-"),
+                    "{v}"
+                );
+                principals.insert(row.2);
+                ips.insert(key);
+            }
+        }
+        // ~700 calls from outside over 300 callers in turn: every one of them, each its own
+        // address (the record's key).
+        assert_eq!(principals.len(), 300);
+        assert_eq!(ips.len(), 300);
     }
 
     #[test]
