@@ -526,16 +526,21 @@ fn metrics_text(
         ] {
             put(name, help, kind, &[(String::new(), v)]);
         }
-        let by_rule: Vec<(String, u64)> = detect
-            .stats
-            .lock()
-            .map(|s| s.iter().map(|r| (label("rule", &r.id), r.fired)).collect())
-            .unwrap_or_default();
+        let stats = detect.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let per_rule = |f: fn(&vigil_detect::engine::RuleStats) -> u64| -> Vec<(String, u64)> {
+            stats.iter().map(|r| (label("rule", &r.id), f(r))).collect()
+        };
         put(
             "vigil_rule_alerts_total",
             "Alerts raised per rule (as of the last state checkpoint).",
             "counter",
-            &by_rule,
+            &per_rule(|r| r.fired),
+        );
+        put(
+            "vigil_rule_groups",
+            "Groups a rule holds in memory (as of the last state checkpoint; at most detect.max_groups_per_rule).",
+            "gauge",
+            &per_rule(|r| r.groups as u64),
         );
         let depth: Vec<(String, u64)> = vigil_detect::deliver::outbox_depth(&data_dir)
             .into_iter()

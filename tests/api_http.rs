@@ -328,6 +328,7 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         "vigil_partition_high_watermark{topic=\"mesh\",partition=\"0\"} ",
         "# TYPE vigil_batch_age_seconds histogram",
         "vigil_batch_age_seconds_bucket{le=\"+Inf\"} ",
+        "# TYPE vigil_rule_groups gauge",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
