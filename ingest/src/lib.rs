@@ -506,7 +506,10 @@ impl Core {
             }
             self.chunks_sent_at = Instant::now();
         }
-        if self.pending > 0 {
+        // A paused partition may have no chunk waiting any more (`dispatch` hands a waiting
+        // chunk on, blocking, before a newer one): it must still be resumed here, or it stays
+        // paused for good.
+        if self.pending > 0 || self.parts.iter().any(|p| p.paused) {
             self.retry_pending(consumer)?;
         }
         if self.refreshed_at.elapsed() >= Duration::from_secs(1) {
