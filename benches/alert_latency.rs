@@ -10,6 +10,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/report.rs"]
+mod report;
+use report::{Target, figure};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,5 +163,27 @@ fn main() {
         pct(0.50),
         pct(0.99),
         lat[lat.len() - 1]
+    );
+    let bg = produced as f64 / elapsed;
+    let what = format!(
+        "{} bursts under {:.0} events/s of background",
+        lat.len(),
+        bg
+    );
+    figure(
+        "alert latency",
+        &format!("produce → webhook p50 ({what})"),
+        pct(0.50),
+        "ms",
+        Target::None,
+        None,
+    );
+    figure(
+        "alert latency",
+        &format!("produce → webhook p99 ({what})"),
+        pct(0.99),
+        "ms",
+        Target::AtMost(1000.0),
+        None,
     );
 }

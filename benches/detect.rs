@@ -9,6 +9,8 @@
 //! Target: ≥ 1 000 000 events/s on one core (the engine is one thread). Also printed: the
 //! groups held and the heap they take, per group.
 
+#[path = "support/report.rs"]
+mod report;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
@@ -137,6 +139,17 @@ fn bench(c: &mut Criterion) {
         e.stats().len(),
         held as f64 / (1 << 20) as f64,
         held as f64 / total_groups.max(1) as f64
+    );
+    report::figure(
+        "detect",
+        &format!(
+            "heap per group ({total_groups} groups over {} rules)",
+            e.stats().len()
+        ),
+        held as f64 / total_groups.max(1) as f64,
+        "B",
+        report::Target::None,
+        None,
     );
     for s in e.stats() {
         eprintln!(

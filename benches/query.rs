@@ -19,6 +19,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "support/report.rs"]
+mod report;
+use report::{Target, figure};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -291,6 +294,19 @@ fn main() {
         let rows = first.as_array().map_or(0, Vec::len);
         assert_eq!(rows as u64, duck_rows, "{name}: Vigil and DuckDB disagree");
         let (warm, dm) = (median(ours), median(theirs));
+        figure(
+            "query",
+            &format!("{name} (through the API; {n} events, median of {runs})"),
+            warm * 1e3,
+            "ms",
+            // A call's fixed cost (HTTP, auth, the durable audit record) has no target.
+            if sql.contains("FROM") {
+                Target::RatioAtMost(1.5)
+            } else {
+                Target::None
+            },
+            Some(("DuckDB on the same files", dm * 1e3)),
+        );
         println!(
             "| {name} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {rows} |",
             cold * 1e3,

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every benchmark in the repository, then BENCHMARKS.md from their figures: decode, chain +
+# write, end-to-end ingest against a bare consumer, detection, produce-to-alert latency, peak
+# memory with a million detection groups, verify, queries against DuckDB, storage per event.
+#
+#   scripts/bench.sh                 # all of them (about 30–40 minutes here, after the build)
+#   scripts/bench.sh decode verify   # some (BENCHMARKS.md then holds only those)
+#
+# Release build; the real Tansu broker for the Kafka-facing benches (scripts/install.sh
+# installs it); DuckDB (pip) for the query bench. Each bench's own output is kept in
+# target/bench-run/<bench>.log; criterion's results in target/bench-run/criterion; the figures
+# measured outside criterion in target/bench-run/figures.jsonl (benches/support/report.rs).
+# Sizes: the benches' own VIGIL_BENCH_* variables (see each bench's header).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+all=(decode store verify detect ingest alert_latency memory query)
+benches=("$@")
+[ ${#benches[@]} -eq 0 ] && benches=("${all[@]}")
+for b in "${benches[@]}"; do
+  [[ " ${all[*]} " == *" $b "* ]] || { echo "unknown bench '$b' (one of: ${all[*]})" >&2; exit 2; }
+done
+
+export "$(scripts/install.sh | tail -n 1)" # VIGIL_TANSU_BIN
+run_dir="$PWD/target/bench-run"
+rm -rf "$run_dir" && mkdir -p "$run_dir"
+export VIGIL_BENCH_REPORT="$run_dir/figures.jsonl" CRITERION_HOME="$run_dir/criterion"
+: >"$VIGIL_BENCH_REPORT"
+
+echo "== building the benches (release)"
+cargo bench --locked --no-run --quiet
+failed=()
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+for b in "${benches[@]}"; do
+  echo "== cargo bench --bench $b"
+  if ! cargo bench --locked --quiet --bench "$b" 2>&1 | tee "$run_dir/$b.log"; then
+    failed+=("$b")
+  fi
+done
+python3 scripts/bench_report.py "$run_dir" "$started" "${failed[*]:-}" "${benches[@]}" >BENCHMARKS.md
+echo "== BENCHMARKS.md written"
+cat BENCHMARKS.md
+[ ${#failed[@]} -eq 0 ] || { echo "failed: ${failed[*]} (see target/bench-run/<bench>.log)" >&2; exit 1; }
