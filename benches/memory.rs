@@ -190,7 +190,7 @@ fn main() {
     figure(
         "memory",
         &format!(
-            "peak RSS of vigil serve ingesting at full speed ({rate:.0} events/s), {total} detection groups ({widest} callers)"
+            "peak RSS of vigil serve ingesting {events} events at full speed ({rate:.0} events/s) with {total} detection groups ({callers} distinct callers)"
         ),
         hwm_kb as f64 / 1024.0,
         "MiB",

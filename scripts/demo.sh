@@ -47,7 +47,21 @@ say() {
   fi
 }
 
-export "$(scripts/install.sh | tail -n 1)" # VIGIL_TANSU_BIN
+# What is missing gets installed (its progress on stderr as it goes; with --log-format json,
+# as JSON lines once it is done).
+if [ "$log_format" = json ]; then
+  install_log=$(mktemp)
+  if ! env_line=$(scripts/install.sh 2>"$install_log" | tail -n 1); then
+    cat "$install_log" >&2
+    rm -f "$install_log"
+    exit 1
+  fi
+  while IFS= read -r line; do say "$line" >&2; done <"$install_log"
+  rm -f "$install_log"
+else
+  env_line=$(scripts/install.sh | tail -n 1)
+fi
+export "$env_line" # VIGIL_TANSU_BIN
 if [ -n "${VIGIL_BIN:-}" ]; then
   vigil=$VIGIL_BIN
 else
