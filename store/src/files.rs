@@ -150,7 +150,9 @@ pub fn write_durably_with(
     write(&mut w)
         .and_then(|()| w.flush())
         .map_err(StoreError::io(&tmp))?;
-    let f = w.into_inner().map_err(|e| StoreError::io(&tmp)(e.into_error()))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| StoreError::io(&tmp)(e.into_error()))?;
     f.sync_all().map_err(StoreError::io(&tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(StoreError::io(path))?;
