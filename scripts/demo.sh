@@ -129,7 +129,6 @@ port_free "$api_port" || api_port=$(free_port)
 api="http://127.0.0.1:$api_port"
 (umask 077 && "$vigil" api-key --name demo --role reader --role analyst --role admin \
   >"$demo/api-key" 2>"$demo/api-key.entry")
-key=$(cat "$demo/api-key")
 {
   echo "# Written by scripts/demo.sh for this run."
   echo "[api]"
