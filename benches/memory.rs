@@ -17,7 +17,6 @@ mod common;
 #[path = "support/report.rs"]
 mod report;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -48,31 +47,21 @@ fn main() {
     // events (and a margin) for every caller to appear.
     let secs = (callers as f64 / 0.7 * 1.25 / rate as f64).ceil().max(2.0);
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["simulate", "--brokers", &broker.addr, "--topic", "mesh"])
-        .args([
+    let (sim, _) = simulate(
+        &broker.addr,
+        &[
+            "--topic",
+            "mesh",
             "--callers",
             &callers.to_string(),
             "--rate",
             &rate.to_string(),
-        ])
-        .args([
             "--duration",
             &secs.to_string(),
             "--history-hours",
             "0",
-            "--json",
-        ])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let sim = Simulated::parse(&stdout);
     let events = sim.done.as_ref().unwrap()["events"].as_u64().unwrap();
     println!(
         "simulated {events} events from {callers} outside callers in {:.1} s",

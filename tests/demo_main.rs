@@ -202,20 +202,13 @@ fn the_main_command_alerts_every_attack_answers_sql_and_verifies() {
 
     // The data it wrote verifies offline (the broker and its anchors gone) with the keys it
     // pinned and the state its last verify trusted.
-    let v = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["verify", "--data-dir"])
-        .arg(&data)
-        .arg("--keys")
-        .arg(data.join("demo/vigil.keys"))
-        .arg("--trusted")
-        .arg(data.join("demo/trusted.json"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["verify", "--data-dir"])
+            .arg(&data)
+            .arg("--keys")
+            .arg(data.join("demo/vigil.keys"))
+            .arg("--trusted")
+            .arg(data.join("demo/trusted.json")),
     );
 }

@@ -19,20 +19,21 @@ fn every_simulated_attack_fires_its_rules_and_normal_traffic_fires_nothing_else(
     let dir = tmp.path().join("data");
     let s = serve(&broker, "mesh", &dir, "g-sim", &[], None);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["simulate", "--brokers", &broker.addr, "--topic", "mesh"])
-        .args(["--rate", "60", "--duration", "21", "--attack-every", "3"])
-        .args(["--scenario", "all", "--json"])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (sim, stdout) = simulate(
+        &broker.addr,
+        &[
+            "--topic",
+            "mesh",
+            "--rate",
+            "60",
+            "--duration",
+            "21",
+            "--attack-every",
+            "3",
+            "--scenario",
+            "all",
+        ],
     );
-    let sim = Simulated::parse(&stdout);
     assert_eq!(sim.injected.len(), 6, "{stdout}");
     let total = sim
         .done
@@ -79,19 +80,12 @@ fn every_simulated_attack_fires_its_rules_and_normal_traffic_fires_nothing_else(
     use vigil_store::checkpoint::{KEYS_DIR, REGISTRY_FILE};
     let pinned = tmp.path().join("pinned.keys");
     std::fs::copy(dir.join(KEYS_DIR).join(REGISTRY_FILE), &pinned).unwrap();
-    let v = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["verify", "--data-dir"])
-        .arg(&dir)
-        .arg("--keys")
-        .arg(&pinned)
-        .args(["--anchor-kafka", &broker.addr])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["verify", "--data-dir"])
+            .arg(&dir)
+            .arg("--keys")
+            .arg(&pinned)
+            .args(["--anchor-kafka", &broker.addr]),
     );
 }

@@ -582,3 +582,26 @@ impl Simulated {
         }
     }
 }
+
+/// Run `cmd` to its end and require exit 0 (its stdout and stderr in the failure message);
+/// returns its stdout.
+pub fn succeed(cmd: &mut Command) -> String {
+    let out = cmd.env("NO_COLOR", "1").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `vigil simulate --brokers B --json ARGS…` to its end: what it said it did, and its output.
+pub fn simulate(brokers: &str, args: &[&str]) -> (Simulated, String) {
+    let stdout = succeed(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["simulate", "--brokers", brokers, "--json"])
+            .args(args),
+    );
+    (Simulated::parse(&stdout), stdout)
+}
