@@ -122,31 +122,24 @@ fn the_main_command_alerts_every_attack_answers_sql_and_verifies() {
     };
 
     // Every attack's alerts, over the API, within a bounded time.
-    let started = Instant::now();
-    let alerts = loop {
-        let page = get("/v1/alerts?limit=1000");
-        let alerts: Vec<AlertKey> = page["alerts"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{page}"))
-            .iter()
-            .map(|a| {
-                (
-                    a["rule_id"].as_str().unwrap().to_owned(),
-                    serde_json::from_value(a["group_key"].clone()).unwrap(),
-                )
-            })
-            .collect();
-        let missing = sim.missing(&alerts);
-        if missing.is_empty() {
-            break alerts;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "missing after 90 s: {missing:?}\nfound: {alerts:?}\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let alerts = sim.wait_for_alerts(
+        Duration::from_secs(90),
+        || {
+            let page = get("/v1/alerts?limit=1000");
+            page["alerts"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{page}"))
+                .iter()
+                .map(|a| {
+                    (
+                        a["rule_id"].as_str().unwrap().to_owned(),
+                        serde_json::from_value(a["group_key"].clone()).unwrap(),
+                    )
+                })
+                .collect()
+        },
+        log,
+    );
     sim.assert_nothing_else(&alerts, &log());
 
     // SQL over the API returns the events: the mesh's traffic, and each of the credential

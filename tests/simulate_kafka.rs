@@ -43,22 +43,16 @@ fn every_simulated_attack_fires_its_rules_and_normal_traffic_fires_nothing_else(
         .unwrap();
     assert!(total > 1500, "{stdout}");
     assert!(sim.edges.len() >= 24, "{stdout}");
-    let started = std::time::Instant::now();
-    let alerts = loop {
-        let alerts: Vec<AlertKey> = latest(read_revisions(&dir).unwrap_or_default())
-            .into_iter()
-            .map(|a| (a.rule_id, a.group_key))
-            .collect();
-        let missing = sim.missing(&alerts);
-        if missing.is_empty() {
-            break alerts;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "missing after 90 s: {missing:?}\nfound: {alerts:?}\n{stdout}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let alerts = sim.wait_for_alerts(
+        Duration::from_secs(90),
+        || {
+            latest(read_revisions(&dir).unwrap_or_default())
+                .into_iter()
+                .map(|a| (a.rule_id, a.group_key))
+                .collect()
+        },
+        || stdout.clone(),
+    );
     sim.assert_nothing_else(&alerts, &stdout);
 
     // Everything sent is stored (decoded, none rejected), then the store verifies.

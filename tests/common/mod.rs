@@ -557,6 +557,30 @@ impl Simulated {
             .collect()
     }
 
+    /// Poll `alerts` until every (rule, subject) pair has its alert, at most `timeout`; then
+    /// the alerts. On timeout, fail with what is missing, what was found and `context()`.
+    pub fn wait_for_alerts(
+        &self,
+        timeout: Duration,
+        mut alerts: impl FnMut() -> Vec<AlertKey>,
+        context: impl Fn() -> String,
+    ) -> Vec<AlertKey> {
+        let started = Instant::now();
+        loop {
+            let found = alerts();
+            let missing = self.missing(&found);
+            if missing.is_empty() {
+                return found;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "missing after {timeout:?}: {missing:?}\nfound: {found:?}\n{}",
+                context()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Nothing but the attacks: every alert is an expected rule about an injected subject, and
     /// no new-edge alert is about an edge of the mesh.
     pub fn assert_nothing_else(&self, alerts: &[AlertKey], context: &str) {
