@@ -269,6 +269,7 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
             anchor: publisher
                 .clone()
                 .map(|p| AnchorFn(Arc::new(move |o: &str, n: &[u8]| p.publish(o, n)))),
+            time: crate::rules_cmd::time_config(&cfg.detect)?,
         },
         cmd,
     )?;

@@ -119,9 +119,20 @@ pub struct DetectConfig {
     /// The policy graph (`[[edge]]` caller → callee) the declared unexpected-caller rule checks
     /// against. Empty: none (the learned first-seen rule runs instead).
     pub allowlist_file: std::path::PathBuf,
-    /// Events this far behind the newest event time a rule has seen are late: counted
-    /// (`late` in the progress line), not evaluated. Rules may set their own.
+    /// An event this far behind the detection watermark (the slowest active partition log)
+    /// is late: still evaluated, but counted per log (`late` in the progress line and
+    /// `/metrics`) and visible to rules (`time_late`). Rules may keep their state longer.
     pub allowed_lateness_ms: u64,
+    /// An event dated further ahead of the time its record was received (its Kafka
+    /// timestamp or the wall clock, whichever is earlier) is skewed: evaluated at its receive
+    /// time, counted per log, visible to rules (`time_skewed`); it moves no watermark further.
+    pub max_future_skew_ms: u64,
+    /// A partition log that sent nothing for this long (wall clock) stops holding the
+    /// watermark back.
+    pub idle_source_ms: u64,
+    /// Events waiting for the watermark at most; past it the oldest are evaluated anyway
+    /// (counted: `vigil_detect_forced_total`).
+    pub max_buffered_events: usize,
     /// Groups each rule keeps at most (the least recently seen are evicted, and counted).
     /// Rules may set their own.
     pub max_groups_per_rule: usize,
@@ -142,6 +153,9 @@ impl Default for DetectConfig {
             rules_dir: Default::default(),
             allowlist_file: Default::default(),
             allowed_lateness_ms: 30_000,
+            max_future_skew_ms: 300_000,
+            idle_source_ms: 1_000,
+            max_buffered_events: 200_000,
             max_groups_per_rule: 100_000,
             queue_depth: 16,
             alert_flush_ms: 1000,

@@ -13,6 +13,21 @@ fn nonempty(p: &Path) -> Option<&Path> {
     (!p.as_os_str().is_empty()).then_some(p)
 }
 
+/// How detection judges event time, from the configuration.
+pub fn time_config(d: &DetectConfig) -> anyhow::Result<vigil_detect::time::TimeConfig> {
+    let ns = |ms: u64| -> anyhow::Result<i64> { Ok(i64::try_from(ms)?.saturating_mul(1_000_000)) };
+    anyhow::ensure!(
+        d.max_buffered_events >= 1,
+        "detect.max_buffered_events must be ≥ 1"
+    );
+    Ok(vigil_detect::time::TimeConfig {
+        max_future_skew_ns: ns(d.max_future_skew_ms)?,
+        allowed_lateness_ns: ns(d.allowed_lateness_ms)?,
+        idle_source_ns: ns(d.idle_source_ms)?.max(1),
+        max_buffered_events: d.max_buffered_events,
+    })
+}
+
 /// The engine defaults from the configuration (reads the allowlist file if one is set).
 pub fn defaults(d: &DetectConfig) -> anyhow::Result<Defaults> {
     let allowlist = match nonempty(&d.allowlist_file) {
@@ -169,7 +184,8 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
             let store = vigil_store::Store::open_existing(&data_dir)
                 .with_context(|| format!("opening the store at {}", data_dir.display()))?;
             let loaded = load(&d)?;
-            let mut engine = Engine::new(loaded.rules.into_iter().map(|(r, _)| r).collect());
+            let mut engine = Engine::new(loaded.rules.into_iter().map(|(r, _)| r).collect())
+                .with_time(time_config(&d)?);
             let from = from
                 .as_deref()
                 .map(parse_time)
@@ -203,6 +219,16 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
                 engine.rows,
                 alerts.len()
             );
+            let t = engine.time_stats();
+            eprintln!(
+                "event time: {} late (evaluated all the same), {} skewed, {} evaluated before the watermark (buffer full)",
+                t.late, t.skewed, t.forced
+            );
+            for (log, s) in &t.sources {
+                if s.late > 0 || s.skewed > 0 {
+                    eprintln!("  {log}: {} late, {} skewed", s.late, s.skewed);
+                }
+            }
             for s in engine.stats() {
                 if s.late > 0 || s.evicted > 0 {
                     eprintln!("  {}: {} late, {} evicted", s.id, s.late, s.evicted);

@@ -128,6 +128,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 anchor: own_anchor.clone().map(|p| {
                     vigil_detect::run::AnchorFn(Arc::new(move |o: &str, n: &[u8]| p.publish(o, n)))
                 }),
+                time: crate::rules_cmd::time_config(&cfg.detect)?,
             },
             rules,
             rx,
@@ -265,6 +266,9 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                             detected = dmetrics.rows.load(Ordering::Relaxed),
                             alerts = dmetrics.alerts_fired.load(Ordering::Relaxed),
                             late = dmetrics.late.load(Ordering::Relaxed),
+                            skewed = dmetrics.skewed.load(Ordering::Relaxed),
+                            late_by_log = %per_log(&dmetrics, |s| s.late),
+                            skewed_by_log = %per_log(&dmetrics, |s| s.skewed),
                             delivered = delivery_metrics.delivered.load(Ordering::Relaxed),
                             delivery_failures = delivery_metrics.failed_attempts.load(Ordering::Relaxed),
                             undeliverable = delivery_metrics.undeliverable.load(Ordering::Relaxed),
@@ -318,6 +322,9 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         alerts_fired = dmetrics.alerts_fired.load(Ordering::Relaxed),
         alert_revisions = dmetrics.alert_revisions.load(Ordering::Relaxed),
         late = dmetrics.late.load(Ordering::Relaxed),
+        skewed = dmetrics.skewed.load(Ordering::Relaxed),
+        late_by_log = %per_log(&dmetrics, |s| s.late),
+        skewed_by_log = %per_log(&dmetrics, |s| s.skewed),
         evicted = dmetrics.evicted.load(Ordering::Relaxed),
         lifecycle_applied = dmetrics.commands_applied.load(Ordering::Relaxed),
         lifecycle_refused = dmetrics.commands_refused.load(Ordering::Relaxed),
@@ -397,6 +404,23 @@ pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
         keys,
         nonempty(&cfg.checkpoint.mirror_dir),
     )))
+}
+
+/// `log=count` for every partition log whose figure is not zero (`-` for none): the progress
+/// line's per-log late and skewed counts.
+fn per_log(d: &DetectMetrics, f: fn(&vigil_detect::time::SourceTime) -> u64) -> String {
+    let t = d.time.lock().map(|t| t.clone()).unwrap_or_default();
+    let parts: Vec<String> = t
+        .sources
+        .iter()
+        .filter(|(_, s)| f(s) > 0)
+        .map(|(log, s)| format!("{log}={}", f(s)))
+        .collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(",")
+    }
 }
 
 /// The process's counters in Prometheus text format.
@@ -489,9 +513,27 @@ fn metrics_text(
             ),
             (
                 "vigil_detect_late_total",
-                "Events too late to evaluate.",
+                "Events behind the detection watermark by more than the allowed lateness (evaluated all the same).",
                 "counter",
                 l(&detect.late),
+            ),
+            (
+                "vigil_detect_skewed_total",
+                "Events dated further ahead of their receive time than detect.max_future_skew_ms (evaluated at receive time).",
+                "counter",
+                l(&detect.skewed),
+            ),
+            (
+                "vigil_detect_buffered_events",
+                "Events waiting for the detection watermark.",
+                "gauge",
+                l(&detect.buffered),
+            ),
+            (
+                "vigil_detect_forced_total",
+                "Events evaluated before the watermark reached them because the buffer was full.",
+                "counter",
+                l(&detect.forced),
             ),
             (
                 "vigil_alerts_fired_total",
@@ -541,6 +583,40 @@ fn metrics_text(
             "Groups a rule holds in memory (as of the last state checkpoint; at most detect.max_groups_per_rule).",
             "gauge",
             &per_rule(|r| r.groups as u64),
+        );
+        let time = detect.time.lock().map(|t| t.clone()).unwrap_or_default();
+        let per_log = |f: fn(&vigil_detect::time::SourceTime) -> u64| -> Vec<(String, u64)> {
+            time.sources
+                .iter()
+                .map(|(log, s)| (label("log", log), f(s)))
+                .collect()
+        };
+        put(
+            "vigil_detect_log_late_total",
+            "Late events per partition log (behind the watermark by more than the allowed lateness).",
+            "counter",
+            &per_log(|s| s.late),
+        );
+        put(
+            "vigil_detect_log_skewed_total",
+            "Skewed events per partition log (dated too far ahead of their receive time).",
+            "counter",
+            &per_log(|s| s.skewed),
+        );
+        put(
+            "vigil_detect_log_event_time_seconds",
+            "Newest effective event time detection accepted per partition log (Unix seconds).",
+            "gauge",
+            &per_log(|s| u64::try_from(s.newest_ns / 1_000_000_000).unwrap_or(0)),
+        );
+        put(
+            "vigil_detect_watermark_seconds",
+            "Detection's watermark: events at or before it are evaluated (Unix seconds).",
+            "gauge",
+            &[(
+                String::new(),
+                u64::try_from(time.watermark_ns / 1_000_000_000).unwrap_or(0),
+            )],
         );
         let depth: Vec<(String, u64)> = vigil_detect::deliver::outbox_depth(&data_dir)
             .into_iter()

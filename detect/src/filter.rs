@@ -41,8 +41,82 @@ pub struct Field {
     pub ty: FieldType,
 }
 
-/// Resolve a canonical field name. `raw` and `event_time` are not filterable.
+/// Fields that are not canonical columns but what the engine knows of an event: where its
+/// record came from and what it found of its time. A filter reads them like any field; they
+/// sit at column indexes past the canonical ones ([`Context`] supplies them).
+///
+/// - `kafka_topic`, `kafka_partition`: the partition log the record was read from (a producer
+///   can write any field of a record, never these);
+/// - `own_log`: true for Vigil's own logs (`vigil.audit`, `vigil.api`, `vigil.opa`), which
+///   only Vigil writes;
+/// - `time_skewed`: the event time was further ahead of the time Vigil received the record
+///   than `detect.max_future_skew_ms` (it was evaluated at its receive time instead);
+/// - `time_late`: the event arrived behind the detection watermark by more than the allowed
+///   lateness (it was still evaluated).
+pub const CONTEXT_FIELDS: [(&str, FieldType); 5] = [
+    ("kafka_topic", FieldType::Str),
+    ("kafka_partition", FieldType::Int),
+    ("own_log", FieldType::Bool),
+    ("time_skewed", FieldType::Bool),
+    ("time_late", FieldType::Bool),
+];
+
+/// The number of canonical columns (the first context field's index).
+fn canonical_len() -> usize {
+    vigil_schemas::schema::COLUMNS.len()
+}
+
+/// What the engine knows of an event beyond its columns (see [`CONTEXT_FIELDS`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub own_log: bool,
+    pub skewed: bool,
+    pub late: bool,
+}
+
+/// A row with its [`Context`]: the context fields read from it, every other from the row.
+pub struct WithContext<'a, R> {
+    pub row: &'a R,
+    pub ctx: Context<'a>,
+}
+
+impl<R: Row> Row for WithContext<'_, R> {
+    fn str(&self, column: usize) -> Option<&str> {
+        match column.checked_sub(canonical_len()) {
+            None => self.row.str(column),
+            Some(0) => Some(self.ctx.topic),
+            Some(_) => None,
+        }
+    }
+    fn int(&self, column: usize) -> Option<i64> {
+        match column.checked_sub(canonical_len()) {
+            None => self.row.int(column),
+            Some(1) => Some(self.ctx.partition.into()),
+            Some(_) => None,
+        }
+    }
+    fn bool(&self, column: usize) -> Option<bool> {
+        match column.checked_sub(canonical_len()) {
+            None => self.row.bool(column),
+            Some(2) => Some(self.ctx.own_log),
+            Some(3) => Some(self.ctx.skewed),
+            Some(4) => Some(self.ctx.late),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Resolve a field name: a canonical column, or one of the [`CONTEXT_FIELDS`]. `raw` and
+/// `event_time` are not filterable.
 pub fn field(name: &str) -> Option<Field> {
+    if let Some(i) = CONTEXT_FIELDS.iter().position(|(n, _)| *n == name) {
+        return Some(Field {
+            column: canonical_len() + i,
+            ty: CONTEXT_FIELDS[i].1,
+        });
+    }
     let schema = canonical_schema();
     let (column, f) = schema.column_with_name(name)?;
     let ty = match f.data_type() {

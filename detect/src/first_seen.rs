@@ -62,9 +62,6 @@ impl FirstSeen {
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if !self.st.on_time(t) {
-            return Outcome::Late;
-        }
         if !self.spec.filter.matches(row) {
             return Outcome::Nothing;
         }
@@ -168,8 +165,7 @@ mod tests {
         r.expire();
         assert_eq!(r.groups(), 1);
         assert!(r.observe(&ev("a", "b"), at(1501 * S)).fired());
-        // Late events are counted, not learned.
-        assert_eq!(r.observe(&ev("e", "f"), at(1400 * S)), Outcome::Late);
-        assert_eq!(r.st.counters.late, 1);
+        // An event behind the others is still evaluated: a new tuple alerts.
+        assert!(r.observe(&ev("e", "f"), at(1400 * S)).fired());
     }
 }

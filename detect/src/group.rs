@@ -274,13 +274,6 @@ impl<G> State<G> {
         }
     }
 
-    /// Whether an event at `t` is in time to evaluate (a late one is counted).
-    pub fn on_time(&mut self, t: i64) -> bool {
-        let late = self.clock.is_late(t);
-        self.counters.late += u64::from(late);
-        !late
-    }
-
     /// A matching event at `t`: counted, and the clock moves on.
     pub fn matched(&mut self, t: i64) {
         self.counters.matched += 1;
@@ -295,8 +288,12 @@ impl<G> State<G> {
     }
 }
 
-/// Event-time bookkeeping shared by the rule kinds: the newest event time seen, and whether
-/// an event is too late to evaluate.
+/// Event-time bookkeeping shared by the rule kinds: the newest (effective) event time the rule
+/// matched, which dates its state for expiry. Events come from the engine in event-time order
+/// as far as its watermark allows, with times it has already held against receive time (see
+/// `crate::time`); what is late is the engine's to judge, and a rule evaluates every event it
+/// is given. `allowed_lateness_ns` is how long state is kept behind the newest time for events
+/// that arrive out of order.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Clock {
     pub newest_ns: i64,
@@ -311,15 +308,16 @@ impl Clock {
         }
     }
 
-    pub fn is_late(&self, t: i64) -> bool {
-        self.newest_ns != i64::MIN && t < self.newest_ns - self.allowed_lateness_ns
-    }
-
     pub fn advance(&mut self, t: i64) {
         self.newest_ns = self.newest_ns.max(t);
     }
 
-    /// Event times before this can no longer arrive.
+    /// Never past `max_ns` (a state saved before times were held against receive time).
+    pub fn clamp(&mut self, max_ns: i64) {
+        self.newest_ns = self.newest_ns.min(max_ns);
+    }
+
+    /// State older than this is expired.
     pub fn watermark(&self) -> i64 {
         self.newest_ns.saturating_sub(self.allowed_lateness_ns)
     }

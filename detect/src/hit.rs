@@ -48,8 +48,6 @@ pub enum Outcome {
     /// group is the event's (the caller finds its alert from the event, without a copy of
     /// the key).
     Updated { count: u64, ev: EvRef },
-    /// Too late to evaluate (behind the newest event time by more than the allowed lateness).
-    Late,
 }
 
 impl Outcome {

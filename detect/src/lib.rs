@@ -31,5 +31,8 @@ pub mod ruletest;
 pub mod run;
 pub mod sequence;
 pub mod threshold;
+pub mod time;
 
 pub use filter::{Filter, FilterError, Row};
+#[cfg(test)]
+mod time_tests;

@@ -85,9 +85,6 @@ impl RateSpike {
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if !self.st.on_time(t) {
-            return Outcome::Late;
-        }
         if !self.spec.filter.matches(row) {
             return Outcome::Nothing;
         }

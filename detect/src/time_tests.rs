@@ -1,0 +1,446 @@
+//! Event time through the whole engine: the same events give the same alerts however they are
+//! spread over partitions and interleaved; a forged future timestamp blinds nothing; backdated
+//! and lagging events are still evaluated, and said to be late.
+
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use vigil_schemas::Decoder;
+use vigil_store::{PartitionBatch, Piece, RecordRef};
+
+use crate::alerts::Alert;
+use crate::engine::Engine;
+use crate::rules::{Defaults, Source, load};
+use crate::time::TimeConfig;
+
+const S: i64 = 1_000_000_000;
+/// 2026-11-18T…: the traffic's epoch.
+const T0: i64 = 1_795_000_000 * S;
+
+const RULES: &[(&str, &str)] = &[
+    (
+        "burst.toml",
+        r#"
+id = "p.burst"
+version = 1
+title = "burst"
+severity = "high"
+kind = "threshold"
+filter = 'decision == "deny"'
+group_by = ["caller_ip"]
+count = 4
+window = "1m"
+suppress = "10m"
+"#,
+    ),
+    (
+        "seq.toml",
+        r#"
+id = "p.seq"
+version = 1
+title = "run of denials, then allowed"
+severity = "critical"
+kind = "sequence"
+group_by = ["caller_ip"]
+first = 'decision == "deny"'
+first_count = 3
+then = 'decision == "allow"'
+consecutive = true
+window = "2m"
+suppress = "10m"
+"#,
+    ),
+    (
+        "paths.toml",
+        r#"
+id = "p.paths"
+version = 1
+title = "denied on many paths"
+severity = "medium"
+kind = "distinct_count"
+filter = 'decision == "deny"'
+group_by = ["caller_ip"]
+field = "resource"
+count = 3
+window = "1m"
+suppress = "10m"
+"#,
+    ),
+];
+
+fn engine_with(extra: &[(&str, &str)], time: TimeConfig) -> Engine {
+    let mut sources: Vec<Source> = RULES
+        .iter()
+        .chain(extra)
+        .map(|(name, text)| Source {
+            name: (*name).into(),
+            text: (*text).into(),
+            dir: None,
+        })
+        .collect();
+    sources.extend(
+        crate::rules::DEFAULT_PACK
+            .iter()
+            .filter_map(|(name, text)| {
+                name.starts_with("time_").then(|| Source {
+                    name: format!("default:{name}"),
+                    text: (*text).into(),
+                    dir: None,
+                })
+            }),
+    );
+    let l = load(&sources, &Defaults::default());
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    Engine::new(l.rules.into_iter().map(|(r, _)| r).collect()).with_time(time)
+}
+
+fn engine() -> Engine {
+    engine_with(&[], TimeConfig::default())
+}
+
+/// One decision: when, from where, allowed or not, on which path.
+#[derive(Clone, Debug)]
+struct Ev {
+    t: i64,
+    ip: String,
+    allow: bool,
+    path: String,
+    id: usize,
+}
+
+fn opa(e: &Ev) -> String {
+    let ts = chrono::DateTime::from_timestamp_nanos(e.t)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    format!(
+        r#"{{"decision_id":"d{}","result":{},"timestamp":"{ts}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{}","portValue":1}}}}}},"request":{{"http":{{"method":"GET","path":"{}"}}}}}}}}}}"#,
+        e.id, e.allow, e.ip, e.path
+    )
+}
+
+/// A partition log being written: pieces of the records appended, in offset order.
+struct Part {
+    batch: PartitionBatch,
+    topic: String,
+    partition: i32,
+    next: i64,
+}
+
+impl Part {
+    fn new(topic: &str, partition: i32) -> Part {
+        Part {
+            batch: PartitionBatch::new(topic, partition, Default::default(), 16),
+            topic: topic.to_owned(),
+            partition,
+            next: 0,
+        }
+    }
+
+    /// The events as one piece; `kafka_ms`: the records' Kafka timestamps (None: the event
+    /// time's).
+    fn piece(&mut self, evs: &[Ev], kafka_ms: Option<i64>) -> Piece {
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        for e in evs {
+            let v = opa(e);
+            let rec = RecordRef {
+                topic: &topic,
+                partition,
+                offset: self.next,
+                timestamp_ms: Some(kafka_ms.unwrap_or(e.t / 1_000_000)),
+                key: None,
+                value: Some(v.as_bytes()),
+                headers: &[],
+            };
+            self.batch.append(&rec, &Decoder::default(), e.t).unwrap();
+            self.next += 1;
+        }
+        self.batch.cut().unwrap().unwrap()
+    }
+}
+
+/// What an alert says that does not depend on where its events were stored.
+type Said = (String, String, String, i64, i64, i64, Vec<i64>);
+
+fn said(alerts: Vec<Alert>) -> Vec<Said> {
+    let mut v: Vec<Said> = crate::alerts::latest(alerts)
+        .into_iter()
+        .map(|a| {
+            (
+                a.alert_id,
+                a.rule_id,
+                format!("{:?}", a.group_key),
+                a.first_event_ns,
+                a.last_event_ns,
+                a.event_count,
+                a.evidence.iter().map(|e| e.event_time_ns).collect(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Random traffic: a few callers, denials and allows on a few paths, some at the same instant.
+fn traffic(rng: &mut StdRng, n: usize) -> Vec<Ev> {
+    let mut evs: Vec<Ev> = (0..n)
+        .map(|id| Ev {
+            t: T0 + rng.random_range(0..900) * S / 2 + rng.random_range(0..3) * 1000,
+            ip: format!("10.0.0.{}", rng.random_range(1..6)),
+            allow: rng.random_bool(0.45),
+            path: format!("/p{}", rng.random_range(0..5)),
+            id,
+        })
+        .collect();
+    evs.sort_by_key(|e| e.t);
+    evs
+}
+
+/// Feed `evs` (in time order) through a fresh engine spread over `parts` partitions, in
+/// pieces of random size, the partitions' pieces interleaved at random.
+fn run_spread(evs: &[Ev], parts: usize, rng: &mut StdRng) -> Vec<Said> {
+    let mut e = engine();
+    let now = T0 + 3600 * S;
+    let mut logs: Vec<Part> = (0..parts).map(|p| Part::new("t", p as i32)).collect();
+    let mut per: Vec<Vec<Ev>> = vec![Vec::new(); parts];
+    for ev in evs {
+        per[rng.random_range(0..parts)].push(ev.clone());
+    }
+    // Every partition is known (assigned) before anything arrives.
+    for p in 0..parts {
+        e.expect_log(&format!("t/{p}"), now);
+    }
+    let mut pieces: Vec<(usize, Piece)> = Vec::new();
+    for (p, evs) in per.iter().enumerate() {
+        let mut rest: &[Ev] = evs;
+        while !rest.is_empty() {
+            let n = rng.random_range(1..=rest.len().min(12));
+            pieces.push((p, logs[p].piece(&rest[..n], None)));
+            rest = &rest[n..];
+        }
+    }
+    // Interleave: keep each partition's pieces in order, pick partitions at random.
+    let mut queues: Vec<std::collections::VecDeque<Piece>> = vec![Default::default(); parts];
+    for (p, piece) in pieces {
+        queues[p].push_back(piece);
+    }
+    let mut fired = Vec::new();
+    loop {
+        let live: Vec<usize> = (0..parts).filter(|&p| !queues[p].is_empty()).collect();
+        let Some(&p) = live.choose(rng) else { break };
+        let piece = queues[p].pop_front().unwrap();
+        e.observe(&piece, now).unwrap();
+        fired.extend(e.take_pending());
+    }
+    e.drain(now);
+    fired.extend(e.take_pending());
+    let t = e.time_stats();
+    assert_eq!((t.late, t.skewed, t.forced), (0, 0, 0), "{t:?}");
+    said(fired)
+}
+
+#[test]
+fn the_same_events_give_the_same_alerts_however_partitioned_and_interleaved() {
+    let mut fired_some = 0;
+    for seed in 0..48u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let evs = traffic(&mut rng, 160);
+        let reference = run_spread(&evs, 1, &mut rng);
+        fired_some += usize::from(!reference.is_empty());
+        for parts in [2, 3, 4] {
+            let got = run_spread(&evs, parts, &mut rng);
+            assert_eq!(got, reference, "seed {seed}, {parts} partitions");
+        }
+    }
+    // The property is about alerts: most cases must raise some.
+    assert!(
+        fired_some >= 40,
+        "only {fired_some} of 48 cases raised alerts"
+    );
+}
+
+#[test]
+fn a_partition_far_ahead_does_not_make_the_others_late() {
+    // Partition 1 is replayed from an hour later (a backfill running ahead); partition 0's
+    // burst, read after it, is still evaluated in order and alerts.
+    let mut e = engine();
+    let now = T0 + 7200 * S;
+    e.expect_log("t/0", now);
+    e.expect_log("t/1", now);
+    let mut p0 = Part::new("t", 0);
+    let mut p1 = Part::new("t", 1);
+    let ahead: Vec<Ev> = (0..50)
+        .map(|i| ev(T0 + 3600 * S + i * S, "10.9.9.9", true, i as usize))
+        .collect();
+    e.observe(&p1.piece(&ahead, None), now).unwrap();
+    let burst: Vec<Ev> = (0..6)
+        .map(|i| ev(T0 + i * S, "10.0.0.7", false, 100 + i as usize))
+        .collect();
+    e.observe(&p0.piece(&burst, None), now).unwrap();
+    e.drain(now);
+    let got = e.take_pending();
+    assert!(
+        got.iter()
+            .any(|a| a.rule_id == "p.burst"
+                && a.group_key["caller_ip"].as_deref() == Some("10.0.0.7")),
+        "{got:#?}"
+    );
+    assert_eq!(e.time_stats().late, 0);
+}
+
+fn ev(t: i64, ip: &str, allow: bool, id: usize) -> Ev {
+    Ev {
+        t,
+        ip: ip.into(),
+        allow,
+        path: format!("/x{}", id % 7),
+        id,
+    }
+}
+
+#[test]
+fn a_forged_2099_decision_blinds_nothing_and_is_itself_an_alert_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let now = T0 + 60 * S;
+    let mut e = engine();
+    let mut p0 = Part::new("decisions", 0);
+    // One decision dated 2099 (its Kafka timestamp forged too).
+    let forged = ev(4_070_908_800 * S, "203.0.113.66", false, 0);
+    e.observe(&p0.piece(&[forged], Some(4_070_908_800_000)), now)
+        .unwrap();
+    // The only log, quiet for the idle time: what it sent is evaluated.
+    e.tick(now + 3 * S);
+    let first = e.take_pending();
+    assert!(
+        first.iter().any(|a| a.rule_id == "vigil.time.skewed_source"
+            && a.group_key["kafka_topic"].as_deref() == Some("decisions")),
+        "{first:#?}"
+    );
+    assert_eq!(e.time_stats().skewed, 1);
+    assert!(e.time_stats().watermark_ns <= now + 1);
+    // Saved and restored: the clocks come back no further than receive time.
+    e.drain(now);
+    e.save(&state).unwrap();
+    let mut r = engine();
+    r.restore(&state).unwrap();
+    r.know_stored(&first);
+    // The real burst right after it alerts.
+    let burst: Vec<Ev> = (0..6)
+        .map(|i| ev(now + i * S, "198.51.100.4", false, 10 + i as usize))
+        .collect();
+    r.observe(&p0.piece(&burst, None), now + 10 * S).unwrap();
+    r.drain(now + 10 * S);
+    let got = r.take_pending();
+    assert!(
+        got.iter().any(|a| a.rule_id == "p.burst"),
+        "the burst after the forged event alerts: {got:#?}"
+    );
+    assert_eq!(r.time_stats().late, 0, "nothing real is late");
+}
+
+#[test]
+fn a_state_saved_with_a_clock_in_2099_is_brought_back_to_receive_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let e = engine();
+    e.save(&state).unwrap();
+    // As an older version saved it after one forged event: every clock in 2099.
+    let text = std::fs::read_to_string(&state).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["newest_ns"] = serde_json::json!(4_070_908_800i64 * S);
+    for r in v["rules"].as_array_mut().unwrap() {
+        r["state"]["clock"]["newest_ns"] = serde_json::json!(4_070_908_800i64 * S);
+    }
+    std::fs::write(&state, v.to_string()).unwrap();
+    let mut r = engine();
+    r.restore(&state).unwrap();
+    let now = crate::engine::now_ns();
+    assert!(r.time_stats().watermark_ns <= now + TimeConfig::default().max_future_skew_ns);
+    // A burst at the real time alerts, not late.
+    let mut p = Part::new("t", 0);
+    let burst: Vec<Ev> = (0..5)
+        .map(|i| ev(now - 10 * S + i * S, "192.0.2.5", false, i as usize))
+        .collect();
+    r.observe(&p.piece(&burst, None), now).unwrap();
+    r.drain(now);
+    assert!(r.take_pending().iter().any(|a| a.rule_id == "p.burst"));
+}
+
+#[test]
+fn a_backdated_burst_is_evaluated_and_its_log_said_to_be_late() {
+    let mut e = engine();
+    let now = T0 + 7200 * S;
+    let mut p = Part::new("decisions", 2);
+    // Normal traffic up to now.
+    let normal: Vec<Ev> = (0..20)
+        .map(|i| ev(now - 20 * S + i * S, "10.1.1.1", true, i as usize))
+        .collect();
+    e.observe(&p.piece(&normal, None), now).unwrap();
+    e.tick(now + 5 * S);
+    // A burst of denials backdated by an hour, to slip behind every window.
+    let back: Vec<Ev> = (0..25)
+        .map(|i| {
+            ev(
+                now - 3600 * S + i * S,
+                "203.0.113.9",
+                false,
+                100 + i as usize,
+            )
+        })
+        .collect();
+    e.observe(&p.piece(&back, None), now + 6 * S).unwrap();
+    e.drain(now + 6 * S);
+    let got = e.take_pending();
+    let rules: Vec<&str> = got.iter().map(|a| a.rule_id.as_str()).collect();
+    assert!(rules.contains(&"p.burst"), "{rules:?}");
+    assert!(rules.contains(&"vigil.time.late_source"), "{rules:?}");
+    let t = e.time_stats();
+    assert_eq!(t.late, 25);
+    assert_eq!(t.sources[0].0, "decisions/2");
+    assert_eq!(t.sources[0].1.late, 25);
+}
+
+#[test]
+fn an_idle_partition_stops_holding_the_watermark() {
+    let mut e = engine_with(
+        &[],
+        TimeConfig {
+            idle_source_ns: 2 * S,
+            ..TimeConfig::default()
+        },
+    );
+    let now = T0 + 100 * S;
+    e.expect_log("t/1", now);
+    let mut p0 = Part::new("t", 0);
+    let burst: Vec<Ev> = (0..6)
+        .map(|i| ev(T0 + i * S, "10.0.0.8", false, i as usize))
+        .collect();
+    e.observe(&p0.piece(&burst, None), now).unwrap();
+    // t/1 is expected and silent: the burst waits…
+    assert!(e.take_pending().is_empty());
+    assert_eq!(e.time_stats().buffered, 6);
+    // …until it has been silent for the idle time.
+    e.tick(now + 3 * S);
+    assert!(e.take_pending().iter().any(|a| a.rule_id == "p.burst"));
+    assert_eq!(e.time_stats().buffered, 0);
+}
+
+#[test]
+fn the_buffer_is_bounded_and_forcing_is_counted() {
+    let mut e = engine_with(
+        &[],
+        TimeConfig {
+            max_buffered_events: 10,
+            ..TimeConfig::default()
+        },
+    );
+    let now = T0 + 100 * S;
+    e.expect_log("t/1", now);
+    let mut p0 = Part::new("t", 0);
+    let evs: Vec<Ev> = (0..30)
+        .map(|i| ev(T0 + i * S, "10.0.0.8", true, i as usize))
+        .collect();
+    e.observe(&p0.piece(&evs, None), now).unwrap();
+    let t = e.time_stats();
+    assert_eq!((t.buffered, t.forced), (10, 20));
+    assert_eq!(e.rows, 20);
+}
