@@ -81,12 +81,11 @@ fn engine_with(extra: &[(&str, &str)], time: TimeConfig) -> Engine {
     sources.extend(
         crate::rules::DEFAULT_PACK
             .iter()
-            .filter_map(|(name, text)| {
-                name.starts_with("time_").then(|| Source {
-                    name: format!("default:{name}"),
-                    text: (*text).into(),
-                    dir: None,
-                })
+            .filter(|(name, _)| name.starts_with("time_"))
+            .map(|(name, text)| Source {
+                name: format!("default:{name}"),
+                text: (*text).into(),
+                dir: None,
             }),
     );
     let l = load(&sources, &Defaults::default());

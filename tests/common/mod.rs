@@ -309,6 +309,13 @@ impl Serve {
         }
     }
 
+    /// [`Serve::terminate`], and the whole log it wrote (its shutdown summary included).
+    pub fn stop(self) -> (bool, String) {
+        let log = self.log.clone();
+        let ok = self.terminate();
+        (ok, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
     /// kill -9.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
