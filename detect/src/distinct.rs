@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Field, Filter, Row};
-use crate::group::{self, GroupBy, Open, State};
+use crate::group::{self, GroupBy, Open, Rate, Ratio, State};
 use crate::hit::{EvRef, Hit, Outcome, newest};
 
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub struct DistinctSpec {
     pub suppress_ns: i64,
     pub allowed_lateness_ns: i64,
     pub max_groups: usize,
+    /// Fire only if the matches are this share of the group's base events in the window.
+    pub ratio: Option<Ratio>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,6 +32,9 @@ pub struct Group {
     /// (value, the newest event with it), at most N.
     values: Vec<(String, EvRef)>,
     open: Open,
+    /// Counts for the rule's ratio (empty without one).
+    #[serde(default)]
+    rate: Rate,
 }
 
 crate::has_open!(Group);
@@ -56,7 +61,17 @@ impl DistinctCount {
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let time_ns = ev.time_ns;
         let field = self.spec.field.1;
+        let base = self.spec.ratio.as_ref().is_some_and(|r| r.of.matches(row));
         if !self.spec.filter.matches(row) || !group::present(&field, row) {
+            if base {
+                let (count, window) = (self.spec.count, self.spec.window_ns);
+                let (_, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
+                    values: Vec::with_capacity(count.min(64)),
+                    open: Open::default(),
+                    rate: Rate::default(),
+                });
+                g.rate.base.add(time_ns, window);
+            }
             return Outcome::Nothing;
         }
         self.st.matched(time_ns);
@@ -66,7 +81,15 @@ impl DistinctCount {
             let (key, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
                 values: Vec::with_capacity(count.min(64)),
                 open: Open::default(),
+                rate: Rate::default(),
             });
+            let min_ratio = self.spec.ratio.as_ref().map(|r| r.min_ratio);
+            if min_ratio.is_some() {
+                g.rate.hits.add(time_ns, window);
+                if base {
+                    g.rate.base.add(time_ns, window);
+                }
+            }
             match g
                 .values
                 .iter_mut()
@@ -107,7 +130,10 @@ impl DistinctCount {
                 .unwrap_or(time_ns);
             if let Some(n) = g.open.absorb(time_ns, window, suppress) {
                 Outcome::Updated { count: n, ev }
-            } else if g.values.len() >= count && last - first <= window {
+            } else if g.values.len() >= count
+                && last - first <= window
+                && min_ratio.is_none_or(|m| g.rate.enough(last, window, m))
+            {
                 g.open.fire(last, g.values.len() as u64);
                 let mut values: Vec<String> = g.values.iter().map(|v| v.0.clone()).collect();
                 values.sort();
@@ -136,7 +162,8 @@ impl DistinctCount {
                 .iter()
                 .map(|v| v.1.time_ns)
                 .max()
-                .unwrap_or(i64::MIN);
+                .unwrap_or(i64::MIN)
+                .max(g.rate.base.newest_ns(window));
             newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
         });
     }
@@ -186,6 +213,7 @@ mod tests {
             suppress_ns: 600 * S,
             allowed_lateness_ns: 30 * S,
             max_groups: 100,
+            ratio: None,
         })
     }
 

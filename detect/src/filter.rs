@@ -622,6 +622,7 @@ pub fn filterable_fields() -> Vec<&'static str> {
         .iter()
         .map(|c| c.name)
         .filter(|n| field(n).is_some())
+        .chain(CONTEXT_FIELDS.iter().map(|(n, _)| *n))
         .collect()
 }
 

@@ -366,3 +366,112 @@ impl Open {
         self.alert.is_some_and(|(f, _)| f + suppress_ns > horizon)
     }
 }
+
+/// A base rate: the events (matching `of`) a group's matches are judged against. A rule with
+/// one fires only if its matches are at least `min_ratio` of the group's `of` events in the
+/// window — so a caller making thousands of calls with a handful of one-off denials is
+/// normal, while the same count from a caller that rarely calls is not.
+#[derive(Debug)]
+pub struct Ratio {
+    pub of: crate::filter::Filter,
+    pub min_ratio: f64,
+}
+
+/// Events counted in a sliding window, in buckets of 1/16 of it (at most 17 kept): enough
+/// to judge a ratio over the window to within one bucket, in constant space per group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    buckets: std::collections::VecDeque<(i64, u32)>,
+}
+
+impl Counts {
+    const BUCKETS: i64 = 16;
+
+    fn bucket_ns(window_ns: i64) -> i64 {
+        (window_ns / Self::BUCKETS).max(1)
+    }
+
+    /// Count one event at `t`.
+    pub fn add(&mut self, t: i64, window_ns: i64) {
+        let b = t.div_euclid(Self::bucket_ns(window_ns));
+        let at = self.buckets.partition_point(|(x, _)| *x < b);
+        match self.buckets.get_mut(at) {
+            Some((x, n)) if *x == b => *n = n.saturating_add(1),
+            _ => self.buckets.insert(at, (b, 1)),
+        }
+        let newest = self.buckets.back().map_or(b, |(x, _)| *x);
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(x, _)| *x < newest - Self::BUCKETS)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// The start of the newest bucket counted (`i64::MIN`: none), for expiry.
+    pub fn newest_ns(&self, window_ns: i64) -> i64 {
+        self.buckets.back().map_or(i64::MIN, |(b, _)| {
+            b.saturating_mul(Self::bucket_ns(window_ns))
+        })
+    }
+
+    /// Events counted in the window ending at `t` (to within a bucket).
+    pub fn in_window(&self, t: i64, window_ns: i64) -> u64 {
+        let bn = Self::bucket_ns(window_ns);
+        let (from, to) = ((t - window_ns).div_euclid(bn), t.div_euclid(bn));
+        self.buckets
+            .iter()
+            .filter(|(x, _)| *x >= from && *x <= to)
+            .map(|(_, n)| u64::from(*n))
+            .sum()
+    }
+}
+
+/// A group's counts for its rule's [`Ratio`]: its matches and its base (`of`) events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub hits: Counts,
+    pub base: Counts,
+}
+
+impl Rate {
+    /// Whether the matches in the window ending at `t` are at least `min` of the base (the
+    /// matches count into the base, so the ratio is at most 1).
+    pub fn enough(&self, t: i64, window_ns: i64, min: f64) -> bool {
+        let hits = self.hits.in_window(t, window_ns);
+        let base = self.base.in_window(t, window_ns).max(hits).max(1);
+        hits as f64 >= min * base as f64
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn counts_slide_with_the_window_and_a_ratio_judges_against_the_base() {
+        let w = 160 * S;
+        let mut r = Rate::default();
+        for i in 0..20 {
+            r.hits.add(i * S, w);
+            r.base.add(i * S, w);
+        }
+        // 20 denials, nothing else: all of the caller's traffic.
+        assert!(r.enough(19 * S, w, 0.5));
+        for i in 0..1000 {
+            r.base.add(i * S / 10, w);
+        }
+        // The same 20 among 1 000 more calls: 2 %.
+        assert!(r.enough(99 * S, w, 0.01));
+        assert!(!r.enough(99 * S, w, 0.05));
+        // Out of order lands in its bucket; old buckets slide out.
+        r.hits.add(5 * S, w);
+        assert_eq!(r.hits.in_window(19 * S, w), 21);
+        r.hits.add(1000 * S, w);
+        assert_eq!(r.hits.in_window(1000 * S, w), 1);
+        assert!(r.hits.buckets.len() <= 17);
+    }
+}

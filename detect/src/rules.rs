@@ -68,6 +68,24 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
     ),
     ("rate_spike.toml", include_str!("../rules/rate_spike.toml")),
     (
+        "bruteforce_source_ip.toml",
+        include_str!("../rules/bruteforce_source_ip.toml"),
+    ),
+    (
+        "bruteforce_slow.toml",
+        include_str!("../rules/bruteforce_slow.toml"),
+    ),
+    (
+        "password_spraying.toml",
+        include_str!("../rules/password_spraying.toml"),
+    ),
+    ("port_scan.toml", include_str!("../rules/port_scan.toml")),
+    ("fan_out.toml", include_str!("../rules/fan_out.toml")),
+    (
+        "admin_port_new_edge.toml",
+        include_str!("../rules/admin_port_new_edge.toml"),
+    ),
+    (
         "time_skewed_source.toml",
         include_str!("../rules/time_skewed_source.toml"),
     ),
@@ -158,6 +176,10 @@ pub struct RuleFile {
     pub suppress: Option<Spanned<String>>,
     pub allowed_lateness: Option<Spanned<String>>,
     pub max_groups: Option<Spanned<usize>>,
+    /// threshold, distinct_count: the base rate (events a group's matches are judged
+    /// against) and the share of it they must be to fire.
+    pub of: Option<Spanned<String>>,
+    pub min_ratio: Option<Spanned<f64>>,
     // distinct_count
     pub field: Option<Spanned<String>>,
     // allowlist
@@ -513,6 +535,25 @@ impl Ctx<'_> {
     }
 }
 
+/// A threshold or distinct-count rule's base rate (`of` and `min_ratio`, both or neither).
+fn ratio(cx: &Ctx<'_>, rf: &RuleFile) -> Result<Option<crate::group::Ratio>, RuleError> {
+    match (&rf.of, &rf.min_ratio) {
+        (None, None) => Ok(None),
+        (Some(of), Some(m)) => {
+            let min = *m.get_ref();
+            if !(min > 0.0 && min <= 1.0) {
+                return Err(cx.err(m.span(), "min_ratio must be in (0, 1]"));
+            }
+            Ok(Some(crate::group::Ratio {
+                of: cx.filter(of)?,
+                min_ratio: min,
+            }))
+        }
+        (Some(of), None) => Err(cx.err(of.span(), "`of` needs `min_ratio`")),
+        (None, Some(m)) => Err(cx.err(m.span(), "`min_ratio` needs `of`")),
+    }
+}
+
 /// Parse one rule file's text (checking it compiles with `defaults`).
 pub fn parse(file: &str, text: &str) -> Result<RuleFile, RuleError> {
     let rf: RuleFile = toml::from_str(text).map_err(|e| RuleError {
@@ -585,6 +626,7 @@ pub fn compile(
     let kind = match k.get_ref() {
         KindName::Threshold => {
             needs_group("threshold")?;
+            let ratio = ratio(&cx, rf)?;
             Kind::Threshold(Threshold::new(ThresholdSpec {
                 filter: filter()?,
                 group_by: group_by.clone(),
@@ -593,11 +635,13 @@ pub fn compile(
                 suppress_ns,
                 allowed_lateness_ns,
                 max_groups,
+                ratio,
             }))
         }
         KindName::DistinctCount => {
             needs_group("distinct_count")?;
             let f = cx.need(&rf.field, "field", k)?;
+            let ratio = ratio(&cx, rf)?;
             Kind::DistinctCount(DistinctCount::new(DistinctSpec {
                 filter: filter()?,
                 group_by: group_by.clone(),
@@ -607,6 +651,7 @@ pub fn compile(
                 suppress_ns,
                 allowed_lateness_ns,
                 max_groups,
+                ratio,
             }))
         }
         KindName::Allowlist => {

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Filter, Row};
-use crate::group::{GroupBy, Open, State};
+use crate::group::{GroupBy, Open, Rate, Ratio, State};
 use crate::hit::{EvRef, Hit, Outcome, newest};
 
 /// A threshold rule's settings.
@@ -26,9 +26,11 @@ pub struct ThresholdSpec {
     pub window_ns: i64,
     /// After an alert, further matches of the group within this long update it.
     pub suppress_ns: i64,
-    /// Events this far behind the newest event time are late: counted, not evaluated.
+    /// State is kept this far behind the newest event time for events arriving out of order.
     pub allowed_lateness_ns: i64,
     pub max_groups: usize,
+    /// Fire only if the matches are this share of the group's base events in the window.
+    pub ratio: Option<Ratio>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,6 +38,9 @@ pub struct Group {
     /// The newest matching events, at most `count`, ascending by event time.
     events: VecDeque<EvRef>,
     open: Open,
+    /// Counts for the rule's ratio (empty without one).
+    #[serde(default)]
+    rate: Rate,
 }
 
 crate::has_open!(Group);
@@ -62,7 +67,19 @@ impl Threshold {
     /// Evaluate one event (`ev.time_ns` is its event time).
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let time_ns = ev.time_ns;
+        let base = self.spec.ratio.as_ref().is_some_and(|r| r.of.matches(row));
         if !self.spec.filter.matches(row) {
+            // Not a match, but part of the group's base rate: counted from the group's first
+            // event of either kind (a busy caller's calls before its first denial count).
+            if base {
+                let (count, window) = (self.spec.count, self.spec.window_ns);
+                let (_, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
+                    events: VecDeque::with_capacity(count.min(64)),
+                    open: Open::default(),
+                    rate: Rate::default(),
+                });
+                g.rate.base.add(time_ns, window);
+            }
             return Outcome::Nothing;
         }
         self.st.matched(time_ns);
@@ -71,7 +88,15 @@ impl Threshold {
         let (key, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
             events: VecDeque::with_capacity(count.min(64)),
             open: Open::default(),
+            rate: Rate::default(),
         });
+        let min_ratio = self.spec.ratio.as_ref().map(|r| r.min_ratio);
+        if min_ratio.is_some() {
+            g.rate.hits.add(time_ns, window);
+            if base {
+                g.rate.base.add(time_ns, window);
+            }
+        }
         // Insert in event-time order (out-of-order arrivals land in place).
         let at = g.events.partition_point(|e| e.time_ns <= time_ns);
         g.events.insert(at, ev);
@@ -84,7 +109,10 @@ impl Threshold {
             // N events within `window` of each other, this one among them.
             let n = g.events.len();
             let (first, last) = (g.events[0].time_ns, g.events[n - 1].time_ns);
-            if n >= count && last - first <= window {
+            if n >= count
+                && last - first <= window
+                && min_ratio.is_none_or(|m| g.rate.enough(last, window, m))
+            {
                 g.open.fire(last, n as u64);
                 Outcome::Fired(Hit {
                     key: key.clone(),
@@ -106,7 +134,11 @@ impl Threshold {
         let horizon = self.st.clock.watermark();
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
         self.st.groups.retain(|g| {
-            let newest = g.events.back().map_or(i64::MIN, |e| e.time_ns);
+            let newest = g
+                .events
+                .back()
+                .map_or(i64::MIN, |e| e.time_ns)
+                .max(g.rate.base.newest_ns(window));
             newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
         });
     }
@@ -153,6 +185,7 @@ mod tests {
             suppress_ns: suppress_s * S,
             allowed_lateness_ns: lateness_s * S,
             max_groups: 100,
+            ratio: None,
         })
     }
 
