@@ -71,7 +71,7 @@ struct ListArgs {
     json: bool,
 }
 
-fn time(ns: i64) -> String {
+pub fn time_text(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns)
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
@@ -91,8 +91,8 @@ pub fn line(a: &Alert) -> String {
         a.status,
         a.rule_id,
         a.event_count,
-        time(a.first_event_ns),
-        time(a.last_event_ns),
+        time_text(a.first_event_ns),
+        time_text(a.last_event_ns),
         group.join(" "),
         a.title
     )

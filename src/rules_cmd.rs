@@ -119,9 +119,30 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
                 d.rules_dir = dir;
             }
             let loaded = load(&d)?;
+            // Where each learning rule stands, from the detection state if there is one.
+            let state = vigil_detect::run::state_path(&cfg.store.data_dir);
+            let mut learning: std::collections::HashMap<String, (bool, Option<i64>)> =
+                Default::default();
+            if state.exists() {
+                let rules = load(&d)?.rules.into_iter().map(|(r, _)| r).collect();
+                let mut e = Engine::new(rules).with_time(time_config(&d)?);
+                if e.restore(&state).is_ok() {
+                    for s in e.stats() {
+                        learning.insert(s.id, (s.learning, s.learning_until_ns));
+                    }
+                }
+            }
             for (r, _) in &loaded.rules {
+                let learns = match (r.kind.learning_until(), learning.get(&r.meta.id)) {
+                    (None, _) => String::new(),
+                    (Some(_), Some((false, _))) => "  learned".to_owned(),
+                    (Some(_), Some((true, Some(until)))) => {
+                        format!("  learning until {}", crate::alerts_cmd::time_text(*until))
+                    }
+                    (Some(_), _) => "  learning (from its first event)".to_owned(),
+                };
                 println!(
-                    "{:<40} v{:<3} {:<15} {:<8} {}",
+                    "{:<40} v{:<3} {:<15} {:<8} {}{learns}",
                     r.meta.id,
                     r.meta.version,
                     r.meta.kind.as_str(),

@@ -579,6 +579,12 @@ fn metrics_text(
             &per_rule(|r| r.fired),
         );
         put(
+            "vigil_rule_learning",
+            "1 while a rule that learns before it alerts (first_seen) is in its learning period: it raises nothing yet (as of the last state checkpoint).",
+            "gauge",
+            &per_rule(|r| u64::from(r.learning)),
+        );
+        put(
             "vigil_rule_groups",
             "Groups a rule holds in memory (as of the last state checkpoint; at most detect.max_groups_per_rule).",
             "gauge",

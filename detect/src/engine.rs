@@ -40,6 +40,10 @@ pub struct RuleStats {
     pub evicted: u64,
     pub fired: u64,
     pub groups: usize,
+    /// A rule that learns first (`first_seen`) and has not finished: it raises nothing yet.
+    pub learning: bool,
+    /// When its learning ends (event time), once it has started.
+    pub learning_until_ns: Option<i64>,
 }
 
 /// A group's open alert: further matches within the rule's suppression window update it.
@@ -839,6 +843,8 @@ impl Engine {
                     evicted: c.evicted,
                     fired: c.fired,
                     groups: r.kind.groups(),
+                    learning: r.kind.is_learning(),
+                    learning_until_ns: r.kind.learning_until().flatten(),
                 }
             })
             .collect()

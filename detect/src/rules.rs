@@ -357,6 +357,27 @@ impl Kind {
         each!(self, r => r.st.counters)
     }
 
+    /// For a rule that learns before it alerts (`first_seen`): `Some(until)`, the event time
+    /// its learning ends (`None`: it has seen nothing yet, so it has not started); `None` for
+    /// every other kind.
+    pub fn learning_until(&self) -> Option<Option<i64>> {
+        match self {
+            Kind::FirstSeen(r) => Some(r.started_ns.map(|s| s.saturating_add(r.spec.learn_ns))),
+            _ => None,
+        }
+    }
+
+    /// Whether the rule is still learning (before its first event, or until its learning
+    /// period has passed in event time).
+    pub fn is_learning(&self) -> bool {
+        match self {
+            Kind::FirstSeen(r) => r
+                .started_ns
+                .is_none_or(|s| r.st.clock.newest_ns < s.saturating_add(r.spec.learn_ns)),
+            _ => false,
+        }
+    }
+
     /// Count a late event this rule matched (the engine judges lateness).
     pub fn note_late(&mut self) {
         each!(self, r => r.st.counters.late += 1)

@@ -443,3 +443,38 @@ fn the_buffer_is_bounded_and_forcing_is_counted() {
     assert_eq!((t.buffered, t.forced), (10, 20));
     assert_eq!(e.rows, 20);
 }
+
+#[test]
+fn a_learning_rule_says_so_until_its_learning_period_has_passed() {
+    const LEARN: &str = r#"
+id = "p.new_edge"
+version = 1
+title = "new edge"
+severity = "medium"
+kind = "first_seen"
+filter = 'decision == "allow"'
+group_by = ["caller_ip", "resource"]
+learn = "1h"
+forget = "30d"
+"#;
+    let learning = |e: &Engine| {
+        let s = e.stats();
+        let r = s.iter().find(|r| r.id == "p.new_edge").unwrap();
+        (r.learning, r.learning_until_ns)
+    };
+    let mut e = engine_with(&[("learn.toml", LEARN)], TimeConfig::default());
+    assert_eq!(learning(&e), (true, None), "not started: learning");
+    let mut p = Part::new("t", 0);
+    let now = T0 + 10_000 * S;
+    e.observe(&p.piece(&[ev(T0, "10.0.0.1", true, 0)], None), now)
+        .unwrap();
+    e.drain(now);
+    assert_eq!(learning(&e), (true, Some(T0 + 3600 * S)));
+    e.observe(
+        &p.piece(&[ev(T0 + 3601 * S, "10.0.0.1", true, 1)], None),
+        now,
+    )
+    .unwrap();
+    e.drain(now);
+    assert_eq!(learning(&e), (false, Some(T0 + 3600 * S)));
+}
