@@ -448,6 +448,11 @@ impl Engine {
         let raw = b
             .column_by_name("raw")
             .and_then(|c| c.as_binary_opt::<i32>());
+        let int64 = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+        };
+        let (offsets, prevs) = (int64("kafka_offset"), int64("chain_prev_offset"));
         let field = |name: &str| {
             crate::filter::field(name)
                 .map(|f| f.column)
@@ -495,6 +500,13 @@ impl Engine {
                 row: u32::try_from(i).unwrap_or(u32::MAX),
                 skewed: a.judged.skewed,
                 late: a.late,
+                gap: match (offsets, prevs) {
+                    (Some(o), Some(p)) => {
+                        let prev = p.value(i);
+                        prev >= 0 && prev != o.value(i) - 1
+                    }
+                    _ => false,
+                },
             };
             if a.behind {
                 at_once.push(p);
@@ -628,6 +640,7 @@ impl Engine {
                         own_log: h.own_log,
                         skewed: p.skewed,
                         late: p.late,
+                        gap: p.gap,
                     },
                 };
                 let ev = EvRef {

@@ -52,13 +52,17 @@ pub struct Field {
 /// - `time_skewed`: the event time was further ahead of the time Vigil received the record
 ///   than `detect.max_future_skew_ms` (it was evaluated at its receive time instead);
 /// - `time_late`: the event arrived behind the detection watermark by more than the allowed
-///   lateness (it was still evaluated).
-pub const CONTEXT_FIELDS: [(&str, FieldType); 5] = [
+///   lateness (it was still evaluated);
+/// - `offset_gap`: the record does not follow the one before it in its partition log (offsets
+///   in between are missing: retention deleted them before Vigil read them, the topic was
+///   truncated — or compaction and transaction markers, which leave gaps by design).
+pub const CONTEXT_FIELDS: [(&str, FieldType); 6] = [
     ("kafka_topic", FieldType::Str),
     ("kafka_partition", FieldType::Int),
     ("own_log", FieldType::Bool),
     ("time_skewed", FieldType::Bool),
     ("time_late", FieldType::Bool),
+    ("offset_gap", FieldType::Bool),
 ];
 
 /// The number of canonical columns (the first context field's index).
@@ -74,6 +78,7 @@ pub struct Context<'a> {
     pub own_log: bool,
     pub skewed: bool,
     pub late: bool,
+    pub gap: bool,
 }
 
 /// A row with its [`Context`]: the context fields read from it, every other from the row.
@@ -103,6 +108,7 @@ impl<R: Row> Row for WithContext<'_, R> {
             Some(2) => Some(self.ctx.own_log),
             Some(3) => Some(self.ctx.skewed),
             Some(4) => Some(self.ctx.late),
+            Some(5) => Some(self.ctx.gap),
             Some(_) => None,
         }
     }

@@ -86,6 +86,14 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../rules/admin_port_new_edge.toml"),
     ),
     (
+        "telemetry_offset_gap.toml",
+        include_str!("../rules/telemetry_offset_gap.toml"),
+    ),
+    (
+        "telemetry_hubble_lost.toml",
+        include_str!("../rules/telemetry_hubble_lost.toml"),
+    ),
+    (
         "time_skewed_source.toml",
         include_str!("../rules/time_skewed_source.toml"),
     ),

@@ -244,6 +244,8 @@ pub struct Pending {
     pub row: u32,
     pub skewed: bool,
     pub late: bool,
+    /// The record does not follow the one before it in its log (a recorded offset gap).
+    pub gap: bool,
 }
 
 /// The events waiting for the watermark, bounded.
@@ -390,6 +392,7 @@ mod tests {
             row: 0,
             skewed: false,
             late: false,
+            gap: false,
         };
         let mut r = Reorder::default();
         for (t, tie) in [(5, 0), (1, 9), (3, 0), (1, 2), (9, 0)] {

@@ -183,9 +183,46 @@ struct Policy<'a> {
     namespace: Json<'a>,
 }
 
+/// Hubble's `lost_events`: flows the node's ring buffer or queue dropped before anyone read
+/// them. Telemetry loss: the flows that would have shown an attack may be among them.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct LostEvents<'a> {
+    #[serde(borrow)]
+    source: Json<'a>,
+    #[serde(borrow)]
+    num_events_lost: Json<'a>,
+}
+
+/// A `lost_events` record as an event: kind `flow`, decision `unknown`, action
+/// `lost_events`, the reporting node as the caller's service, and in `reason` where the loss
+/// happened and how many were lost.
+fn map_lost<'a>(l: &LostEvents<'a>, t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
+    let p = "/lost_events";
+    let source = value_at(&l.source, (p, "/source"))?;
+    // protojson writes uint64 as a string; other encoders as a number.
+    let lost = match l.num_events_lost.i64_at((p, "/num_events_lost")) {
+        Ok(n) => n.map(|n| n.to_string()),
+        Err(_) => value_at(&l.num_events_lost, (p, "/num_events_lost"))?.map(Cow::into_owned),
+    };
+    let mut e = Event::new(SourceFormat::Hubble, Kind::Flow, Decision::Unknown, raw);
+    e.action = Some(Cow::Borrowed("lost_events"));
+    e.reason = Some(Cow::Owned(format!(
+        "{}: {} events lost",
+        source.as_deref().unwrap_or("UNKNOWN_LOST_EVENT_SOURCE"),
+        lost.as_deref().unwrap_or("an unknown number of")
+    )));
+    e.time_ns = time_at(&t.time, "/time")?;
+    e.caller.service = value_at(&t.node_name, "/node_name")?;
+    Ok(e)
+}
+
 /// `text` is the record; a bare flow (no `flow` wrapper) is parsed again as a [`Flow`] — the
 /// union [`Top`] does not hold every flow field, and bare flows are the rarer shape.
 pub(crate) fn map<'a>(t: &Top<'a>, text: &'a str) -> Mapped<'a> {
+    if let Some(lost) = t.lost_events.obj_at("/lost_events")? {
+        return map_lost(lost, t, text.as_bytes());
+    }
     if let Some(flow) = t.flow.obj_at("/flow")? {
         let mut e = map_flow(flow, "/flow", text.as_bytes())?;
         if e.time_ns.is_none() {
@@ -334,6 +371,25 @@ fn service<'a>(
 mod tests {
     use crate::decode::test_one as one;
     use crate::{Decision, Decoder};
+
+    #[test]
+    fn lost_events_are_telemetry_loss_events_not_rejected_records() {
+        // As Hubble's exporter writes them (protojson: the count as a string), and as a number.
+        for n in [r#""125""#, "125"] {
+            let e = one(&format!(
+                r#"{{"lost_events":{{"source":"HUBBLE_RING_BUFFER","num_events_lost":{n},"cpu":{{"value":2}}}},"node_name":"kind-worker","time":"2024-01-01T00:00:01Z"}}"#
+            ));
+            assert_eq!(e.format, crate::SourceFormat::Hubble);
+            assert_eq!((e.kind, e.decision), (crate::Kind::Flow, Decision::Unknown));
+            assert_eq!(e.action.as_deref(), Some("lost_events"));
+            assert_eq!(
+                e.reason.as_deref(),
+                Some("HUBBLE_RING_BUFFER: 125 events lost")
+            );
+            assert_eq!(e.caller.service.as_deref(), Some("kind-worker"));
+            assert!(e.time_ns.is_some());
+        }
+    }
 
     #[test]
     fn bare_forwarded_reply_with_workloads_and_l7() {

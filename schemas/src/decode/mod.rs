@@ -262,7 +262,10 @@ fn detect(t: &Top<'_>) -> Option<SourceFormat> {
     {
         return Some(SourceFormat::Native);
     }
-    if t.flow.obj().is_some() || t.verdict.str().is_some_and(hubble::is_verdict) {
+    if t.flow.obj().is_some()
+        || t.lost_events.obj().is_some()
+        || t.verdict.str().is_some_and(hubble::is_verdict)
+    {
         return Some(SourceFormat::Hubble);
     }
     let audit_api = t
@@ -381,6 +384,11 @@ pub(crate) struct Top<'a> {
     // Hubble.
     #[serde(borrow)]
     pub flow: Json<'a, Box<hubble::Flow<'a>>>,
+    /// Hubble's report of flows it could not deliver (`{"lost_events":{…},"node_name":…}`).
+    #[serde(borrow)]
+    pub lost_events: Json<'a, Box<hubble::LostEvents<'a>>>,
+    #[serde(borrow)]
+    pub node_name: Json<'a>,
     #[serde(borrow)]
     pub verdict: Json<'a>,
     // Kubernetes audit.
