@@ -119,6 +119,12 @@ pub struct DetectConfig {
     /// The policy graph (`[[edge]]` caller → callee) the declared unexpected-caller rule checks
     /// against. Empty: none (the learned first-seen rule runs instead).
     pub allowlist_file: std::path::PathBuf,
+    /// A directory of Kubernetes, Cilium and Istio policies and manifests (`*.yaml`) imported
+    /// into the policy graph (with `allowlist_file`'s edges) whenever rules load: at start and
+    /// on a rule reload. Empty: none.
+    pub policy_dir: std::path::PathBuf,
+    /// The SPIFFE trust domain of the mesh's identities, for imported Istio policies.
+    pub trust_domain: String,
     /// An event this far behind the detection watermark (the slowest active partition log)
     /// is late: still evaluated, but counted per log (`late` in the progress line and
     /// `/metrics`) and visible to rules (`time_late`). Rules may keep their state longer.
@@ -152,6 +158,8 @@ impl Default for DetectConfig {
             default_rules: true,
             rules_dir: Default::default(),
             allowlist_file: Default::default(),
+            policy_dir: Default::default(),
+            trust_domain: "cluster.local".to_owned(),
             allowed_lateness_ms: 30_000,
             max_future_skew_ms: 300_000,
             idle_source_ms: 1_000,

@@ -7,6 +7,7 @@ mod compact_cmd;
 mod config;
 mod decode_cmd;
 mod keys_cmd;
+mod policy_cmd;
 mod produce_cmd;
 mod proof_cmd;
 mod query_cmd;
@@ -64,6 +65,8 @@ enum Command {
     /// Detection rules: list them, run the tests rule files carry, backtest them on stored
     /// events.
     Rules(rules_cmd::RulesArgs),
+    /// The declared call graph from the policies the mesh enforces (`policy import`).
+    Policy(policy_cmd::PolicyArgs),
     /// List stored alerts (the newest revision of each), newest first; `ack|resolve|suppress ID`
     /// changes one.
     Alerts(alerts_cmd::AlertsArgs),
@@ -123,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proof(args) => proof_cmd::run_proof(&cfg, args),
         Command::Keys(args) => keys_cmd::run(&cfg, args),
         Command::Rules(args) => rules_cmd::run(&cfg, args),
+        Command::Policy(args) => policy_cmd::run(&cfg, args),
         Command::Alerts(args) => alerts_cmd::run(&cfg, args),
         Command::ApiKey(args) => api_serve::api_key(args),
         Command::Compact(args) => compact_cmd::run(&cfg, args),

@@ -30,10 +30,20 @@ pub fn time_config(d: &DetectConfig) -> anyhow::Result<vigil_detect::time::TimeC
 
 /// The engine defaults from the configuration (reads the allowlist file if one is set).
 pub fn defaults(d: &DetectConfig) -> anyhow::Result<Defaults> {
-    let allowlist = match nonempty(&d.allowlist_file) {
+    let mut allowlist = match nonempty(&d.allowlist_file) {
         Some(p) => Some(rules::load_policy(p).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
+    if let Some(dir) = nonempty(&d.policy_dir) {
+        let got = crate::policy_cmd::import(&[dir.to_path_buf()], &d.trust_domain)
+            .with_context(|| format!("detect.policy_dir {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), policies = got.policies.len(), edges = got.graph.edges.len(),
+            left_out = got.notes.len(), "policy graph imported");
+        allowlist
+            .get_or_insert_with(Default::default)
+            .edges
+            .extend(got.graph.edges);
+    }
     anyhow::ensure!(
         d.max_groups_per_rule >= 1,
         "detect.max_groups_per_rule must be ≥ 1"

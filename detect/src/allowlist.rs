@@ -22,6 +22,22 @@ pub struct EdgeSpec {
     /// Allowed paths, as patterns (empty: any).
     #[serde(default)]
     pub paths: Vec<String>,
+    /// Which events the edge is about: `authz` (decisions between principals) or `flow`
+    /// (connections between workloads); none: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The caller's and callee's namespaces, as patterns (none: any), checked by rules that
+    /// name namespace fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callee_namespace: Option<String>,
+    /// Allowed destination ports (empty: any), checked by rules that name a port field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Where the edge came from (the policy it was imported from), for the analyst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_policy: Option<String>,
 }
 
 /// A policy graph file: `[[edge]]` tables.
@@ -60,6 +76,10 @@ struct Edge {
     callee: Pattern,
     methods: Vec<String>,
     paths: Vec<Pattern>,
+    kind: Option<String>,
+    caller_namespace: Option<Pattern>,
+    callee_namespace: Option<Pattern>,
+    ports: Vec<u16>,
 }
 
 /// The fields an allowlist reads.
@@ -69,6 +89,9 @@ pub struct EdgeFields {
     pub callee: Field,
     pub method: Option<Field>,
     pub path: Option<Field>,
+    pub caller_namespace: Option<Field>,
+    pub callee_namespace: Option<Field>,
+    pub port: Option<Field>,
 }
 
 #[derive(Debug)]
@@ -80,6 +103,8 @@ pub struct AllowlistSpec {
     pub suppress_ns: i64,
     pub allowed_lateness_ns: i64,
     pub max_groups: usize,
+    /// Judge nothing (a flow rule over a graph that declares no flows).
+    pub quiet: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,6 +138,18 @@ impl Allowlist {
                         .iter()
                         .map(|p| Pattern::new(p))
                         .collect::<Result<_, _>>()?,
+                    kind: e.kind.clone(),
+                    caller_namespace: e
+                        .caller_namespace
+                        .as_deref()
+                        .map(Pattern::new)
+                        .transpose()?,
+                    callee_namespace: e
+                        .callee_namespace
+                        .as_deref()
+                        .map(Pattern::new)
+                        .transpose()?,
+                    ports: e.ports.clone(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -142,19 +179,43 @@ impl Allowlist {
         };
         let method = f.method.and_then(|m| row.str(m.column));
         let path = f.path.and_then(|p| row.str(p.column));
+        let kind = crate::filter::field("kind").and_then(|k| row.str(k.column));
+        let ns = |field: Option<Field>, want: &Option<Pattern>| match (field, want) {
+            (Some(f), Some(p)) => row.str(f.column).is_some_and(|v| p.matches(v)),
+            _ => true,
+        };
+        let port = f.port.map(|p| row.int(p.column));
+        // A flow's URL (Hubble L7) is judged by its path.
+        let url_path = path.map(|p| match p.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+            None => p,
+        });
         self.edges.iter().any(|e| {
-            e.caller.matches(caller)
+            // Flow edges carry L7 constraints only for flows that show L7 (an L4 flow of the
+            // same connection has no method or path to check).
+            let flow = e.kind.as_deref() == Some("flow");
+            let path = if flow { url_path } else { path };
+            e.kind.as_deref().is_none_or(|k| kind == Some(k))
+                && ns(f.caller_namespace, &e.caller_namespace)
+                && ns(f.callee_namespace, &e.callee_namespace)
+                && (e.ports.is_empty()
+                    || port.is_none_or(|p| {
+                        p.is_some_and(|p| e.ports.iter().any(|x| i64::from(*x) == p))
+                    }))
+                && e.caller.matches(caller)
                 && e.callee.matches(callee)
                 && (e.methods.is_empty()
+                    || (flow && method.is_none())
                     || method.is_some_and(|m| e.methods.iter().any(|x| x.eq_ignore_ascii_case(m))))
                 && (e.paths.is_empty()
+                    || (flow && path.is_none())
                     || path.is_some_and(|p| e.paths.iter().any(|x| x.matches(p))))
         })
     }
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if !self.spec.filter.matches(row) {
+        if self.spec.quiet || !self.spec.filter.matches(row) {
             return Outcome::Nothing;
         }
         self.st.clock.advance(t);
@@ -216,11 +277,15 @@ mod tests {
                 callee: field("callee_principal").unwrap(),
                 method: field("action"),
                 path: field("resource"),
+                caller_namespace: None,
+                callee_namespace: None,
+                port: None,
             },
             edges,
             suppress_ns: 3600 * S,
             allowed_lateness_ns: 60 * S,
             max_groups: 100,
+            quiet: false,
         })
         .unwrap()
     }
@@ -247,6 +312,7 @@ mod tests {
                 callee: ORDERS.into(),
                 methods: vec!["get".into(), "POST".into()],
                 paths: vec!["/api/orders*".into()],
+                ..Default::default()
             },
             EdgeSpec {
                 caller: "spiffe://c/ns/shop/*".into(),

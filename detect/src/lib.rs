@@ -23,6 +23,7 @@ pub mod first_seen;
 pub mod group;
 pub mod hit;
 pub mod lifecycle;
+pub mod policy;
 pub mod rate_spike;
 pub mod replay;
 pub mod row;

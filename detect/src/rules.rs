@@ -59,6 +59,10 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../rules/unexpected_caller_declared.toml"),
     ),
     (
+        "unexpected_flow_declared.toml",
+        include_str!("../rules/unexpected_flow_declared.toml"),
+    ),
+    (
         "unexpected_caller_learned.toml",
         include_str!("../rules/unexpected_caller_learned.toml"),
     ),
@@ -193,6 +197,12 @@ pub struct RuleFile {
     // allowlist
     pub caller_field: Option<Spanned<String>>,
     pub callee_field: Option<Spanned<String>>,
+    pub caller_namespace_field: Option<Spanned<String>>,
+    pub callee_namespace_field: Option<Spanned<String>>,
+    pub port_field: Option<Spanned<String>>,
+    /// Which edges of the graph the rule checks: `authz` (edges of that kind or of none) or
+    /// `flow` (flow edges only: a graph of principals says nothing about connections).
+    pub edge_kind: Option<Spanned<String>>,
     pub method_field: Option<Spanned<String>>,
     pub path_field: Option<Spanned<String>>,
     pub policy_file: Option<Spanned<String>>,
@@ -708,6 +718,22 @@ pub fn compile(
             if let Some(o) = allow_override {
                 edges = o.to_vec();
             }
+            if let Some(kind) = &rf.edge_kind {
+                match kind.get_ref().as_str() {
+                    "authz" => edges.retain(|e| e.kind.as_deref().is_none_or(|k| k == "authz")),
+                    "flow" => edges.retain(|e| e.kind.as_deref() == Some("flow")),
+                    other => {
+                        return Err(cx.err(
+                            kind.span(),
+                            format!("edge_kind {other:?}: `authz` or `flow`"),
+                        ));
+                    }
+                }
+            }
+            // A rule about flows is quiet while the graph declares none (it would call every
+            // connection undeclared).
+            let quiet =
+                rf.edge_kind.as_ref().is_some_and(|k| k.get_ref() == "flow") && edges.is_empty();
             let al = Allowlist::new(AllowlistSpec {
                 filter: filter()?,
                 fields: EdgeFields {
@@ -715,11 +741,15 @@ pub fn compile(
                     callee: fld(&rf.callee_field, "callee_principal")?,
                     method: opt(&rf.method_field)?,
                     path: opt(&rf.path_field)?,
+                    caller_namespace: opt(&rf.caller_namespace_field)?,
+                    callee_namespace: opt(&rf.callee_namespace_field)?,
+                    port: opt(&rf.port_field)?,
                 },
                 edges,
                 suppress_ns,
                 allowed_lateness_ns,
                 max_groups,
+                quiet,
             })
             .map_err(|e| cx.err(k.span(), e))?;
             Kind::Allowlist(al)

@@ -1,0 +1,154 @@
+//! The declared graph from the mesh's own policies, end to end: the Cilium Star Wars demo's
+//! manifests and policies (`../shared/data/policies`) as `detect.policy_dir`, Hubble flows
+//! through the real Tansu broker into `vigil serve`: a connection the network let through but
+//! the policies do not declare (xwing → deathstar) alerts; the declared one (tiefighter →
+//! deathstar:80, `POST /v1/request-landing`) does not. And `vigil policy import` writes the
+//! graph and says what it left out.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vigil_detect::alerts::{latest, read_revisions};
+
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/policies")
+}
+
+/// A Hubble flow (the exporter's shape) from `src` to `dst` pod on `port`; `l7`: an HTTP
+/// request seen by Cilium's proxy.
+fn flow(n: usize, src: &str, dst: &str, port: u16, verdict: &str, l7: Option<(&str, &str)>) -> Rec {
+    let t = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.9fZ");
+    let l7 = l7
+        .map(|(m, p)| {
+            format!(
+                r#","Type":"L7","l7":{{"type":"REQUEST","http":{{"method":"{m}","url":"http://deathstar.default.svc.cluster.local{p}"}}}}"#
+            )
+        })
+        .unwrap_or_default();
+    let v = format!(
+        r#"{{"flow":{{"time":"{t}","uuid":"f-{n}","verdict":"{verdict}","IP":{{"source":"10.244.1.{}","destination":"10.244.1.5","ipVersion":"IPv4"}},"l4":{{"TCP":{{"source_port":{},"destination_port":{port}}}}},"source":{{"namespace":"default","pod_name":"{src}"}},"destination":{{"namespace":"default","pod_name":"{dst}"}},"is_reply":false{l7}}},"node_name":"kind-worker","time":"{t}"}}"#,
+        60 + n % 3,
+        40000 + n
+    );
+    Rec {
+        partition: 0,
+        key: Some(src.as_bytes().to_vec()),
+        value: Some(v.into_bytes()),
+        headers: Vec::new(),
+    }
+}
+
+#[test]
+fn policy_import_writes_the_graph_and_says_what_it_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("graph.toml");
+    // In the demo's order: the manifests, the L3/L4 policy, then the L7 one of the same name
+    // in its place (a directory is read in name order).
+    let p = policies();
+    let run = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["--log-format", "json", "policy", "import"])
+        .arg(p.join("cilium_http_sw_app.yaml"))
+        .arg(p.join("cilium_sw_l3_l4_policy.yaml"))
+        .arg(p.join("cilium_sw_l3_l4_l7_policy.yaml"))
+        .arg(p.join("k8s_networkpolicy_example.yaml"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let graph = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        graph.contains("CiliumNetworkPolicy default/rule1"),
+        "{graph}"
+    );
+    assert!(
+        graph.contains(r#"paths = ["/v1/request-landing"]"#),
+        "{graph}"
+    );
+    assert!(graph.contains(r#"callee = "deathstar-*""#), "{graph}");
+    assert!(
+        !graph.contains("xwing"),
+        "xwing is outside the graph: {graph}"
+    );
+    assert!(stderr.contains("ipBlock"), "{stderr}");
+    assert!(stderr.contains("replaces"), "{stderr}");
+}
+
+#[test]
+fn a_connection_the_policies_do_not_declare_alerts_and_a_declared_one_does_not() {
+    let broker = Broker::start();
+    broker.create_topic("flows", 1);
+    broker.create_topic("vigil.checkpoints", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let config = tmp.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[detect]\npolicy_dir = {:?}\nalert_flush_ms = 200\nstate_interval_ms = 500\n",
+            policies().display().to_string()
+        ),
+    )
+    .unwrap();
+    let deathstar = "deathstar-7848d6c4d5-th9v2";
+    let mut recs = Vec::new();
+    for n in 0..20 {
+        // The declared edge, at L4 and at L7.
+        recs.push(flow(n, "tiefighter", deathstar, 80, "FORWARDED", None));
+        recs.push(flow(
+            100 + n,
+            "tiefighter",
+            deathstar,
+            80,
+            "FORWARDED",
+            Some(("POST", "/v1/request-landing")),
+        ));
+    }
+    // A lax policy let xwing through: allowed, not declared.
+    for n in 0..3 {
+        recs.push(flow(200 + n, "xwing", deathstar, 80, "FORWARDED", None));
+    }
+    // Dropped by the policy: enforced, not "allowed but undeclared".
+    recs.push(flow(300, "xwing", deathstar, 80, "DROPPED", None));
+    let total = recs.len() as u64;
+    let s = serve(&broker, "flows", &dir, "g-policy", &[], Some(&config));
+    produce(&broker.producer(), "flows", &recs);
+    wait_stored(&[&s], &dir, total, Duration::from_secs(60));
+    let expected: BTreeSet<(String, String)> = [(
+        "vigil.unexpected_flow.declared".to_owned(),
+        format!("{deathstar} xwing"),
+    )]
+    .into_iter()
+    .collect();
+    let summary = || -> BTreeSet<(String, String)> {
+        read_revisions(&dir)
+            .map(latest)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                let key: Vec<String> = a
+                    .group_key
+                    .values()
+                    .map(|v| v.clone().unwrap_or_default())
+                    .collect();
+                (a.rule_id.clone(), key.join(" "))
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    while !expected.is_subset(&summary()) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Time for anything extra to show up.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, log) = s.stop();
+    assert!(ok, "serve failed: {log}");
+    assert!(log.contains("policy graph imported"), "{log}");
+    assert_eq!(summary(), expected, "{log}");
+}
