@@ -679,11 +679,37 @@ impl Engine {
                 }
             }
         }
+        self.judge_due(now_ns);
+    }
+
+    /// Let rules that wait for the watermark (absence) decide what it has passed.
+    fn judge_due(&mut self, now_ns: i64) {
+        let w = self.clocks.watermark_ns();
+        let Engine {
+            rules, logs, book, ..
+        } = self;
+        for (r, rule) in rules.iter_mut().enumerate() {
+            for d in rule.kind.due(w) {
+                let fields = rule.kind.group_fields();
+                match d {
+                    crate::absence::Due::Fired(hit) => {
+                        let row = crate::row::OwnedRow::from_key(fields, &hit.key);
+                        let evidence = evidence(logs, &hit.evidence, &|_| None);
+                        book.fire(r, &rule.meta, fields, &row, hit, now_ns, evidence);
+                    }
+                    crate::absence::Due::Updated { key, count, ev } => {
+                        let row = crate::row::OwnedRow::from_key(fields, &key);
+                        book.update(r, fields, &row, count, ev);
+                    }
+                }
+            }
+        }
     }
 
     /// Evaluate one event given as a row, at once (rule tests, replays of loose events).
     pub fn observe_row(&mut self, row: &impl Row, ev: EvRef, now_ns: i64) {
         self.clocks.raise(ev.time_ns);
+        self.judge_due(now_ns);
         let Engine {
             rules, logs, book, ..
         } = self;

@@ -13,6 +13,7 @@
 //! **Not for:** the store's file format (Vigil's own log is written through the store),
 //! decoding, authenticating who asks for a lifecycle change (the caller names them).
 
+pub mod absence;
 pub mod alerts;
 pub mod allowlist;
 pub mod deliver;

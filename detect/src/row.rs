@@ -37,6 +37,31 @@ impl OwnedRow {
         Ok(r)
     }
 
+    /// The row a group key stands for: each group-by field with its key value (a group judged
+    /// without an event of its own, by the watermark).
+    pub fn from_key(fields: &crate::group::GroupBy, key: &[Option<String>]) -> OwnedRow {
+        let mut r = OwnedRow::default();
+        for ((_, f), v) in fields.iter().zip(key) {
+            let Some(v) = v else { continue };
+            match f.ty {
+                FieldType::Str => {
+                    r.strs.insert(f.column, v.clone());
+                }
+                FieldType::Int => {
+                    if let Ok(i) = v.parse() {
+                        r.ints.insert(f.column, i);
+                    }
+                }
+                FieldType::Bool => {
+                    if let Ok(b) = v.parse() {
+                        r.bools.insert(f.column, b);
+                    }
+                }
+            }
+        }
+        r
+    }
+
     /// From `field = "text"` pairs (unit tests).
     pub fn of(pairs: &[(&str, &str)]) -> OwnedRow {
         let values: Vec<(&str, serde_json::Value)> = pairs

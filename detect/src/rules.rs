@@ -90,6 +90,10 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../rules/admin_port_new_edge.toml"),
     ),
     (
+        "sidecar_bypass.toml",
+        include_str!("../rules/sidecar_bypass.toml"),
+    ),
+    (
         "telemetry_offset_gap.toml",
         include_str!("../rules/telemetry_offset_gap.toml"),
     ),
@@ -139,6 +143,7 @@ pub enum KindName {
     FirstSeen,
     Sequence,
     RateSpike,
+    Absence,
 }
 
 impl KindName {
@@ -150,6 +155,7 @@ impl KindName {
             KindName::FirstSeen => "first_seen",
             KindName::Sequence => "sequence",
             KindName::RateSpike => "rate_spike",
+            KindName::Absence => "absence",
         }
     }
 }
@@ -215,6 +221,10 @@ pub struct RuleFile {
     pub first: Option<Spanned<String>>,
     pub first_count: Option<Spanned<u64>>,
     pub then: Option<Spanned<String>>,
+    // absence (the trigger is `filter`)
+    pub expect: Option<Spanned<String>>,
+    pub within: Option<Spanned<String>>,
+    pub protected_by: Option<Spanned<Vec<String>>>,
     /// The `first` events must be a run: a `then` event that does not complete the sequence
     /// ends it (a success after one-off failures is normal).
     pub consecutive: Option<Spanned<bool>>,
@@ -324,6 +334,7 @@ pub enum Kind {
     FirstSeen(FirstSeen),
     Sequence(Sequence),
     RateSpike(RateSpike),
+    Absence(crate::absence::Absence),
 }
 
 macro_rules! each {
@@ -335,6 +346,7 @@ macro_rules! each {
             Kind::FirstSeen($r) => $e,
             Kind::Sequence($r) => $e,
             Kind::RateSpike($r) => $e,
+            Kind::Absence($r) => $e,
         }
     };
 }
@@ -368,6 +380,7 @@ impl Kind {
             Kind::FirstSeen(r) => &r.spec.group_by,
             Kind::Sequence(r) => &r.spec.group_by,
             Kind::RateSpike(r) => &r.spec.group_by,
+            Kind::Absence(r) => &r.spec.group_by,
         }
     }
 
@@ -393,6 +406,14 @@ impl Kind {
                 .started_ns
                 .is_none_or(|s| r.st.clock.newest_ns < s.saturating_add(r.spec.learn_ns)),
             _ => false,
+        }
+    }
+
+    /// What the watermark decided (absence rules: triggers whose companion never came).
+    pub fn due(&mut self, watermark_ns: i64) -> Vec<crate::absence::Due> {
+        match self {
+            Kind::Absence(r) => r.due(watermark_ns),
+            _ => Vec::new(),
         }
     }
 
@@ -440,6 +461,10 @@ impl Kind {
         let by = self.group_fields().clone();
         match self {
             Kind::FirstSeen(r) => r.started_ns = load(&mut r.st, &by, v)?,
+            Kind::Absence(r) => {
+                load(&mut r.st, &by, v)?;
+                r.rebuild_due();
+            }
             _ => {
                 each!(self, r => load(&mut r.st, &by, v)?);
             }
@@ -783,6 +808,22 @@ pub fn compile(
                 max_groups,
             }))
         }
+        KindName::Absence => {
+            needs_group("absence")?;
+            Kind::Absence(crate::absence::Absence::new(crate::absence::AbsenceSpec {
+                trigger: filter()?,
+                expect: cx.filter(cx.need(&rf.expect, "expect", k)?)?,
+                group_by: group_by.clone(),
+                within_ns: cx.dur(cx.need(&rf.within, "within", k)?)?,
+                protected_by: match &rf.protected_by {
+                    Some(p) => cx.group_by(p)?,
+                    None => Vec::new(),
+                },
+                suppress_ns,
+                allowed_lateness_ns,
+                max_groups,
+            }))
+        }
         KindName::RateSpike => {
             needs_group("rate_spike")?;
             let baseline = rf.baseline_buckets.as_ref().map_or(60, |b| *b.get_ref());
@@ -942,10 +983,16 @@ mod tests {
         let src = sources(None, true).unwrap();
         let loaded = load(&src, &Defaults::default());
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        // Without an allowlist the declared unexpected-caller rule is off, the learned one on.
-        assert_eq!(loaded.rules.len(), DEFAULT_PACK.len() - 1);
-        assert_eq!(loaded.inactive.len(), 1);
-        assert_eq!(loaded.inactive[0].0, "vigil.unexpected_caller.declared");
+        // Without an allowlist the declared rules (calls, flows) are off, the learned one on.
+        assert_eq!(loaded.rules.len(), DEFAULT_PACK.len() - 2);
+        let inactive: Vec<&str> = loaded.inactive.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            inactive,
+            [
+                "vigil.unexpected_caller.declared",
+                "vigil.unexpected_flow.declared"
+            ]
+        );
         let with_graph = Defaults {
             allowlist: Some(PolicyGraph::default()),
             ..Defaults::default()

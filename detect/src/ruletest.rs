@@ -119,6 +119,18 @@ pub fn run(sources: &[Source], d: &Defaults) -> Vec<TestResult> {
                         time_ns,
                         leaf: [0; 32],
                     };
+                    // A test's events come in time order: each one's time is the watermark,
+                    // and what waited for it (absence rules) is decided first.
+                    for d in rule.kind.due(time_ns) {
+                        if let crate::absence::Due::Fired(h) = d {
+                            keys.push(
+                                h.key
+                                    .into_iter()
+                                    .map(Option::unwrap_or_default)
+                                    .collect::<Vec<_>>(),
+                            );
+                        }
+                    }
                     let o = match &input {
                         Input::Fields(r) => rule.kind.observe(r, ev),
                         Input::Raw(b) => {

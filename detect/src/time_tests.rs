@@ -154,6 +154,24 @@ impl Part {
         }
         self.batch.cut().unwrap().unwrap()
     }
+
+    /// Records given as JSON with their Kafka timestamps (ns), as one piece.
+    fn raw_piece(&mut self, values: &[(String, i64)]) -> Piece {
+        for (v, t) in values {
+            let rec = RecordRef {
+                topic: &self.topic,
+                partition: self.partition,
+                offset: self.next,
+                timestamp_ms: Some(t / 1_000_000),
+                key: None,
+                value: Some(v.as_bytes()),
+                headers: &[],
+            };
+            self.batch.append(&rec, &Decoder::default(), *t).unwrap();
+            self.next += 1;
+        }
+        self.batch.cut().unwrap().unwrap()
+    }
 }
 
 /// What an alert says that does not depend on where its events were stored.
@@ -477,4 +495,82 @@ forget = "30d"
     .unwrap();
     e.drain(now);
     assert_eq!(learning(&e), (false, Some(T0 + 3600 * S)));
+}
+
+fn ts(t: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(t).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// A Hubble flow from pod `src` at `src_ip` to `dst_ip`:8080, allowed.
+fn hubble(n: usize, src: &str, src_ip: &str, dst_ip: &str, t: i64) -> (String, i64) {
+    (
+        format!(
+            r#"{{"flow":{{"time":"{}","uuid":"f{n}","verdict":"FORWARDED","IP":{{"source":"{src_ip}","destination":"{dst_ip}"}},"l4":{{"TCP":{{"source_port":{},"destination_port":8080}}}},"source":{{"namespace":"shop","pod_name":"{src}"}},"destination":{{"namespace":"shop","pod_name":"orders-1"}},"is_reply":false}}}}"#,
+            ts(t),
+            40000 + n
+        ),
+        t,
+    )
+}
+
+/// An OPA (Envoy ext_authz) decision from `src_ip` to `dst_ip`:8080.
+fn decision(n: usize, src_ip: &str, dst_ip: &str, t: i64) -> (String, i64) {
+    (
+        format!(
+            r#"{{"decision_id":"d{n}","result":true,"timestamp":"{}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{src_ip}","portValue":41000}}}}}},"destination":{{"address":{{"socketAddress":{{"address":"{dst_ip}","portValue":8080}}}}}},"request":{{"http":{{"method":"GET","path":"/","host":"orders"}}}}}}}}}}"#,
+            ts(t)
+        ),
+        t,
+    )
+}
+
+#[test]
+fn a_flow_whose_decision_comes_from_another_partition_is_no_bypass_and_one_without_is() {
+    let bypass = crate::rules::DEFAULT_PACK
+        .iter()
+        .find(|(n, _)| *n == "sidecar_bypass.toml")
+        .map(|(_, t)| *t)
+        .unwrap();
+    let mut e = engine_with(&[("bypass.toml", bypass)], TimeConfig::default());
+    let now = T0 + 3600 * S;
+    e.expect_log("mesh/0", now);
+    e.expect_log("mesh/1", now);
+    let mut flows = Part::new("mesh", 0);
+    let mut decisions = Part::new("mesh", 1);
+    // The flows come first (partition 0 is read ahead); the decisions for the frontend's
+    // calls are on partition 1, read after — within 5 s of their flows in event time.
+    let f: Vec<(String, i64)> = (0..5)
+        .map(|i| hubble(i, "frontend-1", "10.0.1.10", "10.0.2.10", T0 + i as i64 * S))
+        .chain([hubble(9, "xwing", "10.0.5.66", "10.0.2.10", T0 + 3 * S)])
+        .collect();
+    e.observe(&flows.raw_piece(&f), now).unwrap();
+    let d: Vec<(String, i64)> = (0..5)
+        .map(|i| decision(i, "10.0.1.10", "10.0.2.10", T0 + i as i64 * S + S / 2))
+        .collect();
+    e.observe(&decisions.raw_piece(&d), now).unwrap();
+    // Time moves on in both logs.
+    e.observe(
+        &flows.raw_piece(&[hubble(
+            20,
+            "frontend-1",
+            "10.0.1.10",
+            "10.0.9.9",
+            T0 + 30 * S,
+        )]),
+        now,
+    )
+    .unwrap();
+    e.observe(
+        &decisions.raw_piece(&[decision(20, "10.0.1.10", "10.0.2.10", T0 + 31 * S)]),
+        now,
+    )
+    .unwrap();
+    let got = e.take_pending();
+    let bypasses: Vec<String> = got
+        .iter()
+        .filter(|a| a.rule_id == "vigil.enforcement_gap.sidecar_bypass")
+        .map(|a| format!("{:?}", a.group_key))
+        .collect();
+    assert_eq!(bypasses.len(), 1, "{got:#?}");
+    assert!(bypasses[0].contains("10.0.5.66"), "{bypasses:?}");
 }

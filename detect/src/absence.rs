@@ -1,0 +1,340 @@
+//! The absence rule kind: an event (the *trigger*) that should come with another (the
+//! *expected*) from the same group within a time, and did not — decided by the watermark, not
+//! by a timer. An allowed L4 flow to a mesh-protected port with no L7 decision (OPA, Envoy)
+//! for the same source and destination within a few seconds: the traffic bypassed the
+//! sidecar or the policy engine.
+//!
+//! A trigger is satisfied by an expected event of its group within `within` before or after
+//! it. It is judged only once the watermark has passed `trigger + within`, so an expected event
+//! that arrives later from another partition still counts. Bounded: per group at most
+//! [`MAX_PENDING`] triggers wait (more are counted, not kept) and the newest [`MAX_EXPECTED`]
+//! expected times are kept.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::filter::{Filter, Row};
+use crate::group::{GroupBy, Key, Open, State};
+use crate::hit::{EvRef, Hit, Outcome, newest};
+
+/// Triggers waiting per group, at most.
+pub const MAX_PENDING: usize = 64;
+/// Expected-event times kept per group.
+pub const MAX_EXPECTED: usize = 8;
+
+#[derive(Debug)]
+pub struct AbsenceSpec {
+    /// The events that need a companion.
+    pub trigger: Filter,
+    /// The companion events.
+    pub expect: Filter,
+    /// Trigger and companion belong together when these fields are equal.
+    pub group_by: GroupBy,
+    /// How far apart (either way) a companion may be.
+    pub within_ns: i64,
+    /// Judge a trigger only if some companion was ever seen for these fields' values (its
+    /// destination, say): a destination the policy engine never decided on is not protected,
+    /// and traffic to it bypasses nothing. Empty: judge every trigger.
+    pub protected_by: GroupBy,
+    pub suppress_ns: i64,
+    pub allowed_lateness_ns: i64,
+    pub max_groups: usize,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Group {
+    /// Newest expected-event times, ascending.
+    expected: VecDeque<i64>,
+    /// Triggers not yet matched, ascending.
+    pending: VecDeque<EvRef>,
+    open: Open,
+}
+
+crate::has_open!(Group);
+
+/// What the watermark decided for one group.
+#[derive(Debug, PartialEq)]
+pub enum Due {
+    Fired(Hit),
+    /// The group's open alert counts these events more.
+    Updated {
+        key: Key,
+        count: u64,
+        ev: EvRef,
+    },
+}
+
+#[derive(Debug)]
+pub struct Absence {
+    pub(crate) spec: AbsenceSpec,
+    pub(crate) st: State<Group>,
+    /// (deadline, group) of every pending trigger, in deadline order (events come in
+    /// event-time order, so deadlines do too; a late one is inserted in place).
+    due: VecDeque<(i64, Key)>,
+    /// Triggers not kept because their group already had [`MAX_PENDING`] waiting.
+    pub dropped: u64,
+    /// Hashes of the `protected_by` values companions were seen for (bounded by
+    /// `max_groups`; relearned after a restart).
+    protected: std::collections::HashSet<u64>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Absence {
+    pub fn new(spec: AbsenceSpec) -> Absence {
+        assert!(spec.within_ns > 0 && spec.max_groups >= 1);
+        Absence {
+            st: State::new(spec.max_groups, spec.allowed_lateness_ns),
+            spec,
+            due: VecDeque::new(),
+            dropped: 0,
+            protected: Default::default(),
+            hasher: foldhash::fast::FixedState::with_seed(0x0061_6273_656e_6365),
+        }
+    }
+
+    fn protected_hash(&self, row: &impl Row) -> u64 {
+        crate::group::hash(&self.spec.protected_by, row, &self.hasher)
+    }
+
+    pub fn groups(&self) -> usize {
+        self.st.groups.len()
+    }
+
+    pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
+        let t = ev.time_ns;
+        let is_expect = self.spec.expect.matches(row);
+        let is_trigger = !is_expect && self.spec.trigger.matches(row);
+        if !is_expect && !is_trigger {
+            return Outcome::Nothing;
+        }
+        let guarded = !self.spec.protected_by.is_empty();
+        if guarded {
+            let h = self.protected_hash(row);
+            if is_expect {
+                if self.protected.len() < self.spec.max_groups {
+                    self.protected.insert(h);
+                }
+            } else if !self.protected.contains(&h) {
+                return Outcome::Nothing;
+            }
+        }
+        self.st.matched(t);
+        let within = self.spec.within_ns;
+        let (key, g) = self
+            .st
+            .groups
+            .entry(&self.spec.group_by, row, Group::default);
+        if is_expect {
+            let at = g.expected.partition_point(|&x| x <= t);
+            g.expected.insert(at, t);
+            if g.expected.len() > MAX_EXPECTED {
+                g.expected.pop_front();
+            }
+            g.pending.retain(|p| (p.time_ns - t).abs() > within);
+        } else if g.expected.iter().any(|&x| (x - t).abs() <= within) {
+            // Its companion came first.
+        } else if g.pending.len() >= MAX_PENDING {
+            self.dropped += 1;
+        } else {
+            let at = g.pending.partition_point(|p| p.time_ns <= t);
+            g.pending.insert(at, ev);
+            let deadline = t.saturating_add(within);
+            let at = self.due.partition_point(|(d, _)| *d <= deadline);
+            self.due.insert(at, (deadline, key.clone()));
+        }
+        Outcome::Nothing
+    }
+
+    /// Judge the triggers whose time to find a companion ended before `watermark_ns` (every
+    /// event before it has been evaluated).
+    pub fn due(&mut self, watermark_ns: i64) -> Vec<Due> {
+        let mut out = Vec::new();
+        let (within, suppress) = (self.spec.within_ns, self.spec.suppress_ns);
+        while self.due.front().is_some_and(|(d, _)| *d < watermark_ns) {
+            let Some((_, key)) = self.due.pop_front() else {
+                break;
+            };
+            let Some(g) = self.st.groups.get_by_key_mut(&self.spec.group_by, &key) else {
+                continue; // evicted or expired
+            };
+            let unmatched: Vec<EvRef> = {
+                let n = g
+                    .pending
+                    .iter()
+                    .take_while(|p| p.time_ns.saturating_add(within) < watermark_ns)
+                    .count();
+                g.pending.drain(..n).collect()
+            };
+            let Some(last) = unmatched.last().copied() else {
+                continue; // matched meanwhile, or judged with an earlier entry
+            };
+            let mut updated = None;
+            for ev in &unmatched {
+                if let Some(n) = g.open.absorb(ev.time_ns, within, suppress) {
+                    updated = Some((n, *ev));
+                }
+            }
+            if let Some((count, ev)) = updated {
+                out.push(Due::Updated {
+                    key: key.clone(),
+                    count,
+                    ev,
+                });
+                continue;
+            }
+            let first = unmatched[0].time_ns;
+            g.open.fire(last.time_ns, unmatched.len() as u64);
+            self.st.counters.fired += 1;
+            out.push(Due::Fired(Hit {
+                key,
+                first_ns: first,
+                last_ns: last.time_ns,
+                count: unmatched.len() as u64,
+                detail: vec![format!(
+                    "no companion event within {} s",
+                    within as f64 / 1e9
+                )],
+                evidence: newest(unmatched),
+            }));
+        }
+        out
+    }
+
+    /// Forget groups with nothing pending, no recent companion and no open alert.
+    pub fn expire(&mut self) {
+        let horizon = self.st.clock.watermark();
+        let (within, suppress) = (self.spec.within_ns, self.spec.suppress_ns);
+        self.st.groups.retain(|g| {
+            !g.pending.is_empty()
+                || g.expected
+                    .back()
+                    .is_some_and(|&x| x.saturating_add(within) > horizon)
+                || g.open.is_open(horizon, suppress)
+        });
+    }
+
+    /// After a restore: the deadlines of the groups' pending triggers.
+    pub fn rebuild_due(&mut self) {
+        let within = self.spec.within_ns;
+        let mut due: Vec<(i64, Key)> = self
+            .st
+            .groups
+            .entries()
+            .flat_map(|e| {
+                e.state
+                    .pending
+                    .iter()
+                    .map(move |p| (p.time_ns.saturating_add(within), e.key.clone()))
+            })
+            .collect();
+        due.sort();
+        self.due = due.into();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::field;
+    use crate::hit::at;
+    use crate::row::OwnedRow;
+
+    const S: i64 = 1_000_000_000;
+
+    fn rule() -> Absence {
+        Absence::new(AbsenceSpec {
+            trigger: Filter::parse(r#"kind == "flow""#).unwrap(),
+            expect: Filter::parse(r#"kind == "authz""#).unwrap(),
+            group_by: vec![
+                ("caller_ip".into(), field("caller_ip").unwrap()),
+                ("callee_ip".into(), field("callee_ip").unwrap()),
+            ],
+            within_ns: 5 * S,
+            protected_by: Vec::new(),
+            suppress_ns: 600 * S,
+            allowed_lateness_ns: 30 * S,
+            max_groups: 100,
+        })
+    }
+
+    fn ev(kind: &str, src: &str) -> OwnedRow {
+        OwnedRow::of(&[
+            ("kind", kind),
+            ("caller_ip", src),
+            ("callee_ip", "10.0.0.9"),
+        ])
+    }
+
+    #[test]
+    fn a_flow_with_its_decision_either_side_is_quiet_and_one_without_fires_once_the_watermark_passes()
+     {
+        let mut r = rule();
+        // Decision first, flow 2 s later: matched.
+        r.observe(&ev("authz", "10.1.0.1"), at(0));
+        r.observe(&ev("flow", "10.1.0.1"), at(2 * S));
+        // Flow first, its decision 4 s later (read from another partition): matched.
+        r.observe(&ev("flow", "10.1.0.2"), at(10 * S));
+        r.observe(&ev("authz", "10.1.0.2"), at(14 * S));
+        // A flow nobody decided on.
+        r.observe(&ev("flow", "10.6.6.6"), at(20 * S));
+        r.observe(&ev("flow", "10.6.6.6"), at(21 * S));
+        // Not yet: its companion may still come (the watermark is before 25 s).
+        assert!(r.due(24 * S).is_empty());
+        let d = r.due(27 * S);
+        assert_eq!(d.len(), 1, "{d:?}");
+        let Due::Fired(h) = &d[0] else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            h.key,
+            vec![Some("10.6.6.6".into()), Some("10.0.0.9".into())]
+        );
+        assert_eq!((h.first_ns, h.last_ns, h.count), (20 * S, 21 * S, 2));
+        // More of the same later: the open alert is updated, not raised again.
+        r.observe(&ev("flow", "10.6.6.6"), at(40 * S));
+        assert!(matches!(r.due(50 * S)[..], [Due::Updated { count: 3, .. }]));
+        assert_eq!(r.st.counters.fired, 1);
+    }
+
+    #[test]
+    fn with_protected_by_only_destinations_the_policy_engine_decides_on_are_judged() {
+        let mut r = rule();
+        r.spec.protected_by = vec![("callee_ip".into(), field("callee_ip").unwrap())];
+        let to = |kind: &str, src: &str, dst: &str| {
+            OwnedRow::of(&[("kind", kind), ("caller_ip", src), ("callee_ip", dst)])
+        };
+        // Nobody ever decided on 10.0.0.50: flows to it are not judged.
+        r.observe(&to("flow", "10.1.0.1", "10.0.0.50"), at(0));
+        // 10.0.0.9 is protected once one decision about it was seen…
+        r.observe(&to("authz", "10.1.0.2", "10.0.0.9"), at(S));
+        // …so a flow to it with no decision is a bypass.
+        r.observe(&to("flow", "10.6.6.6", "10.0.0.9"), at(2 * S));
+        let d = r.due(60 * S);
+        assert!(
+            matches!(&d[..], [Due::Fired(h)] if h.key[0].as_deref() == Some("10.6.6.6")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn pending_triggers_are_bounded_and_survive_a_restore() {
+        let mut r = rule();
+        for i in 0..(MAX_PENDING as i64 + 10) {
+            r.observe(&ev("flow", "10.6.6.7"), at(i * S / 100));
+        }
+        assert_eq!(r.dropped, 10);
+        let saved = serde_json::to_string(&r.st.groups.entries().collect::<Vec<_>>()).unwrap();
+        let mut back = rule();
+        back.st.groups.restore(
+            &back.spec.group_by.clone(),
+            serde_json::from_str(&saved).unwrap(),
+        );
+        back.rebuild_due();
+        let d = back.due(100 * S);
+        assert!(
+            matches!(&d[..], [Due::Fired(h)] if h.count == MAX_PENDING as u64),
+            "{d:?}"
+        );
+    }
+}
