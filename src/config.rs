@@ -139,6 +139,9 @@ pub struct DetectConfig {
     /// Events waiting for the watermark at most; past it the oldest are evaluated anyway
     /// (counted: `vigil_detect_forced_total`).
     pub max_buffered_events: usize,
+    /// Alerts about the same subject (principal, else address) whose events lie within this
+    /// of each other are one incident (`incident_id`; the `incidents` SQL view).
+    pub incident_window_ms: u64,
     /// Groups each rule keeps at most (the least recently seen are evicted, and counted).
     /// Rules may set their own.
     pub max_groups_per_rule: usize,
@@ -164,6 +167,7 @@ impl Default for DetectConfig {
             max_future_skew_ms: 300_000,
             idle_source_ms: 1_000,
             max_buffered_events: 200_000,
+            incident_window_ms: 1_800_000,
             max_groups_per_rule: 100_000,
             queue_depth: 16,
             alert_flush_ms: 1000,

@@ -28,6 +28,11 @@ pub fn time_config(d: &DetectConfig) -> anyhow::Result<vigil_detect::time::TimeC
     })
 }
 
+/// `detect.incident_window_ms` in ns.
+pub fn incident_window_ns(d: &DetectConfig) -> anyhow::Result<i64> {
+    Ok(i64::try_from(d.incident_window_ms)?.saturating_mul(1_000_000))
+}
+
 /// The engine defaults from the configuration (reads the allowlist file if one is set).
 pub fn defaults(d: &DetectConfig) -> anyhow::Result<Defaults> {
     let mut allowlist = match nonempty(&d.allowlist_file) {
@@ -216,7 +221,8 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("opening the store at {}", data_dir.display()))?;
             let loaded = load(&d)?;
             let mut engine = Engine::new(loaded.rules.into_iter().map(|(r, _)| r).collect())
-                .with_time(time_config(&d)?);
+                .with_time(time_config(&d)?)
+                .with_incident_window(incident_window_ns(&d)?);
             let from = from
                 .as_deref()
                 .map(parse_time)

@@ -129,6 +129,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                     vigil_detect::run::AnchorFn(Arc::new(move |o: &str, n: &[u8]| p.publish(o, n)))
                 }),
                 time: crate::rules_cmd::time_config(&cfg.detect)?,
+                incident_window_ns: crate::rules_cmd::incident_window_ns(&cfg.detect)?,
             },
             rules,
             rx,

@@ -100,6 +100,8 @@ fn alert(id: &str, rev: i64, severity: &str) -> Alert {
         event_count: 50,
         detail: vec![],
         evidence: vec![],
+        incident_id: None,
+        incident_subject: None,
     }
 }
 

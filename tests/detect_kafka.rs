@@ -390,6 +390,20 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
     assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 6);
     let (ok, out) = vigil(&["alerts", "--data-dir", dir.to_str().unwrap()]);
     assert!(ok && out.contains("7 alert(s)"), "{out}");
+    // One incident per attacker: the compromised frontend's probing and its denial burst are
+    // one (two rules, the higher severity), every other attack its own.
+    let b = sql(&dir, "SELECT count(*) FROM incidents");
+    assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 6);
+    let b = sql(
+        &dir,
+        &format!(
+            "SELECT alerts, rules, severity FROM incidents WHERE subject = 'principal:{FRONTEND}'"
+        ),
+    );
+    assert_eq!(b[0].num_rows(), 1);
+    assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 2);
+    assert_eq!(b[0].column(1).as_primitive::<Int64Type>().value(0), 2);
+    assert_eq!(b[0].column(2).as_string::<i32>().value(0), "high");
 
     // Restart with the state: one more stuffing attempt updates the open alert.
     let ids: BTreeMap<String, i64> = first

@@ -63,6 +63,13 @@ pub struct Alert {
     pub event_count: i64,
     pub detail: Vec<String>,
     pub evidence: Vec<Evidence>,
+    /// The incident it belongs to: alerts about the same subject within the incident window
+    /// (`detect.incident_window_ms`) share one (the `incidents` SQL view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident_id: Option<String>,
+    /// Who the incident is about: `principal:…`, `ip:…` or `log:topic/partition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident_subject: Option<String>,
 }
 
 /// Where an alert is in its lifecycle: open → acknowledged → resolved, or suppressed (no
@@ -124,6 +131,8 @@ pub fn alert_schema() -> SchemaRef {
         Field::new("event_count", DataType::Int64, false),
         Field::new("detail", DataType::Utf8, false),
         Field::new("evidence", DataType::Utf8, false),
+        Field::new("incident_id", DataType::Utf8, true),
+        Field::new("incident_subject", DataType::Utf8, true),
     ]))
 }
 
@@ -195,6 +204,12 @@ pub fn to_batch(alerts: &[Alert]) -> Result<RecordBatch, AlertError> {
         Arc::new(StringArray::from_iter_values(
             alerts.iter().map(|a| json(&a.evidence)),
         )),
+        Arc::new(StringArray::from_iter(
+            alerts.iter().map(|a| a.incident_id.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            alerts.iter().map(|a| a.incident_subject.as_deref()),
+        )),
     ];
     RecordBatch::try_new(alert_schema(), cols).map_err(fmt)
 }
@@ -265,6 +280,8 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
             .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>()),
         opt_s("status_note"),
     );
+    // Written before incidents existed: none.
+    let (inc, subj) = (opt_s("incident_id"), opt_s("incident_subject"));
     let get_s = |c: Option<&StringArray>, r: usize| {
         c.filter(|c| c.is_valid(r)).map(|c| c.value(r).to_owned())
     };
@@ -292,6 +309,8 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
                 event_count: count.value(r),
                 detail: serde_json::from_str(detail.value(r)).map_err(fmt)?,
                 evidence: serde_json::from_str(ev.value(r)).map_err(fmt)?,
+                incident_id: get_s(inc, r),
+                incident_subject: get_s(subj, r),
             })
         })
         .collect()
@@ -487,6 +506,8 @@ pub(crate) mod test_support {
                 event_time_ns: 1,
                 event_id: Some("e".into()),
             }],
+            incident_id: Some("i1".into()),
+            incident_subject: Some("ip:1.2.3.4".into()),
         }
     }
 }

@@ -358,6 +358,8 @@ pub fn undeliverable_alert(g: &GaveUp, now_ns: i64) -> Alert {
             format!("last_error={}", g.last_error),
         ],
         evidence: g.alert.evidence.clone(),
+        incident_id: None,
+        incident_subject: None,
     }
 }
 
@@ -465,9 +467,14 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
                 .iter()
                 .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("-")))
                 .collect();
+            let incident = a
+                .incident_id
+                .as_deref()
+                .map(|i| format!(" · incident `{i}`"))
+                .unwrap_or_default();
             serde_json::json!({
                 "text": format!(
-                    "*[{}] {}* — {} events, {}\nrule `{}` · alert `{}` (revision {})",
+                    "*[{}] {}* — {} events, {}\nrule `{}` · alert `{}` (revision {}){incident}",
                     a.severity.to_uppercase(),
                     a.title,
                     a.event_count,
@@ -486,7 +493,7 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
                 "source": "vigil",
                 "sourcetype": t.cfg.sourcetype,
                 "event": a,
-                "fields": { "idempotency_key": key, "rule_id": a.rule_id, "severity": a.severity },
+                "fields": { "idempotency_key": key, "rule_id": a.rule_id, "severity": a.severity, "incident_id": a.incident_id },
             })
         }
         TargetKind::Alertmanager => {
@@ -498,6 +505,11 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
             labels.insert("alertname".into(), a.rule_id.clone().into());
             labels.insert("severity".into(), a.severity.clone().into());
             labels.insert("alert_id".into(), a.alert_id.clone().into());
+            // `group_by: [incident_id]` in Alertmanager: one notification per incident, updated
+            // as its alerts come.
+            if let Some(i) = &a.incident_id {
+                labels.insert("incident_id".into(), i.clone().into());
+            }
             for (k, v) in &a.group_key {
                 labels.insert(k.clone(), v.clone().unwrap_or_default().into());
             }
@@ -823,6 +835,8 @@ mod tests {
             event_count: 20,
             detail: vec![],
             evidence: vec![],
+            incident_id: None,
+            incident_subject: None,
         }
     }
 

@@ -87,6 +87,29 @@ struct Book {
     /// replay firing its id is that alert, already dealt with) nor updated; its group's next
     /// firing is a new alert.
     lifecycle: HashMap<String, Alert>,
+    /// Per subject, its newest incident: (id, newest event time of its alerts).
+    incidents: HashMap<String, (String, i64)>,
+    /// Alerts about one subject whose events lie within this of its incident's newest share it.
+    incident_window_ns: i64,
+}
+
+/// Who an alert is about, from its group key: a principal (the caller, the user), else an
+/// address, else the partition log (alerts about a source). `None`: no subject (an alert about
+/// a node, a target): it is its own incident.
+pub fn incident_subject(group_key: &BTreeMap<String, Option<String>>) -> Option<String> {
+    let get = |k: &str| group_key.get(k).cloned().flatten();
+    for k in ["caller_principal", "caller"] {
+        if let Some(v) = get(k) {
+            return Some(format!("principal:{v}"));
+        }
+    }
+    if let Some(v) = get("caller_ip") {
+        return Some(format!("ip:{v}"));
+    }
+    match (get("kafka_topic"), get("kafka_partition")) {
+        (Some(t), Some(p)) => Some(format!("log:{t}/{p}")),
+        _ => None,
+    }
 }
 
 type GroupKey = BTreeMap<String, Option<String>>;
@@ -95,7 +118,50 @@ type GroupKey = BTreeMap<String, Option<String>>;
 type Known = (String, i64, i64);
 
 impl Book {
+    /// Put a new alert in its subject's incident (a new one past the window).
+    fn assign_incident(&mut self, a: &mut Alert) {
+        let Some(subject) = incident_subject(&a.group_key) else {
+            a.incident_id = Some(a.alert_id.clone());
+            return;
+        };
+        let window = self.incident_window_ns;
+        let id = match self.incidents.get_mut(&subject) {
+            Some((id, newest)) if a.first_event_ns <= newest.saturating_add(window) => {
+                *newest = (*newest).max(a.last_event_ns);
+                id.clone()
+            }
+            _ => {
+                let mut h = blake3::Hasher::new_derive_key("vigil 2026 incident id v1");
+                h.update(subject.as_bytes());
+                h.update(&[0]);
+                h.update(a.alert_id.as_bytes());
+                let id = h.finalize().to_hex()[..32].to_owned();
+                self.incidents
+                    .insert(subject.clone(), (id.clone(), a.last_event_ns));
+                id
+            }
+        };
+        a.incident_id = Some(id);
+        a.incident_subject = Some(subject);
+    }
+
+    /// A stored alert's incident, so that alerts raised after a restart join it.
+    fn remember_incident(&mut self, a: &Alert) {
+        if let (Some(id), Some(subject)) = (&a.incident_id, &a.incident_subject) {
+            let e = self
+                .incidents
+                .entry(subject.clone())
+                .or_insert_with(|| (id.clone(), a.last_event_ns));
+            if e.0 == *id {
+                e.1 = e.1.max(a.last_event_ns);
+            } else if a.last_event_ns > e.1 {
+                *e = (id.clone(), a.last_event_ns);
+            }
+        }
+    }
+
     fn remember(&mut self, a: &Alert) {
+        self.remember_incident(a);
         let r = self.stored.entry(a.alert_id.clone()).or_insert(0);
         if a.revision >= *r && a.status != Status::Open.as_str() {
             self.lifecycle.insert(a.alert_id.clone(), a.clone());
@@ -291,7 +357,6 @@ impl Book {
             return;
         }
         let revision = self.stored.get(&id).copied().unwrap_or(0) + 1;
-        let life = self.lifecycle.get(&id);
         let mut alert = Alert {
             alert_id: id.clone(),
             revision,
@@ -311,7 +376,13 @@ impl Book {
             event_count: i64::try_from(hit.count).unwrap_or(i64::MAX),
             detail: hit.detail,
             evidence,
+            incident_id: None,
+            incident_subject: None,
         };
+        // Stored alerts' incidents are known (`remember`): the same alert fired again by a
+        // replay lands in the incident it was in.
+        self.assign_incident(&mut alert);
+        let life = self.lifecycle.get(&id);
         if let Some(l) = life {
             alert.status.clone_from(&l.status);
             alert.status_by.clone_from(&l.status_by);
@@ -352,6 +423,8 @@ impl Engine {
                 stored: HashMap::new(),
                 known: HashMap::new(),
                 lifecycle: HashMap::new(),
+                incidents: HashMap::new(),
+                incident_window_ns: 30 * 60 * 1_000_000_000,
             },
             time: TimeConfig::default(),
             clocks: Clocks::default(),
@@ -368,6 +441,12 @@ impl Engine {
     /// How event time is judged (before the first event).
     pub fn with_time(mut self, time: TimeConfig) -> Engine {
         self.time = time;
+        self
+    }
+
+    /// Alerts about one subject within this of each other share an incident.
+    pub fn with_incident_window(mut self, window_ns: i64) -> Engine {
+        self.book.incident_window_ns = window_ns.max(0);
         self
     }
 
@@ -818,6 +897,10 @@ impl Engine {
         });
         book.stored.retain(|id, _| keep.contains(id));
         book.lifecycle.retain(|id, _| keep.contains(id));
+        // An incident no new alert can join any more.
+        let window = book.incident_window_ns;
+        book.incidents
+            .retain(|_, (_, last)| last.saturating_add(window) > newest);
     }
 
     /// Apply a lifecycle change: the alert's new revision, pending like any other (take it to

@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub anchor: Option<AnchorFn>,
     /// How event time is judged across logs.
     pub time: crate::time::TimeConfig,
+    /// Alerts about one subject within this of each other share an incident.
+    pub incident_window_ns: i64,
 }
 
 /// Counters `serve` reports.
@@ -224,7 +226,9 @@ fn restore_fresh(
     cfg: &RunConfig,
     rules: Vec<Rule>,
 ) -> Result<(Engine, bool, Vec<String>, Vec<Alert>), DetectError> {
-    let mut engine = Engine::new(rules).with_time(cfg.time);
+    let mut engine = Engine::new(rules)
+        .with_time(cfg.time)
+        .with_incident_window(cfg.incident_window_ns);
     let state = state_path(&cfg.data_dir);
     let restored = state.exists() && !engine.rules().is_empty();
     let fresh = if restored {
@@ -755,6 +759,7 @@ mod tests {
                 idle_source_ns: -1,
                 ..Default::default()
             },
+            incident_window_ns: 1_800_000_000_000,
         }
     }
 

@@ -2,6 +2,8 @@
 //! spread over partitions and interleaved; a forged future timestamp blinds nothing; backdated
 //! and lagging events are still evaluated, and said to be late.
 
+use std::collections::BTreeSet;
+
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -573,4 +575,62 @@ fn a_flow_whose_decision_comes_from_another_partition_is_no_bypass_and_one_witho
         .collect();
     assert_eq!(bypasses.len(), 1, "{got:#?}");
     assert!(bypasses[0].contains("10.0.5.66"), "{bypasses:?}");
+}
+
+#[test]
+fn alerts_about_one_subject_within_the_window_are_one_incident() {
+    let mut e = engine_with(&[], TimeConfig::default()).with_incident_window(1800 * S);
+    let now = T0 + 7200 * S;
+    let mut p = Part::new("t", 0);
+    // 10.0.0.66: denials on many paths, then allowed: burst, paths and the sequence fire.
+    let mut evs: Vec<Ev> = (0..6)
+        .map(|i| Ev {
+            path: format!("/admin/{i}"),
+            ..ev(T0 + i * S, "10.0.0.66", false, i as usize)
+        })
+        .collect();
+    evs.push(ev(T0 + 7 * S, "10.0.0.66", true, 7));
+    // 10.0.0.77: a burst of its own.
+    evs.extend((0..4).map(|i| ev(T0 + 10 * S + i * S, "10.0.0.77", false, 20 + i as usize)));
+    // 10.0.0.66 again, two hours later: a new incident.
+    evs.extend((0..4).map(|i| ev(T0 + 7200 * S + i * S, "10.0.0.66", false, 40 + i as usize)));
+    e.observe(&p.piece(&evs, None), now + 7300 * S).unwrap();
+    e.drain(now + 7300 * S);
+    let got = crate::alerts::latest(e.take_pending());
+    let of = |ip: &str| -> Vec<&Alert> {
+        got.iter()
+            .filter(|a| a.group_key["caller_ip"].as_deref() == Some(ip))
+            .collect()
+    };
+    let first: BTreeSet<Option<&str>> = of("10.0.0.66")
+        .iter()
+        .filter(|a| a.first_event_ns < T0 + 3600 * S)
+        .map(|a| a.incident_id.as_deref())
+        .collect();
+    let rules: BTreeSet<&str> = of("10.0.0.66")
+        .iter()
+        .filter(|a| a.first_event_ns < T0 + 3600 * S)
+        .map(|a| a.rule_id.as_str())
+        .collect();
+    assert_eq!(
+        rules,
+        ["p.burst", "p.paths", "p.seq"].into_iter().collect(),
+        "{got:#?}"
+    );
+    assert_eq!(first.len(), 1, "one incident: {got:#?}");
+    let later: Vec<&Alert> = of("10.0.0.66")
+        .into_iter()
+        .filter(|a| a.first_event_ns >= T0 + 3600 * S)
+        .collect();
+    // Its burst and its paths again: together, in a new incident past the window.
+    let later_incidents: BTreeSet<Option<&str>> =
+        later.iter().map(|a| a.incident_id.as_deref()).collect();
+    assert_eq!((later.len(), later_incidents.len()), (2, 1), "{later:#?}");
+    assert!(
+        first.is_disjoint(&later_incidents),
+        "past the window: a new one"
+    );
+    let other = of("10.0.0.77");
+    assert_eq!(other[0].incident_subject.as_deref(), Some("ip:10.0.0.77"));
+    assert!(!first.contains(&other[0].incident_id.as_deref()));
 }

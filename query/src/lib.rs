@@ -147,11 +147,14 @@ impl Catalog {
                     .logical_plan()
                     .clone();
                 let alert_history = ctx.table("alert_revisions").await?.logical_plan().clone();
+                ctx.register_table("alerts", view(&alerts))?;
+                let incidents = ctx.sql(INCIDENTS).await?.logical_plan().clone();
                 Ok::<_, QueryError>(Views {
                     events,
                     rejected,
                     alerts,
                     alert_history,
+                    incidents,
                 })
             })
             .await
@@ -164,7 +167,26 @@ struct Views {
     rejected: LogicalPlan,
     alerts: LogicalPlan,
     alert_history: LogicalPlan,
+    incidents: LogicalPlan,
 }
+
+/// `incidents`: the alerts (newest revisions) of each incident together — who it is about,
+/// when, how many alerts from how many rules, and a combined severity: the highest of its
+/// alerts, one level higher (up to critical) when three or more rules saw the subject.
+const INCIDENTS: &str = "SELECT incident_id, \
+     min(incident_subject) AS subject, \
+     CASE least(4, max(CASE severity WHEN 'info' THEN 0 WHEN 'low' THEN 1 WHEN 'medium' THEN 2 \
+       WHEN 'high' THEN 3 ELSE 4 END) + CASE WHEN count(DISTINCT rule_id) >= 3 THEN 1 ELSE 0 END) \
+       WHEN 0 THEN 'info' WHEN 1 THEN 'low' WHEN 2 THEN 'medium' WHEN 3 THEN 'high' \
+       ELSE 'critical' END AS severity, \
+     count(*) AS alerts, \
+     count(DISTINCT rule_id) AS rules, \
+     array_agg(DISTINCT rule_id) AS rule_ids, \
+     min(first_event_time) AS first_event_time, \
+     max(last_event_time) AS last_event_time, \
+     max(detected_at) AS updated_at, \
+     sum(CASE WHEN status IN ('open', 'acknowledged') THEN 1 ELSE 0 END) AS alerts_unresolved \
+     FROM alerts WHERE incident_id IS NOT NULL GROUP BY incident_id";
 
 /// `events` (decoded rows) and `rejected` (rows that failed to decode) over `ctx`'s `stored`.
 async fn event_views(ctx: &SessionContext) -> Result<(LogicalPlan, LogicalPlan), QueryError> {
@@ -331,6 +353,7 @@ impl Catalog {
         ctx.register_table("alert_revisions", self.alert_revisions.clone())?;
         ctx.register_table("alerts", view(&views.alerts))?;
         ctx.register_table("alert_history", view(&views.alert_history))?;
+        ctx.register_table("incidents", view(&views.incidents))?;
         ctx.register_table(
             "checkpoints",
             Arc::new(Checkpoints {
