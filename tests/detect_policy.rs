@@ -2,8 +2,10 @@
 //! manifests and policies (`../shared/data/policies`) as `detect.policy_dir`, Hubble flows
 //! through the real Tansu broker into `vigil serve`: a connection the network let through but
 //! the policies do not declare (xwing → deathstar) alerts; the declared one (tiefighter →
-//! deathstar:80, `POST /v1/request-landing`) does not. And `vigil policy import` writes the
-//! graph and says what it left out.
+//! deathstar:80, `POST /v1/request-landing`) does not; and once the policy engine's decisions
+//! (OPA, on another partition) show the deathstar is guarded, xwing's connections that have
+//! no decision are a sidecar bypass. And `vigil policy import` writes the graph and says what
+//! it left out.
 
 mod common;
 
@@ -32,11 +34,25 @@ fn flow(n: usize, src: &str, dst: &str, port: u16, verdict: &str, l7: Option<(&s
         .unwrap_or_default();
     let v = format!(
         r#"{{"flow":{{"time":"{t}","uuid":"f-{n}","verdict":"{verdict}","IP":{{"source":"10.244.1.{}","destination":"10.244.1.5","ipVersion":"IPv4"}},"l4":{{"TCP":{{"source_port":{},"destination_port":{port}}}}},"source":{{"namespace":"default","pod_name":"{src}"}},"destination":{{"namespace":"default","pod_name":"{dst}"}},"is_reply":false{l7}}},"node_name":"kind-worker","time":"{t}"}}"#,
-        60 + n % 3,
+        if src == "xwing" { 99 } else { 60 + n % 3 },
         40000 + n
     );
     Rec {
         partition: 0,
+        key: Some(src.as_bytes().to_vec()),
+        value: Some(v.into_bytes()),
+        headers: Vec::new(),
+    }
+}
+
+/// An OPA (Envoy ext_authz) decision allowing `src` → `dst`:80, now, on partition 1.
+fn decision(n: usize, src: &str, dst: &str) -> Rec {
+    let t = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.9fZ");
+    let v = format!(
+        r#"{{"decision_id":"d-{n}","result":true,"timestamp":"{t}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{src}","portValue":41000}}}}}},"destination":{{"address":{{"socketAddress":{{"address":"{dst}","portValue":80}}}}}},"request":{{"http":{{"method":"POST","path":"/v1/request-landing","host":"deathstar"}}}}}}}}}}"#
+    );
+    Rec {
+        partition: 1,
         key: Some(src.as_bytes().to_vec()),
         value: Some(v.into_bytes()),
         headers: Vec::new(),
@@ -81,9 +97,10 @@ fn policy_import_writes_the_graph_and_says_what_it_left_out() {
 }
 
 #[test]
-fn a_connection_the_policies_do_not_declare_alerts_and_a_declared_one_does_not() {
+fn an_undeclared_connection_and_one_that_bypassed_the_policy_engine_alert_and_declared_ones_do_not()
+{
     let broker = Broker::start();
-    broker.create_topic("flows", 1);
+    broker.create_topic("flows", 2);
     broker.create_topic("vigil.checkpoints", 1);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
@@ -116,14 +133,38 @@ fn a_connection_the_policies_do_not_declare_alerts_and_a_declared_one_does_not()
     }
     // Dropped by the policy: enforced, not "allowed but undeclared".
     recs.push(flow(300, "xwing", deathstar, 80, "DROPPED", None));
+    // The policy engine (OPA behind Envoy) decides on calls to the deathstar: each of
+    // tiefighter's connections has its decision; xwing's allowed ones have none — they went
+    // around the sidecar.
+    for n in 0..20 {
+        recs.push(decision(400 + n, "10.244.1.60", "10.244.1.5"));
+        recs.push(decision(500 + n, "10.244.1.61", "10.244.1.5"));
+        recs.push(decision(600 + n, "10.244.1.62", "10.244.1.5"));
+    }
+
     let total = recs.len() as u64;
     let s = serve(&broker, "flows", &dir, "g-policy", &[], Some(&config));
     produce(&broker.producer(), "flows", &recs);
     wait_stored(&[&s], &dir, total, Duration::from_secs(60));
-    let expected: BTreeSet<(String, String)> = [(
-        "vigil.unexpected_flow.declared".to_owned(),
-        format!("{deathstar} xwing"),
-    )]
+    // Time moves on in both partitions: the watermark passes xwing's connections by more than
+    // the 5 s a decision may come within.
+    std::thread::sleep(Duration::from_secs(6));
+    let later = [
+        flow(700, "tiefighter", deathstar, 80, "FORWARDED", None),
+        decision(701, "10.244.1.60", "10.244.1.5"),
+    ];
+    produce(&broker.producer(), "flows", &later);
+    wait_stored(&[&s], &dir, total + 2, Duration::from_secs(60));
+    let expected: BTreeSet<(String, String)> = [
+        (
+            "vigil.unexpected_flow.declared".to_owned(),
+            format!("{deathstar} xwing"),
+        ),
+        (
+            "vigil.enforcement_gap.sidecar_bypass".to_owned(),
+            "10.244.1.5 10.244.1.99".to_owned(),
+        ),
+    ]
     .into_iter()
     .collect();
     let summary = || -> BTreeSet<(String, String)> {
