@@ -105,12 +105,18 @@ pub struct AllowlistSpec {
     pub max_groups: usize,
     /// Judge nothing (a flow rule over a graph that declares no flows).
     pub quiet: bool,
+    /// Inverted: fire on events *on* declared edges, at this many within this window (ns) per
+    /// edge — repeated denials where the graph says the call is meant to work.
+    pub declared: Option<(u64, i64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Group {
     open: Open,
     last_ns: i64,
+    /// Events counted (the inverted, declared-edge mode).
+    #[serde(default)]
+    hits: crate::group::Counts,
 }
 
 crate::has_open!(Group);
@@ -219,7 +225,7 @@ impl Allowlist {
             return Outcome::Nothing;
         }
         self.st.clock.advance(t);
-        if self.allowed(row) {
+        if self.allowed(row) != self.spec.declared.is_some() {
             return Outcome::Nothing;
         }
         self.st.counters.matched += 1;
@@ -228,10 +234,20 @@ impl Allowlist {
         let (key, g) = self.st.groups.entry(&self.group_by, row, || Group {
             open: Open::default(),
             last_ns: t,
+            hits: Default::default(),
         });
         g.last_ns = g.last_ns.max(t);
+        let enough = match self.spec.declared {
+            None => true,
+            Some((count, window)) => {
+                g.hits.add(t, window);
+                g.hits.in_window(t, window) >= count
+            }
+        };
         let outcome = if let Some(n) = g.open.absorb(t, 0, suppress) {
             Outcome::Updated { count: n, ev }
+        } else if !enough {
+            Outcome::Nothing
         } else {
             g.open.fire(t, 1);
             let mut detail = Vec::new();
@@ -256,7 +272,10 @@ impl Allowlist {
     pub fn expire(&mut self) {
         let horizon = self.st.clock.watermark();
         let suppress = self.spec.suppress_ns;
-        self.st.groups.retain(|g| g.open.is_open(horizon, suppress));
+        let window = self.spec.declared.map_or(0, |(_, w)| w);
+        self.st.groups.retain(|g| {
+            g.open.is_open(horizon, suppress) || g.last_ns.saturating_add(window) > horizon
+        });
     }
 }
 
@@ -286,6 +305,7 @@ mod tests {
             allowed_lateness_ns: 60 * S,
             max_groups: 100,
             quiet: false,
+            declared: None,
         })
         .unwrap()
     }

@@ -654,6 +654,7 @@ mod tests {
             allowed_lateness_ns: 1,
             max_groups: 100,
             quiet: false,
+            declared: None,
         })
         .unwrap()
     }

@@ -63,6 +63,10 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../rules/unexpected_flow_declared.toml"),
     ),
     (
+        "declared_but_denied.toml",
+        include_str!("../rules/declared_but_denied.toml"),
+    ),
+    (
         "unexpected_caller_learned.toml",
         include_str!("../rules/unexpected_caller_learned.toml"),
     ),
@@ -209,6 +213,8 @@ pub struct RuleFile {
     /// Which edges of the graph the rule checks: `authz` (edges of that kind or of none) or
     /// `flow` (flow edges only: a graph of principals says nothing about connections).
     pub edge_kind: Option<Spanned<String>>,
+    /// Inverted: fire on `count` events within `window` on edges the graph *does* declare.
+    pub declared: Option<Spanned<bool>>,
     pub method_field: Option<Spanned<String>>,
     pub path_field: Option<Spanned<String>>,
     pub policy_file: Option<Spanned<String>>,
@@ -775,6 +781,13 @@ pub fn compile(
                 allowed_lateness_ns,
                 max_groups,
                 quiet,
+                declared: match rf.declared.as_ref().is_some_and(|d| *d.get_ref()) {
+                    false => None,
+                    true => Some((
+                        *cx.need(&rf.count, "count", k)?.get_ref(),
+                        cx.dur(cx.need(&rf.window, "window", k)?)?,
+                    )),
+                },
             })
             .map_err(|e| cx.err(k.span(), e))?;
             Kind::Allowlist(al)
@@ -984,13 +997,14 @@ mod tests {
         let loaded = load(&src, &Defaults::default());
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         // Without an allowlist the declared rules (calls, flows) are off, the learned one on.
-        assert_eq!(loaded.rules.len(), DEFAULT_PACK.len() - 2);
+        assert_eq!(loaded.rules.len(), DEFAULT_PACK.len() - 3);
         let inactive: Vec<&str> = loaded.inactive.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(
             inactive,
             [
                 "vigil.unexpected_caller.declared",
-                "vigil.unexpected_flow.declared"
+                "vigil.unexpected_flow.declared",
+                "vigil.declared_but_denied"
             ]
         );
         let with_graph = Defaults {
