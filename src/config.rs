@@ -142,6 +142,10 @@ pub struct DetectConfig {
     /// Alerts about the same subject (principal, else address) whose events lie within this
     /// of each other are one incident (`incident_id`; the `incidents` SQL view).
     pub incident_window_ms: u64,
+    /// A partition log that sends nothing for this long while the topic's other partitions
+    /// keep sending raises `vigil.telemetry.source_silent` (its producers stopped or were
+    /// stopped). 0: never.
+    pub silent_source_ms: u64,
     /// Groups each rule keeps at most (the least recently seen are evicted, and counted).
     /// Rules may set their own.
     pub max_groups_per_rule: usize,
@@ -168,6 +172,7 @@ impl Default for DetectConfig {
             idle_source_ms: 1_000,
             max_buffered_events: 200_000,
             incident_window_ms: 1_800_000,
+            silent_source_ms: 300_000,
             max_groups_per_rule: 100_000,
             queue_depth: 16,
             alert_flush_ms: 1000,

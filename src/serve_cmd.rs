@@ -130,6 +130,8 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }),
                 time: crate::rules_cmd::time_config(&cfg.detect)?,
                 incident_window_ns: crate::rules_cmd::incident_window_ns(&cfg.detect)?,
+                silent_source_ns: i64::try_from(cfg.detect.silent_source_ms)?
+                    .saturating_mul(1_000_000),
             },
             rules,
             rx,

@@ -177,3 +177,50 @@ fn a_forged_2099_decision_blinds_nothing_before_or_after_a_restart_and_backdatin
         "the late events are counted per log: {log}"
     );
 }
+
+#[test]
+fn a_partition_that_goes_silent_while_the_others_send_is_an_alert() {
+    let broker = Broker::start();
+    broker.create_topic("decisions", 2);
+    broker.create_topic("vigil.checkpoints", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let config = tmp.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        "[detect]\nalert_flush_ms = 200\nstate_interval_ms = 500\nsilent_source_ms = 2000\n",
+    )
+    .unwrap();
+    let p = broker.producer();
+    let s = serve(&broker, "decisions", &dir, "g-silent", &[], Some(&config));
+    let mut n = 0;
+    let mut total = 0;
+    let mut send = |parts: &[i32], total: &mut u64| {
+        let recs: Vec<Rec> = parts
+            .iter()
+            .map(|&part| {
+                n += 1;
+                login(n, "10.0.0.5", true, now_ns(), part)
+            })
+            .collect();
+        *total += recs.len() as u64;
+        produce(&p, "decisions", &recs);
+    };
+    send(&[0, 1, 0, 1], &mut total);
+    wait_stored(&[&s], &dir, total, Duration::from_secs(60));
+    // Partition 0 keeps sending; partition 1 stops (its producer was killed).
+    let expected: BTreeSet<_> = [pair("vigil.telemetry.source_silent", "1 decisions")]
+        .into_iter()
+        .collect();
+    let start = Instant::now();
+    while !expected.is_subset(&summary(&alerts(&dir))) && start.elapsed() < Duration::from_secs(20)
+    {
+        send(&[0], &mut total);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_stored(&[&s], &dir, total, Duration::from_secs(60));
+    let (ok, log) = s.stop();
+    assert!(ok, "serve failed: {log}");
+    let got = summary(&alerts(&dir));
+    assert_eq!(got, expected, "{log}");
+}

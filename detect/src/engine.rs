@@ -807,6 +807,27 @@ impl Engine {
         }
     }
 
+    /// Partition logs that went silent for `silent_ns` of wall clock while another partition
+    /// of the same topic kept sending (Vigil's own logs excepted: they are quiet by nature),
+    /// each once per silence: (log, wall clock it last sent at).
+    pub fn silent_logs(&mut self, now_ns: i64, silent_ns: i64) -> Vec<(String, i64)> {
+        let names = &self.logs.names;
+        let topic = |id: u32| {
+            names
+                .get(id as usize)
+                .and_then(|n| n.rsplit_once('/'))
+                .map(|(t, _)| t)
+        };
+        let peer = |a: u32, b: u32| {
+            topic(a).is_some_and(|t| !vigil_store::is_reserved_topic(t) && topic(b) == Some(t))
+        };
+        self.clocks
+            .newly_silent(now_ns, silent_ns, &self.time, peer)
+            .into_iter()
+            .map(|(id, seen)| (names.get(id as usize).cloned().unwrap_or_default(), seen))
+            .collect()
+    }
+
     /// Event time as it stands: the watermark, what waits for it, skewed and late counts.
     pub fn time_stats(&self) -> TimeStats {
         let (skewed, late) = self.clocks.totals();

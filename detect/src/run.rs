@@ -53,6 +53,9 @@ pub struct RunConfig {
     pub time: crate::time::TimeConfig,
     /// Alerts about one subject within this of each other share an incident.
     pub incident_window_ns: i64,
+    /// A partition log silent this long (wall clock) while the topic's other partitions send
+    /// is an alert (`vigil.telemetry.source_silent`); 0: never.
+    pub silent_source_ns: i64,
 }
 
 /// Counters `serve` reports.
@@ -456,6 +459,23 @@ impl Loop {
         Ok(())
     }
 
+    /// Raise an alert for each partition log gone silent while its topic's other partitions
+    /// keep sending.
+    fn silent(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
+        if self.cfg.silent_source_ns <= 0 {
+            return Ok(());
+        }
+        let now = now_ns();
+        for (log, seen_ns) in engine.silent_logs(now, self.cfg.silent_source_ns) {
+            let a = silent_alert(&log, seen_ns, now);
+            self.store(engine, std::slice::from_ref(&a), None)?;
+            self.metrics.alerts_fired.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "vigil::alert", alert_id = %a.alert_id, rule = %a.rule_id,
+                log = %log, "alert fired");
+        }
+        Ok(())
+    }
+
     /// Evaluate the new files of logs this process is not fed live (written by other processes
     /// of the consumer group sharing the data directory).
     fn tail(&mut self, engine: &mut Engine, store: &Store) -> Result<(), DetectError> {
@@ -626,6 +646,45 @@ impl Loop {
     }
 }
 
+/// The alert about a partition log that went silent (its producers stopped, were stopped, or
+/// lost their way to Kafka) while the topic's other partitions kept sending.
+fn silent_alert(log: &str, seen_ns: i64, now_ns: i64) -> Alert {
+    let mut h = blake3::Hasher::new_derive_key("vigil 2026 silent source alert id v1");
+    h.update(log.as_bytes());
+    h.update(&seen_ns.to_le_bytes());
+    let (topic, partition) = log.rsplit_once('/').unwrap_or((log, ""));
+    let group_key: std::collections::BTreeMap<String, Option<String>> = [
+        ("kafka_topic".to_owned(), Some(topic.to_owned())),
+        ("kafka_partition".to_owned(), Some(partition.to_owned())),
+    ]
+    .into();
+    Alert {
+        alert_id: h.finalize().to_hex()[..32].to_owned(),
+        revision: 1,
+        rule_id: "vigil.telemetry.source_silent".into(),
+        rule_version: 1,
+        rule_kind: "system".into(),
+        title: "A partition log went silent while the others kept sending".into(),
+        severity: "medium".into(),
+        status: "open".into(),
+        status_by: None,
+        status_at_ns: None,
+        status_note: None,
+        incident_subject: crate::engine::incident_subject(&group_key),
+        incident_id: None,
+        group_key,
+        first_event_ns: seen_ns,
+        last_event_ns: now_ns,
+        detected_ns: now_ns,
+        event_count: 0,
+        detail: vec![format!(
+            "nothing from {log} for {:.0} s while the topic's other partitions sent",
+            (now_ns - seen_ns) as f64 / 1e9
+        )],
+        evidence: Vec::new(),
+    }
+}
+
 /// The `admin_audit` event of a reload: who, and the rules (id, version) running after it.
 fn reload_event(by: &str, engine: &Engine, done: &Reloaded, now_ns: i64) -> Vec<u8> {
     let rules: Vec<serde_json::Value> = engine
@@ -708,6 +767,7 @@ fn run(
             if let Some(store) = store {
                 l.tail(&mut engine, &store)?;
             }
+            l.silent(&mut engine)?;
         }
         if let Some(outbox) = l.cfg.outbox.clone() {
             l.undeliverable(&mut engine, &outbox)?;
@@ -760,6 +820,7 @@ mod tests {
                 ..Default::default()
             },
             incident_window_ns: 1_800_000_000_000,
+            silent_source_ns: 0,
         }
     }
 

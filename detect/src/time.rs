@@ -91,6 +91,9 @@ pub struct SourceTime {
     /// afresh).
     #[serde(skip)]
     pub seen_ns: i64,
+    /// Said to be silent since it last sent (cleared when it sends again).
+    #[serde(skip)]
+    pub silent: bool,
 }
 
 /// Per-source times and the watermark.
@@ -128,13 +131,41 @@ impl Clocks {
 
     /// A piece from `source` arrived at wall clock `now_ns`.
     pub fn seen(&mut self, source: u32, now_ns: i64) {
-        self.sources
-            .entry(source)
-            .or_insert(SourceTime {
-                newest_ns: i64::MIN,
-                ..SourceTime::default()
-            })
-            .seen_ns = now_ns;
+        let s = self.sources.entry(source).or_insert(SourceTime {
+            newest_ns: i64::MIN,
+            ..SourceTime::default()
+        });
+        s.seen_ns = now_ns;
+        s.silent = false;
+    }
+
+    /// Sources that sent nothing for `silent_ns` (wall clock) while a peer — a source `peer`
+    /// calls one — sent within the last `idle_source_ns`; each is returned once per silence.
+    pub fn newly_silent(
+        &mut self,
+        now_ns: i64,
+        silent_ns: i64,
+        cfg: &TimeConfig,
+        peer: impl Fn(u32, u32) -> bool,
+    ) -> Vec<(u32, i64)> {
+        let recent: Vec<u32> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns.max(1))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for (k, s) in self.sources.iter_mut() {
+            if !s.silent
+                && now_ns.saturating_sub(s.seen_ns) > silent_ns
+                && recent.iter().any(|&r| r != *k && peer(*k, r))
+            {
+                s.silent = true;
+                out.push((*k, s.seen_ns));
+            }
+        }
+        out.sort_unstable();
+        out
     }
 
     /// One event of `source` (after [`Clocks::seen`]).

@@ -679,3 +679,50 @@ fn a_replay_merges_stored_logs_per_event_not_per_file() {
     let t = e.time_stats();
     assert_eq!((t.late, t.buffered), (0, 0), "{t:?}");
 }
+
+#[test]
+fn a_partition_gone_silent_while_its_peers_send_is_said_once_per_silence() {
+    let mut e = engine();
+    let now = T0 + 3600 * S;
+    let mut p0 = Part::new("decisions", 0);
+    let mut p1 = Part::new("decisions", 1);
+    let mut own = Part::new("vigil.api", 0);
+    e.observe(&p0.piece(&[ev(T0, "10.0.0.1", true, 0)], None), now)
+        .unwrap();
+    e.observe(&p1.piece(&[ev(T0, "10.0.0.2", true, 1)], None), now)
+        .unwrap();
+    e.observe(&own.piece(&[ev(T0, "10.0.0.3", true, 2)], None), now)
+        .unwrap();
+    // Partition 0 keeps sending for ten minutes; partition 1 and the API's log say nothing.
+    let mut said = Vec::new();
+    for m in 1..=10 {
+        let t = now + m * 60 * S;
+        e.observe(
+            &p0.piece(
+                &[ev(T0 + m * 60 * S, "10.0.0.1", true, 10 + m as usize)],
+                None,
+            ),
+            t,
+        )
+        .unwrap();
+        said.extend(e.silent_logs(t, 300 * S));
+    }
+    let logs: Vec<&str> = said.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(logs, ["decisions/1"], "once, and never Vigil's own log");
+    assert_eq!(said[0].1, now);
+    // It sends again: a later silence is said again.
+    let t = now + 11 * 60 * S;
+    e.observe(
+        &p1.piece(&[ev(T0 + 660 * S, "10.0.0.2", true, 99)], None),
+        t,
+    )
+    .unwrap();
+    assert!(e.silent_logs(t, 300 * S).is_empty());
+    let t2 = t + 400 * S;
+    e.observe(
+        &p0.piece(&[ev(T0 + 1100 * S, "10.0.0.1", true, 100)], None),
+        t2,
+    )
+    .unwrap();
+    assert_eq!(e.silent_logs(t2, 300 * S).len(), 1);
+}
