@@ -108,6 +108,9 @@ pub struct AllowlistSpec {
     /// Inverted: fire on events *on* declared edges, at this many within this window (ns) per
     /// edge — repeated denials where the graph says the call is meant to work.
     pub declared: Option<(u64, i64)>,
+    /// With `declared`: the matches must also be this share of the edge's base events (`of`)
+    /// in the window — an edge that mostly fails, not one that mostly works.
+    pub ratio: Option<crate::group::Ratio>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,6 +120,9 @@ pub struct Group {
     /// Events counted (the inverted, declared-edge mode).
     #[serde(default)]
     hits: crate::group::Counts,
+    /// Base events counted (declared mode with a ratio).
+    #[serde(default)]
+    base: crate::group::Counts,
 }
 
 crate::has_open!(Group);
@@ -221,7 +227,25 @@ impl Allowlist {
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
         let t = ev.time_ns;
-        if self.spec.quiet || !self.spec.filter.matches(row) {
+        if self.spec.quiet {
+            return Outcome::Nothing;
+        }
+        let base = self.spec.ratio.as_ref().is_some_and(|r| r.of.matches(row));
+        if !self.spec.filter.matches(row) {
+            // A base event on a declared edge (declared mode with a ratio).
+            if base
+                && let Some((_, window)) = self.spec.declared
+                && self.allowed(row)
+            {
+                let (_, g) = self.st.groups.entry(&self.group_by, row, || Group {
+                    open: Open::default(),
+                    last_ns: t,
+                    hits: Default::default(),
+                    base: Default::default(),
+                });
+                g.last_ns = g.last_ns.max(t);
+                g.base.add(t, window);
+            }
             return Outcome::Nothing;
         }
         self.st.clock.advance(t);
@@ -235,13 +259,20 @@ impl Allowlist {
             open: Open::default(),
             last_ns: t,
             hits: Default::default(),
+            base: Default::default(),
         });
         g.last_ns = g.last_ns.max(t);
+        let min_ratio = self.spec.ratio.as_ref().map(|r| r.min_ratio);
         let enough = match self.spec.declared {
             None => true,
             Some((count, window)) => {
                 g.hits.add(t, window);
-                g.hits.in_window(t, window) >= count
+                if base {
+                    g.base.add(t, window);
+                }
+                let hits = g.hits.in_window(t, window);
+                let of = g.base.in_window(t, window).max(hits).max(1);
+                hits >= count && min_ratio.is_none_or(|m| hits as f64 >= m * of as f64)
             }
         };
         let outcome = if let Some(n) = g.open.absorb(t, 0, suppress) {
@@ -306,6 +337,7 @@ mod tests {
             max_groups: 100,
             quiet: false,
             declared: None,
+            ratio: None,
         })
         .unwrap()
     }

@@ -655,6 +655,7 @@ mod tests {
             max_groups: 100,
             quiet: false,
             declared: None,
+            ratio: None,
         })
         .unwrap()
     }

@@ -761,6 +761,13 @@ pub fn compile(
                     }
                 }
             }
+            let al_ratio = ratio(&cx, rf)?;
+            if al_ratio.is_some() && !rf.declared.as_ref().is_some_and(|d| *d.get_ref()) {
+                return Err(cx.err(
+                    k.span(),
+                    "`of` and `min_ratio` on an allowlist rule need `declared = true`",
+                ));
+            }
             // A rule about flows is quiet while the graph declares none (it would call every
             // connection undeclared).
             let quiet =
@@ -781,6 +788,7 @@ pub fn compile(
                 allowed_lateness_ns,
                 max_groups,
                 quiet,
+                ratio: al_ratio,
                 declared: match rf.declared.as_ref().is_some_and(|d| *d.get_ref()) {
                     false => None,
                     true => Some((
