@@ -132,6 +132,15 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 incident_window_ns: crate::rules_cmd::incident_window_ns(&cfg.detect)?,
                 silent_source_ns: i64::try_from(cfg.detect.silent_source_ms)?
                     .saturating_mul(1_000_000),
+                assigned: Some({
+                    let m = metrics.clone();
+                    vigil_detect::run::Assigned(Arc::new(move || {
+                        m.durable_offsets
+                            .lock()
+                            .map(|d| d.keys().map(|(t, p)| format!("{t}/{p}")).collect())
+                            .unwrap_or_default()
+                    }))
+                }),
             },
             rules,
             rx,

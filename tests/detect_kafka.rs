@@ -171,16 +171,7 @@ fn alerts(dir: &Path) -> Vec<Alert> {
 }
 
 fn summary(a: &[Alert]) -> BTreeSet<(String, String)> {
-    a.iter()
-        .map(|a| {
-            let key: Vec<String> = a
-                .group_key
-                .values()
-                .map(|v| v.clone().unwrap_or_default())
-                .collect();
-            (a.rule_id.clone(), key.join(" "))
-        })
-        .collect()
+    alert_summary(a)
 }
 
 fn vigil(args: &[&str]) -> (bool, String) {

@@ -12,10 +12,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use vigil_detect::alerts::{latest, read_revisions};
 
 fn policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/policies")
@@ -99,20 +98,16 @@ fn policy_import_writes_the_graph_and_says_what_it_left_out() {
 #[test]
 fn an_undeclared_connection_and_one_that_bypassed_the_policy_engine_alert_and_declared_ones_do_not()
 {
-    let broker = Broker::start();
-    broker.create_topic("flows", 2);
-    broker.create_topic("vigil.checkpoints", 1);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let config = tmp.path().join("vigil.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[detect]\npolicy_dir = {:?}\nalert_flush_ms = 200\nstate_interval_ms = 500\n",
-            policies().display().to_string()
-        ),
-    )
-    .unwrap();
+    let DetectSetup {
+        broker,
+        dir,
+        config,
+        tmp: _tmp,
+    } = detect_setup(
+        "flows",
+        2,
+        &format!("policy_dir = {:?}\n", policies().display().to_string()),
+    );
     let deathstar = "deathstar-7848d6c4d5-th9v2";
     let mut recs = Vec::new();
     for n in 0..20 {
@@ -167,29 +162,11 @@ fn an_undeclared_connection_and_one_that_bypassed_the_policy_engine_alert_and_de
     ]
     .into_iter()
     .collect();
-    let summary = || -> BTreeSet<(String, String)> {
-        read_revisions(&dir)
-            .map(latest)
-            .unwrap_or_default()
-            .iter()
-            .map(|a| {
-                let key: Vec<String> = a
-                    .group_key
-                    .values()
-                    .map(|v| v.clone().unwrap_or_default())
-                    .collect();
-                (a.rule_id.clone(), key.join(" "))
-            })
-            .collect()
-    };
-    let start = Instant::now();
-    while !expected.is_subset(&summary()) && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_alerts(&dir, &expected, Duration::from_secs(30));
     // Time for anything extra to show up.
     std::thread::sleep(Duration::from_millis(1500));
     let (ok, log) = s.stop();
     assert!(ok, "serve failed: {log}");
     assert!(log.contains("policy graph imported"), "{log}");
-    assert_eq!(summary(), expected, "{log}");
+    assert_eq!(alert_summary(&stored_alerts(&dir)), expected, "{log}");
 }

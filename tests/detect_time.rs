@@ -6,11 +6,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vigil_detect::alerts::{Alert, latest, read_revisions};
 
 const S: i64 = 1_000_000_000;
 
@@ -38,53 +36,18 @@ fn login(n: usize, ip: &str, allow: bool, t_ns: i64, partition: i32) -> Rec {
     }
 }
 
-fn alerts(dir: &Path) -> Vec<Alert> {
-    read_revisions(dir).map(latest).unwrap_or_default()
-}
-
-/// (rule, group key values joined) of every alert.
-fn summary(a: &[Alert]) -> BTreeSet<(String, String)> {
-    a.iter()
-        .map(|a| {
-            let key: Vec<String> = a
-                .group_key
-                .values()
-                .map(|v| v.clone().unwrap_or_default())
-                .collect();
-            (a.rule_id.clone(), key.join(" "))
-        })
-        .collect()
-}
-
-/// Wait (bounded) until every expected alert is stored; what is stored then.
-fn wait_alerts(dir: &Path, expected: &BTreeSet<(String, String)>) -> BTreeSet<(String, String)> {
-    let start = Instant::now();
-    loop {
-        let got = summary(&alerts(dir));
-        if expected.is_subset(&got) || start.elapsed() > Duration::from_secs(30) {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn pair(rule: &str, key: &str) -> (String, String) {
     (rule.to_owned(), key.to_owned())
 }
 
 #[test]
 fn a_forged_2099_decision_blinds_nothing_before_or_after_a_restart_and_backdating_is_seen() {
-    let broker = Broker::start();
-    broker.create_topic("decisions", 3);
-    broker.create_topic("vigil.checkpoints", 1);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let config = tmp.path().join("vigil.toml");
-    std::fs::write(
-        &config,
-        "[detect]\nalert_flush_ms = 200\nstate_interval_ms = 500\n",
-    )
-    .unwrap();
+    let DetectSetup {
+        broker,
+        dir,
+        config,
+        tmp: _tmp,
+    } = detect_setup("decisions", 3, "");
     let p = broker.producer();
     let mut n = 0;
     let mut next = || {
@@ -119,7 +82,7 @@ fn a_forged_2099_decision_blinds_nothing_before_or_after_a_restart_and_backdatin
     ]
     .into_iter()
     .collect();
-    let got = wait_alerts(&dir, &expected);
+    let got = wait_alerts(&dir, &expected, Duration::from_secs(30));
     assert!(expected.is_subset(&got), "{got:#?}");
     let (ok, log) = s.stop();
     assert!(ok, "serve failed: {log}");
@@ -166,7 +129,7 @@ fn a_forged_2099_decision_blinds_nothing_before_or_after_a_restart_and_backdatin
     ]
     .into_iter()
     .collect();
-    let got = wait_alerts(&dir, &expected);
+    let got = wait_alerts(&dir, &expected, Duration::from_secs(30));
     let (ok, log) = s.stop();
     assert!(ok, "serve failed: {log}");
     assert!(expected.is_subset(&got), "{got:#?}\n{log}");
@@ -180,17 +143,12 @@ fn a_forged_2099_decision_blinds_nothing_before_or_after_a_restart_and_backdatin
 
 #[test]
 fn a_partition_that_goes_silent_while_the_others_send_is_an_alert() {
-    let broker = Broker::start();
-    broker.create_topic("decisions", 2);
-    broker.create_topic("vigil.checkpoints", 1);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let config = tmp.path().join("vigil.toml");
-    std::fs::write(
-        &config,
-        "[detect]\nalert_flush_ms = 200\nstate_interval_ms = 500\nsilent_source_ms = 2000\n",
-    )
-    .unwrap();
+    let DetectSetup {
+        broker,
+        dir,
+        config,
+        tmp: _tmp,
+    } = detect_setup("decisions", 2, "silent_source_ms = 2000\n");
     let p = broker.producer();
     let s = serve(&broker, "decisions", &dir, "g-silent", &[], Some(&config));
     let mut n = 0;
@@ -213,7 +171,8 @@ fn a_partition_that_goes_silent_while_the_others_send_is_an_alert() {
         .into_iter()
         .collect();
     let start = Instant::now();
-    while !expected.is_subset(&summary(&alerts(&dir))) && start.elapsed() < Duration::from_secs(20)
+    while !expected.is_subset(&alert_summary(&stored_alerts(&dir)))
+        && start.elapsed() < Duration::from_secs(20)
     {
         send(&[0], &mut total);
         std::thread::sleep(Duration::from_millis(200));
@@ -221,6 +180,6 @@ fn a_partition_that_goes_silent_while_the_others_send_is_an_alert() {
     wait_stored(&[&s], &dir, total, Duration::from_secs(60));
     let (ok, log) = s.stop();
     assert!(ok, "serve failed: {log}");
-    let got = summary(&alerts(&dir));
+    let got = alert_summary(&stored_alerts(&dir));
     assert_eq!(got, expected, "{log}");
 }

@@ -33,9 +33,10 @@ pub struct AbsenceSpec {
     pub group_by: GroupBy,
     /// How far apart (either way) a companion may be.
     pub within_ns: i64,
-    /// Judge a trigger only if some companion was ever seen for these fields' values (its
-    /// destination, say): a destination the policy engine never decided on is not protected,
-    /// and traffic to it bypasses nothing. Empty: judge every trigger.
+    /// Judge a trigger only if some companion was seen, by the time it is judged, for these
+    /// fields' values (its destination, say; a subset of `group_by`): a destination the policy
+    /// engine never decided on is not protected, and traffic to it bypasses nothing. Empty:
+    /// judge every trigger.
     pub protected_by: GroupBy,
     pub suppress_ns: i64,
     pub allowed_lateness_ns: i64,
@@ -97,6 +98,23 @@ impl Absence {
         crate::group::hash(&self.spec.protected_by, row, &self.hasher)
     }
 
+    /// The `protected_by` hash of a group's key (its fields are among the group's).
+    fn protected_hash_of_key(&self, key: &[Option<String>]) -> u64 {
+        let sub: Vec<Option<String>> = self
+            .spec
+            .protected_by
+            .iter()
+            .map(|(name, _)| {
+                self.spec
+                    .group_by
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .and_then(|i| key.get(i).cloned().flatten())
+            })
+            .collect();
+        crate::group::hash_key(&self.spec.protected_by, &sub, &self.hasher)
+    }
+
     pub fn groups(&self) -> usize {
         self.st.groups.len()
     }
@@ -108,15 +126,10 @@ impl Absence {
         if !is_expect && !is_trigger {
             return Outcome::Nothing;
         }
-        let guarded = !self.spec.protected_by.is_empty();
-        if guarded {
+        if is_expect && !self.spec.protected_by.is_empty() {
             let h = self.protected_hash(row);
-            if is_expect {
-                if self.protected.len() < self.spec.max_groups {
-                    self.protected.insert(h);
-                }
-            } else if !self.protected.contains(&h) {
-                return Outcome::Nothing;
+            if self.protected.len() < self.spec.max_groups {
+                self.protected.insert(h);
             }
         }
         self.st.matched(t);
@@ -155,6 +168,8 @@ impl Absence {
             let Some((_, key)) = self.due.pop_front() else {
                 break;
             };
+            let unguarded = !self.spec.protected_by.is_empty()
+                && !self.protected.contains(&self.protected_hash_of_key(&key));
             let Some(g) = self.st.groups.get_by_key_mut(&self.spec.group_by, &key) else {
                 continue; // evicted or expired
             };
@@ -169,6 +184,9 @@ impl Absence {
             let Some(last) = unmatched.last().copied() else {
                 continue; // matched meanwhile, or judged with an earlier entry
             };
+            if unguarded {
+                continue; // nobody decides on it: nothing was bypassed
+            }
             let mut updated = None;
             for ev in &unmatched {
                 if let Some(n) = g.open.absorb(ev.time_ns, within, suppress) {

@@ -461,6 +461,17 @@ impl Engine {
         self.clocks.expect(id, now_ns);
     }
 
+    /// [`Engine::expect_log`] for each of `logs` the engine has not heard of yet (assigned
+    /// partitions, before their first records arrive).
+    pub fn expect_new_logs(&mut self, logs: &[String], now_ns: i64) {
+        for log in logs {
+            let id = self.logs.id(log);
+            if !self.clocks.knows(id) {
+                self.clocks.expect(id, now_ns);
+            }
+        }
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

@@ -837,7 +837,19 @@ pub fn compile(
                 group_by: group_by.clone(),
                 within_ns: cx.dur(cx.need(&rf.within, "within", k)?)?,
                 protected_by: match &rf.protected_by {
-                    Some(p) => cx.group_by(p)?,
+                    Some(p) => {
+                        if let Some(n) = p
+                            .get_ref()
+                            .iter()
+                            .find(|n| !group_by.iter().any(|(g, _)| g == *n))
+                        {
+                            return Err(cx.err(
+                                p.span(),
+                                format!("protected_by field `{n}` is not in group_by"),
+                            ));
+                        }
+                        cx.group_by(p)?
+                    }
                     None => Vec::new(),
                 },
                 suppress_ns,

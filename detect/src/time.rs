@@ -139,8 +139,9 @@ impl Clocks {
         s.silent = false;
     }
 
-    /// Sources that sent nothing for `silent_ns` (wall clock) while a peer — a source `peer`
-    /// calls one — sent within the last `idle_source_ns`; each is returned once per silence.
+    /// Sources that sent events once and then nothing for `silent_ns` (wall clock) while a
+    /// peer — a source `peer` calls one — sent within the last `idle_source_ns`; each is
+    /// returned once per silence.
     pub fn newly_silent(
         &mut self,
         now_ns: i64,
@@ -156,7 +157,10 @@ impl Clocks {
             .collect();
         let mut out = Vec::new();
         for (k, s) in self.sources.iter_mut() {
+            // Only a source that has sent something can go silent (an expected partition that
+            // never had a record is not one).
             if !s.silent
+                && s.events > 0
                 && now_ns.saturating_sub(s.seen_ns) > silent_ns
                 && recent.iter().any(|&r| r != *k && peer(*k, r))
             {
@@ -230,6 +234,11 @@ impl Clocks {
     /// from now on as if it had sent a piece, until it sends events or goes idle.
     pub fn expect(&mut self, source: u32, now_ns: i64) {
         self.seen(source, now_ns);
+    }
+
+    /// Whether the source has been seen (or expected) at all.
+    pub fn knows(&self, source: u32) -> bool {
+        self.sources.contains_key(&source)
     }
 
     /// Move the watermark to `t` if that is ahead (the caller evaluated everything up to it).

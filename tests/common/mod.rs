@@ -636,3 +636,74 @@ pub fn simulate(brokers: &str, args: &[&str]) -> (Simulated, String) {
     );
     (Simulated::parse(&stdout), stdout)
 }
+
+/// Alerts stored in `dir`, the newest revision of each (none yet: empty).
+pub fn stored_alerts(dir: &Path) -> Vec<vigil_detect::alerts::Alert> {
+    vigil_detect::alerts::read_revisions(dir)
+        .map(vigil_detect::alerts::latest)
+        .unwrap_or_default()
+}
+
+/// Each alert as (rule, its group key's values joined by spaces, in field-name order).
+pub fn alert_summary(
+    alerts: &[vigil_detect::alerts::Alert],
+) -> std::collections::BTreeSet<(String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            let key: Vec<String> = a
+                .group_key
+                .values()
+                .map(|v| v.clone().unwrap_or_default())
+                .collect();
+            (a.rule_id.clone(), key.join(" "))
+        })
+        .collect()
+}
+
+/// Wait (at most `timeout`) until every `expected` (rule, key) is stored in `dir`; what is
+/// stored then.
+pub fn wait_alerts(
+    dir: &Path,
+    expected: &std::collections::BTreeSet<(String, String)>,
+    timeout: Duration,
+) -> std::collections::BTreeSet<(String, String)> {
+    let start = Instant::now();
+    loop {
+        let got = alert_summary(&stored_alerts(dir));
+        if expected.is_subset(&got) || start.elapsed() > timeout {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A broker with `topic` (`partitions`) and the anchor topic, a data directory, and a config
+/// file for detection tests: fast alert flushes and state saves, then `extra_detect` lines.
+pub struct DetectSetup {
+    pub broker: Broker,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    /// Holds the directory: bind it (`tmp: _tmp`), or it goes at once.
+    pub tmp: tempfile::TempDir,
+}
+
+pub fn detect_setup(topic: &str, partitions: i32, extra_detect: &str) -> DetectSetup {
+    let broker = Broker::start();
+    broker.create_topic(topic, partitions);
+    broker.create_topic("vigil.checkpoints", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let config = tmp.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        format!("[detect]\nalert_flush_ms = 200\nstate_interval_ms = 500\n{extra_detect}"),
+    )
+    .unwrap();
+    DetectSetup {
+        broker,
+        dir,
+        config,
+        tmp,
+    }
+}
