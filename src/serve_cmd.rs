@@ -609,24 +609,30 @@ fn metrics_text(
                 .map(|(log, s)| (label("log", log), f(s)))
                 .collect()
         };
-        put(
-            "vigil_detect_log_late_total",
-            "Late events per partition log (behind the watermark by more than the allowed lateness).",
-            "counter",
-            &per_log(|s| s.late),
-        );
-        put(
-            "vigil_detect_log_skewed_total",
-            "Skewed events per partition log (dated too far ahead of their receive time).",
-            "counter",
-            &per_log(|s| s.skewed),
-        );
-        put(
-            "vigil_detect_log_event_time_seconds",
-            "Newest effective event time detection accepted per partition log (Unix seconds).",
-            "gauge",
-            &per_log(|s| u64::try_from(s.newest_ns / 1_000_000_000).unwrap_or(0)),
-        );
+        type PerLog = fn(&vigil_detect::time::SourceTime) -> u64;
+        let logs: [(&str, &str, &str, PerLog); 3] = [
+            (
+                "vigil_detect_log_late_total",
+                "Late events per partition log (behind the watermark by more than the allowed lateness).",
+                "counter",
+                |s| s.late,
+            ),
+            (
+                "vigil_detect_log_skewed_total",
+                "Skewed events per partition log (dated too far ahead of their receive time).",
+                "counter",
+                |s| s.skewed,
+            ),
+            (
+                "vigil_detect_log_event_time_seconds",
+                "Newest effective event time detection accepted per partition log (Unix seconds).",
+                "gauge",
+                |s| u64::try_from(s.newest_ns / 1_000_000_000).unwrap_or(0),
+            ),
+        ];
+        for (name, help, kind, f) in logs {
+            put(name, help, kind, &per_log(f));
+        }
         put(
             "vigil_detect_watermark_seconds",
             "Detection's watermark: events at or before it are evaluated (Unix seconds).",

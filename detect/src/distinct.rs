@@ -84,12 +84,8 @@ impl DistinctCount {
                 rate: Rate::default(),
             });
             let min_ratio = self.spec.ratio.as_ref().map(|r| r.min_ratio);
-            if min_ratio.is_some() {
-                g.rate.hits.add(time_ns, window);
-                if base {
-                    g.rate.base.add(time_ns, window);
-                }
-            }
+            g.rate
+                .count_match(self.spec.ratio.as_ref(), base, time_ns, window);
             match g
                 .values
                 .iter_mut()

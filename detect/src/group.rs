@@ -436,6 +436,17 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// Count a match at `t` (and into the base when it is a base event too), if the rule has
+    /// a ratio at all.
+    pub fn count_match(&mut self, ratio: Option<&Ratio>, base: bool, t: i64, window_ns: i64) {
+        if ratio.is_some() {
+            self.hits.add(t, window_ns);
+            if base {
+                self.base.add(t, window_ns);
+            }
+        }
+    }
+
     /// Whether the matches in the window ending at `t` are at least `min` of the base (the
     /// matches count into the base, so the ratio is at most 1).
     pub fn enough(&self, t: i64, window_ns: i64, min: f64) -> bool {

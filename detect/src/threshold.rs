@@ -91,12 +91,8 @@ impl Threshold {
             rate: Rate::default(),
         });
         let min_ratio = self.spec.ratio.as_ref().map(|r| r.min_ratio);
-        if min_ratio.is_some() {
-            g.rate.hits.add(time_ns, window);
-            if base {
-                g.rate.base.add(time_ns, window);
-            }
-        }
+        g.rate
+            .count_match(self.spec.ratio.as_ref(), base, time_ns, window);
         // Insert in event-time order (out-of-order arrivals land in place).
         let at = g.events.partition_point(|e| e.time_ns <= time_ns);
         g.events.insert(at, ev);
