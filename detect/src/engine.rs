@@ -160,6 +160,30 @@ impl Book {
         }
     }
 
+    /// What rule `r` said about an event (`row`): its group's open alert counts it, or a new
+    /// alert is raised with its evidence (`event_id` names the events it can).
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        &mut self,
+        r: usize,
+        rule: &Rule,
+        row: &impl Row,
+        outcome: Outcome,
+        now_ns: i64,
+        logs: &Logs,
+        event_id: &dyn Fn(&EvRef) -> Option<String>,
+    ) {
+        let fields = rule.kind.group_fields();
+        match outcome {
+            Outcome::Nothing => {}
+            Outcome::Updated { count, ev } => self.update(r, fields, row, count, ev),
+            Outcome::Fired(hit) => {
+                let evidence = evidence(logs, &hit.evidence, event_id);
+                self.fire(r, &rule.meta, fields, row, hit, now_ns, evidence);
+            }
+        }
+    }
+
     fn remember(&mut self, a: &Alert) {
         self.remember_incident(a);
         let r = self.stored.entry(a.alert_id.clone()).or_insert(0);
@@ -532,6 +556,11 @@ impl Engine {
             .column(0)
             .as_primitive_opt::<TimestampNanosecondType>()
             .ok_or_else(|| EngineError::Input("event_time is not a ns timestamp".into()))?;
+        // Evidence needs every row's leaf hash (read again when the row is evaluated).
+        b.column_by_name("leaf_hash")
+            .and_then(|c| c.as_fixed_size_binary_opt())
+            .filter(|l| l.value_length() == 32)
+            .ok_or_else(|| EngineError::Input("no leaf_hash column".into()))?;
         let kafka_ms = b
             .column_by_name("kafka_timestamp")
             .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>());
@@ -746,18 +775,8 @@ impl Engine {
                     if p.late && rule.kind.counters().matched > before {
                         rule.kind.note_late();
                     }
-                    match outcome {
-                        Outcome::Nothing => {}
-                        Outcome::Updated { count, ev } => {
-                            book.update(r, rule.kind.group_fields(), &row, count, ev)
-                        }
-                        Outcome::Fired(hit) => {
-                            let evidence =
-                                evidence(logs, &hit.evidence, &|e| event_id(held, id_col, e));
-                            let fields = rule.kind.group_fields();
-                            book.fire(r, &rule.meta, fields, &row, hit, now_ns, evidence);
-                        }
-                    }
+                    let ids = |e: &EvRef| event_id(held, id_col, e);
+                    book.take(r, rule, &row, outcome, now_ns, logs, &ids);
                 }
             }
         }
@@ -780,18 +799,15 @@ impl Engine {
         } = self;
         for (r, rule) in rules.iter_mut().enumerate() {
             for d in rule.kind.due(w) {
-                let fields = rule.kind.group_fields();
-                match d {
-                    crate::absence::Due::Fired(hit) => {
-                        let row = crate::row::OwnedRow::from_key(fields, &hit.key);
-                        let evidence = evidence(logs, &hit.evidence, &|_| None);
-                        book.fire(r, &rule.meta, fields, &row, hit, now_ns, evidence);
-                    }
+                // The group decided has no event of its own: its key stands for the row.
+                let (key, outcome) = match d {
+                    crate::absence::Due::Fired(hit) => (hit.key.clone(), Outcome::Fired(hit)),
                     crate::absence::Due::Updated { key, count, ev } => {
-                        let row = crate::row::OwnedRow::from_key(fields, &key);
-                        book.update(r, fields, &row, count, ev);
+                        (key, Outcome::Updated { count, ev })
                     }
-                }
+                };
+                let row = crate::row::OwnedRow::from_key(rule.kind.group_fields(), &key);
+                book.take(r, rule, &row, outcome, now_ns, logs, &|_| None);
             }
         }
     }
@@ -804,17 +820,8 @@ impl Engine {
             rules, logs, book, ..
         } = self;
         for (r, rule) in rules.iter_mut().enumerate() {
-            match rule.kind.observe(row, ev) {
-                Outcome::Nothing => {}
-                Outcome::Updated { count, ev } => {
-                    book.update(r, rule.kind.group_fields(), row, count, ev)
-                }
-                Outcome::Fired(hit) => {
-                    let evidence = evidence(logs, &hit.evidence, &|_| None);
-                    let fields = rule.kind.group_fields();
-                    book.fire(r, &rule.meta, fields, row, hit, now_ns, evidence);
-                }
-            }
+            let outcome = rule.kind.observe(row, ev);
+            book.take(r, rule, row, outcome, now_ns, logs, &|_| None);
         }
     }
 
