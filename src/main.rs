@@ -14,6 +14,7 @@ mod query_cmd;
 mod rules_cmd;
 mod serve_cmd;
 mod simulate_cmd;
+mod simulate_labelled;
 mod verify_cmd;
 
 use std::path::PathBuf;

@@ -134,6 +134,8 @@ pub struct SimulateArgs {
     /// (as `--json` prints them), whatever the terminal shows.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    labelled: crate::simulate_labelled::LabelledArgs,
 }
 
 /// One service of the mesh.
@@ -629,6 +631,23 @@ pub fn run(cfg: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         ctrlc_handler(move || stop.store(true, Ordering::Relaxed))?;
     }
 
+    if args.labelled.labelled.is_some() {
+        let say = |line: String| {
+            if !args.json {
+                println!("{line}");
+            }
+        };
+        crate::simulate_labelled::run(
+            &sender.producer,
+            &args.topic,
+            &args.labelled,
+            args.rate,
+            args.seed,
+            args.history_hours,
+            &say,
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut traffic = Traffic::new(args.services, args.seed).with_callers(args.callers);
     let scenarios = expand(&args.scenarios);
     let out = std::io::stdout();

@@ -160,12 +160,16 @@ impl Absence {
     }
 
     /// Judge the triggers whose time to find a companion ended before `watermark_ns` (every
-    /// event before it has been evaluated).
-    pub fn due(&mut self, watermark_ns: i64) -> Vec<Due> {
+    /// event before it has been evaluated) and before where the trigger's own log stands
+    /// (`log_ns`: its newest event time; `i64::MAX` once it is idle). The second bound is for
+    /// a log read behind the watermark: its trigger is evaluated at once, and its companion —
+    /// the next record of the same log, perhaps in the next fetch — must still count.
+    pub fn due(&mut self, watermark_ns: i64, log_ns: &dyn Fn(u32) -> i64) -> Vec<Due> {
         let mut out = Vec::new();
+        let mut later = Vec::new();
         let (within, suppress) = (self.spec.within_ns, self.spec.suppress_ns);
         while self.due.front().is_some_and(|(d, _)| *d < watermark_ns) {
-            let Some((_, key)) = self.due.pop_front() else {
+            let Some((deadline, key)) = self.due.pop_front() else {
                 break;
             };
             let unguarded = !self.spec.protected_by.is_empty()
@@ -173,12 +177,14 @@ impl Absence {
             let Some(g) = self.st.groups.get_by_key_mut(&self.spec.group_by, &key) else {
                 continue; // evicted or expired
             };
+            let ready =
+                |p: &EvRef| p.time_ns.saturating_add(within) < watermark_ns.min(log_ns(p.log));
+            if g.pending.front().is_some_and(|p| !ready(p)) {
+                later.push((deadline, key));
+                continue;
+            }
             let unmatched: Vec<EvRef> = {
-                let n = g
-                    .pending
-                    .iter()
-                    .take_while(|p| p.time_ns.saturating_add(within) < watermark_ns)
-                    .count();
+                let n = g.pending.iter().take_while(|p| ready(p)).count();
                 g.pending.drain(..n).collect()
             };
             let Some(last) = unmatched.last().copied() else {
@@ -215,6 +221,10 @@ impl Absence {
                 )],
                 evidence: newest(unmatched),
             }));
+        }
+        // Judged when their logs have moved on (still in deadline order: they were first).
+        for d in later.into_iter().rev() {
+            self.due.push_front(d);
         }
         out
     }
@@ -285,6 +295,24 @@ mod tests {
     }
 
     #[test]
+    fn a_trigger_read_behind_the_watermark_waits_for_its_own_log_to_move_on() {
+        let mut r = rule();
+        // A lagging log: its flow is read when the watermark is already a minute past it.
+        r.observe(&ev("flow", "10.1.0.3"), at(10 * S));
+        // Its log has got no further than the flow: the decision may be its next record.
+        assert!(r.due(70 * S, &|_| 10 * S).is_empty());
+        r.observe(&ev("authz", "10.1.0.3"), at(10 * S + 1_000_000));
+        assert!(r.due(70 * S, &|_| 10 * S + 1_000_000).is_empty());
+        assert!(r.due(80 * S, &|_| 30 * S).is_empty(), "matched");
+        // One with no decision fires once its log has moved past the window (or went idle).
+        r.observe(&ev("flow", "10.6.6.7"), at(40 * S));
+        assert!(r.due(90 * S, &|_| 41 * S).is_empty());
+        assert_eq!(r.due(90 * S, &|_| 46 * S).len(), 1);
+        r.observe(&ev("flow", "10.6.6.8"), at(50 * S));
+        assert_eq!(r.due(90 * S, &|_| i64::MAX).len(), 1, "an idle log");
+    }
+
+    #[test]
     fn a_flow_with_its_decision_either_side_is_quiet_and_one_without_fires_once_the_watermark_passes()
      {
         let mut r = rule();
@@ -298,8 +326,8 @@ mod tests {
         r.observe(&ev("flow", "10.6.6.6"), at(20 * S));
         r.observe(&ev("flow", "10.6.6.6"), at(21 * S));
         // Not yet: its companion may still come (the watermark is before 25 s).
-        assert!(r.due(24 * S).is_empty());
-        let d = r.due(27 * S);
+        assert!(r.due(24 * S, &|_| i64::MAX).is_empty());
+        let d = r.due(27 * S, &|_| i64::MAX);
         assert_eq!(d.len(), 1, "{d:?}");
         let Due::Fired(h) = &d[0] else {
             panic!("{d:?}")
@@ -311,7 +339,10 @@ mod tests {
         assert_eq!((h.first_ns, h.last_ns, h.count), (20 * S, 21 * S, 2));
         // More of the same later: the open alert is updated, not raised again.
         r.observe(&ev("flow", "10.6.6.6"), at(40 * S));
-        assert!(matches!(r.due(50 * S)[..], [Due::Updated { count: 3, .. }]));
+        assert!(matches!(
+            r.due(50 * S, &|_| i64::MAX)[..],
+            [Due::Updated { count: 3, .. }]
+        ));
         assert_eq!(r.st.counters.fired, 1);
     }
 
@@ -328,7 +359,7 @@ mod tests {
         r.observe(&to("authz", "10.1.0.2", "10.0.0.9"), at(S));
         // …so a flow to it with no decision is a bypass.
         r.observe(&to("flow", "10.6.6.6", "10.0.0.9"), at(2 * S));
-        let d = r.due(60 * S);
+        let d = r.due(60 * S, &|_| i64::MAX);
         assert!(
             matches!(&d[..], [Due::Fired(h)] if h.key[0].as_deref() == Some("10.6.6.6")),
             "{d:?}"
@@ -349,7 +380,7 @@ mod tests {
             serde_json::from_str(&saved).unwrap(),
         );
         back.rebuild_due();
-        let d = back.due(100 * S);
+        let d = back.due(100 * S, &|_| i64::MAX);
         assert!(
             matches!(&d[..], [Due::Fired(h)] if h.count == MAX_PENDING as u64),
             "{d:?}"

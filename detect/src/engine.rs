@@ -795,10 +795,24 @@ impl Engine {
     fn judge_due(&mut self, now_ns: i64) {
         let w = self.clocks.watermark_ns();
         let Engine {
-            rules, logs, book, ..
+            rules,
+            logs,
+            book,
+            clocks,
+            time,
+            replaying,
+            ..
         } = self;
+        // A replay merges its logs per event: the watermark alone says what has been read.
+        let log_ns = |log: u32| {
+            if *replaying {
+                i64::MAX
+            } else {
+                clocks.progress_ns(log, now_ns, time)
+            }
+        };
         for (r, rule) in rules.iter_mut().enumerate() {
-            for d in rule.kind.due(w) {
+            for d in rule.kind.due(w, &log_ns) {
                 // The group decided has no event of its own: its key stands for the row.
                 let (key, outcome) = match d {
                     crate::absence::Due::Fired(hit) => (hit.key.clone(), Outcome::Fired(hit)),

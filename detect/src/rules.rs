@@ -415,10 +415,15 @@ impl Kind {
         }
     }
 
-    /// What the watermark decided (absence rules: triggers whose companion never came).
-    pub fn due(&mut self, watermark_ns: i64) -> Vec<crate::absence::Due> {
+    /// What the watermark decided (absence rules: triggers whose companion never came; see
+    /// [`crate::absence::Absence::due`] for `log_ns`).
+    pub fn due(
+        &mut self,
+        watermark_ns: i64,
+        log_ns: &dyn Fn(u32) -> i64,
+    ) -> Vec<crate::absence::Due> {
         match self {
-            Kind::Absence(r) => r.due(watermark_ns),
+            Kind::Absence(r) => r.due(watermark_ns, log_ns),
             _ => Vec::new(),
         }
     }

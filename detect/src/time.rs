@@ -11,10 +11,12 @@
 //! late, and the same events give the same alerts however they are spread over partitions.
 //!
 //! An event's time is *held against receive time* ([`judge`]): further ahead of it than
-//! `max_future_skew_ns` and it is **skewed** — evaluated, and counted into its source's
-//! watermark, at its receive time instead, so that one forged timestamp (a decision dated
-//! 2099) can move no clock beyond receive time. Receive time is the record's Kafka timestamp
-//! or the wall clock, whichever is earlier (a producer can forge the former, not the latter).
+//! `max_future_skew_ns` and it is **skewed** — evaluated at the time its source had reached
+//! (the watermark, or its receive time, when the source has sent nothing else) and never
+//! counted into its source's clock, so that one forged timestamp (a decision dated 2099)
+//! moves no clock at all, live or in a catch-up where the wall clock is far ahead of the
+//! stream. Receive time is the record's Kafka timestamp or the wall clock, whichever is
+//! earlier (a producer can forge the former, not the latter).
 //!
 //! An event that arrives behind the watermark (a source that was idle, a producer whose clock
 //! is behind, a backdated record) is evaluated at once against the state its groups hold —
@@ -181,16 +183,44 @@ impl Clocks {
         now_ns: i64,
         cfg: &TimeConfig,
     ) -> Accepted {
-        let judged = judge(event_ns, kafka_ms, now_ns, cfg);
+        let mut judged = judge(event_ns, kafka_ms, now_ns, cfg);
         let w = self.watermark_ns;
-        let behind = w.is_some_and(|w| judged.time_ns < w);
-        let late = w.is_some_and(|w| judged.time_ns < w.saturating_sub(cfg.allowed_lateness_ns));
+        let others = if judged.skewed {
+            self.sources
+                .values()
+                .map(|s| s.newest_ns)
+                .filter(|&t| t != i64::MIN)
+                .min()
+        } else {
+            None
+        };
         let s = self.sources.entry(source).or_insert(SourceTime {
             newest_ns: i64::MIN,
             seen_ns: now_ns,
             ..SourceTime::default()
         });
-        s.newest_ns = s.newest_ns.max(judged.time_ns);
+        if judged.skewed {
+            // Where its log stands (or the watermark, or the slowest other log), not the
+            // receive time: in a catch-up or a replay the wall clock is far ahead of the
+            // stream, and a forged time must move no clock.
+            let anchor = if s.newest_ns != i64::MIN {
+                Some(s.newest_ns)
+            } else {
+                w.or(others)
+            };
+            if let Some(a) = anchor {
+                judged.time_ns = judged.time_ns.min(a);
+            }
+            if s.newest_ns == i64::MIN {
+                // A log that sent only forged times must not hold the others forever.
+                s.newest_ns = judged.time_ns;
+            }
+        } else {
+            s.newest_ns = s.newest_ns.max(judged.time_ns);
+        }
+        let behind = w.is_some_and(|w| judged.time_ns < w);
+        let late = !judged.skewed
+            && w.is_some_and(|w| judged.time_ns < w.saturating_sub(cfg.allowed_lateness_ns));
         s.events += 1;
         s.skewed += u64::from(judged.skewed);
         s.late += u64::from(late);
@@ -234,6 +264,15 @@ impl Clocks {
     /// from now on as if it had sent a piece, until it sends events or goes idle.
     pub fn expect(&mut self, source: u32, now_ns: i64) {
         self.seen(source, now_ns);
+    }
+
+    /// Where `source` stands for a rule waiting on it: its newest event time while it is
+    /// active, `i64::MAX` once it is idle or unknown (nothing more is coming soon from it).
+    pub fn progress_ns(&self, source: u32, now_ns: i64, cfg: &TimeConfig) -> i64 {
+        match self.sources.get(&source) {
+            Some(s) if now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns => s.newest_ns,
+            _ => i64::MAX,
+        }
     }
 
     /// Whether the source has been seen (or expected) at all.
@@ -398,6 +437,33 @@ mod tests {
         let src: HashMap<u32, SourceTime> = k.sources().map(|(i, s)| (i, *s)).collect();
         assert_eq!((src[&0].events, src[&0].late), (4, 1));
         assert_eq!(k.totals(), (0, 1));
+    }
+
+    #[test]
+    fn in_a_catch_up_a_forged_timestamp_is_evaluated_where_its_log_stands_and_moves_nothing() {
+        let c = cfg();
+        let mut k = Clocks::default();
+        // The stream is an hour behind the wall clock (a replay, a consumer catching up).
+        let now = 1_800_000_000 * S;
+        let t = now - 3600 * S;
+        k.seen(0, now);
+        k.seen(1, now);
+        k.accept(0, t, None, now, &c);
+        k.accept(1, t + S, None, now, &c);
+        assert_eq!(k.advance(now, &c), t);
+        let a = k.accept(1, 4_070_908_800 * S, Some(now / 1_000_000), now, &c);
+        assert!(a.judged.skewed && !a.late);
+        assert_eq!(
+            a.judged.time_ns,
+            t + S,
+            "where partition 1 stood, not the wall clock"
+        );
+        // Partition 0 goes idle: the watermark goes to partition 1's newest honest time, not
+        // to the receive time of the forged one (which would make every event after it late).
+        k.seen(1, now + 3 * S);
+        assert_eq!(k.advance(now + 3 * S, &c), t + S);
+        let a = k.accept(0, t + 2 * S, None, now + 3 * S, &c);
+        assert!(!a.behind && !a.late);
     }
 
     #[test]

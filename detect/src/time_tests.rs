@@ -515,12 +515,14 @@ fn hubble(n: usize, src: &str, src_ip: &str, dst_ip: &str, t: i64) -> (String, i
     )
 }
 
-/// An OPA (Envoy ext_authz) decision from `src_ip` to `dst_ip`:8080.
+/// An OPA (Envoy ext_authz) decision from `src_ip` to `dst_ip`:8080, on the connection of
+/// [`hubble`]'s flow `n` (source port 40000 + n).
 fn decision(n: usize, src_ip: &str, dst_ip: &str, t: i64) -> (String, i64) {
     (
         format!(
-            r#"{{"decision_id":"d{n}","result":true,"timestamp":"{}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{src_ip}","portValue":41000}}}}}},"destination":{{"address":{{"socketAddress":{{"address":"{dst_ip}","portValue":8080}}}}}},"request":{{"http":{{"method":"GET","path":"/","host":"orders"}}}}}}}}}}"#,
-            ts(t)
+            r#"{{"decision_id":"d{n}","result":true,"timestamp":"{}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{src_ip}","portValue":{}}}}}}},"destination":{{"address":{{"socketAddress":{{"address":"{dst_ip}","portValue":8080}}}}}},"request":{{"http":{{"method":"GET","path":"/","host":"orders"}}}}}}}}}}"#,
+            ts(t),
+            40000 + n
         ),
         t,
     )
