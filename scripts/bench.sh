@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every benchmark in the repository, then BENCHMARKS.md from their figures: decode, chain +
-# write, end-to-end ingest against a bare consumer, detection, produce-to-alert latency, peak
-# memory with a million detection groups, verify, queries against DuckDB, storage per event.
+# write, end-to-end ingest against a bare consumer, detection throughput, the labelled
+# detection benchmark (recall, false alerts, latency), produce-to-alert latency, peak memory
+# with a million detection groups, verify, queries against DuckDB, storage per event.
 #
-#   scripts/bench.sh                 # all of them (about 30–40 minutes here, after the build)
+#   scripts/bench.sh                 # all of them (about 40–50 minutes here, after the build)
 #   scripts/bench.sh decode verify   # some (BENCHMARKS.md then holds only those)
 #
 # Release build; the real Tansu broker for the Kafka-facing benches (scripts/install.sh
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(decode store verify detect ingest alert_latency memory query)
+all=(decode store verify detect ingest alert_latency detection memory query)
 benches=("$@")
 [ ${#benches[@]} -eq 0 ] && benches=("${all[@]}")
 for b in "${benches[@]}"; do

@@ -78,7 +78,9 @@ def fmt(v, unit):
     if unit == "×":
         return f"{v:.2f}×"
     if unit == "%":
-        return f"{v:.0f} %"
+        return f"{v:.1f} %"
+    if unit == "/M":
+        return f"{v:.2f} per 1 000 000"
     if unit in ("ms", "µs"):
         return f"{v:,.1f} {unit}".replace(",", " ")
     return f"{v:,.0f} {unit}".replace(",", " ")

@@ -4,8 +4,12 @@
 //! bucket closes its count updates an exponentially weighted mean and variance (weight
 //! `alpha = 2 / (baseline_buckets + 1)`; empty buckets count as zeros). The open bucket fires
 //! once its count reaches `min_count` and exceeds `mean + z · max(stddev, 1)`, provided the
-//! group has a baseline of at least `min_history_buckets` buckets. Events for an already
-//! closed bucket (late but within the lateness) count toward nothing but the metrics.
+//! group has a baseline of at least `min_history_buckets` buckets, and — with `peak_factor`
+//! — exceeds `peak_factor` times the group's peak: the largest bucket it had, decaying by half
+//! every `peak_half_life_ns`. The mean forgets a batch job that runs every hour between runs;
+//! the peak remembers it, so only a rate well beyond anything the group did lately fires.
+//! Events for an already closed bucket (late but within the lateness) count toward nothing
+//! but the metrics.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +26,9 @@ pub struct RateSpikeSpec {
     pub min_history_buckets: u32,
     pub z: f64,
     pub min_count: u64,
+    /// Fire only above this many times the group's decaying peak (0: no peak test).
+    pub peak_factor: f64,
+    pub peak_half_life_ns: i64,
     pub suppress_ns: i64,
     pub allowed_lateness_ns: i64,
     pub max_groups: usize,
@@ -34,6 +41,9 @@ pub struct Group {
     mean: f64,
     var: f64,
     history: u32,
+    /// The largest closed bucket, decayed per bucket since.
+    #[serde(default)]
+    peak: f64,
     /// The newest events of the open bucket (evidence), at most `MAX_EVIDENCE`.
     recent: std::collections::VecDeque<EvRef>,
     open: Open,
@@ -43,7 +53,7 @@ crate::has_open!(Group);
 
 impl Group {
     /// Close buckets up to (not including) `bucket`.
-    fn roll(&mut self, bucket: i64, alpha: f64) {
+    fn roll(&mut self, bucket: i64, alpha: f64, peak_decay: f64) {
         if bucket <= self.bucket {
             return;
         }
@@ -56,6 +66,7 @@ impl Group {
             self.mean += incr;
             self.var = (1.0 - alpha) * (self.var + diff * incr);
             self.history = self.history.saturating_add(1);
+            self.peak = (self.peak * peak_decay).max(x);
             x = 0.0;
         }
         self.bucket = bucket;
@@ -91,6 +102,11 @@ impl RateSpike {
         self.st.matched(t);
         let s = &self.spec;
         let alpha = 2.0 / (f64::from(s.baseline_buckets) + 1.0);
+        let peak_decay = if s.peak_half_life_ns > 0 {
+            0.5f64.powf(s.bucket_ns as f64 / s.peak_half_life_ns as f64)
+        } else {
+            0.0
+        };
         let bucket = t.div_euclid(s.bucket_ns);
         let (key, g) = self.st.groups.entry(&s.group_by, row, || Group {
             bucket,
@@ -98,13 +114,14 @@ impl RateSpike {
             mean: 0.0,
             var: 0.0,
             history: 0,
+            peak: 0.0,
             recent: Default::default(),
             open: Open::default(),
         });
         if bucket < g.bucket {
             return Outcome::Nothing;
         }
-        g.roll(bucket, alpha);
+        g.roll(bucket, alpha, peak_decay);
         g.count += 1;
         if g.recent.len() == MAX_EVIDENCE {
             g.recent.pop_front();
@@ -117,6 +134,7 @@ impl RateSpike {
             if g.history >= s.min_history_buckets
                 && g.count >= s.min_count
                 && g.count as f64 > limit
+                && g.count as f64 > s.peak_factor * g.peak
             {
                 g.open.fire(t, g.count);
                 Outcome::Fired(Hit {
@@ -128,6 +146,7 @@ impl RateSpike {
                         format!("baseline_mean={:.1}", g.mean),
                         format!("baseline_stddev={:.1}", g.var.sqrt()),
                         format!("threshold={limit:.1}"),
+                        format!("peak={:.1}", g.peak),
                     ],
                     evidence: g.recent.iter().copied().collect(),
                 })
@@ -160,6 +179,8 @@ mod tests {
             min_history_buckets: 10,
             z: 4.0,
             min_count: 50,
+            peak_factor: 0.0,
+            peak_half_life_ns: 0,
             suppress_ns: 600 * S,
             allowed_lateness_ns: 30 * S,
             max_groups: 100,
@@ -214,5 +235,29 @@ mod tests {
         assert!(minute(&mut r, "busy", 30, 100).iter().all(|o| !o.fired()));
         assert!(minute(&mut r, "busy", 150, 100).iter().any(|o| o.fired()));
         assert_eq!(r.st.counters.late, 0);
+    }
+
+    #[test]
+    fn with_a_peak_a_batch_job_that_runs_every_hour_fires_once_and_a_real_spike_still_fires() {
+        let mut r = rule();
+        r.spec.peak_factor = 2.0;
+        r.spec.peak_half_life_ns = 24 * 3600 * S;
+        r.spec.suppress_ns = 60 * S;
+        let mut fired = Vec::new();
+        for m in 0..6 * 60 {
+            // 20 a minute, and 1 000 in the 30th minute of every hour.
+            let n = if m % 60 == 30 { 1000 } else { 20 };
+            if minute(&mut r, "reports", m, n).iter().any(|o| o.fired()) {
+                fired.push(m);
+            }
+        }
+        // The first run had no peak to compare with; every later one is within it.
+        assert_eq!(fired, vec![30], "{fired:?}");
+        // Ten times its batch in one minute: beyond anything it did today.
+        assert!(
+            minute(&mut r, "reports", 6 * 60 + 30, 10_000)
+                .iter()
+                .any(|o| o.fired())
+        );
     }
 }

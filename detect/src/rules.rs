@@ -240,6 +240,8 @@ pub struct RuleFile {
     pub min_history_buckets: Option<Spanned<u32>>,
     pub z: Option<Spanned<f64>>,
     pub min_count: Option<Spanned<u64>>,
+    pub peak_factor: Option<Spanned<f64>>,
+    pub peak_half_life: Option<Spanned<String>>,
     #[serde(default, rename = "test")]
     pub tests: Vec<RuleTest>,
 }
@@ -872,6 +874,10 @@ pub fn compile(
             if !(z.is_finite() && z > 0.0) {
                 return Err(cx.err(k.span(), "z must be a positive number"));
             }
+            let peak_factor = rf.peak_factor.as_ref().map_or(0.0, |p| *p.get_ref());
+            if !(peak_factor.is_finite() && peak_factor >= 0.0) {
+                return Err(cx.err(k.span(), "peak_factor must be a number ≥ 0"));
+            }
             Kind::RateSpike(RateSpike::new(RateSpikeSpec {
                 filter: filter()?,
                 group_by: group_by.clone(),
@@ -883,6 +889,11 @@ pub fn compile(
                     .map_or(baseline / 2, |b| *b.get_ref()),
                 z,
                 min_count: rf.min_count.as_ref().map_or(100, |m| *m.get_ref()),
+                peak_factor,
+                peak_half_life_ns: match &rf.peak_half_life {
+                    Some(h) => cx.dur(h)?,
+                    None => 24 * 3600 * 1_000_000_000,
+                },
                 suppress_ns,
                 allowed_lateness_ns,
                 max_groups,
