@@ -135,10 +135,15 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 assigned: Some({
                     let m = metrics.clone();
                     vigil_detect::run::Assigned(Arc::new(move || {
-                        m.durable_offsets
-                            .lock()
-                            .map(|d| d.keys().map(|(t, p)| format!("{t}/{p}")).collect())
-                            .unwrap_or_default()
+                        let in_flight: std::collections::HashSet<(String, i32)> =
+                            m.in_flight().into_iter().collect();
+                        m.durable()
+                            .into_keys()
+                            .map(|k| {
+                                let busy = in_flight.contains(&k);
+                                (format!("{}/{}", k.0, k.1), busy)
+                            })
+                            .collect()
                     }))
                 }),
             },

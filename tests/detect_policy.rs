@@ -44,11 +44,12 @@ fn flow(n: usize, src: &str, dst: &str, port: u16, verdict: &str, l7: Option<(&s
     }
 }
 
-/// An OPA (Envoy ext_authz) decision allowing `src` → `dst`:80, now, on partition 1.
-fn decision(n: usize, src: &str, dst: &str) -> Rec {
+/// An OPA (Envoy ext_authz) decision allowing `src`:`port` → `dst`:80 (the connection of the
+/// flow with that source port), now, on partition 1.
+fn decision(n: usize, src: &str, dst: &str, port: u16) -> Rec {
     let t = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.9fZ");
     let v = format!(
-        r#"{{"decision_id":"d-{n}","result":true,"timestamp":"{t}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{src}","portValue":41000}}}}}},"destination":{{"address":{{"socketAddress":{{"address":"{dst}","portValue":80}}}}}},"request":{{"http":{{"method":"POST","path":"/v1/request-landing","host":"deathstar"}}}}}}}}}}"#
+        r#"{{"decision_id":"d-{n}","result":true,"timestamp":"{t}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{src}","portValue":{port}}}}}}},"destination":{{"address":{{"socketAddress":{{"address":"{dst}","portValue":80}}}}}},"request":{{"http":{{"method":"POST","path":"/v1/request-landing","host":"deathstar"}}}}}}}}}}"#
     );
     Rec {
         partition: 1,
@@ -131,10 +132,9 @@ fn an_undeclared_connection_and_one_that_bypassed_the_policy_engine_alert_and_de
     // The policy engine (OPA behind Envoy) decides on calls to the deathstar: each of
     // tiefighter's connections has its decision; xwing's allowed ones have none — they went
     // around the sidecar.
-    for n in 0..20 {
-        recs.push(decision(400 + n, "10.244.1.60", "10.244.1.5"));
-        recs.push(decision(500 + n, "10.244.1.61", "10.244.1.5"));
-        recs.push(decision(600 + n, "10.244.1.62", "10.244.1.5"));
+    for n in (0..20).chain(100..120) {
+        let ip = format!("10.244.1.{}", 60 + n % 3);
+        recs.push(decision(400 + n, &ip, "10.244.1.5", 40000 + n as u16));
     }
 
     let total = recs.len() as u64;
@@ -146,7 +146,7 @@ fn an_undeclared_connection_and_one_that_bypassed_the_policy_engine_alert_and_de
     std::thread::sleep(Duration::from_secs(6));
     let later = [
         flow(700, "tiefighter", deathstar, 80, "FORWARDED", None),
-        decision(701, "10.244.1.60", "10.244.1.5"),
+        decision(701, "10.244.1.61", "10.244.1.5", 40700),
     ];
     produce(&broker.producer(), "flows", &later);
     wait_stored(&[&s], &dir, total + 2, Duration::from_secs(60));
@@ -157,7 +157,8 @@ fn an_undeclared_connection_and_one_that_bypassed_the_policy_engine_alert_and_de
         ),
         (
             "vigil.enforcement_gap.sidecar_bypass".to_owned(),
-            "10.244.1.5 10.244.1.99".to_owned(),
+            // Three connections around the sidecar: one alert about the source and port.
+            "10.244.1.5 80 10.244.1.99".to_owned(),
         ),
     ]
     .into_iter()

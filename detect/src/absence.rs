@@ -4,8 +4,10 @@
 //! for the same source and destination within a few seconds: the traffic bypassed the
 //! sidecar or the policy engine.
 //!
-//! A trigger is satisfied by an expected event of its group within `within` before or after
-//! it. It is judged only once the watermark has passed `trigger + within`, so an expected event
+//! A trigger is satisfied by an expected event with the same `match_by` values (its
+//! connection, say) within `within` before or after it; alerts are about `group_by` (a subset:
+//! the source and destination), so a workload that bypasses the sidecar on a hundred
+//! connections is one alert, updated, not a hundred. It is judged only once the watermark has passed `trigger + within`, so an expected event
 //! that arrives later from another partition still counts. Bounded: per group at most
 //! [`MAX_PENDING`] triggers wait (more are counted, not kept) and the newest [`MAX_EXPECTED`]
 //! expected times are kept.
@@ -29,12 +31,14 @@ pub struct AbsenceSpec {
     pub trigger: Filter,
     /// The companion events.
     pub expect: Filter,
-    /// Trigger and companion belong together when these fields are equal.
+    /// The alert's group: a subset of `match_by`.
     pub group_by: GroupBy,
+    /// Trigger and companion belong together when these fields are equal.
+    pub match_by: GroupBy,
     /// How far apart (either way) a companion may be.
     pub within_ns: i64,
     /// Judge a trigger only if some companion was seen, by the time it is judged, for these
-    /// fields' values (its destination, say; a subset of `group_by`): a destination the policy
+    /// fields' values (its destination, say; a subset of `match_by`): a destination the policy
     /// engine never decided on is not protected, and traffic to it bypasses nothing. Empty:
     /// judge every trigger.
     pub protected_by: GroupBy,
@@ -98,20 +102,23 @@ impl Absence {
         crate::group::hash(&self.spec.protected_by, row, &self.hasher)
     }
 
-    /// The `protected_by` hash of a group's key (its fields are among the group's).
-    fn protected_hash_of_key(&self, key: &[Option<String>]) -> u64 {
-        let sub: Vec<Option<String>> = self
-            .spec
-            .protected_by
+    /// The values of `fields` (among `match_by`) in a match key.
+    fn project(&self, fields: &GroupBy, key: &[Option<String>]) -> Key {
+        fields
             .iter()
             .map(|(name, _)| {
                 self.spec
-                    .group_by
+                    .match_by
                     .iter()
                     .position(|(n, _)| n == name)
                     .and_then(|i| key.get(i).cloned().flatten())
             })
-            .collect();
+            .collect()
+    }
+
+    /// The `protected_by` hash of a match key.
+    fn protected_hash_of_key(&self, key: &[Option<String>]) -> u64 {
+        let sub = self.project(&self.spec.protected_by, key);
         crate::group::hash_key(&self.spec.protected_by, &sub, &self.hasher)
     }
 
@@ -137,7 +144,7 @@ impl Absence {
         let (key, g) = self
             .st
             .groups
-            .entry(&self.spec.group_by, row, Group::default);
+            .entry(&self.spec.match_by, row, Group::default);
         if is_expect {
             let at = g.expected.partition_point(|&x| x <= t);
             g.expected.insert(at, t);
@@ -174,7 +181,8 @@ impl Absence {
             };
             let unguarded = !self.spec.protected_by.is_empty()
                 && !self.protected.contains(&self.protected_hash_of_key(&key));
-            let Some(g) = self.st.groups.get_by_key_mut(&self.spec.group_by, &key) else {
+            let alert_key = self.project(&self.spec.group_by, &key);
+            let Some(g) = self.st.groups.get_by_key_mut(&self.spec.match_by, &key) else {
                 continue; // evicted or expired
             };
             let ready =
@@ -201,7 +209,7 @@ impl Absence {
             }
             if let Some((count, ev)) = updated {
                 out.push(Due::Updated {
-                    key: key.clone(),
+                    key: alert_key,
                     count,
                     ev,
                 });
@@ -211,7 +219,7 @@ impl Absence {
             g.open.fire(last.time_ns, unmatched.len() as u64);
             self.st.counters.fired += 1;
             out.push(Due::Fired(Hit {
-                key,
+                key: alert_key,
                 first_ns: first,
                 last_ns: last.time_ns,
                 count: unmatched.len() as u64,
@@ -271,13 +279,15 @@ mod tests {
     const S: i64 = 1_000_000_000;
 
     fn rule() -> Absence {
+        let by = vec![
+            ("caller_ip".into(), field("caller_ip").unwrap()),
+            ("callee_ip".into(), field("callee_ip").unwrap()),
+        ];
         Absence::new(AbsenceSpec {
             trigger: Filter::parse(r#"kind == "flow""#).unwrap(),
             expect: Filter::parse(r#"kind == "authz""#).unwrap(),
-            group_by: vec![
-                ("caller_ip".into(), field("caller_ip").unwrap()),
-                ("callee_ip".into(), field("callee_ip").unwrap()),
-            ],
+            group_by: by.clone(),
+            match_by: by,
             within_ns: 5 * S,
             protected_by: Vec::new(),
             suppress_ns: 600 * S,
@@ -376,7 +386,7 @@ mod tests {
         let saved = serde_json::to_string(&r.st.groups.entries().collect::<Vec<_>>()).unwrap();
         let mut back = rule();
         back.st.groups.restore(
-            &back.spec.group_by.clone(),
+            &back.spec.match_by.clone(),
             serde_json::from_str(&saved).unwrap(),
         );
         back.rebuild_due();
@@ -385,5 +395,39 @@ mod tests {
             matches!(&d[..], [Due::Fired(h)] if h.count == MAX_PENDING as u64),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn matched_per_connection_alerted_per_source_and_destination() {
+        let mut r = rule();
+        r.spec
+            .match_by
+            .push(("caller_port".into(), field("caller_port").unwrap()));
+        let conn = |kind: &str, port: &str| {
+            let v: Vec<(&str, serde_json::Value)> = vec![
+                ("kind", kind.into()),
+                ("caller_ip", "10.1.0.1".into()),
+                ("caller_port", port.parse::<u16>().unwrap().into()),
+                ("callee_ip", "10.0.0.9".into()),
+            ];
+            OwnedRow::from_fields(v.iter().map(|(k, v)| (*k, v))).unwrap()
+        };
+        // The workload's proper calls go through the sidecar on one connection...
+        r.observe(&conn("flow", "40000"), at(S));
+        r.observe(&conn("authz", "40000"), at(S + 1_000_000));
+        // ...and two connections of its own go around it, a decision on the first nearby.
+        r.observe(&conn("flow", "40001"), at(2 * S));
+        r.observe(&conn("authz", "40000"), at(3 * S));
+        r.observe(&conn("flow", "40002"), at(4 * S));
+        let d = r.due(60 * S, &|_| i64::MAX);
+        assert_eq!(d.len(), 2, "{d:?}");
+        for x in &d {
+            let Due::Fired(h) = x else { panic!("{d:?}") };
+            // The alert is about the source and destination, not the connection.
+            assert_eq!(
+                h.key,
+                vec![Some("10.1.0.1".into()), Some("10.0.0.9".into())]
+            );
+        }
     }
 }

@@ -485,12 +485,13 @@ impl Engine {
         self.clocks.expect(id, now_ns);
     }
 
-    /// [`Engine::expect_log`] for each of `logs` the engine has not heard of yet (assigned
-    /// partitions, before their first records arrive).
-    pub fn expect_new_logs(&mut self, logs: &[String], now_ns: i64) {
-        for log in logs {
+    /// Logs ingest holds: a new one is expected (it holds the watermark from now until it
+    /// sends or goes idle); one with records in flight (consumed, not yet durable) counts as
+    /// active now, so the watermark does not pass records still on their way.
+    pub fn hold_logs(&mut self, logs: &[(String, bool)], now_ns: i64) {
+        for (log, in_flight) in logs {
             let id = self.logs.id(log);
-            if !self.clocks.knows(id) {
+            if !self.clocks.knows(id) || *in_flight {
                 self.clocks.expect(id, now_ns);
             }
         }

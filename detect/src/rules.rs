@@ -231,6 +231,7 @@ pub struct RuleFile {
     pub expect: Option<Spanned<String>>,
     pub within: Option<Spanned<String>>,
     pub protected_by: Option<Spanned<Vec<String>>>,
+    pub match_by: Option<Spanned<Vec<String>>>,
     /// The `first` events must be a run: a `then` event that does not complete the sequence
     /// ends it (a success after one-off failures is normal).
     pub consecutive: Option<Spanned<bool>>,
@@ -475,6 +476,8 @@ impl Kind {
         match self {
             Kind::FirstSeen(r) => r.started_ns = load(&mut r.st, &by, v)?,
             Kind::Absence(r) => {
+                // Its groups are keyed by what pairs events, not by the alert's key.
+                let by = r.spec.match_by.clone();
                 load(&mut r.st, &by, v)?;
                 r.rebuild_due();
             }
@@ -838,6 +841,22 @@ pub fn compile(
         }
         KindName::Absence => {
             needs_group("absence")?;
+            // What pairs a trigger with its companion (default: the alert's group_by, which
+            // must be among them).
+            let match_by = match &rf.match_by {
+                Some(m) => {
+                    if let Some((n, _)) = group_by
+                        .iter()
+                        .find(|(g, _)| !m.get_ref().iter().any(|n| n == g))
+                    {
+                        return Err(
+                            cx.err(m.span(), format!("group_by field `{n}` is not in match_by"))
+                        );
+                    }
+                    cx.group_by(m)?
+                }
+                None => group_by.clone(),
+            };
             Kind::Absence(crate::absence::Absence::new(crate::absence::AbsenceSpec {
                 trigger: filter()?,
                 expect: cx.filter(cx.need(&rf.expect, "expect", k)?)?,
@@ -848,17 +867,18 @@ pub fn compile(
                         if let Some(n) = p
                             .get_ref()
                             .iter()
-                            .find(|n| !group_by.iter().any(|(g, _)| g == *n))
+                            .find(|n| !match_by.iter().any(|(g, _)| g == *n))
                         {
                             return Err(cx.err(
                                 p.span(),
-                                format!("protected_by field `{n}` is not in group_by"),
+                                format!("protected_by field `{n}` is not in match_by"),
                             ));
                         }
                         cx.group_by(p)?
                     }
                     None => Vec::new(),
                 },
+                match_by,
                 suppress_ns,
                 allowed_lateness_ns,
                 max_groups,

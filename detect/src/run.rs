@@ -58,13 +58,16 @@ pub struct RunConfig {
     pub silent_source_ns: i64,
     /// The partition logs (`topic/partition`) this process's ingest has been assigned: each
     /// holds the watermark from its assignment, so that a partition fetched later than the
-    /// others is not overtaken before its first records arrive.
+    /// others is not overtaken before its first records arrive; and one whose records ingest
+    /// has consumed but not yet made durable holds it however long the store takes (it is
+    /// not idle: its records are on their way).
     pub assigned: Option<Assigned>,
 }
 
-/// The partition logs ingest has been assigned (`topic/partition`).
+/// The partition logs ingest has been assigned (`topic/partition`), each with whether it has
+/// records consumed but not yet durable.
 #[derive(Clone)]
-pub struct Assigned(pub Arc<dyn Fn() -> Vec<String> + Send + Sync>);
+pub struct Assigned(pub Arc<dyn Fn() -> Vec<(String, bool)> + Send + Sync>);
 
 impl std::fmt::Debug for Assigned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -777,7 +780,7 @@ fn run(
             && last_assigned.is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
         {
             last_assigned = Some(Instant::now());
-            engine.expect_new_logs(&(a.0)(), now_ns());
+            engine.hold_logs(&(a.0)(), now_ns());
         }
         match got {
             Ok(p) => l.live(&mut engine, &p)?,

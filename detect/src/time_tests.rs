@@ -444,6 +444,44 @@ fn an_idle_partition_stops_holding_the_watermark() {
 }
 
 #[test]
+fn a_partition_whose_records_are_on_their_way_to_the_store_is_not_idle() {
+    let mut e = engine_with(
+        &[],
+        TimeConfig {
+            idle_source_ns: 2 * S,
+            ..TimeConfig::default()
+        },
+    );
+    let now = T0 + 100 * S;
+    let mut p0 = Part::new("t", 0);
+    let mut p1 = Part::new("t", 1);
+    e.observe(&p1.piece(&[ev(T0, "10.0.0.1", true, 0)], None), now)
+        .unwrap();
+    let burst: Vec<Ev> = (0..6)
+        .map(|i| ev(T0 + 10 * S + i * S, "10.0.0.8", false, 10 + i as usize))
+        .collect();
+    e.observe(&p0.piece(&burst, None), now).unwrap();
+    // t/1's next file takes 5 s to become durable; ingest says its records are in flight.
+    for k in 1..=5 {
+        e.hold_logs(&[("t/0".into(), false), ("t/1".into(), true)], now + k * S);
+        e.tick(now + k * S);
+    }
+    // The watermark waited for t/1 (idle after 2 s otherwise): nothing of t/0 went ahead.
+    let st = e.time_stats();
+    assert_eq!(st.buffered, 7);
+    assert!(st.watermark_ns <= T0 + 5 * S, "{}", st.watermark_ns - T0);
+    // Its records arrive, older than the burst: in order, none behind or late.
+    let older: Vec<Ev> = (0..3)
+        .map(|i| ev(T0 + 5 * S + i * S, "10.0.0.2", true, 20 + i as usize))
+        .collect();
+    e.observe(&p1.piece(&older, None), now + 5 * S).unwrap();
+    e.tick(now + 8 * S);
+    let st = e.time_stats();
+    assert_eq!((st.buffered, st.late), (0, 0));
+    assert!(e.take_pending().iter().any(|a| a.rule_id == "p.burst"));
+}
+
+#[test]
 fn the_buffer_is_bounded_and_forcing_is_counted() {
     let mut e = engine_with(
         &[],

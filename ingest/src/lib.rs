@@ -414,6 +414,7 @@ impl Core {
         let Some(chunk) = part.chunk.take() else {
             return Ok(());
         };
+        self.metrics.received_at(&part.key, part.dispatched);
         if wait {
             return queue
                 .send(Job::Records(chunk))

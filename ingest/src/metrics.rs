@@ -40,6 +40,10 @@ pub struct IngestMetrics {
     /// Per partition log this process has held: the last offset in a durable file (the
     /// store's head when assigned). Rows after it are not in a file yet.
     pub durable_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    /// Per partition log: the last offset consumed and handed to its pipeline. Past
+    /// `durable_offsets`, records are on their way to a file (detection holds its watermark
+    /// for such a log: it is not idle, its records are late to arrive).
+    pub received_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
     /// Per partition consumed now: the broker's high watermark (the offset its next record
     /// will get), from the consumer's statistics (`statistics.interval.ms`, 1 s by default).
     pub high_watermarks: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
@@ -141,6 +145,28 @@ impl IngestMetrics {
     pub(crate) fn set_high_watermarks(&self, now: std::collections::HashMap<(String, i32), i64>) {
         if let Ok(mut m) = self.high_watermarks.lock() {
             *m = now;
+        }
+    }
+
+    /// The partition logs with records consumed but not yet durable.
+    pub fn in_flight(&self) -> Vec<(String, i32)> {
+        let durable = self.durable();
+        self.received_offsets
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, r)| durable.get(*k).is_none_or(|d| d < *r))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Record that `key`'s records up to `offset` were handed to its pipeline.
+    pub(crate) fn received_at(&self, key: &(String, i32), offset: i64) {
+        if let Ok(mut m) = self.received_offsets.lock() {
+            let e = m.entry(key.clone()).or_insert(offset);
+            *e = (*e).max(offset);
         }
     }
 

@@ -264,8 +264,9 @@ pub fn run(
                 next_batch += 600 * S;
             } else {
                 world.benign(next_benign, &mut units);
+                // `rate_e` counts records: a unit of k records takes k gaps.
                 let gap = -(1.0 - world.rng.random::<f64>()).ln() / rate_e;
-                next_benign += (gap * 1e9) as i64;
+                next_benign += (gap * units.len() as f64 * 1e9) as i64;
             }
             benign += units.len() as u64;
             heap.extend(units.drain(..).map(Reverse));
