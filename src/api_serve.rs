@@ -212,9 +212,13 @@ async fn serve_tls(
     Ok(())
 }
 
-/// `POST /v1/rules/reload`: the rules directory read again (the configuration file is not);
+/// `POST /v1/rules/reload` (and the file watch, `crate::rules_watch`): the rules directory and
+/// policies read again (the configuration file is not);
 /// any rule that fails to load refuses the whole reload, so a typo never drops a rule.
-fn reload_fn(cfg: &Config, reloader: Option<vigil_detect::run::Reloader>) -> Arc<api::ReloadFn> {
+pub fn reload_fn(
+    cfg: &Config,
+    reloader: Option<vigil_detect::run::Reloader>,
+) -> Arc<api::ReloadFn> {
     let detect = cfg.detect.clone();
     Arc::new(move |by: &str| {
         let Some(reloader) = &reloader else {

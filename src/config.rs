@@ -125,6 +125,10 @@ pub struct DetectConfig {
     pub policy_dir: std::path::PathBuf,
     /// The SPIFFE trust domain of the mesh's identities, for imported Istio policies.
     pub trust_domain: String,
+    /// `rules_dir`, `policy_dir` and `allowlist_file` are watched: once changes have been
+    /// quiet this long, the rules and the policy graph are reloaded (as `POST
+    /// /v1/rules/reload`). 0: not watched.
+    pub watch_debounce_ms: u64,
     /// An event this far behind the detection watermark (the slowest active partition log)
     /// is late: still evaluated, but counted per log (`late` in the progress line and
     /// `/metrics`) and visible to rules (`time_late`). Rules may keep their state longer.
@@ -167,6 +171,7 @@ impl Default for DetectConfig {
             allowlist_file: Default::default(),
             policy_dir: Default::default(),
             trust_domain: "cluster.local".to_owned(),
+            watch_debounce_ms: 1000,
             allowed_lateness_ms: 30_000,
             max_future_skew_ms: 300_000,
             idle_source_ms: 1_000,

@@ -12,6 +12,7 @@ mod produce_cmd;
 mod proof_cmd;
 mod query_cmd;
 mod rules_cmd;
+mod rules_watch;
 mod serve_cmd;
 mod simulate_cmd;
 mod simulate_labelled;

@@ -171,6 +171,15 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         (None, None)
     };
 
+    // Rule and policy files reloaded when they change on disk (as `POST /v1/rules/reload`).
+    let _rules_watch = match &reloader {
+        Some(r) => crate::rules_watch::start(
+            &cfg.detect,
+            crate::api_serve::reload_fn(cfg, Some(r.clone())),
+        )?,
+        None => None,
+    };
+
     // Delivery drains the outbox (including what earlier runs left) on its own thread.
     let deliver_stop = Arc::new(AtomicBool::new(false));
     let deliver = match &outbox {

@@ -171,3 +171,72 @@ fn an_undeclared_connection_and_one_that_bypassed_the_policy_engine_alert_and_de
     assert!(log.contains("policy graph imported"), "{log}");
     assert_eq!(alert_summary(&stored_alerts(&dir)), expected, "{log}");
 }
+
+#[test]
+fn a_policy_changed_on_disk_is_imported_again_without_a_restart() {
+    let policies_dir = tempfile::tempdir().unwrap();
+    for f in ["cilium_http_sw_app.yaml", "cilium_sw_l3_l4_policy.yaml"] {
+        std::fs::copy(policies().join(f), policies_dir.path().join(f)).unwrap();
+    }
+    let DetectSetup {
+        broker,
+        dir,
+        config,
+        tmp: _tmp,
+    } = detect_setup(
+        "flows",
+        1,
+        &format!(
+            "policy_dir = {:?}\nwatch_debounce_ms = 300\n",
+            policies_dir.path().display().to_string()
+        ),
+    );
+    let deathstar = "deathstar-7848d6c4d5-th9v2";
+    let s = serve(&broker, "flows", &dir, "g-watch", &[], Some(&config));
+    // Declared (only the empire reaches the deathstar on TCP 80): quiet.
+    let first: Vec<Rec> = (0..5)
+        .map(|n| flow(n, "tiefighter", deathstar, 80, "FORWARDED", None))
+        .collect();
+    produce(&broker.producer(), "flows", &first);
+    wait_stored(&[&s], &dir, 5, Duration::from_secs(60));
+    // The policy is narrowed on disk to TCP 443: serve imports it again by itself.
+    let policy = policies_dir.path().join("cilium_sw_l3_l4_policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(text.contains(r#"port: "80""#), "{text}");
+    std::fs::write(&policy, text.replace(r#"port: "80""#, r#"port: "443""#)).unwrap();
+    wait_for("the watch to reload", Duration::from_secs(30), || {
+        s.log_text()
+            .contains("rules and policies changed on disk: reloaded")
+            .then_some(())
+    });
+    // The same connection is now outside the declared graph.
+    let later: Vec<Rec> = (10..13)
+        .map(|n| flow(n, "tiefighter", deathstar, 80, "FORWARDED", None))
+        .collect();
+    produce(&broker.producer(), "flows", &later);
+    wait_stored(&[&s], &dir, 8, Duration::from_secs(60));
+    let expected: BTreeSet<(String, String)> = [(
+        "vigil.unexpected_flow.declared".to_owned(),
+        format!("{deathstar} tiefighter"),
+    )]
+    .into_iter()
+    .collect();
+    wait_alerts(&dir, &expected, Duration::from_secs(30));
+    let (ok, log) = s.stop();
+    assert!(ok, "serve failed: {log}");
+    assert_eq!(alert_summary(&stored_alerts(&dir)), expected, "{log}");
+    // The reload is on Vigil's own record, by the watch.
+    let by = sql(
+        &dir,
+        "SELECT count(*) FROM events WHERE kind = 'admin_audit' AND caller_principal = 'file-watch'",
+    );
+    use arrow::array::AsArray;
+    assert!(
+        by[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+            >= 1,
+        "{log}"
+    );
+}

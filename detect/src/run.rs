@@ -773,8 +773,17 @@ fn run(
     let tail_every = Duration::from_secs(1);
     let mut last_tail = Instant::now();
     let mut last_assigned: Option<Instant> = None;
+    let mut caught_up_ns = now_ns();
     loop {
         let got = pieces.recv_timeout(flush_every);
+        // Pieces still queued behind this one: detection is behind (busy since it was last
+        // caught up), and no log is idle for that.
+        let at = now_ns();
+        let backlog = !pieces.is_empty();
+        engine.set_backlog(backlog, caught_up_ns, at);
+        if !backlog {
+            caught_up_ns = at;
+        }
         // Assigned partitions hold the watermark before their first records arrive.
         if let Some(a) = &l.cfg.assigned
             && last_assigned.is_none_or(|t| t.elapsed() >= Duration::from_millis(100))

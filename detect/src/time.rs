@@ -275,6 +275,16 @@ impl Clocks {
         }
     }
 
+    /// The idle clock ran again from `from_ns` to `to_ns` (a backlog was worked off): the
+    /// sources seen at or after `from_ns` were seen now.
+    pub fn resume(&mut self, from_ns: i64, to_ns: i64) {
+        for s in self.sources.values_mut() {
+            if s.seen_ns >= from_ns {
+                s.seen_ns = s.seen_ns.max(to_ns);
+            }
+        }
+    }
+
     /// Whether the source has been seen (or expected) at all.
     pub fn knows(&self, source: u32) -> bool {
         self.sources.contains_key(&source)

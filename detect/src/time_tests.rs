@@ -482,6 +482,37 @@ fn a_partition_whose_records_are_on_their_way_to_the_store_is_not_idle() {
 }
 
 #[test]
+fn a_log_whose_pieces_wait_behind_others_while_detection_is_busy_is_not_idle() {
+    let mut e = engine_with(
+        &[],
+        TimeConfig {
+            idle_source_ns: S,
+            allowed_lateness_ns: S / 2,
+            ..TimeConfig::default()
+        },
+    );
+    let now = T0 + 100 * S;
+    let (mut a, mut b) = (Part::new("t", 0), Part::new("t", 1));
+    let at = |t: i64, id: usize| ev(t, "10.0.0.1", true, id);
+    e.expect_log("t/1", now);
+    e.observe(&a.piece(&[at(T0 + 10 * S, 0)], None), now)
+        .unwrap();
+    e.observe(&b.piece(&[at(T0, 1)], None), now).unwrap();
+    // Detection was busy for 3 s; the queue then holds a's next piece, and b's behind it.
+    e.set_backlog(true, now, now + 3 * S);
+    e.observe(&a.piece(&[at(T0 + 20 * S, 2)], None), now + 3 * S)
+        .unwrap();
+    e.observe(&b.piece(&[at(T0 + 12 * S, 3)], None), now + 3 * S)
+        .unwrap();
+    e.set_backlog(false, now, now + 3 * S);
+    // b was never idle, only queued: none of its events is late.
+    assert_eq!(e.time_stats().late, 0);
+    // Once caught up, idleness counts from now: b goes idle only a second later.
+    e.tick(now + 3 * S + S / 2);
+    assert!(e.time_stats().watermark_ns <= T0 + 12 * S);
+}
+
+#[test]
 fn the_buffer_is_bounded_and_forcing_is_counted() {
     let mut e = engine_with(
         &[],
