@@ -5,7 +5,8 @@
 # with a million detection groups, verify, queries against DuckDB, storage per event.
 #
 #   scripts/bench.sh                 # all of them (about 40–50 minutes here, after the build)
-#   scripts/bench.sh decode verify   # some (BENCHMARKS.md then holds only those)
+#   scripts/bench.sh decode verify   # some (BENCHMARKS.md keeps the others' rows, marked
+#                                    # with the date and commit they were measured at)
 #
 # Release build; the real Tansu broker for the Kafka-facing benches (scripts/install.sh
 # installs it); DuckDB (pip) for the query bench. Each bench's own output is kept in
@@ -38,7 +39,11 @@ for b in "${benches[@]}"; do
     failed+=("$b")
   fi
 done
-python3 scripts/bench_report.py "$run_dir" "$started" "${failed[*]:-}" "${benches[@]}" >BENCHMARKS.md
+# A partial run keeps the other benches' rows from the last report (marked with their date).
+cp BENCHMARKS.md "$run_dir/previous.md" 2>/dev/null || true
+if [ ${#benches[@]} -lt ${#all[@]} ]; then export VIGIL_BENCH_PREVIOUS="$run_dir/previous.md"; fi
+python3 scripts/bench_report.py "$run_dir" "$started" "${failed[*]:-}" "${benches[@]}" >"$run_dir/BENCHMARKS.md"
+mv "$run_dir/BENCHMARKS.md" BENCHMARKS.md
 echo "== BENCHMARKS.md written"
 cat BENCHMARKS.md
 [ ${#failed[@]} -eq 0 ] || { echo "failed: ${failed[*]} (see target/bench-run/<bench>.log)" >&2; exit 1; }

@@ -2,7 +2,9 @@
 """Render BENCHMARKS.md from one run of scripts/bench.sh.
 
 Arguments: the run directory (criterion/ and figures.jsonl), the run's start time, the benches
-that failed (space-separated, may be empty), then the benches that ran. Criterion's results
+that failed (space-separated, may be empty), then the benches that ran. With
+`VIGIL_BENCH_PREVIOUS` naming an earlier BENCHMARKS.md, the rows of areas this run did not
+measure are carried over from it, marked with the date and commit they were measured at. Criterion's results
 give the throughput figures (median time per iteration and the bench's declared throughput);
 figures.jsonl gives what the other benches measured (benches/support/report.rs).
 """
@@ -49,7 +51,7 @@ REFERENCES = {
     "store/decode_chain_write": ("decode/opa_envoy_ext_authz/auto", "decode alone"),
     "verify/store_decoded": ("verify/store", "verify without --decoded"),
 }
-AREAS = ["decode", "chain + write", "ingest", "detect", "alert latency", "memory", "query", "verify", "storage"]
+AREAS = ["decode", "chain + write", "ingest", "detect", "detection", "alert latency", "memory", "query", "verify", "storage"]
 
 
 def criterion_results():
@@ -126,6 +128,23 @@ for line in figures.read_text().splitlines() if figures.exists() else []:
                  f["reference"], f["reference_value"]))
 
 
+def previous_rows(measured_areas):
+    """Rows of an earlier report for areas this run did not measure, with when they were."""
+    prev = os.environ.get("VIGIL_BENCH_PREVIOUS")
+    if not prev or not pathlib.Path(prev).exists():
+        return [], None
+    text = pathlib.Path(prev).read_text()
+    date = next((l.split("**Date**: ", 1)[1].split(" ")[0] for l in text.splitlines() if "**Date**:" in l), "?")
+    build = next((l.split("commit ", 1)[1].strip() for l in text.splitlines() if "**Build**:" in l), "?")
+    kept = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7 or cells[0] in ("area", "---") or cells[0] in measured_areas:
+            continue
+        kept.append(cells)
+    return kept, f"{date}, commit {build}"
+
+
 def machine():
     cpu = "unknown"
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -140,6 +159,7 @@ def machine():
 
 
 cpu, cores, mem_gib, kernel, rustc, commit = machine()
+carried, carried_from = previous_rows({r[0] for r in rows})
 print("# Benchmarks")
 print()
 print("Written by `scripts/bench.sh` (every bench in `benches/`, release build, one run); do not edit by hand.")
@@ -148,12 +168,14 @@ print(f"- **Date**: {started} (run started, UTC)")
 print(f"- **Machine**: {cores} cores, {mem_gib:.1f} GiB memory, {cpu}; Linux {kernel}")
 print(f"- **Build**: {rustc}; commit {commit}")
 print(f"- **Benches run**: {', '.join(ran)}" + (f"; **failed**: {', '.join(failed)} (see `target/bench-run/<bench>.log`)" if failed else ""))
+if carried:
+    print(f"- **Carried over** (not measured in this run; the row says when): {len(carried)} rows from the report of {carried_from}")
 print("- The Kafka-facing benches run the real broker (Tansu, in memory) on the same cores as Vigil; "
       "\"one core\" figures are one thread. Ratios are against a reference measured in the same run.")
 print()
 print("| area | figure | value | target | reference (same run) | ratio | |")
 print("|---|---|---|---|---|---|---|")
-for area in AREAS + sorted({r[0] for r in rows} - set(AREAS)):
+for area in AREAS + sorted(({r[0] for r in rows} | {c[0] for c in carried}) - set(AREAS)):
     for a, figure, v, unit, op, t, ref, ref_v in rows:
         if a != area:
             continue
@@ -161,6 +183,9 @@ for area in AREAS + sorted({r[0] for r in rows} - set(AREAS)):
         ref_s = f"{ref}: {fmt(ref_v, unit)}" if ref_v is not None else "—"
         ratio_s = f"{ratio:.2f}" if ratio is not None else "—"
         print(f"| {a} | {figure} | {fmt(v, unit)} | {target_str(op, t, unit)} | {ref_s} | {ratio_s} | {met(op, t, v, ratio)} |")
+    for c in carried:
+        if c[0] == area:
+            print(f"| {c[0]} | {c[1]} (measured {carried_from}) | " + " | ".join(c[2:]) + " |")
 print()
 print("How each is measured: the header comment of each bench (`benches/<bench>.rs`); "
       "the raw output of this run: `target/bench-run/<bench>.log`.")
