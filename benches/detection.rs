@@ -1,6 +1,7 @@
 //! The labelled detection benchmark: `cargo bench --bench detection`.
 //!
-//! A real Tansu broker (topic `mesh`, 4 partitions), `vigil serve` with the default rules and
+//! A real Tansu broker (topic `mesh`, 4 partitions; its SQLite engine unless
+//! `VIGIL_TANSU_STORAGE` says otherwise — the in-memory one stalls past ~500 000 records), `vigil serve` with the default rules and
 //! the mesh's declared policy graph, and `vigil simulate --labelled`: `VIGIL_BENCH_EVENTS`
 //! (1 000 000) benign events at `VIGIL_BENCH_RATE` (6 000) a second, event time running
 //! `VIGIL_BENCH_SPEED` (15) times the wall clock, and `VIGIL_BENCH_ATTACKS_EACH` (3)
@@ -155,6 +156,13 @@ fn main() {
         .split(',')
         .filter_map(|l| l.trim().parse().ok())
         .collect();
+    // Tansu's in-memory engine slows down as its log grows: past ~500 000 records it takes a
+    // whole core and stalls fetches for seconds, which is the broker's latency and makes
+    // partitions late, not Vigil's. Its SQLite engine does not stall (each fetch is slower).
+    if std::env::var_os("VIGIL_TANSU_STORAGE").is_none() {
+        // SAFETY: set before any thread of this process reads the environment.
+        unsafe { std::env::set_var("VIGIL_TANSU_STORAGE", "sqlite") };
+    }
     for lag_ms in lags {
         run(events, rate, speed, lag_ms, each, seed);
     }

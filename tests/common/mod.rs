@@ -53,6 +53,8 @@ pub struct Broker {
     child: Child,
     pub addr: String,
     _log: tempfile::NamedTempFile,
+    /// The broker's working directory (its SQLite file, with `VIGIL_TANSU_STORAGE=sqlite`).
+    _dir: tempfile::TempDir,
 }
 
 impl Broker {
@@ -60,6 +62,11 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = tempfile::NamedTempFile::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = match std::env::var("VIGIL_TANSU_STORAGE").as_deref() {
+            Ok("sqlite") => "sqlite://tansu.db",
+            _ => "memory://tansu/",
+        };
         let child = Command::new(tansu_bin())
             .args([
                 "broker",
@@ -68,7 +75,10 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            // `VIGIL_TANSU_STORAGE=sqlite`: Tansu's SQLite engine in a directory of its own
+            // (benches: it does not slow down as the log grows the way the in-memory one does).
+            .args(["--storage-engine", storage])
+            .current_dir(dir.path())
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()
@@ -81,6 +91,7 @@ impl Broker {
             child,
             addr,
             _log: log,
+            _dir: dir,
         }
     }
 
