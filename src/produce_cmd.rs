@@ -73,9 +73,23 @@ pub fn send(
     key: Option<&[u8]>,
     payload: &[u8],
 ) -> anyhow::Result<()> {
+    send_to(producer, topic, None, key, payload)
+}
+
+/// [`send`] to a given partition (`None`: the partitioner's choice).
+pub fn send_to(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> anyhow::Result<()> {
     let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
     if let Some(k) = key {
         rec = rec.key(k);
+    }
+    if let Some(p) = partition {
+        rec = rec.partition(p);
     }
     loop {
         match producer.send(rec) {

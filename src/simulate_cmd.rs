@@ -232,7 +232,8 @@ pub type Record = (String, String);
 /// The key of every history record.
 const HISTORY_KEY: &str = "vigil-simulate-history";
 
-fn rfc3339(t_ns: i64) -> String {
+/// A time as RFC 3339 with nanoseconds, as the sources write it.
+pub(crate) fn rfc3339(t_ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(t_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 

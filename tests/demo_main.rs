@@ -84,7 +84,12 @@ fn the_main_command_alerts_every_attack_answers_sql_and_verifies() {
     // What the simulator injected, as it records it.
     let sim = wait_for("six injections", Duration::from_secs(90), || {
         let text = std::fs::read_to_string(data.join("demo/simulated.jsonl")).ok()?;
-        let sim = Simulated::parse(complete_lines(&text));
+        // The file exists a moment before its first line does.
+        let lines = complete_lines(&text);
+        if lines.is_empty() {
+            return None;
+        }
+        let sim = Simulated::parse(lines);
         (sim.injected.len() == 6).then_some(sim)
     });
 

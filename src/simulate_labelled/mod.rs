@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::Rng;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
 use attacks::{Attack, SHAPES, Shape};
 use mesh::World;
@@ -145,26 +145,14 @@ pub fn run(
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(labels).with_context(|| format!("creating {}", labels.display()))?,
     );
-    let send = |o: &Out| -> anyhow::Result<()> {
-        let mut rec: BaseRecord<'_, str, str> = BaseRecord::to(topic)
-            .payload(o.value.as_str())
-            .key(o.key.as_str())
-            .partition(o.partition);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    std::thread::sleep(Duration::from_millis(2));
-                    rec = back;
-                }
-                Err((e, _)) => return Err(e).context("producing"),
-            }
-        }
+    let send = |o: &Out| {
+        crate::produce_cmd::send_to(
+            producer,
+            topic,
+            Some(o.partition),
+            Some(o.key.as_bytes()),
+            o.value.as_bytes(),
+        )
     };
 
     // Event time: [e0, e0 + span), ending at the wall clock as the last record goes out.

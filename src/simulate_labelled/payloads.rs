@@ -4,9 +4,7 @@
 use super::APP_PORT;
 use super::mesh::Workload;
 
-pub(super) fn rfc3339(t_ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(t_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
+use crate::simulate_cmd::rfc3339;
 
 /// Workload `i` on `port`.
 pub(super) fn end(w: &[Workload], i: usize, port: u16) -> End<'_> {
