@@ -234,10 +234,6 @@ pub struct Engine {
     time: TimeConfig,
     /// Per-log event times and the watermark.
     clocks: Clocks,
-    /// While detection works through a backlog of pieces, the clock that says which logs are
-    /// idle stands still here (where the backlog began): a log is not idle because detection
-    /// was busy.
-    backlog_since_ns: Option<i64>,
     /// Events waiting for the watermark, and the pieces they are rows of.
     reorder: Reorder,
     held: HashMap<u32, Held>,
@@ -456,7 +452,6 @@ impl Engine {
             },
             time: TimeConfig::default(),
             clocks: Clocks::default(),
-            backlog_since_ns: None,
             reorder: Reorder::default(),
             held: HashMap::new(),
             next_slot: 0,
@@ -487,27 +482,14 @@ impl Engine {
     /// goes idle it holds the watermark, so that events of other logs do not overtake its.
     pub fn expect_log(&mut self, log: &str, now_ns: i64) {
         let id = self.logs.id(log);
-        self.clocks.expect(id, self.idle_now(now_ns));
+        self.clocks.expect(id, now_ns);
     }
 
     /// Say whether pieces are queued for the engine (`backlog`) at wall clock `now_ns`;
-    /// `caught_up_ns`: when it last had none. While they are, the clock that judges idleness
-    /// stands where the engine was last caught up; when the backlog is worked off, the logs
-    /// seen meanwhile count as seen now. So a log whose pieces wait in the queue behind
-    /// others' (detection was busy) is not taken for idle and overtaken.
+    /// `caught_up_ns`: when it last had none ([`Clocks::set_backlog`]: a log whose pieces wait
+    /// behind others' while detection is busy is not idle).
     pub fn set_backlog(&mut self, backlog: bool, caught_up_ns: i64, now_ns: i64) {
-        match (backlog, self.backlog_since_ns) {
-            (true, None) => self.backlog_since_ns = Some(caught_up_ns.min(now_ns)),
-            (false, Some(since)) => {
-                self.backlog_since_ns = None;
-                self.clocks.resume(since, now_ns);
-            }
-            _ => {}
-        }
-    }
-
-    fn idle_now(&self, now_ns: i64) -> i64 {
-        self.backlog_since_ns.unwrap_or(now_ns)
+        self.clocks.set_backlog(backlog, caught_up_ns, now_ns);
     }
 
     /// Logs ingest holds: a new one is expected (it holds the watermark from now until it
@@ -517,7 +499,7 @@ impl Engine {
         for (log, in_flight) in logs {
             let id = self.logs.id(log);
             if !self.clocks.knows(id) || *in_flight {
-                self.clocks.expect(id, self.idle_now(now_ns));
+                self.clocks.expect(id, now_ns);
             }
         }
     }
@@ -611,7 +593,7 @@ impl Engine {
         let rows = BatchRows::new(b);
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
-        self.clocks.seen(log, self.idle_now(now_ns));
+        self.clocks.seen(log, now_ns);
         let tie = foldhash::fast::FixedState::with_seed(0x7669_6769_6c21);
         let mut at_once = Vec::new();
         let mut waiting = 0usize;
@@ -691,7 +673,7 @@ impl Engine {
     }
 
     fn release(&mut self, now_ns: i64) {
-        let w = self.clocks.advance(self.idle_now(now_ns), &self.time);
+        let w = self.clocks.advance(now_ns, &self.time);
         let mut out = Vec::new();
         let forced = self
             .reorder
@@ -827,16 +809,14 @@ impl Engine {
             clocks,
             time,
             replaying,
-            backlog_since_ns,
             ..
         } = self;
-        let idle_now = backlog_since_ns.unwrap_or(now_ns);
         // A replay merges its logs per event: the watermark alone says what has been read.
         let log_ns = |log: u32| {
             if *replaying {
                 i64::MAX
             } else {
-                clocks.progress_ns(log, idle_now, time)
+                clocks.progress_ns(log, now_ns, time)
             }
         };
         for (r, rule) in rules.iter_mut().enumerate() {
@@ -882,7 +862,7 @@ impl Engine {
             topic(a).is_some_and(|t| !vigil_store::is_reserved_topic(t) && topic(b) == Some(t))
         };
         self.clocks
-            .newly_silent(self.idle_now(now_ns), silent_ns, &self.time, peer)
+            .newly_silent(now_ns, silent_ns, &self.time, peer)
             .into_iter()
             .map(|(id, seen)| (names.get(id as usize).cloned().unwrap_or_default(), seen))
             .collect()

@@ -107,6 +107,10 @@ pub struct Clocks {
     watermark_ns: Option<i64>,
     /// Events evaluated before the watermark reached them because the buffer was full.
     pub forced: u64,
+    /// While the engine works through a backlog of pieces, the clock that judges idle sources
+    /// stands here (where the engine was last caught up): a source is not idle because the
+    /// engine was busy. Every wall clock given to the idleness methods goes through it.
+    backlog_since_ns: Option<i64>,
 }
 
 /// What [`Clocks::accept`] decided for one event.
@@ -133,6 +137,7 @@ impl Clocks {
 
     /// A piece from `source` arrived at wall clock `now_ns`.
     pub fn seen(&mut self, source: u32, now_ns: i64) {
+        let now_ns = self.idle_now(now_ns);
         let s = self.sources.entry(source).or_insert(SourceTime {
             newest_ns: i64::MIN,
             ..SourceTime::default()
@@ -151,6 +156,7 @@ impl Clocks {
         cfg: &TimeConfig,
         peer: impl Fn(u32, u32) -> bool,
     ) -> Vec<(u32, i64)> {
+        let now_ns = self.idle_now(now_ns);
         let recent: Vec<u32> = self
             .sources
             .iter()
@@ -185,38 +191,32 @@ impl Clocks {
     ) -> Accepted {
         let mut judged = judge(event_ns, kafka_ms, now_ns, cfg);
         let w = self.watermark_ns;
-        let others = if judged.skewed {
-            self.sources
-                .values()
-                .map(|s| s.newest_ns)
-                .filter(|&t| t != i64::MIN)
-                .min()
-        } else {
-            None
-        };
-        let s = self.sources.entry(source).or_insert(SourceTime {
-            newest_ns: i64::MIN,
-            seen_ns: now_ns,
-            ..SourceTime::default()
-        });
         if judged.skewed {
             // Where its log stands (or the watermark, or the slowest other log), not the
             // receive time: in a catch-up or a replay the wall clock is far ahead of the
             // stream, and a forged time must move no clock.
-            let anchor = if s.newest_ns != i64::MIN {
-                Some(s.newest_ns)
-            } else {
-                w.or(others)
-            };
+            let newest = |s: &SourceTime| Some(s.newest_ns).filter(|&t| t != i64::MIN);
+            let anchor = self
+                .sources
+                .get(&source)
+                .and_then(newest)
+                .or(w)
+                .or_else(|| self.sources.values().filter_map(newest).min());
             if let Some(a) = anchor {
                 judged.time_ns = judged.time_ns.min(a);
             }
-            if s.newest_ns == i64::MIN {
-                // A log that sent only forged times must not hold the others forever.
-                s.newest_ns = judged.time_ns;
-            }
-        } else {
+        }
+        let seen_ns = self.idle_now(now_ns);
+        let s = self.sources.entry(source).or_insert(SourceTime {
+            newest_ns: i64::MIN,
+            seen_ns,
+            ..SourceTime::default()
+        });
+        if !judged.skewed {
             s.newest_ns = s.newest_ns.max(judged.time_ns);
+        } else if s.newest_ns == i64::MIN {
+            // A log that sent only forged times must not hold the others forever.
+            s.newest_ns = judged.time_ns;
         }
         let behind = w.is_some_and(|w| judged.time_ns < w);
         let late = !judged.skewed
@@ -236,6 +236,7 @@ impl Clocks {
     /// source with no event yet (expected, or whose rows were all rejected) holds it where it
     /// is until it sends one or goes idle. Never behind the current watermark.
     pub fn advance(&mut self, now_ns: i64, cfg: &TimeConfig) -> i64 {
+        let now_ns = self.idle_now(now_ns);
         let active = |s: &SourceTime| now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns;
         let mut min: Option<i64> = None;
         let mut max: Option<i64> = None;
@@ -269,20 +270,36 @@ impl Clocks {
     /// Where `source` stands for a rule waiting on it: its newest event time while it is
     /// active, `i64::MAX` once it is idle or unknown (nothing more is coming soon from it).
     pub fn progress_ns(&self, source: u32, now_ns: i64, cfg: &TimeConfig) -> i64 {
+        let now_ns = self.idle_now(now_ns);
         match self.sources.get(&source) {
             Some(s) if now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns => s.newest_ns,
             _ => i64::MAX,
         }
     }
 
-    /// The idle clock ran again from `from_ns` to `to_ns` (a backlog was worked off): the
-    /// sources seen at or after `from_ns` were seen now.
-    pub fn resume(&mut self, from_ns: i64, to_ns: i64) {
-        for s in self.sources.values_mut() {
-            if s.seen_ns >= from_ns {
-                s.seen_ns = s.seen_ns.max(to_ns);
+    /// Whether pieces are queued for the engine (`backlog`) at wall clock `now_ns`;
+    /// `caught_up_ns`: when it last had none. While they are, the idle clock stands where
+    /// the engine was last caught up; when the backlog is worked off, the sources seen
+    /// meanwhile count as seen now. So a source whose pieces wait in the queue behind others'
+    /// is not taken for idle and overtaken.
+    pub fn set_backlog(&mut self, backlog: bool, caught_up_ns: i64, now_ns: i64) {
+        match (backlog, self.backlog_since_ns) {
+            (true, None) => self.backlog_since_ns = Some(caught_up_ns.min(now_ns)),
+            (false, Some(since)) => {
+                self.backlog_since_ns = None;
+                for s in self.sources.values_mut() {
+                    if s.seen_ns >= since {
+                        s.seen_ns = s.seen_ns.max(now_ns);
+                    }
+                }
             }
+            _ => {}
         }
+    }
+
+    /// The clock idleness is judged by: the wall clock, or where a backlog began.
+    fn idle_now(&self, now_ns: i64) -> i64 {
+        self.backlog_since_ns.unwrap_or(now_ns)
     }
 
     /// Whether the source has been seen (or expected) at all.
