@@ -47,6 +47,31 @@ pub struct AbsenceSpec {
     pub max_groups: usize,
 }
 
+impl AbsenceSpec {
+    /// The values of `fields` (among `match_by`) in a match key.
+    fn project(&self, fields: &GroupBy, key: &[Option<String>]) -> Key {
+        fields
+            .iter()
+            .map(|(name, _)| {
+                self.match_by
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .and_then(|i| key.get(i).cloned().flatten())
+            })
+            .collect()
+    }
+
+    /// The `protected_by` hash of a match key.
+    fn protected_hash_of_key(
+        &self,
+        key: &[Option<String>],
+        hasher: &impl std::hash::BuildHasher,
+    ) -> u64 {
+        let sub = self.project(&self.protected_by, key);
+        crate::group::hash_key(&self.protected_by, &sub, hasher)
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Group {
     /// Newest expected-event times, ascending.
@@ -100,26 +125,6 @@ impl Absence {
 
     fn protected_hash(&self, row: &impl Row) -> u64 {
         crate::group::hash(&self.spec.protected_by, row, &self.hasher)
-    }
-
-    /// The values of `fields` (among `match_by`) in a match key.
-    fn project(&self, fields: &GroupBy, key: &[Option<String>]) -> Key {
-        fields
-            .iter()
-            .map(|(name, _)| {
-                self.spec
-                    .match_by
-                    .iter()
-                    .position(|(n, _)| n == name)
-                    .and_then(|i| key.get(i).cloned().flatten())
-            })
-            .collect()
-    }
-
-    /// The `protected_by` hash of a match key.
-    fn protected_hash_of_key(&self, key: &[Option<String>]) -> u64 {
-        let sub = self.project(&self.spec.protected_by, key);
-        crate::group::hash_key(&self.spec.protected_by, &sub, &self.hasher)
     }
 
     pub fn groups(&self) -> usize {
@@ -179,9 +184,6 @@ impl Absence {
             let Some((deadline, key)) = self.due.pop_front() else {
                 break;
             };
-            let unguarded = !self.spec.protected_by.is_empty()
-                && !self.protected.contains(&self.protected_hash_of_key(&key));
-            let alert_key = self.project(&self.spec.group_by, &key);
             let Some(g) = self.st.groups.get_by_key_mut(&self.spec.match_by, &key) else {
                 continue; // evicted or expired
             };
@@ -198,9 +200,15 @@ impl Absence {
             let Some(last) = unmatched.last().copied() else {
                 continue; // matched meanwhile, or judged with an earlier entry
             };
-            if unguarded {
+            let spec = &self.spec;
+            if !spec.protected_by.is_empty()
+                && !self
+                    .protected
+                    .contains(&spec.protected_hash_of_key(&key, &self.hasher))
+            {
                 continue; // nobody decides on it: nothing was bypassed
             }
+            let alert_key = spec.project(&spec.group_by, &key);
             let mut updated = None;
             for ev in &unmatched {
                 if let Some(n) = g.open.absorb(ev.time_ns, within, suppress) {
