@@ -54,9 +54,7 @@ pub fn start(
             files
                 .iter()
                 .any(|f| f == p || f.file_name() == p.file_name())
-                || dirs
-                    .iter()
-                    .any(|d| p.starts_with(d) || p.parent() == Some(d))
+                || dirs.iter().any(|d| p.starts_with(d))
         }
     };
     let mut watcher =

@@ -135,14 +135,9 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 assigned: Some({
                     let m = metrics.clone();
                     vigil_detect::run::Assigned(Arc::new(move || {
-                        let in_flight: std::collections::HashSet<(String, i32)> =
-                            m.in_flight().into_iter().collect();
-                        m.durable()
-                            .into_keys()
-                            .map(|k| {
-                                let busy = in_flight.contains(&k);
-                                (format!("{}/{}", k.0, k.1), busy)
-                            })
+                        m.held()
+                            .into_iter()
+                            .map(|((t, p), busy)| (format!("{t}/{p}"), busy))
                             .collect()
                     }))
                 }),

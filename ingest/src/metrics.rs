@@ -148,18 +148,21 @@ impl IngestMetrics {
         }
     }
 
-    /// The partition logs with records consumed but not yet durable.
-    pub fn in_flight(&self) -> Vec<(String, i32)> {
-        let durable = self.durable();
-        self.received_offsets
+    /// Every partition log this process has held, with whether it has records consumed but
+    /// not yet durable.
+    pub fn held(&self) -> Vec<((String, i32), bool)> {
+        let received = self
+            .received_offsets
             .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|(k, r)| durable.get(*k).is_none_or(|d| d < *r))
-                    .map(|(k, _)| k.clone())
-                    .collect()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        self.durable()
+            .into_iter()
+            .map(|(k, d)| {
+                let busy = received.get(&k).is_some_and(|r| *r > d);
+                (k, busy)
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Record that `key`'s records up to `offset` were handed to its pipeline.
