@@ -229,13 +229,16 @@ pub fn run(
     let mut units = Vec::new();
     let mut last_report = Instant::now();
     let deadline = |at: i64| w0 + ((at - e0) as f64 / args.speed) as i64;
-    let record = |o: &Out, attacks: &mut Vec<Attack>| {
+    // Send a record; an attack's records are labelled with when they went out.
+    let emit = |o: &Out, attacks: &mut Vec<Attack>| -> anyhow::Result<()> {
+        send(o)?;
         if let Some((a, stated)) = o.attack {
             let sent = vigil_detect::engine::now_ns();
             attacks[a]
                 .records
                 .push([stated, sent, i64::from(o.partition)]);
         }
+        Ok(())
     };
     loop {
         // Benign traffic generated up to the next record due.
@@ -269,8 +272,7 @@ pub fn run(
         let now = vigil_detect::engine::now_ns();
         while lagged.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, l)) = lagged.pop_front() {
-                send(&l)?;
-                record(&l, &mut attacks);
+                emit(&l, &mut attacks)?;
             }
         }
         if o.attack.is_some() {
@@ -279,8 +281,7 @@ pub fn run(
         if o.partition == lag_partition && lag_ns > 0 {
             lagged.push_back((due + lag_ns, o));
         } else {
-            send(&o)?;
-            record(&o, &mut attacks);
+            emit(&o, &mut attacks)?;
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
@@ -295,8 +296,7 @@ pub fn run(
         if at > now {
             std::thread::sleep(Duration::from_nanos((at - now) as u64));
         }
-        send(&l)?;
-        record(&l, &mut attacks);
+        emit(&l, &mut attacks)?;
     }
     producer
         .flush(Duration::from_secs(60))
