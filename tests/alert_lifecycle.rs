@@ -112,6 +112,14 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
         .as_str()
         .unwrap()
         .to_owned();
+    // Queued for delivery before it is in the alert log (a crash between the two delivers an
+    // alert twice, never loses one): the CLI finds it once it is stored.
+    wait_until("the alert in the alert log", || {
+        read_revisions(&dir)
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a.alert_id == id)
+    });
 
     // Acknowledged while serve runs: queued, applied by serve (a prefix of the id will do).
     let ack = vigil(

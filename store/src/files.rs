@@ -67,6 +67,13 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(TMP_PREFIX)
 }
 
+/// The temp file a durable write of `name` goes through: hidden, and never ending as the
+/// file it will become (a listing by extension, such as SQL's over `*.parquet`, must not
+/// pick up a file still being written or about to be renamed away).
+pub fn temp_name(name: &str) -> String {
+    format!("{TMP_PREFIX}{}-{name}.partial", std::process::id())
+}
+
 /// Kafka's own rule for topic names: `[a-zA-Z0-9._-]{1,249}`. Anything else never reaches a path.
 pub fn validate_topic(topic: &str) -> Result<(), StoreError> {
     let ok = !topic.is_empty()
@@ -144,7 +151,7 @@ pub fn write_durably_with(
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or(StoreError::Internal("file name"))?;
-    let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
+    let tmp = dir.join(temp_name(name));
     let f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     write(&mut w)
@@ -223,7 +230,7 @@ impl Store {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or(StoreError::Internal("file name"))?;
-        let tmp = dir.join(format!("{TMP_PREFIX}{}-{name}", std::process::id()));
+        let tmp = dir.join(temp_name(name));
 
         let kv = |k: &str, v: String| KeyValue::new(k.to_owned(), v);
         let props = WriterProperties::builder()
@@ -538,6 +545,10 @@ mod tests {
             Some((5, 9))
         );
         assert_eq!(parse_name(".tmp-1-0-1.parquet"), None);
+        // A temp file is never listed as what it will become, by name or by extension.
+        let tmp = temp_name("00000000000000000005-00000000000000000009.parquet");
+        assert!(is_temp_name(&tmp), "{tmp}");
+        assert!(!tmp.ends_with(".parquet") && parse_name(&tmp).is_none(), "{tmp}");
         assert_eq!(parse_name("x.parquet"), None);
     }
 }
