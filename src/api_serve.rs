@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use vigil_query::api::auth::{ApiKey, Auth, JwtConfig, Role};
 use vigil_query::api::{
-    self, ApiConfig as Settings, AppState, Audited, Upload, Uploaded, sql::Limits,
+    self, ApiConfig as Settings, AppState, Audited, Upload, Uploaded,
+    sql::{Limits, Runner, Sharing},
 };
 use vigil_store::checkpoint::Checkpointer;
 use vigil_store::{API_TOPIC, OPA_TOPIC, Store, WriteOptions};
@@ -215,6 +216,36 @@ async fn serve_tls(
 /// `POST /v1/rules/reload` (and the file watch, `crate::rules_watch`): the rules directory and
 /// policies read again (the configuration file is not);
 /// any rule that fails to load refuses the whole reload, so a typo never drops a rule.
+/// Where the API's queries run, from `[api]`.
+fn query_runner(api: &crate::config::ApiConfig) -> anyhow::Result<Runner> {
+    anyhow::ensure!(
+        api.max_concurrent_queries > 0,
+        "api.max_concurrent_queries must be at least 1"
+    );
+    anyhow::ensure!(
+        api.query_memory_total_bytes >= api.query_memory_bytes,
+        "api.query_memory_total_bytes ({}) must be at least api.query_memory_bytes ({})",
+        api.query_memory_total_bytes,
+        api.query_memory_bytes
+    );
+    let threads = match api.query_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        n => n,
+    };
+    let limits = Limits {
+        max_rows: api.max_rows,
+        timeout_ms: api.query_timeout_ms,
+        memory_bytes: api.query_memory_bytes,
+        max_result_bytes: api.max_result_bytes,
+    };
+    let sharing = Sharing {
+        threads,
+        max_concurrent: api.max_concurrent_queries,
+        memory_total_bytes: api.query_memory_total_bytes,
+    };
+    Ok(Runner::new(limits, sharing)?)
+}
+
 pub fn reload_fn(
     cfg: &Config,
     reloader: Option<vigil_detect::run::Reloader>,
@@ -348,13 +379,9 @@ pub fn start(
         catalog,
         cfg: Arc::new(Settings {
             data_dir: cfg.store.data_dir.clone(),
-            limits: Limits {
-                max_rows: cfg.api.max_rows,
-                timeout_ms: cfg.api.query_timeout_ms,
-                memory_bytes: cfg.api.query_memory_bytes,
-            },
             max_body_bytes: cfg.api.max_body_bytes,
         }),
+        queries: query_runner(&cfg.api)?,
         auth: Arc::new(auth),
         lifecycle: Some(lifecycle),
         reload,

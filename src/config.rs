@@ -37,6 +37,15 @@ pub struct ApiConfig {
     pub query_timeout_ms: u64,
     /// Memory one query may use (DataFusion's memory pool); more is a 422.
     pub query_memory_bytes: usize,
+    /// Memory all running queries may use together; more is a 422 for the query asking.
+    pub query_memory_total_bytes: usize,
+    /// Queries running at once; one more is a 429 with `Retry-After`.
+    pub max_concurrent_queries: usize,
+    /// Threads queries run on (their own: ingest, detection and the API's other calls keep
+    /// theirs). 0: half the cores, at least one.
+    pub query_threads: usize,
+    /// A query's answer, encoded; more is a 422.
+    pub max_result_bytes: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// JWTs: the issuer and audience every token must name. Both empty: no JWTs.
@@ -82,6 +91,10 @@ impl Default for ApiConfig {
             max_rows: 100_000,
             query_timeout_ms: 30_000,
             query_memory_bytes: 512 << 20,
+            query_memory_total_bytes: 1 << 30,
+            max_concurrent_queries: 4,
+            query_threads: 0,
+            max_result_bytes: 64 << 20,
             max_body_bytes: 1 << 20,
             jwt_issuer: String::new(),
             jwt_audience: String::new(),

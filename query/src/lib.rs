@@ -14,6 +14,7 @@
 //! the configuration).
 
 pub mod api;
+mod guard;
 pub mod recent;
 
 use std::path::Path;
@@ -334,6 +335,24 @@ impl Catalog {
         if let Some(limit) = memory_limit_bytes {
             rt = rt.with_memory_limit(limit, 1.0);
         }
+        self.session_on(rt).await
+    }
+
+    /// A session over the tables whose memory is reserved from `pool`.
+    pub async fn session_in(
+        &self,
+        pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    ) -> Result<SessionContext, QueryError> {
+        let rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(self.caches.clone())
+            .with_memory_pool(pool);
+        self.session_on(rt).await
+    }
+
+    async fn session_on(
+        &self,
+        rt: datafusion::execution::runtime_env::RuntimeEnvBuilder,
+    ) -> Result<SessionContext, QueryError> {
         let mut config = SessionConfig::new().with_information_schema(true);
         // Filters evaluated while decoding (only matching rows' other columns are read), the
         // cheapest first: analyst queries are mostly selective (one caller, one id, an hour).
@@ -341,6 +360,7 @@ impl Catalog {
         opts.execution.parquet.pushdown_filters = true;
         opts.execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, rt.build_arc()?);
+        guard::install(&ctx);
         let views = self.views().await?;
         if self.register_stored(&ctx).await? {
             let (events, rejected) = event_views(&ctx).await?;

@@ -548,7 +548,10 @@ mod tests {
         // A temp file is never listed as what it will become, by name or by extension.
         let tmp = temp_name("00000000000000000005-00000000000000000009.parquet");
         assert!(is_temp_name(&tmp), "{tmp}");
-        assert!(!tmp.ends_with(".parquet") && parse_name(&tmp).is_none(), "{tmp}");
+        assert!(
+            !tmp.ends_with(".parquet") && parse_name(&tmp).is_none(),
+            "{tmp}"
+        );
         assert_eq!(parse_name("x.parquet"), None);
     }
 }

@@ -33,7 +33,6 @@ use auth::{Auth, AuthError, Principal, Role};
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
     pub data_dir: PathBuf,
-    pub limits: sql::Limits,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
 }
@@ -98,6 +97,9 @@ pub struct Audited {
     pub done: tokio::sync::oneshot::Sender<bool>,
 }
 
+/// The most of a query's SQL an audit record holds (its length and SHA-256 are always there).
+pub const MAX_RECORDED_SQL_BYTES: usize = 64 << 10;
+
 /// The native `admin_audit` event recording an API call (`seq` makes its id unique in this
 /// process).
 pub fn audit_event(c: &ApiCall, seq: u64) -> Vec<u8> {
@@ -122,8 +124,17 @@ pub fn audit_event(c: &ApiCall, seq: u64) -> Vec<u8> {
         "action": format!("{} {}", c.method, c.path),
         "resource": c.path,
         "status_code": c.status,
-        "api": {"sql": c.sql, "rows": c.rows, "duration_ms": c.duration_ms},
+        "api": {"rows": c.rows, "duration_ms": c.duration_ms},
     });
+    if let Some(q) = &c.sql {
+        // Whole up to a generous cap; past it, its start, with its length and digest, marked.
+        let cut = q.floor_char_boundary(MAX_RECORDED_SQL_BYTES);
+        use sha2::Digest;
+        ev["api"]["sql"] = q[..cut].into();
+        ev["api"]["sql_bytes"] = q.len().into();
+        ev["api"]["sql_sha256"] = hex::encode(sha2::Sha256::digest(q.as_bytes())).into();
+        ev["api"]["sql_truncated"] = (cut < q.len()).into();
+    }
     if let Some(r) = &c.reason {
         ev["reason"] = r.chars().take(1024).collect::<String>().into();
     }
@@ -155,6 +166,8 @@ pub struct AppState {
     pub cfg: Arc<ApiConfig>,
     /// The store's tables, shared by every query (file statistics read once).
     pub catalog: Arc<crate::Catalog>,
+    /// Where queries run (their own threads, a cap on how many at once, shared memory).
+    pub queries: sql::Runner,
     pub auth: Arc<Auth>,
     /// `None`: alert lifecycle changes are not available in this process.
     pub lifecycle: Option<Arc<LifecycleFn>>,
@@ -641,20 +654,27 @@ async fn query(State(s): State<AppState>, headers: HeaderMap, body: axum::body::
         })
         .unwrap_or(sql::Format::Json);
     let mut d = Detail {
-        sql: Some(q.sql.chars().take(4096).collect()),
+        sql: Some(q.sql.clone()),
         ..Default::default()
     };
-    match sql::run(&s.catalog, &q.sql, s.cfg.limits).await {
+    match s.queries.run(s.catalog.clone(), q.sql, format).await {
         Ok(out) => {
             d.rows = Some(out.rows as u64);
-            let body = Body::from_stream(sql::encode(out, format));
+            let body = Body::from_stream(futures::stream::iter(
+                out.chunks.into_iter().map(Ok::<_, std::io::Error>),
+            ));
             let r = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
             with_detail(r, d)
         }
         Err(e) => {
             d.reason = Some(e.to_string());
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            with_detail(error(status, &e), d)
+            let mut r = error(status, &e);
+            if matches!(e, sql::QueryFail::Busy(_)) {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            with_detail(r, d)
         }
     }
 }
