@@ -109,7 +109,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (tx, rx) = crossbeam_channel::bounded(cfg.detect.queue_depth.max(1));
         if !targets.is_empty() {
             for t in &targets {
-                tracing::info!(target_name = %t.cfg.name, kind = ?t.cfg.kind, url = %t.cfg.url,
+                tracing::info!(target_name = %t.cfg.name, kind = ?t.cfg.kind, url = %vigil_detect::deliver::redacted_url(&t.cfg.url),
                     "alert delivery target");
             }
             outbox = Some(vigil_detect::deliver::Outbox::open(

@@ -654,9 +654,18 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     calls += 1;
     // The matrix's admin call reloaded once too; the rules directory is watched, so the
     // files written above may have been reloaded by `file-watch` as well.
-    let by = |who: &str| reloads.iter().filter(|r| r["caller_principal"] == who).count();
+    let by = |who: &str| {
+        reloads
+            .iter()
+            .filter(|r| r["caller_principal"] == who)
+            .count()
+    };
     assert_eq!(by("key:admin"), 2, "{reloads:?}");
-    assert_eq!(by("key:admin") + by("file-watch"), reloads.len(), "{reloads:?}");
+    assert_eq!(
+        by("key:admin") + by("file-watch"),
+        reloads.len(),
+        "{reloads:?}"
+    );
 
     // Probing for routes without a credential: a 404, recorded as refused.
     assert_eq!(

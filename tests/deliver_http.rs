@@ -375,7 +375,8 @@ fn serve_with_webhook_delivers_signed_alerts_from_the_broker() {
     broker.create_topic("mesh", 1);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let url = format!("http://{addr}/vigil");
+    // The path stands for a credential (a Slack webhook's is one): it is never logged.
+    let url = format!("http://{addr}/vigil/T0kenSecretPath");
     let s = serve_with(
         &broker,
         "mesh",
@@ -408,9 +409,13 @@ fn serve_with_webhook_delivers_signed_alerts_from_the_broker() {
         !log.contains("hook-key"),
         "the secret is never logged: {log}"
     );
+    assert!(
+        !log.contains("T0kenSecretPath") && log.contains(&format!("http://{addr}/…")),
+        "the URL is logged without its path: {log}"
+    );
     let got = r.got.lock().unwrap();
     let g = &got[0];
-    assert_eq!(g.path, "/vigil");
+    assert_eq!(g.path, "/vigil/T0kenSecretPath");
     assert!(verify_webhook(
         b"hook-key",
         &g.headers["x-vigil-timestamp"],
@@ -426,4 +431,135 @@ fn serve_with_webhook_delivers_signed_alerts_from_the_broker() {
     assert!(got.iter().all(|g| {
         g.headers["idempotency-key"].starts_with(v["alert"]["alert_id"].as_str().unwrap())
     }));
+}
+
+/// Receivers that redirect: a 302 (followed, the POST would become a bodiless GET whose 200
+/// counts as delivered) and a 307 (followed, the signed body would be posted elsewhere) are
+/// failed attempts; the alert stays queued until it is undeliverable; and the targets' URLs,
+/// whose paths are credentials, appear in no error, outbox entry or alert — not even those of
+/// a target that cannot be reached.
+#[test]
+fn redirects_are_failed_attempts_and_no_target_url_is_ever_shown() {
+    use axum::response::Redirect;
+    // (axum's `Redirect::to` is a 303; Slack-style receivers and proxies answer 302.)
+    use axum::routing::{get, post};
+    let elsewhere = Arc::new(AtomicUsize::new(0));
+    let landing = Arc::new(AtomicUsize::new(0));
+    let other = {
+        let n = elsewhere.clone();
+        let app = axum::Router::new().fallback(move || {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::OK }
+        });
+        common::http_server(None, app)
+    };
+    let app = {
+        let n = landing.clone();
+        axum::Router::new()
+            .route(
+                "/services/T000/B000/SlackSecretPath",
+                post(|| async { (StatusCode::FOUND, [("location", "/landing")]) }),
+            )
+            .route(
+                "/hook/HookSecretPath",
+                post(move || async move { Redirect::temporary(&format!("http://{other}/steal")) }),
+            )
+            .route(
+                "/landing",
+                get(move || {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    async { StatusCode::OK }
+                }),
+            )
+    };
+    let addr = common::http_server(None, app);
+    let closed = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut targets = vec![
+        target(
+            "slack",
+            TargetKind::Slack,
+            format!("http://{addr}/services/T000/B000/SlackSecretPath"),
+        ),
+        target(
+            "hook",
+            TargetKind::Webhook,
+            format!("http://{addr}/hook/HookSecretPath"),
+        ),
+        target(
+            "down",
+            TargetKind::Webhook,
+            format!("http://user:UserSecret@127.0.0.1:{closed}/DownSecretPath?token=QuerySecret"),
+        ),
+    ];
+    for t in &mut targets {
+        t.max_age_ms = 400;
+    }
+    let shown: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+    let targets: Vec<Target> = targets
+        .into_iter()
+        .map(|c| Target::new(c).unwrap())
+        .collect();
+    let metrics = Arc::new(DeliverMetrics::default());
+    let outbox = Outbox::open(dir.path(), targets, metrics.clone()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = deliver::start(outbox.clone(), stop.clone()).unwrap();
+    outbox.enqueue(&[alert("r1", 1, "critical")]).unwrap();
+    let aside = |t: &str| {
+        deliver::outbox_dir(dir.path()).join(format!("{t}/undeliverable/r1-0000000001.json"))
+    };
+    wait("all three undeliverable", 15, || {
+        ["slack", "hook", "down"].iter().all(|t| aside(t).exists())
+    });
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap();
+
+    assert_eq!(metrics.delivered.load(Ordering::SeqCst), 0);
+    assert!(metrics.failed_attempts.load(Ordering::SeqCst) >= 6);
+    assert_eq!(landing.load(Ordering::SeqCst), 0, "a 302 was followed");
+    assert_eq!(elsewhere.load(Ordering::SeqCst), 0, "a 307 was followed");
+    let secrets = [
+        "SlackSecretPath",
+        "HookSecretPath",
+        "DownSecretPath",
+        "UserSecret",
+        "QuerySecret",
+    ];
+    let clean = |what: &str, text: &str| {
+        for s in secrets {
+            assert!(!text.contains(s), "{what} shows {s}: {text}");
+        }
+    };
+    for t in ["slack", "hook", "down"] {
+        let entry = std::fs::read_to_string(aside(t)).unwrap();
+        clean(t, &entry);
+        let q: serde_json::Value = serde_json::from_str(&entry).unwrap();
+        let last = q["last_error"].as_str().unwrap();
+        match t {
+            "slack" => assert!(
+                last.starts_with("HTTP 302 Found (redirects are not followed"),
+                "{last}"
+            ),
+            "hook" => assert!(
+                last.starts_with("HTTP 307 Temporary Redirect (redirects"),
+                "{last}"
+            ),
+            _ => assert!(last.contains("connect"), "{last}"),
+        }
+    }
+    for g in outbox.take_gave_up() {
+        let a = deliver::undeliverable_alert(&g, 0);
+        clean(
+            "the undeliverable alert",
+            &serde_json::to_string(&a).unwrap(),
+        );
+    }
+    for s in &shown {
+        clean("a target's Debug", s);
+    }
+    assert!(
+        shown[2].contains(&format!("http://127.0.0.1:{closed}/…")),
+        "{}",
+        shown[2]
+    );
 }

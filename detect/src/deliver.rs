@@ -112,7 +112,7 @@ impl std::fmt::Debug for TargetConfig {
         f.debug_struct("TargetConfig")
             .field("name", &self.name)
             .field("kind", &self.kind)
-            .field("url", &self.url)
+            .field("url", &redacted_url(&self.url))
             .field(
                 "secret",
                 &if self.secret.is_empty() {
@@ -193,7 +193,10 @@ impl Target {
         if cfg.kind != TargetKind::File
             && !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://"))
         {
-            return Err(err(format!("url {:?} is not http(s)", cfg.url)));
+            return Err(err(format!(
+                "url {:?} is not http(s)",
+                redacted_url(&cfg.url)
+            )));
         }
         let secret = if !cfg.secret_env.is_empty() {
             std::env::var(&cfg.secret_env).map_err(|_| {
@@ -470,17 +473,17 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
             let incident = a
                 .incident_id
                 .as_deref()
-                .map(|i| format!(" · incident `{i}`"))
+                .map(|i| format!(" · incident `{}`", slack_escape(i)))
                 .unwrap_or_default();
             serde_json::json!({
                 "text": format!(
                     "*[{}] {}* — {} events, {}\nrule `{}` · alert `{}` (revision {}){incident}",
-                    a.severity.to_uppercase(),
-                    a.title,
+                    slack_escape(&a.severity.to_uppercase()),
+                    slack_escape(&a.title),
                     a.event_count,
-                    group.join(", "),
-                    a.rule_id,
-                    a.alert_id,
+                    slack_escape(&group.join(", ")),
+                    slack_escape(&a.rule_id),
+                    slack_escape(&a.alert_id),
                     a.revision
                 ),
             })
@@ -550,6 +553,50 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
     (body, headers)
 }
 
+/// A target's URL as it may be shown (logs, errors, the outbox, alerts): scheme, host and
+/// port, never the path, query or user info (a Slack webhook's path is its credential).
+pub fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.has_host() => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let rest = if u.path() == "/" && u.query().is_none() {
+                ""
+            } else {
+                "/…"
+            };
+            format!(
+                "{}://{}{port}{rest}",
+                u.scheme(),
+                u.host_str().unwrap_or_default()
+            )
+        }
+        // A file target's path, or something that is no URL: shown by what it is.
+        _ if !url.contains("://") => url.to_owned(),
+        _ => "<a URL that does not parse>".into(),
+    }
+}
+
+/// A failed request's error without its URL, with what caused it.
+fn error_text(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Text for Slack's mrkdwn: `&`, `<` and `>` escaped, so a value from an event cannot
+/// mention (`<!channel>`), link (`<https://…|click>`) or break out of the message.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// Where a target's requests go.
 fn endpoint(t: &Target) -> String {
     let base = t.cfg.url.trim_end_matches('/');
@@ -597,7 +644,12 @@ pub fn start(
 }
 
 async fn run(outbox: Outbox, shutdown: Arc<AtomicBool>) {
-    let client = match reqwest::Client::builder().build() {
+    // No redirects: a 3xx is a failed attempt (followed, a 302 turns the POST into a bodiless
+    // GET whose 200 would count as delivered; a 307 re-posts the signed body elsewhere).
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "delivery: no HTTP client");
@@ -708,9 +760,13 @@ async fn attempt(
         }
         match req.send().await {
             Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) if r.status().is_redirection() => Err(format!(
+                "HTTP {} (redirects are not followed: a target's URL must be where it receives)",
+                r.status()
+            )),
             Ok(r) => Err(format!("HTTP {}", r.status())),
             Err(e) if e.is_timeout() => Err("timed out".into()),
-            Err(e) => Err(format!("{e}")),
+            Err(e) => Err(error_text(e)),
         }
     };
     match result {
@@ -844,6 +900,50 @@ mod tests {
         let mut c = TargetConfig::webhook("t", "http://127.0.0.1:9/x", "k3y".into());
         c.kind = kind;
         Target::new(c).unwrap()
+    }
+
+    /// Values an attacker controls (a user name, a path) cannot mention, link or format
+    /// outside their place in a Slack message.
+    #[test]
+    fn slack_messages_escape_event_values() {
+        let mut a = alert("high", "vigil.bruteforce.source_ip", 1);
+        a.group_key = [(
+            "user".to_string(),
+            Some("<!channel> & <https://evil.example|log in>".to_string()),
+        )]
+        .into();
+        let (body, _) = request(&target(TargetKind::Slack), &a, 0);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.contains("user=&lt;!channel&gt; &amp; &lt;https://evil.example|log in&gt;"),
+            "{text}"
+        );
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+    }
+
+    #[test]
+    fn urls_are_shown_without_path_query_or_user() {
+        assert_eq!(
+            redacted_url("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            redacted_url("http://u:p@127.0.0.1:8088/?token=x"),
+            "http://127.0.0.1:8088/…"
+        );
+        assert_eq!(
+            redacted_url("https://siem.example:8088/"),
+            "https://siem.example:8088"
+        );
+        assert_eq!(
+            redacted_url("/var/log/vigil-alerts.jsonl"),
+            "/var/log/vigil-alerts.jsonl"
+        );
+        assert_eq!(
+            redacted_url("ftp:://x/secret"),
+            "<a URL that does not parse>"
+        );
     }
 
     #[test]
