@@ -27,6 +27,10 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../rules/api_denied_burst.toml"),
     ),
     (
+        "own_record_claimed.toml",
+        include_str!("../rules/own_record_claimed.toml"),
+    ),
+    (
         "denial_burst_caller.toml",
         include_str!("../rules/denial_burst_caller.toml"),
     ),
