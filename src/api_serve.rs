@@ -2,7 +2,6 @@
 //! on its own runtime, and the writers of Vigil's own logs it feeds (a partition per process,
 //! chained, signed, anchored): every call in `vigil.api/<n>`, OPA uploads in `vigil.opa/<n>`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
@@ -151,71 +150,6 @@ fn tls_config(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>>
     Ok(Some(Arc::new(c)))
 }
 
-/// Serve HTTPS: each connection's TLS handshake (bounded), its verified client certificate's
-/// fingerprint and peer address put on every request, then the router.
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    app: axum::Router,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use sha2::Digest;
-    use tower::ServiceExt;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut stopped => break,
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a connection");
-                        continue;
-                    }
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                let watcher = graceful.watcher();
-                conns.spawn(async move {
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(t)) => t,
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let cert = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| api::ClientCert(sha2::Sha256::digest(c.as_ref()).into()));
-                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                        if let Some(c) = cert {
-                            req.extensions_mut().insert(c);
-                        }
-                        app.clone().oneshot(req.map(axum::body::Body::new))
-                    });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                    let _ = watcher.watch(conn).await;
-                });
-            }
-        }
-    }
-    // Requests in flight finish (for up to 10 s); idle connections close at once.
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-    conns.abort_all();
-    Ok(())
-}
-
-/// `POST /v1/rules/reload` (and the file watch, `crate::rules_watch`): the rules directory and
-/// policies read again (the configuration file is not);
-/// any rule that fails to load refuses the whole reload, so a typo never drops a rule.
 /// Where the API's queries run, from `[api]`.
 fn query_runner(api: &crate::config::ApiConfig) -> anyhow::Result<Runner> {
     anyhow::ensure!(
@@ -246,6 +180,9 @@ fn query_runner(api: &crate::config::ApiConfig) -> anyhow::Result<Runner> {
     Ok(Runner::new(limits, sharing)?)
 }
 
+/// `POST /v1/rules/reload` (and the file watch, `crate::rules_watch`): the rules directory and
+/// policies read again (the configuration file is not);
+/// any rule that fails to load refuses the whole reload, so a typo never drops a rule.
 pub fn reload_fn(
     cfg: &Config,
     reloader: Option<vigil_detect::run::Reloader>,
@@ -380,6 +317,7 @@ pub fn start(
         cfg: Arc::new(Settings {
             data_dir: cfg.store.data_dir.clone(),
             max_body_bytes: cfg.api.max_body_bytes,
+            body_read_timeout_ms: cfg.api.body_read_timeout_ms,
         }),
         queries: query_runner(&cfg.api)?,
         auth: Arc::new(auth),
@@ -392,6 +330,16 @@ pub fn start(
         metrics,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    anyhow::ensure!(
+        cfg.api.max_connections > 0,
+        "api.max_connections must be at least 1"
+    );
+    let conn_limits = crate::api_listen::ConnLimits {
+        max_connections: cfg.api.max_connections,
+        tls_handshake_timeout_ms: cfg.api.tls_handshake_timeout_ms,
+        header_read_timeout_ms: cfg.api.header_read_timeout_ms,
+        idle_timeout_ms: cfg.api.idle_timeout_ms,
+    };
     let server = std::thread::Builder::new().name("vigil-api".into()).spawn(
         move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -401,16 +349,8 @@ pub fn start(
                 .build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                if let Some(tls) = tls {
-                    return serve_tls(listener, tls, api::router(state), stopped).await;
-                }
-                let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await?;
-                anyhow::Ok(())
+                crate::api_listen::serve(listener, tls, api::router(state), stopped, conn_limits)
+                    .await
             })
         },
     )?;

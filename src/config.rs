@@ -48,6 +48,16 @@ pub struct ApiConfig {
     pub max_result_bytes: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// A request's body must have arrived whole this long after its headers; later: 408.
+    pub body_read_timeout_ms: u64,
+    /// Connections open at once; one more is closed at once.
+    pub max_connections: usize,
+    /// A TLS handshake not done this long after the connection opened: closed.
+    pub tls_handshake_timeout_ms: u64,
+    /// A request's headers not read whole this long after they began: the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no byte either way for this long: closed.
+    pub idle_timeout_ms: u64,
     /// JWTs: the issuer and audience every token must name. Both empty: no JWTs.
     pub jwt_issuer: String,
     pub jwt_audience: String,
@@ -96,6 +106,11 @@ impl Default for ApiConfig {
             query_threads: 0,
             max_result_bytes: 64 << 20,
             max_body_bytes: 1 << 20,
+            body_read_timeout_ms: 30_000,
+            max_connections: 256,
+            tls_handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
             jwt_issuer: String::new(),
             jwt_audience: String::new(),
             jwt_hs256_secret_env: String::new(),

@@ -2,6 +2,7 @@
 //! hands off to the stage crates; it owns no pipeline logic of its own.
 
 mod alerts_cmd;
+mod api_listen;
 mod api_serve;
 mod compact_cmd;
 mod config;

@@ -88,7 +88,10 @@ fn forged_own_records_raise_no_alert_of_vigils_but_one_about_the_forgery() {
         .iter()
         .filter(|(_, k)| k.contains("198.51.100.23"))
         .collect();
-    assert!(about_forged.is_empty(), "alerts name the forged address: {about_forged:?}");
+    assert!(
+        about_forged.is_empty(),
+        "alerts name the forged address: {about_forged:?}"
+    );
     let claimed = stored_alerts(&dir)
         .into_iter()
         .find(|a| a.rule_id == "vigil.provenance.own_record_claimed")

@@ -35,6 +35,8 @@ pub struct ApiConfig {
     pub data_dir: PathBuf,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// A request's body must have arrived whole this long after the call was let through.
+    pub body_read_timeout_ms: u64,
 }
 
 /// Applies a lifecycle change (queued for, or applied by, whoever holds the detection lock).
@@ -407,8 +409,39 @@ pub fn router(state: AppState) -> Router {
     build()
         .router
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), read_whole))
         .layer(middleware::from_fn_with_state(state.clone(), audited))
         .with_state(state)
+}
+
+/// The request's body read whole before the handler runs, within `body_read_timeout_ms` and
+/// `max_body_bytes` (after authentication: an unauthenticated client's body is never read), so
+/// a client dripping its body holds a call open for no longer than that (408, recorded).
+async fn read_whole(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let wait = std::time::Duration::from_millis(s.cfg.body_read_timeout_ms);
+    let d = |reason: String| Detail {
+        reason: Some(reason),
+        ..Default::default()
+    };
+    match tokio::time::timeout(wait, axum::body::to_bytes(body, s.cfg.max_body_bytes)).await {
+        Ok(Ok(b)) => next.run(Request::from_parts(parts, Body::from(b))).await,
+        Ok(Err(e)) if e.to_string().contains("length limit") => {
+            let why = format!("the body is more than {} bytes", s.cfg.max_body_bytes);
+            with_detail(error(StatusCode::PAYLOAD_TOO_LARGE, &why), d(why))
+        }
+        Ok(Err(e)) => {
+            let why = format!("the body could not be read: {e}");
+            with_detail(error(StatusCode::BAD_REQUEST, &why), d(why))
+        }
+        Err(_) => {
+            let why = format!(
+                "the body had not arrived {} ms after the request began",
+                s.cfg.body_read_timeout_ms
+            );
+            with_detail(error(StatusCode::REQUEST_TIMEOUT, &why), d(why))
+        }
+    }
 }
 
 /// An OpenAPI 3.1 description of [`routes`]: each route's roles, parameters, body and answer,

@@ -1,0 +1,211 @@
+//! Slow and many clients against `vigil serve`'s API over real TCP, with the real broker:
+//! connections past `api.max_connections` are closed at once; a client that opens a
+//! connection and sends nothing, one that drips its headers, and one that drips its body are
+//! each cut off at their timeout (the last with a 408, recorded in Vigil's own log); the
+//! process keeps no file descriptor of a closed connection; and a normal client, and ingest,
+//! are served as soon as, and while, it happens.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const KEY: &str = "vk_reader_slow_0123456789";
+
+/// How long until the server closes `s` (reads until EOF or an error), at most `limit`.
+fn closed_after(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().next().map(str::to_owned)
+}
+
+#[test]
+fn slow_and_surplus_connections_are_cut_off_and_nothing_of_them_is_kept() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nmax_connections = 6\nheader_read_timeout_ms = 1000\nidle_timeout_ms = 1500\n\
+             body_read_timeout_ms = 1500\n\
+             [[api.keys]]\nname = \"slow\"\nsha256 = \"{}\"\nroles = [\"reader\"]\n",
+            hex::encode(sha2::Sha256::digest(KEY.as_bytes()))
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start();
+    broker.create_topic("mesh", 1);
+    broker.create_topic("vigil.checkpoints", 1);
+    let dir = tmp.path().join("data");
+    let s = serve(&broker, "mesh", &dir, "g-slow", &[], Some(&config));
+    let addr = s.api.clone();
+    wait_for("ready", Duration::from_secs(60), || {
+        get(&addr, "/readyz")
+            .filter(|l| l.contains(" 200 "))
+            .map(|_| ())
+    });
+    let pid = s.child.id();
+    let fds_before = open_fds(pid);
+
+    // Six connections that send nothing take every place: a seventh is closed at once, and so
+    // is a normal client's request.
+    let mut hogs: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut seventh = TcpStream::connect(&addr).unwrap();
+    let refused = closed_after(&mut seventh, Duration::from_secs(1));
+    assert!(
+        refused.is_some_and(|d| d < Duration::from_millis(900)),
+        "{refused:?}"
+    );
+    assert_eq!(get(&addr, "/healthz"), None, "a request got a place");
+    // Meanwhile ingest goes on.
+    let recs: Vec<Rec> = (0..20)
+        .map(|i| Rec {
+            partition: 0,
+            key: None,
+            value: Some(format!(r#"{{"decision_id":"s{i}","result":true}}"#).into_bytes()),
+            headers: Vec::new(),
+        })
+        .collect();
+    produce(&broker.producer(), "mesh", &recs);
+    // The idle ones are closed at their timeout, and their places are free again.
+    for h in &mut hogs {
+        let d = closed_after(h, Duration::from_secs(5));
+        assert!(d.is_some(), "an idle connection stayed open");
+    }
+    wait_for("a place", Duration::from_secs(5), || {
+        get(&addr, "/healthz").filter(|l| l.contains(" 200 "))
+    });
+    wait_for("the events stored", Duration::from_secs(30), || {
+        (stored_per_partition(&dir, "mesh").values().sum::<i64>() >= 20).then_some(())
+    });
+
+    // Headers dripped a byte every 200 ms: cut off at the header timeout, mid-drip.
+    let mut drip = TcpStream::connect(&addr).unwrap();
+    let started = Instant::now();
+    let header =
+        b"GET /healthz HTTP/1.1\r\nHost: vigil\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut cut = None;
+    for b in header {
+        if drip.write_all(&[*b]).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cut =
+        cut.or_else(|| closed_after(&mut drip, Duration::from_secs(2)).map(|_| started.elapsed()));
+    assert!(
+        cut.is_some_and(|d| d < Duration::from_secs(4)),
+        "dripped headers held the connection: {cut:?}"
+    );
+
+    // A body dripped a byte every 200 ms: 408 at the body timeout, recorded.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    let body =
+        br#"{"sql": "SELECT 1 AS slow_body_marker                                            "}"#;
+    write!(
+        slow,
+        "POST /v1/query HTTP/1.1\r\nHost: vigil\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let started = Instant::now();
+    let answered = std::thread::scope(|sc| {
+        let mut reader = slow.try_clone().unwrap();
+        let h = sc.spawn(move || {
+            reader
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut buf = [0u8; 1024];
+            let n = reader.read(&mut buf).unwrap_or(0);
+            (
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+                started.elapsed(),
+            )
+        });
+        for b in body {
+            if slow.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            if h.is_finished() {
+                break;
+            }
+        }
+        h.join().unwrap()
+    });
+    assert!(answered.0.starts_with("HTTP/1.1 408"), "{answered:?}");
+    assert!(answered.1 < Duration::from_secs(4), "{answered:?}");
+    assert!(
+        answered.0.contains("had not arrived 1500 ms after"),
+        "{answered:?}"
+    );
+    wait_for("the 408 recorded", Duration::from_secs(30), || {
+        let rows = sql(
+            &dir,
+            "SELECT count(*) FROM events WHERE kafka_topic = 'vigil.api' \
+             AND action = 'POST /v1/query' AND status_code = 408 AND caller_principal = 'key:slow'",
+        );
+        use arrow::array::AsArray;
+        (rows[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+            == 1)
+            .then_some(())
+    });
+
+    // Nothing is kept of the closed connections: the process holds as many descriptors as
+    // before them.
+    drop((hogs, seventh, drip, slow));
+    let fds = wait_for(
+        "the descriptors given back",
+        Duration::from_secs(10),
+        || {
+            let n = open_fds(pid);
+            (n <= fds_before + 2).then_some(n)
+        },
+    );
+    println!(
+        "descriptors: {fds_before} before, {fds} after; seventh closed after {refused:?}, dripped headers after {cut:?}, dripped body answered after {:?}",
+        answered.1
+    );
+    assert!(s.terminate(), "vigil serve did not exit cleanly");
+}
