@@ -228,8 +228,11 @@ async fn connection<T>(
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that closes its side once it has sent a request still has it run (and
+    // recorded): its answer just has nowhere to go.
     builder
         .http1()
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     builder.http2().timer(TokioTimer::new());

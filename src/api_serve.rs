@@ -256,7 +256,7 @@ pub fn start(
                 rx,
                 &cp,
                 an.as_deref(),
-                |a: &Audited, seq| api::audit_event(&a.call, seq),
+                |a: &Audited, seq| (api::audit_event(&a.call, seq), Vec::new()),
                 |a, r| {
                     let _ = a.done.send(r.is_ok());
                 },
@@ -284,7 +284,16 @@ pub fn start(
                 up_rx,
                 &checkpoints,
                 anchor.as_deref(),
-                |u: &Upload, _| u.body.clone(),
+                |u: &Upload, _| {
+                    let mut headers = vec![(
+                        "vigil-uploader".to_owned(),
+                        u.principal.clone().into_bytes(),
+                    )];
+                    if let Some(p) = u.peer {
+                        headers.push(("vigil-peer".to_owned(), p.to_string().into_bytes()));
+                    }
+                    (u.body.clone(), headers)
+                },
                 |u, r| {
                     let r = r.map(|o| match o {
                         vigil_store::Appended::Decoded(n) => Uploaded {
@@ -390,7 +399,7 @@ fn write_log<T>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
     checkpoints: &Checkpointer,
     anchor: Option<&vigil_ingest::AnchorPublisher>,
-    value: impl Fn(&T, u64) -> Vec<u8>,
+    value: impl Fn(&T, u64) -> (Vec<u8>, vigil_store::RecordHeaders),
     answer: impl Fn(T, Result<&vigil_store::Appended, String>),
 ) -> anyhow::Result<()> {
     let topic = log.topic().to_owned();
@@ -403,15 +412,19 @@ fn write_log<T>(
                 Err(_) => break,
             }
         }
-        let values: Vec<Vec<u8>> = batch
+        let (values, headers): (Vec<Vec<u8>>, Vec<vigil_store::RecordHeaders>) = batch
             .iter()
             .map(|a| {
                 seq += 1;
                 value(a, seq)
             })
-            .collect();
+            .unzip();
         let written = log
-            .append(&values, vigil_detect::engine::now_ns() / 1_000_000)
+            .append_with_headers(
+                &values,
+                &headers,
+                vigil_detect::engine::now_ns() / 1_000_000,
+            )
             .map_err(anyhow::Error::from)
             .and_then(|w| {
                 let w = w.context("no record written")?;

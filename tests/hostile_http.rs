@@ -209,3 +209,121 @@ fn slow_and_surplus_connections_are_cut_off_and_nothing_of_them_is_kept() {
     );
     assert!(s.terminate(), "vigil serve did not exit cleanly");
 }
+
+/// Changing calls whose client closes the connection right after sending them: each still
+/// runs to its end and is recorded twice — its intent before it ran, its outcome after, the
+/// same call id — and an upload is stored with who uploaded it and from where.
+#[test]
+fn a_call_whose_client_goes_away_runs_to_its_end_and_is_recorded_before_and_after() {
+    use arrow::array::AsArray;
+    use sha2::Digest;
+    const ADMIN: &str = "vk_admin_gone_0123456789";
+    const INGESTOR: &str = "vk_ingestor_gone_0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("vigil.toml");
+    let entry = |name: &str, key: &str, role: &str| {
+        format!(
+            "[[api.keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nroles = [\"{role}\"]\n",
+            hex::encode(sha2::Sha256::digest(key.as_bytes()))
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\n{}{}",
+            entry("admin", ADMIN, "admin"),
+            entry("opa", INGESTOR, "ingestor")
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start();
+    broker.create_topic("mesh", 1);
+    broker.create_topic("vigil.checkpoints", 1);
+    let dir = tmp.path().join("data");
+    let s = serve(&broker, "mesh", &dir, "g-gone", &[], Some(&config));
+    let addr = s.api.clone();
+    wait_for("ready", Duration::from_secs(60), || {
+        get(&addr, "/readyz")
+            .filter(|l| l.contains(" 200 "))
+            .map(|_| ())
+    });
+    let send_and_go = |head: String, body: &[u8]| {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(body).unwrap();
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    };
+    send_and_go(
+        format!(
+            "POST /v1/keys/rotate HTTP/1.1\r\nHost: vigil\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Content-Length: 0\r\n\r\n"
+        ),
+        b"",
+    );
+    let upload = br#"[{"decision_id":"gone-1","timestamp":"2026-12-01T10:00:00Z","result":false,"input":{"attributes":{"request":{"http":{"method":"GET","path":"/x"}}}}}]"#;
+    send_and_go(
+        format!(
+            "POST /logs HTTP/1.1\r\nHost: vigil\r\nAuthorization: Bearer {INGESTOR}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            upload.len()
+        ),
+        upload,
+    );
+
+    // Each call: an intent, then an outcome of 200, one call id.
+    for (action, principal) in [
+        ("POST /v1/keys/rotate", "key:admin"),
+        ("POST /logs", "key:opa"),
+    ] {
+        let q = format!(
+            "SELECT CAST(raw AS VARCHAR) FROM events WHERE kafka_topic = 'vigil.api' \
+             AND action = '{action}' ORDER BY kafka_offset"
+        );
+        let records = wait_for(action, Duration::from_secs(30), || {
+            let rows: Vec<serde_json::Value> = sql(&dir, &q)
+                .iter()
+                .flat_map(|b| {
+                    let c = b.column(0).as_string::<i32>();
+                    (0..b.num_rows())
+                        .map(|i| serde_json::from_str(c.value(i)).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (rows.len() == 2).then_some(rows)
+        });
+        let (intent, outcome) = (&records[0], &records[1]);
+        assert_eq!(intent["api"]["phase"], "intent", "{intent}");
+        assert!(intent.get("status_code").is_none(), "{intent}");
+        assert_eq!(outcome["api"]["phase"], "outcome", "{outcome}");
+        assert_eq!(outcome["status_code"], 200, "{outcome}");
+        assert_eq!(intent["api"]["call"], outcome["api"]["call"]);
+        for r in [intent, outcome] {
+            assert_eq!(r["caller"]["principal"], principal, "{r}");
+        }
+    }
+    // The upload is stored, with its uploader.
+    let uploader = wait_for("the upload stored", Duration::from_secs(30), || {
+        let rows = sql(
+            &dir,
+            "SELECT CAST(get_field(h, 'key') AS VARCHAR) AS k, CAST(get_field(h, 'value') AS VARCHAR) AS v \
+             FROM (SELECT unnest(kafka_headers) AS h FROM events WHERE kafka_topic = 'vigil.opa')",
+        );
+        let mut got = std::collections::BTreeMap::new();
+        for b in &rows {
+            let (k, v) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_string::<i32>(),
+            );
+            for i in 0..b.num_rows() {
+                got.insert(k.value(i).to_owned(), v.value(i).to_owned());
+            }
+        }
+        (!got.is_empty()).then_some(got)
+    });
+    assert_eq!(uploader["vigil-uploader"], "key:opa", "{uploader:?}");
+    assert!(
+        uploader["vigil-peer"].starts_with("127.0.0.1:"),
+        "{uploader:?}"
+    );
+    assert!(s.terminate(), "vigil serve did not exit cleanly");
+}

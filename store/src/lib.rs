@@ -35,8 +35,8 @@ pub use chain::RecordRef;
 pub use error::StoreError;
 pub use files::{FileInfo, Store, WriteOptions, write_durably, write_durably_with};
 pub use own::{
-    API_TOPIC, AUDIT_PARTITION, AUDIT_TOPIC, OPA_TOPIC, OwnLog, claim, claim_with,
-    is_reserved_topic,
+    API_TOPIC, AUDIT_PARTITION, AUDIT_TOPIC, Headers as RecordHeaders, OPA_TOPIC, OwnLog, claim,
+    claim_with, is_reserved_topic,
 };
 pub use schema::store_schema;
 pub use verify::{ChainReport, check_chain};

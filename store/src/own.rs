@@ -86,6 +86,9 @@ impl Written {
     }
 }
 
+/// A record's headers: (name, value).
+pub type Headers = Vec<(String, Vec<u8>)>;
+
 /// A log this process writes: appends go straight to a durable file each.
 pub struct OwnLog {
     store: Store,
@@ -149,6 +152,19 @@ impl OwnLog {
         values: &[Vec<u8>],
         time_ms: i64,
     ) -> Result<Option<Written>, StoreError> {
+        let none: Vec<Headers> = vec![Vec::new(); values.len()];
+        self.append_with_headers(values, &none, time_ms)
+    }
+
+    /// [`OwnLog::append`] with each record's headers (chained with it, like a Kafka record's):
+    /// who a record came from, when the value is someone else's (an OPA upload's uploader).
+    pub fn append_with_headers(
+        &mut self,
+        values: &[Vec<u8>],
+        headers: &[Headers],
+        time_ms: i64,
+    ) -> Result<Option<Written>, StoreError> {
+        assert_eq!(values.len(), headers.len(), "one set of headers per value");
         if values.is_empty() {
             return Ok(None);
         }
@@ -163,7 +179,11 @@ impl OwnLog {
         let mut batch =
             PartitionBatch::new(&self.topic, self.partition, self.head.clone(), values.len());
         let mut outcomes = Vec::with_capacity(values.len());
-        for (offset, v) in (self.head.chain.offset + 1..).zip(values) {
+        for ((offset, v), hs) in (self.head.chain.offset + 1..).zip(values).zip(headers) {
+            let hs: Vec<(&str, Option<&[u8]>)> = hs
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+                .collect();
             let rec = RecordRef {
                 topic: &self.topic,
                 partition: self.partition,
@@ -171,7 +191,7 @@ impl OwnLog {
                 timestamp_ms: Some(time_ms),
                 key: None,
                 value: Some(v),
-                headers: &[],
+                headers: &hs,
             };
             outcomes.push(batch.append(&rec, &self.decoder, time_ms.saturating_mul(1_000_000))?);
         }

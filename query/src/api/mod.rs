@@ -90,6 +90,28 @@ pub struct ApiCall {
     pub sql: Option<String>,
     pub rows: Option<u64>,
     pub duration_ms: f64,
+    /// The same for a call's records: its intent and its outcome.
+    pub call_id: String,
+    /// For a call that changes something: `intent` (recorded before it runs; no status yet)
+    /// or `outcome`. `None`: a call that changes nothing, recorded once.
+    pub phase: Option<Phase>,
+}
+
+/// Which record of a changing call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Intent,
+    Outcome,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Intent => "intent",
+            Phase::Outcome => "outcome",
+        }
+    }
 }
 
 /// An API call for the audit log, and where to say it is recorded (durably: `true`).
@@ -125,9 +147,14 @@ pub fn audit_event(c: &ApiCall, seq: u64) -> Vec<u8> {
         "callee": {"service": API_SERVICE},
         "action": format!("{} {}", c.method, c.path),
         "resource": c.path,
-        "status_code": c.status,
-        "api": {"rows": c.rows, "duration_ms": c.duration_ms},
+        "api": {"rows": c.rows, "duration_ms": c.duration_ms, "call": c.call_id},
     });
+    if let Some(p) = c.phase {
+        ev["api"]["phase"] = p.as_str().into();
+    }
+    if c.phase != Some(Phase::Intent) {
+        ev["status_code"] = c.status.into();
+    }
     if let Some(q) = &c.sql {
         // Whole up to a generous cap; past it, its start, with its length and digest, marked.
         let cut = q.floor_char_boundary(MAX_RECORDED_SQL_BYTES);
@@ -148,6 +175,9 @@ pub fn audit_event(c: &ApiCall, seq: u64) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Upload {
     pub body: Vec<u8>,
+    /// Who uploaded it, and from where (stored with it, as its headers).
+    pub principal: String,
+    pub peer: Option<SocketAddr>,
     pub done: tokio::sync::oneshot::Sender<Result<Uploaded, String>>,
 }
 
@@ -549,8 +579,58 @@ fn now_ns() -> i64 {
     vigil_detect::engine::now_ns()
 }
 
-/// Authenticate, run the route, and record the call.
-async fn audited(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Authenticate, run the route, and record the call — on a task of its own, so that a client
+/// closing its connection cancels neither the call nor its record; a panic is caught, answered
+/// 500 and recorded.
+async fn audited(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::spawn(audited_call(s, req, next)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "an API call's task failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+/// What the role check needs to record a changing call's intent.
+#[derive(Clone)]
+struct CallStart {
+    call_id: String,
+    peer: Option<SocketAddr>,
+    method: String,
+    path: String,
+    audit: tokio::sync::mpsc::Sender<Audited>,
+    /// Set once the call's intent is recorded (a panic in the handler leaves it set).
+    intent: Arc<AtomicBool>,
+}
+
+/// Whether a call can change anything (uploads, key rotation, lifecycle, reloads): recorded
+/// before it runs, and again with its outcome.
+fn changes(method: &str, path: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS") && path != "/v1/query"
+}
+
+/// Record `call` durably: whether it was.
+async fn record(audit: &tokio::sync::mpsc::Sender<Audited>, call: ApiCall) -> bool {
+    let (done, recorded) = tokio::sync::oneshot::channel();
+    audit.send(Audited { call, done }).await.is_ok() && recorded.await.unwrap_or(false)
+}
+
+fn new_call_id(time_ns: i64) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{time_ns:x}-{}-{n}", std::process::id())
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+async fn audited_call(s: AppState, mut req: Request, next: Next) -> Response {
+    use futures::FutureExt;
     let started = Instant::now();
     let path: String = req.uri().path().chars().take(256).collect();
     let probe = path == "/healthz" || path == "/readyz";
@@ -572,7 +652,33 @@ async fn audited(State(s): State<AppState>, mut req: Request, next: Next) -> Res
     let principal = who.as_ref().ok().map(|p| p.id.clone());
     let unauthenticated = who.as_ref().err().map(ToString::to_string);
     req.extensions_mut().insert(Authn(who));
-    let resp = next.run(req).await;
+    let call_id = new_call_id(now_ns());
+    let intent = Arc::new(AtomicBool::new(false));
+    req.extensions_mut().insert(CallStart {
+        call_id: call_id.clone(),
+        peer,
+        method: method.clone(),
+        path: path.clone(),
+        audit: s.audit.clone(),
+        intent: intent.clone(),
+    });
+    let resp = match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(p) => {
+            let why = format!("the handler panicked: {}", panic_text(p.as_ref()));
+            tracing::error!(%method, %path, reason = %why, "API call failed");
+            with_detail(
+                error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+                Detail {
+                    reason: Some(why),
+                    ..Default::default()
+                },
+            )
+        }
+    };
     if probe {
         return resp;
     }
@@ -588,6 +694,7 @@ async fn audited(State(s): State<AppState>, mut req: Request, next: Next) -> Res
         .get::<Detail>()
         .cloned()
         .unwrap_or_default();
+    let phase = intent.load(Ordering::SeqCst).then_some(Phase::Outcome);
     let status = resp.status().as_u16();
     let call = ApiCall {
         time_ns: now_ns(),
@@ -602,10 +709,10 @@ async fn audited(State(s): State<AppState>, mut req: Request, next: Next) -> Res
         sql: detail.sql,
         rows: detail.rows,
         duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        call_id,
+        phase,
     };
-    let (done, recorded) = tokio::sync::oneshot::channel();
-    let sent = s.audit.send(Audited { call, done }).await.is_ok();
-    if !sent || !recorded.await.unwrap_or(false) {
+    if !record(&s.audit, call).await {
         tracing::error!("the API audit log did not record a call: refusing its response");
         return error(StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable");
     }
@@ -638,6 +745,34 @@ async fn require(State(roles): State<&'static [Role]>, mut req: Request, next: N
         let mut r = error(StatusCode::FORBIDDEN, &why);
         r.extensions_mut().insert(Denied(why));
         return r;
+    }
+    // A call that can change something is recorded before it runs: who, what, from where.
+    let start = req.extensions().get::<CallStart>().cloned();
+    let intent = match start {
+        Some(c) if changes(&c.method, &c.path) => Some(c),
+        _ => None,
+    };
+    if let Some(c) = &intent {
+        let call = ApiCall {
+            time_ns: now_ns(),
+            principal: Some(p.id.clone()),
+            peer: c.peer,
+            method: c.method.clone(),
+            path: c.path.clone(),
+            status: 0,
+            allowed: true,
+            reason: None,
+            sql: None,
+            rows: None,
+            duration_ms: 0.0,
+            call_id: c.call_id.clone(),
+            phase: Some(Phase::Intent),
+        };
+        if !record(&c.audit, call).await {
+            tracing::error!("the API audit log did not record a call's intent: not run");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable");
+        }
+        c.intent.store(true, Ordering::SeqCst);
     }
     req.extensions_mut().insert(p);
     next.run(req).await
@@ -934,7 +1069,12 @@ async fn checkpoints(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn upload(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+async fn upload(
+    State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<Principal>,
+    ext: axum::http::Extensions,
+    body: axum::body::Bytes,
+) -> Response {
     let Some(tx) = s.uploads.clone() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -948,6 +1088,8 @@ async fn upload(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
     if tx
         .send(Upload {
             body: body.to_vec(),
+            principal: who.id.clone(),
+            peer: ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
             done,
         })
         .await
@@ -1089,6 +1231,112 @@ mod tests {
             Some(r) => &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")],
             None => v,
         }
+    }
+
+    /// A changing call is recorded (intent) before its handler runs, and again with its
+    /// outcome; a handler that panics is answered 500 and recorded with why.
+    #[tokio::test]
+    async fn a_changing_call_is_recorded_before_it_runs_and_a_panic_is_answered_and_recorded() {
+        use std::sync::Mutex;
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("events")).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Audited>(16);
+        let calls: Arc<Mutex<Vec<ApiCall>>> = Arc::default();
+        let recorder = {
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                while let Some(a) = rx.recv().await {
+                    calls.lock().unwrap().push(a.call);
+                    let _ = a.done.send(true);
+                }
+            })
+        };
+        let limits = sql::Limits {
+            max_rows: 10,
+            timeout_ms: 1000,
+            memory_bytes: 1 << 20,
+            max_result_bytes: 1 << 20,
+        };
+        let sharing = sql::Sharing {
+            threads: 1,
+            max_concurrent: 1,
+            memory_total_bytes: 1 << 20,
+        };
+        let auth = Auth::new(
+            vec![auth::ApiKey {
+                name: "admin".into(),
+                sha256: auth::hash_key("vk_admin_unit_0123456789"),
+                roles: vec![Role::Admin],
+            }],
+            vec![],
+            None,
+        )
+        .unwrap();
+        let state = AppState {
+            cfg: Arc::new(ApiConfig {
+                data_dir: dir.path().to_owned(),
+                max_body_bytes: 1 << 20,
+                body_read_timeout_ms: 1000,
+            }),
+            catalog: Arc::new(crate::Catalog::open(dir.path()).unwrap()),
+            queries: sql::Runner::new(limits, sharing).unwrap(),
+            auth: Arc::new(auth),
+            lifecycle: None,
+            reload: Arc::new(|_: &str| Err(ReloadFail::Unavailable("not here".into()))),
+            audit: tx,
+            checkpoints: None,
+            uploads: None,
+            ready: Arc::default(),
+            metrics: Arc::new(String::new),
+        };
+        let seen_before_run = Arc::new(Mutex::new(None::<Vec<ApiCall>>));
+        let app = {
+            let (calls, seen) = (calls.clone(), seen_before_run.clone());
+            Router::new()
+                .route(
+                    "/v1/boom",
+                    post(move || {
+                        *seen.lock().unwrap() = Some(calls.lock().unwrap().clone());
+                        async move {
+                            if true {
+                                panic!("boom");
+                            }
+                            StatusCode::OK
+                        }
+                    })
+                    .route_layer(middleware::from_fn_with_state(ADMIN, require)),
+                )
+                .layer(middleware::from_fn_with_state(state.clone(), audited))
+                .with_state(state)
+        };
+        let req = axum::http::Request::post("/v1/boom")
+            .header("authorization", "Bearer vk_admin_unit_0123456789")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let before = seen_before_run.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            before.len(),
+            1,
+            "the intent is recorded before the handler runs"
+        );
+        assert_eq!(before[0].phase, Some(Phase::Intent));
+        assert_eq!(before[0].principal.as_deref(), Some("key:admin"));
+        let all = calls.lock().unwrap().clone();
+        assert_eq!(all.len(), 2);
+        let outcome = &all[1];
+        assert_eq!((outcome.phase, outcome.status), (Some(Phase::Outcome), 500));
+        assert_eq!(outcome.call_id, all[0].call_id);
+        assert!(
+            outcome.reason.as_deref() == Some("the handler panicked: boom"),
+            "{outcome:?}"
+        );
+        let ev: Value = serde_json::from_slice(&audit_event(&all[0], 1)).unwrap();
+        assert_eq!(ev["api"]["phase"], "intent");
+        assert!(ev.get("status_code").is_none(), "{ev}");
+        recorder.abort();
     }
 
     #[test]
