@@ -27,6 +27,8 @@ pub struct Api {
 
 /// Calls (or uploads) waiting to be recorded at most (a full queue slows the API down).
 const QUEUE: usize = 1024;
+/// Uploads waiting to be stored at most (each up to `api.max_body_bytes` as received).
+const UPLOAD_QUEUE: usize = 64;
 /// Records in one file at most.
 const BATCH: usize = 256;
 
@@ -257,6 +259,7 @@ pub fn start(
                 &cp,
                 an.as_deref(),
                 |a: &Audited, seq| (api::audit_event(&a.call, seq), Vec::new()),
+                (|_: &Audited| 0, usize::MAX),
                 |a, r| {
                     let _ = a.done.send(r.is_ok());
                 },
@@ -274,7 +277,8 @@ pub fn start(
         &checkpoints,
         anchor.as_deref(),
     )?;
-    let (up_tx, up_rx) = tokio::sync::mpsc::channel::<Upload>(QUEUE);
+    let (up_tx, up_rx) = tokio::sync::mpsc::channel::<Upload>(UPLOAD_QUEUE);
+    let upload_batch_bytes = cfg.api.upload_batch_bytes.max(1);
     let uploads = std::thread::Builder::new()
         .name("vigil-api-uploads".into())
         .spawn(move || {
@@ -294,6 +298,7 @@ pub fn start(
                     }
                     (u.body.clone(), headers)
                 },
+                (|u: &Upload| u.inflated_bytes, upload_batch_bytes),
                 |u, r| {
                     let r = r.map(|o| match o {
                         vigil_store::Appended::Decoded(n) => Uploaded {
@@ -327,7 +332,10 @@ pub fn start(
             data_dir: cfg.store.data_dir.clone(),
             max_body_bytes: cfg.api.max_body_bytes,
             body_read_timeout_ms: cfg.api.body_read_timeout_ms,
+            max_uploads_per_credential: cfg.api.max_uploads_per_credential.max(1),
+            max_decompressed_bytes: cfg.decode.decoder_config()?.max_decompressed_bytes,
         }),
+        upload_slots: Arc::default(),
         queries: query_runner(&cfg.api)?,
         auth: Arc::new(auth),
         lifecycle: Some(lifecycle),
@@ -400,15 +408,31 @@ fn write_log<T>(
     checkpoints: &Checkpointer,
     anchor: Option<&vigil_ingest::AnchorPublisher>,
     value: impl Fn(&T, u64) -> (Vec<u8>, vigil_store::RecordHeaders),
+    batch_bytes: (impl Fn(&T) -> usize, usize),
     answer: impl Fn(T, Result<&vigil_store::Appended, String>),
 ) -> anyhow::Result<()> {
     let topic = log.topic().to_owned();
     let mut seq = 0u64;
-    while let Some(first) = rx.blocking_recv() {
+    let (weight, max_weight) = batch_bytes;
+    // An item that did not fit the last batch starts the next one.
+    let mut carried: Option<T> = None;
+    loop {
+        let Some(first) = carried.take().or_else(|| rx.blocking_recv()) else {
+            break;
+        };
+        let mut total = weight(&first);
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(a) => batch.push(a),
+                Ok(a) => {
+                    let w = weight(&a);
+                    if total.saturating_add(w) > max_weight {
+                        carried = Some(a);
+                        break;
+                    }
+                    total += w;
+                    batch.push(a);
+                }
                 Err(_) => break,
             }
         }

@@ -50,6 +50,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// A request's body must have arrived whole this long after its headers; later: 408.
     pub body_read_timeout_ms: u64,
+    /// `POST /logs` uploads one credential may have being stored at once; more: 429.
+    pub max_uploads_per_credential: usize,
+    /// Uploads written to `vigil.opa` as one file, at most this many bytes decompressed.
+    pub upload_batch_bytes: usize,
     /// Connections open at once; one more is closed at once.
     pub max_connections: usize,
     /// A TLS handshake not done this long after the connection opened: closed.
@@ -107,6 +111,8 @@ impl Default for ApiConfig {
             max_result_bytes: 64 << 20,
             max_body_bytes: 1 << 20,
             body_read_timeout_ms: 30_000,
+            max_uploads_per_credential: 4,
+            upload_batch_bytes: 64 << 20,
             max_connections: 256,
             tls_handshake_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,

@@ -327,3 +327,145 @@ fn a_call_whose_client_goes_away_runs_to_its_end_and_is_recorded_before_and_afte
     );
     assert!(s.terminate(), "vigil serve did not exit cleanly");
 }
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+/// An OPA upload (gzip JSON array) of `n` decisions, each padded to about `pad` bytes.
+fn opa_upload(tag: &str, n: usize, pad: usize) -> Vec<u8> {
+    let p = "x".repeat(pad);
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"decision_id":"{tag}-{i}","timestamp":"2026-12-01T10:00:00Z","result":true,"labels":{{"pad":"{p}"}},"input":{{"attributes":{{"request":{{"http":{{"method":"GET","path":"/x"}}}}}}}}}}"#
+            )
+        })
+        .collect();
+    gzip(format!("[{}]", items.join(",")).as_bytes())
+}
+
+fn post_upload(addr: &str, key: &str, body: &[u8]) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        c,
+        "POST /logs HTTP/1.1\r\nHost: vigil\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(body).unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+/// A flood of uploads: one credential has at most `api.max_uploads_per_credential` being
+/// stored (more: 429 with `Retry-After`), and uploads waiting behind a large one are written in
+/// files of at most `api.upload_batch_bytes` decompressed, not folded into one without bound.
+#[test]
+fn uploads_are_bounded_per_credential_and_batched_by_what_they_inflate_to() {
+    use sha2::Digest;
+    let keys = [
+        "vk_up_a_0123456789",
+        "vk_up_b_0123456789",
+        "vk_up_c_0123456789",
+        "vk_up_d_0123456789",
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("vigil.toml");
+    let mut text =
+        "[api]\nmax_uploads_per_credential = 1\nupload_batch_bytes = 1048576\n".to_owned();
+    for (i, k) in keys.iter().enumerate() {
+        text.push_str(&format!(
+            "[[api.keys]]\nname = \"opa{i}\"\nsha256 = \"{}\"\nroles = [\"ingestor\"]\n",
+            hex::encode(sha2::Sha256::digest(k.as_bytes()))
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let broker = Broker::start();
+    broker.create_topic("mesh", 1);
+    broker.create_topic("vigil.checkpoints", 1);
+    let dir = tmp.path().join("data");
+    let s = serve(&broker, "mesh", &dir, "g-uploads", &[], Some(&config));
+    let addr = s.api.clone();
+    wait_for("ready", Duration::from_secs(60), || {
+        get(&addr, "/readyz")
+            .filter(|l| l.contains(" 200 "))
+            .map(|_| ())
+    });
+    // A large upload (about 40 MiB decompressed) keeps the writer busy; meanwhile the same
+    // credential's second is refused, and three others' small ones (700 KB each) queue.
+    let large = opa_upload("large", 40_000, 1000);
+    let small: Vec<Vec<u8>> = (0..3)
+        .map(|i| opa_upload(&format!("small{i}"), 700, 1000))
+        .collect();
+    let (first, second, queued) = std::thread::scope(|sc| {
+        let first = sc.spawn(|| post_upload(&addr, keys[0], &large));
+        std::thread::sleep(Duration::from_millis(150));
+        let second = post_upload(&addr, keys[0], &small[0]);
+        std::thread::sleep(Duration::from_millis(50));
+        let queued: Vec<_> = (0..3)
+            .map(|i| {
+                let (addr, key, body) = (&addr, keys[i + 1], &small[i]);
+                sc.spawn(move || post_upload(addr, key, body))
+            })
+            .collect();
+        let queued: Vec<(u16, String)> = queued.into_iter().map(|h| h.join().unwrap()).collect();
+        (first.join().unwrap(), second, queued)
+    });
+    assert_eq!(first.0, 200, "{}", &first.1[..first.1.len().min(400)]);
+    assert_eq!(second.0, 429, "{}", second.1);
+    assert!(
+        second.1.to_lowercase().contains("retry-after: 1"),
+        "{}",
+        second.1
+    );
+    assert!(
+        second.1.contains("key:opa0 has 1 uploads being stored"),
+        "{}",
+        second.1
+    );
+    for (st, text) in &queued {
+        assert_eq!(*st, 200, "{text}");
+    }
+    // Four uploads stored: the large one alone, and no two small ones in one file.
+    let files = |root: &std::path::Path| -> usize {
+        fn walk(p: &std::path::Path, n: &mut usize) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, n);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    *n += 1;
+                }
+            }
+        }
+        let mut n = 0;
+        walk(&root.join("events/topic=vigil.opa"), &mut n);
+        n
+    };
+    let n = wait_for("the uploads stored", Duration::from_secs(30), || {
+        let rows = sql(
+            &dir,
+            "SELECT count(*) FROM events WHERE kafka_topic = 'vigil.opa'",
+        );
+        use arrow::array::AsArray;
+        let got = rows[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0);
+        (got == 40_000 + 3 * 700).then(|| files(&dir))
+    });
+    assert_eq!(n, 4, "files in vigil.opa");
+    assert!(s.terminate(), "vigil serve did not exit cleanly");
+}

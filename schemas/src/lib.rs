@@ -34,7 +34,7 @@ pub mod schema;
 
 pub use batch::EventBatchBuilder;
 pub use decode::NATIVE_SCHEMA_V1;
-pub use decode::{Decoder, DecoderConfig};
+pub use decode::{Decoder, DecoderConfig, inflated_len};
 pub use error::{DecodeError, DecodeErrorKind};
 pub use model::{Decision, Event, Identity, Kind, SourceFormat};
 pub use schema::canonical_schema;

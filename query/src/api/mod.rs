@@ -37,6 +37,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// A request's body must have arrived whole this long after the call was let through.
     pub body_read_timeout_ms: u64,
+    /// Uploads (`POST /logs`) one credential may have being stored at once; more: 429.
+    pub max_uploads_per_credential: usize,
+    /// How large an upload may decompress to (the decoder's limit).
+    pub max_decompressed_bytes: usize,
 }
 
 /// Applies a lifecycle change (queued for, or applied by, whoever holds the detection lock).
@@ -178,6 +182,9 @@ pub struct Upload {
     /// Who uploaded it, and from where (stored with it, as its headers).
     pub principal: String,
     pub peer: Option<SocketAddr>,
+    /// What it decompresses to (its size if not compressed; the limit if past it): what the
+    /// writer bounds a batch by.
+    pub inflated_bytes: usize,
     pub done: tokio::sync::oneshot::Sender<Result<Uploaded, String>>,
 }
 
@@ -211,10 +218,50 @@ pub struct AppState {
     pub checkpoints: Option<Arc<vigil_store::checkpoint::Checkpointer>>,
     /// Where `POST /logs` uploads go (`None`: not taken here).
     pub uploads: Option<tokio::sync::mpsc::Sender<Upload>>,
+    /// Uploads being stored, per credential.
+    pub upload_slots: Arc<Slots>,
     /// Ready: consuming (set by the binary).
     pub ready: Arc<AtomicBool>,
     /// Prometheus text of the process's metrics.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+/// Places per credential (uploads being stored by each).
+#[derive(Debug, Default)]
+pub struct Slots(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+/// A place taken, given back when dropped.
+pub struct Slot {
+    slots: Arc<Slots>,
+    who: String,
+}
+
+impl Slots {
+    /// A place for `who` if it holds fewer than `max`.
+    pub fn take(self: &Arc<Self>, who: &str, max: usize) -> Option<Slot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(who.to_owned()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: self.clone(),
+            who: who.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.who);
+            }
+        }
+    }
 }
 
 /// The SHA-256 of the verified client certificate of the request's TLS connection (set by the
@@ -1084,12 +1131,43 @@ async fn upload(
     if body.is_empty() {
         return error(StatusCode::BAD_REQUEST, "an empty upload");
     }
+    let Some(_slot) = s
+        .upload_slots
+        .take(&who.id, s.cfg.max_uploads_per_credential)
+    else {
+        let why = format!(
+            "{} has {} uploads being stored, as many as one credential may: try again shortly",
+            who.id, s.cfg.max_uploads_per_credential
+        );
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, &why);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return with_detail(
+            r,
+            Detail {
+                reason: Some(why),
+                ..Default::default()
+            },
+        );
+    };
+    let max = s.cfg.max_decompressed_bytes;
+    let body = body.to_vec();
+    let (body, inflated_bytes) = match tokio::task::spawn_blocking(move || {
+        let n = vigil_schemas::inflated_len(&body, max).unwrap_or(max);
+        (body, n)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("upload: {e}")),
+    };
     let (done, stored) = tokio::sync::oneshot::channel();
     if tx
         .send(Upload {
-            body: body.to_vec(),
+            body,
             principal: who.id.clone(),
             peer: ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
+            inflated_bytes,
             done,
         })
         .await
@@ -1278,6 +1356,8 @@ mod tests {
                 data_dir: dir.path().to_owned(),
                 max_body_bytes: 1 << 20,
                 body_read_timeout_ms: 1000,
+                max_uploads_per_credential: 1,
+                max_decompressed_bytes: 1 << 20,
             }),
             catalog: Arc::new(crate::Catalog::open(dir.path()).unwrap()),
             queries: sql::Runner::new(limits, sharing).unwrap(),
@@ -1287,6 +1367,7 @@ mod tests {
             audit: tx,
             checkpoints: None,
             uploads: None,
+            upload_slots: Arc::default(),
             ready: Arc::default(),
             metrics: Arc::new(String::new),
         };

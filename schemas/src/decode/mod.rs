@@ -69,6 +69,18 @@ pub struct Decoder {
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// How many bytes `raw` is once decompressed (itself if it is not gzip), counted without
+/// holding them; `None` past `max_bytes` or if it is not valid gzip. What a caller can bound
+/// memory by before decoding.
+pub fn inflated_len(raw: &[u8], max_bytes: usize) -> Option<usize> {
+    if !raw.starts_with(&GZIP_MAGIC) {
+        return Some(raw.len());
+    }
+    let mut reader = flate2::read::MultiGzDecoder::new(raw).take(max_bytes as u64 + 1);
+    let n = std::io::copy(&mut reader, &mut std::io::sink()).ok()?;
+    usize::try_from(n).ok().filter(|&n| n <= max_bytes)
+}
+
 impl Decoder {
     /// `pinned`: decode every record as this format instead of detecting it.
     pub fn new(config: DecoderConfig, pinned: Option<SourceFormat>) -> Self {
