@@ -100,6 +100,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything Vigil creates (the data directory, its files, exports) is readable and
+    // writable by its own user only: directories 0700, files 0600.
+    // SAFETY: umask(2) only sets the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -150,11 +150,12 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if args.update_trusted
         && let Some(path) = &args.trusted
     {
-        if verdict == Verdict::Tampered {
-            tracing::warn!(trusted = %path.display(), "the trusted state was not updated: tampering was found");
-        } else {
+        if report.may_be_trusted(existing.is_none()) {
             write_trusted(path, existing, &report)?;
             tracing::info!(trusted = %path.display(), "trusted state updated");
+        } else {
+            tracing::warn!(trusted = %path.display(), verdict = verdict.as_str(),
+                "the trusted state was not updated: only a valid store (or, the first time, one                  that only lacks what the trusted state will vouch for) is recorded");
         }
     }
     Ok(ExitCode::from(verdict.exit_code()))

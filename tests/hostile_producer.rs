@@ -98,4 +98,26 @@ fn forged_own_records_raise_no_alert_of_vigils_but_one_about_the_forgery() {
         .unwrap();
     assert_eq!(claimed.severity, "high");
     assert!(s.terminate(), "vigil serve did not exit cleanly");
+
+    // What serve made of the data directory is its user's alone: directories 0700, files
+    // 0600 (the signing key among them).
+    fn walk(p: &std::path::Path, bad: &mut Vec<String>, n: &mut usize) {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::symlink_metadata(p).unwrap();
+        let mode = m.permissions().mode() & 0o777;
+        let want = if m.is_dir() { 0o700 } else { 0o600 };
+        *n += 1;
+        if mode != want {
+            bad.push(format!("{} {mode:o}", p.display()));
+        }
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), bad, n);
+            }
+        }
+    }
+    let (mut bad, mut n) = (Vec::new(), 0);
+    walk(&dir, &mut bad, &mut n);
+    assert!(n > 20, "{n} entries");
+    assert!(bad.is_empty(), "open to others: {bad:#?}");
 }

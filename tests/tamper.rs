@@ -111,6 +111,13 @@ fn fixture() -> PathBuf {
     wait_stored(&[&s], &store, FIRST_RUN as u64, Duration::from_secs(60));
     assert!(s.terminate());
     copy_dir(&store, &b.join("snapshot"));
+    // The first key as someone who copied the data directory before the rotation holds it.
+    let first_key = KeyRing::open(&store, None).unwrap().registry.keys[0].id();
+    std::fs::copy(
+        store.join(KEYS_DIR).join(format!("{first_key:08x}.key")),
+        b.join("stolen-old.key"),
+    )
+    .unwrap();
     // Rotate the signing key with no overlap: the second run signs with the new key only.
     KeyRing::open(&store, None).unwrap().rotate(0).unwrap();
     produce(&broker.producer(), TOPIC, &records(FIRST_RUN, SECOND_RUN));
@@ -807,8 +814,15 @@ fn t21_an_old_key_used_after_its_range() {
     let store = c.store();
     let keys = Registry::parse(&std::fs::read_to_string(c.root.join("keys")).unwrap()).unwrap();
     let old_id = keys.keys[0].id();
-    let old_key = store.join(KEYS_DIR).join(format!("{old_id:08x}.key"));
-    // A ring holding only the old private key, as if never rotated out.
+    // Its validity over, the old key's private half is gone from the store...
+    assert!(
+        !store
+            .join(KEYS_DIR)
+            .join(format!("{old_id:08x}.key"))
+            .exists()
+    );
+    // ...but a copy taken before then signs as well as it ever did: a ring holding only it.
+    let old_key = c.root.join("stolen-old.key");
     let other = tempfile::tempdir().unwrap();
     let ring = KeyRing::open(other.path(), Some(&old_key)).unwrap();
     let n = c.notes(2).last().unwrap().clone();
@@ -1129,5 +1143,97 @@ fn a_decoded_column_edited_alone_is_caught_by_verify_decoded() {
         &c.verify(&["--decoded"]),
         &name(f),
         "row 4: decoded column decision",
+    );
+}
+
+#[test]
+fn t23_stray_files_directories_and_links_are_findings_and_the_rest_is_still_reported() {
+    let c = Case::new();
+    let ev = c.store().join("events");
+    std::fs::create_dir_all(ev.join("topic=..")).unwrap();
+    std::fs::create_dir_all(ev.join("topic=evil/partition=x")).unwrap();
+    std::fs::write(ev.join("README.txt"), "hello").unwrap();
+    let hour_dir = c.files(0)[0].parent().unwrap().to_owned();
+    std::fs::write(hour_dir.join("notes.parquet.bak"), "x").unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/hostname",
+        hour_dir.join("00000000000000999990-00000000000000999999.parquet"),
+    )
+    .unwrap();
+    // A real edit elsewhere is still found and named.
+    let f = &c.files(1)[0];
+    edit_rows(f, |b| flip_binary(&b, "raw", 0));
+    let got = c.verify(&[]);
+    assert_tampered(&got, "topic=..", "not a topic=… directory");
+    assert_tampered(&got, "partition=x", "not a partition=… directory");
+    assert_tampered(&got, "README.txt", "not a topic=… directory");
+    assert_tampered(&got, "notes.parquet.bak", "not a data file");
+    assert_tampered(&got, "999999.parquet", "symbolic link");
+    assert_tampered(&got, &name(f), "leaf hash does not match");
+}
+
+#[test]
+fn t24_a_trusted_state_is_recorded_only_from_a_valid_store_or_on_first_use() {
+    let c = Case::new();
+    let trusted = c.root.join("trusted.json");
+    let t = trusted.to_str().unwrap();
+    let keys = c.root.join("keys");
+    // First use: only unanchored, which the trusted state will vouch for: recorded.
+    let first = verify_raw(
+        &c.store(),
+        &[
+            "--keys",
+            keys.to_str().unwrap(),
+            "--trusted",
+            t,
+            "--update-trusted",
+        ],
+    );
+    assert_eq!(first.0, 2);
+    let recorded = std::fs::read(&trusted).unwrap();
+    // An edited store: found, and the trusted state is left as it was.
+    let f = &c.files(0)[0];
+    edit_rows(f, |b| flip_binary(&b, "raw", 1));
+    let got = verify_raw(&c.store(), &["--trusted", t, "--update-trusted"]);
+    assert_tampered(&got, &name(f), "leaf hash does not match");
+    assert_eq!(std::fs::read(&trusted).unwrap(), recorded);
+    // A first use on a store with anything more than that: nothing recorded.
+    let fresh = c.root.join("fresh.json");
+    let got = verify_raw(
+        &c.store(),
+        &[
+            "--keys",
+            keys.to_str().unwrap(),
+            "--trusted",
+            fresh.to_str().unwrap(),
+            "--update-trusted",
+        ],
+    );
+    assert_eq!(got.0, 1);
+    assert!(!fresh.exists(), "a trusted state made from an edited store");
+}
+
+#[test]
+fn t25_a_checkpoint_re_dated_before_the_one_it_follows_with_the_stores_own_key() {
+    let c = Case::new();
+    let notes = c.notes(0);
+    let (prev, newest) = (&notes[notes.len() - 2], &notes[notes.len() - 1]);
+    let text_of = |p: &Path| {
+        let note = std::fs::read_to_string(p).unwrap();
+        let (text, _) = note.split_once("\n\n").unwrap();
+        Checkpoint::parse(format!("{text}\n").as_bytes()).unwrap()
+    };
+    let before = text_of(prev);
+    let mut cp = text_of(newest);
+    assert!(cp.time_ms >= before.time_ms, "the signer dates forwards");
+    // Whoever holds the data directory holds its signing key: a validly signed note, dated
+    // before the checkpoint it follows.
+    cp.time_ms = before.time_ms - 1;
+    let ring = KeyRing::open(&c.store(), None).unwrap();
+    std::fs::write(newest, ring.sign(&cp).unwrap()).unwrap();
+    assert_tampered(
+        &c.verify(&[]),
+        &name(newest),
+        "checkpoint times go backwards",
     );
 }

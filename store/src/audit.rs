@@ -58,6 +58,9 @@ pub struct Finding {
     /// A file, a checkpoint, a log (`topic/partition`) or `keys`.
     pub place: String,
     pub what: String,
+    /// Only that nothing outside the store vouches for it (keys not pinned, a log not
+    /// anchored): what a first trusted state is made to fix.
+    pub unvouched: bool,
 }
 
 /// What the verifier trusts, from outside the store.
@@ -120,7 +123,29 @@ impl AuditReport {
             verdict,
             place: place.into(),
             what: what.into(),
+            unvouched: false,
         });
+    }
+
+    /// An incomplete finding that says only that nothing outside vouches for `place`.
+    fn find_unvouched(&mut self, place: impl Into<String>, what: impl Into<String>) {
+        self.findings.push(Finding {
+            verdict: Verdict::Incomplete,
+            place: place.into(),
+            what: what.into(),
+            unvouched: true,
+        });
+    }
+
+    /// Whether a trusted state may record what was found: when it is valid, or — making the
+    /// first one — when all that keeps it from valid is that nothing outside vouched for it
+    /// yet (trust on first use; anything else found, it is not recorded).
+    pub fn may_be_trusted(&self, first_use: bool) -> bool {
+        match self.verdict() {
+            Verdict::Valid => true,
+            Verdict::Incomplete => first_use && self.findings.iter().all(|f| f.unvouched),
+            Verdict::Tampered => false,
+        }
     }
 }
 
@@ -146,8 +171,7 @@ pub fn audit(
         Some(k) => k.clone(),
         None => {
             let path = data_dir.join(KEYS_DIR).join(REGISTRY_FILE);
-            report.find(
-                Verdict::Incomplete,
+            report.find_unvouched(
                 "keys",
                 "public keys not pinned: checked with the store's own registry, which whoever \
                  controls the store can replace (pass --trusted)",
@@ -206,14 +230,42 @@ pub fn audit(
         }
     }
 
+    // Whatever is in the store that Vigil does not write there is a finding, not a reason to
+    // stop: the rest is checked and reported all the same.
+    for (path, what) in store.strays()? {
+        report.find(Verdict::Tampered, path.display().to_string(), what);
+    }
+    // A part that cannot be read is a finding (the verdict cannot be valid), never the end.
+    macro_rules! or_finding {
+        ($e:expr, $place:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    report.find(
+                        Verdict::Incomplete,
+                        $place,
+                        format!("could not be checked: {e}"),
+                    );
+                    continue;
+                }
+            }
+        };
+    }
+
     for (topic, partition) in logs {
         let log_origin = origin(&name, &topic, partition);
         let place = format!("{topic}/{partition}");
         // The store's own checkpoints of this log.
         let mut stored: Vec<(Seen, Vec<u8>, PathBuf)> = Vec::new();
-        let dir = Checkpointer::log_dir(&cp_root, &topic, partition)?;
-        for (size, path) in list_notes(&dir)? {
-            let note = fs::read(&path).map_err(StoreError::io(&path))?;
+        let dir = or_finding!(
+            Checkpointer::log_dir(&cp_root, &topic, partition),
+            place.clone()
+        );
+        for (size, path) in or_finding!(list_notes(&dir), place.clone()) {
+            let note = or_finding!(
+                fs::read(&path).map_err(StoreError::io(&path)),
+                path.display().to_string()
+            );
             match verify_note(&note, &keys) {
                 NoteVerdict::Valid(cp) if cp.origin != log_origin => report.find(
                     Verdict::Tampered,
@@ -246,9 +298,35 @@ pub fn audit(
             .map(|(s, _, _)| s.cp.size)
             .chain(from_outside.iter().map(|s| s.cp.size))
             .collect();
-        let check = check_partition(&store, &topic, partition, &want, redecode)?;
+        let check = or_finding!(
+            check_partition(&store, &topic, partition, &want, redecode),
+            place.clone()
+        );
         for (path, what) in &check.problems {
             report.find(Verdict::Tampered, path.display().to_string(), what.clone());
+        }
+
+        // Along a log, a larger tree is never signed at an earlier time (the signer dates no
+        // checkpoint before the last): one that is was made or re-dated by someone else.
+        let mut by_time: Vec<&Seen> = stored
+            .iter()
+            .map(|(s, _, _)| s)
+            .chain(from_outside.iter())
+            .collect();
+        by_time.sort_by_key(|s| (s.cp.size, s.cp.time_ms));
+        for w in by_time.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if b.cp.size > a.cp.size && b.cp.time_ms < a.cp.time_ms {
+                report.find(
+                    Verdict::Tampered,
+                    b.source.clone(),
+                    format!(
+                        "signed at {} ms, before the smaller tree (size {}) of {} at {} ms: \
+                         checkpoint times go backwards",
+                        b.cp.time_ms, a.cp.size, a.source, a.cp.time_ms
+                    ),
+                );
+            }
         }
 
         // Every checkpoint, wherever it came from, must describe this store's tree.
@@ -341,8 +419,7 @@ pub fn audit(
         }
         let anchored = from_outside.iter().map(|s| s.cp.size).max();
         if anchored.is_none() && check.tree_size > 0 {
-            report.find(
-                Verdict::Incomplete,
+            report.find_unvouched(
                 place.clone(),
                 "unanchored: nothing outside the store vouches for this log, so deleting its \
                  newest files with their checkpoints could not be seen (pass --trusted, \
@@ -396,4 +473,29 @@ pub fn read_anchor_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, StoreError>
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trusted_state_records_only_a_valid_store_or_a_first_one_lacking_only_vouchers() {
+        let mut r = AuditReport::default();
+        assert!(r.may_be_trusted(false) && r.may_be_trusted(true));
+        r.find_unvouched("audit/0", "unanchored");
+        assert!(
+            r.may_be_trusted(true),
+            "first use: what the state will vouch for"
+        );
+        assert!(
+            !r.may_be_trusted(false),
+            "an existing state is updated only when valid"
+        );
+        r.find(Verdict::Incomplete, "audit/0", "3 records not signed yet");
+        assert!(!r.may_be_trusted(true) && !r.may_be_trusted(false));
+        let mut t = AuditReport::default();
+        t.find(Verdict::Tampered, "f", "leaf hash does not match");
+        assert!(!t.may_be_trusted(true) && !t.may_be_trusted(false));
+    }
 }

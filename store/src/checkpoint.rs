@@ -402,7 +402,17 @@ impl KeyRing {
 
     fn load_signers(&mut self, extra: Vec<(String, StandardSigner)>) -> Result<(), StoreError> {
         self.signers.clear();
+        let now = now_ms();
         for k in &self.registry.keys {
+            // A key whose validity has ended never signs again: its private half is destroyed.
+            if k.valid_until_ms.is_some_and(|until| until <= now) {
+                let path = self.dir.join(key_file_name(k.id()));
+                if path.exists() {
+                    destroy_private_key(&path)?;
+                    tracing::info!(key = %key_file_name(k.id()), "retired signing key destroyed");
+                }
+                continue;
+            }
             let signer = match extra.iter().find(|(_, s)| s.key_id() == k.id()) {
                 Some((_, s)) => Some(s.clone()),
                 None => {
@@ -420,6 +430,19 @@ impl KeyRing {
             if let Some(s) = signer {
                 self.signers.push((k.clone(), s));
             }
+        }
+        Ok(())
+    }
+
+    /// Destroy the private halves of keys whose validity has ended since they were loaded.
+    pub fn retire_expired(&mut self) -> Result<(), StoreError> {
+        let now = now_ms();
+        if self
+            .signers
+            .iter()
+            .any(|(k, _)| k.valid_until_ms.is_some_and(|u| u <= now))
+        {
+            self.load_signers(Vec::new())?;
         }
         Ok(())
     }
@@ -549,6 +572,26 @@ fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(StoreError::io(path)(e)),
+    }
+}
+
+/// Overwrite a private key file with zeros, durably, then remove it (and make the removal
+/// durable): what is left on the volume is not the key.
+fn destroy_private_key(path: &Path) -> Result<(), StoreError> {
+    use std::io::Write;
+    let len = fs::metadata(path).map_err(StoreError::io(path))?.len();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io(path))?;
+    f.write_all(&vec![0u8; usize::try_from(len).unwrap_or(0)])
+        .and_then(|()| f.sync_all())
+        .map_err(StoreError::io(path))?;
+    drop(f);
+    fs::remove_file(path).map_err(StoreError::io(path))?;
+    match path.parent() {
+        Some(dir) => crate::files::fsync_dir(dir),
+        None => Ok(()),
     }
 }
 
@@ -701,7 +744,9 @@ impl Checkpointer {
         {
             latest.insert(key.clone(), l);
         }
-        let now = now_ms();
+        // Never dated before the log's last checkpoint (a clock stepped back): times along a
+        // log only go forwards, which the verifier checks.
+        let now = now_ms().max(latest.get(&key).map_or(i64::MIN, |l| l.cp.time_ms));
         let prev = match latest.get(&key) {
             Some(l) if l.cp.size > size => {
                 return Err(StoreError::Key(format!(
@@ -732,7 +777,11 @@ impl Checkpointer {
             prev,
             time_ms: now,
         };
-        let note = lock(&self.keys).sign(&cp)?;
+        let note = {
+            let mut keys = lock(&self.keys);
+            keys.retire_expired()?;
+            keys.sign(&cp)?
+        };
         let name = format!("{:020}.note", cp.size);
         for root_dir in std::iter::once(&self.root).chain(self.mirror.as_ref()) {
             let dir = Self::log_dir(root_dir, topic, partition)?;

@@ -170,6 +170,22 @@ impl Store {
     /// Open (creating if needed) the store under `data_dir`.
     pub fn open(data_dir: impl Into<PathBuf>, opts: WriteOptions) -> Result<Store, StoreError> {
         let root = data_dir.into();
+        if !root.exists() {
+            // Its owner's alone, whatever the umask.
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root)
+                .map_err(StoreError::io(&root))?;
+        } else if let Ok(m) = fs::metadata(&root) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(data_dir = %root.display(), mode = format!("{mode:o}"),
+                    "the data directory is open to other users: chmod 700 it");
+            }
+        }
         create_dirs_durably(&root.join("events"))?;
         Ok(Store { root, opts })
     }
@@ -290,6 +306,58 @@ impl Store {
             last_offset: span.last_offset,
             bytes,
         })
+    }
+
+    /// What is under `events/` that Vigil does not write there, and why: anything but
+    /// `topic=T/partition=P/date=YYYY-MM-DD/hour=HH/` directories holding data files named by
+    /// their offsets (and temp files being written). Symbolic links are strays too.
+    pub fn strays(&self) -> Result<Vec<(PathBuf, String)>, StoreError> {
+        fn entries(dir: &Path) -> Result<Vec<(String, PathBuf, fs::FileType)>, StoreError> {
+            let mut out = Vec::new();
+            for e in fs::read_dir(dir).map_err(StoreError::io(dir))? {
+                let e = e.map_err(StoreError::io(dir))?;
+                let t = e.file_type().map_err(StoreError::io(&e.path()))?;
+                out.push((e.file_name().to_string_lossy().into_owned(), e.path(), t));
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        }
+        let mut out = Vec::new();
+        let root = self.events_dir();
+        if !root.is_dir() {
+            return Ok(out);
+        }
+        // Each level's directory names: prefix, and what may follow it.
+        type Valid = fn(&str) -> bool;
+        let levels: [(&str, Valid); 4] = [
+            ("topic=", |t| validate_topic(t).is_ok()),
+            ("partition=", |p| p.parse::<i32>().is_ok_and(|p| p >= 0)),
+            ("date=", |d| {
+                chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok()
+            }),
+            ("hour=", |h| {
+                h.len() == 2 && h.parse::<u8>().is_ok_and(|h| h < 24)
+            }),
+        ];
+        let mut dirs = vec![(root, 0usize)];
+        while let Some((dir, depth)) = dirs.pop() {
+            for (name, path, t) in entries(&dir)? {
+                if t.is_symlink() {
+                    out.push((path, "a symbolic link (Vigil writes none)".into()));
+                    continue;
+                }
+                if let Some((prefix, ok)) = levels.get(depth) {
+                    match name.strip_prefix(prefix) {
+                        Some(v) if t.is_dir() && ok(v) => dirs.push((path, depth + 1)),
+                        _ => out.push((path, format!("not a {prefix}… directory Vigil writes"))),
+                    }
+                } else if !(t.is_file() && (parse_name(&name).is_some() || is_temp_name(&name))) {
+                    out.push((path, "not a data file Vigil writes".into()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Every (topic, partition) that has files.
@@ -419,17 +487,30 @@ impl Store {
 pub fn partitions_under(root: &Path) -> Result<Vec<(String, i32)>, StoreError> {
     let mut out = Vec::new();
     for t in read_dir_names(root)? {
-        let Some(topic) = t.strip_prefix("topic=") else {
+        // Anything else is not Vigil's ([`Store::strays`] says so).
+        let Some(topic) = t
+            .strip_prefix("topic=")
+            .filter(|t| validate_topic(t).is_ok() && real_dir(&root.join(format!("topic={t}"))))
+        else {
             continue;
         };
         for p in read_dir_names(&root.join(&t))? {
-            if let Some(n) = p.strip_prefix("partition=").and_then(|n| n.parse().ok()) {
+            if let Some(n) = p
+                .strip_prefix("partition=")
+                .and_then(|n| n.parse().ok())
+                .filter(|_| real_dir(&root.join(&t).join(&p)))
+            {
                 out.push((topic.to_owned(), n));
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// A directory, not a symbolic link to one.
+fn real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
 /// The names in a directory, sorted (none if it does not exist).
