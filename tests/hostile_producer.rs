@@ -121,3 +121,46 @@ fn forged_own_records_raise_no_alert_of_vigils_but_one_about_the_forgery() {
     assert!(n > 20, "{n} entries");
     assert!(bad.is_empty(), "open to others: {bad:#?}");
 }
+
+/// A producer floods a rule with new group keys (a denial from each of 400 addresses, more
+/// than the rule keeps) to push out the counter that would catch its own brute force: the
+/// eviction is itself an alert, naming the rule.
+#[test]
+fn flooding_a_rules_groups_to_evict_a_counter_is_itself_an_alert() {
+    let DetectSetup {
+        broker,
+        dir,
+        config,
+        tmp: _tmp,
+    } = detect_setup("mesh", 1, "max_groups_per_rule = 100\n");
+    let s = serve(&broker, "mesh", &dir, "g-flood", &[], Some(&config));
+    let now = chrono::Utc::now();
+    let recs: Vec<Rec> = (0..400)
+        .map(|i| Rec {
+            partition: 0,
+            key: None,
+            value: Some(format!(
+                r#"{{"decision_id":"f{i}","result":false,"timestamp":"{}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"10.9.{}.{}","portValue":1}}}}}},"destination":{{"principal":"spiffe://c/ns/auth/sa/login"}},"request":{{"http":{{"method":"POST","path":"/login"}}}}}}}}}}"#,
+                (now + chrono::Duration::milliseconds(i)).to_rfc3339(),
+                i / 250,
+                i % 250
+            ).into_bytes()),
+            headers: Vec::new(),
+        })
+        .collect();
+    produce(&broker.producer(), "mesh", &recs);
+    let evicted = wait_for("the eviction alert", Duration::from_secs(60), || {
+        stored_alerts(&dir)
+            .into_iter()
+            .find(|a| a.rule_id == "vigil.detect.state_evicted")
+    });
+    assert_eq!(evicted.severity, "high");
+    let rule = evicted.group_key["rule_id"].clone().unwrap();
+    assert!(rule.starts_with("vigil."), "{rule}");
+    assert!(
+        evicted.detail[0].contains("groups evicted by rule"),
+        "{:?}",
+        evicted.detail
+    );
+    assert!(s.terminate(), "vigil serve did not exit cleanly");
+}

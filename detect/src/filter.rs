@@ -39,6 +39,9 @@ pub enum FieldType {
 pub struct Field {
     pub column: usize,
     pub ty: FieldType,
+    /// As a group key: its text normalised ([`crate::group::normalize`]) so that values
+    /// written differently are one group. Only where a rule asks (`normalize_keys`).
+    pub normalize: bool,
 }
 
 /// Fields that are not canonical columns but what the engine knows of an event: where its
@@ -121,6 +124,7 @@ pub fn field(name: &str) -> Option<Field> {
         return Some(Field {
             column: canonical_len() + i,
             ty: CONTEXT_FIELDS[i].1,
+            normalize: false,
         });
     }
     let schema = canonical_schema();
@@ -131,7 +135,11 @@ pub fn field(name: &str) -> Option<Field> {
         DataType::Int32 | DataType::UInt16 | DataType::UInt32 => FieldType::Int,
         _ => return None,
     };
-    Some(Field { column, ty })
+    Some(Field {
+        column,
+        ty,
+        normalize: false,
+    })
 }
 
 /// Access to one event's fields by canonical column index.

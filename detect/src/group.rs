@@ -14,6 +14,26 @@ pub type GroupBy = Vec<(String, Field)>;
 /// A group's key as alerts report it: one value per group-by field (`None`: the event lacked it).
 pub type Key = Vec<Option<String>>;
 
+/// A group key's text as a rule with `normalize_keys` compares it: Unicode NFKC (full-width
+/// letters, ligatures, superscripts become plain ones), lower case, then the UTS #39
+/// confusable skeleton (a Cyrillic `а` or a Greek `ο` that looks like a Latin letter becomes
+/// it). `alice`, `Alice`, `ＡＬＩＣＥ` and `аlice` (Cyrillic а) are one group. Used to hash and
+/// compare only: the key an alert shows is the value as first seen.
+pub fn normalize(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let lower = s.nfkc().collect::<String>().to_lowercase();
+    unicode_security::confusable_detection::skeleton(&lower).collect()
+}
+
+/// A string field's value as the group compares it.
+fn key_str<'a>(f: &Field, s: &'a str) -> std::borrow::Cow<'a, str> {
+    if f.normalize {
+        std::borrow::Cow::Owned(normalize(s))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// Hash of the row's group-by values.
 pub fn hash(fields: &GroupBy, row: &impl Row, state: &impl BuildHasher) -> u64 {
     let mut h = state.build_hasher();
@@ -28,7 +48,7 @@ pub fn hash_key(fields: &GroupBy, key: &[Option<String>], state: &impl BuildHash
     let mut h = state.build_hasher();
     for ((_, f), k) in fields.iter().zip(key) {
         match f.ty {
-            FieldType::Str => k.as_deref().hash(&mut h),
+            FieldType::Str => k.as_deref().map(|k| key_str(f, k)).as_deref().hash(&mut h),
             FieldType::Int => k
                 .as_deref()
                 .and_then(|k| k.parse::<i64>().ok())
@@ -45,6 +65,9 @@ pub fn hash_key(fields: &GroupBy, key: &[Option<String>], state: &impl BuildHash
 /// Hash one field's value (for distinct counting too).
 pub fn hash_value(f: &Field, row: &impl Row, h: &mut impl Hasher) {
     match f.ty {
+        FieldType::Str if f.normalize => {
+            row.str(f.column).map(|s| key_str(f, s)).as_deref().hash(h)
+        }
         FieldType::Str => row.str(f.column).hash(h),
         FieldType::Int => row.int(f.column).hash(h),
         FieldType::Bool => row.bool(f.column).hash(h),
@@ -72,6 +95,9 @@ pub fn value(f: &Field, row: &impl Row) -> Option<String> {
 /// Whether the row's value of `f` is `text` (as [`value`] would write it), without allocating.
 pub fn value_is(f: &Field, row: &impl Row, text: &str) -> bool {
     match f.ty {
+        FieldType::Str if f.normalize => {
+            row.str(f.column).map(|s| key_str(f, s)).as_deref() == Some(&key_str(f, text))
+        }
         FieldType::Str => row.str(f.column) == Some(text),
         FieldType::Int => row.int(f.column).is_some_and(|i| text.parse() == Ok(i)),
         FieldType::Bool => row.bool(f.column).is_some_and(|b| text.parse() == Ok(b)),
@@ -86,6 +112,10 @@ pub fn key(fields: &GroupBy, row: &impl Row) -> Key {
 /// Whether the row belongs to the group with this key, without allocating.
 pub fn matches(fields: &GroupBy, key: &[Option<String>], row: &impl Row) -> bool {
     fields.iter().zip(key).all(|((_, f), k)| match f.ty {
+        FieldType::Str if f.normalize => match (row.str(f.column), k.as_deref()) {
+            (Some(v), Some(k)) => key_str(f, v) == key_str(f, k),
+            (v, k) => v.is_none() && k.is_none(),
+        },
         FieldType::Str => row.str(f.column) == k.as_deref(),
         FieldType::Int => row.int(f.column) == k.as_deref().and_then(|k| k.parse().ok()),
         FieldType::Bool => row.bool(f.column) == k.as_deref().and_then(|k| k.parse().ok()),

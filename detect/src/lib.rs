@@ -32,6 +32,7 @@ pub mod rules;
 pub mod ruletest;
 pub mod run;
 pub mod sequence;
+pub mod system_alerts;
 pub mod threshold;
 pub mod time;
 

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use crate::allowlist::{Allowlist, AllowlistSpec, EdgeFields, EdgeSpec, PolicyGraph};
 use crate::distinct::{DistinctCount, DistinctSpec};
-use crate::filter::{Field, Filter, Row, field};
+use crate::filter::{Field, FieldType, Filter, Row, field};
 use crate::first_seen::{FirstSeen, FirstSeenSpec};
 use crate::group::GroupBy;
 use crate::hit::{Counters, EvRef, Outcome};
@@ -202,6 +202,10 @@ pub struct RuleFile {
     pub suppress: Option<Spanned<String>>,
     pub allowed_lateness: Option<Spanned<String>>,
     pub max_groups: Option<Spanned<usize>>,
+    /// Group keys' text normalised (NFKC, lower case) so that values written differently are
+    /// one group: `alice`, `Alice`, `ａｌｉｃｅ`. Default false.
+    #[serde(default)]
+    pub normalize_keys: bool,
     /// threshold, distinct_count: the base rate (events a group's matches are judged
     /// against) and the share of it they must be to fire.
     pub of: Option<Spanned<String>>,
@@ -556,6 +560,8 @@ pub fn duration_ns(s: &str) -> Result<i64, String> {
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
+    /// The rule's `normalize_keys`: its key fields' text normalised.
+    normalize_keys: bool,
 }
 
 impl Ctx<'_> {
@@ -612,7 +618,10 @@ impl Ctx<'_> {
             .iter()
             .map(|n| {
                 field(n)
-                    .map(|f| (n.clone(), f))
+                    .map(|mut f| {
+                        f.normalize = self.normalize_keys && f.ty == FieldType::Str;
+                        (n.clone(), f)
+                    })
                     .ok_or_else(|| self.err(g.span(), format!("unknown group_by field `{n}`")))
             })
             .collect()
@@ -669,7 +678,11 @@ pub fn compile(
     d: &Defaults,
     allow_override: Option<&[EdgeSpec]>,
 ) -> Result<Rule, RuleError> {
-    let cx = Ctx { file, text };
+    let cx = Ctx {
+        file,
+        text,
+        normalize_keys: rf.normalize_keys,
+    };
     let k = &rf.kind;
     let filter = || -> Result<Filter, RuleError> {
         match &rf.filter {
@@ -1077,6 +1090,48 @@ mod tests {
         let failed: Vec<_> = results.iter().filter(|r| r.failure.is_some()).collect();
         assert!(failed.is_empty(), "{failed:#?}");
         assert!(results.len() >= DEFAULT_PACK.len());
+    }
+
+    /// `normalize_keys`: names written differently — case, full-width forms, a Cyrillic
+    /// look-alike letter — are one group (and without it, four); the key shown is the first.
+    #[test]
+    fn normalized_keys_make_look_alike_names_one_group() {
+        let rule = |normalize: bool| {
+            format!(
+                "id = \"t.user\"\nversion = 1\ntitle = \"t\"\nseverity = \"low\"\n\
+                 kind = \"threshold\"\nfilter = 'decision == \"deny\"'\n\
+                 group_by = [\"caller_principal\"]\ncount = 4\nwindow = \"1m\"\n\
+                 normalize_keys = {normalize}\n\
+                 [[test]]\nname = \"variants\"\n{}\n{}",
+                if normalize {
+                    "alerts = 1\nkeys = [[\"alice\"]]"
+                } else {
+                    "alerts = 0"
+                },
+                ["alice", "Alice", "\u{ff21}\u{ff2c}\u{ff29}\u{ff23}\u{ff25}", "\u{0430}lice"]
+                    .iter()
+                    .map(|u| format!(
+                        "[[test.event]]\nfields = {{ kind = \"authz\", decision = \"deny\", caller_principal = \"{u}\" }}\n"
+                    ))
+                    .collect::<String>()
+            )
+        };
+        for normalize in [true, false] {
+            let src = vec![Source {
+                name: "t.toml".into(),
+                text: rule(normalize),
+                dir: None,
+            }];
+            let results = crate::ruletest::run(&src, &Defaults::default());
+            let failed: Vec<_> = results.iter().filter(|r| r.failure.is_some()).collect();
+            assert!(
+                failed.is_empty(),
+                "normalize_keys = {normalize}: {failed:#?}"
+            );
+        }
+        use crate::group::normalize;
+        assert_eq!(normalize("\u{0430}dmin"), normalize("ADMIN"));
+        assert_ne!(normalize("alice"), normalize("alicia"));
     }
 
     fn one(text: &str) -> Result<Rule, RuleError> {

@@ -284,7 +284,12 @@ struct Loop {
     last_commands: Instant,
     /// Rule reloads asked for (none in [`apply_direct`]).
     reloads: Option<Receiver<Reload>>,
+    /// Rules' evictions, for [`Loop::evictions`].
+    evicted: crate::system_alerts::Evictions,
 }
+
+/// A rule that keeps evicting groups alerts again after this long.
+const EVICTION_ALERT_EVERY_NS: i64 = 3_600_000_000_000;
 
 /// A log not fed live for this long is read from the store instead (its partition belongs to
 /// another process of the consumer group, or was just revoked).
@@ -307,6 +312,7 @@ impl Loop {
             applied: HashMap::new(),
             last_commands: Instant::now(),
             reloads: None,
+            evicted: Default::default(),
         };
         // Records stored but not signed (a crash between file and checkpoint) are signed now;
         // this also hands the log to the checkpointer's refresh.
@@ -484,11 +490,28 @@ impl Loop {
         }
         let now = now_ns();
         for (log, seen_ns) in engine.silent_logs(now, self.cfg.silent_source_ns) {
-            let a = silent_alert(&log, seen_ns, now);
+            let a = crate::system_alerts::source_silent(&log, seen_ns, now);
             self.store(engine, std::slice::from_ref(&a), None)?;
             self.metrics.alerts_fired.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: "vigil::alert", alert_id = %a.alert_id, rule = %a.rule_id,
                 log = %log, "alert fired");
+        }
+        Ok(())
+    }
+
+    /// Alert on rules that evicted groups since the last look (at most once per rule per
+    /// [`EVICTION_ALERT_EVERY_NS`]).
+    fn evictions(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
+        let stats = engine
+            .stats()
+            .into_iter()
+            .map(|s| (s.id, s.evicted, s.groups));
+        let alerts = self.evicted.check(stats, now_ns(), EVICTION_ALERT_EVERY_NS);
+        for a in alerts {
+            self.store(engine, std::slice::from_ref(&a), None)?;
+            self.metrics.alerts_fired.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "vigil::alert", alert_id = %a.alert_id, rule = %a.rule_id,
+                about = ?a.group_key.get("rule_id"), "alert fired");
         }
         Ok(())
     }
@@ -667,45 +690,6 @@ impl Loop {
     }
 }
 
-/// The alert about a partition log that went silent (its producers stopped, were stopped, or
-/// lost their way to Kafka) while the topic's other partitions kept sending.
-fn silent_alert(log: &str, seen_ns: i64, now_ns: i64) -> Alert {
-    let mut h = blake3::Hasher::new_derive_key("vigil 2026 silent source alert id v1");
-    h.update(log.as_bytes());
-    h.update(&seen_ns.to_le_bytes());
-    let (topic, partition) = log.rsplit_once('/').unwrap_or((log, ""));
-    let group_key: std::collections::BTreeMap<String, Option<String>> = [
-        ("kafka_topic".to_owned(), Some(topic.to_owned())),
-        ("kafka_partition".to_owned(), Some(partition.to_owned())),
-    ]
-    .into();
-    Alert {
-        alert_id: h.finalize().to_hex()[..32].to_owned(),
-        revision: 1,
-        rule_id: "vigil.telemetry.source_silent".into(),
-        rule_version: 1,
-        rule_kind: "system".into(),
-        title: "A partition log went silent while the others kept sending".into(),
-        severity: "medium".into(),
-        status: "open".into(),
-        status_by: None,
-        status_at_ns: None,
-        status_note: None,
-        incident_subject: crate::engine::incident_subject(&group_key),
-        incident_id: None,
-        group_key,
-        first_event_ns: seen_ns,
-        last_event_ns: now_ns,
-        detected_ns: now_ns,
-        event_count: 0,
-        detail: vec![format!(
-            "nothing from {log} for {:.0} s while the topic's other partitions sent",
-            (now_ns - seen_ns) as f64 / 1e9
-        )],
-        evidence: Vec::new(),
-    }
-}
-
 /// The `admin_audit` event of a reload: who, and the rules (id, version) running after it.
 fn reload_event(by: &str, engine: &Engine, done: &Reloaded, now_ns: i64) -> Vec<u8> {
     let rules: Vec<serde_json::Value> = engine
@@ -767,6 +751,9 @@ fn run(
         );
     }
     l.save(&mut engine)?;
+    // Evictions so far (the restored state's, the catch-up's) are not news.
+    let stats = engine.stats().into_iter().map(|s| (s.id, s.evicted, s.groups));
+    l.evicted.check(stats, now_ns(), EVICTION_ALERT_EVERY_NS);
     l.metrics.live.store(true, Ordering::Relaxed);
     let flush_every = Duration::from_millis(l.cfg.alert_flush_ms.max(1));
     let state_every = Duration::from_millis(l.cfg.state_interval_ms.max(1));
@@ -807,6 +794,7 @@ fn run(
                 l.tail(&mut engine, &store)?;
             }
             l.silent(&mut engine)?;
+            l.evictions(&mut engine)?;
         }
         if let Some(outbox) = l.cfg.outbox.clone() {
             l.undeliverable(&mut engine, &outbox)?;
