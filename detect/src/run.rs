@@ -752,7 +752,10 @@ fn run(
     }
     l.save(&mut engine)?;
     // Evictions so far (the restored state's, the catch-up's) are not news.
-    let stats = engine.stats().into_iter().map(|s| (s.id, s.evicted, s.groups));
+    let stats = engine
+        .stats()
+        .into_iter()
+        .map(|s| (s.id, s.evicted, s.groups));
     l.evicted.check(stats, now_ns(), EVICTION_ALERT_EVERY_NS);
     l.metrics.live.store(true, Ordering::Relaxed);
     let flush_every = Duration::from_millis(l.cfg.alert_flush_ms.max(1));
