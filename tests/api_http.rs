@@ -172,14 +172,6 @@ impl Client {
     }
 }
 
-fn key_entry(name: &str, key: &str, roles: &[&str]) -> String {
-    use sha2::Digest;
-    format!(
-        "[[api.keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nroles = {roles:?}\n",
-        hex::encode(sha2::Sha256::digest(key.as_bytes()))
-    )
-}
-
 #[test]
 fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     let tmp = tempfile::tempdir().unwrap();
@@ -199,7 +191,7 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         jwks.display()
     );
     for (role, key) in keys {
-        config.push_str(&key_entry(role, key, &[role]));
+        config.push_str(&api_key_entry(role, key, &[role]));
     }
     let rules_dir = tmp.path().join("rules");
     std::fs::create_dir(&rules_dir).unwrap();
@@ -753,7 +745,7 @@ fn rows_not_yet_in_a_file_are_queryable_and_never_counted_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let key = "vk_reader_live_0123456789";
     let config = tmp.path().join("vigil.toml");
-    std::fs::write(&config, key_entry("reader", key, &["reader"])).unwrap();
+    std::fs::write(&config, api_key_entry("reader", key, &["reader"])).unwrap();
     let broker = Broker::start();
     broker.create_topic("mesh", 1);
     let dir = tmp.path().join("data");

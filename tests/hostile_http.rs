@@ -36,6 +36,14 @@ fn closed_after(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     None
 }
 
+fn wait_ready(addr: &str) {
+    wait_for("ready", Duration::from_secs(60), || {
+        get(addr, "/readyz")
+            .filter(|l| l.contains(" 200 "))
+            .map(|_| ())
+    });
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -55,16 +63,14 @@ fn get(addr: &str, path: &str) -> Option<String> {
 
 #[test]
 fn slow_and_surplus_connections_are_cut_off_and_nothing_of_them_is_kept() {
-    use sha2::Digest;
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("vigil.toml");
     std::fs::write(
         &config,
         format!(
             "[api]\nmax_connections = 6\nheader_read_timeout_ms = 1000\nidle_timeout_ms = 1500\n\
-             body_read_timeout_ms = 1500\n\
-             [[api.keys]]\nname = \"slow\"\nsha256 = \"{}\"\nroles = [\"reader\"]\n",
-            hex::encode(sha2::Sha256::digest(KEY.as_bytes()))
+             body_read_timeout_ms = 1500\n{}",
+            api_key_entry("slow", KEY, &["reader"])
         ),
     )
     .unwrap();
@@ -74,11 +80,7 @@ fn slow_and_surplus_connections_are_cut_off_and_nothing_of_them_is_kept() {
     let dir = tmp.path().join("data");
     let s = serve(&broker, "mesh", &dir, "g-slow", &[], Some(&config));
     let addr = s.api.clone();
-    wait_for("ready", Duration::from_secs(60), || {
-        get(&addr, "/readyz")
-            .filter(|l| l.contains(" 200 "))
-            .map(|_| ())
-    });
+    wait_ready(&addr);
     let pid = s.child.id();
     let fds_before = open_fds(pid);
 
@@ -216,23 +218,16 @@ fn slow_and_surplus_connections_are_cut_off_and_nothing_of_them_is_kept() {
 #[test]
 fn a_call_whose_client_goes_away_runs_to_its_end_and_is_recorded_before_and_after() {
     use arrow::array::AsArray;
-    use sha2::Digest;
     const ADMIN: &str = "vk_admin_gone_0123456789";
     const INGESTOR: &str = "vk_ingestor_gone_0123456789";
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("vigil.toml");
-    let entry = |name: &str, key: &str, role: &str| {
-        format!(
-            "[[api.keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nroles = [\"{role}\"]\n",
-            hex::encode(sha2::Sha256::digest(key.as_bytes()))
-        )
-    };
     std::fs::write(
         &config,
         format!(
             "[api]\n{}{}",
-            entry("admin", ADMIN, "admin"),
-            entry("opa", INGESTOR, "ingestor")
+            api_key_entry("admin", ADMIN, &["admin"]),
+            api_key_entry("opa", INGESTOR, &["ingestor"])
         ),
     )
     .unwrap();
@@ -242,11 +237,7 @@ fn a_call_whose_client_goes_away_runs_to_its_end_and_is_recorded_before_and_afte
     let dir = tmp.path().join("data");
     let s = serve(&broker, "mesh", &dir, "g-gone", &[], Some(&config));
     let addr = s.api.clone();
-    wait_for("ready", Duration::from_secs(60), || {
-        get(&addr, "/readyz")
-            .filter(|l| l.contains(" 200 "))
-            .map(|_| ())
-    });
+    wait_ready(&addr);
     let send_and_go = |head: String, body: &[u8]| {
         let mut c = TcpStream::connect(&addr).unwrap();
         c.write_all(head.as_bytes()).unwrap();
@@ -374,7 +365,6 @@ fn post_upload(addr: &str, key: &str, body: &[u8]) -> (u16, String) {
 /// files of at most `api.upload_batch_bytes` decompressed, not folded into one without bound.
 #[test]
 fn uploads_are_bounded_per_credential_and_batched_by_what_they_inflate_to() {
-    use sha2::Digest;
     let keys = [
         "vk_up_a_0123456789",
         "vk_up_b_0123456789",
@@ -386,10 +376,7 @@ fn uploads_are_bounded_per_credential_and_batched_by_what_they_inflate_to() {
     let mut text =
         "[api]\nmax_uploads_per_credential = 1\nupload_batch_bytes = 1048576\n".to_owned();
     for (i, k) in keys.iter().enumerate() {
-        text.push_str(&format!(
-            "[[api.keys]]\nname = \"opa{i}\"\nsha256 = \"{}\"\nroles = [\"ingestor\"]\n",
-            hex::encode(sha2::Sha256::digest(k.as_bytes()))
-        ));
+        text.push_str(&api_key_entry(&format!("opa{i}"), k, &["ingestor"]));
     }
     std::fs::write(&config, text).unwrap();
     let broker = Broker::start();
@@ -398,11 +385,7 @@ fn uploads_are_bounded_per_credential_and_batched_by_what_they_inflate_to() {
     let dir = tmp.path().join("data");
     let s = serve(&broker, "mesh", &dir, "g-uploads", &[], Some(&config));
     let addr = s.api.clone();
-    wait_for("ready", Duration::from_secs(60), || {
-        get(&addr, "/readyz")
-            .filter(|l| l.contains(" 200 "))
-            .map(|_| ())
-    });
+    wait_ready(&addr);
     // A large upload (about 40 MiB decompressed) keeps the writer busy; meanwhile the same
     // credential's second is refused, and three others' small ones (700 KB each) queue.
     let large = opa_upload("large", 40_000, 1000);

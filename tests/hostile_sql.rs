@@ -77,9 +77,8 @@ fn hostile_queries_are_refused_on_time_and_recorded_while_ingest_and_detection_g
     std::fs::write(
         &config,
         format!(
-            "[api]\nquery_timeout_ms = 3000\nmax_concurrent_queries = 3\n\
-             [[api.keys]]\nname = \"stolen\"\nsha256 = \"{}\"\nroles = [\"reader\"]\n",
-            hex::encode(sha2::Sha256::digest(READER.as_bytes()))
+            "[api]\nquery_timeout_ms = 3000\nmax_concurrent_queries = 3\n{}",
+            api_key_entry("stolen", READER, &["reader"])
         ),
     )
     .unwrap();

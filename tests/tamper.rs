@@ -172,6 +172,22 @@ impl Case {
     }
 
     /// Partition `p`'s data files, in offset order.
+    /// `vigil verify --json` with the pinned keys, making (or updating) the trusted state
+    /// `trusted`.
+    fn trust(&self, trusted: &Path) -> (i32, Value) {
+        let keys = self.root.join("keys");
+        verify_raw(
+            &self.store(),
+            &[
+                "--keys",
+                keys.to_str().unwrap(),
+                "--trusted",
+                trusted.to_str().unwrap(),
+                "--update-trusted",
+            ],
+        )
+    }
+
     fn files(&self, p: i32) -> Vec<PathBuf> {
         let store = vigil_store::Store::open_existing(self.store()).unwrap();
         store
@@ -366,17 +382,7 @@ fn a_trusted_state_is_created_on_first_use_and_then_pins_keys_and_checkpoints() 
     let c = Case::new();
     let trusted = c.root.join("trusted.json");
     let t = trusted.to_str().unwrap();
-    let keys = c.root.join("keys");
-    let first = verify_raw(
-        &c.store(),
-        &[
-            "--keys",
-            keys.to_str().unwrap(),
-            "--trusted",
-            t,
-            "--update-trusted",
-        ],
-    );
+    let first = c.trust(&trusted);
     assert_finding(&first, 2, "incomplete", "audit/1", "unanchored");
     let (exit, r) = verify_raw(&c.store(), &["--trusted", t]);
     assert_eq!(exit, 0, "{}", serde_json::to_string_pretty(&r).unwrap());
@@ -1177,19 +1183,8 @@ fn t24_a_trusted_state_is_recorded_only_from_a_valid_store_or_on_first_use() {
     let c = Case::new();
     let trusted = c.root.join("trusted.json");
     let t = trusted.to_str().unwrap();
-    let keys = c.root.join("keys");
     // First use: only unanchored, which the trusted state will vouch for: recorded.
-    let first = verify_raw(
-        &c.store(),
-        &[
-            "--keys",
-            keys.to_str().unwrap(),
-            "--trusted",
-            t,
-            "--update-trusted",
-        ],
-    );
-    assert_eq!(first.0, 2);
+    assert_eq!(c.trust(&trusted).0, 2);
     let recorded = std::fs::read(&trusted).unwrap();
     // An edited store: found, and the trusted state is left as it was.
     let f = &c.files(0)[0];
@@ -1199,17 +1194,7 @@ fn t24_a_trusted_state_is_recorded_only_from_a_valid_store_or_on_first_use() {
     assert_eq!(std::fs::read(&trusted).unwrap(), recorded);
     // A first use on a store with anything more than that: nothing recorded.
     let fresh = c.root.join("fresh.json");
-    let got = verify_raw(
-        &c.store(),
-        &[
-            "--keys",
-            keys.to_str().unwrap(),
-            "--trusted",
-            fresh.to_str().unwrap(),
-            "--update-trusted",
-        ],
-    );
-    assert_eq!(got.0, 1);
+    assert_eq!(c.trust(&fresh).0, 1);
     assert!(!fresh.exists(), "a trusted state made from an edited store");
 }
 

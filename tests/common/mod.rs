@@ -718,3 +718,13 @@ pub fn detect_setup(topic: &str, partitions: i32, extra_detect: &str) -> DetectS
         tmp,
     }
 }
+
+/// An `[[api.keys]]` entry of a config file: the key's name, its SHA-256, its roles.
+#[allow(dead_code)]
+pub fn api_key_entry(name: &str, key: &str, roles: &[&str]) -> String {
+    use sha2::Digest;
+    format!(
+        "[[api.keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nroles = {roles:?}\n",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    )
+}
