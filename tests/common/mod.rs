@@ -58,6 +58,12 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The broker's process id (to stop and continue it: a broker that does not answer).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
