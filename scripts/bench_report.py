@@ -185,7 +185,9 @@ for area in AREAS + sorted(({r[0] for r in rows} | {c[0] for c in carried}) - se
         print(f"| {a} | {figure} | {fmt(v, unit)} | {target_str(op, t, unit)} | {ref_s} | {ratio_s} | {met(op, t, v, ratio)} |")
     for c in carried:
         if c[0] == area:
-            print(f"| {c[0]} | {c[1]} (measured {carried_from}) | " + " | ".join(c[2:]) + " |")
+            # A row carried over before keeps the date it was measured at.
+            when = "" if "(measured " in c[1] else f" (measured {carried_from})"
+            print(f"| {c[0]} | {c[1]}{when} | " + " | ".join(c[2:]) + " |")
 print()
 print("How each is measured: the header comment of each bench (`benches/<bench>.rs`); "
       "the raw output of this run: `target/bench-run/<bench>.log`.")

@@ -425,6 +425,9 @@ impl Counts {
     pub fn add(&mut self, t: i64, window_ns: i64) {
         let b = t.div_euclid(Self::bucket_ns(window_ns));
         let at = self.buckets.partition_point(|(x, _)| *x < b);
+        if self.buckets.capacity() == 0 {
+            self.buckets.reserve_exact(1);
+        }
         match self.buckets.get_mut(at) {
             Some((x, n)) if *x == b => *n = n.saturating_add(1),
             _ => self.buckets.insert(at, (b, 1)),

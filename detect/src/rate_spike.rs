@@ -126,6 +126,10 @@ impl RateSpike {
         if g.recent.len() == MAX_EVIDENCE {
             g.recent.pop_front();
         }
+        // Most groups hold an event or two: room for one, not the four a first push reserves.
+        if g.recent.capacity() == 0 {
+            g.recent.reserve_exact(1);
+        }
         g.recent.push_back(ev);
         let outcome = if let Some(n) = g.open.absorb(t, s.bucket_ns, s.suppress_ns) {
             Outcome::Updated { count: n, ev }

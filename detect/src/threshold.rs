@@ -95,6 +95,11 @@ impl Threshold {
             .count_match(self.spec.ratio.as_ref(), base, time_ns, window);
         // Insert in event-time order (out-of-order arrivals land in place).
         let at = g.events.partition_point(|e| e.time_ns <= time_ns);
+        // Most groups of a flood hold one event: room for one (56 bytes), not the four a
+        // first push would reserve; later growth doubles as usual.
+        if g.events.capacity() == 0 {
+            g.events.reserve_exact(1);
+        }
         g.events.insert(at, ev);
         if g.events.len() > count {
             g.events.pop_front();
