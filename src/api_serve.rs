@@ -261,7 +261,7 @@ pub fn start(
                 |a: &Audited, seq| (api::audit_event(&a.call, seq), Vec::new()),
                 (|_: &Audited| 0, usize::MAX),
                 |a, r| {
-                    let _ = a.done.send(r.is_ok());
+                    let _ = a.done.send(r.map(|_| ()));
                 },
             )
         })?;

@@ -177,9 +177,12 @@ fn init_logging(cfg: &config::LogConfig) -> anyhow::Result<()> {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
         _ => EnvFilter::try_new(&cfg.level)?,
     };
+    // A log that cannot be written (its volume full) must not stop Vigil: tracing's own
+    // report of the failure would go to stderr with eprintln!, which panics when that fails.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match cfg.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -515,6 +515,18 @@ fn metrics_text(
                 l(&ingest.partitions_assigned),
             ),
             (
+                "vigil_partition_pauses_total",
+                "Partitions paused because the store did not keep up (a slow or full volume).",
+                "counter",
+                m.pauses,
+            ),
+            (
+                "vigil_volume_full_retries_total",
+                "File writes tried again because the data volume was full.",
+                "counter",
+                l(&ingest.volume_full_retries),
+            ),
+            (
                 "vigil_checkpoints_signed_total",
                 "Signed checkpoints.",
                 "counter",

@@ -904,6 +904,13 @@ impl Engine {
     }
 
     /// The alert revisions raised since the last call. Store them before reporting them.
+    /// Alerts [`Engine::take_pending`] gave that could not be stored (the volume was full):
+    /// given again, first, by the next one.
+    pub fn requeue(&mut self, mut alerts: Vec<Alert>) {
+        alerts.append(&mut self.book.pending_closed);
+        self.book.pending_closed = alerts;
+    }
+
     pub fn take_pending(&mut self) -> Vec<Alert> {
         let book = &mut self.book;
         book.pending_new = false;

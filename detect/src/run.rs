@@ -286,6 +286,8 @@ struct Loop {
     reloads: Option<Receiver<Reload>>,
     /// Rules' evictions, for [`Loop::evictions`].
     evicted: crate::system_alerts::Evictions,
+    /// When a full volume was last reported.
+    volume_full_said: Option<Instant>,
 }
 
 /// A rule that keeps evicting groups alerts again after this long.
@@ -313,6 +315,7 @@ impl Loop {
             last_commands: Instant::now(),
             reloads: None,
             evicted: Default::default(),
+            volume_full_said: None,
         };
         // Records stored but not signed (a crash between file and checkpoint) are signed now;
         // this also hands the log to the checkpointer's refresh.
@@ -403,7 +406,16 @@ impl Loop {
         if alerts.is_empty() {
             return Ok(());
         }
-        self.store(engine, &alerts, None)?;
+        if let Err(e) = self.store(engine, &alerts, None) {
+            if !vigil_store::is_volume_full(&e) {
+                return Err(e);
+            }
+            // Kept, and stored with the next flush once there is room (a delivery already
+            // queued goes again with the same idempotency key).
+            self.volume_full(&e, "alerts kept to be stored once there is room");
+            engine.requeue(alerts);
+            return Ok(());
+        }
         self.metrics.alert_files.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .alert_revisions
@@ -491,12 +503,36 @@ impl Loop {
         let now = now_ns();
         for (log, seen_ns) in engine.silent_logs(now, self.cfg.silent_source_ns) {
             let a = crate::system_alerts::source_silent(&log, seen_ns, now);
-            self.store(engine, std::slice::from_ref(&a), None)?;
+            self.store_system(engine, &a)?;
             self.metrics.alerts_fired.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: "vigil::alert", alert_id = %a.alert_id, rule = %a.rule_id,
                 log = %log, "alert fired");
         }
         Ok(())
+    }
+
+    /// Store one of Vigil's own alerts; on a full volume, kept to be stored with the next
+    /// flush.
+    fn store_system(&mut self, engine: &mut Engine, a: &Alert) -> Result<(), DetectError> {
+        match self.store(engine, std::slice::from_ref(a), None) {
+            Err(e) if vigil_store::is_volume_full(&e) => {
+                self.volume_full(&e, "alerts kept to be stored once there is room");
+                engine.requeue(vec![a.clone()]);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Say (at most every 10 s) that the data volume is full and what waits for room.
+    fn volume_full(&mut self, e: &DetectError, what: &str) {
+        if self
+            .volume_full_said
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::error!(error = %e, "the data volume is full: {what}");
+            self.volume_full_said = Some(Instant::now());
+        }
     }
 
     /// Alert on rules that evicted groups since the last look (at most once per rule per
@@ -508,7 +544,7 @@ impl Loop {
             .map(|s| (s.id, s.evicted, s.groups));
         let alerts = self.evicted.check(stats, now_ns(), EVICTION_ALERT_EVERY_NS);
         for a in alerts {
-            self.store(engine, std::slice::from_ref(&a), None)?;
+            self.store_system(engine, &a)?;
             self.metrics.alerts_fired.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: "vigil::alert", alert_id = %a.alert_id, rule = %a.rule_id,
                 about = ?a.group_key.get("rule_id"), "alert fired");
@@ -682,9 +718,17 @@ impl Loop {
             .fetch_add(engine.rows - before, Ordering::Relaxed);
         self.flush(engine)?;
         engine.expire();
-        engine.save(&state_path(&self.cfg.data_dir))?;
-        self.metrics.state_saves.fetch_add(1, Ordering::Relaxed);
         self.last_state = Instant::now();
+        if let Err(e) = engine.save(&state_path(&self.cfg.data_dir)) {
+            let e = DetectError::from(e);
+            if !vigil_store::is_volume_full(&e) {
+                return Err(e);
+            }
+            // The last saved state stays (a restart replays from it); saved again next time.
+            self.volume_full(&e, "the detection state is saved again once there is room");
+            return Ok(());
+        }
+        self.metrics.state_saves.fetch_add(1, Ordering::Relaxed);
         self.publish_stats(engine);
         Ok(())
     }

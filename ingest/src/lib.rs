@@ -818,6 +818,7 @@ pub fn run(
         &signing,
         &report_tx,
         detect,
+        &shutdown,
     )?;
     // Only the threads report; with them gone, waiting for a report fails instead of hanging.
     drop(report_tx);

@@ -25,6 +25,8 @@ pub struct IngestMetrics {
     pub bytes_written: AtomicU64,
     pub offset_gaps: AtomicU64,
     pub pauses: AtomicU64,
+    /// File writes tried again because the data volume was full (not in the snapshot).
+    pub volume_full_retries: AtomicU64,
     pub dlq_sent: AtomicU64,
     pub dlq_delivered: AtomicU64,
     pub dlq_failed: AtomicU64,

@@ -259,28 +259,54 @@ impl Threads {
         signing: &Signing,
         reports: &Sender<Report>,
         detect: Option<crossbeam_channel::Sender<Piece>>,
+        stopping: &Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Threads, IngestError> {
         let mut handles = Vec::new();
         let mut writer_queues = Vec::new();
         for i in 0..writers.max(1) {
             let (tx, rx) = mpsc::sync_channel::<ToWrite>(writer_queue_depth.max(1));
             let (store, reports, signing) = (store.clone(), reports.clone(), signing.clone());
-            let metrics = metrics.clone();
+            let (metrics, stopping) = (metrics.clone(), stopping.clone());
             handles.push(spawn(format!("vigil-writer-{i}"), move || {
                 for (key, sealed, opened_at) in rx {
                     let rows = sealed.rows();
                     let started = Instant::now();
                     // Durable file, then its checkpoint: a crash in between is caught up on
-                    // the next assignment.
-                    let result = store.write(&sealed).and_then(|info| {
-                        let span = &sealed.span;
-                        let chain = ChainHead {
-                            offset: span.last_offset,
-                            hash: span.last_chain_hash,
-                        };
-                        signing.checkpoint(&key, chain, &span.tree)?;
-                        Ok(info)
-                    });
+                    // the next assignment. A full volume is waited out: the batch is kept and
+                    // written again once there is room (meanwhile the queues fill and the
+                    // partitions pause); a half-written temp file is never a file.
+                    let mut wait = Duration::from_millis(200);
+                    let mut said: Option<Instant> = None;
+                    let result = loop {
+                        let r = store.write(&sealed).and_then(|info| {
+                            let span = &sealed.span;
+                            let chain = ChainHead {
+                                offset: span.last_offset,
+                                hash: span.last_chain_hash,
+                            };
+                            signing.checkpoint(&key, chain, &span.tree)?;
+                            Ok(info)
+                        });
+                        match r {
+                            Err(e)
+                                if vigil_store::is_volume_full(&e)
+                                    && !stopping.load(std::sync::atomic::Ordering::Relaxed) =>
+                            {
+                                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                                    tracing::error!(topic = %key.0, partition = key.1, error = %e,
+                                        "the data volume is full: writing again once there is room (partitions pause meanwhile)");
+                                    said = Some(Instant::now());
+                                }
+                                metrics.volume_full_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                std::thread::sleep(wait);
+                                wait = (wait * 2).min(Duration::from_secs(2));
+                            }
+                            r => break r,
+                        }
+                    };
+                    if said.is_some() && result.is_ok() {
+                        tracing::info!(topic = %key.0, partition = key.1, "the data volume has room again: written");
+                    }
                     if result.is_ok() {
                         metrics.flush_seconds.observe(started.elapsed());
                         metrics.batch_age_seconds.observe(opened_at.elapsed());

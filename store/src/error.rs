@@ -40,3 +40,45 @@ impl StoreError {
         }
     }
 }
+
+/// Whether an error (anywhere in its chain) is the volume being full: no space left, or the
+/// quota reached. Such a write is worth retrying once there is room; every other is not.
+pub fn is_volume_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded)
+        {
+            return true;
+        }
+        // Parquet and Arrow carry an I/O error as text.
+        let text = err.to_string();
+        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_full_volume_is_told_from_other_errors_through_the_chain() {
+        let full = super::StoreError::Io {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert!(super::is_volume_full(&full));
+        let parquet = super::StoreError::Parquet(parquet::errors::ParquetError::External(
+            Box::new(std::io::Error::from_raw_os_error(28)),
+        ));
+        assert!(super::is_volume_full(&parquet));
+        let other = super::StoreError::Io {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        };
+        assert!(!super::is_volume_full(&other));
+    }
+}

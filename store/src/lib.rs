@@ -32,7 +32,7 @@ pub use batch::{
     Appended, BatchSpan, ChainHead, LogHead, PartitionBatch, Piece, SealedBatch, leaf_indexes,
 };
 pub use chain::RecordRef;
-pub use error::StoreError;
+pub use error::{StoreError, is_volume_full};
 pub use files::{FileInfo, Store, WriteOptions, write_durably, write_durably_with};
 pub use own::{
     API_TOPIC, AUDIT_PARTITION, AUDIT_TOPIC, Headers as RecordHeaders, OPA_TOPIC, OwnLog, claim,

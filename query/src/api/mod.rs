@@ -122,7 +122,8 @@ impl Phase {
 #[derive(Debug)]
 pub struct Audited {
     pub call: ApiCall,
-    pub done: tokio::sync::oneshot::Sender<bool>,
+    /// `Err`: why it was not recorded (the volume is full, say).
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 /// The most of a query's SQL an audit record holds (its length and SHA-256 are always there).
@@ -657,10 +658,28 @@ fn changes(method: &str, path: &str) -> bool {
     !matches!(method, "GET" | "HEAD" | "OPTIONS") && path != "/v1/query"
 }
 
-/// Record `call` durably: whether it was.
-async fn record(audit: &tokio::sync::mpsc::Sender<Audited>, call: ApiCall) -> bool {
+/// Record `call` durably, or say why it was not.
+async fn record(audit: &tokio::sync::mpsc::Sender<Audited>, call: ApiCall) -> Result<(), String> {
     let (done, recorded) = tokio::sync::oneshot::channel();
-    audit.send(Audited { call, done }).await.is_ok() && recorded.await.unwrap_or(false)
+    if audit.send(Audited { call, done }).await.is_err() {
+        return Err("the audit log writer is gone".into());
+    }
+    recorded
+        .await
+        .unwrap_or_else(|_| Err("the audit log writer is gone".into()))
+}
+
+/// The answer to a call that could not be recorded: nothing ran, and why.
+fn unrecorded(why: &str, ran: bool) -> Response {
+    let what = if ran {
+        "the call could not be recorded, so its answer is withheld"
+    } else {
+        "the call could not be recorded, so it was not run"
+    };
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("audit log unavailable: {what} ({why})"),
+    )
 }
 
 fn new_call_id(time_ns: i64) -> String {
@@ -759,9 +778,9 @@ async fn audited_call(s: AppState, mut req: Request, next: Next) -> Response {
         call_id,
         phase,
     };
-    if !record(&s.audit, call).await {
-        tracing::error!("the API audit log did not record a call: refusing its response");
-        return error(StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable");
+    if let Err(why) = record(&s.audit, call).await {
+        tracing::error!(reason = %why, "the API audit log did not record a call: refusing its response");
+        return unrecorded(&why, true);
     }
     resp
 }
@@ -815,9 +834,9 @@ async fn require(State(roles): State<&'static [Role]>, mut req: Request, next: N
             call_id: c.call_id.clone(),
             phase: Some(Phase::Intent),
         };
-        if !record(&c.audit, call).await {
-            tracing::error!("the API audit log did not record a call's intent: not run");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable");
+        if let Err(why) = record(&c.audit, call).await {
+            tracing::error!(reason = %why, "the API audit log did not record a call's intent: not run");
+            return unrecorded(&why, false);
         }
         c.intent.store(true, Ordering::SeqCst);
     }
@@ -1326,7 +1345,7 @@ mod tests {
             tokio::spawn(async move {
                 while let Some(a) = rx.recv().await {
                     calls.lock().unwrap().push(a.call);
-                    let _ = a.done.send(true);
+                    let _ = a.done.send(Ok(()));
                 }
             })
         };
