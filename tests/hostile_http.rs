@@ -137,6 +137,28 @@ fn slow_and_surplus_connections_are_cut_off_and_nothing_of_them_is_kept() {
         "dripped headers held the connection: {cut:?}"
     );
 
+    // Without a valid credential the body is never waited for: a 401 at once.
+    let mut stranger = TcpStream::connect(&addr).unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let asked = Instant::now();
+    write!(
+        stranger,
+        "POST /v1/query HTTP/1.1\r\nHost: vigil\r\nAuthorization: Bearer vk_wrong_0123456789\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stranger.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+
     // A body dripped a byte every 200 ms: 408 at the body timeout, recorded.
     let mut slow = TcpStream::connect(&addr).unwrap();
     let body =
@@ -196,7 +218,7 @@ fn slow_and_surplus_connections_are_cut_off_and_nothing_of_them_is_kept() {
 
     // Nothing is kept of the closed connections: the process holds as many descriptors as
     // before them.
-    drop((hogs, seventh, drip, slow));
+    drop((hogs, seventh, drip, slow, stranger));
     let fds = wait_for(
         "the descriptors given back",
         Duration::from_secs(10),

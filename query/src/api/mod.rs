@@ -496,6 +496,10 @@ pub fn router(state: AppState) -> Router {
 /// `max_body_bytes` (after authentication: an unauthenticated client's body is never read), so
 /// a client dripping its body holds a call open for no longer than that (408, recorded).
 async fn read_whole(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    // No valid credential: the role check refuses it without its body being read.
+    if !matches!(req.extensions().get::<Authn>(), Some(Authn(Ok(_)))) {
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
     let wait = std::time::Duration::from_millis(s.cfg.body_read_timeout_ms);
     let d = |reason: String| Detail {
