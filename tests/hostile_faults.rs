@@ -27,6 +27,42 @@ fn decisions(tag: &str, from: usize, n: usize, ip: &str, allow: bool) -> Vec<Rec
         .collect()
 }
 
+/// `vigil verify` finds nothing tampered and no gap (incomplete only for what nothing outside
+/// vouches for: no keys are pinned in these tests).
+fn verifies_untampered(dir: &std::path::Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["verify", "--json", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bad: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["verdict"] == "tampered" || f["what"].as_str().unwrap_or("").contains("gap"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap()
+    );
+    assert_eq!(out.status.code(), Some(2), "{report}");
+}
+
+/// Every offset of partitions 0 and 1 up to `per_partition`, stored once.
+fn assert_stored_once(dir: &std::path::Path, per_partition: i64) {
+    let mut positions: Vec<(i32, i64)> = stored_positions(dir)
+        .into_iter()
+        .map(|(p, o, _)| (p, o))
+        .collect();
+    positions.sort();
+    let expected: Vec<(i32, i64)> = (0..2)
+        .flat_map(|p| (0..per_partition).map(move |o| (p, o)))
+        .collect();
+    assert_eq!(positions, expected, "every offset once, no gap");
+}
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child process this test started.
     let r = unsafe { libc::kill(pid as i32, sig) };
@@ -34,17 +70,11 @@ fn signal(pid: u32, sig: i32) {
 }
 
 fn http_status(addr: &str, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split(' ').nth(1)?.parse().ok()
+    http_get_status_line(addr, path)?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -90,13 +120,7 @@ fn the_broker_unreachable_for_30_s_costs_no_record_and_no_chain_link() {
         &decisions("b", 100, 100, "192.0.2.1", true),
     );
     wait_stored(&[&s], &dir, 200, Duration::from_secs(90));
-    let mut positions: Vec<(i32, i64)> = stored_positions(&dir)
-        .into_iter()
-        .map(|(p, o, _)| (p, o))
-        .collect();
-    positions.sort();
-    let expected: Vec<(i32, i64)> = (0..2).flat_map(|p| (0..100).map(move |o| (p, o))).collect();
-    assert_eq!(positions, expected, "every offset once, no gap");
+    assert_stored_once(&dir, 100);
     // Detection as before: a burst after the outage alerts.
     produce(
         &broker.producer(),
@@ -118,26 +142,7 @@ fn the_broker_unreachable_for_30_s_costs_no_record_and_no_chain_link() {
         },
     );
     assert!(s.terminate(), "vigil serve did not exit cleanly");
-    // The chain verifies: nothing tampered, no gap (incomplete only for what nothing outside
-    // vouches for: no keys were pinned here).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["verify", "--json", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let bad: Vec<&serde_json::Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["verdict"] == "tampered" || f["what"].as_str().unwrap_or("").contains("gap"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap()
-    );
-    assert_eq!(out.status.code(), Some(2), "{report}");
+    verifies_untampered(&dir);
 }
 
 /// A tmpfs mounted for one test, unmounted (lazily) however the test ends.
@@ -287,13 +292,7 @@ fn full_volume(log_on_volume: bool) {
     std::fs::remove_file(&filler).unwrap();
     wait_stored(&[&s], &dir, 360, Duration::from_secs(90));
     let resumed_after = full_since.elapsed();
-    let mut positions: Vec<(i32, i64)> = stored_positions(&dir)
-        .into_iter()
-        .map(|(p, o, _)| (p, o))
-        .collect();
-    positions.sort();
-    let expected: Vec<(i32, i64)> = (0..2).flat_map(|p| (0..180).map(move |o| (p, o))).collect();
-    assert_eq!(positions, expected, "every offset once, no gap");
+    assert_stored_once(&dir, 180);
     wait_for("the burst's alert", Duration::from_secs(60), || {
         stored_alerts(&dir)
             .iter()
@@ -311,23 +310,7 @@ fn full_volume(log_on_volume: bool) {
     );
     let log = s.log_text();
     assert!(s.terminate(), "vigil serve did not exit cleanly: {log}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["verify", "--json", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let bad: Vec<&serde_json::Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["verdict"] == "tampered" || f["what"].as_str().unwrap_or("").contains("gap"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap()
-    );
+    verifies_untampered(&dir);
     println!(
         "full volume (log on it: {log_on_volume}): resumed {resumed_after:?} after it filled; \
          360 records stored once"

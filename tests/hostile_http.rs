@@ -49,16 +49,7 @@ fn open_fds(pid: u32) -> usize {
 }
 
 fn get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.lines().next().map(str::to_owned)
+    http_get_status_line(addr, path)
 }
 
 #[test]
@@ -472,5 +463,6 @@ fn uploads_are_bounded_per_credential_and_batched_by_what_they_inflate_to() {
         (got == 40_000 + 3 * 700).then(|| files(&dir))
     });
     assert_eq!(n, 4, "files in vigil.opa");
-    assert!(s.terminate(), "vigil serve did not exit cleanly");
+    let (clean, log) = s.stop();
+    assert!(clean, "vigil serve did not exit cleanly: {log}");
 }

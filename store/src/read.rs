@@ -16,7 +16,34 @@ pub struct LogReader {
     partition: i32,
     files: std::vec::IntoIter<FileEntry>,
     from_index: u64,
-    current: Option<(ParquetRecordBatchReader, u64, u64, std::path::PathBuf)>,
+    current: Option<Open>,
+}
+
+/// The file being read.
+struct Open {
+    reader: ParquetRecordBatchReader,
+    /// The leaf index after the rows read so far.
+    next: u64,
+    /// Its footer's tree size.
+    size: u64,
+    path: std::path::PathBuf,
+    /// The Kafka offset of the last row read: a record's rows (an upload's events) can run
+    /// past a reader batch, and the next batch's first rows are then the same leaf.
+    last: Option<i64>,
+}
+
+/// The Kafka offsets of a batch's first and last rows.
+fn edge_offsets(
+    batch: &arrow::record_batch::RecordBatch,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let col = batch
+        .column_by_name("kafka_offset")
+        .ok_or(StoreError::Internal("batch without kafka_offset"))?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or(StoreError::Internal("kafka_offset is not Int64"))?;
+    Ok((!col.is_empty()).then(|| (col.value(0), col.value(col.len() - 1))))
 }
 
 impl LogReader {
@@ -43,13 +70,29 @@ impl LogReader {
 
     fn next_piece(&mut self) -> Result<Option<Piece>, StoreError> {
         loop {
-            if let Some((reader, next, size, path)) = &mut self.current {
+            if let Some(Open {
+                reader,
+                next,
+                size,
+                path,
+                last,
+            }) = &mut self.current
+            {
                 match reader.next() {
                     Some(batch) => {
                         let batch = batch.map_err(StoreError::Arrow)?;
-                        let first = *next;
+                        let Some((first_offset, last_offset)) = edge_offsets(&batch)? else {
+                            continue;
+                        };
+                        // The rest of the previous batch's last record: the same leaf.
+                        let first = if *last == Some(first_offset) {
+                            *next - 1
+                        } else {
+                            *next
+                        };
                         let (_, after) = leaf_indexes(&batch, first)?;
                         *next = after;
+                        *last = Some(last_offset);
                         return Ok(Some(Piece {
                             topic: self.topic.clone(),
                             partition: self.partition,
@@ -77,7 +120,13 @@ impl LogReader {
             }
             let f = File::open(&file.path).map_err(StoreError::io(&file.path))?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(f)?.build()?;
-            self.current = Some((reader, footer.first_leaf_index, footer.tree_size, file.path));
+            self.current = Some(Open {
+                reader,
+                next: footer.first_leaf_index,
+                size: footer.tree_size,
+                path: file.path,
+                last: None,
+            });
         }
     }
 }

@@ -220,3 +220,38 @@ fn pieces_cut_before_sealing_make_one_file_and_say_where_they_start() {
         0
     );
 }
+
+/// One record of 3 000 events (an OPA upload) between two single-event ones: read back as
+/// pieces, its rows span reader batches and are still one leaf.
+#[test]
+fn a_record_whose_rows_span_reader_batches_reads_back_as_one_leaf() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
+    let head = store.head("audit", 2).unwrap();
+    let mut b = PartitionBatch::new("audit", 2, head, 16);
+    let d = Decoder::default();
+    let upload = format!("[{}]", vec![OPA; 3000].join(","));
+    b.append(&rec(0, Some(OPA.as_bytes()), &[]), &d, 0).unwrap();
+    assert_eq!(
+        b.append(&rec(1, Some(upload.as_bytes()), &[]), &d, 0)
+            .unwrap(),
+        Appended::Decoded(3000)
+    );
+    b.append(&rec(2, Some(OPA.as_bytes()), &[]), &d, 0).unwrap();
+    store.write(&b.seal().unwrap().unwrap()).unwrap();
+    let pieces: Vec<_> = vigil_store::read::LogReader::new(&store, "audit", 2, 0)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(pieces.len() > 1, "the reader's batches split the upload");
+    let mut leaves = Vec::new();
+    for p in &pieces {
+        let (idx, _) = vigil_store::leaf_indexes(&p.batch, p.first_leaf_index).unwrap();
+        leaves.extend(idx);
+    }
+    assert_eq!(leaves.len(), 3002);
+    assert_eq!(
+        (leaves[0], leaves[1], leaves[3000], leaves[3001]),
+        (0, 1, 1, 2)
+    );
+}

@@ -734,3 +734,20 @@ pub fn api_key_entry(name: &str, key: &str, roles: &[&str]) -> String {
         hex::encode(sha2::Sha256::digest(key.as_bytes()))
     )
 }
+
+/// `GET path` over a plain TCP connection (no client library between the test and the
+/// server): the answer's status line, if one came within 5 s.
+#[allow(dead_code)]
+pub fn http_get_status_line(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines().next().map(str::to_owned)
+}
