@@ -656,6 +656,10 @@ struct CallStart {
     intent: Arc<AtomicBool>,
 }
 
+/// Set on the answer to a call that was not run (its intent could not be recorded).
+#[derive(Clone, Copy)]
+struct NotRun;
+
 /// Whether a call can change anything (uploads, key rotation, lifecycle, reloads): recorded
 /// before it runs, and again with its outcome.
 fn changes(method: &str, path: &str) -> bool {
@@ -783,6 +787,11 @@ async fn audited_call(s: AppState, mut req: Request, next: Next) -> Response {
         phase,
     };
     if let Err(why) = record(&s.audit, call).await {
+        // A call refused because its intent could not be recorded did nothing: its answer
+        // (503, not run) stands.
+        if resp.extensions().get::<NotRun>().is_some() {
+            return resp;
+        }
         tracing::error!(reason = %why, "the API audit log did not record a call: refusing its response");
         return unrecorded(&why, true);
     }
@@ -840,7 +849,9 @@ async fn require(State(roles): State<&'static [Role]>, mut req: Request, next: N
         };
         if let Err(why) = record(&c.audit, call).await {
             tracing::error!(reason = %why, "the API audit log did not record a call's intent: not run");
-            return unrecorded(&why, false);
+            let mut r = unrecorded(&why, false);
+            r.extensions_mut().insert(NotRun);
+            return r;
         }
         c.intent.store(true, Ordering::SeqCst);
     }
@@ -1334,25 +1345,24 @@ mod tests {
         }
     }
 
-    /// A changing call is recorded (intent) before its handler runs, and again with its
-    /// outcome; a handler that panics is answered 500 and recorded with why.
-    #[tokio::test]
-    async fn a_changing_call_is_recorded_before_it_runs_and_a_panic_is_answered_and_recorded() {
-        use std::sync::Mutex;
-        use tower::ServiceExt;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("events")).unwrap();
+    /// An API state over an empty store in `dir`, with one admin key, recording calls with
+    /// `recorded` (what each record's writer answers): the calls it was asked to record.
+    fn test_state(
+        dir: &std::path::Path,
+        recorded: Result<(), String>,
+    ) -> (AppState, Arc<std::sync::Mutex<Vec<ApiCall>>>) {
+        std::fs::create_dir_all(dir.join("events")).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Audited>(16);
-        let calls: Arc<Mutex<Vec<ApiCall>>> = Arc::default();
-        let recorder = {
+        let calls: Arc<std::sync::Mutex<Vec<ApiCall>>> = Arc::default();
+        {
             let calls = calls.clone();
             tokio::spawn(async move {
                 while let Some(a) = rx.recv().await {
                     calls.lock().unwrap().push(a.call);
-                    let _ = a.done.send(Ok(()));
+                    let _ = a.done.send(recorded.clone());
                 }
-            })
-        };
+            });
+        }
         let limits = sql::Limits {
             max_rows: 10,
             timeout_ms: 1000,
@@ -1376,13 +1386,13 @@ mod tests {
         .unwrap();
         let state = AppState {
             cfg: Arc::new(ApiConfig {
-                data_dir: dir.path().to_owned(),
+                data_dir: dir.to_owned(),
                 max_body_bytes: 1 << 20,
                 body_read_timeout_ms: 1000,
                 max_uploads_per_credential: 1,
                 max_decompressed_bytes: 1 << 20,
             }),
-            catalog: Arc::new(crate::Catalog::open(dir.path()).unwrap()),
+            catalog: Arc::new(crate::Catalog::open(dir).unwrap()),
             queries: sql::Runner::new(limits, sharing).unwrap(),
             auth: Arc::new(auth),
             lifecycle: None,
@@ -1394,6 +1404,63 @@ mod tests {
             ready: Arc::default(),
             metrics: Arc::new(String::new),
         };
+        (state, calls)
+    }
+
+    fn admin_post(path: &str) -> axum::http::Request<Body> {
+        axum::http::Request::post(path)
+            .header("authorization", "Bearer vk_admin_unit_0123456789")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// When a changing call's intent cannot be recorded (the volume is full, say), it does
+    /// not run, and its answer says so — not replaced when its outcome cannot be recorded
+    /// either.
+    #[tokio::test]
+    async fn a_call_whose_intent_cannot_be_recorded_is_not_run_and_says_so() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (state, calls) = test_state(dir.path(), Err("No space left on device".into()));
+        let ran = Arc::new(AtomicBool::new(false));
+        let app = {
+            let ran = ran.clone();
+            Router::new()
+                .route(
+                    "/v1/change",
+                    post(move || {
+                        ran.store(true, Ordering::SeqCst);
+                        async { StatusCode::OK }
+                    })
+                    .route_layer(middleware::from_fn_with_state(ADMIN, require)),
+                )
+                .layer(middleware::from_fn_with_state(state.clone(), audited))
+                .with_state(state)
+        };
+        let resp = app.oneshot(admin_post("/v1/change")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("so it was not run (No space left on device)"),
+            "{text}"
+        );
+        assert!(!ran.load(Ordering::SeqCst), "the handler ran");
+        // Both records were tried: the intent, then the outcome of the refusal.
+        let phases: Vec<_> = calls.lock().unwrap().iter().map(|c| c.phase).collect();
+        assert_eq!(phases, [Some(Phase::Intent), None]);
+    }
+
+    /// A changing call is recorded (intent) before its handler runs, and again with its
+    /// outcome; a handler that panics is answered 500 and recorded with why.
+    #[tokio::test]
+    async fn a_changing_call_is_recorded_before_it_runs_and_a_panic_is_answered_and_recorded() {
+        use std::sync::Mutex;
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (state, calls) = test_state(dir.path(), Ok(()));
         let seen_before_run = Arc::new(Mutex::new(None::<Vec<ApiCall>>));
         let app = {
             let (calls, seen) = (calls.clone(), seen_before_run.clone());
@@ -1414,11 +1481,7 @@ mod tests {
                 .layer(middleware::from_fn_with_state(state.clone(), audited))
                 .with_state(state)
         };
-        let req = axum::http::Request::post("/v1/boom")
-            .header("authorization", "Bearer vk_admin_unit_0123456789")
-            .body(Body::empty())
-            .unwrap();
-        let resp = app.oneshot(req).await.unwrap();
+        let resp = app.oneshot(admin_post("/v1/boom")).await.unwrap();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let before = seen_before_run.lock().unwrap().clone().unwrap();
         assert_eq!(
@@ -1440,7 +1503,6 @@ mod tests {
         let ev: Value = serde_json::from_slice(&audit_event(&all[0], 1)).unwrap();
         assert_eq!(ev["api"]["phase"], "intent");
         assert!(ev.get("status_code").is_none(), "{ev}");
-        recorder.abort();
     }
 
     #[test]

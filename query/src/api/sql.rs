@@ -97,12 +97,6 @@ pub struct Answer {
     pub chunks: Vec<Vec<u8>>,
 }
 
-impl Answer {
-    pub fn bytes(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum()
-    }
-}
-
 fn classify(e: DataFusionError, limits: &Limits) -> QueryFail {
     let e = e.find_root().to_string();
     // The planner's own words for what SQLOptions refused.
@@ -118,6 +112,14 @@ fn classify(e: DataFusionError, limits: &Limits) -> QueryFail {
         return QueryFail::Memory(limits.memory_bytes, e);
     }
     QueryFail::Invalid(e)
+}
+
+/// Why a session could not be made.
+fn session_fail(e: crate::QueryError, limits: &Limits) -> QueryFail {
+    match e {
+        crate::QueryError::DataFusion(d) => classify(d, limits),
+        other => QueryFail::Store(other.to_string()),
+    }
 }
 
 /// One query's share of the memory all queries share: its own cap and the common one, both
@@ -187,7 +189,8 @@ impl Drop for OwnRuntime {
 /// Runs queries on their own threads, so many at once, in memory they share.
 #[derive(Clone)]
 pub struct Runner {
-    rt: Arc<OwnRuntime>,
+    /// Held for `handle`: the runtime lives as long as a clone of the runner.
+    _rt: Arc<OwnRuntime>,
     handle: tokio::runtime::Handle,
     permits: Arc<tokio::sync::Semaphore>,
     shared: Arc<GreedyMemoryPool>,
@@ -215,7 +218,7 @@ impl Runner {
             .build()?;
         let handle = rt.handle().clone();
         Ok(Runner {
-            rt: Arc::new(OwnRuntime(Some(rt))),
+            _rt: Arc::new(OwnRuntime(Some(rt))),
             handle,
             permits: Arc::new(tokio::sync::Semaphore::new(sharing.max_concurrent)),
             shared: Arc::new(GreedyMemoryPool::new(sharing.memory_total_bytes)),
@@ -238,7 +241,6 @@ impl Runner {
         sql: String,
         format: Format,
     ) -> Result<Answer, QueryFail> {
-        let _ = &self.rt;
         let permit = self
             .permits
             .clone()
@@ -256,10 +258,10 @@ impl Runner {
         let task = self.handle.spawn(async move {
             // Held until the query really ends, timed out or not.
             let _permit = permit;
-            let ctx = catalog.session_in(pool).await.map_err(|e| match e {
-                crate::QueryError::DataFusion(d) => classify(d, &limits),
-                other => QueryFail::Store(other.to_string()),
-            })?;
+            let ctx = catalog
+                .session_in(pool)
+                .await
+                .map_err(|e| session_fail(e, &limits))?;
             let out = execute(&ctx, &sql, &limits).await?;
             encode(out, format, limits.max_result_bytes)
         });
@@ -326,10 +328,7 @@ pub async fn run(catalog: &crate::Catalog, sql: &str, limits: Limits) -> Result<
         let ctx = catalog
             .session(Some(limits.memory_bytes))
             .await
-            .map_err(|e| match e {
-                crate::QueryError::DataFusion(d) => classify(d, &limits),
-                other => QueryFail::Store(other.to_string()),
-            })?;
+            .map_err(|e| session_fail(e, &limits))?;
         execute(&ctx, sql, &limits).await
     };
     tokio::time::timeout(Duration::from_millis(limits.timeout_ms), work)
