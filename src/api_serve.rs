@@ -11,7 +11,8 @@ use anyhow::Context;
 use vigil_query::api::auth::{ApiKey, Auth, JwtConfig, Role};
 use vigil_query::api::{
     self, ApiConfig as Settings, AppState, Audited, Upload, Uploaded,
-    sql::{Limits, Runner, Sharing},
+    runner::{Runner, Sharing},
+    sql::Limits,
 };
 use vigil_store::checkpoint::Checkpointer;
 use vigil_store::{API_TOPIC, OPA_TOPIC, Store, WriteOptions};

@@ -7,6 +7,7 @@
 //! losing records.
 
 pub mod auth;
+pub mod runner;
 pub mod sql;
 
 use std::net::SocketAddr;
@@ -207,7 +208,7 @@ pub struct AppState {
     /// The store's tables, shared by every query (file statistics read once).
     pub catalog: Arc<crate::Catalog>,
     /// Where queries run (their own threads, a cap on how many at once, shared memory).
-    pub queries: sql::Runner,
+    pub queries: runner::Runner,
     pub auth: Arc<Auth>,
     /// `None`: alert lifecycle changes are not available in this process.
     pub lifecycle: Option<Arc<LifecycleFn>>,
@@ -1369,7 +1370,7 @@ mod tests {
             memory_bytes: 1 << 20,
             max_result_bytes: 1 << 20,
         };
-        let sharing = sql::Sharing {
+        let sharing = runner::Sharing {
             threads: 1,
             max_concurrent: 1,
             memory_total_bytes: 1 << 20,
@@ -1393,7 +1394,7 @@ mod tests {
                 max_decompressed_bytes: 1 << 20,
             }),
             catalog: Arc::new(crate::Catalog::open(dir).unwrap()),
-            queries: sql::Runner::new(limits, sharing).unwrap(),
+            queries: runner::Runner::new(limits, sharing).unwrap(),
             auth: Arc::new(auth),
             lifecycle: None,
             reload: Arc::new(|_: &str| Err(ReloadFail::Unavailable("not here".into()))),
