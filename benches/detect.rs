@@ -11,8 +11,6 @@
 
 #[path = "support/report.rs"]
 mod report;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -21,27 +19,8 @@ use vigil_detect::rules::{self, Defaults};
 use vigil_schemas::Decoder;
 use vigil_store::{PartitionBatch, Piece, RecordRef};
 
-/// Heap bytes in use (a counting wrapper over the system allocator).
-struct Counting;
-static HEAP: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        HEAP.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        HEAP.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        HEAP.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
+#[path = "support/counting.rs"]
+mod counting;
 
 const EVENTS: usize = 200_000;
 const START_NS: i64 = 1_795_000_000_000_000_000;
@@ -132,11 +111,11 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(100_000);
     let pieces = pieces(groups);
     let mut e = engine();
-    let before = HEAP.load(Ordering::Relaxed);
+    let before = counting::heap_bytes();
     let t = Instant::now();
     run(&mut e, &pieces, 0);
     let warm = t.elapsed();
-    let held = HEAP.load(Ordering::Relaxed) - before;
+    let held = counting::heap_bytes() - before;
     let total_groups: usize = e.stats().iter().map(|s| s.groups).sum();
     eprintln!(
         "first pass (groups created): {:.0} events/s; {total_groups} groups over {} rules, \

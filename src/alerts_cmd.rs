@@ -271,6 +271,7 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
                 .map(|p| AnchorFn(Arc::new(move |o: &str, n: &[u8]| p.publish(o, n)))),
             time: crate::rules_cmd::time_config(&cfg.detect)?,
             incident_window_ns: crate::rules_cmd::incident_window_ns(&cfg.detect)?,
+            max_state_bytes: cfg.detect.max_state_bytes,
             silent_source_ns: i64::try_from(cfg.detect.silent_source_ms)?.saturating_mul(1_000_000),
             assigned: None,
         },

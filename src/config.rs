@@ -187,6 +187,11 @@ pub struct DetectConfig {
     /// Groups each rule keeps at most (the least recently seen are evicted, and counted).
     /// Rules may set their own.
     pub max_groups_per_rule: usize,
+    /// Every rule's groups together, in bytes (keys, windows, baselines; weighed as the
+    /// allocator holds them). Past it, the rule holding the most evicts its least recently
+    /// seen sixteenth until the state is back under 15/16 of it; evictions raise
+    /// `vigil.detect.state_evicted`. About 250 bytes per group with the default rules.
+    pub max_state_bytes: usize,
     /// Chained pieces waiting for detection at most; a full queue makes the pipeline wait.
     pub queue_depth: usize,
     /// Updates of open alerts are stored at most this often; new alerts at once.
@@ -213,6 +218,7 @@ impl Default for DetectConfig {
             incident_window_ms: 1_800_000,
             silent_source_ms: 300_000,
             max_groups_per_rule: 100_000,
+            max_state_bytes: 384 << 20,
             queue_depth: 16,
             alert_flush_ms: 1000,
             state_interval_ms: 10_000,

@@ -53,6 +53,10 @@ pub fn defaults(d: &DetectConfig) -> anyhow::Result<Defaults> {
         d.max_groups_per_rule >= 1,
         "detect.max_groups_per_rule must be ≥ 1"
     );
+    anyhow::ensure!(
+        d.max_state_bytes >= 1 << 20,
+        "detect.max_state_bytes must be ≥ 1 MiB (1048576)"
+    );
     Ok(Defaults {
         allowed_lateness_ns: i64::try_from(d.allowed_lateness_ms)?.saturating_mul(1_000_000),
         max_groups: d.max_groups_per_rule,
@@ -222,7 +226,8 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
             let loaded = load(&d)?;
             let mut engine = Engine::new(loaded.rules.into_iter().map(|(r, _)| r).collect())
                 .with_time(time_config(&d)?)
-                .with_incident_window(incident_window_ns(&d)?);
+                .with_incident_window(incident_window_ns(&d)?)
+                .with_state_budget(d.max_state_bytes);
             let from = from
                 .as_deref()
                 .map(parse_time)

@@ -130,6 +130,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }),
                 time: crate::rules_cmd::time_config(&cfg.detect)?,
                 incident_window_ns: crate::rules_cmd::incident_window_ns(&cfg.detect)?,
+                max_state_bytes: cfg.detect.max_state_bytes,
                 silent_source_ns: i64::try_from(cfg.detect.silent_source_ms)?
                     .saturating_mul(1_000_000),
                 assigned: Some({
@@ -347,6 +348,8 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         late_by_log = %per_log(&dmetrics, |s| s.late),
         skewed_by_log = %per_log(&dmetrics, |s| s.skewed),
         evicted = dmetrics.evicted.load(Ordering::Relaxed),
+        state_bytes = dmetrics.state_bytes.load(Ordering::Relaxed),
+        state_shed = dmetrics.state_shed.load(Ordering::Relaxed),
         lifecycle_applied = dmetrics.commands_applied.load(Ordering::Relaxed),
         lifecycle_refused = dmetrics.commands_refused.load(Ordering::Relaxed),
         "detection stopped"
@@ -569,6 +572,30 @@ fn metrics_text(
                 l(&detect.forced),
             ),
             (
+                "vigil_detect_state_saves_total",
+                "Detection state checkpoints written (detect/state.json).",
+                "counter",
+                l(&detect.state_saves),
+            ),
+            (
+                "vigil_detect_state_bytes",
+                "Bytes the rules' groups hold, as last weighed (as of the last state checkpoint).",
+                "gauge",
+                l(&detect.state_bytes),
+            ),
+            (
+                "vigil_detect_state_max_bytes",
+                "Detection's memory budget (detect.max_state_bytes).",
+                "gauge",
+                l(&detect.state_max_bytes),
+            ),
+            (
+                "vigil_detect_state_shed_total",
+                "Groups evicted to keep the rules' state within detect.max_state_bytes (also counted per rule in vigil_rule_evicted_total).",
+                "counter",
+                l(&detect.state_shed),
+            ),
+            (
                 "vigil_alerts_fired_total",
                 "Alerts raised.",
                 "counter",
@@ -622,6 +649,18 @@ fn metrics_text(
             "Groups a rule holds in memory (as of the last state checkpoint; at most detect.max_groups_per_rule).",
             "gauge",
             &per_rule(|r| r.groups as u64),
+        );
+        put(
+            "vigil_rule_evicted_total",
+            "Groups a rule evicted, its table full or detection's memory budget reached (as of the last state checkpoint).",
+            "counter",
+            &per_rule(|r| r.evicted),
+        );
+        put(
+            "vigil_rule_state_bytes",
+            "Bytes a rule's groups hold, as last weighed (as of the last state checkpoint).",
+            "gauge",
+            &per_rule(|r| r.bytes as u64),
         );
         let time = detect.time.lock().map(|t| t.clone()).unwrap_or_default();
         let per_log = |f: fn(&vigil_detect::time::SourceTime) -> u64| -> Vec<(String, u64)> {

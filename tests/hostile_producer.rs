@@ -122,6 +122,99 @@ fn forged_own_records_raise_no_alert_of_vigils_but_one_about_the_forgery() {
     assert!(bad.is_empty(), "open to others: {bad:#?}");
 }
 
+/// An OPA denial of a login from `ip`, at `at`.
+fn login_denied(id: &str, ip: &str, at: chrono::DateTime<chrono::Utc>) -> Rec {
+    Rec {
+        partition: 0,
+        key: None,
+        value: Some(format!(
+            r#"{{"decision_id":"{id}","result":false,"timestamp":"{}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"{ip}","portValue":1}}}}}},"destination":{{"principal":"spiffe://c/ns/auth/sa/login"}},"request":{{"http":{{"method":"POST","path":"/login"}}}}}}}}}}"#,
+            at.to_rfc3339()
+        ).into_bytes()),
+        headers: Vec::new(),
+    }
+}
+
+/// A producer floods every rule with new keys — a denial from each of 30 000 addresses, with
+/// the per-rule caps far above it — to grow detection's state without end: the state stays
+/// within `detect.max_state_bytes` (1 MiB here), what is shed is counted and raises
+/// `vigil.detect.state_evicted`, and a brute force right after the flood is still caught.
+#[test]
+fn a_flood_of_new_keys_is_held_within_the_memory_budget_and_detection_goes_on() {
+    const KEY: &str = "vk_hostile_budget_0123456789abcdef";
+    let DetectSetup {
+        broker,
+        dir,
+        config,
+        tmp: _tmp,
+    } = detect_setup(
+        "mesh",
+        1,
+        "max_groups_per_rule = 1000000\nmax_state_bytes = 1048576\n",
+    );
+    let toml = std::fs::read_to_string(&config).unwrap() + &api_key_entry("r", KEY, &["reader"]);
+    std::fs::write(&config, toml).unwrap();
+    let s = serve(&broker, "mesh", &dir, "g-budget", &[], Some(&config));
+    let now = chrono::Utc::now();
+    let recs: Vec<Rec> = (0..30_000i64)
+        .map(|i| {
+            let ip = format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256);
+            login_denied(&format!("b{i}"), &ip, now + chrono::Duration::microseconds(i))
+        })
+        .collect();
+    produce(&broker.producer(), "mesh", &recs);
+    let evicted = wait_for("the eviction alert", Duration::from_secs(120), || {
+        stored_alerts(&dir)
+            .into_iter()
+            .find(|a| a.rule_id == "vigil.detect.state_evicted")
+    });
+    assert_eq!(evicted.severity, "high");
+
+    // Detection goes on: 60 denials from a fresh address after the flood (the rule: 50 in
+    // 5 minutes).
+    let later = now + chrono::Duration::seconds(1);
+    let burst: Vec<Rec> = (0..60i64)
+        .map(|i| login_denied(&format!("x{i}"), "10.77.7.7", later + chrono::Duration::milliseconds(i)))
+        .collect();
+    produce(&broker.producer(), "mesh", &burst);
+    wait_for("the burst's alert", Duration::from_secs(60), || {
+        stored_alerts(&dir).into_iter().find(|a| {
+            a.rule_id == "vigil.denial_burst.source_ip"
+                && a.group_key.values().any(|v| v.as_deref() == Some("10.77.7.7"))
+        })
+    });
+
+    // Within the budget as weighed at a checkpoint after it all, the shedding counted.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let gauge = |m: &str, name: &str| -> Option<u64> {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let (bytes, shed) = wait_for("a checkpoint's figures", Duration::from_secs(30), || {
+        let m = rt.block_on(async {
+            http.get(format!("http://{}/metrics", s.api))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+        })?;
+        let (bytes, shed) = (
+            gauge(&m, "vigil_detect_state_bytes")?,
+            gauge(&m, "vigil_detect_state_shed_total")?,
+        );
+        assert_eq!(gauge(&m, "vigil_detect_state_max_bytes"), Some(1 << 20));
+        (shed > 0 && bytes > 0).then_some((bytes, shed))
+    });
+    assert!(bytes <= 1 << 20, "{bytes} bytes of state");
+    assert!(shed >= 10_000, "{shed} groups shed");
+    assert_eq!(stored_records(&dir), 30_060, "every record stored");
+    assert!(s.terminate(), "vigil serve did not exit cleanly");
+}
+
 /// A producer floods a rule with new group keys (a denial from each of 400 addresses, more
 /// than the rule keeps) to push out the counter that would catch its own brute force: the
 /// eviction is itself an alert, naming the rule.

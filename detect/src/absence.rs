@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Filter, Row};
-use crate::group::{GroupBy, Key, Open, State};
+use crate::group::{GroupBy, Key, Open, PackedKey, State};
 use crate::hit::{EvRef, Hit, Outcome, newest};
 
 /// Triggers waiting per group, at most.
@@ -49,26 +49,24 @@ pub struct AbsenceSpec {
 
 impl AbsenceSpec {
     /// The values of `fields` (among `match_by`) in a match key.
-    fn project(&self, fields: &GroupBy, key: &[Option<String>]) -> Key {
+    fn project(&self, fields: &GroupBy, key: &PackedKey) -> Key {
+        let values: Vec<Option<&str>> = key.values().collect();
         fields
             .iter()
             .map(|(name, _)| {
                 self.match_by
                     .iter()
                     .position(|(n, _)| n == name)
-                    .and_then(|i| key.get(i).cloned().flatten())
+                    .and_then(|i| values.get(i).copied().flatten())
+                    .map(str::to_owned)
             })
             .collect()
     }
 
     /// The `protected_by` hash of a match key.
-    fn protected_hash_of_key(
-        &self,
-        key: &[Option<String>],
-        hasher: &impl std::hash::BuildHasher,
-    ) -> u64 {
-        let sub = self.project(&self.protected_by, key);
-        crate::group::hash_key(&self.protected_by, &sub, hasher)
+    fn protected_hash_of_key(&self, key: &PackedKey, hasher: &impl std::hash::BuildHasher) -> u64 {
+        let sub = PackedKey::from_key(&self.project(&self.protected_by, key));
+        crate::key::hash_key(&self.protected_by, &sub, hasher)
     }
 }
 
@@ -82,6 +80,12 @@ pub struct Group {
 }
 
 crate::has_open!(Group);
+
+impl crate::group::Weigh for Group {
+    fn heap_bytes(&self) -> usize {
+        crate::group::deque_bytes(&self.expected) + crate::group::deque_bytes(&self.pending)
+    }
+}
 
 /// What the watermark decided for one group.
 #[derive(Debug, PartialEq)]
@@ -101,7 +105,7 @@ pub struct Absence {
     pub(crate) st: State<Group>,
     /// (deadline, group) of every pending trigger, in deadline order (events come in
     /// event-time order, so deadlines do too; a late one is inserted in place).
-    due: VecDeque<(i64, Key)>,
+    due: VecDeque<(i64, PackedKey)>,
     /// Triggers not kept because their group already had [`MAX_PENDING`] waiting.
     pub dropped: u64,
     /// Hashes of the `protected_by` values companions were seen for (bounded by
@@ -124,11 +128,35 @@ impl Absence {
     }
 
     fn protected_hash(&self, row: &impl Row) -> u64 {
-        crate::group::hash(&self.spec.protected_by, row, &self.hasher)
+        crate::key::hash(&self.spec.protected_by, row, &self.hasher)
     }
 
     pub fn groups(&self) -> usize {
         self.st.groups.len()
+    }
+
+    /// Evict the least recently seen sixteenth of the groups (detection's memory budget), and
+    /// the deadlines of their triggers: how many groups went.
+    pub fn shed(&mut self) -> u64 {
+        let n = self.st.groups.shed();
+        let (groups, by) = (&self.st.groups, &self.spec.match_by);
+        self.due.retain(|(_, k)| groups.get_by_key(by, k).is_some());
+        self.due.shrink_to_fit();
+        n
+    }
+
+    /// The bytes the rule holds: its groups, the deadlines of their triggers, the
+    /// destinations it has seen decided on.
+    pub fn weigh(&self) -> usize {
+        use crate::group::{alloc_bytes, deque_bytes};
+        self.st.groups.weigh()
+            + deque_bytes(&self.due)
+            + self
+                .due
+                .iter()
+                .map(|(_, k)| alloc_bytes(k.heap_bytes()))
+                .sum::<usize>()
+            + (self.protected.capacity() * 8 / 7).next_power_of_two() * 9
     }
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
@@ -261,7 +289,7 @@ impl Absence {
     /// After a restore: the deadlines of the groups' pending triggers.
     pub fn rebuild_due(&mut self) {
         let within = self.spec.within_ns;
-        let mut due: Vec<(i64, Key)> = self
+        let mut due: Vec<(i64, PackedKey)> = self
             .st
             .groups
             .entries()

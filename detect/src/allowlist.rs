@@ -127,6 +127,12 @@ pub struct Group {
 
 crate::has_open!(Group);
 
+impl crate::group::Weigh for Group {
+    fn heap_bytes(&self) -> usize {
+        self.hits.heap_bytes() + self.base.heap_bytes()
+    }
+}
+
 #[derive(Debug)]
 pub struct Allowlist {
     pub(crate) spec: AllowlistSpec,
@@ -289,7 +295,7 @@ impl Allowlist {
                 detail.push(format!("path={p}"));
             }
             Outcome::Fired(Hit {
-                key: key.clone(),
+                key: key.to_key(),
                 first_ns: t,
                 last_ns: t,
                 count: 1,

@@ -6,10 +6,9 @@
 //! last showed it: enough to tell whether N distinct values fall within one window. Lateness,
 //! suppression and the bound on groups work as for [`crate::threshold`].
 
-use serde::{Deserialize, Serialize};
 
 use crate::filter::{Field, Filter, Row};
-use crate::group::{self, GroupBy, Open, Rate, Ratio, State};
+use crate::group::{BaseGroup, GroupBy, Ratio, State};
 use crate::hit::{EvRef, Hit, Outcome, newest};
 
 #[derive(Debug)]
@@ -27,17 +26,27 @@ pub struct DistinctSpec {
     pub ratio: Option<Ratio>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Group {
-    /// (value, the newest event with it), at most N.
-    values: Vec<(String, EvRef)>,
-    open: Open,
-    /// Counts for the rule's ratio (empty without one).
-    #[serde(default)]
-    rate: Rate,
+/// A group: its base events, and (once it matched) its distinct values, each with the newest
+/// event that had it, at most N.
+pub type Group = BaseGroup<Vec<(String, EvRef)>>;
+
+impl crate::group::Items for Vec<(String, EvRef)> {
+    const FIELD: &'static str = "values";
+    fn is_empty(&self) -> bool {
+        <[_]>::is_empty(self)
+    }
 }
 
-crate::has_open!(Group);
+impl crate::group::Weigh for Vec<(String, EvRef)> {
+    fn heap_bytes(&self) -> usize {
+        use crate::group::alloc_bytes;
+        alloc_bytes(self.capacity() * std::mem::size_of::<(String, EvRef)>())
+            + self
+                .iter()
+                .map(|(v, _)| alloc_bytes(v.capacity()))
+                .sum::<usize>()
+    }
+}
 
 #[derive(Debug)]
 pub struct DistinctCount {
@@ -62,15 +71,14 @@ impl DistinctCount {
         let time_ns = ev.time_ns;
         let field = self.spec.field.1;
         let base = self.spec.ratio.as_ref().is_some_and(|r| r.of.matches(row));
-        if !self.spec.filter.matches(row) || !group::present(&field, row) {
+        if !self.spec.filter.matches(row) || !crate::key::present(&field, row) {
             if base {
-                let (count, window) = (self.spec.count, self.spec.window_ns);
-                let (_, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
-                    values: Vec::with_capacity(count.min(64)),
-                    open: Open::default(),
-                    rate: Rate::default(),
-                });
-                g.rate.base.add(time_ns, window);
+                let window = self.spec.window_ns;
+                let (_, g) = self
+                    .st
+                    .groups
+                    .entry(&self.spec.group_by, row, Group::default);
+                g.base.add(time_ns, window);
             }
             return Outcome::Nothing;
         }
@@ -78,18 +86,22 @@ impl DistinctCount {
         let (count, window, suppress) =
             (self.spec.count, self.spec.window_ns, self.spec.suppress_ns);
         let outcome = {
-            let (key, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
-                values: Vec::with_capacity(count.min(64)),
-                open: Open::default(),
-                rate: Rate::default(),
-            });
+            let (key, g) = self
+                .st
+                .groups
+                .entry(&self.spec.group_by, row, Group::default);
             let min_ratio = self.spec.ratio.as_ref().map(|r| r.min_ratio);
-            g.rate
-                .count_match(self.spec.ratio.as_ref(), base, time_ns, window);
-            match g
-                .values
+            let m = g.matched.get_or_insert_with(Default::default);
+            if self.spec.ratio.is_some() {
+                m.hits.add(time_ns, window);
+                if base {
+                    g.base.add(time_ns, window);
+                }
+            }
+            let values = &mut m.items;
+            match values
                 .iter_mut()
-                .find(|(v, _)| group::value_is(&field, row, v))
+                .find(|(v, _)| crate::key::value_is(&field, row, v))
             {
                 Some(v) => {
                     if time_ns >= v.1.time_ns {
@@ -97,49 +109,43 @@ impl DistinctCount {
                     }
                 }
                 None => {
-                    g.values
-                        .push((group::value(&field, row).unwrap_or_default(), ev));
-                    if g.values.len() > count {
+                    // Grown one value at a time (most groups of a flood hold one; none
+                    // more than N): no doubling's unused half.
+                    if values.len() == values.capacity() {
+                        values.reserve_exact(1);
+                    }
+                    values.push((crate::key::value(&field, row).unwrap_or_default(), ev));
+                    if values.len() > count {
                         // Keep the N most recently seen.
-                        let oldest = g
-                            .values
+                        let oldest = values
                             .iter()
                             .enumerate()
                             .min_by_key(|(_, v)| v.1.time_ns)
                             .map(|(i, _)| i)
                             .unwrap_or(0);
-                        g.values.swap_remove(oldest);
+                        values.swap_remove(oldest);
                     }
                 }
             }
-            let first = g
-                .values
-                .iter()
-                .map(|v| v.1.time_ns)
-                .min()
-                .unwrap_or(time_ns);
-            let last = g
-                .values
-                .iter()
-                .map(|v| v.1.time_ns)
-                .max()
-                .unwrap_or(time_ns);
-            if let Some(n) = g.open.absorb(time_ns, window, suppress) {
+            let first = values.iter().map(|v| v.1.time_ns).min().unwrap_or(time_ns);
+            let last = values.iter().map(|v| v.1.time_ns).max().unwrap_or(time_ns);
+            if let Some(n) = m.open.absorb(time_ns, window, suppress) {
                 Outcome::Updated { count: n, ev }
-            } else if g.values.len() >= count
+            } else if values.len() >= count
                 && last - first <= window
-                && min_ratio.is_none_or(|m| g.rate.enough(last, window, m))
+                && min_ratio
+                    .is_none_or(|r| crate::group::enough(&m.hits, &g.base, last, window, r))
             {
-                g.open.fire(last, g.values.len() as u64);
-                let mut values: Vec<String> = g.values.iter().map(|v| v.0.clone()).collect();
-                values.sort();
+                m.open.fire(last, values.len() as u64);
+                let mut sorted: Vec<String> = values.iter().map(|v| v.0.clone()).collect();
+                sorted.sort();
                 Outcome::Fired(Hit {
-                    key: key.clone(),
+                    key: key.to_key(),
                     first_ns: first,
                     last_ns: last,
-                    count: g.values.len() as u64,
-                    detail: values,
-                    evidence: newest(g.values.iter().map(|v| v.1).collect()),
+                    count: values.len() as u64,
+                    detail: sorted,
+                    evidence: newest(values.iter().map(|v| v.1).collect()),
                 })
             } else {
                 Outcome::Nothing
@@ -154,13 +160,13 @@ impl DistinctCount {
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
         self.st.groups.retain(|g| {
             let newest = g
-                .values
+                .matched
                 .iter()
-                .map(|v| v.1.time_ns)
+                .flat_map(|m| m.items.iter().map(|v| v.1.time_ns))
                 .max()
                 .unwrap_or(i64::MIN)
-                .max(g.rate.base.newest_ns(window));
-            newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
+                .max(g.base.newest_ns(window));
+            newest.saturating_add(window) > horizon || g.is_open(horizon, suppress)
         });
     }
 }

@@ -25,7 +25,8 @@ use vigil_store::{Piece, leaf_indexes};
 
 use crate::alerts::{Alert, Evidence, Status};
 use crate::filter::{BatchRows, Context, Row, WithContext};
-use crate::group::{Entry, GroupBy, Key, Table};
+use crate::budget::Budget;
+use crate::group::{Entry, GroupBy, PackedKey, Table};
 use crate::hit::{EvRef, Hit, Outcome};
 use crate::lifecycle::{Command, SYSTEM_PRINCIPAL};
 use crate::rules::{Meta, Rule};
@@ -40,6 +41,8 @@ pub struct RuleStats {
     pub evicted: u64,
     pub fired: u64,
     pub groups: usize,
+    /// The bytes its groups hold, as last weighed (detection's memory budget).
+    pub bytes: usize,
     /// A rule that learns first (`first_seen`) and has not finished: it raises nothing yet.
     pub learning: bool,
     /// When its learning ends (event time), once it has started.
@@ -71,7 +74,7 @@ struct Book {
     /// Per rule (same index as the rules).
     open: Vec<Table<OpenAlert>>,
     /// Open alerts changed since the last take: (rule, key); their current revision is taken.
-    pending: BTreeMap<String, (usize, Key)>,
+    pending: BTreeMap<String, (usize, PackedKey)>,
     /// Changed alerts that closed (or were replaced) before they were taken.
     pending_closed: Vec<Alert>,
     /// Whether anything pending is a new alert (not only updates).
@@ -244,6 +247,8 @@ pub struct Engine {
     pub skipped_rows: u64,
     /// Rows evaluated.
     pub rows: u64,
+    /// Every rule's groups within one byte budget.
+    budget: Budget,
     /// Evaluate only events whose time is within `[from, to)` (backtests).
     pub window: Option<(i64, i64)>,
 }
@@ -298,6 +303,21 @@ struct SavedRule {
 }
 
 const STATE_FORMAT: &str = "vigil-detect-state-v2";
+
+/// `detect.max_state_bytes` unless configured: 384 MiB.
+pub const DEFAULT_MAX_STATE_BYTES: usize = 384 << 20;
+
+/// Detection's memory budget as it stands ([`Engine::state_budget`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BudgetStats {
+    /// The rules' groups, as last weighed.
+    pub bytes: usize,
+    pub max_bytes: usize,
+    /// Groups evicted to stay within it, in all.
+    pub shed: u64,
+    /// Times it was reached.
+    pub reached: u64,
+}
 
 impl Book {
     /// Count an event into its group's open alert.
@@ -426,7 +446,7 @@ impl Book {
         }
         open.fired_ns = hit.last_ns;
         open.alert = alert;
-        self.pending.insert(id, (r, hit.key));
+        self.pending.insert(id, (r, PackedKey::from_key(&hit.key)));
         let a = open.alert.clone();
         self.remember(&a);
     }
@@ -458,7 +478,31 @@ impl Engine {
             replaying: false,
             skipped_rows: 0,
             rows: 0,
+            budget: Budget::new(DEFAULT_MAX_STATE_BYTES),
             window: None,
+        }
+    }
+
+    /// Every rule's groups together within `max_bytes` (`detect.max_state_bytes`).
+    pub fn with_state_budget(mut self, max_bytes: usize) -> Engine {
+        self.budget = Budget::new(max_bytes);
+        self
+    }
+
+    /// Weigh every rule's groups now, and shed if they are past the budget (at state
+    /// checkpoints; between them the budget weighs when it must).
+    pub fn weigh_state(&mut self) {
+        self.budget.enforce(&mut self.rules);
+    }
+
+    /// The rules' state as last weighed, its budget, the groups shed to stay within it and
+    /// the times it was reached.
+    pub fn state_budget(&self) -> BudgetStats {
+        BudgetStats {
+            bytes: self.budget.bytes(),
+            max_bytes: self.budget.max_bytes(),
+            shed: self.budget.shed,
+            reached: self.budget.reached,
         }
     }
 
@@ -521,7 +565,7 @@ impl Engine {
         let Engine { rules, book, .. } = self;
         for (r, rule) in rules.iter_mut().enumerate() {
             let fields = rule.kind.group_fields().clone();
-            let stale: Vec<(Key, Alert)> = book.open[r]
+            let stale: Vec<(PackedKey, Alert)> = book.open[r]
                 .entries()
                 .filter_map(|e| {
                     let s = newer.get(e.state.alert.alert_id.as_str())?;
@@ -733,6 +777,7 @@ impl Engine {
             logs,
             book,
             held,
+            budget,
             rows: evaluated,
             ..
         } = self;
@@ -786,6 +831,7 @@ impl Engine {
                     let ids = |e: &EvRef| event_id(held, id_col, e);
                     book.take(r, rule, &row, outcome, now_ns, logs, &ids);
                 }
+                budget.evaluated(rules);
             }
         }
         for p in ready {
@@ -839,12 +885,17 @@ impl Engine {
         self.clocks.raise(ev.time_ns);
         self.judge_due(now_ns);
         let Engine {
-            rules, logs, book, ..
+            rules,
+            logs,
+            book,
+            budget,
+            ..
         } = self;
         for (r, rule) in rules.iter_mut().enumerate() {
             let outcome = rule.kind.observe(row, ev);
             book.take(r, rule, row, outcome, now_ns, logs, &|_| None);
         }
+        budget.evaluated(rules);
     }
 
     /// Partition logs that went silent for `silent_ns` of wall clock while another partition
@@ -1024,7 +1075,8 @@ impl Engine {
     pub fn stats(&self) -> Vec<RuleStats> {
         self.rules
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
                 let c = r.kind.counters();
                 RuleStats {
                     id: r.meta.id.clone(),
@@ -1033,6 +1085,7 @@ impl Engine {
                     evicted: c.evicted,
                     fired: c.fired,
                     groups: r.kind.groups(),
+                    bytes: self.budget.rule_bytes(i),
                     learning: r.kind.is_learning(),
                     learning_until_ns: r.kind.learning_until().flatten(),
                 }

@@ -39,7 +39,7 @@ pub enum FieldType {
 pub struct Field {
     pub column: usize,
     pub ty: FieldType,
-    /// As a group key: its text normalised ([`crate::group::normalize`]) so that values
+    /// As a group key: its text normalised ([`crate::key::normalize`]) so that values
     /// written differently are one group. Only where a rule asks (`normalize_keys`).
     pub normalize: bool,
 }
@@ -243,7 +243,7 @@ fn test(f: Field, t: &Test, row: &impl Row) -> bool {
         Test::InInt(vs) => row.int(c).is_some_and(|x| vs.contains(&x)),
         Test::EqBool(v) => row.bool(c) == Some(*v),
         Test::NeBool(v) => row.bool(c).is_some_and(|x| x != *v),
-        Test::Exists => crate::group::present(&f, row),
+        Test::Exists => crate::key::present(&f, row),
         Test::Missing => !test(f, &Test::Exists, row),
     }
 }

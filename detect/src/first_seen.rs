@@ -32,6 +32,12 @@ pub struct Group {
 
 crate::has_open!(Group);
 
+impl crate::group::Weigh for Group {
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
 #[derive(Debug)]
 pub struct FirstSeen {
     pub(crate) spec: FirstSeenSpec,
@@ -81,7 +87,7 @@ impl FirstSeen {
         let outcome = if new && !learning {
             g.open.fire(t, 1);
             Outcome::Fired(Hit {
-                key: key.clone(),
+                key: key.to_key(),
                 first_ns: t,
                 last_ns: t,
                 count: 1,

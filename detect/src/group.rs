@@ -1,126 +1,12 @@
-//! Group keys: the values of a rule's `group_by` fields for one event, hashed and compared
-//! without allocating; allocated once, as text, when a group is created.
-
-use std::hash::{BuildHasher, Hash, Hasher};
+//! A rule's groups: a bounded table keyed by [`PackedKey`], the event-time clock, open-alert
+//! suppression and base-rate counts shared by the rule kinds.
 
 use serde::{Deserialize, Serialize};
 
-use crate::filter::{Field, FieldType, Row};
+use crate::filter::Row;
 use crate::hit::{Counters, Outcome};
-
-/// A rule's group-by fields (name, field).
-pub type GroupBy = Vec<(String, Field)>;
-
-/// A group's key as alerts report it: one value per group-by field (`None`: the event lacked it).
-pub type Key = Vec<Option<String>>;
-
-/// A group key's text as a rule with `normalize_keys` compares it: Unicode NFKC (full-width
-/// letters, ligatures, superscripts become plain ones), lower case, then the UTS #39
-/// confusable skeleton (a Cyrillic `а` or a Greek `ο` that looks like a Latin letter becomes
-/// it). `alice`, `Alice`, `ＡＬＩＣＥ` and `аlice` (Cyrillic а) are one group. Used to hash and
-/// compare only: the key an alert shows is the value as first seen.
-pub fn normalize(s: &str) -> String {
-    use unicode_normalization::UnicodeNormalization;
-    let lower = s.nfkc().collect::<String>().to_lowercase();
-    unicode_security::confusable_detection::skeleton(&lower).collect()
-}
-
-/// A string field's value as the group compares it.
-fn key_str<'a>(f: &Field, s: &'a str) -> std::borrow::Cow<'a, str> {
-    if f.normalize {
-        std::borrow::Cow::Owned(normalize(s))
-    } else {
-        std::borrow::Cow::Borrowed(s)
-    }
-}
-
-/// Hash of the row's group-by values.
-pub fn hash(fields: &GroupBy, row: &impl Row, state: &impl BuildHasher) -> u64 {
-    let mut h = state.build_hasher();
-    for (_, f) in fields {
-        hash_value(f, row, &mut h);
-    }
-    h.finish()
-}
-
-/// Hash of a stored key, equal to [`hash`] of any row with these values.
-pub fn hash_key(fields: &GroupBy, key: &[Option<String>], state: &impl BuildHasher) -> u64 {
-    let mut h = state.build_hasher();
-    for ((_, f), k) in fields.iter().zip(key) {
-        match f.ty {
-            FieldType::Str => k.as_deref().map(|k| key_str(f, k)).as_deref().hash(&mut h),
-            FieldType::Int => k
-                .as_deref()
-                .and_then(|k| k.parse::<i64>().ok())
-                .hash(&mut h),
-            FieldType::Bool => k
-                .as_deref()
-                .and_then(|k| k.parse::<bool>().ok())
-                .hash(&mut h),
-        }
-    }
-    h.finish()
-}
-
-/// Hash one field's value (for distinct counting too).
-pub fn hash_value(f: &Field, row: &impl Row, h: &mut impl Hasher) {
-    match f.ty {
-        FieldType::Str if f.normalize => {
-            row.str(f.column).map(|s| key_str(f, s)).as_deref().hash(h)
-        }
-        FieldType::Str => row.str(f.column).hash(h),
-        FieldType::Int => row.int(f.column).hash(h),
-        FieldType::Bool => row.bool(f.column).hash(h),
-    }
-}
-
-/// Whether the row has a value for the field.
-pub fn present(f: &Field, row: &impl Row) -> bool {
-    match f.ty {
-        FieldType::Str => row.str(f.column).is_some(),
-        FieldType::Int => row.int(f.column).is_some(),
-        FieldType::Bool => row.bool(f.column).is_some(),
-    }
-}
-
-/// One field's value as text.
-pub fn value(f: &Field, row: &impl Row) -> Option<String> {
-    match f.ty {
-        FieldType::Str => row.str(f.column).map(str::to_owned),
-        FieldType::Int => row.int(f.column).map(|i| i.to_string()),
-        FieldType::Bool => row.bool(f.column).map(|b| b.to_string()),
-    }
-}
-
-/// Whether the row's value of `f` is `text` (as [`value`] would write it), without allocating.
-pub fn value_is(f: &Field, row: &impl Row, text: &str) -> bool {
-    match f.ty {
-        FieldType::Str if f.normalize => {
-            row.str(f.column).map(|s| key_str(f, s)).as_deref() == Some(&key_str(f, text))
-        }
-        FieldType::Str => row.str(f.column) == Some(text),
-        FieldType::Int => row.int(f.column).is_some_and(|i| text.parse() == Ok(i)),
-        FieldType::Bool => row.bool(f.column).is_some_and(|b| text.parse() == Ok(b)),
-    }
-}
-
-/// The row's key, allocated (when a group is created).
-pub fn key(fields: &GroupBy, row: &impl Row) -> Key {
-    fields.iter().map(|(_, f)| value(f, row)).collect()
-}
-
-/// Whether the row belongs to the group with this key, without allocating.
-pub fn matches(fields: &GroupBy, key: &[Option<String>], row: &impl Row) -> bool {
-    fields.iter().zip(key).all(|((_, f), k)| match f.ty {
-        FieldType::Str if f.normalize => match (row.str(f.column), k.as_deref()) {
-            (Some(v), Some(k)) => key_str(f, v) == key_str(f, k),
-            (v, k) => v.is_none() && k.is_none(),
-        },
-        FieldType::Str => row.str(f.column) == k.as_deref(),
-        FieldType::Int => row.int(f.column) == k.as_deref().and_then(|k| k.parse().ok()),
-        FieldType::Bool => row.bool(f.column) == k.as_deref().and_then(|k| k.parse().ok()),
-    })
-}
+pub use crate::key::{GroupBy, PackedKey, Key};
+use crate::key::{hash, hash_key, matches};
 
 /// A rule's groups, bounded: at most `max`. When a new group would exceed it, the least
 /// recently seen sixteenth of the groups is evicted at once (amortised O(1) per new group) and
@@ -138,7 +24,7 @@ pub struct Table<S> {
 /// One group as persisted: its key, its state, and when it was last seen (table clock).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Entry<S> {
-    pub key: Key,
+    pub key: PackedKey,
     pub state: S,
     pub seen: u64,
     /// The key's hash under this process's seed (never persisted).
@@ -167,7 +53,7 @@ impl<S> Table<S> {
     }
 
     /// The row's group if it has one.
-    pub fn get(&mut self, fields: &GroupBy, row: &impl Row) -> Option<(&Key, &mut S)> {
+    pub fn get(&mut self, fields: &GroupBy, row: &impl Row) -> Option<(&PackedKey, &mut S)> {
         let h = hash(fields, row, &self.hasher);
         let e = self
             .groups
@@ -178,26 +64,26 @@ impl<S> Table<S> {
     }
 
     /// The group with this stored key, if any.
-    pub fn get_by_key(&self, fields: &GroupBy, key: &[Option<String>]) -> Option<&S> {
+    pub fn get_by_key(&self, fields: &GroupBy, key: &PackedKey) -> Option<&S> {
         let h = hash_key(fields, key, &self.hasher);
         self.groups
-            .find(h, |e| e.hash == h && e.key == key)
+            .find(h, |e| e.hash == h && e.key == *key)
             .map(|e| &e.state)
     }
 
     /// The group with this stored key, mutably, if any.
-    pub fn get_by_key_mut(&mut self, fields: &GroupBy, key: &[Option<String>]) -> Option<&mut S> {
+    pub fn get_by_key_mut(&mut self, fields: &GroupBy, key: &PackedKey) -> Option<&mut S> {
         let h = hash_key(fields, key, &self.hasher);
         self.groups
-            .find_mut(h, |e| e.hash == h && e.key == key)
+            .find_mut(h, |e| e.hash == h && e.key == *key)
             .map(|e| &mut e.state)
     }
 
     /// Remove the group with this stored key; its state if it had one.
-    pub fn remove_by_key(&mut self, fields: &GroupBy, key: &[Option<String>]) -> Option<S> {
+    pub fn remove_by_key(&mut self, fields: &GroupBy, key: &PackedKey) -> Option<S> {
         let h = hash_key(fields, key, &self.hasher);
         self.groups
-            .find_entry(h, |e| e.hash == h && e.key == key)
+            .find_entry(h, |e| e.hash == h && e.key == *key)
             .ok()
             .map(|e| e.remove().0.state)
     }
@@ -208,7 +94,7 @@ impl<S> Table<S> {
         fields: &GroupBy,
         row: &impl Row,
         init: impl FnOnce() -> S,
-    ) -> (&Key, &mut S) {
+    ) -> (&PackedKey, &mut S) {
         self.clock += 1;
         let h = hash(fields, row, &self.hasher);
         let (clock, max) = (self.clock, self.max);
@@ -226,7 +112,7 @@ impl<S> Table<S> {
                     .insert_unique(
                         h,
                         Entry {
-                            key: key(fields, row),
+                            key: PackedKey::of_row(fields, row),
                             state: init(),
                             seen: 0,
                             hash: h,
@@ -238,6 +124,18 @@ impl<S> Table<S> {
         };
         e.seen = clock;
         (&e.key, &mut e.state)
+    }
+
+    /// Drop the least recently seen sixteenth of the groups (at least one), counted as
+    /// evicted, and give the table's spare room back when it is less than half used: how many
+    /// went. Detection's memory budget sheds this way ([`crate::budget`]).
+    pub fn shed(&mut self) -> u64 {
+        let n = evict_oldest(&mut self.groups);
+        self.evicted += n;
+        if self.groups.len() < self.groups.capacity() / 2 {
+            self.groups.shrink_to_fit(|e| e.hash);
+        }
+        n
     }
 
     /// Keep only the groups `keep` says to.
@@ -265,6 +163,51 @@ impl<S> Table<S> {
         while self.groups.len() > self.max {
             self.evicted += evict_oldest(&mut self.groups);
         }
+    }
+}
+
+impl<S: Weigh> Table<S> {
+    /// The bytes the table holds: its slots (allocated, used or not, with hashbrown's control
+    /// byte each) and every group's key and state on the heap.
+    pub fn weigh(&self) -> usize {
+        let buckets = match self.groups.capacity() {
+            0 => 0,
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        buckets * (std::mem::size_of::<Entry<S>>() + 1)
+            + self
+                .groups
+                .iter()
+                .map(|e| alloc_bytes(e.key.heap_bytes()) + e.state.heap_bytes())
+                .sum::<usize>()
+    }
+}
+
+/// What a group's state holds on the heap, beyond its own size: what detection's memory
+/// budget counts ([`crate::budget`]).
+pub trait Weigh {
+    fn heap_bytes(&self) -> usize;
+}
+
+/// The bytes an allocation of `n` takes (the allocator's 16-byte granule; nothing for none).
+pub fn alloc_bytes(n: usize) -> usize {
+    n.next_multiple_of(16)
+}
+
+/// The heap bytes of a deque's buffer.
+pub fn deque_bytes<T>(d: &std::collections::VecDeque<T>) -> usize {
+    alloc_bytes(d.capacity() * std::mem::size_of::<T>())
+}
+
+impl Weigh for Counts {
+    fn heap_bytes(&self) -> usize {
+        deque_bytes(&self.buckets)
+    }
+}
+
+impl Weigh for Rate {
+    fn heap_bytes(&self) -> usize {
+        self.hits.heap_bytes() + self.base.heap_bytes()
     }
 }
 
@@ -355,7 +298,8 @@ impl Clock {
 
 /// A rule kind's group: it has an [`Open`] alert marker.
 pub trait HasOpen {
-    fn open_mut(&mut self) -> &mut Open;
+    /// Its open-alert marker (none: it has never matched, so nothing is open).
+    fn open_mut(&mut self) -> Option<&mut Open>;
 }
 
 /// Implement [`HasOpen`] for group types with an `open` field.
@@ -363,8 +307,8 @@ pub trait HasOpen {
 macro_rules! has_open {
     ($t:ty) => {
         impl $crate::group::HasOpen for $t {
-            fn open_mut(&mut self) -> &mut $crate::group::Open {
-                &mut self.open
+            fn open_mut(&mut self) -> Option<&mut $crate::group::Open> {
+                Some(&mut self.open)
             }
         }
     };
@@ -425,12 +369,15 @@ impl Counts {
     pub fn add(&mut self, t: i64, window_ns: i64) {
         let b = t.div_euclid(Self::bucket_ns(window_ns));
         let at = self.buckets.partition_point(|(x, _)| *x < b);
-        if self.buckets.capacity() == 0 {
-            self.buckets.reserve_exact(1);
-        }
         match self.buckets.get_mut(at) {
             Some((x, n)) if *x == b => *n = n.saturating_add(1),
-            _ => self.buckets.insert(at, (b, 1)),
+            _ => {
+                // Grown one bucket at a time: at most 17, and most groups hold one or two.
+                if self.buckets.len() == self.buckets.capacity() {
+                    self.buckets.reserve_exact(1);
+                }
+                self.buckets.insert(at, (b, 1))
+            }
         }
         let newest = self.buckets.back().map_or(b, |(x, _)| *x);
         while self
@@ -440,6 +387,10 @@ impl Counts {
         {
             self.buckets.pop_front();
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 
     /// The start of the newest bucket counted (`i64::MIN`: none), for expiry.
@@ -461,6 +412,14 @@ impl Counts {
     }
 }
 
+/// Whether the matches (`hits`) in the window ending at `t` are at least `min` of the base
+/// (the matches count into the base, so the ratio is at most 1).
+pub fn enough(hits: &Counts, base: &Counts, t: i64, window_ns: i64, min: f64) -> bool {
+    let hits = hits.in_window(t, window_ns);
+    let base = base.in_window(t, window_ns).max(hits).max(1);
+    hits as f64 >= min * base as f64
+}
+
 /// A group's counts for its rule's [`Ratio`]: its matches and its base (`of`) events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rate {
@@ -469,23 +428,10 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// Count a match at `t` (and into the base when it is a base event too), if the rule has
-    /// a ratio at all.
-    pub fn count_match(&mut self, ratio: Option<&Ratio>, base: bool, t: i64, window_ns: i64) {
-        if ratio.is_some() {
-            self.hits.add(t, window_ns);
-            if base {
-                self.base.add(t, window_ns);
-            }
-        }
-    }
-
     /// Whether the matches in the window ending at `t` are at least `min` of the base (the
     /// matches count into the base, so the ratio is at most 1).
     pub fn enough(&self, t: i64, window_ns: i64, min: f64) -> bool {
-        let hits = self.hits.in_window(t, window_ns);
-        let base = self.base.in_window(t, window_ns).max(hits).max(1);
-        hits as f64 >= min * base as f64
+        enough(&self.hits, &self.base, t, window_ns, min)
     }
 }
 
@@ -517,5 +463,127 @@ mod rate_tests {
         r.hits.add(1000 * S, w);
         assert_eq!(r.hits.in_window(1000 * S, w), 1);
         assert!(r.hits.buckets.len() <= 17);
+    }
+}
+
+/// A group of a rule that can judge its matches against a base rate (`threshold`,
+/// `distinct_count`): its base events — counted for every group of the rule's `of` filter —
+/// and, boxed, what only a group with a match needs. Most groups of a flood of callers never
+/// match: 72 bytes a slot instead of about 150. Persisted in the shape it had before the
+/// split: `{<items>, open, rate: {hits, base}}`.
+#[derive(Debug, Default)]
+pub struct BaseGroup<M> {
+    pub base: Counts,
+    pub matched: Option<Box<Matched<M>>>,
+}
+
+/// The part of a [`BaseGroup`] a match creates: the kind's items (events, distinct values),
+/// the open alert, the matches counted for the ratio.
+#[derive(Debug, Default)]
+pub struct Matched<M> {
+    pub items: M,
+    pub open: Open,
+    pub hits: Counts,
+}
+
+/// What a [`BaseGroup`]'s matches keep, and the name it is persisted under.
+pub trait Items: Default + Serialize + serde::de::DeserializeOwned + Weigh {
+    const FIELD: &'static str;
+    fn is_empty(&self) -> bool;
+}
+
+impl<M: Items> BaseGroup<M> {
+    /// The matched part, created at the first match.
+    pub fn matched(&mut self) -> &mut Matched<M> {
+        self.matched.get_or_insert_with(Default::default)
+    }
+
+    /// Whether its open alert is still open at `horizon`.
+    pub fn is_open(&self, horizon: i64, suppress_ns: i64) -> bool {
+        self.matched
+            .as_ref()
+            .is_some_and(|m| m.open.is_open(horizon, suppress_ns))
+    }
+}
+
+impl<M> HasOpen for BaseGroup<M> {
+    fn open_mut(&mut self) -> Option<&mut Open> {
+        self.matched.as_mut().map(|m| &mut m.open)
+    }
+}
+
+impl<M: Items> Weigh for BaseGroup<M> {
+    fn heap_bytes(&self) -> usize {
+        self.base.heap_bytes()
+            + self.matched.as_ref().map_or(0, |m| {
+                alloc_bytes(std::mem::size_of::<Matched<M>>())
+                    + m.items.heap_bytes()
+                    + m.hits.heap_bytes()
+            })
+    }
+}
+
+impl<M: Items> Serialize for BaseGroup<M> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (no_items, no_open, no_hits) = (M::default(), Open::default(), Counts::default());
+        let m = self.matched.as_deref();
+        let mut st = s.serialize_struct("Group", 3)?;
+        st.serialize_field(M::FIELD, m.map_or(&no_items, |m| &m.items))?;
+        st.serialize_field("open", m.map_or(&no_open, |m| &m.open))?;
+        #[derive(Serialize)]
+        struct RateRef<'a> {
+            hits: &'a Counts,
+            base: &'a Counts,
+        }
+        st.serialize_field(
+            "rate",
+            &RateRef {
+                hits: m.map_or(&no_hits, |m| &m.hits),
+                base: &self.base,
+            },
+        )?;
+        st.end()
+    }
+}
+
+impl<'de, M: Items> Deserialize<'de> for BaseGroup<M> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BaseGroup<M>, D::Error> {
+        struct V<M>(std::marker::PhantomData<M>);
+        impl<'de, M: Items> serde::de::Visitor<'de> for V<M> {
+            type Value = BaseGroup<M>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a group: {}, open, rate", M::FIELD)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BaseGroup<M>, A::Error> {
+                let (mut items, mut open, mut rate) = (M::default(), Open::default(), Rate::default());
+                while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*k {
+                        f if f == M::FIELD => items = map.next_value()?,
+                        "open" => open = map.next_value()?,
+                        "rate" => rate = map.next_value()?,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let matched = (!items.is_empty() || open != Open::default() || !rate.hits.is_empty())
+                    .then(|| {
+                        Box::new(Matched {
+                            items,
+                            open,
+                            hits: rate.hits,
+                        })
+                    });
+                Ok(BaseGroup {
+                    base: rate.base,
+                    matched,
+                })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }

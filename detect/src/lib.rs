@@ -16,6 +16,7 @@
 pub mod absence;
 pub mod alerts;
 pub mod allowlist;
+pub mod budget;
 pub mod deliver;
 pub mod distinct;
 pub mod engine;
@@ -23,6 +24,7 @@ pub mod filter;
 pub mod first_seen;
 pub mod group;
 pub mod hit;
+pub mod key;
 pub mod lifecycle;
 pub mod policy;
 pub mod rate_spike;

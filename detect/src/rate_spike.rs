@@ -51,6 +51,12 @@ pub struct Group {
 
 crate::has_open!(Group);
 
+impl crate::group::Weigh for Group {
+    fn heap_bytes(&self) -> usize {
+        crate::group::deque_bytes(&self.recent)
+    }
+}
+
 impl Group {
     /// Close buckets up to (not including) `bucket`.
     fn roll(&mut self, bucket: i64, alpha: f64, peak_decay: f64) {
@@ -126,8 +132,8 @@ impl RateSpike {
         if g.recent.len() == MAX_EVIDENCE {
             g.recent.pop_front();
         }
-        // Most groups hold an event or two: room for one, not the four a first push reserves.
-        if g.recent.capacity() == 0 {
+        // Grown one event at a time: most groups hold one or two, none more than 16.
+        if g.recent.len() == g.recent.capacity() {
             g.recent.reserve_exact(1);
         }
         g.recent.push_back(ev);
@@ -142,7 +148,7 @@ impl RateSpike {
             {
                 g.open.fire(t, g.count);
                 Outcome::Fired(Hit {
-                    key: key.clone(),
+                    key: key.to_key(),
                     first_ns: bucket * s.bucket_ns,
                     last_ns: t,
                     count: g.count,

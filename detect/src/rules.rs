@@ -378,12 +378,12 @@ impl Kind {
     }
 
     /// Close the group's open alert (it was resolved): its next match can fire a new one.
-    pub fn close(&mut self, key: &[Option<String>]) {
+    pub fn close(&mut self, key: &crate::group::PackedKey) {
         use crate::group::HasOpen;
         let fields = self.group_fields().clone();
         each!(self, r => {
-            if let Some(g) = r.st.groups.get_by_key_mut(&fields, key) {
-                g.open_mut().alert = None;
+            if let Some(o) = r.st.groups.get_by_key_mut(&fields, key).and_then(|g| g.open_mut()) {
+                o.alert = None;
             }
         })
     }
@@ -452,6 +452,25 @@ impl Kind {
 
     pub fn groups(&self) -> usize {
         each!(self, r => r.st.groups.len())
+    }
+
+    /// The bytes the rule's state holds (its groups and what indexes them).
+    pub fn weigh(&self) -> usize {
+        match self {
+            Kind::Absence(r) => r.weigh(),
+            k => each!(k, r => r.st.groups.weigh()),
+        }
+    }
+
+    /// Evict the least recently seen sixteenth of the groups (detection's memory budget):
+    /// how many went; counted as evictions.
+    pub fn shed(&mut self) -> u64 {
+        let n = match &mut *self {
+            Kind::Absence(r) => r.shed(),
+            k => each!(k, r => r.st.groups.shed()),
+        };
+        each!(self, r => r.st.counters.evicted = r.st.groups.evicted);
+        n
     }
 
     /// The state, for the engine's checkpoint: serialized straight from the groups (no copy
@@ -1129,7 +1148,7 @@ mod tests {
                 "normalize_keys = {normalize}: {failed:#?}"
             );
         }
-        use crate::group::normalize;
+        use crate::key::normalize;
         assert_eq!(normalize("\u{0430}dmin"), normalize("ADMIN"));
         assert_ne!(normalize("alice"), normalize("alicia"));
     }

@@ -53,6 +53,8 @@ pub struct RunConfig {
     pub time: crate::time::TimeConfig,
     /// Alerts about one subject within this of each other share an incident.
     pub incident_window_ns: i64,
+    /// Every rule's groups together within this many bytes (`detect.max_state_bytes`).
+    pub max_state_bytes: usize,
     /// A partition log silent this long (wall clock) while the topic's other partitions send
     /// is an alert (`vigil.telemetry.source_silent`); 0: never.
     pub silent_source_ns: i64,
@@ -91,6 +93,11 @@ pub struct DetectMetrics {
     pub buffered: AtomicU64,
     pub forced: AtomicU64,
     pub evicted: AtomicU64,
+    /// Detection's memory budget: the rules' groups as last weighed, the budget, and the
+    /// groups evicted to stay within it.
+    pub state_bytes: AtomicU64,
+    pub state_max_bytes: AtomicU64,
+    pub state_shed: AtomicU64,
     pub state_saves: AtomicU64,
     /// Lifecycle commands applied and refused.
     pub commands_applied: AtomicU64,
@@ -248,7 +255,8 @@ fn restore_fresh(
 ) -> Result<(Engine, bool, Vec<String>, Vec<Alert>), DetectError> {
     let mut engine = Engine::new(rules)
         .with_time(cfg.time)
-        .with_incident_window(cfg.incident_window_ns);
+        .with_incident_window(cfg.incident_window_ns)
+        .with_state_budget(cfg.max_state_bytes);
     let state = state_path(&cfg.data_dir);
     let restored = state.exists() && !engine.rules().is_empty();
     let fresh = if restored {
@@ -640,7 +648,13 @@ impl Loop {
         }
     }
 
-    fn publish_stats(&self, engine: &Engine) {
+    fn publish_stats(&self, engine: &mut Engine) {
+        engine.weigh_state();
+        let b = engine.state_budget();
+        let m = &self.metrics;
+        m.state_bytes.store(b.bytes as u64, Ordering::Relaxed);
+        m.state_max_bytes.store(b.max_bytes as u64, Ordering::Relaxed);
+        m.state_shed.store(b.shed, Ordering::Relaxed);
         let stats = engine.stats();
         self.publish_time(engine);
         self.metrics
@@ -894,6 +908,7 @@ mod tests {
                 ..Default::default()
             },
             incident_window_ns: 1_800_000_000_000,
+            max_state_bytes: crate::engine::DEFAULT_MAX_STATE_BYTES,
             silent_source_ns: 0,
             assigned: None,
         }

@@ -40,6 +40,12 @@ pub struct Group {
 
 crate::has_open!(Group);
 
+impl crate::group::Weigh for Group {
+    fn heap_bytes(&self) -> usize {
+        crate::group::deque_bytes(&self.firsts)
+    }
+}
+
 #[derive(Debug)]
 pub struct Sequence {
     pub(crate) spec: SequenceSpec,
@@ -89,7 +95,7 @@ impl Sequence {
                         evidence.push(ev);
                         let evidence = newest(evidence);
                         Outcome::Fired(Hit {
-                            key: key.clone(),
+                            key: key.to_key(),
                             first_ns: evidence.first().map_or(t, |e| e.time_ns),
                             last_ns: t,
                             count: n as u64 + 1,
@@ -110,9 +116,12 @@ impl Sequence {
         };
         if is_first && !outcome.fired() {
             let (_, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
-                firsts: VecDeque::with_capacity(n.min(64)),
+                firsts: VecDeque::new(),
                 open: Open::default(),
             });
+            if g.firsts.len() == g.firsts.capacity() {
+                g.firsts.reserve_exact(1);
+            }
             let at = g.firsts.partition_point(|e| e.time_ns <= t);
             g.firsts.insert(at, ev);
             if g.firsts.len() > n {

@@ -126,8 +126,9 @@ impl Evictions {
                 now_ns,
                 detail: format!(
                     "{} groups evicted by rule {rule} ({groups} kept, the least recently seen \
-                     pushed out): many new group keys at once — a flood of user names, \
-                     addresses or paths may be pushing out a real counter",
+                     pushed out: its table was full, or detection's memory budget was reached \
+                     and it held the most): many new group keys at once — a flood of user \
+                     names, addresses or paths may be pushing out a real counter",
                     evicted - before
                 ),
                 alert_id: id(

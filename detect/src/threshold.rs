@@ -9,10 +9,9 @@
 
 use std::collections::VecDeque;
 
-use serde::{Deserialize, Serialize};
 
 use crate::filter::{Filter, Row};
-use crate::group::{GroupBy, Open, Rate, Ratio, State};
+use crate::group::{BaseGroup, GroupBy, Ratio, State};
 use crate::hit::{EvRef, Hit, Outcome, newest};
 
 /// A threshold rule's settings.
@@ -33,17 +32,22 @@ pub struct ThresholdSpec {
     pub ratio: Option<Ratio>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Group {
-    /// The newest matching events, at most `count`, ascending by event time.
-    events: VecDeque<EvRef>,
-    open: Open,
-    /// Counts for the rule's ratio (empty without one).
-    #[serde(default)]
-    rate: Rate,
+/// A group: its base events, and (once it matched) its newest matching events, at most
+/// `count`, ascending by event time.
+pub type Group = BaseGroup<VecDeque<EvRef>>;
+
+impl crate::group::Items for VecDeque<EvRef> {
+    const FIELD: &'static str = "events";
+    fn is_empty(&self) -> bool {
+        VecDeque::is_empty(self)
+    }
 }
 
-crate::has_open!(Group);
+impl crate::group::Weigh for VecDeque<EvRef> {
+    fn heap_bytes(&self) -> usize {
+        crate::group::deque_bytes(self)
+    }
+}
 
 #[derive(Debug)]
 pub struct Threshold {
@@ -72,56 +76,61 @@ impl Threshold {
             // Not a match, but part of the group's base rate: counted from the group's first
             // event of either kind (a busy caller's calls before its first denial count).
             if base {
-                let (count, window) = (self.spec.count, self.spec.window_ns);
-                let (_, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
-                    events: VecDeque::with_capacity(count.min(64)),
-                    open: Open::default(),
-                    rate: Rate::default(),
-                });
-                g.rate.base.add(time_ns, window);
+                let window = self.spec.window_ns;
+                let (_, g) = self
+                    .st
+                    .groups
+                    .entry(&self.spec.group_by, row, Group::default);
+                g.base.add(time_ns, window);
             }
             return Outcome::Nothing;
         }
         self.st.matched(time_ns);
         let (count, window, suppress) =
             (self.spec.count, self.spec.window_ns, self.spec.suppress_ns);
-        let (key, g) = self.st.groups.entry(&self.spec.group_by, row, || Group {
-            events: VecDeque::with_capacity(count.min(64)),
-            open: Open::default(),
-            rate: Rate::default(),
-        });
+        let (key, g) = self
+            .st
+            .groups
+            .entry(&self.spec.group_by, row, Group::default);
         let min_ratio = self.spec.ratio.as_ref().map(|r| r.min_ratio);
-        g.rate
-            .count_match(self.spec.ratio.as_ref(), base, time_ns, window);
+        let m = g.matched.get_or_insert_with(Default::default);
+        let events = &mut m.items;
+        if self.spec.ratio.is_some() {
+            m.hits.add(time_ns, window);
+            if base {
+                g.base.add(time_ns, window);
+            }
+        }
         // Insert in event-time order (out-of-order arrivals land in place).
-        let at = g.events.partition_point(|e| e.time_ns <= time_ns);
-        // Most groups of a flood hold one event: room for one (56 bytes), not the four a
-        // first push would reserve; later growth doubles as usual.
-        if g.events.capacity() == 0 {
-            g.events.reserve_exact(1);
+        let at = events.partition_point(|e| e.time_ns <= time_ns);
+        // Grown one event (56 bytes) at a time: most groups of a flood hold one, and none
+        // holds more than `count` — a doubling would leave up to half of it unused.
+        if events.len() == events.capacity() {
+            events.reserve_exact(1);
         }
-        g.events.insert(at, ev);
-        if g.events.len() > count {
-            g.events.pop_front();
+        events.insert(at, ev);
+        if events.len() > count {
+            events.pop_front();
         }
-        let outcome = if let Some(n) = g.open.absorb(time_ns, window, suppress) {
+        let outcome = if let Some(n) = m.open.absorb(time_ns, window, suppress) {
             Outcome::Updated { count: n, ev }
         } else {
             // N events within `window` of each other, this one among them.
-            let n = g.events.len();
-            let (first, last) = (g.events[0].time_ns, g.events[n - 1].time_ns);
+            let n = events.len();
+            let (first, last) = (events[0].time_ns, events[n - 1].time_ns);
             if n >= count
                 && last - first <= window
-                && min_ratio.is_none_or(|m| g.rate.enough(last, window, m))
+                && min_ratio
+                    .is_none_or(|r| crate::group::enough(&m.hits, &g.base, last, window, r))
             {
-                g.open.fire(last, n as u64);
+                m.open.fire(last, n as u64);
                 Outcome::Fired(Hit {
-                    key: key.clone(),
+                    key: key.to_key(),
                     first_ns: first,
                     last_ns: last,
                     count: n as u64,
                     detail: Vec::new(),
-                    evidence: newest(g.events.iter().copied().collect()),
+                    evidence: newest(events.iter().copied().collect()),
                 })
             } else {
                 Outcome::Nothing
@@ -136,11 +145,12 @@ impl Threshold {
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
         self.st.groups.retain(|g| {
             let newest = g
-                .events
-                .back()
+                .matched
+                .as_ref()
+                .and_then(|m| m.items.back())
                 .map_or(i64::MIN, |e| e.time_ns)
-                .max(g.rate.base.newest_ns(window));
-            newest.saturating_add(window) > horizon || g.open.is_open(horizon, suppress)
+                .max(g.base.newest_ns(window));
+            newest.saturating_add(window) > horizon || g.is_open(horizon, suppress)
         });
     }
 }
@@ -188,6 +198,23 @@ mod tests {
             max_groups: 100,
             ratio: None,
         })
+    }
+
+    #[test]
+    fn a_group_is_persisted_in_the_shape_it_had_before_its_matches_were_boxed() {
+        let old = r#"{"events":[{"log":1,"index":7,"time_ns":5,"leaf":"0000000000000000000000000000000000000000000000000000000000000000"}],"open":{"alert":[5,1]},"rate":{"hits":{"buckets":[[0,1]]},"base":{"buckets":[[0,3]]}}}"#;
+        let g: Group = serde_json::from_str(old).unwrap();
+        assert_eq!(serde_json::to_string(&g).unwrap(), old);
+        let m = g.matched.as_deref().unwrap();
+        assert_eq!((m.items.len(), m.open.alert), (1, Some((5, 1))));
+        // A base-only group: nothing boxed, and saved with empty matches.
+        let base_only = r#"{"events":[],"open":{"alert":null},"rate":{"hits":{"buckets":[]},"base":{"buckets":[[0,3]]}}}"#;
+        let g: Group = serde_json::from_str(base_only).unwrap();
+        assert!(g.matched.is_none());
+        assert_eq!(serde_json::to_string(&g).unwrap(), base_only);
+        // Saved before ratios existed: no `rate`.
+        let g: Group = serde_json::from_str(r#"{"events":[],"open":{"alert":null}}"#).unwrap();
+        assert!(g.matched.is_none() && g.base.is_empty());
     }
 
     fn fired(o: &Outcome) -> bool {
@@ -281,7 +308,7 @@ mod tests {
         assert_eq!(r.groups(), 10);
         assert_eq!(r.st.counters.evicted, 40);
         assert!(r.st.groups.entries().all(|e| {
-            let n: usize = e.key[0].as_deref().unwrap()[1..].parse().unwrap();
+            let n: usize = e.key.values().next().flatten().unwrap()[1..].parse().unwrap();
             n >= 40
         }));
         // Expiry forgets groups whose window and alert are over.
