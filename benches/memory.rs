@@ -1,16 +1,22 @@
-//! Peak memory of `vigil serve` ingesting at full speed with a million detection groups:
-//! `cargo bench --bench memory`.
+//! Peak memory of `vigil serve` ingesting at full speed while a flood of new group keys
+//! fills detection's state: `cargo bench --bench memory`.
 //!
 //! `vigil simulate --callers N` (`VIGIL_BENCH_CALLERS`, default 500 000) fills a topic of the
 //! real broker with calls from N distinct workloads outside the mesh (each its own SPIFFE id
-//! and address, in turn, each calling a random service), so the per-caller rate rule holds N
-//! groups and the learned-edge rule one per caller → callee edge: about 1 200 000 groups in
-//! all at the default (`detect.max_groups_per_rule` raised above N, so none is evicted). Then `vigil serve` starts on the full topic and
+//! and address, in turn, each calling a random service, with flows), so that the per-caller
+//! rules, the learned-edge rule and the per-connection absence rule each want about N groups:
+//! some 3 200 000 in all. `detect.max_groups_per_rule` is raised above N, so the per-rule caps
+//! never bind: detection's memory budget (`detect.max_state_bytes`, its default unless
+//! told otherwise) is what holds the state, shedding the least
+//! recently seen groups of the heaviest rules. Then `vigil serve` starts on the full topic and
 //! consumes it as fast as it can — decode, chain, durable Parquet, every rule — while its
 //! resident set is sampled from /proc; the figure is the kernel's peak (VmHWM) once every
-//! event is stored and evaluated. Target: ≤ 1 GB with 1 000 000 detection groups. Also printed: the groups held per rule (from
-//! `/metrics`) and the ingest rate. `VIGIL_BENCH_SERVE_TOML`: more configuration for `vigil
-//! serve` (TOML appended to the bench's own, e.g. to try smaller batches).
+//! event is stored and evaluated and a state checkpoint has been taken. Target: ≤ 1 GiB with
+//! at least 1 000 000 detection groups held. Also printed: the groups held per rule, the
+//! state's weighed bytes, its budget and the groups shed (from `/metrics`), and the ingest
+//! rate. `VIGIL_BENCH_SERVE_TOML`: more configuration for `vigil serve` (TOML tables appended
+//! to the bench's own); `VIGIL_DETECT__MAX_STATE_BYTES=…` in the environment tries another
+//! budget.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -68,6 +74,73 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    // The reference: the same ingest with detection off (its share is what the other run
+    // adds). Then the run measured.
+    let reference = run(&broker, events, callers, false);
+    let r = run(&broker, events, callers, true);
+    let total: u64 = r.groups.iter().map(|(_, n)| n).sum();
+    let widest = r.groups.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    for (rule, n) in &r.groups {
+        println!("  {rule:<40} groups {n:>8}");
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "vigil serve, detection off: {events} events stored in {:.1} s ({:.0}/s); peak RSS {:.0} MiB",
+        reference.secs,
+        events as f64 / reference.secs,
+        reference.hwm_mib
+    );
+    println!(
+        "vigil serve: {events} events stored and evaluated in {:.1} s ({:.0}/s); \
+         {total} groups held ({widest} in the widest rule) in {:.0} MiB of state (budget {:.0} MiB; \
+         {} groups shed to stay within it); peak RSS {:.0} MiB (VmHWM; sampled {:.0} MiB), \
+         {:.0} MiB more than without detection",
+        r.secs,
+        events as f64 / r.secs,
+        mib(r.state),
+        mib(r.budget),
+        r.shed,
+        r.hwm_mib,
+        r.sampled_mib,
+        r.hwm_mib - reference.hwm_mib
+    );
+    assert!(
+        total >= 1_000_000.min(2 * callers as u64) && r.state <= r.budget,
+        "fewer groups than the target's million, or state past its budget: {:?}\n{}",
+        r.groups,
+        r.log
+    );
+    figure(
+        "memory",
+        &format!(
+            "peak RSS of vigil serve ingesting {events} events at full speed ({:.0} events/s) with {total} detection groups ({callers} distinct callers; {:.0} MiB of state, budget {:.0} MiB, {} shed)",
+            events as f64 / r.secs,
+            mib(r.state),
+            mib(r.budget),
+            r.shed
+        ),
+        r.hwm_mib,
+        "MiB",
+        Target::AtMost(1024.0),
+        Some(("vigil serve without detection", reference.hwm_mib)),
+    );
+}
+
+/// What one `vigil serve` run over the topic measured.
+struct Run {
+    secs: f64,
+    hwm_mib: f64,
+    sampled_mib: f64,
+    groups: Vec<(String, u64)>,
+    state: u64,
+    budget: u64,
+    shed: u64,
+    log: String,
+}
+
+/// `vigil serve` from the start of the topic (its own group and data directory) until every
+/// event is stored — and, with detection, evaluated and in a state checkpoint.
+fn run(broker: &Broker, events: u64, callers: usize, detect: bool) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let config = tmp.path().join("vigil.toml");
@@ -76,14 +149,15 @@ fn main() {
         std::fs::write(
             &config,
             format!(
-                "[detect]\nmax_groups_per_rule = {}\n[[api.keys]]\nname = \"bench\"\nsha256 = \"{}\"\nroles = [\"reader\"]\n",
+                "[detect]\nenabled = {detect}\nmax_groups_per_rule = {}\n[[api.keys]]\nname = \"bench\"\nsha256 = \"{}\"\nroles = [\"reader\"]\n",
                 callers + callers / 10,
                 hex::encode(sha2::Sha256::digest(KEY.as_bytes()))
             ) + &std::env::var("VIGIL_BENCH_SERVE_TOML").unwrap_or_default(),
         )
         .unwrap();
     }
-    let s = serve(&broker, "mesh", &dir, "bench-mem", &[], Some(&config));
+    let group = if detect { "bench-mem" } else { "bench-mem-ref" };
+    let s = serve(broker, "mesh", &dir, group, &[], Some(&config));
     let pid = s.child.id();
     let start = Instant::now();
     let mut peak_sampled = 0u64;
@@ -98,7 +172,7 @@ fn main() {
     };
     loop {
         peak_sampled = peak_sampled.max(status_kb(pid, "VmRSS:").unwrap_or(0));
-        if stored_records(&dir) >= events && detected(&s.log_text()) >= events {
+        if stored_records(&dir) >= events && (!detect || detected(&s.log_text()) >= events) {
             break;
         }
         assert!(
@@ -117,8 +191,8 @@ fn main() {
         .build()
         .unwrap();
     let http = reqwest::Client::new();
-    let groups_now = || -> Vec<(String, u64)> {
-        let metrics = rt.block_on(async {
+    let metrics_now = || -> String {
+        rt.block_on(async {
             http.get(format!("http://{}/metrics", s.api))
                 .bearer_auth(KEY)
                 .send()
@@ -127,63 +201,50 @@ fn main() {
                 .text()
                 .await
                 .unwrap()
-        });
-        metrics
-            .lines()
-            .filter_map(|l| l.strip_prefix("vigil_rule_groups{rule=\""))
-            .filter_map(|l| {
-                let (rule, n) = l.split_once("\"} ")?;
-                Some((rule.to_owned(), n.parse().ok()?))
-            })
-            .collect()
+        })
     };
+    let gauge = |m: &str, name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    let saves = gauge(&metrics_now(), "vigil_detect_state_saves_total");
     let waited = Instant::now();
-    let groups = loop {
+    let metrics = loop {
         peak_sampled = peak_sampled.max(status_kb(pid, "VmRSS:").unwrap_or(0));
-        let g = groups_now();
-        if g.iter().any(|(_, n)| *n >= callers as u64) || waited.elapsed() > Duration::from_secs(60)
+        let m = metrics_now();
+        if !detect
+            || gauge(&m, "vigil_detect_state_saves_total") > saves
+            || waited.elapsed() > Duration::from_secs(60)
         {
-            break g;
+            break m;
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    let groups: Vec<(String, u64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("vigil_rule_groups{rule=\""))
+        .filter_map(|l| {
+            let (rule, n) = l.split_once("\"} ")?;
+            Some((rule.to_owned(), n.parse().ok()?))
+        })
+        .collect();
+    let (state, budget, shed) = (
+        gauge(&metrics, "vigil_detect_state_bytes"),
+        gauge(&metrics, "vigil_detect_state_max_bytes"),
+        gauge(&metrics, "vigil_detect_state_shed_total"),
+    );
     let hwm_kb = status_kb(pid, "VmHWM:").unwrap();
     let log_path = s.log.clone();
     assert!(s.terminate());
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let total: u64 = groups.iter().map(|(_, n)| n).sum();
-    let widest = groups.iter().map(|(_, n)| *n).max().unwrap_or(0);
-    for (rule, n) in &groups {
-        println!("  {rule:<40} groups {n:>8}");
+    Run {
+        secs: ingest_secs,
+        hwm_mib: hwm_kb as f64 / 1024.0,
+        sampled_mib: peak_sampled as f64 / 1024.0,
+        groups,
+        state,
+        budget,
+        shed,
+        log: std::fs::read_to_string(&log_path).unwrap_or_default(),
     }
-    assert!(
-        widest >= callers as u64 && total >= 1_000_000.min(2 * callers as u64),
-        "no rule holds {callers} groups: {groups:?}\n{log}"
-    );
-    // Evictions: the learned-edge rule caps itself at 1 000 000 edges (its own max_groups),
-    // so with a million callers plus the mesh it evicts its least recently seen sixteenths.
-    let evicted = log
-        .lines()
-        .find_map(|l| l.split_once("detection stopped events_evaluated="))
-        .and_then(|(_, rest)| rest.split(" evicted=").nth(1))
-        .and_then(|v| v.split(' ').next())
-        .unwrap_or("?")
-        .to_owned();
-    let rate = events as f64 / ingest_secs;
-    println!(
-        "vigil serve: {events} events stored and evaluated in {ingest_secs:.1} s ({rate:.0}/s); \
-         {total} groups held ({widest} in the widest rule; {evicted} evicted); peak RSS {:.0} MB (VmHWM; sampled {:.0} MB)",
-        hwm_kb as f64 / 1024.0,
-        peak_sampled as f64 / 1024.0
-    );
-    figure(
-        "memory",
-        &format!(
-            "peak RSS of vigil serve ingesting {events} events at full speed ({rate:.0} events/s) with {total} detection groups ({callers} distinct callers)"
-        ),
-        hwm_kb as f64 / 1024.0,
-        "MiB",
-        Target::AtMost(1024.0),
-        None,
-    );
 }

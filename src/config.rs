@@ -314,7 +314,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             data_dir: "./vigil-data".into(),
-            max_batch_events: 100_000,
+            max_batch_events: 50_000,
             max_batch_bytes: 64 * 1024 * 1024,
             max_batch_wait_ms: 2000,
             pipeline_threads: 2,

@@ -335,7 +335,10 @@ impl Core {
                     &key.0,
                     key.1,
                     log,
-                    self.cfg.max_batch_events.min(1 << 16),
+                    // Sized for a piece (a chunk's rows are cut as one), not for the batch: a
+                    // piece's arrays keep the capacity they were built with, and detection
+                    // holds pieces while they wait for the watermark.
+                    chunk::CHUNK_MAX_RECORDS.min(self.cfg.max_batch_events),
                 )),
                 decoder: Decoder::new(
                     self.cfg.decoder.clone(),
@@ -845,7 +848,9 @@ pub fn run(
         .set("enable.partition.eof", "false")
         // Tansu and small batches: the 500 ms default wait cuts throughput by an order of magnitude.
         .set("fetch.wait.max.ms", "10")
-        .set("queued.max.messages.kbytes", "65536")
+        // The prefetch queue: 16 MiB of payload is a fraction of a second at full speed, and
+        // what librdkafka holds for it is about twice that (64 MiB held 150 MiB more).
+        .set("queued.max.messages.kbytes", "16384")
         // When the prefetch queue is full, librdkafka waits this long before fetching again
         // (default 1 s): with a busy pipeline that idles everything for most of a second.
         .set("fetch.queue.backoff.ms", "10")
