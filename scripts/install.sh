@@ -13,9 +13,10 @@ set -euo pipefail
 TANSU_VERSION="0.6.0"
 TANSU_FEATURES="dynostore,libsql"
 tools="${VIGIL_TOOLS_DIR:-$HOME/.cache/vigil}"
-# Build dependencies of librdkafka (bundled by rdkafka-sys) with TLS and SASL/GSSAPI support;
+# Build dependencies of librdkafka (bundled by rdkafka-sys) with TLS and SASL/GSSAPI support,
+# make for it and for jemalloc (tikv-jemalloc-sys, the process allocator);
 # openssl (the tool) makes the RSA keys of the API tests.
-apt_packages=(pkg-config libssl-dev libsasl2-dev openssl)
+apt_packages=(pkg-config libssl-dev libsasl2-dev openssl make)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 

@@ -159,7 +159,11 @@ fn a_flood_of_new_keys_is_held_within_the_memory_budget_and_detection_goes_on() 
     let recs: Vec<Rec> = (0..30_000i64)
         .map(|i| {
             let ip = format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256);
-            login_denied(&format!("b{i}"), &ip, now + chrono::Duration::microseconds(i))
+            login_denied(
+                &format!("b{i}"),
+                &ip,
+                now + chrono::Duration::microseconds(i),
+            )
         })
         .collect();
     produce(&broker.producer(), "mesh", &recs);
@@ -174,13 +178,21 @@ fn a_flood_of_new_keys_is_held_within_the_memory_budget_and_detection_goes_on() 
     // 5 minutes).
     let later = now + chrono::Duration::seconds(1);
     let burst: Vec<Rec> = (0..60i64)
-        .map(|i| login_denied(&format!("x{i}"), "10.77.7.7", later + chrono::Duration::milliseconds(i)))
+        .map(|i| {
+            login_denied(
+                &format!("x{i}"),
+                "10.77.7.7",
+                later + chrono::Duration::milliseconds(i),
+            )
+        })
         .collect();
     produce(&broker.producer(), "mesh", &burst);
     wait_for("the burst's alert", Duration::from_secs(60), || {
         stored_alerts(&dir).into_iter().find(|a| {
             a.rule_id == "vigil.denial_burst.source_ip"
-                && a.group_key.values().any(|v| v.as_deref() == Some("10.77.7.7"))
+                && a.group_key
+                    .values()
+                    .any(|v| v.as_deref() == Some("10.77.7.7"))
         })
     });
 

@@ -79,7 +79,7 @@ impl Budget {
     /// A row was evaluated: every [`CHECK_ROWS`], [`Budget::check`].
     pub fn evaluated(&mut self, rules: &mut [Rule]) -> u64 {
         self.rows += 1;
-        if self.rows % CHECK_ROWS == 0 {
+        if self.rows.is_multiple_of(CHECK_ROWS) {
             self.check(rules)
         } else {
             0
@@ -214,31 +214,55 @@ mod tests {
         assert!(b.reached >= 1 && b.shed > 100_000, "{b:?}");
         let stats = e.stats();
         let (flooded, quiet) = (&stats[0], &stats[1]);
-        assert_eq!(flooded.evicted, b.shed, "what the budget sheds counts as evicted");
-        assert!(flooded.groups < 20_000 && flooded.groups > 1_000, "{flooded:?}");
-        assert_eq!((quiet.groups, quiet.evicted), (2, 0), "the quiet rule keeps its groups");
+        assert_eq!(
+            flooded.evicted, b.shed,
+            "what the budget sheds counts as evicted"
+        );
+        assert!(
+            flooded.groups < 20_000 && flooded.groups > 1_000,
+            "{flooded:?}"
+        );
+        assert_eq!(
+            (quiet.groups, quiet.evicted),
+            (2, 0),
+            "the quiet rule keeps its groups"
+        );
         // The newest flood addresses are kept: two more denials from the last one fire.
         let last = "10.3.15.253"; // i = 200 701
         e.observe_row(&deny(last, "spiffe://y"), at(4 * S), 0);
         e.observe_row(&deny(last, "spiffe://y"), at(4 * S), 0);
-        assert_eq!(e.take_pending().len(), 2, "the flood fired the principal's alert, and this");
+        assert_eq!(
+            e.take_pending().len(),
+            2,
+            "the flood fired the principal's alert, and this"
+        );
         // The attacker's own counter was the oldest: it went (and the eviction is an alert,
         // raised by the detection loop from the counter: `system_alerts::Evictions`).
         e.observe_row(&deny("10.9.9.9", "spiffe://z"), at(5 * S), 0);
-        assert!(e.take_pending().is_empty(), "its third denial starts a new count");
+        assert!(
+            e.take_pending().is_empty(),
+            "its third denial starts a new count"
+        );
     }
 
     #[test]
     fn under_the_budget_nothing_is_shed_and_the_groups_are_weighed_only_at_the_first_look() {
         let mut e = engine(64 << 20);
         for i in 0..5_000u32 {
-            e.observe_row(&deny(&format!("10.0.{}.{}", i >> 8, i & 255), "p"), at(S), 0);
+            e.observe_row(
+                &deny(&format!("10.0.{}.{}", i >> 8, i & 255), "p"),
+                at(S),
+                0,
+            );
         }
         let b = e.state_budget();
         assert_eq!((b.reached, b.shed), (0, 0));
         e.weigh_state();
         let now = e.state_budget();
         // Weighed at the first look (1 024 rows), then only estimated: far under the budget.
-        assert!(b.bytes > 1_024 * 100 && b.bytes < now.bytes / 2, "{b:?} {now:?}");
+        assert!(
+            b.bytes > 1_024 * 100 && b.bytes < now.bytes / 2,
+            "{b:?} {now:?}"
+        );
     }
 }

@@ -6,7 +6,6 @@
 //! last showed it: enough to tell whether N distinct values fall within one window. Lateness,
 //! suppression and the bound on groups work as for [`crate::threshold`].
 
-
 use crate::filter::{Field, Filter, Row};
 use crate::group::{BaseGroup, GroupBy, Ratio, State};
 use crate::hit::{EvRef, Hit, Outcome, newest};
@@ -133,8 +132,7 @@ impl DistinctCount {
                 Outcome::Updated { count: n, ev }
             } else if values.len() >= count
                 && last - first <= window
-                && min_ratio
-                    .is_none_or(|r| crate::group::enough(&m.hits, &g.base, last, window, r))
+                && min_ratio.is_none_or(|r| crate::group::enough(&m.hits, &g.base, last, window, r))
             {
                 m.open.fire(last, values.len() as u64);
                 let mut sorted: Vec<String> = values.iter().map(|v| v.0.clone()).collect();

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use vigil_store::{Piece, leaf_indexes};
 
 use crate::alerts::{Alert, Evidence, Status};
-use crate::filter::{BatchRows, Context, Row, WithContext};
 use crate::budget::Budget;
+use crate::filter::{BatchRows, Context, Row, WithContext};
 use crate::group::{Entry, GroupBy, PackedKey, Table};
 use crate::hit::{EvRef, Hit, Outcome};
 use crate::lifecycle::{Command, SYSTEM_PRINCIPAL};

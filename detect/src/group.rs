@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::filter::Row;
 use crate::hit::{Counters, Outcome};
-pub use crate::key::{GroupBy, PackedKey, Key};
+pub use crate::key::{GroupBy, Key, PackedKey};
 use crate::key::{hash, hash_key, matches};
 
 /// A rule's groups, bounded: at most `max`. When a new group would exceed it, the least
@@ -559,7 +559,8 @@ impl<'de, M: Items> Deserialize<'de> for BaseGroup<M> {
                 self,
                 mut map: A,
             ) -> Result<BaseGroup<M>, A::Error> {
-                let (mut items, mut open, mut rate) = (M::default(), Open::default(), Rate::default());
+                let (mut items, mut open, mut rate) =
+                    (M::default(), Open::default(), Rate::default());
                 while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     match &*k {
                         f if f == M::FIELD => items = map.next_value()?,
@@ -570,14 +571,16 @@ impl<'de, M: Items> Deserialize<'de> for BaseGroup<M> {
                         }
                     }
                 }
-                let matched = (!items.is_empty() || open != Open::default() || !rate.hits.is_empty())
-                    .then(|| {
-                        Box::new(Matched {
-                            items,
-                            open,
-                            hits: rate.hits,
-                        })
-                    });
+                let matched = (!items.is_empty()
+                    || open != Open::default()
+                    || !rate.hits.is_empty())
+                .then(|| {
+                    Box::new(Matched {
+                        items,
+                        open,
+                        hits: rate.hits,
+                    })
+                });
                 Ok(BaseGroup {
                     base: rate.base,
                     matched,

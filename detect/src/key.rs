@@ -27,8 +27,14 @@ impl PackedKey {
         for (_, f) in fields {
             match f.ty {
                 FieldType::Str => put(&mut buf, row.str(f.column)),
-                FieldType::Int => put(&mut buf, row.int(f.column).map(|i| i.to_string()).as_deref()),
-                FieldType::Bool => put(&mut buf, row.bool(f.column).map(|b| if b { "true" } else { "false" })),
+                FieldType::Int => put(
+                    &mut buf,
+                    row.int(f.column).map(|i| i.to_string()).as_deref(),
+                ),
+                FieldType::Bool => put(
+                    &mut buf,
+                    row.bool(f.column).map(|b| if b { "true" } else { "false" }),
+                ),
             }
         }
         PackedKey(buf.into_boxed_slice())
@@ -220,15 +226,18 @@ pub fn value_is(f: &Field, row: &impl Row, text: &str) -> bool {
 
 /// Whether the row belongs to the group with this key, without allocating.
 pub fn matches(fields: &GroupBy, key: &PackedKey, row: &impl Row) -> bool {
-    fields.iter().zip(key.values()).all(|((_, f), k)| match f.ty {
-        FieldType::Str if f.normalize => match (row.str(f.column), k) {
-            (Some(v), Some(k)) => key_str(f, v) == key_str(f, k),
-            (v, k) => v.is_none() && k.is_none(),
-        },
-        FieldType::Str => row.str(f.column) == k,
-        FieldType::Int => row.int(f.column) == k.and_then(|k| k.parse().ok()),
-        FieldType::Bool => row.bool(f.column) == k.and_then(|k| k.parse().ok()),
-    })
+    fields
+        .iter()
+        .zip(key.values())
+        .all(|((_, f), k)| match f.ty {
+            FieldType::Str if f.normalize => match (row.str(f.column), k) {
+                (Some(v), Some(k)) => key_str(f, v) == key_str(f, k),
+                (v, k) => v.is_none() && k.is_none(),
+            },
+            FieldType::Str => row.str(f.column) == k,
+            FieldType::Int => row.int(f.column) == k.and_then(|k| k.parse().ok()),
+            FieldType::Bool => row.bool(f.column) == k.and_then(|k| k.parse().ok()),
+        })
 }
 
 #[cfg(test)]
@@ -247,7 +256,12 @@ mod tests {
     #[test]
     fn a_key_round_trips_through_its_encoding_and_the_state_format() {
         let long = "x".repeat(300); // a two-byte length
-        let key: Key = vec![Some("10.0.5.66".into()), None, Some(String::new()), Some(long)];
+        let key: Key = vec![
+            Some("10.0.5.66".into()),
+            None,
+            Some(String::new()),
+            Some(long),
+        ];
         let g = PackedKey::from_key(&key);
         assert_eq!(g.to_key(), key);
         assert_eq!(g.len(), 4);
@@ -264,7 +278,10 @@ mod tests {
         let (ip, port) = (serde_json::json!("10.0.0.1"), serde_json::json!(8443));
         let row = OwnedRow::from_fields([("caller_ip", &ip), ("callee_port", &port)]).unwrap();
         let k = PackedKey::of_row(&fields, &row);
-        assert_eq!(k.to_key(), vec![Some("10.0.0.1".into()), Some("8443".into()), None]);
+        assert_eq!(
+            k.to_key(),
+            vec![Some("10.0.0.1".into()), Some("8443".into()), None]
+        );
         let s = foldhash::fast::FixedState::with_seed(7);
         assert_eq!(hash(&fields, &row, &s), hash_key(&fields, &k, &s));
         assert!(matches(&fields, &k, &row));

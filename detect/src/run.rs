@@ -653,7 +653,8 @@ impl Loop {
         let b = engine.state_budget();
         let m = &self.metrics;
         m.state_bytes.store(b.bytes as u64, Ordering::Relaxed);
-        m.state_max_bytes.store(b.max_bytes as u64, Ordering::Relaxed);
+        m.state_max_bytes
+            .store(b.max_bytes as u64, Ordering::Relaxed);
         m.state_shed.store(b.shed, Ordering::Relaxed);
         let stats = engine.stats();
         self.publish_time(engine);

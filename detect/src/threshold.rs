@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 
-
 use crate::filter::{Filter, Row};
 use crate::group::{BaseGroup, GroupBy, Ratio, State};
 use crate::hit::{EvRef, Hit, Outcome, newest};
@@ -120,8 +119,7 @@ impl Threshold {
             let (first, last) = (events[0].time_ns, events[n - 1].time_ns);
             if n >= count
                 && last - first <= window
-                && min_ratio
-                    .is_none_or(|r| crate::group::enough(&m.hits, &g.base, last, window, r))
+                && min_ratio.is_none_or(|r| crate::group::enough(&m.hits, &g.base, last, window, r))
             {
                 m.open.fire(last, n as u64);
                 Outcome::Fired(Hit {
@@ -308,7 +306,9 @@ mod tests {
         assert_eq!(r.groups(), 10);
         assert_eq!(r.st.counters.evicted, 40);
         assert!(r.st.groups.entries().all(|e| {
-            let n: usize = e.key.values().next().flatten().unwrap()[1..].parse().unwrap();
+            let n: usize = e.key.values().next().flatten().unwrap()[1..]
+                .parse()
+                .unwrap();
             n >= 40
         }));
         // Expiry forgets groups whose window and alert are over.

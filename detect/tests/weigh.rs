@@ -77,7 +77,12 @@ fn the_weighed_state_is_within_a_fifth_of_what_the_groups_hold() {
         held / groups as f64
     );
     for s in e.stats().iter().filter(|s| s.groups > 0) {
-        println!("  {:<40} {:>7} groups {:>6} B each", s.id, s.groups, s.bytes / s.groups.max(1));
+        println!(
+            "  {:<40} {:>7} groups {:>6} B each",
+            s.id,
+            s.groups,
+            s.bytes / s.groups.max(1)
+        );
     }
     assert!(groups > 3 * n as usize, "{groups} groups");
     assert!(
