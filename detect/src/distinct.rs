@@ -72,12 +72,8 @@ impl DistinctCount {
         let base = self.spec.ratio.as_ref().is_some_and(|r| r.of.matches(row));
         if !self.spec.filter.matches(row) || !crate::key::present(&field, row) {
             if base {
-                let window = self.spec.window_ns;
-                let (_, g) = self
-                    .st
-                    .groups
-                    .entry(&self.spec.group_by, row, Group::default);
-                g.base.add(time_ns, window);
+                self.st
+                    .count_base(&self.spec.group_by, row, time_ns, self.spec.window_ns);
             }
             return Outcome::Nothing;
         }

@@ -506,6 +506,15 @@ impl<M: Items> BaseGroup<M> {
     }
 }
 
+impl<M: Items> State<BaseGroup<M>> {
+    /// A base event that is no match: counted into its group's base (the group created if
+    /// new — a busy caller's calls before its first match count).
+    pub fn count_base(&mut self, group_by: &GroupBy, row: &impl Row, t: i64, window_ns: i64) {
+        let (_, g) = self.groups.entry(group_by, row, BaseGroup::default);
+        g.base.add(t, window_ns);
+    }
+}
+
 impl<M> HasOpen for BaseGroup<M> {
     fn open_mut(&mut self) -> Option<&mut Open> {
         self.matched.as_mut().map(|m| &mut m.open)

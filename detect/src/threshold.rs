@@ -75,12 +75,8 @@ impl Threshold {
             // Not a match, but part of the group's base rate: counted from the group's first
             // event of either kind (a busy caller's calls before its first denial count).
             if base {
-                let window = self.spec.window_ns;
-                let (_, g) = self
-                    .st
-                    .groups
-                    .entry(&self.spec.group_by, row, Group::default);
-                g.base.add(time_ns, window);
+                self.st
+                    .count_base(&self.spec.group_by, row, time_ns, self.spec.window_ns);
             }
             return Outcome::Nothing;
         }
