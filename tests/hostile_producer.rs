@@ -246,17 +246,14 @@ fn flooding_a_rules_groups_to_evict_a_counter_is_itself_an_alert() {
     } = detect_setup("mesh", 1, "max_groups_per_rule = 100\n");
     let s = serve(&broker, "mesh", &dir, "g-flood", &[], Some(&config));
     let now = chrono::Utc::now();
-    let recs: Vec<Rec> = (0..400)
-        .map(|i| Rec {
-            partition: 0,
-            key: None,
-            value: Some(format!(
-                r#"{{"decision_id":"f{i}","result":false,"timestamp":"{}","input":{{"attributes":{{"source":{{"address":{{"socketAddress":{{"address":"10.9.{}.{}","portValue":1}}}}}},"destination":{{"principal":"spiffe://c/ns/auth/sa/login"}},"request":{{"http":{{"method":"POST","path":"/login"}}}}}}}}}}"#,
-                (now + chrono::Duration::milliseconds(i)).to_rfc3339(),
-                i / 250,
-                i % 250
-            ).into_bytes()),
-            headers: Vec::new(),
+    let recs: Vec<Rec> = (0..400i64)
+        .map(|i| {
+            let ip = format!("10.9.{}.{}", i / 250, i % 250);
+            login_denied(
+                &format!("f{i}"),
+                &ip,
+                now + chrono::Duration::milliseconds(i),
+            )
         })
         .collect();
     produce(&broker.producer(), "mesh", &recs);

@@ -156,7 +156,7 @@ impl Absence {
                 .iter()
                 .map(|(_, k)| alloc_bytes(k.heap_bytes()))
                 .sum::<usize>()
-            + (self.protected.capacity() * 8 / 7).next_power_of_two() * 9
+            + crate::group::table_bytes(self.protected.capacity(), 8)
     }
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {

@@ -170,11 +170,7 @@ impl<S: Weigh> Table<S> {
     /// The bytes the table holds: its slots (allocated, used or not, with hashbrown's control
     /// byte each) and every group's key and state on the heap.
     pub fn weigh(&self) -> usize {
-        let buckets = match self.groups.capacity() {
-            0 => 0,
-            c => (c * 8 / 7).next_power_of_two(),
-        };
-        buckets * (std::mem::size_of::<Entry<S>>() + 1)
+        table_bytes(self.groups.capacity(), std::mem::size_of::<Entry<S>>())
             + self
                 .groups
                 .iter()
@@ -187,6 +183,15 @@ impl<S: Weigh> Table<S> {
 /// budget counts ([`crate::budget`]).
 pub trait Weigh {
     fn heap_bytes(&self) -> usize;
+}
+
+/// The bytes of a hashbrown table with room for `capacity` entries of `slot_bytes` each: its
+/// buckets (a power of two, at most 7/8 full) with a control byte each.
+pub fn table_bytes(capacity: usize, slot_bytes: usize) -> usize {
+    match capacity {
+        0 => 0,
+        c => (c * 8 / 7).next_power_of_two() * (slot_bytes + 1),
+    }
 }
 
 /// The bytes an allocation of `n` takes (the allocator's 16-byte granule; nothing for none).
@@ -427,14 +432,6 @@ pub struct Rate {
     pub base: Counts,
 }
 
-impl Rate {
-    /// Whether the matches in the window ending at `t` are at least `min` of the base (the
-    /// matches count into the base, so the ratio is at most 1).
-    pub fn enough(&self, t: i64, window_ns: i64, min: f64) -> bool {
-        enough(&self.hits, &self.base, t, window_ns, min)
-    }
-}
-
 #[cfg(test)]
 mod rate_tests {
     use super::*;
@@ -450,13 +447,13 @@ mod rate_tests {
             r.base.add(i * S, w);
         }
         // 20 denials, nothing else: all of the caller's traffic.
-        assert!(r.enough(19 * S, w, 0.5));
+        assert!(enough(&r.hits, &r.base, 19 * S, w, 0.5));
         for i in 0..1000 {
             r.base.add(i * S / 10, w);
         }
         // The same 20 among 1 000 more calls: 2 %.
-        assert!(r.enough(99 * S, w, 0.01));
-        assert!(!r.enough(99 * S, w, 0.05));
+        assert!(enough(&r.hits, &r.base, 99 * S, w, 0.01));
+        assert!(!enough(&r.hits, &r.base, 99 * S, w, 0.05));
         // Out of order lands in its bucket; old buckets slide out.
         r.hits.add(5 * S, w);
         assert_eq!(r.hits.in_window(19 * S, w), 21);

@@ -648,8 +648,7 @@ impl Loop {
         }
     }
 
-    fn publish_stats(&self, engine: &mut Engine) {
-        engine.weigh_state();
+    fn publish_stats(&self, engine: &Engine) {
         let b = engine.state_budget();
         let m = &self.metrics;
         m.state_bytes.store(b.bytes as u64, Ordering::Relaxed);
@@ -733,6 +732,8 @@ impl Loop {
             .fetch_add(engine.rows - before, Ordering::Relaxed);
         self.flush(engine)?;
         engine.expire();
+        // Weighed (and shed to the budget) before it is written.
+        engine.weigh_state();
         self.last_state = Instant::now();
         if let Err(e) = engine.save(&state_path(&self.cfg.data_dir)) {
             let e = DetectError::from(e);

@@ -184,15 +184,7 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limits() -> Limits {
-        Limits {
-            max_rows: 1000,
-            timeout_ms: 3000,
-            memory_bytes: 64 << 20,
-            max_result_bytes: 1 << 20,
-        }
-    }
+    use crate::api::sql::tests::limits;
 
     /// An empty store's tables (the directory held as long as they are).
     fn catalog() -> (tempfile::TempDir, Arc<crate::Catalog>) {

@@ -285,10 +285,11 @@ pub fn encode(out: Output, format: Format, max_bytes: usize) -> Result<Answer, Q
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn limits() -> Limits {
+    /// The caps the query tests run under (the runner's tests too).
+    pub(in crate::api) fn limits() -> Limits {
         Limits {
             max_rows: 1000,
             timeout_ms: 3000,
