@@ -592,8 +592,22 @@ impl Engine {
             .copied()
     }
 
-    /// Evaluate every rule on every decoded row of a piece not evaluated before.
+    /// Evaluate every rule on every decoded row of a piece not evaluated before, from a log
+    /// fed live: it holds the watermark (see [`crate::time`]).
     pub fn observe(&mut self, piece: &Piece, now_ns: i64) -> Result<(), EngineError> {
+        self.observe_as(piece, now_ns, true)
+    }
+
+    /// As [`Engine::observe`], for a log that only follows the watermark: one read from the
+    /// store after the fact (another process's partition) or one this process writes itself
+    /// (Vigil's own logs). Its events are ordered with the others', but no event waits for it:
+    /// holding the watermark for a log that comes a second late, or for the revisions
+    /// detection has just written, would hold every alert back by as much.
+    pub fn observe_followed(&mut self, piece: &Piece, now_ns: i64) -> Result<(), EngineError> {
+        self.observe_as(piece, now_ns, false)
+    }
+
+    fn observe_as(&mut self, piece: &Piece, now_ns: i64, holds: bool) -> Result<(), EngineError> {
         let b = &piece.batch;
         let log = self
             .logs
@@ -637,7 +651,7 @@ impl Engine {
         let rows = BatchRows::new(b);
         let slot = self.next_slot;
         self.next_slot = self.next_slot.wrapping_add(1);
-        self.clocks.seen(log, now_ns);
+        self.clocks.seen(log, now_ns, holds);
         let tie = foldhash::fast::FixedState::with_seed(0x7669_6769_6c21);
         let mut at_once = Vec::new();
         let mut waiting = 0usize;
@@ -647,12 +661,6 @@ impl Engine {
                 continue;
             }
             let row = rows.row(i);
-            // A rejected record (failed to decode) has no event to evaluate.
-            if row.str(kind_col).is_none()
-                || (own && row.str(principal_col) == Some(SYSTEM_PRINCIPAL))
-            {
-                continue;
-            }
             let time_ns = times.value(i);
             if self
                 .window
@@ -661,6 +669,15 @@ impl Engine {
                 continue;
             }
             let k = kafka_ms.and_then(|c| c.is_valid(i).then(|| c.value(i)));
+            // A rejected record (failed to decode) has no event to evaluate; it still moves its
+            // log's clock. Nor has a revision detection wrote (its own log follows anyway).
+            if own && row.str(principal_col) == Some(SYSTEM_PRINCIPAL) {
+                continue;
+            }
+            if row.str(kind_col).is_none() {
+                self.clocks.pass(log, time_ns, k, now_ns, &self.time);
+                continue;
+            }
             let a = self.clocks.accept(log, time_ns, k, now_ns, &self.time);
             let p = Pending {
                 time_ns: a.judged.time_ns,

@@ -378,7 +378,7 @@ impl Loop {
             return Ok(());
         };
         self.sign(w.chain(), &w.span.tree)?;
-        engine.observe(&w.piece, now_ns())?;
+        engine.observe_followed(&w.piece, now_ns())?;
         Ok(())
     }
 
@@ -584,7 +584,7 @@ impl Loop {
             }
             let from = engine.position(&log).unwrap_or(0);
             for piece in vigil_store::read::LogReader::new(store, &topic, partition, from)? {
-                self.observe(engine, &piece?)?;
+                self.observe(engine, &piece?, false)?;
             }
             self.tailed.insert(log, newest);
         }
@@ -601,16 +601,27 @@ impl Loop {
             && let Ok(store) = Store::open_existing(&self.cfg.data_dir)
         {
             for stored in vigil_store::read::LogReader::new(&store, &p.topic, p.partition, pos)? {
-                self.observe(engine, &stored?)?;
+                self.observe(engine, &stored?, true)?;
             }
         }
         self.live.insert(log, Instant::now());
-        self.observe(engine, p)
+        self.observe(engine, p, true)
     }
 
-    fn observe(&mut self, engine: &mut Engine, piece: &Piece) -> Result<(), DetectError> {
+    /// `live`: a piece of a log fed live, which holds the watermark; otherwise one read from
+    /// the store after the fact, which follows it.
+    fn observe(
+        &mut self,
+        engine: &mut Engine,
+        piece: &Piece,
+        live: bool,
+    ) -> Result<(), DetectError> {
         let before = engine.rows;
-        engine.observe(piece, now_ns())?;
+        if live {
+            engine.observe(piece, now_ns())?;
+        } else {
+            engine.observe_followed(piece, now_ns())?;
+        }
         self.after(engine, before)
     }
 
@@ -801,7 +812,7 @@ fn run(
     // state is rebuilt from the stored history).
     if let Some(store) = &store {
         let started = Instant::now();
-        crate::replay::replay(&mut engine, store, |e, p| l.observe(e, &p))?;
+        crate::replay::replay(&mut engine, store, |e, p| l.observe(e, &p, true))?;
         tracing::info!(
             rows = engine.rows,
             skipped = engine.skipped_rows,
@@ -1017,7 +1028,7 @@ window = "1m"
                 let v = denial(i);
                 b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
             }
-            l.observe(engine, &b.cut().unwrap().unwrap()).unwrap();
+            l.observe(engine, &b.cut().unwrap().unwrap(), true).unwrap();
             l.flush(engine).unwrap();
         };
         let (mut engine, _, _) = restore(&cfg(dir.path()), rules(1, false)).unwrap();
@@ -1116,7 +1127,7 @@ window = "1m"
         let piece = b.cut().unwrap().unwrap();
         let (mut engine, _, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
         let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
-        l.observe(&mut engine, &piece).unwrap();
+        l.observe(&mut engine, &piece, true).unwrap();
         let fired = crate::alerts::latest(read_revisions(dir.path()).unwrap());
         assert_eq!(fired.len(), 1);
         let id = fired[0].alert_id.clone();

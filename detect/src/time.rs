@@ -4,7 +4,12 @@
 //! A *source* is a partition log (`topic/partition`). For each, the engine keeps the newest
 //! effective event time it has accepted. The **watermark** is the minimum of those over the
 //! *active* sources — the ones that sent something within `idle_source_ns` of wall-clock time
-//! (an idle source does not hold the others back) — and never moves back. Events before the
+//! (an idle source does not hold the others back) — and never moves back. Only logs fed live
+//! hold it: a log read from the store after the fact (another process's partition) or written
+//! by this process (Vigil's own logs) *follows* — its events are ordered with the others', but
+//! nothing waits for it, or every alert would wait as long as it comes late. A row that is not
+//! evaluated (a record that failed to decode, a revision detection wrote) still moves its
+//! log's clock, so a log sending only garbage cannot hold the others. Events before the
 //! watermark are evaluated in event-time order (events at one instant in the order of a hash
 //! of their raw bytes); the others wait in a bounded buffer
 //! ([`Reorder`]). So a partition that runs ahead of another does not make the other's events
@@ -96,6 +101,11 @@ pub struct SourceTime {
     /// Said to be silent since it last sent (cleared when it sends again).
     #[serde(skip)]
     pub silent: bool,
+    /// A log that never holds the watermark: one read from the store after the fact (another
+    /// process's partition) or written by this process itself (Vigil's own logs). Its events
+    /// are ordered with the others' but nothing waits for it (not persisted).
+    #[serde(skip)]
+    pub follows: bool,
 }
 
 /// Per-source times and the watermark.
@@ -135,8 +145,9 @@ impl Clocks {
         self.watermark_ns = (watermark_ns != i64::MIN).then(|| watermark_ns.min(max_ns));
     }
 
-    /// A piece from `source` arrived at wall clock `now_ns`.
-    pub fn seen(&mut self, source: u32, now_ns: i64) {
+    /// A piece from `source` arrived at wall clock `now_ns`. `holds`: whether the source holds
+    /// the watermark (a live partition log) or only follows it (see [`SourceTime::follows`]).
+    pub fn seen(&mut self, source: u32, now_ns: i64, holds: bool) {
         let now_ns = self.idle_now(now_ns);
         let s = self.sources.entry(source).or_insert(SourceTime {
             newest_ns: i64::MIN,
@@ -144,6 +155,7 @@ impl Clocks {
         });
         s.seen_ns = now_ns;
         s.silent = false;
+        s.follows = !holds;
     }
 
     /// Sources that sent events once and then nothing for `silent_ns` (wall clock) while a
@@ -189,35 +201,9 @@ impl Clocks {
         now_ns: i64,
         cfg: &TimeConfig,
     ) -> Accepted {
-        let mut judged = judge(event_ns, kafka_ms, now_ns, cfg);
+        let judged = self.judge_for(source, event_ns, kafka_ms, now_ns, cfg);
         let w = self.watermark_ns;
-        if judged.skewed {
-            // Where its log stands (or the watermark, or the slowest other log), not the
-            // receive time: in a catch-up or a replay the wall clock is far ahead of the
-            // stream, and a forged time must move no clock.
-            let newest = |s: &SourceTime| Some(s.newest_ns).filter(|&t| t != i64::MIN);
-            let anchor = self
-                .sources
-                .get(&source)
-                .and_then(newest)
-                .or(w)
-                .or_else(|| self.sources.values().filter_map(newest).min());
-            if let Some(a) = anchor {
-                judged.time_ns = judged.time_ns.min(a);
-            }
-        }
-        let seen_ns = self.idle_now(now_ns);
-        let s = self.sources.entry(source).or_insert(SourceTime {
-            newest_ns: i64::MIN,
-            seen_ns,
-            ..SourceTime::default()
-        });
-        if !judged.skewed {
-            s.newest_ns = s.newest_ns.max(judged.time_ns);
-        } else if s.newest_ns == i64::MIN {
-            // A log that sent only forged times must not hold the others forever.
-            s.newest_ns = judged.time_ns;
-        }
+        let s = self.stand(source, judged, now_ns);
         let behind = w.is_some_and(|w| judged.time_ns < w);
         let late = !judged.skewed
             && w.is_some_and(|w| judged.time_ns < w.saturating_sub(cfg.allowed_lateness_ns));
@@ -231,13 +217,73 @@ impl Clocks {
         }
     }
 
+    /// A row of `source` that is not evaluated (a record that failed to decode, a revision
+    /// detection itself wrote) still says where its source stands: otherwise a log sending
+    /// only such rows would hold the watermark, with no event, for as long as it kept
+    /// sending. Not counted as an event.
+    pub fn pass(
+        &mut self,
+        source: u32,
+        event_ns: i64,
+        kafka_ms: Option<i64>,
+        now_ns: i64,
+        cfg: &TimeConfig,
+    ) {
+        let judged = self.judge_for(source, event_ns, kafka_ms, now_ns, cfg);
+        self.stand(source, judged, now_ns);
+    }
+
+    /// [`judge`], and a skewed time held to where its log stands (or the watermark, or the
+    /// slowest other log), not the receive time: in a catch-up or a replay the wall clock is
+    /// far ahead of the stream, and a forged time must move no clock.
+    fn judge_for(
+        &self,
+        source: u32,
+        event_ns: i64,
+        kafka_ms: Option<i64>,
+        now_ns: i64,
+        cfg: &TimeConfig,
+    ) -> Judged {
+        let mut judged = judge(event_ns, kafka_ms, now_ns, cfg);
+        if judged.skewed {
+            let newest = |s: &SourceTime| Some(s.newest_ns).filter(|&t| t != i64::MIN);
+            let anchor = self
+                .sources
+                .get(&source)
+                .and_then(newest)
+                .or(self.watermark_ns)
+                .or_else(|| self.sources.values().filter_map(newest).min());
+            if let Some(a) = anchor {
+                judged.time_ns = judged.time_ns.min(a);
+            }
+        }
+        judged
+    }
+
+    /// Move `source`'s newest time by a judged time (a skewed one only for a source that has
+    /// none yet: a log that sent only forged times must not hold the others forever).
+    fn stand(&mut self, source: u32, judged: Judged, now_ns: i64) -> &mut SourceTime {
+        let seen_ns = self.idle_now(now_ns);
+        let s = self.sources.entry(source).or_insert(SourceTime {
+            newest_ns: i64::MIN,
+            seen_ns,
+            ..SourceTime::default()
+        });
+        if !judged.skewed || s.newest_ns == i64::MIN {
+            s.newest_ns = s.newest_ns.max(judged.time_ns);
+        }
+        s
+    }
+
     /// Where the watermark may go now: the minimum newest time over the sources seen within
-    /// the idle time of `now_ns`, or, when none is active, the newest time of any. An active
-    /// source with no event yet (expected, or whose rows were all rejected) holds it where it
-    /// is until it sends one or goes idle. Never behind the current watermark.
+    /// the idle time of `now_ns` (followers aside), or, when none is active, the newest time
+    /// of any. An active source with no time yet (expected: assigned, or with records on their
+    /// way) holds it where it is until it sends one or goes idle. Never behind the current
+    /// watermark.
     pub fn advance(&mut self, now_ns: i64, cfg: &TimeConfig) -> i64 {
         let now_ns = self.idle_now(now_ns);
-        let active = |s: &SourceTime| now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns;
+        let active =
+            |s: &SourceTime| !s.follows && now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns;
         let mut min: Option<i64> = None;
         let mut max: Option<i64> = None;
         let mut hold = false;
@@ -264,7 +310,7 @@ impl Clocks {
     /// A source expected to send (a partition log known to exist): it holds the watermark
     /// from now on as if it had sent a piece, until it sends events or goes idle.
     pub fn expect(&mut self, source: u32, now_ns: i64) {
-        self.seen(source, now_ns);
+        self.seen(source, now_ns, true);
     }
 
     /// Where `source` stands for a rule waiting on it: its newest event time while it is
@@ -272,7 +318,9 @@ impl Clocks {
     pub fn progress_ns(&self, source: u32, now_ns: i64, cfg: &TimeConfig) -> i64 {
         let now_ns = self.idle_now(now_ns);
         match self.sources.get(&source) {
-            Some(s) if now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns => s.newest_ns,
+            Some(s) if !s.follows && now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns => {
+                s.newest_ns
+            }
             _ => i64::MAX,
         }
     }
@@ -440,9 +488,9 @@ mod tests {
         let c = cfg();
         let mut k = Clocks::default();
         let now = 10_000 * S;
-        k.seen(0, now);
+        k.seen(0, now, true);
         k.accept(0, 100 * S, None, now, &c);
-        k.seen(1, now);
+        k.seen(1, now, true);
         k.accept(1, 500 * S, None, now, &c);
         // Partition 1 runs ahead: the watermark stays with partition 0.
         assert_eq!(k.advance(now, &c), 100 * S);
@@ -451,10 +499,10 @@ mod tests {
         assert!(!a.behind && !a.late);
         assert_eq!(k.advance(now, &c), 200 * S);
         // Partition 0 goes quiet past the idle time: it no longer holds partition 1 back.
-        k.seen(1, now + 3 * S);
+        k.seen(1, now + 3 * S, true);
         assert_eq!(k.advance(now + 3 * S, &c), 500 * S);
         // Its next event is behind the watermark (evaluated at once), and late by > 30 s.
-        k.seen(0, now + 4 * S);
+        k.seen(0, now + 4 * S, true);
         let a = k.accept(0, 250 * S, None, now + 4 * S, &c);
         assert!(a.behind && a.late);
         // The watermark never moves back.
@@ -467,14 +515,38 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_holds_nothing_back_but_is_ordered_with_the_others() {
+        let c = cfg();
+        let mut k = Clocks::default();
+        let now = 1_800_000_000 * S;
+        let t = now - 60 * S;
+        k.seen(0, now, true);
+        k.accept(0, t, None, now, &c);
+        // Another process's partition, read from its files a while after they were written.
+        k.seen(9, now, false);
+        k.accept(9, t - 20 * S, None, now, &c);
+        assert_eq!(
+            k.advance(now, &c),
+            t,
+            "the live log holds the watermark, the follower not"
+        );
+        // Its next event is ahead of the watermark: it waits its turn, ordered with the others.
+        let a = k.accept(9, t + 3 * S, None, now, &c);
+        assert!(!a.behind);
+        k.seen(0, now + S, true);
+        k.accept(0, t + 5 * S, None, now + S, &c);
+        assert_eq!(k.advance(now + S, &c), t + 5 * S);
+    }
+
+    #[test]
     fn in_a_catch_up_a_forged_timestamp_is_evaluated_where_its_log_stands_and_moves_nothing() {
         let c = cfg();
         let mut k = Clocks::default();
         // The stream is an hour behind the wall clock (a replay, a consumer catching up).
         let now = 1_800_000_000 * S;
         let t = now - 3600 * S;
-        k.seen(0, now);
-        k.seen(1, now);
+        k.seen(0, now, true);
+        k.seen(1, now, true);
         k.accept(0, t, None, now, &c);
         k.accept(1, t + S, None, now, &c);
         assert_eq!(k.advance(now, &c), t);
@@ -487,7 +559,7 @@ mod tests {
         );
         // Partition 0 goes idle: the watermark goes to partition 1's newest honest time, not
         // to the receive time of the forged one (which would make every event after it late).
-        k.seen(1, now + 3 * S);
+        k.seen(1, now + 3 * S, true);
         assert_eq!(k.advance(now + 3 * S, &c), t + S);
         let a = k.accept(0, t + 2 * S, None, now + 3 * S, &c);
         assert!(!a.behind && !a.late);
@@ -498,8 +570,8 @@ mod tests {
         let c = cfg();
         let mut k = Clocks::default();
         let now = 1_800_000_000 * S;
-        k.seen(0, now);
-        k.seen(1, now);
+        k.seen(0, now, true);
+        k.seen(1, now, true);
         k.accept(1, now - S, None, now, &c);
         let a = k.accept(0, 4_070_908_800 * S, None, now, &c);
         assert!(a.judged.skewed);

@@ -444,7 +444,91 @@ fn an_idle_partition_stops_holding_the_watermark() {
 }
 
 #[test]
-fn a_partition_whose_records_are_on_their_way_to_the_store_is_not_idle() {
+fn a_log_that_only_follows_holds_no_live_log_back() {
+    // Idle only after 5 s: before, a log read from the store (another process's partition,
+    // or detection's own revisions, written a moment ago) held every live event back that long.
+    let mut e = engine_with(
+        &[],
+        TimeConfig {
+            idle_source_ns: 5 * S,
+            ..TimeConfig::default()
+        },
+    );
+    let now = T0 + 10 * S;
+    let mut tailed = Part::new("t", 9);
+    e.observe_followed(
+        &tailed.piece(&[ev(T0 - 20 * S, "10.0.0.1", true, 0)], None),
+        now,
+    )
+    .unwrap();
+    let mut live = Part::new("t", 0);
+    let burst: Vec<Ev> = (0..5)
+        .map(|i| ev(T0 + i * S, "10.0.0.8", false, 10 + i as usize))
+        .collect();
+    e.observe(&live.piece(&burst, None), now).unwrap();
+    e.tick(now);
+    // Everything before the live log's newest event is evaluated at once: the burst alerts.
+    let st = e.time_stats();
+    assert_eq!(st.buffered, 1, "only the event at the watermark waits");
+    assert!(e.take_pending().iter().any(|a| a.rule_id == "p.burst"));
+    // The follower's events are still ordered with the others' (its newer one waits too).
+    e.observe_followed(
+        &tailed.piece(&[ev(T0 + 8 * S, "10.0.0.1", true, 1)], None),
+        now,
+    )
+    .unwrap();
+    assert_eq!(e.time_stats().buffered, 2);
+    e.observe(
+        &live.piece(&[ev(T0 + 9 * S, "10.0.0.3", true, 30)], None),
+        now,
+    )
+    .unwrap();
+    assert_eq!(e.time_stats().buffered, 1);
+}
+
+#[test]
+fn a_log_of_records_that_fail_to_decode_does_not_hold_the_watermark() {
+    // An attacker sends garbage on one partition without pause: before, the log was "active
+    // with no event" and held the watermark (and every other log's events) for as long as it
+    // kept sending. Its rows now say where it stands: their Kafka timestamps.
+    let mut e = engine_with(
+        &[],
+        TimeConfig {
+            idle_source_ns: 5 * S,
+            ..TimeConfig::default()
+        },
+    );
+    let now = T0 + 10 * S;
+    let mut garbage = Part::new("t", 1);
+    let mut live = Part::new("t", 0);
+    let burst: Vec<Ev> = (0..4)
+        .map(|i| ev(T0 + i * S, "10.0.0.8", false, 10 + i as usize))
+        .collect();
+    for k in 0..3 {
+        let at = now + k * S;
+        let sent = T0 + (k + 2) * S + S / 2;
+        e.observe(&garbage.raw_piece(&[("not json {".to_owned(), sent)]), at)
+            .unwrap();
+        let evs = if k == 0 {
+            burst.clone()
+        } else {
+            vec![ev(T0 + (4 + k) * S, "10.0.0.2", true, 20 + k as usize)]
+        };
+        e.observe(&live.piece(&evs, None), at).unwrap();
+        e.tick(at);
+    }
+    assert!(e.take_pending().iter().any(|a| a.rule_id == "p.burst"));
+    let st = e.time_stats();
+    assert_eq!(
+        st.watermark_ns,
+        T0 + 4 * S + S / 2,
+        "where the garbage's log stands"
+    );
+    assert_eq!(st.buffered, 2, "the live events after it wait");
+}
+
+#[test]
+fn a_partition_whose_records_are_on_their_way_to_detection_is_not_idle() {
     let mut e = engine_with(
         &[],
         TimeConfig {
@@ -461,7 +545,8 @@ fn a_partition_whose_records_are_on_their_way_to_the_store_is_not_idle() {
         .map(|i| ev(T0 + 10 * S + i * S, "10.0.0.8", false, 10 + i as usize))
         .collect();
     e.observe(&p0.piece(&burst, None), now).unwrap();
-    // t/1's next file takes 5 s to become durable; ingest says its records are in flight.
+    // t/1's next records take 5 s to come (its pipeline is behind); ingest says they are on
+    // their way.
     for k in 1..=5 {
         e.hold_logs(&[("t/0".into(), false), ("t/1".into(), true)], now + k * S);
         e.tick(now + k * S);

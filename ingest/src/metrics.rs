@@ -43,9 +43,11 @@ pub struct IngestMetrics {
     /// store's head when assigned). Rows after it are not in a file yet.
     pub durable_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
     /// Per partition log: the last offset consumed and handed to its pipeline. Past
-    /// `durable_offsets`, records are on their way to a file (detection holds its watermark
-    /// for such a log: it is not idle, its records are late to arrive).
+    /// `handed_offsets` (and `durable_offsets`), records are on their way to detection, which
+    /// holds its watermark for such a log: it is not idle, its records are yet to arrive.
     pub received_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    /// Per partition log: the last offset handed to detection (in a piece).
+    pub handed_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
     /// Per partition consumed now: the broker's high watermark (the offset its next record
     /// will get), from the consumer's statistics (`statistics.interval.ms`, 1 s by default).
     pub high_watermarks: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
@@ -151,20 +153,30 @@ impl IngestMetrics {
     }
 
     /// Every partition log this process has held, with whether it has records consumed but
-    /// not yet durable.
+    /// neither handed to detection nor durable yet (records on their way: a log that has them
+    /// is not idle). Not "not yet durable": a batch stays open for up to `max_batch_wait_ms`,
+    /// and a quiet log would hold detection's watermark for that long after its last record.
     pub fn held(&self) -> Vec<((String, i32), bool)> {
-        let received = self
-            .received_offsets
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
+        let copy = |m: &std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>| {
+            m.lock().map(|m| m.clone()).unwrap_or_default()
+        };
+        let (received, handed) = (copy(&self.received_offsets), copy(&self.handed_offsets));
         self.durable()
             .into_iter()
             .map(|(k, d)| {
-                let busy = received.get(&k).is_some_and(|r| *r > d);
+                let past = handed.get(&k).map_or(d, |h| (*h).max(d));
+                let busy = received.get(&k).is_some_and(|r| *r > past);
                 (k, busy)
             })
             .collect()
+    }
+
+    /// Record that `key`'s records up to `offset` were handed to detection.
+    pub(crate) fn handed_at(&self, key: &(String, i32), offset: i64) {
+        if let Ok(mut m) = self.handed_offsets.lock() {
+            let e = m.entry(key.clone()).or_insert(offset);
+            *e = (*e).max(offset);
+        }
     }
 
     /// Record that `key`'s records up to `offset` were handed to its pipeline.
@@ -265,6 +277,25 @@ mod tests {
         assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
         assert!(text.contains("x_seconds_sum 60.0205\n"), "{text}");
         assert!(text.contains("x_seconds_count 3\n"), "{text}");
+    }
+
+    #[test]
+    fn a_log_is_busy_while_records_are_on_their_way_to_detection_not_until_they_are_durable() {
+        let m = IngestMetrics::default();
+        let key = ("t".to_owned(), 0);
+        m.durable_at(&key, 4);
+        m.received_at(&key, 10);
+        assert_eq!(m.held(), vec![(key.clone(), true)]);
+        // Handed to detection, its batch still open (not durable): nothing more is coming.
+        m.handed_at(&key, 10);
+        assert_eq!(m.held(), vec![(key.clone(), false)]);
+        m.received_at(&key, 12);
+        assert_eq!(m.held(), vec![(key.clone(), true)]);
+        // Without detection, pieces are never handed: durable says it.
+        let m = IngestMetrics::default();
+        m.durable_at(&key, 12);
+        m.received_at(&key, 12);
+        assert_eq!(m.held(), vec![(key, false)]);
     }
 
     #[test]
