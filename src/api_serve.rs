@@ -189,6 +189,7 @@ fn query_runner(api: &crate::config::ApiConfig) -> anyhow::Result<Runner> {
 pub fn reload_fn(
     cfg: &Config,
     reloader: Option<vigil_detect::run::Reloader>,
+    feed: Option<Arc<crate::policy_cmd::PolicyFeed>>,
 ) -> Arc<api::ReloadFn> {
     let detect = cfg.detect.clone();
     Arc::new(move |by: &str| {
@@ -197,7 +198,7 @@ pub fn reload_fn(
                 "detection does not run in this process (detect.enabled = false, or another process holds the data directory's detection lock)".into(),
             ));
         };
-        let loaded = crate::rules_cmd::load(&detect)
+        let loaded = crate::rules_cmd::load(&detect, feed.as_deref())
             .map_err(|e| api::ReloadFail::Invalid(vec![format!("{e:#}")]))?;
         if !loaded.errors.is_empty() {
             return Err(api::ReloadFail::Invalid(
@@ -231,7 +232,7 @@ pub fn start(
     ready: Arc<AtomicBool>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     live: vigil_query::Live,
-    reloader: Option<vigil_detect::run::Reloader>,
+    reload: Arc<api::ReloadFn>,
 ) -> anyhow::Result<Api> {
     let auth = auth(cfg)?;
     let tls = tls_config(cfg)?;
@@ -316,7 +317,6 @@ pub fn start(
             )
         })?;
 
-    let reload = reload_fn(cfg, reloader);
     let data_dir = cfg.store.data_dir.clone();
     let lifecycle_cfg = cfg.clone();
     let lifecycle: Arc<api::LifecycleFn> = Arc::new(move |cmd| {

@@ -157,6 +157,16 @@ pub struct DetectConfig {
     /// into the policy graph (with `allowlist_file`'s edges) whenever rules load: at start and
     /// on a rule reload. Empty: none.
     pub policy_dir: std::path::PathBuf,
+    /// Topics of Kubernetes audit events whose stored workloads (pods, controllers,
+    /// namespaces the API server created, changed, deleted) also resolve `policy_dir`'s label
+    /// selectors; read as their files appear. Empty: none.
+    pub policy_audit_topics: Vec<String>,
+    /// How often the stored audit events of `policy_audit_topics` are looked at; a change in
+    /// the workloads reloads the rules and the policy graph.
+    pub policy_audit_poll_ms: u64,
+    /// Workloads and namespaces learned from the audit stream, at most (the least recently
+    /// changed go first).
+    pub policy_audit_max_objects: usize,
     /// The SPIFFE trust domain of the mesh's identities, for imported Istio policies.
     pub trust_domain: String,
     /// `rules_dir`, `policy_dir` and `allowlist_file` are watched: once changes have been
@@ -209,6 +219,9 @@ impl Default for DetectConfig {
             rules_dir: Default::default(),
             allowlist_file: Default::default(),
             policy_dir: Default::default(),
+            policy_audit_topics: Vec::new(),
+            policy_audit_poll_ms: 5_000,
+            policy_audit_max_objects: 100_000,
             trust_domain: "cluster.local".to_owned(),
             watch_debounce_ms: 1000,
             allowed_lateness_ms: 30_000,

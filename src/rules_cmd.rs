@@ -8,6 +8,7 @@ use vigil_detect::engine::{Engine, now_ns};
 use vigil_detect::rules::{self, Defaults, Loaded};
 
 use crate::config::{Config, DetectConfig};
+use crate::policy_cmd::PolicyFeed;
 
 fn nonempty(p: &Path) -> Option<&Path> {
     (!p.as_os_str().is_empty()).then_some(p)
@@ -33,16 +34,18 @@ pub fn incident_window_ns(d: &DetectConfig) -> anyhow::Result<i64> {
     Ok(i64::try_from(d.incident_window_ms)?.saturating_mul(1_000_000))
 }
 
-/// The engine defaults from the configuration (reads the allowlist file if one is set).
-pub fn defaults(d: &DetectConfig) -> anyhow::Result<Defaults> {
+/// The engine defaults from the configuration (reads the allowlist file if one is set, and
+/// imports `policy_dir` with the workloads of `feed`, the audit stream, if there is one).
+pub fn defaults(d: &DetectConfig, feed: Option<&PolicyFeed>) -> anyhow::Result<Defaults> {
     let mut allowlist = match nonempty(&d.allowlist_file) {
         Some(p) => Some(rules::load_policy(p).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
     if let Some(dir) = nonempty(&d.policy_dir) {
-        let got = crate::policy_cmd::import(&[dir.to_path_buf()], &d.trust_domain)
+        let got = crate::policy_cmd::import(&[dir.to_path_buf()], &d.trust_domain, feed)
             .with_context(|| format!("detect.policy_dir {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), policies = got.policies.len(), edges = got.graph.edges.len(),
+            workloads = got.workloads, audit_changes = got.audit_changes,
             left_out = got.notes.len(), "policy graph imported");
         allowlist
             .get_or_insert_with(Default::default)
@@ -66,8 +69,8 @@ pub fn defaults(d: &DetectConfig) -> anyhow::Result<Defaults> {
 }
 
 /// Load the configured rules. Problems are logged with file and line; the other rules load.
-pub fn load(d: &DetectConfig) -> anyhow::Result<Loaded> {
-    let defaults = defaults(d)?;
+pub fn load(d: &DetectConfig, feed: Option<&PolicyFeed>) -> anyhow::Result<Loaded> {
+    let defaults = defaults(d, feed)?;
     let sources = rules::sources(nonempty(&d.rules_dir), d.default_rules)
         .context("reading the rules directory")?;
     let loaded = rules::load(&sources, &defaults);
@@ -132,18 +135,21 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
 
 pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
     let mut d = cfg.detect.clone();
+    // The graph as serve would import it: with the audit stream's workloads stored so far.
+    let feed = PolicyFeed::from_config(cfg);
+    let feed = feed.as_deref();
     match args.command {
         RulesCommand::List { dir } => {
             if let Some(dir) = dir {
                 d.rules_dir = dir;
             }
-            let loaded = load(&d)?;
+            let loaded = load(&d, feed)?;
             // Where each learning rule stands, from the detection state if there is one.
             let state = vigil_detect::run::state_path(&cfg.store.data_dir);
             let mut learning: std::collections::HashMap<String, (bool, Option<i64>)> =
                 Default::default();
             if state.exists() {
-                let rules = load(&d)?.rules.into_iter().map(|(r, _)| r).collect();
+                let rules = load(&d, feed)?.rules.into_iter().map(|(r, _)| r).collect();
                 let mut e = Engine::new(rules).with_time(time_config(&d)?);
                 if e.restore(&state).is_ok() {
                     for s in e.stats() {
@@ -185,7 +191,7 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
             if let Some(dir) = dir {
                 d.rules_dir = dir;
             }
-            let defaults = defaults(&d)?;
+            let defaults = defaults(&d, feed)?;
             let sources = rules::sources(nonempty(&d.rules_dir), !no_defaults)
                 .context("reading the rules directory")?;
             let results = vigil_detect::ruletest::run(&sources, &defaults);
@@ -223,7 +229,7 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
             let data_dir = data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
             let store = vigil_store::Store::open_existing(&data_dir)
                 .with_context(|| format!("opening the store at {}", data_dir.display()))?;
-            let loaded = load(&d)?;
+            let loaded = load(&d, feed)?;
             let mut engine = Engine::new(loaded.rules.into_iter().map(|(r, _)| r).collect())
                 .with_time(time_config(&d)?)
                 .with_incident_window(incident_window_ns(&d)?)

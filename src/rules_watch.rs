@@ -3,7 +3,9 @@
 //! and once they have been quiet for `detect.watch_debounce_ms` the same reload as
 //! `POST /v1/rules/reload` runs, recorded in Vigil's own log as done by `file-watch`. A
 //! change that does not load (a typo, a policy that does not parse) is refused whole and
-//! logged: the running rules stay.
+//! logged: the running rules stay. With `detect.policy_audit_topics`, the stored Kubernetes
+//! audit events are looked at every `detect.policy_audit_poll_ms`, and a change in the
+//! workloads they describe reloads the same way, recorded as done by `audit-watch`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,21 +15,81 @@ use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
 
 use crate::config::DetectConfig;
+use crate::policy_cmd::PolicyFeed;
 
 /// Who the reloads are recorded as.
 pub const BY: &str = "file-watch";
 
-/// The running watch: dropping it stops it.
+/// Who the reloads for a change in the audit stream's workloads are recorded as.
+pub const BY_AUDIT: &str = "audit-watch";
+
+/// The running watches: dropping them stops them.
 pub struct RulesWatch {
-    _watcher: notify::RecommendedWatcher,
-    _thread: std::thread::JoinHandle<()>,
+    _files: Option<(notify::RecommendedWatcher, std::thread::JoinHandle<()>)>,
+    /// Dropped: the audit poll ends.
+    _audit: Option<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
-/// Watch what `cfg` names, if anything and if `watch_debounce_ms` is not 0.
+/// Watch what `cfg` names, if anything and if `watch_debounce_ms` is not 0; and look at the
+/// audit stream's workloads (`feed`) every `policy_audit_poll_ms`.
 pub fn start(
     cfg: &DetectConfig,
     reload: Arc<vigil_query::api::ReloadFn>,
+    feed: Option<Arc<PolicyFeed>>,
 ) -> anyhow::Result<Option<RulesWatch>> {
+    let audit = match feed {
+        Some(feed) => {
+            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+            let poll = Duration::from_millis(cfg.policy_audit_poll_ms.max(100));
+            let reload = reload.clone();
+            let thread = std::thread::Builder::new()
+                .name("vigil-audit-watch".into())
+                .spawn(move || poll_audit(&rx, poll, &feed, reload.as_ref()))?;
+            tracing::info!(topics = ?cfg.policy_audit_topics, poll_ms = poll.as_millis() as u64,
+                "workloads from the Kubernetes audit stream: a change reloads the rules and the policy graph");
+            Some((tx, thread))
+        }
+        None => None,
+    };
+    let files = watch_files(cfg, reload)?;
+    Ok((files.is_some() || audit.is_some()).then_some(RulesWatch {
+        _files: files,
+        _audit: audit,
+    }))
+}
+
+/// Read the audit stream's new workload events every `poll`; reload when they changed the
+/// workloads. Ends when `stop`'s sender is dropped.
+fn poll_audit(
+    stop: &crossbeam_channel::Receiver<()>,
+    poll: Duration,
+    feed: &PolicyFeed,
+    reload: &vigil_query::api::ReloadFn,
+) {
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(poll) {
+        match feed.read() {
+            Ok(false) => {}
+            Ok(true) => match reload(BY_AUDIT) {
+                Ok(r) => tracing::info!(
+                    rules = r.reloaded.rules.len(),
+                    by = BY_AUDIT,
+                    "workloads changed in the Kubernetes audit stream: rules and policy graph reloaded"
+                ),
+                Err(e) => tracing::warn!(error = ?e, by = BY_AUDIT,
+                    "workloads changed in the Kubernetes audit stream but the rules were not reloaded: the running ones stay"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading the Kubernetes audit stream's workloads")
+            }
+        }
+    }
+}
+
+/// The file watch, if there is anything to watch and `watch_debounce_ms` is not 0.
+fn watch_files(
+    cfg: &DetectConfig,
+    reload: Arc<vigil_query::api::ReloadFn>,
+) -> anyhow::Result<Option<(notify::RecommendedWatcher, std::thread::JoinHandle<()>)>> {
     let debounce = Duration::from_millis(cfg.watch_debounce_ms);
     if debounce.is_zero() {
         return Ok(None);
@@ -87,10 +149,7 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("vigil-rules-watch".into())
         .spawn(move || run(&rx, debounce, reload.as_ref()))?;
-    Ok(Some(RulesWatch {
-        _watcher: watcher,
-        _thread: thread,
-    }))
+    Ok(Some((watcher, thread)))
 }
 
 /// Reload once changes have been quiet for `debounce`; end when the watcher is dropped.

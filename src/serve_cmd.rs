@@ -97,8 +97,10 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         vigil_ingest::AnchorPublisher::new(&icfg, metrics.clone(), false)?.map(Arc::new);
     let mut outbox = None;
     let mut reloader = None;
+    // Workloads from the Kubernetes audit stream, for the policy graph's selectors.
+    let feed = crate::policy_cmd::PolicyFeed::from_config(cfg);
     let (detect_tx, detect) = if cfg.detect.enabled {
-        let loaded = crate::rules_cmd::load(&cfg.detect)?;
+        let loaded = crate::rules_cmd::load(&cfg.detect, feed.as_deref())?;
         let rules: Vec<_> = loaded.rules.into_iter().map(|(r, _)| r).collect();
         tracing::info!(
             rules = rules.len(),
@@ -167,12 +169,11 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         (None, None)
     };
 
-    // Rule and policy files reloaded when they change on disk (as `POST /v1/rules/reload`).
+    let reload = crate::api_serve::reload_fn(cfg, reloader.clone(), feed.clone());
+    // Rule and policy files reloaded when they change on disk (as `POST /v1/rules/reload`),
+    // and when the audit stream's workloads change.
     let _rules_watch = match &reloader {
-        Some(r) => crate::rules_watch::start(
-            &cfg.detect,
-            crate::api_serve::reload_fn(cfg, Some(r.clone())),
-        )?,
+        Some(_) => crate::rules_watch::start(&cfg.detect, reload.clone(), feed.clone())?,
         None => None,
     };
 
@@ -211,7 +212,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             ready.clone(),
             text,
             live,
-            reloader,
+            reload,
         )?)
     } else {
         None

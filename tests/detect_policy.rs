@@ -240,3 +240,116 @@ fn a_policy_changed_on_disk_is_imported_again_without_a_restart() {
         "{log}"
     );
 }
+
+/// A Kubernetes audit event (level RequestResponse): the API server created `pod`.
+fn pod_created(n: usize, name: &str, owner: Option<&str>, class: &str) -> Rec {
+    let t = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let refs = owner.map(|o| {
+        serde_json::json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": o, "controller": true}])
+    });
+    let pod = serde_json::json!({
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": "default", "ownerReferences": refs,
+            "labels": {"org": "empire", "class": class}},
+        "spec": {"serviceAccountName": "default"},
+    });
+    let v = serde_json::json!({
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
+        "auditID": format!("a-{n}"), "stage": "ResponseComplete",
+        "requestURI": "/api/v1/namespaces/default/pods", "verb": "create",
+        "user": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+        "sourceIPs": ["10.0.0.1"],
+        "objectRef": {"resource": "pods", "namespace": "default", "name": name, "apiVersion": "v1"},
+        "responseStatus": {"code": 201},
+        "requestReceivedTimestamp": t, "stageTimestamp": t,
+        "responseObject": pod,
+    });
+    Rec {
+        partition: 0,
+        key: Some(name.as_bytes().to_vec()),
+        value: Some(v.to_string().into_bytes()),
+        headers: Vec::new(),
+    }
+}
+
+#[test]
+fn workloads_from_the_kubernetes_audit_stream_resolve_the_policy_selectors() {
+    // The policy alone, no manifests: the cluster's workloads come from its audit stream.
+    let policies_dir = tempfile::tempdir().unwrap();
+    let f = "cilium_sw_l3_l4_policy.yaml";
+    std::fs::copy(policies().join(f), policies_dir.path().join(f)).unwrap();
+    let DetectSetup {
+        broker,
+        dir,
+        config,
+        tmp: _tmp,
+    } = detect_setup(
+        "flows",
+        1,
+        &format!(
+            "policy_dir = {:?}\npolicy_audit_topics = [\"k8s-audit\"]\npolicy_audit_poll_ms = 200\n",
+            policies_dir.path().display().to_string()
+        ),
+    );
+    broker.create_topic("k8s-audit", 1);
+    let s = serve(
+        &broker,
+        "flows,k8s-audit",
+        &dir,
+        "g-audit",
+        &[],
+        Some(&config),
+    );
+    // The ReplicaSet's deathstar pod and the tiefighter, created through the API server.
+    let deathstar = "deathstar-7848d6c4d5-th9v2";
+    produce(
+        &broker.producer(),
+        "k8s-audit",
+        &[
+            pod_created(0, deathstar, Some("deathstar-7848d6c4d5"), "deathstar"),
+            pod_created(1, "tiefighter", None, "tiefighter"),
+        ],
+    );
+    wait_for(
+        "the audit stream's workloads to reload the graph",
+        Duration::from_secs(60),
+        || {
+            s.log_text()
+            .contains("workloads changed in the Kubernetes audit stream: rules and policy graph reloaded")
+            .then_some(())
+        },
+    );
+    // Declared now (the empire reaches the deathstar on TCP 80): quiet; xwing is not.
+    let mut flows: Vec<Rec> = (0..5)
+        .map(|n| flow(n, "tiefighter", deathstar, 80, "FORWARDED", None))
+        .collect();
+    flows.extend((5..8).map(|n| flow(n, "xwing", deathstar, 80, "FORWARDED", None)));
+    produce(&broker.producer(), "flows", &flows);
+    wait_stored(&[&s], &dir, 10, Duration::from_secs(60));
+    let expected: BTreeSet<(String, String)> = [(
+        "vigil.unexpected_flow.declared".to_owned(),
+        format!("{deathstar} xwing"),
+    )]
+    .into_iter()
+    .collect();
+    wait_alerts(&dir, &expected, Duration::from_secs(30));
+    let (ok, log) = s.stop();
+    assert!(ok, "serve failed: {log}");
+    assert_eq!(alert_summary(&stored_alerts(&dir)), expected, "{log}");
+    // The reload is on Vigil's own record, by the audit watch.
+    let by = sql(
+        &dir,
+        "SELECT count(*) FROM events WHERE kind = 'admin_audit' AND caller_principal = 'audit-watch'",
+    );
+    use arrow::array::AsArray;
+    assert!(
+        by[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+            >= 1,
+        "{log}"
+    );
+}

@@ -3,7 +3,9 @@
 //! and Istio `AuthorizationPolicy` (principals, namespaces, methods, paths, ports; ALLOW) become
 //! edges of the allowlist rules' [`PolicyGraph`]. Label selectors are resolved to workloads
 //! from the manifests given alongside (Pods, Deployments, StatefulSets, DaemonSets,
-//! ReplicaSets, Jobs, CronJobs, Namespaces).
+//! ReplicaSets, Jobs, CronJobs, Namespaces), and from the Kubernetes audit stream: the
+//! workloads and namespaces the API server created, changed and deleted (`audit.rs`), applied
+//! after the manifests, in order.
 //!
 //! Flow edges (`kind = "flow"`) name workloads as Hubble does — the workload's name, or a pod's
 //! name (`deathstar` and `deathstar-*` for a Deployment's pods) — with namespaces and ports;
@@ -18,12 +20,19 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::allowlist::{EdgeSpec, PolicyGraph};
 
+mod audit;
+mod feed;
+
+pub use feed::AuditFeed;
+
 /// What an import made, and what it could not.
 #[derive(Debug, Default)]
 pub struct Imported {
     pub graph: PolicyGraph,
     /// Workloads the selectors were resolved against.
     pub workloads: usize,
+    /// Kubernetes audit events that created, changed or deleted a workload or namespace.
+    pub audit_changes: usize,
     /// Policies read (`Kind namespace/name`).
     pub policies: Vec<String>,
     /// What was left out, and why (file and object named).
@@ -204,6 +213,35 @@ impl Model {
             labels: map(&template["metadata"]["labels"]),
             service_account: pod(&template["spec"]),
         });
+    }
+
+    /// What one audit event did: a workload as it now stands (replacing the one of that
+    /// namespace and name), or one gone.
+    fn apply(&mut self, file: &str, change: audit::Change) {
+        match change {
+            audit::Change::Apply(doc) => {
+                let doc = audit::yaml(&doc);
+                let (ns, name) = (namespace_of(&doc), s(&doc["metadata"]["name"]));
+                if s(&doc["kind"]).as_deref() != Some("Namespace") {
+                    self.workloads
+                        .retain(|w| !(w.namespace == ns && Some(&w.name) == name.as_ref()));
+                }
+                self.add(file, &doc);
+            }
+            audit::Change::Delete {
+                kind,
+                namespace,
+                name,
+            } => {
+                if kind == "Namespace" {
+                    self.namespaces.remove(&name);
+                    self.workloads.retain(|w| w.namespace != name);
+                } else {
+                    self.workloads
+                        .retain(|w| !(w.namespace == namespace && w.name == name));
+                }
+            }
+        }
     }
 
     fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
@@ -556,11 +594,22 @@ fn authorization_policy(m: &Model, from: &str, doc: &Yaml, td: &str, out: &mut I
     }
 }
 
+/// Whether a file is read as a Kubernetes audit log (JSON lines) rather than YAML manifests.
+pub fn is_audit_log(name: &str) -> bool {
+    [".json", ".jsonl", ".log"]
+        .iter()
+        .any(|x| name.ends_with(x))
+}
+
 /// Import the policies and manifests in `files` (`(name, text)`, YAML, several documents a
-/// file). `trust_domain` names SPIFFE identities (`cluster.local`).
+/// file), and the workloads of the Kubernetes audit logs among them ([`is_audit_log`]: JSON
+/// lines, or an `EventList`), applied after every manifest, in the order given.
+/// `trust_domain` names SPIFFE identities (`cluster.local`).
 pub fn import(files: &[(String, String)], trust_domain: &str) -> Result<Imported, PolicyError> {
     let mut m = Model::default();
-    for (name, text) in files {
+    let mut notes = Vec::new();
+    let (logs, manifests): (Vec<_>, Vec<_>) = files.iter().partition(|(n, _)| is_audit_log(n));
+    for (name, text) in manifests {
         let docs = YamlLoader::load_from_str(text).map_err(|e| PolicyError {
             file: name.clone(),
             message: e.to_string(),
@@ -569,9 +618,33 @@ pub fn import(files: &[(String, String)], trust_domain: &str) -> Result<Imported
             m.add(name, d);
         }
     }
+    let mut changes = 0;
+    for (name, text) in logs {
+        let (events, other) = audit::events(text);
+        if events.is_empty() {
+            return Err(PolicyError {
+                file: name.clone(),
+                message: format!(
+                    "no Kubernetes audit event in it ({other} lines that are not one)"
+                ),
+            });
+        }
+        for ev in &events {
+            match audit::change(ev) {
+                Ok(Some(c)) => {
+                    m.apply(name, c);
+                    changes += 1;
+                }
+                Ok(None) => {}
+                Err(why) => notes.push(format!("{name}: {why}")),
+            }
+        }
+    }
+    notes.extend(m.replaced.iter().cloned());
     let mut out = Imported {
         workloads: m.workloads.len(),
-        notes: m.replaced.clone(),
+        audit_changes: changes,
+        notes,
         ..Imported::default()
     };
     for (file, doc) in &m.policies {
@@ -729,6 +802,176 @@ mod tests {
             &mut r,
             &flow("tiefighter", "deathstar", 443, None)
         ));
+    }
+
+    /// An audit event of the API server's (level RequestResponse) for `object`.
+    fn audit_event(verb: &str, code: i64, resource: &str, object: serde_json::Value) -> String {
+        let ns = object["metadata"]["namespace"].clone();
+        let name = object["metadata"]["name"].clone();
+        serde_json::json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
+            "stage": "ResponseComplete", "verb": verb,
+            "user": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "objectRef": {"resource": resource, "namespace": ns, "name": name, "apiVersion": "v1"},
+            "responseStatus": {"code": code},
+            "responseObject": object,
+        })
+        .to_string()
+    }
+
+    fn pod(
+        ns: &str,
+        name: &str,
+        owner: Option<&str>,
+        labels: serde_json::Value,
+    ) -> serde_json::Value {
+        let refs = owner.map(|o| {
+            serde_json::json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": o, "controller": true}])
+        });
+        serde_json::json!({
+            "kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": refs},
+            "spec": {"serviceAccountName": "default"},
+        })
+    }
+
+    /// The caller → callee edges on 6379 of the NetworkPolicy example.
+    fn db_callers(got: &Imported) -> BTreeSet<(String, Option<String>)> {
+        got.graph
+            .edges
+            .iter()
+            .filter(|e| e.callee == "redis" && e.ports == vec![6379] && !e.caller.ends_with('*'))
+            .map(|e| (e.caller.clone(), e.caller_namespace.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_resolve_against_the_workloads_of_the_kubernetes_audit_stream() {
+        // No manifests: the cluster as its audit log tells it.
+        let ns = serde_json::json!({"kind": "Namespace", "apiVersion": "v1",
+            "metadata": {"name": "myproject", "labels": {"project": "myproject"}}});
+        let mut lines = vec![
+            audit_event("create", 201, "namespaces", ns),
+            audit_event(
+                "create",
+                201,
+                "pods",
+                pod(
+                    "default",
+                    "redis-7f9c4-x2x9z",
+                    Some("redis-7f9c4"),
+                    serde_json::json!({"role": "db"}),
+                ),
+            ),
+            audit_event(
+                "create",
+                201,
+                "pods",
+                pod(
+                    "default",
+                    "web-5d4b6-abcde",
+                    Some("web-5d4b6"),
+                    serde_json::json!({"role": "frontend"}),
+                ),
+            ),
+            // A second replica changes nothing; a forbidden create is no workload.
+            audit_event(
+                "create",
+                201,
+                "pods",
+                pod(
+                    "default",
+                    "web-5d4b6-fghij",
+                    Some("web-5d4b6"),
+                    serde_json::json!({"role": "frontend"}),
+                ),
+            ),
+            audit_event(
+                "create",
+                403,
+                "pods",
+                pod(
+                    "default",
+                    "intruder",
+                    None,
+                    serde_json::json!({"role": "frontend"}),
+                ),
+            ),
+            audit_event(
+                "create",
+                201,
+                "pods",
+                pod(
+                    "myproject",
+                    "worker",
+                    None,
+                    serde_json::json!({"app": "worker"}),
+                ),
+            ),
+        ];
+        let log = |lines: &[String]| ("audit.log".to_owned(), lines.join("\n"));
+        let got = import(
+            &[shared("k8s_networkpolicy_example.yaml"), log(&lines)],
+            "cluster.local",
+        )
+        .unwrap();
+        assert_eq!(got.audit_changes, 5);
+        assert_eq!(
+            db_callers(&got),
+            BTreeSet::from([
+                ("web".into(), Some("default".into())),
+                ("worker".into(), Some("myproject".into())),
+            ])
+        );
+        // The Deployment's pods are named as Hubble names them.
+        assert!(
+            got.graph
+                .edges
+                .iter()
+                .any(|e| e.caller == "web-*" && e.callee == "redis-*")
+        );
+        // The standalone pod is deleted: its edge goes; a replica deleted leaves its workload.
+        lines.push(audit_event(
+            "delete",
+            200,
+            "pods",
+            pod(
+                "myproject",
+                "worker",
+                None,
+                serde_json::json!({"app": "worker"}),
+            ),
+        ));
+        lines.push(audit_event(
+            "delete",
+            200,
+            "pods",
+            pod(
+                "default",
+                "web-5d4b6-abcde",
+                Some("web-5d4b6"),
+                serde_json::json!({"role": "frontend"}),
+            ),
+        ));
+        let got = import(
+            &[shared("k8s_networkpolicy_example.yaml"), log(&lines)],
+            "cluster.local",
+        )
+        .unwrap();
+        assert_eq!(
+            db_callers(&got),
+            BTreeSet::from([("web".into(), Some("default".into()))])
+        );
+        // A file of something else is refused, named.
+        let err = import(
+            &[("x.json".into(), "{\"kind\":\"Pod\"}".into())],
+            "cluster.local",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("no Kubernetes audit event"),
+            "{err}"
+        );
     }
 
     #[test]
