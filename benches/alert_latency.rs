@@ -30,13 +30,9 @@ use rdkafka::producer::{BaseRecord, Producer};
 /// time, stamped by the producer, and when detection raised it; wall clock, ns).
 type Seen = Arc<Mutex<HashMap<String, (Instant, i64, i64, i64)>>>;
 
-fn unix_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-}
-
 async fn receive(State(seen): State<Seen>, body: Bytes) -> StatusCode {
     let at = Instant::now();
-    let at_ns = unix_ns();
+    let at_ns = vigil_store::clock::now_ns();
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
         && v["alert"]["rule_id"] == "vigil.denial_burst.source_ip"
         && let Some(ip) = v["alert"]["group_key"]["caller_ip"].as_str()

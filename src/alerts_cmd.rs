@@ -177,7 +177,7 @@ fn change(cfg: &Config, action: Action, args: ChangeArgs) -> anyhow::Result<Exit
         action,
         by: local_user(),
         note: args.note,
-        at_ns: vigil_detect::engine::now_ns(),
+        at_ns: vigil_store::clock::now_ns(),
     };
     cmd.check().map_err(anyhow::Error::msg)?;
     let mut cfg = cfg.clone();

@@ -445,11 +445,7 @@ fn write_log<T>(
             })
             .unzip();
         let written = log
-            .append_with_headers(
-                &values,
-                &headers,
-                vigil_detect::engine::now_ns() / 1_000_000,
-            )
+            .append_with_headers(&values, &headers, vigil_store::clock::now_ns() / 1_000_000)
             .map_err(anyhow::Error::from)
             .and_then(|w| {
                 let w = w.context("no record written")?;

@@ -5,7 +5,6 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
@@ -67,10 +66,7 @@ pub fn run(cfg: &Config, args: DecodeArgs) -> anyhow::Result<ExitCode> {
         }
         f => f,
     };
-    let received_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default();
+    let received_ns = vigil_store::clock::now_ns();
 
     let stdout = io::stdout().lock();
     let mut out = arrow::json::LineDelimitedWriter::new(io::BufWriter::new(stdout));

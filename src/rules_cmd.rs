@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vigil_detect::engine::{Engine, now_ns};
+use vigil_detect::engine::Engine;
 use vigil_detect::rules::{self, Defaults, Loaded};
+use vigil_store::clock::now_ns;
 
 use crate::config::{Config, DetectConfig};
 use crate::policy_cmd::PolicyFeed;

@@ -26,6 +26,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::config::Config;
+use vigil_store::clock::now_ns;
 
 /// A named attack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -235,10 +236,6 @@ const HISTORY_KEY: &str = "vigil-simulate-history";
 /// A time as RFC 3339 with nanoseconds, as the sources write it.
 pub(crate) fn rfc3339(t_ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(t_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
-fn now_ns() -> i64 {
-    vigil_detect::engine::now_ns()
 }
 
 /// Builds the records, with unique ids.

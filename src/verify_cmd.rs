@@ -295,7 +295,7 @@ fn write_trusted(
 }
 
 fn hex(h: &[u8; 32]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h)
 }
 
 fn print_report(data_dir: &Path, r: &AuditReport, secs: f64) {

@@ -22,9 +22,7 @@ fn ts(t_ns: i64) -> String {
         .to_string()
 }
 
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap()
-}
+use vigil_store::clock::now_ns;
 
 const FRONTEND: &str = "spiffe://cluster.local/ns/web/sa/frontend";
 const ORDERS: &str = "spiffe://cluster.local/ns/shop/sa/orders";

@@ -18,9 +18,7 @@ fn ts(t_ns: i64) -> String {
         .to_string()
 }
 
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap()
-}
+use vigil_store::clock::now_ns;
 
 /// A denied (or allowed) unauthenticated login from `ip`, dated `t_ns`, to `partition`.
 fn login(n: usize, ip: &str, allow: bool, t_ns: i64, partition: i32) -> Rec {

@@ -767,7 +767,7 @@ fn t14_signatures_only_from_an_unknown_or_expired_key() {
     let n = c.notes(0).last().unwrap().clone();
     let note = signed_note::Note::from_bytes(&std::fs::read(&n).unwrap()).unwrap();
     let mut cp = Checkpoint::parse(note.text()).unwrap();
-    cp.time_ms = vigil_store::checkpoint::now_ms();
+    cp.time_ms = vigil_store::clock::now_ms();
     std::fs::write(&n, stranger.sign(&cp).unwrap()).unwrap();
     assert_tampered(&c.verify(&[]), &name(&n), "not signed by a trusted key");
 
@@ -834,7 +834,7 @@ fn t21_an_old_key_used_after_its_range() {
     let n = c.notes(2).last().unwrap().clone();
     let note = signed_note::Note::from_bytes(&std::fs::read(&n).unwrap()).unwrap();
     let mut cp = Checkpoint::parse(note.text()).unwrap();
-    cp.time_ms = vigil_store::checkpoint::now_ms();
+    cp.time_ms = vigil_store::clock::now_ms();
     std::fs::write(&n, ring.sign(&cp).unwrap()).unwrap();
     assert_tampered(&c.verify(&[]), &name(&n), "outside its validity range");
 }

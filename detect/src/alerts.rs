@@ -348,7 +348,7 @@ impl AlertLog {
         };
         let files = alert_files(&log.dir)?;
         if files.len() > MERGE_FILES {
-            log.merge(files, crate::engine::now_ns())?;
+            log.merge(files, vigil_store::clock::now_ns())?;
         }
         Ok(log)
     }

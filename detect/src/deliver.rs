@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::alerts::Alert;
-use crate::engine::now_ns;
 use crate::rules::Severity;
+use vigil_store::clock::now_ns;
 
 /// What a target speaks.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

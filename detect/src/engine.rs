@@ -1192,7 +1192,7 @@ impl Engine {
         }
         // Saved by a version that let a forged event time move the clocks (2099): no
         // clock is restored past receive time.
-        let max_ns = now_ns().saturating_add(self.time.max_future_skew_ns);
+        let max_ns = vigil_store::clock::now_ns().saturating_add(self.time.max_future_skew_ns);
         self.clocks.restore(state.newest_ns, max_ns);
         for (log, s) in &state.sources {
             let id = self.logs.id(log);
@@ -1253,18 +1253,11 @@ fn evidence(
         .map(|e| Evidence {
             log: logs.names.get(e.log as usize).cloned().unwrap_or_default(),
             index: e.index,
-            leaf_hash: e.leaf.iter().map(|b| format!("{b:02x}")).collect(),
+            leaf_hash: hex::encode(e.leaf),
             event_time_ns: e.time_ns,
             event_id: event_id(e),
         })
         .collect()
-}
-
-/// The current time in ns since the epoch.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

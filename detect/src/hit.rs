@@ -82,23 +82,40 @@ pub(crate) mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        let mut out = String::with_capacity(64);
-        for b in v {
-            out.push_str(&format!("{b:02x}"));
-        }
-        s.serialize_str(&out)
+        s.serialize_str(&hex::encode(v))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let s = String::deserialize(d)?;
         let mut out = [0u8; 32];
-        if s.len() != 64 {
-            return Err(serde::de::Error::custom("expected 64 hex digits"));
-        }
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-                .map_err(|_| serde::de::Error::custom("expected hex digits"))?;
-        }
+        hex::decode_to_slice(&s, &mut out)
+            .map_err(|_| serde::de::Error::custom("expected 64 hex digits"))?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaf_hash_round_trips_and_a_hostile_one_is_an_error_not_a_panic() {
+        let ev = EvRef {
+            leaf: [0xab; 32],
+            ..at(7)
+        };
+        let text = serde_json::to_string(&ev).unwrap();
+        assert!(text.contains(&"ab".repeat(32)), "{text}");
+        assert_eq!(serde_json::from_str::<EvRef>(&text).unwrap(), ev);
+        // 64 bytes, not 64 hex digits: a state file edited by hand (or by an attacker) used
+        // to slice through a multi-byte character and panic.
+        for leaf in [
+            format!("{}a", "€".repeat(21)),
+            "zz".repeat(32),
+            "ab".repeat(31),
+        ] {
+            let bad = text.replace(&"ab".repeat(32), &leaf);
+            assert!(serde_json::from_str::<EvRef>(&bad).is_err(), "{leaf}");
+        }
     }
 }

@@ -11,8 +11,9 @@ use arrow::datatypes::{TimestampMillisecondType, TimestampNanosecondType};
 use vigil_store::read::LogReader;
 use vigil_store::{Piece, Store, StoreError};
 
-use crate::engine::{Engine, now_ns};
+use crate::engine::Engine;
 use crate::time::{TimeConfig, judge};
+use vigil_store::clock::now_ns;
 
 /// The earliest effective event time in a piece (times held against receive time, as the
 /// engine holds them).

@@ -17,9 +17,10 @@ use vigil_store::checkpoint::Checkpointer;
 use vigil_store::{AUDIT_PARTITION, AUDIT_TOPIC, OwnLog, Piece, Store, WriteOptions};
 
 use crate::alerts::{Alert, AlertLog, latest, read_revisions};
-use crate::engine::{Engine, EngineError, RuleStats, now_ns};
+use crate::engine::{Engine, EngineError, RuleStats};
 use crate::lifecycle::{Command, Queue, Reply, audit_event};
 use crate::rules::Rule;
+use vigil_store::clock::now_ns;
 
 /// Publishes a signed checkpoint of Vigil's own log outside the store (the Kafka anchor
 /// topic): called with the log's origin and the note.

@@ -372,7 +372,7 @@ fn a_state_saved_with_a_clock_in_2099_is_brought_back_to_receive_time() {
     std::fs::write(&state, v.to_string()).unwrap();
     let mut r = engine();
     r.restore(&state).unwrap();
-    let now = crate::engine::now_ns();
+    let now = vigil_store::clock::now_ns();
     assert!(r.time_stats().watermark_ns <= now + TimeConfig::default().max_future_skew_ns);
     // A burst at the real time alerts, not late.
     let mut p = Part::new("t", 0);
@@ -817,7 +817,7 @@ fn a_replay_merges_stored_logs_per_event_not_per_file() {
         &mut e,
         &store,
         |e, p| -> Result<(), vigil_store::StoreError> {
-            e.observe(&p, crate::engine::now_ns())
+            e.observe(&p, vigil_store::clock::now_ns())
                 .map_err(|_| vigil_store::StoreError::Internal("observe"))?;
             fired.extend(e.take_pending());
             Ok(())

@@ -34,7 +34,8 @@ use std::sync::mpsc::{self, Receiver};
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use vigil_store::clock::now_ns;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -261,13 +262,6 @@ impl ConsumerContext for Ctx {
             }
         }
     }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 fn one(key: &Key) -> Result<TopicPartitionList, KafkaError> {

@@ -439,7 +439,7 @@ fn read_checkpoints(data_dir: &Path) -> Result<RecordBatch, DataFusionError> {
         ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
     };
     use vigil_store::checkpoint::{CHECKPOINTS_DIR, Checkpointer, list_notes, parse_note};
-    let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let hex = |h: &[u8]| hex::encode(h);
     let ext = |e: String| DataFusionError::External(e.into());
     let root = data_dir.join(CHECKPOINTS_DIR);
     let (

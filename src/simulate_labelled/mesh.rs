@@ -140,7 +140,7 @@ impl World {
             rng,
             p: Payloads {
                 n: 0,
-                run: u64::try_from(vigil_detect::engine::now_ns()).unwrap_or(0) / 1_000_000,
+                run: u64::try_from(vigil_store::clock::now_ns()).unwrap_or(0) / 1_000_000,
             },
             w,
             edges,

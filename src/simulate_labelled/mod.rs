@@ -160,7 +160,7 @@ pub fn run(
     if let Some(g) = &args.graph_out {
         std::fs::write(g, world.graph()).with_context(|| format!("writing {}", g.display()))?;
     }
-    let now = vigil_detect::engine::now_ns();
+    let now = vigil_store::clock::now_ns();
     let history_end = now + wall_ns - span_ns - 60 * S;
     let history = world.history(history_hours, history_end);
     for o in &history {
@@ -175,7 +175,7 @@ pub fn run(
     ));
     // Time for a consumer started with the graph to join and take the history.
     std::thread::sleep(Duration::from_secs(5));
-    let w0 = vigil_detect::engine::now_ns();
+    let w0 = vigil_store::clock::now_ns();
     let e0 = w0 + wall_ns - span_ns;
     world.time_deploys(e0, span_ns);
 
@@ -233,7 +233,7 @@ pub fn run(
     let emit = |o: &Out, attacks: &mut Vec<Attack>| -> anyhow::Result<()> {
         send(o)?;
         if let Some((a, stated)) = o.attack {
-            let sent = vigil_detect::engine::now_ns();
+            let sent = vigil_store::clock::now_ns();
             attacks[a]
                 .records
                 .push([stated, sent, i64::from(o.partition)]);
@@ -264,12 +264,12 @@ pub fn run(
         }
         let Some(Reverse(o)) = heap.pop() else { break };
         let due = deadline(o.at_ns);
-        let now = vigil_detect::engine::now_ns();
+        let now = vigil_store::clock::now_ns();
         if due > now + 2 * MS {
             std::thread::sleep(Duration::from_nanos((due - now) as u64));
         }
         // The lagging partition's records whose time has come.
-        let now = vigil_detect::engine::now_ns();
+        let now = vigil_store::clock::now_ns();
         while lagged.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, l)) = lagged.pop_front() {
                 emit(&l, &mut attacks)?;
@@ -292,7 +292,7 @@ pub fn run(
         }
     }
     while let Some((at, l)) = lagged.pop_front() {
-        let now = vigil_detect::engine::now_ns();
+        let now = vigil_store::clock::now_ns();
         if at > now {
             std::thread::sleep(Duration::from_nanos((at - now) as u64));
         }

@@ -109,12 +109,14 @@ pub fn chain_hash(
 
 /// Hex of a hash, for file metadata and messages.
 pub fn to_hex(h: &[u8; 32]) -> String {
-    blake3::Hash::from_bytes(*h).to_hex().to_string()
+    hex::encode(h)
 }
 
 /// Parse a 64-character hex hash.
 pub fn from_hex(s: &str) -> Option<[u8; 32]> {
-    blake3::Hash::from_hex(s).ok().map(|h| *h.as_bytes())
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
 }
 
 #[cfg(test)]

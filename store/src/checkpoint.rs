@@ -25,7 +25,6 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -33,6 +32,7 @@ use signed_note::{Note, Signer, StandardSigner, StandardVerifier, VerifierList};
 
 use crate::batch::ChainHead;
 use crate::chain::{from_hex, to_hex};
+use crate::clock::now_ms;
 use crate::error::StoreError;
 use crate::files::{fsync_dir, validate_topic, write_durably};
 use crate::merkle::{Frontier, Hash};
@@ -46,13 +46,6 @@ pub const REGISTRY_FILE: &str = "registry";
 
 /// Most signatures a checkpoint may carry (signed_note's own cap is 100).
 pub const MAX_SIGNATURES: usize = 8;
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -522,7 +515,7 @@ impl KeyRing {
 }
 
 fn hex8(b: &[u8; 8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 /// The verifier key of an encoded signer key.

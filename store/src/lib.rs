@@ -18,6 +18,7 @@ pub mod audit;
 pub mod batch;
 pub mod chain;
 pub mod checkpoint;
+pub mod clock;
 pub mod compact;
 pub mod error;
 pub mod files;

@@ -13,6 +13,8 @@
 //! O(log n) and survives restarts in the file footer; proofs are generated from the leaves
 //! and verified with the RFC 9162 algorithms (§2.1.3.2, §2.1.4.2), which need nothing else.
 
+use crate::chain::{from_hex, to_hex};
+
 pub type Hash = [u8; 32];
 
 /// The hash of a leaf node.
@@ -97,7 +99,7 @@ impl Frontier {
 
     /// `SIZE` or `SIZE:HEX,HEX,…` (one 64-character hash per set bit of SIZE).
     pub fn encode(&self) -> String {
-        let nodes: Vec<String> = self.nodes.iter().map(hex).collect();
+        let nodes: Vec<String> = self.nodes.iter().map(to_hex).collect();
         if nodes.is_empty() {
             self.size.to_string()
         } else {
@@ -113,7 +115,7 @@ impl Frontier {
         } else {
             nodes
                 .split(',')
-                .map(|h| unhex(h).ok_or(FrontierError("hash")))
+                .map(|h| from_hex(h).ok_or(FrontierError("hash")))
                 .collect::<Result<_, _>>()?
         };
         if nodes.len() != size.count_ones() as usize {
@@ -121,14 +123,6 @@ impl Frontier {
         }
         Ok(Frontier { size, nodes })
     }
-}
-
-fn hex(h: &Hash) -> String {
-    blake3::Hash::from_bytes(*h).to_hex().to_string()
-}
-
-fn unhex(s: &str) -> Option<Hash> {
-    blake3::Hash::from_hex(s).ok().map(|h| *h.as_bytes())
 }
 
 /// The inclusion proof of leaf `index` in the tree over `nodes` (leaf nodes), RFC 9162 §2.1.3.1.
@@ -330,7 +324,7 @@ mod tests {
         ls.iter().for_each(|l| f.append(l));
         // Checked independently with Python's blake3 package.
         assert_eq!(
-            hex(&f.root()),
+            hex::encode(f.root()),
             "e8b472ae7ed44c63711e96d2e57b5f5196b6a2bdbe83df454ba431c012a50cce"
         );
         assert_eq!(f.encode().split(':').next(), Some("3"));

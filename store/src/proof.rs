@@ -344,9 +344,7 @@ pub fn check_consistency(
 pub const FORMAT: &str = "vigil-proof-v1";
 
 fn hexes(h: &[Hash]) -> Vec<String> {
-    h.iter()
-        .map(|h| h.iter().map(|b| format!("{b:02x}")).collect())
-        .collect()
+    h.iter().map(hex::encode).collect()
 }
 
 fn b64(v: &Option<Vec<u8>>) -> serde_json::Value {

@@ -19,7 +19,8 @@ use axum::response::Response;
 use serde::Serialize;
 
 use super::auth::{AuthError, Principal, Role};
-use super::{API_SERVICE, AppState, ClientCert, error, now_ns};
+use super::{API_SERVICE, AppState, ClientCert, error};
+use vigil_store::clock::now_ns;
 
 /// One API call, as the audit log records it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

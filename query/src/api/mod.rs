@@ -481,10 +481,6 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn now_ns() -> i64 {
-    vigil_detect::engine::now_ns()
-}
-
 async fn readyz(State(s): State<AppState>) -> Response {
     if s.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
@@ -648,7 +644,7 @@ async fn change(
         action,
         by: p.id.clone(),
         note: b.note,
-        at_ns: now_ns(),
+        at_ns: vigil_store::clock::now_ns(),
     };
     if let Err(e) = cmd.check() {
         return error(StatusCode::BAD_REQUEST, e);
