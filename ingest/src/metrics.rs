@@ -48,6 +48,8 @@ pub struct IngestMetrics {
     pub received_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
     /// Per partition log: the last offset handed to detection (in a piece).
     pub handed_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    /// Per partition log: when its received or durable offset last moved.
+    pub progress_at: std::sync::Mutex<std::collections::HashMap<(String, i32), std::time::Instant>>,
     /// Per partition consumed now: the broker's high watermark (the offset its next record
     /// will get), from the consumer's statistics (`statistics.interval.ms`, 1 s by default).
     pub high_watermarks: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
@@ -152,21 +154,36 @@ impl IngestMetrics {
         }
     }
 
-    /// Every partition log this process has held, with whether it has records consumed but
-    /// neither handed to detection nor durable yet (records on their way: a log that has them
-    /// is not idle). Not "not yet durable": a batch stays open for up to `max_batch_wait_ms`,
-    /// and a quiet log would hold detection's watermark for that long after its last record.
+    /// Every partition log this process has held, with whether records are on their way
+    /// (a log that has them is not idle): consumed but neither handed to detection nor durable
+    /// yet, or still on the broker — its high watermark at least two past what was consumed
+    /// (one is a transaction marker's), while consuming it made progress within
+    /// [`HELD_PROGRESS`] (a gap the consumer never reads, aborted transactions' records, must
+    /// not hold detection for good). Not "not yet durable": a batch stays open for up to
+    /// `max_batch_wait_ms`, and a quiet log would hold detection's watermark for that long
+    /// after its last record.
     pub fn held(&self) -> Vec<((String, i32), bool)> {
         let copy = |m: &std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>| {
             m.lock().map(|m| m.clone()).unwrap_or_default()
         };
         let (received, handed) = (copy(&self.received_offsets), copy(&self.handed_offsets));
+        let high = copy(&self.high_watermarks);
+        let progress = self
+            .progress_at
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         self.durable()
             .into_iter()
             .map(|(k, d)| {
                 let past = handed.get(&k).map_or(d, |h| (*h).max(d));
-                let busy = received.get(&k).is_some_and(|r| *r > past);
-                (k, busy)
+                let got = received.get(&k).map_or(d, |r| (*r).max(d));
+                let in_flight = got > past;
+                let on_broker = high.get(&k).is_some_and(|h| *h >= got.saturating_add(3))
+                    && progress
+                        .get(&k)
+                        .is_some_and(|t| t.elapsed() < HELD_PROGRESS);
+                (k, in_flight || on_broker)
             })
             .collect()
     }
@@ -182,16 +199,28 @@ impl IngestMetrics {
     /// Record that `key`'s records up to `offset` were handed to its pipeline.
     pub(crate) fn received_at(&self, key: &(String, i32), offset: i64) {
         if let Ok(mut m) = self.received_offsets.lock() {
-            let e = m.entry(key.clone()).or_insert(offset);
-            *e = (*e).max(offset);
+            let e = m.entry(key.clone()).or_insert(i64::MIN);
+            if offset > *e {
+                *e = offset;
+                self.progressed(key);
+            }
         }
     }
 
-    /// Record that `key` is durable up to `offset`.
+    /// Record that `key` is durable up to `offset` (its store head, when assigned).
     pub(crate) fn durable_at(&self, key: &(String, i32), offset: i64) {
         if let Ok(mut m) = self.durable_offsets.lock() {
-            let e = m.entry(key.clone()).or_insert(offset);
-            *e = (*e).max(offset);
+            let e = m.entry(key.clone()).or_insert(i64::MIN);
+            if offset > *e {
+                *e = offset;
+                self.progressed(key);
+            }
+        }
+    }
+
+    fn progressed(&self, key: &(String, i32)) {
+        if let Ok(mut m) = self.progress_at.lock() {
+            m.insert(key.clone(), std::time::Instant::now());
         }
     }
 }
@@ -251,6 +280,10 @@ impl IngestMetrics {
     }
 }
 
+/// How long a partition log the broker says has more records holds detection's watermark
+/// without its consumption moving on (see [`IngestMetrics::held`]).
+pub const HELD_PROGRESS: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +328,18 @@ mod tests {
         let m = IngestMetrics::default();
         m.durable_at(&key, 12);
         m.received_at(&key, 12);
+        assert_eq!(m.held(), vec![(key.clone(), false)]);
+        // The broker has records past it (a stalled fetch, a lagging consumer): busy; one past
+        // the next offset is a transaction marker's, not a record on its way.
+        m.set_high_watermarks([(key.clone(), 15)].into_iter().collect());
+        assert_eq!(m.held(), vec![(key.clone(), true)]);
+        m.set_high_watermarks([(key.clone(), 14)].into_iter().collect());
+        assert_eq!(m.held(), vec![(key.clone(), false)]);
+        // A gap the consumer never reads holds only while consuming makes progress.
+        m.set_high_watermarks([(key.clone(), 40)].into_iter().collect());
+        if let Ok(mut p) = m.progress_at.lock() {
+            p.insert(key.clone(), std::time::Instant::now() - HELD_PROGRESS);
+        }
         assert_eq!(m.held(), vec![(key, false)]);
     }
 
