@@ -43,11 +43,9 @@ pub struct IngestMetrics {
     /// store's head when assigned). Rows after it are not in a file yet.
     pub durable_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
     /// Per partition log: the last offset consumed and handed to its pipeline. Past
-    /// `handed_offsets` (and `durable_offsets`), records are on their way to detection, which
-    /// holds its watermark for such a log: it is not idle, its records are yet to arrive.
+    /// `durable_offsets`, records are on their way to a file (detection holds its watermark
+    /// for such a log: it is not idle).
     pub received_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
-    /// Per partition log: the last offset handed to detection (in a piece).
-    pub handed_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
     /// Per partition log: when its received or durable offset last moved.
     pub progress_at: std::sync::Mutex<std::collections::HashMap<(String, i32), std::time::Instant>>,
     /// Per partition consumed now: the broker's high watermark (the offset its next record
@@ -155,18 +153,19 @@ impl IngestMetrics {
     }
 
     /// Every partition log this process has held, with whether records are on their way
-    /// (a log that has them is not idle): consumed but neither handed to detection nor durable
-    /// yet, or still on the broker — its high watermark at least two past what was consumed
-    /// (one is a transaction marker's), while consuming it made progress within
-    /// [`HELD_PROGRESS`] (a gap the consumer never reads, aborted transactions' records, must
-    /// not hold detection for good). Not "not yet durable": a batch stays open for up to
-    /// `max_batch_wait_ms`, and a quiet log would hold detection's watermark for that long
-    /// after its last record.
+    /// (a log that has them is not idle): consumed but not durable yet, or still on the
+    /// broker — its high watermark at least two past what was consumed (one is a transaction
+    /// marker's), while consuming it made progress within [`HELD_PROGRESS`] (a gap the
+    /// consumer never reads, aborted transactions' records, must not hold detection for good).
+    /// "Until durable" keeps a quiet log holding detection's watermark for up to
+    /// `max_batch_wait_ms` after its last record; "until handed to detection" was measured and
+    /// turned a broker's uneven fetches (seconds on a busy SQLite-backed Tansu) into idle logs,
+    /// and absence rules into false alerts.
     pub fn held(&self) -> Vec<((String, i32), bool)> {
         let copy = |m: &std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>| {
             m.lock().map(|m| m.clone()).unwrap_or_default()
         };
-        let (received, handed) = (copy(&self.received_offsets), copy(&self.handed_offsets));
+        let received = copy(&self.received_offsets);
         let high = copy(&self.high_watermarks);
         let progress = self
             .progress_at
@@ -176,9 +175,8 @@ impl IngestMetrics {
         self.durable()
             .into_iter()
             .map(|(k, d)| {
-                let past = handed.get(&k).map_or(d, |h| (*h).max(d));
                 let got = received.get(&k).map_or(d, |r| (*r).max(d));
-                let in_flight = got > past;
+                let in_flight = got > d;
                 let on_broker = high.get(&k).is_some_and(|h| *h >= got.saturating_add(3))
                     && progress
                         .get(&k)
@@ -186,14 +184,6 @@ impl IngestMetrics {
                 (k, in_flight || on_broker)
             })
             .collect()
-    }
-
-    /// Record that `key`'s records up to `offset` were handed to detection.
-    pub(crate) fn handed_at(&self, key: &(String, i32), offset: i64) {
-        if let Ok(mut m) = self.handed_offsets.lock() {
-            let e = m.entry(key.clone()).or_insert(offset);
-            *e = (*e).max(offset);
-        }
     }
 
     /// Record that `key`'s records up to `offset` were handed to its pipeline.
@@ -313,19 +303,12 @@ mod tests {
     }
 
     #[test]
-    fn a_log_is_busy_while_records_are_on_their_way_to_detection_not_until_they_are_durable() {
+    fn a_log_is_busy_while_records_are_on_their_way_to_a_file_or_still_on_the_broker() {
         let m = IngestMetrics::default();
         let key = ("t".to_owned(), 0);
         m.durable_at(&key, 4);
         m.received_at(&key, 10);
         assert_eq!(m.held(), vec![(key.clone(), true)]);
-        // Handed to detection, its batch still open (not durable): nothing more is coming.
-        m.handed_at(&key, 10);
-        assert_eq!(m.held(), vec![(key.clone(), false)]);
-        m.received_at(&key, 12);
-        assert_eq!(m.held(), vec![(key.clone(), true)]);
-        // Without detection, pieces are never handed: durable says it.
-        let m = IngestMetrics::default();
         m.durable_at(&key, 12);
         m.received_at(&key, 12);
         assert_eq!(m.held(), vec![(key.clone(), false)]);

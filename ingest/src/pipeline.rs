@@ -91,19 +91,13 @@ struct Pipeline {
 /// its backpressure).
 fn cut(
     open: &mut Open,
-    key: &Key,
     detect: Option<&crossbeam_channel::Sender<Piece>>,
-    metrics: &IngestMetrics,
 ) -> Result<(), IngestError> {
     let Some(detect) = detect else {
         return Ok(());
     };
     if let Some(piece) = open.batch.cut()? {
-        let last = piece.last_offset();
         detect.send(piece).map_err(|_| IngestError::DetectGone)?;
-        if let Some(last) = last {
-            metrics.handed_at(key, last);
-        }
     }
     Ok(())
 }
@@ -114,10 +108,9 @@ fn seal_open(
     key: &Key,
     writers: &[SyncSender<ToWrite>],
     detect: Option<&crossbeam_channel::Sender<Piece>>,
-    metrics: &IngestMetrics,
 ) -> Result<(), IngestError> {
     let opened_at = open.opened_at.take().unwrap_or_else(Instant::now);
-    cut(open, key, detect, metrics)?;
+    cut(open, detect)?;
     if let Some(sealed) = open.batch.seal()? {
         // Blocks while the writer is behind: that is the backpressure.
         writers
@@ -132,13 +125,7 @@ fn seal_open(
 impl Pipeline {
     fn seal(&mut self, key: &Key) -> Result<(), IngestError> {
         match self.parts.get_mut(key) {
-            Some(open) => seal_open(
-                open,
-                key,
-                &self.writers,
-                self.detect.as_ref(),
-                &self.metrics,
-            ),
+            Some(open) => seal_open(open, key, &self.writers, self.detect.as_ref()),
             None => Ok(()),
         }
     }
@@ -174,11 +161,11 @@ impl Pipeline {
             if open.batch.rows() >= limits.max_batch_events
                 || open.batch.raw_bytes() >= limits.max_batch_bytes
             {
-                seal_open(open, &chunk.key, writers, detect.as_ref(), metrics)?;
+                seal_open(open, &chunk.key, writers, detect.as_ref())?;
             }
             Ok::<(), IngestError>(())
         })?;
-        cut(open, &chunk.key, detect.as_ref(), metrics)
+        cut(open, detect.as_ref())
     }
 
     fn seal_expired(&mut self) -> Result<(), IngestError> {

@@ -91,18 +91,6 @@ pub struct Piece {
     pub batch: RecordBatch,
 }
 
-impl Piece {
-    /// The Kafka offset of the piece's last row (`None` for an empty piece).
-    pub fn last_offset(&self) -> Option<i64> {
-        use arrow::array::AsArray;
-        let col = self
-            .batch
-            .column_by_name("kafka_offset")?
-            .as_primitive_opt::<arrow::datatypes::Int64Type>()?;
-        (!col.is_empty()).then(|| col.value(col.len() - 1))
-    }
-}
-
 /// The leaf index of each row of a store-schema batch whose first row's record has leaf
 /// index `first` (rows of one record share it), and the index after the batch.
 pub fn leaf_indexes(batch: &RecordBatch, first: u64) -> Result<(Vec<u64>, u64), StoreError> {
