@@ -27,7 +27,8 @@
 //!   Vigil's share alone: from the decisive record's arrival at that consumer to the alert
 //!   (Tansu's SQLite engine, at this rate on two cores, takes seconds from producer to
 //!   consumer by itself; the reference says how many). Leaf index = Kafka offset here: every
-//!   partition starts at 0 and has no gaps.
+//!   partition starts at 0 and has no gaps. `VIGIL_BENCH_REFERENCE=0` runs without the
+//!   reference consumer (it doubles the broker's read load).
 //!
 //! Prints a table per rule, every missed expectation and every false alert, and the figures
 //! for BENCHMARKS.md (targets: recall 100 %, ≤ 1 false alert per 1 000 000 benign events,
@@ -247,7 +248,9 @@ fn run(events: u64, rate: f64, speed: f64, lag_ms: u64, each: u64, seed: u64) {
 
     // The reference: a bare consumer of the same topic on the same broker, in the same run —
     // how long a record takes from the producer to any consumer (Kafka's CreateTime to now).
-    let reference = bare_consumer_latency(&broker.addr, "mesh");
+    // `VIGIL_BENCH_REFERENCE=0`: without it (it doubles the broker's read load).
+    let reference = (std::env::var("VIGIL_BENCH_REFERENCE").as_deref() != Ok("0"))
+        .then(|| bare_consumer_latency(&broker.addr, "mesh"));
 
     let started = Instant::now();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -300,7 +303,7 @@ fn run(events: u64, rate: f64, speed: f64, lag_ms: u64, each: u64, seed: u64) {
     std::thread::sleep(Duration::from_secs(5));
     let log = s.log_text();
     assert!(s.terminate(), "vigil serve did not stop cleanly");
-    let arrivals = reference.stop();
+    let arrivals = reference.map(BareConsumer::stop).unwrap_or_default();
     let mut bare: Vec<f64> = arrivals.values().map(|a| a.1).collect();
     bare.sort_by(|a, b| a.total_cmp(b));
     println!(
