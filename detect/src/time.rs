@@ -7,9 +7,9 @@
 //! (an idle source does not hold the others back) — and never moves back. Only logs fed live
 //! hold it: a log read from the store after the fact (another process's partition) or written
 //! by this process (Vigil's own logs) *follows* — its events are ordered with the others', but
-//! nothing waits for it, or every alert would wait as long as it comes late. A row that is not
-//! evaluated (a record that failed to decode, a revision detection wrote) still moves its
-//! log's clock, so a log sending only garbage cannot hold the others. Events before the
+//! nothing waits for it, or every alert would wait as long as it comes late. A record that
+//! failed to decode is not evaluated but still moves its log's clock, so a log sending only
+//! garbage cannot hold the others. Events before the
 //! watermark are evaluated in event-time order (events at one instant in the order of a hash
 //! of their raw bytes); the others wait in a bounded buffer
 //! ([`Reorder`]). So a partition that runs ahead of another does not make the other's events
@@ -217,10 +217,9 @@ impl Clocks {
         }
     }
 
-    /// A row of `source` that is not evaluated (a record that failed to decode, a revision
-    /// detection itself wrote) still says where its source stands: otherwise a log sending
-    /// only such rows would hold the watermark, with no event, for as long as it kept
-    /// sending. Not counted as an event.
+    /// A row of `source` that is not evaluated (a record that failed to decode) still says
+    /// where its source stands: otherwise a log sending only such rows would hold the
+    /// watermark, with no event, for as long as it kept sending. Not counted as an event.
     pub fn pass(
         &mut self,
         source: u32,
