@@ -32,7 +32,7 @@ pub(super) enum Change {
 pub(super) type Skip = String;
 
 /// The resources whose objects carry workload labels, and their kinds.
-const RESOURCES: &[(&str, &str)] = &[
+pub(super) const RESOURCES: &[(&str, &str)] = &[
     ("pods", "Pod"),
     ("deployments", "Deployment"),
     ("statefulsets", "StatefulSet"),

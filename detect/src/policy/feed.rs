@@ -25,7 +25,9 @@ pub struct AuditFeed {
     positions: HashMap<String, u64>,
     /// (kind, namespace, name) → the object as a manifest, and when it last changed (a
     /// sequence number: the oldest go first past the bound).
-    objects: BTreeMap<(String, String, String), (Value, u64)>,
+    objects: BTreeMap<Key, (Value, u64)>,
+    /// The same objects by that sequence number, oldest first (what goes past the bound).
+    order: BTreeMap<u64, Key>,
     seq: u64,
     /// Objects dropped past `max_objects`; audit events that carried no usable object.
     pub dropped: u64,
@@ -41,6 +43,7 @@ impl AuditFeed {
             max_objects: max_objects.max(1),
             positions: HashMap::new(),
             objects: BTreeMap::new(),
+            order: BTreeMap::new(),
             seq: 0,
             dropped: 0,
             unusable: 0,
@@ -95,14 +98,13 @@ impl AuditFeed {
             Change::Apply(doc) => {
                 let key = key_of(&doc);
                 self.seq += 1;
+                self.order.insert(self.seq, key.clone());
                 let same = self.objects.get(&key).is_some_and(|(d, _)| *d == doc);
-                self.objects.insert(key, (doc, self.seq));
+                if let Some((_, s)) = self.objects.insert(key, (doc, self.seq)) {
+                    self.order.remove(&s);
+                }
                 if self.objects.len() > self.max_objects
-                    && let Some(oldest) = self
-                        .objects
-                        .iter()
-                        .min_by_key(|(_, (_, s))| *s)
-                        .map(|(k, _)| k.clone())
+                    && let Some((_, oldest)) = self.order.pop_first()
                 {
                     self.objects.remove(&oldest);
                     self.dropped += 1;
@@ -114,18 +116,29 @@ impl AuditFeed {
                 namespace,
                 name,
             } => {
-                let before = self.objects.len();
-                if kind == "Namespace" {
+                let gone: Vec<Key> = if kind == "Namespace" {
+                    // The namespace, and everything in it.
                     self.objects
-                        .retain(|(k, ns, n), _| !(ns == &name || (k == "Namespace" && n == &name)));
+                        .keys()
+                        .filter(|(k, ns, n)| ns == &name || (k == "Namespace" && n == &name))
+                        .cloned()
+                        .collect()
                 } else {
                     // A controller's workload stands under its controller's kind: any kind of
                     // that namespace and name goes.
-                    self.objects.retain(|(k, ns, n), _| {
-                        k == "Namespace" || !(ns == &namespace && n == &name)
-                    });
+                    audit::RESOURCES
+                        .iter()
+                        .filter(|(_, k)| *k != "Namespace")
+                        .map(|(_, k)| ((*k).to_owned(), namespace.clone(), name.clone()))
+                        .filter(|key| self.objects.contains_key(key))
+                        .collect()
+                };
+                for key in &gone {
+                    if let Some((_, s)) = self.objects.remove(key) {
+                        self.order.remove(&s);
+                    }
                 }
-                self.objects.len() != before
+                !gone.is_empty()
             }
         }
     }
@@ -146,7 +159,10 @@ impl AuditFeed {
     }
 }
 
-fn key_of(doc: &Value) -> (String, String, String) {
+/// An object's kind, namespace (none for a namespace) and name.
+type Key = (String, String, String);
+
+fn key_of(doc: &Value) -> Key {
     let s = |p: &str| {
         doc.pointer(p)
             .and_then(Value::as_str)
@@ -272,5 +288,13 @@ mod tests {
         // The manifests import as such.
         let got = super::super::import(&[feed.manifests()], "cluster.local").unwrap();
         assert_eq!(got.workloads, 2);
+        // A standalone pod deleted: gone (and the bound's order with it).
+        let mut deleted = pod("a");
+        deleted["verb"] = "delete".into();
+        deleted["objectRef"]["name"] = "a".into();
+        store_events(&store, &mut b, 6, &[deleted]);
+        assert!(feed.read(&store).unwrap());
+        assert_eq!((feed.len(), feed.order.len()), (1, 1));
+        assert!(!feed.manifests().1.contains(r#""name":"a""#));
     }
 }
