@@ -201,8 +201,8 @@ fn change(cfg: &Config, action: Action, args: ChangeArgs) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        Reply::Refused { reason } => {
-            eprintln!("refused: {reason}");
+        Reply::Refused { refusal } => {
+            eprintln!("refused: {refusal}");
             Ok(ExitCode::from(1))
         }
     }

@@ -172,7 +172,7 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     assert!(!text(&res).contains("warning"), "{}", text(&res));
     let newest = latest(read_revisions(&dir).unwrap());
     let a = newest.iter().find(|a| a.alert_id == id).unwrap();
-    assert_eq!(a.status, "resolved");
+    assert_eq!(a.status, vigil_detect::alerts::Status::Resolved);
     assert_eq!(a.status_by.as_deref(), Some(by.as_str()));
     assert_eq!(a.status_note.as_deref(), Some("blocked at the edge"));
     let list = vigil(&dir, &broker, &["alerts"]);

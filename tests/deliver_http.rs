@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use vigil_detect::alerts::Alert;
+use vigil_detect::alerts::{Alert, Status};
 use vigil_detect::deliver::{
     self, DeliverMetrics, Outbox, Target, TargetConfig, TargetKind, verify_webhook,
 };
@@ -88,8 +88,8 @@ fn alert(id: &str, rev: i64, severity: &str) -> Alert {
         rule_version: 1,
         rule_kind: "threshold".into(),
         title: "Repeated denials from one source IP".into(),
-        severity: severity.into(),
-        status: "open".into(),
+        severity: severity.parse().expect("a severity"),
+        status: Status::Open,
         status_by: None,
         status_at_ns: None,
         status_note: None,

@@ -96,7 +96,7 @@ fn forged_own_records_raise_no_alert_of_vigils_but_one_about_the_forgery() {
         .into_iter()
         .find(|a| a.rule_id == "vigil.provenance.own_record_claimed")
         .unwrap();
-    assert_eq!(claimed.severity, "high");
+    assert_eq!(claimed.severity, vigil_detect::alerts::Severity::High);
     assert!(s.terminate(), "vigil serve did not exit cleanly");
 
     // What serve made of the data directory is its user's alone: directories 0700, files
@@ -172,7 +172,7 @@ fn a_flood_of_new_keys_is_held_within_the_memory_budget_and_detection_goes_on() 
             .into_iter()
             .find(|a| a.rule_id == "vigil.detect.state_evicted")
     });
-    assert_eq!(evicted.severity, "high");
+    assert_eq!(evicted.severity, vigil_detect::alerts::Severity::High);
 
     // Detection goes on: 60 denials from a fresh address after the flood (the rule: 50 in
     // 5 minutes).
@@ -262,7 +262,7 @@ fn flooding_a_rules_groups_to_evict_a_counter_is_itself_an_alert() {
             .into_iter()
             .find(|a| a.rule_id == "vigil.detect.state_evicted")
     });
-    assert_eq!(evicted.severity, "high");
+    assert_eq!(evicted.severity, vigil_detect::alerts::Severity::High);
     let rule = evicted.group_key["rule_id"].clone().unwrap();
     assert!(rule.starts_with("vigil."), "{rule}");
     assert!(

@@ -43,9 +43,8 @@ pub struct Alert {
     pub rule_version: i32,
     pub rule_kind: String,
     pub title: String,
-    pub severity: String,
-    /// `open`, `acknowledged`, `resolved` or `suppressed` ([`Status`]).
-    pub status: String,
+    pub severity: Severity,
+    pub status: Status,
     /// Who made the last lifecycle change (`None` while open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_by: Option<String>,
@@ -72,9 +71,53 @@ pub struct Alert {
     pub incident_subject: Option<String>,
 }
 
+/// How bad an alert is (ordered: `info` < `low` < `medium` < `high` < `critical`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// Where an alert is in its lifecycle: open → acknowledged → resolved, or suppressed (no
 /// more revisions for it until its suppression window ends).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Open,
     Acknowledged,
@@ -83,6 +126,13 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Open,
+        Status::Acknowledged,
+        Status::Resolved,
+        Status::Suppressed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Open => "open",
@@ -92,20 +142,60 @@ impl Status {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Open,
-            Status::Acknowledged,
-            Status::Resolved,
-            Status::Suppressed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
     /// Resolved and suppressed alerts take no further lifecycle changes but resolve.
     pub fn is_final(self) -> bool {
         self == Status::Resolved
+    }
+}
+
+/// A severity or status name that is none of the known ones.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a {what} (one of {known})")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub value: String,
+    pub known: String,
+}
+
+fn parse_name<T: Copy>(
+    what: &'static str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    s: &str,
+) -> Result<T, UnknownName> {
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == s)
+        .ok_or_else(|| UnknownName {
+            what,
+            value: s.chars().take(64).collect(),
+            known: all.iter().map(|v| name(*v)).collect::<Vec<_>>().join(", "),
+        })
+}
+
+impl std::str::FromStr for Severity {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        parse_name("severity", &Severity::ALL, Severity::as_str, s)
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        parse_name("status", &Status::ALL, Status::as_str, s)
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -177,8 +267,8 @@ pub fn to_batch(alerts: &[Alert]) -> Result<RecordBatch, AlertError> {
         )),
         s(|a| a.rule_kind.clone()),
         s(|a| a.title.clone()),
-        s(|a| a.severity.clone()),
-        s(|a| a.status.clone()),
+        s(|a| a.severity.as_str().to_owned()),
+        s(|a| a.status.as_str().to_owned()),
         Arc::new(StringArray::from_iter(
             alerts.iter().map(|a| a.status_by.as_deref()),
         )),
@@ -297,8 +387,8 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
                 rule_version: ver.value(r),
                 rule_kind: kind.value(r).to_owned(),
                 title: title.value(r).to_owned(),
-                severity: sev.value(r).to_owned(),
-                status: status.value(r).to_owned(),
+                severity: sev.value(r).parse().map_err(fmt)?,
+                status: status.value(r).parse().map_err(fmt)?,
                 status_by: get_s(by, r),
                 status_at_ns: at.filter(|c| c.is_valid(r)).map(|c| c.value(r)),
                 status_note: get_s(note, r),
@@ -488,8 +578,8 @@ pub(crate) mod test_support {
             rule_version: 1,
             rule_kind: "threshold".into(),
             title: "t".into(),
-            severity: "high".into(),
-            status: "open".into(),
+            severity: Severity::High,
+            status: Status::Open,
             status_by: None,
             status_at_ns: None,
             status_note: None,
@@ -541,5 +631,34 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn severity_and_status_are_the_names_they_were_stored_as_and_nothing_else() {
+        for sev in Severity::ALL {
+            assert_eq!(sev.as_str().parse::<Severity>(), Ok(sev));
+            assert_eq!(serde_json::to_value(sev).unwrap(), sev.as_str());
+        }
+        for st in Status::ALL {
+            assert_eq!(st.as_str().parse::<Status>(), Ok(st));
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+        }
+        assert!(Severity::Info < Severity::Low && Severity::High < Severity::Critical);
+        // Not quietly `info` (delivery filtered on it): an error that names the value.
+        let e = "severe".parse::<Severity>().unwrap_err();
+        assert!(
+            e.to_string().contains("\"severe\" is not a severity"),
+            "{e}"
+        );
+        assert!("Open".parse::<Status>().is_err());
+
+        // A stored revision with an unknown severity is an error, not an alert of another one.
+        let mut b = to_batch(&[alert("a", 1)]).unwrap();
+        let i = b.schema().index_of("severity").unwrap();
+        let mut cols = b.columns().to_vec();
+        cols[i] = Arc::new(StringArray::from(vec!["apocalyptic"]));
+        b = RecordBatch::try_new(b.schema(), cols).unwrap();
+        let e = from_batch(&b).unwrap_err();
+        assert!(e.to_string().contains("apocalyptic"), "{e}");
     }
 }

@@ -19,8 +19,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::alerts::Alert;
-use crate::rules::Severity;
+use crate::alerts::{Alert, Severity, Status};
 use vigil_store::clock::now_ns;
 
 /// What a target speaks.
@@ -232,23 +231,13 @@ impl Target {
 
     /// Whether this target takes this alert revision.
     pub fn routes(&self, a: &Alert) -> bool {
-        let severity_ok = severity(&a.severity) >= self.cfg.min_severity;
+        let severity_ok = a.severity >= self.cfg.min_severity;
         let rule_ok = self.rules.is_empty() || self.rules.iter().any(|r| r.is_match(&a.rule_id));
         let updates = self
             .cfg
             .updates
             .unwrap_or(self.cfg.kind != TargetKind::Slack);
         severity_ok && rule_ok && (a.revision == 1 || updates)
-    }
-}
-
-fn severity(s: &str) -> Severity {
-    match s {
-        "critical" => Severity::Critical,
-        "high" => Severity::High,
-        "medium" => Severity::Medium,
-        "low" => Severity::Low,
-        _ => Severity::Info,
     }
 }
 
@@ -337,8 +326,8 @@ pub fn undeliverable_alert(g: &GaveUp, now_ns: i64) -> Alert {
         rule_version: 1,
         rule_kind: "system".into(),
         title: "An alert could not be delivered".into(),
-        severity: "high".into(),
-        status: "open".into(),
+        severity: Severity::High,
+        status: Status::Open,
         status_by: None,
         status_at_ns: None,
         status_note: None,
@@ -478,7 +467,7 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
             serde_json::json!({
                 "text": format!(
                     "*[{}] {}* — {} events, {}\nrule `{}` · alert `{}` (revision {}){incident}",
-                    slack_escape(&a.severity.to_uppercase()),
+                    slack_escape(&a.severity.as_str().to_uppercase()),
                     slack_escape(&a.title),
                     a.event_count,
                     slack_escape(&group.join(", ")),
@@ -506,7 +495,7 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
             };
             let mut labels = serde_json::Map::new();
             labels.insert("alertname".into(), a.rule_id.clone().into());
-            labels.insert("severity".into(), a.severity.clone().into());
+            labels.insert("severity".into(), a.severity.as_str().into());
             labels.insert("alert_id".into(), a.alert_id.clone().into());
             // `group_by: [incident_id]` in Alertmanager: one notification per incident, updated
             // as its alerts come.
@@ -525,14 +514,14 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
                 },
                 "startsAt": rfc3339(a.first_event_ns),
             });
-            alert["annotations"]["status"] = a.status.clone().into();
+            alert["annotations"]["status"] = a.status.as_str().into();
             if let Some(by) = &a.status_by {
                 alert["annotations"]["status_by"] = by.clone().into();
             }
             if let Some(note) = &a.status_note {
                 alert["annotations"]["status_note"] = note.clone().into();
             }
-            if a.status == "resolved" {
+            if a.status == Status::Resolved {
                 alert["endsAt"] = rfc3339(a.status_at_ns.unwrap_or(a.detected_ns)).into();
             }
             serde_json::json!([alert])
@@ -879,8 +868,8 @@ mod tests {
             rule_version: 1,
             rule_kind: "threshold".into(),
             title: "Repeated denials".into(),
-            severity: sev.into(),
-            status: "open".into(),
+            severity: sev.parse().unwrap(),
+            status: Status::Open,
             status_by: None,
             status_at_ns: None,
             status_note: None,
@@ -971,7 +960,7 @@ mod tests {
         let open = body(&a);
         assert_eq!(open[0]["annotations"]["status"], "open");
         assert!(open[0].get("endsAt").is_none());
-        a.status = "resolved".into();
+        a.status = Status::Resolved;
         a.status_by = Some("local:ana".into());
         a.status_at_ns = Some(1_795_000_060_000_000_000);
         let res = body(&a);

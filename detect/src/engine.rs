@@ -28,7 +28,7 @@ use crate::budget::Budget;
 use crate::filter::{BatchRows, Context, Row, WithContext};
 use crate::group::{Entry, GroupBy, PackedKey, Table};
 use crate::hit::{EvRef, Hit, Outcome};
-use crate::lifecycle::{Command, SYSTEM_PRINCIPAL};
+use crate::lifecycle::{Command, Refusal, SYSTEM_PRINCIPAL};
 use crate::rules::{Meta, Rule};
 use crate::time::{Clocks, Pending, Reorder, SourceTime, TimeConfig};
 
@@ -190,7 +190,7 @@ impl Book {
     fn remember(&mut self, a: &Alert) {
         self.remember_incident(a);
         let r = self.stored.entry(a.alert_id.clone()).or_insert(0);
-        if a.revision >= *r && a.status != Status::Open.as_str() {
+        if a.revision >= *r && a.status != Status::Open {
             self.lifecycle.insert(a.alert_id.clone(), a.clone());
         }
         *r = (*r).max(a.revision);
@@ -330,7 +330,7 @@ impl Book {
         a.last_event_ns = a.last_event_ns.max(ev.time_ns);
         a.first_event_ns = a.first_event_ns.min(ev.time_ns);
         // A suppressed alert counts its events but raises no revision for them.
-        if a.status == Status::Suppressed.as_str() {
+        if a.status == Status::Suppressed {
             return;
         }
         // One new revision per take, however many events updated it.
@@ -380,7 +380,7 @@ impl Book {
         let resolved = |id: &str| {
             self.lifecycle
                 .get(id)
-                .is_some_and(|a| a.status == Status::Resolved.as_str())
+                .is_some_and(|a| a.status == Status::Resolved)
         };
         let same = self
             .known
@@ -408,8 +408,8 @@ impl Book {
             rule_version: i32::try_from(meta.version).unwrap_or(i32::MAX),
             rule_kind: meta.kind.as_str().to_owned(),
             title: meta.title.clone(),
-            severity: meta.severity.as_str().to_owned(),
-            status: "open".into(),
+            severity: meta.severity,
+            status: Status::Open,
             status_by: None,
             status_at_ns: None,
             status_note: None,
@@ -573,7 +573,7 @@ impl Engine {
                 })
                 .collect();
             for (key, s) in stale {
-                if s.status == Status::Resolved.as_str() {
+                if s.status == Status::Resolved {
                     book.open[r].remove_by_key(&fields, &key);
                     rule.kind.close(&key);
                 } else if let Some(o) = book.open[r].get_by_key_mut(&fields, &key) {
@@ -1042,7 +1042,7 @@ impl Engine {
     /// Apply a lifecycle change: the alert's new revision, pending like any other (take it to
     /// store it). `stored` is the alert's newest stored revision, for an alert no longer open
     /// here. Take pending revisions before, so that revisions stay in order.
-    pub fn apply(&mut self, cmd: &Command, stored: Option<&Alert>) -> Result<Alert, String> {
+    pub fn apply(&mut self, cmd: &Command, stored: Option<&Alert>) -> Result<Alert, Refusal> {
         let Engine { rules, book, .. } = self;
         let open = rules.iter().enumerate().find_map(|(r, rule)| {
             book.open[r]
@@ -1056,17 +1056,23 @@ impl Engine {
                 .map(|o| o.alert.clone()),
             None => stored.cloned(),
         }
-        .ok_or_else(|| format!("there is no alert {}", cmd.alert_id))?;
-        let from = Status::parse(&current.status)
-            .ok_or_else(|| format!("its status {:?} is unknown", current.status))?;
-        let to = cmd.action.apply_to(from)?;
+        .ok_or_else(|| Refusal::NoSuchAlert {
+            alert_id: cmd.alert_id.clone(),
+        })?;
+        let to =
+            cmd.action
+                .apply_to(current.status)
+                .map_err(|not_allowed| Refusal::NotAllowed {
+                    alert_id: cmd.alert_id.clone(),
+                    not_allowed,
+                })?;
         let mut next = current;
         next.revision = next
             .revision
             .max(stored.map_or(0, |s| s.revision))
             .max(book.stored.get(&cmd.alert_id).copied().unwrap_or(0))
             + 1;
-        next.status = to.as_str().to_owned();
+        next.status = to;
         next.status_by = Some(cmd.by.clone());
         next.status_at_ns = Some(cmd.at_ns);
         next.status_note.clone_from(&cmd.note);
@@ -1409,26 +1415,32 @@ suppress = "1h"
         e.observe(&denials(&mut log, 0, 3), 1).unwrap();
         let fired = e.take_pending();
         let id = fired[0].alert_id.clone();
-        assert!(
-            e.apply(&change("nope", Acknowledge), None)
-                .unwrap_err()
-                .contains("no alert")
+        assert_eq!(
+            e.apply(&change("nope", Acknowledge), None).unwrap_err(),
+            Refusal::NoSuchAlert {
+                alert_id: "nope".into()
+            }
         );
 
         let acked = e.apply(&change(&id, Acknowledge), None).unwrap();
         assert_eq!((acked.revision, acked.status.as_str()), (2, "acknowledged"));
         assert_eq!(acked.status_by.as_deref(), Some("local:ana"));
         assert_eq!(e.take_pending(), vec![acked.clone()]);
+        let again = e.apply(&change(&id, Acknowledge), None).unwrap_err();
         assert!(
-            e.apply(&change(&id, Acknowledge), None)
-                .unwrap_err()
-                .contains("already")
+            matches!(again, Refusal::NotAllowed { not_allowed, .. }
+                if not_allowed.from == Status::Acknowledged),
+            "{again}"
+        );
+        assert!(
+            again.to_string().contains("already acknowledged"),
+            "{again}"
         );
         // Later events update it and it stays acknowledged, by whom it was.
         e.observe(&denials(&mut log, 3, 2), 2).unwrap();
         let upd = e.take_pending();
         assert_eq!((upd[0].revision, upd[0].event_count), (3, 5));
-        assert_eq!(upd[0].status, "acknowledged");
+        assert_eq!(upd[0].status, Status::Acknowledged);
         assert_eq!(upd[0].status_at_ns, Some(99));
 
         // Suppressed: counted, no revisions.
@@ -1448,7 +1460,8 @@ suppress = "1h"
         assert!(
             e.apply(&change(&id, Resolve), Some(&res))
                 .unwrap_err()
-                .contains("resolved")
+                .to_string()
+                .contains("already resolved")
         );
         // The group's next firing is a new alert.
         e.observe(&denials(&mut log, 10, 3), 4).unwrap();

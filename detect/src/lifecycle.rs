@@ -38,18 +38,66 @@ impl Action {
     }
 
     /// The status an alert in `from` moves to, or why it cannot.
-    pub fn apply_to(self, from: Status) -> Result<Status, String> {
+    pub fn apply_to(self, from: Status) -> Result<Status, NotAllowed> {
         use Status::*;
         match (self, from) {
-            (_, Resolved) => Err("it is already resolved".into()),
             (Action::Acknowledge, Open) => Ok(Acknowledged),
-            (Action::Acknowledge, Acknowledged) => Err("it is already acknowledged".into()),
-            (Action::Acknowledge, Suppressed) => Err("it is suppressed".into()),
             (Action::Suppress, Open | Acknowledged) => Ok(Suppressed),
-            (Action::Suppress, Suppressed) => Err("it is already suppressed".into()),
             (Action::Resolve, Open | Acknowledged | Suppressed) => Ok(Resolved),
+            (action, from) => Err(NotAllowed { action, from }),
         }
     }
+
+    /// The verb, as a person would ask for it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Acknowledge => "acknowledge",
+            Action::Resolve => "resolve",
+            Action::Suppress => "suppress",
+        }
+    }
+}
+
+/// An action the alert's status does not take (a resolved alert takes none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{}", self.reason())]
+pub struct NotAllowed {
+    pub action: Action,
+    pub from: Status,
+}
+
+impl NotAllowed {
+    fn reason(&self) -> String {
+        let already = matches!(
+            (self.action, self.from),
+            (_, Status::Resolved)
+                | (Action::Acknowledge, Status::Acknowledged)
+                | (Action::Suppress, Status::Suppressed)
+        );
+        format!(
+            "it is {}{}",
+            if already { "already " } else { "" },
+            self.from
+        )
+    }
+}
+
+/// Why a change was not applied: the API answers 404, 409 and 400 from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Refusal {
+    /// No alert has that id, open in detection or stored.
+    #[error("there is no alert {alert_id}: nothing changed")]
+    NoSuchAlert { alert_id: String },
+    /// The alert's status does not take the action.
+    #[error("alert {alert_id} not changed: {not_allowed}")]
+    NotAllowed {
+        alert_id: String,
+        not_allowed: NotAllowed,
+    },
+    /// The command itself is not one (unreadable, a bad id, a note too long).
+    #[error("not a valid command: {0}")]
+    Invalid(String),
 }
 
 /// Longest note kept with a change, in bytes.
@@ -94,7 +142,7 @@ pub enum Reply {
     /// The new revision, stored and recorded.
     Applied { alert: Box<Alert> },
     /// Not applied (recorded as a denied change).
-    Refused { reason: String },
+    Refused { refusal: Refusal },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +233,7 @@ impl Queue {
 
     /// Claim every queued command (and any claimed before a crash), oldest first. A file that
     /// is not a command is answered with a refusal.
-    pub fn claim(&self) -> Vec<(String, Result<Command, String>)> {
+    pub fn claim(&self) -> Vec<(String, Result<Command, Refusal>)> {
         let Ok(names) = vigil_store::files::read_dir_names(&self.dir) else {
             return Vec::new();
         };
@@ -212,7 +260,7 @@ impl Queue {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Command>(&b).map_err(|e| e.to_string()))
                 .and_then(|c| c.check().map(|()| c))
-                .map_err(|e| format!("not a valid command: {e}"));
+                .map_err(Refusal::Invalid);
             out.push((stem, cmd));
         }
         out
@@ -427,23 +475,21 @@ mod tests {
         let (name, c) = claimed.iter().find(|(n, _)| *n == t.0).unwrap();
         assert_eq!(c.as_ref().unwrap(), &cmd("abc"));
         let (junk, bad) = claimed.iter().find(|(n, _)| n == "junk").unwrap();
-        assert!(bad.as_ref().unwrap_err().contains("not a valid command"));
-        q.reply(junk, &Reply::Refused { reason: "x".into() })
-            .unwrap();
+        let bad = bad.as_ref().unwrap_err();
+        assert!(matches!(bad, Refusal::Invalid(_)), "{bad}");
+        assert!(bad.to_string().contains("not a valid command"), "{bad}");
+        let refused = |id: &str| Reply::Refused {
+            refusal: Refusal::NoSuchAlert {
+                alert_id: id.into(),
+            },
+        };
+        q.reply(junk, &refused("x")).unwrap();
         // Claimed before a "crash": claimed again.
         assert_eq!(q.claim().len(), 1);
-        q.reply(
-            name,
-            &Reply::Refused {
-                reason: "no".into(),
-            },
-        )
-        .unwrap();
+        q.reply(name, &refused("no")).unwrap();
         assert_eq!(
             q.wait(&t, Duration::from_millis(10)).unwrap(),
-            Reply::Refused {
-                reason: "no".into()
-            }
+            refused("no")
         );
         assert!(q.claim().is_empty());
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::alerts::Severity;
 use crate::allowlist::{Allowlist, AllowlistSpec, EdgeFields, EdgeSpec, PolicyGraph};
 use crate::distinct::{DistinctCount, DistinctSpec};
 use crate::filter::{Field, FieldType, Filter, Row, field};
@@ -118,29 +119,6 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../rules/time_late_source.toml"),
     ),
 ];
-
-/// How bad an alert is.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -459,14 +459,14 @@ impl Loop {
                     by = %cmd.by, revision = a.revision, "alert lifecycle change");
                 Ok(Reply::Applied { alert: Box::new(a) })
             }
-            Err(reason) => {
-                let reason = format!("alert {} not changed: {reason}", cmd.alert_id);
+            Err(refusal) => {
+                let reason = refusal.to_string();
                 let ev = audit_event(None, Some(cmd), Some(&reason), now_ns());
                 self.record(engine, &[ev])?;
                 self.metrics
                     .commands_refused
                     .fetch_add(1, Ordering::Relaxed);
-                Ok(Reply::Refused { reason })
+                Ok(Reply::Refused { refusal })
             }
         }
     }
@@ -480,7 +480,7 @@ impl Loop {
         for (name, cmd) in self.queue.claim() {
             let reply = match cmd {
                 Ok(cmd) => self.apply(engine, &cmd)?,
-                Err(reason) => Reply::Refused { reason },
+                Err(refusal) => Reply::Refused { refusal },
             };
             self.queue.reply(&name, &reply)?;
         }
@@ -1149,11 +1149,14 @@ window = "1m"
             panic!("not applied")
         };
         assert_eq!((alert.revision, alert.status.as_str()), (2, "acknowledged"));
-        let Reply::Refused { reason } = l.queue.wait(&again, Duration::from_secs(1)).unwrap()
+        let Reply::Refused { refusal } = l.queue.wait(&again, Duration::from_secs(1)).unwrap()
         else {
             panic!("applied twice")
         };
-        assert!(reason.contains("already acknowledged"), "{reason}");
+        assert!(
+            refusal.to_string().contains("already acknowledged"),
+            "{refusal}"
+        );
         engine.save(&state_path(dir.path())).unwrap();
         drop(l);
 

@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::alerts::Alert;
+use crate::alerts::{Alert, Severity, Status};
 
 /// One system alert: what it is about and why.
 struct About<'a> {
     rule_id: &'a str,
     title: &'a str,
-    severity: &'a str,
+    severity: Severity,
     group_key: BTreeMap<String, Option<String>>,
     first_ns: i64,
     now_ns: i64,
@@ -37,8 +37,8 @@ fn alert(a: About<'_>) -> Alert {
         rule_version: 1,
         rule_kind: "system".into(),
         title: a.title.into(),
-        severity: a.severity.into(),
-        status: "open".into(),
+        severity: a.severity,
+        status: Status::Open,
         status_by: None,
         status_at_ns: None,
         status_note: None,
@@ -61,7 +61,7 @@ pub fn source_silent(log: &str, seen_ns: i64, now_ns: i64) -> Alert {
     alert(About {
         rule_id: "vigil.telemetry.source_silent",
         title: "A partition log went silent while the others kept sending",
-        severity: "medium",
+        severity: Severity::Medium,
         group_key: [
             ("kafka_topic".to_owned(), Some(topic.to_owned())),
             ("kafka_partition".to_owned(), Some(partition.to_owned())),
@@ -120,7 +120,7 @@ impl Evictions {
             out.push(alert(About {
                 rule_id: STATE_EVICTED,
                 title: "A rule's state is full: groups were evicted",
-                severity: "high",
+                severity: Severity::High,
                 group_key: [("rule_id".to_owned(), Some(rule.clone()))].into(),
                 first_ns: last.unwrap_or(now_ns),
                 now_ns,

@@ -25,8 +25,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use vigil_detect::alerts::Alert;
-use vigil_detect::lifecycle::{Action, Command, Reply};
+use vigil_detect::alerts::{Alert, Severity, Status};
+use vigil_detect::lifecycle::{Action, Command, Refusal, Reply};
 
 pub use audit::{ApiCall, Audited, MAX_RECORDED_SQL_BYTES, Phase, audit_event};
 use audit::{Detail, audited, read_whole, require, with_detail};
@@ -547,12 +547,12 @@ async fn query(State(s): State<AppState>, headers: HeaderMap, body: axum::body::
 
 #[derive(Deserialize, JsonSchema)]
 struct AlertFilter {
-    /// open, acknowledged, resolved or suppressed.
-    status: Option<String>,
+    /// open, acknowledged, resolved or suppressed (another is a 400).
+    status: Option<Status>,
     /// A rule id.
     rule: Option<String>,
-    /// low, medium, high or critical.
-    severity: Option<String>,
+    /// info, low, medium, high or critical (another is a 400).
+    severity: Option<Severity>,
     /// Alerts to skip (paging).
     #[serde(default)]
     offset: usize,
@@ -574,9 +574,9 @@ async fn alerts(State(s): State<AppState>, Query(f): Query<AlertFilter>) -> Resp
     let limit = f.limit.unwrap_or(100).min(MAX_PAGE);
     let matching: Vec<&Alert> = all
         .iter()
-        .filter(|a| f.status.as_ref().is_none_or(|x| &a.status == x))
+        .filter(|a| f.status.is_none_or(|x| a.status == x))
         .filter(|a| f.rule.as_ref().is_none_or(|x| &a.rule_id == x))
-        .filter(|a| f.severity.as_ref().is_none_or(|x| &a.severity == x))
+        .filter(|a| f.severity.is_none_or(|x| a.severity == x))
         .collect();
     let page: Vec<&Alert> = matching
         .iter()
@@ -652,12 +652,13 @@ async fn change(
     let reply = tokio::task::spawn_blocking(move || apply(cmd)).await;
     match reply {
         Ok(Ok(Reply::Applied { alert })) => Json(alert).into_response(),
-        Ok(Ok(Reply::Refused { reason })) => {
-            let status = if reason.contains("there is no alert") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::CONFLICT
+        Ok(Ok(Reply::Refused { refusal })) => {
+            let status = match refusal {
+                Refusal::NoSuchAlert { .. } => StatusCode::NOT_FOUND,
+                Refusal::NotAllowed { .. } => StatusCode::CONFLICT,
+                Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
             };
+            let reason = refusal.to_string();
             let r = error(status, &reason);
             with_detail(
                 r,
