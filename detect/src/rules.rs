@@ -663,7 +663,136 @@ pub fn parse(file: &str, text: &str) -> Result<RuleFile, RuleError> {
             message: format!("rule id {id:?}: use letters, digits, `.`, `_`, `-`"),
         });
     }
+    check_kind_keys(file, text, &rf)?;
     Ok(rf)
+}
+
+impl KindName {
+    /// The keys a rule of this kind takes besides the ones every rule does (`id`, `version`,
+    /// `title`, `severity`, `description`, `references`, `enabled`, `requires`, `kind`,
+    /// `suppress`, `allowed_lateness`, `max_groups`, `normalize_keys`, `test`).
+    pub fn keys(self) -> &'static [&'static str] {
+        const RATIO: [&str; 2] = ["of", "min_ratio"];
+        match self {
+            KindName::Threshold => &["filter", "group_by", "count", "window", RATIO[0], RATIO[1]],
+            KindName::DistinctCount => &[
+                "filter", "group_by", "field", "count", "window", RATIO[0], RATIO[1],
+            ],
+            KindName::Allowlist => &[
+                "filter",
+                "caller_field",
+                "callee_field",
+                "caller_namespace_field",
+                "callee_namespace_field",
+                "port_field",
+                "method_field",
+                "path_field",
+                "edge_kind",
+                "declared",
+                "policy_file",
+                "allow",
+                "count",
+                "window",
+                RATIO[0],
+                RATIO[1],
+            ],
+            KindName::FirstSeen => &["filter", "group_by", "learn", "forget"],
+            KindName::Sequence => &[
+                "group_by",
+                "first",
+                "first_count",
+                "then",
+                "consecutive",
+                "window",
+            ],
+            KindName::Absence => &[
+                "filter",
+                "group_by",
+                "expect",
+                "within",
+                "protected_by",
+                "match_by",
+            ],
+            KindName::RateSpike => &[
+                "filter",
+                "group_by",
+                "bucket",
+                "baseline_buckets",
+                "min_history_buckets",
+                "z",
+                "min_count",
+                "peak_factor",
+                "peak_half_life",
+            ],
+        }
+    }
+}
+
+/// A key of another kind is an error at its line: a threshold rule with a rate spike's `z`, or
+/// a sequence with a `filter` (its filters are `first` and `then`), would otherwise load and
+/// quietly mean something else than its author wrote.
+///
+/// One struct with every kind's keys, checked against [`KindName::keys`], rather than an
+/// enum tagged by `kind`: serde buffers an internally tagged enum's document before choosing
+/// the variant, and `toml::Spanned` loses its spans there, so no error could name its line.
+fn check_kind_keys(file: &str, text: &str, rf: &RuleFile) -> Result<(), RuleError> {
+    fn at<T>(v: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+        v.as_ref().map(Spanned::span)
+    }
+    let kind_span = rf.kind.span();
+    let present = [
+        ("filter", at(&rf.filter)),
+        ("group_by", at(&rf.group_by)),
+        ("count", at(&rf.count)),
+        ("window", at(&rf.window)),
+        ("of", at(&rf.of)),
+        ("min_ratio", at(&rf.min_ratio)),
+        ("field", at(&rf.field)),
+        ("caller_field", at(&rf.caller_field)),
+        ("callee_field", at(&rf.callee_field)),
+        ("caller_namespace_field", at(&rf.caller_namespace_field)),
+        ("callee_namespace_field", at(&rf.callee_namespace_field)),
+        ("port_field", at(&rf.port_field)),
+        ("edge_kind", at(&rf.edge_kind)),
+        ("declared", at(&rf.declared)),
+        ("method_field", at(&rf.method_field)),
+        ("path_field", at(&rf.path_field)),
+        ("policy_file", at(&rf.policy_file)),
+        ("allow", (!rf.allow.is_empty()).then(|| kind_span.clone())),
+        ("learn", at(&rf.learn)),
+        ("forget", at(&rf.forget)),
+        ("first", at(&rf.first)),
+        ("first_count", at(&rf.first_count)),
+        ("then", at(&rf.then)),
+        ("expect", at(&rf.expect)),
+        ("within", at(&rf.within)),
+        ("protected_by", at(&rf.protected_by)),
+        ("match_by", at(&rf.match_by)),
+        ("consecutive", at(&rf.consecutive)),
+        ("bucket", at(&rf.bucket)),
+        ("baseline_buckets", at(&rf.baseline_buckets)),
+        ("min_history_buckets", at(&rf.min_history_buckets)),
+        ("z", at(&rf.z)),
+        ("min_count", at(&rf.min_count)),
+        ("peak_factor", at(&rf.peak_factor)),
+        ("peak_half_life", at(&rf.peak_half_life)),
+    ];
+    let kind = *rf.kind.get_ref();
+    for (key, span) in present {
+        let Some(span) = span else { continue };
+        if !kind.keys().contains(&key) {
+            return Err(RuleError {
+                file: file.to_owned(),
+                line: line_of(text, span.start),
+                message: format!(
+                    "`{key}` is not a key of a {} rule (its own keys: {})",
+                    kind.as_str(),
+                    kind.keys().join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Compile a parsed rule into its state machine. `dir` resolves a relative `policy_file`.
@@ -1087,6 +1216,38 @@ mod tests {
         let failed: Vec<_> = results.iter().filter(|r| r.failure.is_some()).collect();
         assert!(failed.is_empty(), "{failed:#?}");
         assert!(results.len() >= DEFAULT_PACK.len());
+    }
+
+    /// A key another kind takes is an error naming the file and its line, not a rule that
+    /// loads and quietly ignores it; every kind's own keys still load.
+    #[test]
+    fn a_key_of_another_kind_is_an_error_at_its_line() {
+        let head = "id = \"t.x\"\nversion = 1\ntitle = \"t\"\nseverity = \"low\"\n";
+        let threshold = format!(
+            "{head}kind = \"threshold\"\nfilter = 'decision == \"deny\"'\n\
+             group_by = [\"caller_ip\"]\ncount = 4\nwindow = \"1m\"\n"
+        );
+        parse("t.toml", &threshold).unwrap();
+        let e = parse("t.toml", &format!("{threshold}z = 3.0\n")).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("t.toml", 10), "{e}");
+        assert!(
+            e.message.contains("`z` is not a key of a threshold rule"),
+            "{e}"
+        );
+        // A sequence's filters are `first` and `then`: a `filter` would be ignored.
+        let seq = format!(
+            "{head}kind = \"sequence\"\ngroup_by = [\"caller_ip\"]\n\
+             first = 'decision == \"deny\"'\nfirst_count = 3\n\
+             then = 'decision == \"allow\"'\nwindow = \"1m\"\n"
+        );
+        parse("s.toml", &seq).unwrap();
+        let e = parse("s.toml", &format!("{seq}filter = 'kind == \"authz\"'\n")).unwrap_err();
+        assert_eq!(e.line, 11, "{e}");
+        assert!(
+            e.message
+                .contains("`filter` is not a key of a sequence rule"),
+            "{e}"
+        );
     }
 
     /// `normalize_keys`: names written differently — case, full-width forms, a Cyrillic
