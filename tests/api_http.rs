@@ -239,20 +239,48 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         (v["total"].as_u64() == Some(1)).then_some(())
     });
 
-    // Route × role, for every route the API describes: none → 401; a role the route does not
-    // take → 403; its roles get through to the handler (an unknown alert is its 404, a proof
-    // without its parameters its 400, an upload that is no OPA decision its 400 — stored as
-    // rejected; everything else succeeds).
+    let (_, listed) = c.json("GET", "/v1/alerts", Some(reader), None);
+    let alert_id = listed["alerts"][0]["alert_id"].as_str().unwrap().to_owned();
+    // The first record's proofs, once a signed checkpoint holds it.
+    wait_for(
+        "a signed checkpoint of mesh/0",
+        Duration::from_secs(60),
+        || {
+            let (st, _) = c.call(
+                "GET",
+                "/v1/proofs/inclusion?log=mesh/0&index=0",
+                Some(reader),
+                None,
+            );
+            st.is_success().then_some(())
+        },
+    );
+
+    // Route × role, for every route the API describes, each called on real resources: none →
+    // 401; a role the route does not take → 403; each of its roles gets through to the
+    // handler, which does what it is for (2xx) — but for the lifecycle change, which the
+    // first role allowed makes and the next ones are refused by the handler as already made.
     let mut calls = 0usize;
+    let mut acknowledged = false;
     let routes = vigil_query::api::routes();
     assert!(routes.len() >= 11);
     for r in &routes {
         let method = r.method.to_uppercase();
-        let path = r
-            .path
-            .replace("{id}", "ffffffffffffffffffffffffffffffff")
-            .replace("{action}", "ack");
-        let body = (method == "POST").then(|| json!({"sql": "SELECT 1"}));
+        let path = match r.path {
+            "/v1/proofs/inclusion" => "/v1/proofs/inclusion?log=mesh/0&index=0".to_owned(),
+            "/v1/proofs/consistency" => "/v1/proofs/consistency?log=mesh/0&from=60".to_owned(),
+            p => p.replace("{id}", &alert_id).replace("{action}", "ack"),
+        };
+        let body = match r.path {
+            "/logs" => Some(json!([{
+                "decision_id": "matrix",
+                "result": true,
+                "timestamp": chrono::Utc::now().to_rfc3339(),
+            }])),
+            "/v1/alerts/{id}/{action}" => Some(json!({"note": "on it"})),
+            _ if method == "POST" => Some(json!({"sql": "SELECT 1"})),
+            _ => None,
+        };
         let Some(allowed) = r.roles else {
             assert_eq!(
                 c.call(&method, &path, None, None).0,
@@ -273,18 +301,11 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
             calls += 1;
             let role = vigil_query::api::auth::Role::parse(role).unwrap();
             if allowed.contains(&role) {
-                // Through the role check, and answered by the route's own handler: the unknown
-                // alert's 404 says so (a 404 of the router has no body), the proof without its
-                // parameters is a 400 with its reason; every other route succeeds.
                 let text = String::from_utf8_lossy(&b);
-                let handled = if path.starts_with("/v1/alerts/") {
-                    st == StatusCode::NOT_FOUND && text.contains("there is no alert")
-                } else if path.starts_with("/v1/proofs/") {
-                    st == StatusCode::BAD_REQUEST && !text.trim().is_empty()
-                } else if path == "/logs" {
-                    // The matrix's body is no OPA decision: kept, as a rejected record.
-                    st == StatusCode::BAD_REQUEST && text.contains("as a rejected record")
+                let handled = if r.path == "/v1/alerts/{id}/{action}" && acknowledged {
+                    st == StatusCode::CONFLICT && text.contains("already acknowledged")
                 } else {
+                    acknowledged |= r.path == "/v1/alerts/{id}/{action}";
                     st.is_success()
                 };
                 assert!(handled, "{method} {path} as {role:?}: {st} {text}");
@@ -521,30 +542,33 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     calls += 1;
     assert_eq!(cps, vec![json!({"n": 60})]);
 
-    // The lifecycle: an analyst acknowledges; a reader may not.
-    let (_, v) = c.json("GET", "/v1/alerts", Some(reader), None);
-    let id = v["alerts"][0]["alert_id"].as_str().unwrap().to_owned();
-    let ack = format!("/v1/alerts/{id}/ack");
+    // The lifecycle: the analyst acknowledged in the matrix above (the first role the change
+    // takes); a reader may not, and a second acknowledgement is refused.
+    let ack = format!("/v1/alerts/{alert_id}/ack");
+    let id = alert_id.clone();
     assert_eq!(
         c.call("POST", &ack, Some(reader), None).0,
         StatusCode::FORBIDDEN
     );
-    let (st, v) = c.json(
-        "POST",
-        &ack,
-        Some(keys[1].1),
-        Some(json!({"note": "on it"})),
-    );
-    assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!(
-        (v["status"].as_str(), v["status_by"].as_str()),
-        (Some("acknowledged"), Some("key:analyst"))
-    );
     let (st, v) = c.json("POST", &ack, Some(keys[1].1), None);
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
-    calls += 3;
+    calls += 2;
     let (_, v) = c.json("GET", "/v1/alerts?status=acknowledged", Some(reader), None);
     assert_eq!(v["total"], 1);
+    assert_eq!(
+        (
+            v["alerts"][0]["status_by"].as_str(),
+            v["alerts"][0]["status_note"].as_str()
+        ),
+        (Some("key:analyst"), Some("on it"))
+    );
+    let (st, _) = c.call("GET", "/v1/alerts?status=closed", Some(reader), None);
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "an unknown status is no filter"
+    );
+    calls += 1;
     let history = c.sql(
         reader,
         &format!(
@@ -593,10 +617,22 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
         reader,
         "SELECT event_id, source_format FROM events WHERE kafka_topic = 'vigil.opa' ORDER BY record_index",
     );
-    let want: Vec<Value> = decisions
+    // The matrix's uploads first (one per role that may upload), then the sample's.
+    let matrix_uploads = routes
         .iter()
-        .map(|d| json!({"event_id": d["decision_id"], "source_format": "opa"}))
-        .collect();
+        .find(|r| r.path == "/logs")
+        .and_then(|r| r.roles)
+        .map_or(0, |r| r.len());
+    let want: Vec<Value> = std::iter::repeat_n(
+        json!({"event_id": "matrix", "source_format": "opa"}),
+        matrix_uploads,
+    )
+    .chain(
+        decisions
+            .iter()
+            .map(|d| json!({"event_id": d["decision_id"], "source_format": "opa"})),
+    )
+    .collect();
     assert_eq!(rows, want);
     let rejected = c.sql(
         reader,
