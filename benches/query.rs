@@ -204,12 +204,12 @@ fn main() {
         None => tmp.path().join("data"),
     };
 
-    if dir.join("events").is_dir() {
+    if vigil_store::layout::events(&dir).is_dir() {
         println!("reusing the events in {}", dir.display());
     } else {
         let t = Instant::now();
         generate(&dir, n, days);
-        let bytes: u64 = walk(&dir.join("events"));
+        let bytes: u64 = walk(&vigil_store::layout::events(&dir));
         println!(
             "generated {n} events over {days} days into {} in {:.1} s ({:.0} B/event stored)",
             dir.display(),

@@ -219,9 +219,8 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     );
 
     // `vigil verify` covers it: chained, signed, anchored in Kafka.
-    use vigil_store::checkpoint::{KEYS_DIR, REGISTRY_FILE};
     let keys = tmp.path().join("pinned.keys");
-    std::fs::copy(dir.join(KEYS_DIR).join(REGISTRY_FILE), &keys).unwrap();
+    std::fs::copy(vigil_store::layout::registry(&dir), &keys).unwrap();
     let verify = |d: &Path| {
         let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["verify", "--json", "--data-dir"])
@@ -258,7 +257,7 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     // So is deleting the alert log (the alerts table) while Vigil's own log stands.
     let copy = tmp.path().join("copy2");
     copy_dir(&dir, &copy);
-    std::fs::remove_dir_all(copy.join("alerts")).unwrap();
+    std::fs::remove_dir_all(vigil_store::layout::alerts(&copy)).unwrap();
     let (code, report) = verify(&copy);
     assert_eq!(code, Some(1), "{report:#}");
     let findings = report["findings"].as_array().unwrap();

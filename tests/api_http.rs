@@ -753,9 +753,8 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
 
     assert!(s.terminate());
     // Verified like every log: chained, signed, anchored.
-    use vigil_store::checkpoint::{KEYS_DIR, REGISTRY_FILE};
     let pinned = tmp.path().join("pinned.keys");
-    std::fs::copy(dir.join(KEYS_DIR).join(REGISTRY_FILE), &pinned).unwrap();
+    std::fs::copy(vigil_store::layout::registry(&dir), &pinned).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["verify", "--json", "--data-dir"])
         .arg(&dir)

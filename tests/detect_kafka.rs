@@ -438,7 +438,7 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
     assert_eq!(updated.event_count, 61);
 
     // Without the state: rebuilt from the stored history, nothing new either.
-    std::fs::remove_file(dir.join("detect/state.json")).unwrap();
+    std::fs::remove_file(vigil_store::layout::detect_state(&dir)).unwrap();
     let s = serve(&broker, "mesh", &dir, "g-detect", &[], Some(&config));
     wait_for("detection to catch up", Duration::from_secs(60), || {
         s.log_text().contains("detection caught up").then_some(())

@@ -56,11 +56,10 @@ fn assert_exactly_once(data_dir: &std::path::Path, produced_per_partition: &BTre
     // and links to the one before, and the newest covers the whole log (a kill between a
     // file and its checkpoint is caught up on the next assignment).
     use vigil_store::audit::{Trusted, Verdict, audit};
-    use vigil_store::checkpoint::{KEYS_DIR, REGISTRY_FILE, Registry};
-    let keys = Registry::parse(
-        &std::fs::read_to_string(data_dir.join(KEYS_DIR).join(REGISTRY_FILE)).unwrap(),
-    )
-    .unwrap();
+    use vigil_store::checkpoint::Registry;
+    let keys =
+        Registry::parse(&std::fs::read_to_string(vigil_store::layout::registry(data_dir)).unwrap())
+            .unwrap();
     let audit = audit(
         data_dir,
         &Trusted {

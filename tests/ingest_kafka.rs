@@ -135,17 +135,18 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
 
     // Every partition log ends in a signed checkpoint of its whole tree, in the store and in
     // the anchor topic.
-    use vigil_store::checkpoint::{
-        CHECKPOINTS_DIR, Checkpointer, KEYS_DIR, NoteVerdict, REGISTRY_FILE, Registry, list_notes,
-        verify_note,
-    };
+    use vigil_store::checkpoint::{Checkpointer, NoteVerdict, Registry, list_notes, verify_note};
     let keys = Registry::parse(
-        &std::fs::read_to_string(data_dir.join(KEYS_DIR).join(REGISTRY_FILE)).unwrap(),
+        &std::fs::read_to_string(vigil_store::layout::registry(&data_dir)).unwrap(),
     )
     .unwrap();
     for p in &report.partitions {
-        let dir =
-            Checkpointer::log_dir(&data_dir.join(CHECKPOINTS_DIR), &p.topic, p.partition).unwrap();
+        let dir = Checkpointer::log_dir(
+            &vigil_store::layout::checkpoints(&data_dir),
+            &p.topic,
+            p.partition,
+        )
+        .unwrap();
         let notes = list_notes(&dir).unwrap();
         let newest = std::fs::read(&notes.last().expect("a checkpoint").1).unwrap();
         let NoteVerdict::Valid(cp) = verify_note(&newest, &keys) else {

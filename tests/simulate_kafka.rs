@@ -71,9 +71,8 @@ fn every_simulated_attack_fires_its_rules_and_normal_traffic_fires_nothing_else(
     );
     assert!(s.terminate());
     // Chained, signed and anchored: valid, with the keys pinned as a verifier would.
-    use vigil_store::checkpoint::{KEYS_DIR, REGISTRY_FILE};
     let pinned = tmp.path().join("pinned.keys");
-    std::fs::copy(dir.join(KEYS_DIR).join(REGISTRY_FILE), &pinned).unwrap();
+    std::fs::copy(vigil_store::layout::registry(&dir), &pinned).unwrap();
     succeed(
         Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["verify", "--data-dir"])

@@ -25,10 +25,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
-use vigil_store::checkpoint::{
-    CHECKPOINTS_DIR, Checkpoint, Checkpointer, KEYS_DIR, KeyRing, REGISTRY_FILE, Registry,
-    list_notes,
-};
+use vigil_store::checkpoint::{Checkpoint, Checkpointer, KeyRing, Registry, list_notes};
 
 const TOPIC: &str = "audit";
 const FIRST_RUN: usize = 240;
@@ -114,7 +111,7 @@ fn fixture() -> PathBuf {
     // The first key as someone who copied the data directory before the rotation holds it.
     let first_key = KeyRing::open(&store, None).unwrap().registry.keys[0].id();
     std::fs::copy(
-        store.join(KEYS_DIR).join(format!("{first_key:08x}.key")),
+        vigil_store::layout::keys(&store).join(format!("{first_key:08x}.key")),
         b.join("stolen-old.key"),
     )
     .unwrap();
@@ -129,7 +126,7 @@ fn fixture() -> PathBuf {
         Duration::from_secs(60),
     );
     assert!(s.terminate());
-    std::fs::copy(store.join(KEYS_DIR).join(REGISTRY_FILE), b.join("keys")).unwrap();
+    std::fs::copy(vigil_store::layout::registry(&store), b.join("keys")).unwrap();
     std::fs::write(b.join("ready"), "").unwrap();
     let built = building.keep();
     // Another test process may have won the race; either copy is a valid fixture.
@@ -200,7 +197,8 @@ impl Case {
     }
 
     fn notes(&self, p: i32) -> Vec<PathBuf> {
-        let dir = Checkpointer::log_dir(&self.store().join(CHECKPOINTS_DIR), TOPIC, p).unwrap();
+        let dir = Checkpointer::log_dir(&vigil_store::layout::checkpoints(&self.store()), TOPIC, p)
+            .unwrap();
         list_notes(&dir)
             .unwrap()
             .into_iter()
@@ -610,17 +608,15 @@ fn t09_a_log_rebuilt_without_the_key_with_and_without_re_signed_checkpoints() {
     let c = Case::new();
     rebuild_partition_0(&c);
     let store = c.store();
-    let name = Registry::parse(
-        &std::fs::read_to_string(store.join(KEYS_DIR).join(REGISTRY_FILE)).unwrap(),
-    )
-    .unwrap()
-    .name()
-    .unwrap()
-    .to_owned();
-    std::fs::remove_dir_all(store.join(KEYS_DIR)).unwrap();
+    let name =
+        Registry::parse(&std::fs::read_to_string(vigil_store::layout::registry(&store)).unwrap())
+            .unwrap()
+            .name()
+            .unwrap()
+            .to_owned();
+    std::fs::remove_dir_all(vigil_store::layout::keys(&store)).unwrap();
     std::fs::remove_dir_all(
-        store
-            .join(CHECKPOINTS_DIR)
+        vigil_store::layout::checkpoints(&store)
             .join("topic=audit")
             .join("partition=0"),
     )
@@ -822,8 +818,7 @@ fn t21_an_old_key_used_after_its_range() {
     let old_id = keys.keys[0].id();
     // Its validity over, the old key's private half is gone from the store...
     assert!(
-        !store
-            .join(KEYS_DIR)
+        !vigil_store::layout::keys(&store)
             .join(format!("{old_id:08x}.key"))
             .exists()
     );
@@ -1155,7 +1150,7 @@ fn a_decoded_column_edited_alone_is_caught_by_verify_decoded() {
 #[test]
 fn t23_stray_files_directories_and_links_are_findings_and_the_rest_is_still_reported() {
     let c = Case::new();
-    let ev = c.store().join("events");
+    let ev = vigil_store::layout::events(&c.store());
     std::fs::create_dir_all(ev.join("topic=..")).unwrap();
     std::fs::create_dir_all(ev.join("topic=evil/partition=x")).unwrap();
     std::fs::write(ev.join("README.txt"), "hello").unwrap();

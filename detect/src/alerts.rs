@@ -422,7 +422,7 @@ pub const MERGE_FILES: usize = 256;
 
 /// The alert log's directory in a data directory.
 pub fn alerts_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("alerts")
+    vigil_store::layout::alerts(data_dir)
 }
 
 impl AlertLog {

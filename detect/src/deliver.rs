@@ -254,7 +254,7 @@ pub struct Queued {
 
 /// The outbox directory of a data directory.
 pub fn outbox_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("outbox")
+    vigil_store::layout::outbox(data_dir)
 }
 
 /// The idempotency key of an alert revision.

@@ -177,7 +177,7 @@ pub struct Ticket(String);
 impl Queue {
     pub fn new(data_dir: &Path) -> Queue {
         Queue {
-            dir: data_dir.join("detect").join("commands"),
+            dir: vigil_store::layout::detect_commands(data_dir),
         }
     }
 

@@ -132,7 +132,7 @@ pub enum DetectError {
 
 /// Where the engine's state lives in a data directory.
 pub fn state_path(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join("detect").join("state.json")
+    vigil_store::layout::detect_state(data_dir)
 }
 
 /// Lock the data directory's detection state and start the thread. It runs until `pieces`
@@ -217,7 +217,7 @@ pub fn apply_direct(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError>
 /// Whether a process holds the data directory's detection lock now (it may change at once:
 /// callers fall back on [`DetectError::Locked`] anyway).
 pub fn lock_held(data_dir: &std::path::Path) -> bool {
-    let path = data_dir.join("detect").join("state.lock");
+    let path = vigil_store::layout::detect_lock(data_dir);
     std::fs::File::options()
         .write(true)
         .open(&path)
@@ -226,10 +226,10 @@ pub fn lock_held(data_dir: &std::path::Path) -> bool {
 
 /// Take the data directory's detection lock (held while the file stays open).
 fn lock(cfg: &RunConfig) -> Result<File, DetectError> {
-    let dir = cfg.data_dir.join("detect");
+    let dir = vigil_store::layout::detect(&cfg.data_dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| DetectError::Io(format!("{}: {e}", dir.display())))?;
-    let lock_path = dir.join("state.lock");
+    let lock_path = vigil_store::layout::detect_lock(&cfg.data_dir);
     let lock = File::options()
         .create(true)
         .truncate(false)

@@ -279,7 +279,7 @@ fn listing(
 impl Catalog {
     /// The tables of the store under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Catalog, QueryError> {
-        let events_dir = data_dir.join("events");
+        let events_dir = vigil_store::layout::events(data_dir);
         if !events_dir.is_dir() {
             return Err(QueryError::NoStore(data_dir.display().to_string()));
         }
@@ -438,10 +438,10 @@ fn read_checkpoints(data_dir: &Path) -> Result<RecordBatch, DataFusionError> {
     use datafusion::arrow::array::{
         ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
     };
-    use vigil_store::checkpoint::{CHECKPOINTS_DIR, Checkpointer, list_notes, parse_note};
+    use vigil_store::checkpoint::{Checkpointer, list_notes, parse_note};
     let hex = |h: &[u8]| hex::encode(h);
     let ext = |e: String| DataFusionError::External(e.into());
-    let root = data_dir.join(CHECKPOINTS_DIR);
+    let root = vigil_store::layout::checkpoints(data_dir);
     let (
         mut topic,
         mut partition,

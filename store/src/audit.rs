@@ -13,8 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{
-    CHECKPOINTS_DIR, Checkpoint, Checkpointer, KEYS_DIR, NoteVerdict, REGISTRY_FILE, Registry,
-    list_notes, note_hash, origin, verify_note,
+    Checkpoint, Checkpointer, NoteVerdict, Registry, list_notes, note_hash, origin, verify_note,
 };
 use crate::error::StoreError;
 use crate::files::{Store, partitions_under};
@@ -170,7 +169,7 @@ pub fn audit(
     let keys = match &trusted.keys {
         Some(k) => k.clone(),
         None => {
-            let path = data_dir.join(KEYS_DIR).join(REGISTRY_FILE);
+            let path = crate::layout::registry(data_dir);
             report.find_unvouched(
                 "keys",
                 "public keys not pinned: checked with the store's own registry, which whoever \
@@ -208,7 +207,7 @@ pub fn audit(
     }
 
     // Every log: those with files, those with checkpoints, those known from outside.
-    let cp_root = data_dir.join(CHECKPOINTS_DIR);
+    let cp_root = crate::layout::checkpoints(data_dir);
     let mut logs: BTreeSet<(String, i32)> = store.partitions()?.into_iter().collect();
     logs.extend(partitions_under(&cp_root)?);
     let known: BTreeMap<String, (String, i32)> = logs

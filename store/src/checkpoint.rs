@@ -37,12 +37,7 @@ use crate::error::StoreError;
 use crate::files::{fsync_dir, validate_topic, write_durably};
 use crate::merkle::{Frontier, Hash};
 
-/// Where checkpoints live under the data directory.
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
-/// Where keys live under the data directory.
-pub const KEYS_DIR: &str = "keys";
-/// The public key registry's file name (in [`KEYS_DIR`]).
-pub const REGISTRY_FILE: &str = "registry";
+use crate::layout::REGISTRY_FILE;
 
 /// Most signatures a checkpoint may carry (signed_note's own cap is 100).
 pub const MAX_SIGNATURES: usize = 8;
@@ -318,7 +313,7 @@ impl KeyRing {
     /// if there are none. `configured`: a private key file to use instead of a generated one
     /// (added to the registry, valid from now, if it is not there yet).
     pub fn open(data_dir: &Path, configured: Option<&Path>) -> Result<KeyRing, StoreError> {
-        let dir = data_dir.join(KEYS_DIR);
+        let dir = crate::layout::keys(data_dir);
         if !dir.is_dir() {
             use std::os::unix::fs::DirBuilderExt;
             fs::DirBuilder::new()
@@ -636,7 +631,7 @@ impl std::fmt::Debug for Checkpointer {
 impl Checkpointer {
     pub fn new(data_dir: &Path, keys: KeyRing, mirror: Option<PathBuf>) -> Checkpointer {
         Checkpointer {
-            root: data_dir.join(CHECKPOINTS_DIR),
+            root: crate::layout::checkpoints(data_dir),
             mirror,
             keys: Mutex::new(keys),
             latest: Mutex::new(HashMap::new()),
@@ -892,10 +887,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ring = KeyRing::open(dir.path(), None).unwrap();
         assert!(ring.name().starts_with("vigil-"));
-        let key_file = dir
-            .path()
-            .join(KEYS_DIR)
-            .join(key_file_name(ring.registry.keys[0].id()));
+        let key_file =
+            crate::layout::keys(dir.path()).join(key_file_name(ring.registry.keys[0].id()));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
@@ -936,7 +929,7 @@ mod tests {
             keys: vec![ring.registry.keys[0].clone()],
         };
         let old_ring = KeyRing {
-            dir: dir.path().join(KEYS_DIR),
+            dir: crate::layout::keys(dir.path()),
             registry: Registry {
                 keys: vec![KeyEntry {
                     valid_until_ms: None,
@@ -958,7 +951,7 @@ mod tests {
             ..ring.registry.keys[0].clone()
         };
         let expired = KeyRing {
-            dir: dir.path().join(KEYS_DIR),
+            dir: crate::layout::keys(dir.path()),
             registry: Registry {
                 keys: vec![past.clone()],
             },
@@ -1049,7 +1042,7 @@ mod tests {
         assert_eq!((c3.size, c3.prev), (2, c2.prev));
         assert!(c3.time_ms > c2.time_ms);
         // Stored, mirrored, and found again by a new checkpointer (after a restart).
-        let log = Checkpointer::log_dir(&dir.path().join(CHECKPOINTS_DIR), "t", 0).unwrap();
+        let log = Checkpointer::log_dir(&crate::layout::checkpoints(dir.path()), "t", 0).unwrap();
         let mirrored = Checkpointer::log_dir(&mirror, "t", 0).unwrap();
         assert_eq!(list_notes(&log).unwrap().len(), 2);
         assert_eq!(
@@ -1085,7 +1078,7 @@ mod tests {
         assert!(names.windows(2).all(|w| w[0] == w[1]), "{names:?}");
         let ring = KeyRing::open(dir.path(), None).unwrap();
         assert_eq!(ring.registry.keys.len(), 1);
-        let keys: Vec<_> = fs::read_dir(dir.path().join(KEYS_DIR))
+        let keys: Vec<_> = fs::read_dir(crate::layout::keys(dir.path()))
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().ends_with(".key"))

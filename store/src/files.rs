@@ -186,7 +186,7 @@ impl Store {
                     "the data directory is open to other users: chmod 700 it");
             }
         }
-        create_dirs_durably(&root.join("events"))?;
+        create_dirs_durably(&crate::layout::events(&root))?;
         Ok(Store { root, opts })
     }
 
@@ -212,7 +212,7 @@ impl Store {
     }
 
     pub fn events_dir(&self) -> PathBuf {
-        self.root.join("events")
+        crate::layout::events(&self.root)
     }
 
     pub fn partition_dir(&self, topic: &str, partition: i32) -> Result<PathBuf, StoreError> {

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod compact;
 pub mod error;
 pub mod files;
+pub mod layout;
 pub mod merkle;
 pub mod own;
 pub mod proof;

@@ -11,9 +11,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::chain::{RecordRef, leaf_hash};
-use crate::checkpoint::{
-    CHECKPOINTS_DIR, Checkpoint, Checkpointer, NoteVerdict, Registry, list_notes, verify_note,
-};
+use crate::checkpoint::{Checkpoint, Checkpointer, NoteVerdict, Registry, list_notes, verify_note};
 use crate::error::StoreError;
 use crate::files::Store;
 use crate::merkle::{
@@ -197,7 +195,7 @@ fn read_record(
 
 /// The log's stored checkpoints: (size, note bytes), smallest first.
 fn notes(data_dir: &Path, topic: &str, partition: i32) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let dir = Checkpointer::log_dir(&data_dir.join(CHECKPOINTS_DIR), topic, partition)?;
+    let dir = Checkpointer::log_dir(&crate::layout::checkpoints(data_dir), topic, partition)?;
     list_notes(&dir)?
         .into_iter()
         .map(|(size, p)| Ok((size, std::fs::read(&p).map_err(StoreError::io(&p))?)))

@@ -696,11 +696,7 @@ async fn reload(
 }
 
 async fn keys(State(s): State<AppState>) -> Response {
-    let path = s
-        .cfg
-        .data_dir
-        .join(vigil_store::checkpoint::KEYS_DIR)
-        .join(vigil_store::checkpoint::REGISTRY_FILE);
+    let path = vigil_store::layout::registry(&s.cfg.data_dir);
     match tokio::fs::read_to_string(&path).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
         Err(e) => error(StatusCode::NOT_FOUND, format!("no key registry: {e}")),
@@ -741,7 +737,7 @@ async fn rotate(State(s): State<AppState>, Query(q): Query<RotateQuery>) -> Resp
 async fn checkpoints(State(s): State<AppState>) -> Response {
     let dir = s.cfg.data_dir.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<Vec<LatestCheckpoint>, String> {
-        let root = dir.join(vigil_store::checkpoint::CHECKPOINTS_DIR);
+        let root = vigil_store::layout::checkpoints(&dir);
         let mut out = Vec::new();
         for (topic, partition) in
             vigil_store::files::partitions_under(&root).map_err(|e| e.to_string())?
@@ -969,7 +965,7 @@ mod tests {
         dir: &std::path::Path,
         recorded: Result<(), String>,
     ) -> (AppState, Arc<std::sync::Mutex<Vec<ApiCall>>>) {
-        std::fs::create_dir_all(dir.join("events")).unwrap();
+        std::fs::create_dir_all(vigil_store::layout::events(dir)).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Audited>(16);
         let calls: Arc<std::sync::Mutex<Vec<ApiCall>>> = Arc::default();
         {

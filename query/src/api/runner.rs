@@ -189,7 +189,7 @@ mod tests {
     /// An empty store's tables (the directory held as long as they are).
     fn catalog() -> (tempfile::TempDir, Arc<crate::Catalog>) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("events")).unwrap();
+        std::fs::create_dir_all(vigil_store::layout::events(dir.path())).unwrap();
         let catalog = Arc::new(crate::Catalog::open(dir.path()).unwrap());
         (dir, catalog)
     }

@@ -311,7 +311,7 @@ pub(super) mod tests {
 
     async fn store() -> Store {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("events")).unwrap();
+        std::fs::create_dir_all(vigil_store::layout::events(dir.path())).unwrap();
         let catalog = crate::Catalog::open(dir.path()).unwrap();
         Store { _dir: dir, catalog }
     }

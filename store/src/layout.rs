@@ -1,0 +1,75 @@
+//! The data directory's layout, in one place: every path Vigil keeps under `store.data_dir`,
+//! whichever crate reads or writes it. Nothing else spells a name under the data directory.
+//!
+//! ```text
+//! DIR/
+//!   events/topic=T/partition=P/*.parquet   the store: every record, chained (files.rs)
+//!   checkpoints/T/P/                       signed checkpoints of each partition log
+//!   keys/registry, keys/*.key              the public key registry, the signing keys
+//!   alerts/*.parquet                       the alert log: one row per revision (detect)
+//!   outbox/                                deliveries not yet acknowledged (detect)
+//!   detect/state.json                      detection's saved state (positions, groups)
+//!   detect/state.lock                      held by the one process running detection
+//!   detect/commands/                       lifecycle changes queued for that process
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The store's event files, under the data directory.
+pub const EVENTS_DIR: &str = "events";
+/// Signed checkpoints, under the data directory.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+/// Signing keys and the registry, under the data directory.
+pub const KEYS_DIR: &str = "keys";
+/// The public key registry's file name (in [`KEYS_DIR`]).
+pub const REGISTRY_FILE: &str = "registry";
+
+/// `DIR/events`.
+pub fn events(data_dir: &Path) -> PathBuf {
+    data_dir.join(EVENTS_DIR)
+}
+
+/// `DIR/checkpoints`.
+pub fn checkpoints(data_dir: &Path) -> PathBuf {
+    data_dir.join(CHECKPOINTS_DIR)
+}
+
+/// `DIR/keys`.
+pub fn keys(data_dir: &Path) -> PathBuf {
+    data_dir.join(KEYS_DIR)
+}
+
+/// `DIR/keys/registry`: the public keys a verifier pins.
+pub fn registry(data_dir: &Path) -> PathBuf {
+    keys(data_dir).join(REGISTRY_FILE)
+}
+
+/// `DIR/alerts`.
+pub fn alerts(data_dir: &Path) -> PathBuf {
+    data_dir.join("alerts")
+}
+
+/// `DIR/outbox`.
+pub fn outbox(data_dir: &Path) -> PathBuf {
+    data_dir.join("outbox")
+}
+
+/// `DIR/detect`.
+pub fn detect(data_dir: &Path) -> PathBuf {
+    data_dir.join("detect")
+}
+
+/// `DIR/detect/state.json`.
+pub fn detect_state(data_dir: &Path) -> PathBuf {
+    detect(data_dir).join("state.json")
+}
+
+/// `DIR/detect/state.lock`.
+pub fn detect_lock(data_dir: &Path) -> PathBuf {
+    detect(data_dir).join("state.lock")
+}
+
+/// `DIR/detect/commands`.
+pub fn detect_commands(data_dir: &Path) -> PathBuf {
+    detect(data_dir).join("commands")
+}
