@@ -37,7 +37,7 @@ pub fn run(cfg: &Config, args: CompactArgs) -> anyhow::Result<ExitCode> {
             max_row_group_rows: args.row_group_rows,
         },
     )?;
-    for (topic, partition) in store.partitions()? {
+    for vigil_store::LogId { topic, partition } in store.partitions()? {
         let r = compact(&store, &topic, partition, args.target_records.max(1))
             .with_context(|| format!("compacting {topic}/{partition}"))?;
         println!(

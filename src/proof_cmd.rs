@@ -30,7 +30,7 @@ pub struct ProofArgs {
     event: Option<String>,
     /// The log, `TOPIC/PARTITION`.
     #[arg(long)]
-    log: Option<String>,
+    log: Option<vigil_store::LogId>,
     /// The record's leaf index in the log.
     #[arg(long, requires = "log", conflicts_with_all = ["offset", "from"])]
     index: Option<u64>,
@@ -60,17 +60,6 @@ pub struct VerifyProofArgs {
     keys: Option<PathBuf>,
 }
 
-fn parse_log(log: &str) -> anyhow::Result<(String, i32)> {
-    let (t, p) = log
-        .rsplit_once('/')
-        .with_context(|| format!("--log {log:?}: expected TOPIC/PARTITION"))?;
-    Ok((
-        t.to_owned(),
-        p.parse()
-            .with_context(|| format!("--log {log:?}: partition"))?,
-    ))
-}
-
 pub fn run_proof(cfg: &Config, args: ProofArgs) -> anyhow::Result<ExitCode> {
     let dir = args
         .data_dir
@@ -85,10 +74,9 @@ pub fn run_proof(cfg: &Config, args: ProofArgs) -> anyhow::Result<ExitCode> {
             Target::Offset(offset),
         )?)
     } else {
-        let log = args.log.as_deref().context(
+        let vigil_store::LogId { topic, partition } = args.log.clone().context(
             "pass --event ID, or --log TOPIC/PARTITION with --index, --offset or --from",
         )?;
-        let (topic, partition) = parse_log(log)?;
         if let Some(from) = args.from {
             vigil_store::proof::consistency_json(&prove_consistency(
                 &dir, &topic, partition, from, args.to,

@@ -140,7 +140,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                     vigil_detect::run::Assigned(Arc::new(move || {
                         m.held()
                             .into_iter()
-                            .map(|((t, p), busy)| (format!("{t}/{p}"), busy))
+                            .map(|(log, busy)| (log.to_string(), busy))
                             .collect()
                     }))
                 }),

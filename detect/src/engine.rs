@@ -609,9 +609,7 @@ impl Engine {
 
     fn observe_as(&mut self, piece: &Piece, now_ns: i64, holds: bool) -> Result<(), EngineError> {
         let b = &piece.batch;
-        let log = self
-            .logs
-            .id(&format!("{}/{}", piece.topic, piece.partition));
+        let log = self.logs.id(&piece.log().to_string());
         let (indexes, next) = leaf_indexes(b, piece.first_leaf_index)?;
         let from = self.positions.get(&log).copied().unwrap_or(0);
         if next <= from {

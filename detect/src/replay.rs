@@ -45,8 +45,9 @@ pub fn replay<E: From<StoreError>>(
     let now = now_ns();
     let cfg = *engine.time_config();
     let mut readers = Vec::new();
-    for (topic, partition) in store.partitions()? {
-        let log = format!("{topic}/{partition}");
+    for id in store.partitions()? {
+        let vigil_store::LogId { topic, partition } = id.clone();
+        let log = id.to_string();
         let from = engine.position(&log).unwrap_or(0);
         readers.push(LogReader::new(store, &topic, partition, from)?);
     }

@@ -564,11 +564,12 @@ impl Loop {
     /// Evaluate the new files of logs this process is not fed live (written by other processes
     /// of the consumer group sharing the data directory).
     fn tail(&mut self, engine: &mut Engine, store: &Store) -> Result<(), DetectError> {
-        for (topic, partition) in store.partitions()? {
+        for id in store.partitions()? {
+            let vigil_store::LogId { topic, partition } = id.clone();
             if topic == AUDIT_TOPIC {
                 continue; // written, and evaluated, by this thread
             }
-            let log = format!("{topic}/{partition}");
+            let log = id.to_string();
             if self
                 .live
                 .get(&log)
@@ -596,7 +597,7 @@ impl Loop {
     /// (the partition came from another process of the group, whose last files were not read
     /// yet) are read from the store first.
     fn live(&mut self, engine: &mut Engine, p: &Piece) -> Result<(), DetectError> {
-        let log = format!("{}/{}", p.topic, p.partition);
+        let log = p.log().to_string();
         if let Some(pos) = engine.position(&log)
             && pos < p.first_leaf_index
             && let Ok(store) = Store::open_existing(&self.cfg.data_dir)

@@ -100,8 +100,8 @@ impl Chunk {
                 headers.push((k, h.value.clone().map(|v| &self.data[v])));
             }
             f(&RecordRef {
-                topic: &self.key.0,
-                partition: self.key.1,
+                topic: &self.key.topic,
+                partition: self.key.partition,
                 offset: r.offset,
                 timestamp_ms: r.timestamp_ms,
                 key: r.key.clone().map(|k| &self.data[k]),
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn records_come_back_exactly_as_pushed() {
-        let mut c = Chunk::new(("t".into(), 3), 7);
+        let mut c = Chunk::new(vigil_store::LogId::new("t", 3), 7);
         c.push(5, Some(1), None, Some(b"v1"), std::iter::empty());
         c.push(
             6,
@@ -174,13 +174,13 @@ mod tests {
 
     #[test]
     fn full_by_records_or_bytes() {
-        let mut c = Chunk::new(("t".into(), 0), 0);
+        let mut c = Chunk::new(vigil_store::LogId::new("t", 0), 0);
         for i in 0..CHUNK_MAX_RECORDS as i64 {
             assert!(!c.is_full());
             c.push(i, None, None, Some(b"x"), std::iter::empty());
         }
         assert!(c.is_full());
-        let mut c = Chunk::new(("t".into(), 0), 0);
+        let mut c = Chunk::new(vigil_store::LogId::new("t", 0), 0);
         c.push(
             0,
             None,

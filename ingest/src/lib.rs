@@ -107,7 +107,7 @@ pub enum IngestError {
     Internal(&'static str),
 }
 
-type Key = (String, i32);
+type Key = vigil_store::LogId;
 
 /// One assigned partition, as the consumer thread sees it.
 struct Part {
@@ -225,7 +225,10 @@ impl ClientContext for Ctx {
                 // Partition -1 is librdkafka's internal "unassigned" queue; "none" and
                 // "stopped" are partitions it does not fetch (not ours now).
                 if partition >= 0 && p.hi_offset >= 0 && p.fetch_state == "active" {
-                    hw.insert((topic.clone(), partition), p.hi_offset);
+                    hw.insert(
+                        vigil_store::LogId::new(topic.clone(), partition),
+                        p.hi_offset,
+                    );
                 }
             }
         }
@@ -245,7 +248,7 @@ impl ConsumerContext for Ctx {
             let keys: Vec<Key> = tpl
                 .elements()
                 .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
+                .map(|e| vigil_store::LogId::new(e.topic(), e.partition()))
                 .collect();
             tracing::info!(partitions = ?keys, "partitions revoked: flushing and committing");
             if let Err(e) = core.revoke(consumer, &keys) {
@@ -266,13 +269,13 @@ impl ConsumerContext for Ctx {
 
 fn one(key: &Key) -> Result<TopicPartitionList, KafkaError> {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&key.0, key.1);
+    tpl.add_partition(&key.topic, key.partition);
     Ok(tpl)
 }
 
 impl Core {
     fn find(&mut self, topic: &str, partition: i32) -> Option<usize> {
-        let hit = |p: &Part| p.key.1 == partition && p.key.0 == topic;
+        let hit = |p: &Part| p.key.partition == partition && p.key.topic == topic;
         if self.parts.get(self.last_part).is_some_and(hit) {
             return Some(self.last_part);
         }
@@ -295,11 +298,11 @@ impl Core {
     ) -> Result<(), IngestError> {
         let mut resume = TopicPartitionList::new();
         for e in tpl.elements() {
-            let key: Key = (e.topic().to_owned(), e.partition());
-            if vigil_store::is_reserved_topic(&key.0) {
-                return Err(reserved(&key.0));
+            let key: Key = vigil_store::LogId::new(e.topic(), e.partition());
+            if vigil_store::is_reserved_topic(&key.topic) {
+                return Err(reserved(&key.topic));
             }
-            let log = self.store.head(&key.0, key.1)?;
+            let log = self.store.head(&key.topic, key.partition)?;
             let head = log.chain;
             self.metrics.durable_at(&key, head.offset);
             // A crash between a file and its checkpoint leaves the newest records unsigned.
@@ -311,8 +314,8 @@ impl Core {
             } else {
                 Offset::Beginning
             };
-            resume.add_partition_offset(&key.0, key.1, offset)?;
-            tracing::info!(topic = %key.0, partition = key.1, store_head = head.offset, "partition assigned");
+            resume.add_partition_offset(&key.topic, key.partition, offset)?;
+            tracing::info!(topic = %key.topic, partition = key.partition, store_head = head.offset, "partition assigned");
             if let Some(i) = self.index(&key) {
                 // Assigned twice without a revoke in between: the pipeline is reopened at the
                 // store's head below, so forget what this side held.
@@ -326,8 +329,8 @@ impl Core {
                 writer: pipeline % self.cfg.writer_threads.max(1),
                 key: key.clone(),
                 batch: Box::new(PartitionBatch::new(
-                    &key.0,
-                    key.1,
+                    &key.topic,
+                    key.partition,
                     log,
                     // Sized for a piece (a chunk's rows are cut as one), not for the batch: a
                     // piece's arrays keep the capacity they were built with, and detection
@@ -336,7 +339,7 @@ impl Core {
                 )),
                 decoder: Decoder::new(
                     self.cfg.decoder.clone(),
-                    self.cfg.formats.get(&key.0).copied(),
+                    self.cfg.formats.get(&key.topic).copied(),
                 ),
             };
             self.pipelines[pipeline]
@@ -370,9 +373,11 @@ impl Core {
             if let Some(i) = self.index(k) {
                 let part = self.parts.swap_remove(i);
                 if part.paused {
-                    paused.add_partition(&k.0, k.1);
+                    paused.add_partition(&k.topic, k.partition);
                 }
-                self.signing.checkpoints.forget(&part.key.0, part.key.1);
+                self.signing
+                    .checkpoints
+                    .forget(&part.key.topic, part.key.partition);
                 let _ = self.pipelines[part.pipeline].send(Job::Close(part.key));
             }
         }
@@ -426,7 +431,7 @@ impl Core {
                     consumer.pause(&one(&part.key)?)?;
                     part.paused = true;
                     self.metrics.pauses.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(topic = %part.key.0, partition = part.key.1,
+                    tracing::info!(topic = %part.key.topic, partition = part.key.partition,
                         "store stalled: partition paused");
                 }
                 Ok(())
@@ -475,11 +480,15 @@ impl Core {
             .rows_stored
             .fetch_add(rows as u64, Ordering::Relaxed);
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&key.0, key.1, Offset::Offset(info.last_offset + 1))?;
+        tpl.add_partition_offset(
+            &key.topic,
+            key.partition,
+            Offset::Offset(info.last_offset + 1),
+        )?;
         if let Err(e) = consumer.commit(&tpl, mode) {
             // The store is the authority on what is stored; a failed commit only means
             // re-reading records that are then skipped.
-            tracing::warn!(error = %e, topic = %key.0, partition = key.1, "offset commit failed");
+            tracing::warn!(error = %e, topic = %key.topic, partition = key.partition, "offset commit failed");
         }
         self.metrics.durable_at(&key, info.last_offset);
         if let Some(i) = self.index(&key) {
@@ -555,7 +564,7 @@ impl Core {
                 continue;
             }
             let (target, next_try) = r.step_back();
-            tracing::warn!(topic = %part.key.0, partition = part.key.1, expected = r.next,
+            tracing::warn!(topic = %part.key.topic, partition = part.key.partition, expected = r.next,
                 seek_to = target,
                 "nothing delivered since resuming; reading again from before the resume point");
             seek_back(consumer, &self.metrics, &part.key, target)?;
@@ -643,7 +652,7 @@ fn refetch(
     next: i64,
     target: i64,
 ) -> Result<(), IngestError> {
-    tracing::warn!(topic = %key.0, partition = key.1, expected = next, got, seek_to = target,
+    tracing::warn!(topic = %key.topic, partition = key.partition, expected = next, got, seek_to = target,
         "broker delivered past the next offset; reading again from before it");
     seek_back(consumer, metrics, key, target)?;
     // This record comes again after the seek.
@@ -659,8 +668,8 @@ fn seek_back(
     target: i64,
 ) -> Result<(), IngestError> {
     consumer.seek(
-        &key.0,
-        key.1,
+        &key.topic,
+        key.partition,
         Offset::Offset(target),
         Duration::from_secs(10),
     )?;

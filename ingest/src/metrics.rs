@@ -41,16 +41,17 @@ pub struct IngestMetrics {
     pub partitions_assigned: AtomicU64,
     /// Per partition log this process has held: the last offset in a durable file (the
     /// store's head when assigned). Rows after it are not in a file yet.
-    pub durable_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    pub durable_offsets: std::sync::Mutex<std::collections::HashMap<vigil_store::LogId, i64>>,
     /// Per partition log: the last offset consumed and handed to its pipeline. Past
     /// `durable_offsets`, records are on their way to a file (detection holds its watermark
     /// for such a log: it is not idle).
-    pub received_offsets: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    pub received_offsets: std::sync::Mutex<std::collections::HashMap<vigil_store::LogId, i64>>,
     /// Per partition log: when its received or durable offset last moved.
-    pub progress_at: std::sync::Mutex<std::collections::HashMap<(String, i32), std::time::Instant>>,
+    pub progress_at:
+        std::sync::Mutex<std::collections::HashMap<vigil_store::LogId, std::time::Instant>>,
     /// Per partition consumed now: the broker's high watermark (the offset its next record
     /// will get), from the consumer's statistics (`statistics.interval.ms`, 1 s by default).
-    pub high_watermarks: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    pub high_watermarks: std::sync::Mutex<std::collections::HashMap<vigil_store::LogId, i64>>,
     /// Time to write one sealed batch: its Parquet file made durable and its checkpoint
     /// signed.
     pub flush_seconds: Histogram,
@@ -113,7 +114,7 @@ impl Histogram {
 
 impl IngestMetrics {
     /// A copy of [`IngestMetrics::durable_offsets`].
-    pub fn durable(&self) -> std::collections::HashMap<(String, i32), i64> {
+    pub fn durable(&self) -> std::collections::HashMap<vigil_store::LogId, i64> {
         self.durable_offsets
             .lock()
             .map(|m| m.clone())
@@ -129,10 +130,9 @@ impl IngestMetrics {
             .map(|m| m.clone())
             .unwrap_or_default()
             .into_iter()
-            .map(|((topic, partition), hw)| {
-                let next = durable
-                    .get(&(topic.clone(), partition))
-                    .map_or(0, |&o| o.saturating_add(1));
+            .map(|(log, hw)| {
+                let next = durable.get(&log).map_or(0, |&o| o.saturating_add(1));
+                let vigil_store::LogId { topic, partition } = log;
                 PartitionLag {
                     topic,
                     partition,
@@ -146,7 +146,10 @@ impl IngestMetrics {
     }
 
     /// Replace the high watermarks with those of the partitions consumed now.
-    pub(crate) fn set_high_watermarks(&self, now: std::collections::HashMap<(String, i32), i64>) {
+    pub(crate) fn set_high_watermarks(
+        &self,
+        now: std::collections::HashMap<vigil_store::LogId, i64>,
+    ) {
         if let Ok(mut m) = self.high_watermarks.lock() {
             *m = now;
         }
@@ -161,8 +164,8 @@ impl IngestMetrics {
     /// `max_batch_wait_ms` after its last record; "until handed to detection" was measured and
     /// turned a broker's uneven fetches (seconds on a busy SQLite-backed Tansu) into idle logs,
     /// and absence rules into false alerts.
-    pub fn held(&self) -> Vec<((String, i32), bool)> {
-        let copy = |m: &std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>| {
+    pub fn held(&self) -> Vec<(vigil_store::LogId, bool)> {
+        let copy = |m: &std::sync::Mutex<std::collections::HashMap<vigil_store::LogId, i64>>| {
             m.lock().map(|m| m.clone()).unwrap_or_default()
         };
         let received = copy(&self.received_offsets);
@@ -187,7 +190,7 @@ impl IngestMetrics {
     }
 
     /// Record that `key`'s records up to `offset` were handed to its pipeline.
-    pub(crate) fn received_at(&self, key: &(String, i32), offset: i64) {
+    pub(crate) fn received_at(&self, key: &vigil_store::LogId, offset: i64) {
         if let Ok(mut m) = self.received_offsets.lock() {
             let e = m.entry(key.clone()).or_insert(i64::MIN);
             if offset > *e {
@@ -198,7 +201,7 @@ impl IngestMetrics {
     }
 
     /// Record that `key` is durable up to `offset` (its store head, when assigned).
-    pub(crate) fn durable_at(&self, key: &(String, i32), offset: i64) {
+    pub(crate) fn durable_at(&self, key: &vigil_store::LogId, offset: i64) {
         if let Ok(mut m) = self.durable_offsets.lock() {
             let e = m.entry(key.clone()).or_insert(i64::MIN);
             if offset > *e {
@@ -208,7 +211,7 @@ impl IngestMetrics {
         }
     }
 
-    fn progressed(&self, key: &(String, i32)) {
+    fn progressed(&self, key: &vigil_store::LogId) {
         if let Ok(mut m) = self.progress_at.lock() {
             m.insert(key.clone(), std::time::Instant::now());
         }
@@ -305,7 +308,7 @@ mod tests {
     #[test]
     fn a_log_is_busy_while_records_are_on_their_way_to_a_file_or_still_on_the_broker() {
         let m = IngestMetrics::default();
-        let key = ("t".to_owned(), 0);
+        let key = vigil_store::LogId::new("t", 0);
         m.durable_at(&key, 4);
         m.received_at(&key, 10);
         assert_eq!(m.held(), vec![(key.clone(), true)]);
@@ -329,7 +332,7 @@ mod tests {
     #[test]
     fn lag_counts_records_past_the_durable_offset_never_negative() {
         let m = IngestMetrics::default();
-        let key = |p: i32| ("t".to_owned(), p);
+        let key = |p: i32| vigil_store::LogId::new("t", p);
         m.durable_at(&key(0), 99); // offsets 0..=99 durable
         m.durable_at(&key(2), 10);
         m.set_high_watermarks(

@@ -293,7 +293,7 @@ impl Threads {
                                     && !stopping.load(std::sync::atomic::Ordering::Relaxed) =>
                             {
                                 if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                                    tracing::error!(topic = %key.0, partition = key.1, error = %e,
+                                    tracing::error!(topic = %key.topic, partition = key.partition, error = %e,
                                         "the data volume is full: writing again once there is room (partitions pause meanwhile)");
                                     said = Some(Instant::now());
                                 }
@@ -305,7 +305,7 @@ impl Threads {
                         }
                     };
                     if said.is_some() && result.is_ok() {
-                        tracing::info!(topic = %key.0, partition = key.1, "the data volume has room again: written");
+                        tracing::info!(topic = %key.topic, partition = key.partition, "the data volume has room again: written");
                     }
                     if result.is_ok() {
                         metrics.flush_seconds.observe(started.elapsed());
@@ -377,7 +377,7 @@ impl Signing {
         tree: &Frontier,
     ) -> Result<(), StoreError> {
         self.checkpoints
-            .sign_and_publish(&key.0, key.1, chain, tree, |origin, note| {
+            .sign_and_publish(&key.topic, key.partition, chain, tree, |origin, note| {
                 self.signed(origin, note)
             })
     }

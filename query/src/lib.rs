@@ -110,8 +110,11 @@ impl Catalog {
         // Topic names are Kafka's ([a-zA-Z0-9._-]): safe inside quotes.
         let cases: Vec<String> = cutoffs
             .iter()
-            .map(|((t, p), cut)| {
-                format!("WHEN kafka_topic = '{t}' AND kafka_partition = {p} THEN {cut}")
+            .map(|(log, cut)| {
+                format!(
+                    "WHEN kafka_topic = '{}' AND kafka_partition = {} THEN {cut}",
+                    log.topic, log.partition
+                )
             })
             .collect();
         ctx.sql(&format!(
@@ -461,7 +464,11 @@ fn read_checkpoints(data_dir: &Path) -> Result<RecordBatch, DataFusionError> {
         vec![],
         vec![],
     );
-    for (t, p) in vigil_store::files::partitions_under(&root).map_err(|e| ext(e.to_string()))? {
+    for vigil_store::LogId {
+        topic: t,
+        partition: p,
+    } in vigil_store::files::partitions_under(&root).map_err(|e| ext(e.to_string()))?
+    {
         let dir = Checkpointer::log_dir(&root, &t, p).map_err(|e| ext(e.to_string()))?;
         for (_, path) in list_notes(&dir).map_err(|e| ext(e.to_string()))? {
             let bytes =

@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::Int64Type;
 use vigil_store::Piece;
 
 /// A partition log: (topic, partition).
-pub type Log = (String, i32);
+pub type Log = vigil_store::LogId;
 
 /// The pieces of each log not yet known durable.
 #[derive(Debug, Default)]
@@ -38,7 +38,7 @@ fn last_offset(p: &Piece) -> i64 {
 impl Recent {
     pub fn push(&self, p: Piece) {
         if let Ok(mut m) = self.logs.lock() {
-            m.entry((p.topic.clone(), p.partition)).or_default().push(p);
+            m.entry(p.log()).or_default().push(p);
         }
     }
 
@@ -112,7 +112,7 @@ mod tests {
         for p in pieces(10, 4) {
             r.push(p); // offsets 0-3, 4-7
         }
-        let log = ("t".to_owned(), 0);
+        let log = vigil_store::LogId::new("t", 0);
         let rows = |d: i64| {
             let (b, cuts) = r.snapshot(&[(log.clone(), d)].into());
             (b.iter().map(RecordBatch::num_rows).sum::<usize>(), cuts)

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::LogId;
 use crate::checkpoint::{
     Checkpoint, Checkpointer, NoteVerdict, Registry, list_notes, note_hash, origin, verify_note,
 };
@@ -208,11 +209,11 @@ pub fn audit(
 
     // Every log: those with files, those with checkpoints, those known from outside.
     let cp_root = crate::layout::checkpoints(data_dir);
-    let mut logs: BTreeSet<(String, i32)> = store.partitions()?.into_iter().collect();
+    let mut logs: BTreeSet<LogId> = store.partitions()?.into_iter().collect();
     logs.extend(partitions_under(&cp_root)?);
-    let known: BTreeMap<String, (String, i32)> = logs
+    let known: BTreeMap<String, LogId> = logs
         .iter()
-        .map(|(t, p)| (origin(&name, t, *p), (t.clone(), *p)))
+        .map(|l| (origin(&name, &l.topic, l.partition), l.clone()))
         .collect();
     for o in outside.keys() {
         if !known.contains_key(o) {
@@ -251,9 +252,9 @@ pub fn audit(
         };
     }
 
-    for (topic, partition) in logs {
+    for LogId { topic, partition } in logs {
         let log_origin = origin(&name, &topic, partition);
-        let place = format!("{topic}/{partition}");
+        let place = LogId::new(topic.clone(), partition).to_string();
         // The store's own checkpoints of this log.
         let mut stored: Vec<(Seen, Vec<u8>, PathBuf)> = Vec::new();
         let dir = or_finding!(
@@ -453,16 +454,14 @@ fn describe(v: &NoteVerdict) -> String {
 }
 
 /// `<name>/<topic>/<partition>` back into its log.
-fn parse_origin(name: &str, origin: &str) -> Option<(String, i32)> {
-    let rest = origin.strip_prefix(name)?.strip_prefix('/')?;
-    let (topic, partition) = rest.rsplit_once('/')?;
-    Some((topic.to_owned(), partition.parse().ok()?))
+fn parse_origin(name: &str, origin: &str) -> Option<LogId> {
+    origin.strip_prefix(name)?.strip_prefix('/')?.parse().ok()
 }
 
 /// Read every checkpoint note under an anchor directory (a `checkpoint.mirror_dir`).
 pub fn read_anchor_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let mut out = Vec::new();
-    for (topic, partition) in partitions_under(dir)? {
+    for LogId { topic, partition } in partitions_under(dir)? {
         let log = Checkpointer::log_dir(dir, &topic, partition)?;
         for (_, path) in list_notes(&log)? {
             out.push((

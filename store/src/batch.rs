@@ -91,6 +91,13 @@ pub struct Piece {
     pub batch: RecordBatch,
 }
 
+impl Piece {
+    /// The log its rows belong to.
+    pub fn log(&self) -> crate::LogId {
+        crate::LogId::new(self.topic.clone(), self.partition)
+    }
+}
+
 /// The leaf index of each row of a store-schema batch whose first row's record has leaf
 /// index `first` (rows of one record share it), and the index after the batch.
 pub fn leaf_indexes(batch: &RecordBatch, first: u64) -> Result<(Vec<u64>, u64), StoreError> {

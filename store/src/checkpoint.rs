@@ -615,7 +615,7 @@ pub struct Checkpointer {
     /// A second directory every checkpoint is also written to (an anchor outside the store).
     mirror: Option<PathBuf>,
     keys: Mutex<KeyRing>,
-    latest: Mutex<HashMap<(String, i32), Latest>>,
+    latest: Mutex<HashMap<crate::LogId, Latest>>,
 }
 
 /// Names its directories only: never the keys.
@@ -725,7 +725,7 @@ impl Checkpointer {
         root: Hash,
         max_age_ms: Option<i64>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = (topic.to_owned(), partition);
+        let key = crate::LogId::new(topic, partition);
         let mut latest = lock(&self.latest);
         if !latest.contains_key(&key)
             && let Some(l) = self.load_latest(topic, partition)?
@@ -790,20 +790,20 @@ impl Checkpointer {
     /// new owner signs it from now on, and a refresh from here would replace a note its newer
     /// checkpoints link to.
     pub fn forget(&self, topic: &str, partition: i32) {
-        lock(&self.latest).remove(&(topic.to_owned(), partition));
+        lock(&self.latest).remove(&crate::LogId::new(topic, partition));
     }
 
     /// Sign again every log whose newest checkpoint is at least `max_age_ms` old (same tree,
     /// a fresh time): a reader can tell a quiet log from a stalled signer. Returns the notes.
     pub fn refresh(&self, max_age_ms: i64) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let now = now_ms();
-        let stale: Vec<((String, i32), Checkpoint)> = lock(&self.latest)
+        let stale: Vec<(crate::LogId, Checkpoint)> = lock(&self.latest)
             .iter()
             .filter(|(_, l)| now - l.cp.time_ms >= max_age_ms)
             .map(|(k, l)| (k.clone(), l.cp.clone()))
             .collect();
         let mut notes = Vec::new();
-        for ((topic, partition), cp) in stale {
+        for (crate::LogId { topic, partition }, cp) in stale {
             if let Some(n) = self.sign_log(
                 &topic,
                 partition,

@@ -361,7 +361,7 @@ impl Store {
     }
 
     /// Every (topic, partition) that has files.
-    pub fn partitions(&self) -> Result<Vec<(String, i32)>, StoreError> {
+    pub fn partitions(&self) -> Result<Vec<crate::LogId>, StoreError> {
         partitions_under(&self.events_dir())
     }
 
@@ -484,7 +484,7 @@ impl Store {
 
 /// The (topic, partition) directories (`topic=T/partition=P`) under `root`, sorted; none if
 /// `root` does not exist.
-pub fn partitions_under(root: &Path) -> Result<Vec<(String, i32)>, StoreError> {
+pub fn partitions_under(root: &Path) -> Result<Vec<crate::LogId>, StoreError> {
     let mut out = Vec::new();
     for t in read_dir_names(root)? {
         // Anything else is not Vigil's ([`Store::strays`] says so).
@@ -497,10 +497,10 @@ pub fn partitions_under(root: &Path) -> Result<Vec<(String, i32)>, StoreError> {
         for p in read_dir_names(&root.join(&t))? {
             if let Some(n) = p
                 .strip_prefix("partition=")
-                .and_then(|n| n.parse().ok())
-                .filter(|_| real_dir(&root.join(&t).join(&p)))
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| *n >= 0 && real_dir(&root.join(&t).join(&p)))
             {
-                out.push((topic.to_owned(), n));
+                out.push(crate::LogId::new(topic, n));
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod compact;
 pub mod error;
 pub mod files;
 pub mod layout;
+mod log_id;
 pub mod merkle;
 pub mod own;
 pub mod proof;
@@ -36,6 +37,7 @@ pub use batch::{
 pub use chain::RecordRef;
 pub use error::{StoreError, is_volume_full};
 pub use files::{FileInfo, Store, WriteOptions, write_durably, write_durably_with};
+pub use log_id::{LogId, LogIdError};
 pub use own::{
     API_TOPIC, AUDIT_PARTITION, AUDIT_TOPIC, Headers as RecordHeaders, OPA_TOPIC, OwnLog, claim,
     claim_with, is_reserved_topic,

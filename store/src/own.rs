@@ -139,8 +139,8 @@ impl OwnLog {
         self.partition
     }
 
-    pub fn log(&self) -> String {
-        format!("{}/{}", self.topic, self.partition)
+    pub fn log(&self) -> crate::LogId {
+        crate::LogId::new(self.topic.clone(), self.partition)
     }
 
     /// Chain `values` (each one record at the next offset, timestamped `time_ms`) and write
@@ -260,12 +260,12 @@ mod tests {
         let (a, _la) = claim(&store, API_TOPIC).unwrap();
         let (b, lb) = claim(&store, API_TOPIC).unwrap();
         assert_eq!(
-            (a.log(), b.log()),
+            (a.log().to_string(), b.log().to_string()),
             ("vigil.api/0".into(), "vigil.api/1".into())
         );
         drop(lb);
         let (c, _lc) = claim(&store, API_TOPIC).unwrap();
-        assert_eq!(c.log(), "vigil.api/1");
+        assert_eq!(c.log(), crate::LogId::new(API_TOPIC, 1));
     }
 
     #[test]

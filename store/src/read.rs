@@ -63,9 +63,9 @@ impl LogReader {
         })
     }
 
-    /// `<topic>/<partition>`.
-    pub fn log(&self) -> String {
-        format!("{}/{}", self.topic, self.partition)
+    /// The log it reads.
+    pub fn log(&self) -> crate::LogId {
+        crate::LogId::new(self.topic.clone(), self.partition)
     }
 
     fn next_piece(&mut self) -> Result<Option<Piece>, StoreError> {

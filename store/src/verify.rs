@@ -87,7 +87,7 @@ const COLUMNS: &[&str] = &[
 /// Check every partition in the store.
 pub fn check_chain(store: &Store) -> Result<ChainReport, StoreError> {
     let mut report = ChainReport::default();
-    for (topic, partition) in store.partitions()? {
+    for crate::LogId { topic, partition } in store.partitions()? {
         report.partitions.push(check_partition(
             store,
             &topic,

@@ -401,7 +401,11 @@ pub fn sql(data_dir: &Path, q: &str) -> Vec<arrow::record_batch::RecordBatch> {
 pub fn stored_per_partition(data_dir: &Path, topic: &str) -> std::collections::BTreeMap<i32, i64> {
     let store = vigil_store::Store::open(data_dir, Default::default()).unwrap();
     let mut out = std::collections::BTreeMap::new();
-    for (t, p) in store.partitions().unwrap() {
+    for vigil_store::LogId {
+        topic: t,
+        partition: p,
+    } in store.partitions().unwrap()
+    {
         if t != topic {
             continue;
         }
@@ -429,7 +433,7 @@ pub fn stored_records(data_dir: &Path) -> u64 {
         .partitions()
         .unwrap()
         .into_iter()
-        .map(|(t, _)| t)
+        .map(|l| l.topic)
         .filter(|t| !vigil_store::is_reserved_topic(t))
         .collect();
     topics

@@ -63,11 +63,12 @@ impl AuditFeed {
     /// Read what was stored since the last call; whether the workloads changed.
     pub fn read(&mut self, store: &Store) -> Result<bool, StoreError> {
         let mut changed = false;
-        for (topic, partition) in store.partitions()? {
+        for id in store.partitions()? {
+            let vigil_store::LogId { topic, partition } = id.clone();
             if !self.topics.contains(&topic) {
                 continue;
             }
-            let log = format!("{topic}/{partition}");
+            let log = id.to_string();
             let from = self.positions.get(&log).copied().unwrap_or(0);
             let mut next = from;
             for piece in vigil_store::read::LogReader::new(store, &topic, partition, from)? {

@@ -739,7 +739,7 @@ async fn checkpoints(State(s): State<AppState>) -> Response {
     let r = tokio::task::spawn_blocking(move || -> Result<Vec<LatestCheckpoint>, String> {
         let root = vigil_store::layout::checkpoints(&dir);
         let mut out = Vec::new();
-        for (topic, partition) in
+        for vigil_store::LogId { topic, partition } in
             vigil_store::files::partitions_under(&root).map_err(|e| e.to_string())?
         {
             let log = vigil_store::checkpoint::Checkpointer::log_dir(&root, &topic, partition)
@@ -748,7 +748,7 @@ async fn checkpoints(State(s): State<AppState>) -> Response {
             if let Some((size, path)) = notes.last() {
                 let note = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
                 out.push(LatestCheckpoint {
-                    log: format!("{topic}/{partition}"),
+                    log: vigil_store::LogId::new(topic, partition).to_string(),
                     tree_size: *size,
                     note,
                 });
@@ -870,11 +870,6 @@ struct ProofQuery {
     to: Option<u64>,
 }
 
-fn parse_log(log: &str) -> Option<(String, i32)> {
-    let (t, p) = log.rsplit_once('/')?;
-    Some((t.to_owned(), p.parse().ok()?))
-}
-
 /// Run a proof builder off the async threads; its errors are about what was asked (404).
 async fn proof(
     log: &str,
@@ -883,10 +878,11 @@ async fn proof(
     + Send
     + 'static,
 ) -> Response {
-    let Some((topic, partition)) = parse_log(log) else {
-        return error(StatusCode::BAD_REQUEST, "log: <topic>/<partition>");
+    let log = match log.parse::<vigil_store::LogId>() {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("log: {e}")),
     };
-    match tokio::task::spawn_blocking(move || build(&data_dir, &topic, partition)).await {
+    match tokio::task::spawn_blocking(move || build(&data_dir, &log.topic, log.partition)).await {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
