@@ -27,6 +27,6 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 /// Heap bytes allocated and not yet freed.
-pub fn heap_bytes() -> isize {
+pub(crate) fn heap_bytes() -> isize {
     HEAP.load(Ordering::Relaxed)
 }

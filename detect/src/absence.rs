@@ -21,9 +21,9 @@ use crate::group::{GroupBy, Key, Open, PackedKey, State};
 use crate::hit::{EvRef, Hit, Outcome, newest};
 
 /// Triggers waiting per group, at most.
-pub const MAX_PENDING: usize = 64;
+pub(crate) const MAX_PENDING: usize = 64;
 /// Expected-event times kept per group.
-pub const MAX_EXPECTED: usize = 8;
+pub(crate) const MAX_EXPECTED: usize = 8;
 
 #[derive(Debug)]
 pub struct AbsenceSpec {
@@ -71,7 +71,7 @@ impl AbsenceSpec {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Group {
+pub(crate) struct Group {
     /// Newest expected-event times, ascending.
     expected: VecDeque<i64>,
     /// Triggers not yet matched, ascending.

@@ -305,7 +305,7 @@ pub fn to_batch(alerts: &[Alert]) -> Result<RecordBatch, AlertError> {
 }
 
 mod erased {
-    pub trait Json {
+    pub(super) trait Json {
         fn json(&self) -> String;
     }
     impl<T: serde::Serialize> Json for T {

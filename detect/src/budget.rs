@@ -15,20 +15,20 @@ use crate::rules::Rule;
 
 /// After shedding, the state is at most this share of the budget (so that it is not weighed
 /// again at the next piece).
-pub const RESUME: f64 = 15.0 / 16.0;
+pub(crate) const RESUME: f64 = 15.0 / 16.0;
 
 /// Rows evaluated between two weighings however the estimate stands.
-pub const REWEIGH_ROWS: u64 = 1 << 18;
+pub(crate) const REWEIGH_ROWS: u64 = 1 << 18;
 
 /// Rows evaluated between two looks at the estimate (a look is cheap, but not free).
-pub const CHECK_ROWS: u64 = 1024;
+pub(crate) const CHECK_ROWS: u64 = 1024;
 
 /// Bytes per group assumed for a rule never weighed.
 const FIRST_GUESS_BYTES: usize = 256;
 
 /// The budget and what the last weighing found.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     max_bytes: usize,
     /// Per rule: bytes at the last weighing, and per group then.
     bytes: Vec<usize>,
@@ -43,7 +43,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(max_bytes: usize) -> Budget {
+    pub(crate) fn new(max_bytes: usize) -> Budget {
         assert!(max_bytes > 0, "detect.max_state_bytes must be > 0");
         Budget {
             max_bytes,
@@ -56,17 +56,17 @@ impl Budget {
         }
     }
 
-    pub fn max_bytes(&self) -> usize {
+    pub(crate) fn max_bytes(&self) -> usize {
         self.max_bytes
     }
 
     /// The state's bytes as last weighed.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes.iter().sum()
     }
 
     /// The state's bytes as estimated now (from the groups each rule holds).
-    pub fn estimate(&self, rules: &[Rule]) -> usize {
+    pub(crate) fn estimate(&self, rules: &[Rule]) -> usize {
         rules
             .iter()
             .enumerate()
@@ -77,7 +77,7 @@ impl Budget {
     }
 
     /// A row was evaluated: every [`CHECK_ROWS`], [`Budget::check`].
-    pub fn evaluated(&mut self, rules: &mut [Rule]) -> u64 {
+    pub(crate) fn evaluated(&mut self, rules: &mut [Rule]) -> u64 {
         self.rows += 1;
         if self.rows.is_multiple_of(CHECK_ROWS) {
             self.check(rules)
@@ -88,7 +88,7 @@ impl Budget {
 
     /// Weigh the state if it may be over the budget, and shed until it is not. The groups
     /// shed.
-    pub fn check(&mut self, rules: &mut [Rule]) -> u64 {
+    pub(crate) fn check(&mut self, rules: &mut [Rule]) -> u64 {
         let rows = self.rows;
         let due = self
             .weighed_at_rows
@@ -100,7 +100,7 @@ impl Budget {
     }
 
     /// Weigh the state now, and shed until it is within the budget. The groups shed.
-    pub fn enforce(&mut self, rules: &mut [Rule]) -> u64 {
+    pub(crate) fn enforce(&mut self, rules: &mut [Rule]) -> u64 {
         self.weigh(rules);
         if self.bytes() <= self.max_bytes {
             return 0;
@@ -128,7 +128,7 @@ impl Budget {
     }
 
     /// Weigh every rule.
-    pub fn weigh(&mut self, rules: &[Rule]) {
+    pub(crate) fn weigh(&mut self, rules: &[Rule]) {
         self.bytes.resize(rules.len(), 0);
         self.per_group.resize(rules.len(), FIRST_GUESS_BYTES);
         for r in 0..rules.len() {
@@ -144,7 +144,7 @@ impl Budget {
     }
 
     /// Per rule, the bytes at the last weighing.
-    pub fn rule_bytes(&self, r: usize) -> usize {
+    pub(crate) fn rule_bytes(&self, r: usize) -> usize {
         self.bytes.get(r).copied().unwrap_or(0)
     }
 }

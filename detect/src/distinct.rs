@@ -27,7 +27,7 @@ pub struct DistinctSpec {
 
 /// A group: its base events, and (once it matched) its distinct values, each with the newest
 /// event that had it, at most N.
-pub type Group = BaseGroup<Vec<(String, EvRef)>>;
+pub(crate) type Group = BaseGroup<Vec<(String, EvRef)>>;
 
 impl crate::group::Items for Vec<(String, EvRef)> {
     const FIELD: &'static str = "values";

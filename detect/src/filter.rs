@@ -39,7 +39,7 @@ pub enum FieldType {
 pub struct Field {
     pub column: usize,
     pub ty: FieldType,
-    /// As a group key: its text normalised ([`crate::key::normalize`]) so that values
+    /// As a group key: its text normalised (`key::normalize`) so that values
     /// written differently are one group. Only where a rule asks (`normalize_keys`).
     pub normalize: bool,
 }

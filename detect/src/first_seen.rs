@@ -25,7 +25,7 @@ pub struct FirstSeenSpec {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Group {
+pub(crate) struct Group {
     last_ns: i64,
     open: Open,
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::filter::Row;
 use crate::hit::{Counters, Outcome};
-pub use crate::key::{GroupBy, Key, PackedKey};
+pub(crate) use crate::key::{GroupBy, Key, PackedKey};
 use crate::key::{hash, hash_key, matches};
 
 /// A rule's groups, bounded: at most `max`. When a new group would exceed it, the least
@@ -13,7 +13,7 @@ use crate::key::{hash, hash_key, matches};
 /// counted. Groups sit inline in one hash table (one probe per event, the stored hash compared
 /// before the key).
 #[derive(Debug)]
-pub struct Table<S> {
+pub(crate) struct Table<S> {
     groups: hashbrown::HashTable<Entry<S>>,
     hasher: foldhash::fast::RandomState,
     clock: u64,
@@ -23,7 +23,7 @@ pub struct Table<S> {
 
 /// One group as persisted: its key, its state, and when it was last seen (table clock).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Entry<S> {
+pub(crate) struct Entry<S> {
     pub key: PackedKey,
     pub state: S,
     pub seen: u64,
@@ -33,7 +33,7 @@ pub struct Entry<S> {
 }
 
 impl<S> Table<S> {
-    pub fn new(max: usize) -> Table<S> {
+    pub(crate) fn new(max: usize) -> Table<S> {
         assert!(max >= 1, "a rule keeps at least one group");
         Table {
             groups: hashbrown::HashTable::new(),
@@ -44,16 +44,12 @@ impl<S> Table<S> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.groups.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-    }
-
     /// The row's group if it has one.
-    pub fn get(&mut self, fields: &GroupBy, row: &impl Row) -> Option<(&PackedKey, &mut S)> {
+    pub(crate) fn get(&mut self, fields: &GroupBy, row: &impl Row) -> Option<(&PackedKey, &mut S)> {
         let h = hash(fields, row, &self.hasher);
         let e = self
             .groups
@@ -64,7 +60,7 @@ impl<S> Table<S> {
     }
 
     /// The group with this stored key, if any.
-    pub fn get_by_key(&self, fields: &GroupBy, key: &PackedKey) -> Option<&S> {
+    pub(crate) fn get_by_key(&self, fields: &GroupBy, key: &PackedKey) -> Option<&S> {
         let h = hash_key(fields, key, &self.hasher);
         self.groups
             .find(h, |e| e.hash == h && e.key == *key)
@@ -72,7 +68,7 @@ impl<S> Table<S> {
     }
 
     /// The group with this stored key, mutably, if any.
-    pub fn get_by_key_mut(&mut self, fields: &GroupBy, key: &PackedKey) -> Option<&mut S> {
+    pub(crate) fn get_by_key_mut(&mut self, fields: &GroupBy, key: &PackedKey) -> Option<&mut S> {
         let h = hash_key(fields, key, &self.hasher);
         self.groups
             .find_mut(h, |e| e.hash == h && e.key == *key)
@@ -80,7 +76,7 @@ impl<S> Table<S> {
     }
 
     /// Remove the group with this stored key; its state if it had one.
-    pub fn remove_by_key(&mut self, fields: &GroupBy, key: &PackedKey) -> Option<S> {
+    pub(crate) fn remove_by_key(&mut self, fields: &GroupBy, key: &PackedKey) -> Option<S> {
         let h = hash_key(fields, key, &self.hasher);
         self.groups
             .find_entry(h, |e| e.hash == h && e.key == *key)
@@ -89,7 +85,7 @@ impl<S> Table<S> {
     }
 
     /// The row's group, created with `init` if new.
-    pub fn entry(
+    pub(crate) fn entry(
         &mut self,
         fields: &GroupBy,
         row: &impl Row,
@@ -129,7 +125,7 @@ impl<S> Table<S> {
     /// Drop the least recently seen sixteenth of the groups (at least one), counted as
     /// evicted, and give the table's spare room back when it is less than half used: how many
     /// went. Detection's memory budget sheds this way ([`crate::budget`]).
-    pub fn shed(&mut self) -> u64 {
+    pub(crate) fn shed(&mut self) -> u64 {
         let n = evict_oldest(&mut self.groups);
         self.evicted += n;
         if self.groups.len() < self.groups.capacity() / 2 {
@@ -139,18 +135,18 @@ impl<S> Table<S> {
     }
 
     /// Keep only the groups `keep` says to.
-    pub fn retain(&mut self, mut keep: impl FnMut(&S) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&S) -> bool) {
         self.groups.retain(|e| keep(&e.state));
     }
 
     /// Every group, for persisting.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry<S>> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry<S>> {
         self.groups.iter()
     }
 
     /// Groups as persisted by [`Table::entries`], rehashed (hashes are never persisted: the
     /// hasher is seeded per process).
-    pub fn restore(&mut self, fields: &GroupBy, entries: Vec<Entry<S>>) {
+    pub(crate) fn restore(&mut self, fields: &GroupBy, entries: Vec<Entry<S>>) {
         for mut e in entries {
             if e.key.len() != fields.len() {
                 continue;
@@ -169,7 +165,7 @@ impl<S> Table<S> {
 impl<S: Weigh> Table<S> {
     /// The bytes the table holds: its slots (allocated, used or not, with hashbrown's control
     /// byte each) and every group's key and state on the heap.
-    pub fn weigh(&self) -> usize {
+    pub(crate) fn weigh(&self) -> usize {
         table_bytes(self.groups.capacity(), std::mem::size_of::<Entry<S>>())
             + self
                 .groups
@@ -181,13 +177,13 @@ impl<S: Weigh> Table<S> {
 
 /// What a group's state holds on the heap, beyond its own size: what detection's memory
 /// budget counts ([`crate::budget`]).
-pub trait Weigh {
+pub(crate) trait Weigh {
     fn heap_bytes(&self) -> usize;
 }
 
 /// The bytes of a hashbrown table with room for `capacity` entries of `slot_bytes` each: its
 /// buckets (a power of two, at most 7/8 full) with a control byte each.
-pub fn table_bytes(capacity: usize, slot_bytes: usize) -> usize {
+pub(crate) fn table_bytes(capacity: usize, slot_bytes: usize) -> usize {
     match capacity {
         0 => 0,
         c => (c * 8 / 7).next_power_of_two() * (slot_bytes + 1),
@@ -195,12 +191,12 @@ pub fn table_bytes(capacity: usize, slot_bytes: usize) -> usize {
 }
 
 /// The bytes an allocation of `n` takes (the allocator's 16-byte granule; nothing for none).
-pub fn alloc_bytes(n: usize) -> usize {
+pub(crate) fn alloc_bytes(n: usize) -> usize {
     n.next_multiple_of(16)
 }
 
 /// The heap bytes of a deque's buffer.
-pub fn deque_bytes<T>(d: &std::collections::VecDeque<T>) -> usize {
+pub(crate) fn deque_bytes<T>(d: &std::collections::VecDeque<T>) -> usize {
     alloc_bytes(d.capacity() * std::mem::size_of::<T>())
 }
 
@@ -237,14 +233,14 @@ fn evict_oldest<S>(groups: &mut hashbrown::HashTable<Entry<S>>) -> u64 {
 /// What every rule kind keeps besides its settings: its groups, its event-time clock, and its
 /// counters; and the steps every kind takes the same way.
 #[derive(Debug)]
-pub struct State<G> {
+pub(crate) struct State<G> {
     pub groups: Table<G>,
     pub clock: Clock,
     pub counters: Counters,
 }
 
 impl<G> State<G> {
-    pub fn new(max_groups: usize, allowed_lateness_ns: i64) -> State<G> {
+    pub(crate) fn new(max_groups: usize, allowed_lateness_ns: i64) -> State<G> {
         State {
             groups: Table::new(max_groups),
             clock: Clock::new(allowed_lateness_ns),
@@ -253,13 +249,13 @@ impl<G> State<G> {
     }
 
     /// A matching event at `t`: counted, and the clock moves on.
-    pub fn matched(&mut self, t: i64) {
+    pub(crate) fn matched(&mut self, t: i64) {
         self.counters.matched += 1;
         self.clock.advance(t);
     }
 
     /// Count what an event did (an alert fired, groups evicted) and hand it back.
-    pub fn outcome(&mut self, o: Outcome) -> Outcome {
+    pub(crate) fn outcome(&mut self, o: Outcome) -> Outcome {
         self.counters.fired += u64::from(o.fired());
         self.counters.evicted = self.groups.evicted;
         o
@@ -273,41 +269,41 @@ impl<G> State<G> {
 /// is given. `allowed_lateness_ns` is how long state is kept behind the newest time for events
 /// that arrive out of order.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub struct Clock {
+pub(crate) struct Clock {
     pub newest_ns: i64,
     pub allowed_lateness_ns: i64,
 }
 
 impl Clock {
-    pub fn new(allowed_lateness_ns: i64) -> Clock {
+    pub(crate) fn new(allowed_lateness_ns: i64) -> Clock {
         Clock {
             newest_ns: i64::MIN,
             allowed_lateness_ns,
         }
     }
 
-    pub fn advance(&mut self, t: i64) {
+    pub(crate) fn advance(&mut self, t: i64) {
         self.newest_ns = self.newest_ns.max(t);
     }
 
     /// Never past `max_ns` (a state saved before times were held against receive time).
-    pub fn clamp(&mut self, max_ns: i64) {
+    pub(crate) fn clamp(&mut self, max_ns: i64) {
         self.newest_ns = self.newest_ns.min(max_ns);
     }
 
     /// State older than this is expired.
-    pub fn watermark(&self) -> i64 {
+    pub(crate) fn watermark(&self) -> i64 {
         self.newest_ns.saturating_sub(self.allowed_lateness_ns)
     }
 }
 
 /// A rule kind's group: it has an [`Open`] alert marker.
-pub trait HasOpen {
+pub(crate) trait HasOpen {
     /// Its open-alert marker (none: it has never matched, so nothing is open).
     fn open_mut(&mut self) -> Option<&mut Open>;
 }
 
-/// Implement [`HasOpen`] for group types with an `open` field.
+/// Implement `HasOpen` for group types with an `open` field.
 #[macro_export]
 macro_rules! has_open {
     ($t:ty) => {
@@ -321,7 +317,7 @@ macro_rules! has_open {
 
 /// A group's open alert: further matches within the suppression window update it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Open {
+pub(crate) struct Open {
     /// (event time it fired at, events counted)
     pub alert: Option<(i64, u64)>,
 }
@@ -329,7 +325,7 @@ pub struct Open {
 impl Open {
     /// Count `t` into the open alert if it falls in its suppression window (or its window before
     /// it); the new count if so.
-    pub fn absorb(&mut self, t: i64, window_ns: i64, suppress_ns: i64) -> Option<u64> {
+    pub(crate) fn absorb(&mut self, t: i64, window_ns: i64, suppress_ns: i64) -> Option<u64> {
         let (fired, n) = self.alert?;
         (t < fired + suppress_ns && t >= fired - window_ns).then(|| {
             self.alert = Some((fired, n + 1));
@@ -337,11 +333,11 @@ impl Open {
         })
     }
 
-    pub fn fire(&mut self, at: i64, count: u64) {
+    pub(crate) fn fire(&mut self, at: i64, count: u64) {
         self.alert = Some((at, count));
     }
 
-    pub fn is_open(&self, horizon: i64, suppress_ns: i64) -> bool {
+    pub(crate) fn is_open(&self, horizon: i64, suppress_ns: i64) -> bool {
         self.alert.is_some_and(|(f, _)| f + suppress_ns > horizon)
     }
 }
@@ -359,7 +355,7 @@ pub struct Ratio {
 /// Events counted in a sliding window, in buckets of 1/16 of it (at most 17 kept): enough
 /// to judge a ratio over the window to within one bucket, in constant space per group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
+pub(crate) struct Counts {
     buckets: std::collections::VecDeque<(i64, u32)>,
 }
 
@@ -371,7 +367,7 @@ impl Counts {
     }
 
     /// Count one event at `t`.
-    pub fn add(&mut self, t: i64, window_ns: i64) {
+    pub(crate) fn add(&mut self, t: i64, window_ns: i64) {
         let b = t.div_euclid(Self::bucket_ns(window_ns));
         let at = self.buckets.partition_point(|(x, _)| *x < b);
         match self.buckets.get_mut(at) {
@@ -394,19 +390,19 @@ impl Counts {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
 
     /// The start of the newest bucket counted (`i64::MIN`: none), for expiry.
-    pub fn newest_ns(&self, window_ns: i64) -> i64 {
+    pub(crate) fn newest_ns(&self, window_ns: i64) -> i64 {
         self.buckets.back().map_or(i64::MIN, |(b, _)| {
             b.saturating_mul(Self::bucket_ns(window_ns))
         })
     }
 
     /// Events counted in the window ending at `t` (to within a bucket).
-    pub fn in_window(&self, t: i64, window_ns: i64) -> u64 {
+    pub(crate) fn in_window(&self, t: i64, window_ns: i64) -> u64 {
         let bn = Self::bucket_ns(window_ns);
         let (from, to) = ((t - window_ns).div_euclid(bn), t.div_euclid(bn));
         self.buckets
@@ -419,7 +415,7 @@ impl Counts {
 
 /// Whether the matches (`hits`) in the window ending at `t` are at least `min` of the base
 /// (the matches count into the base, so the ratio is at most 1).
-pub fn enough(hits: &Counts, base: &Counts, t: i64, window_ns: i64, min: f64) -> bool {
+pub(crate) fn enough(hits: &Counts, base: &Counts, t: i64, window_ns: i64, min: f64) -> bool {
     let hits = hits.in_window(t, window_ns);
     let base = base.in_window(t, window_ns).max(hits).max(1);
     hits as f64 >= min * base as f64
@@ -427,7 +423,7 @@ pub fn enough(hits: &Counts, base: &Counts, t: i64, window_ns: i64, min: f64) ->
 
 /// A group's counts for its rule's [`Ratio`]: its matches and its base (`of`) events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rate {
+pub(crate) struct Rate {
     pub hits: Counts,
     pub base: Counts,
 }
@@ -469,7 +465,7 @@ mod rate_tests {
 /// match: 72 bytes a slot instead of about 150. Persisted in the shape it had before the
 /// split: `{<items>, open, rate: {hits, base}}`.
 #[derive(Debug, Default)]
-pub struct BaseGroup<M> {
+pub(crate) struct BaseGroup<M> {
     pub base: Counts,
     pub matched: Option<Box<Matched<M>>>,
 }
@@ -477,26 +473,21 @@ pub struct BaseGroup<M> {
 /// The part of a [`BaseGroup`] a match creates: the kind's items (events, distinct values),
 /// the open alert, the matches counted for the ratio.
 #[derive(Debug, Default)]
-pub struct Matched<M> {
+pub(crate) struct Matched<M> {
     pub items: M,
     pub open: Open,
     pub hits: Counts,
 }
 
 /// What a [`BaseGroup`]'s matches keep, and the name it is persisted under.
-pub trait Items: Default + Serialize + serde::de::DeserializeOwned + Weigh {
+pub(crate) trait Items: Default + Serialize + serde::de::DeserializeOwned + Weigh {
     const FIELD: &'static str;
     fn is_empty(&self) -> bool;
 }
 
 impl<M: Items> BaseGroup<M> {
-    /// The matched part, created at the first match.
-    pub fn matched(&mut self) -> &mut Matched<M> {
-        self.matched.get_or_insert_with(Default::default)
-    }
-
     /// Whether its open alert is still open at `horizon`.
-    pub fn is_open(&self, horizon: i64, suppress_ns: i64) -> bool {
+    pub(crate) fn is_open(&self, horizon: i64, suppress_ns: i64) -> bool {
         self.matched
             .as_ref()
             .is_some_and(|m| m.open.is_open(horizon, suppress_ns))
@@ -506,7 +497,13 @@ impl<M: Items> BaseGroup<M> {
 impl<M: Items> State<BaseGroup<M>> {
     /// A base event that is no match: counted into its group's base (the group created if
     /// new — a busy caller's calls before its first match count).
-    pub fn count_base(&mut self, group_by: &GroupBy, row: &impl Row, t: i64, window_ns: i64) {
+    pub(crate) fn count_base(
+        &mut self,
+        group_by: &GroupBy,
+        row: &impl Row,
+        t: i64,
+        window_ns: i64,
+    ) {
         let (_, g) = self.groups.entry(group_by, row, BaseGroup::default);
         g.base.add(t, window_ns);
     }

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::filter::{Field, FieldType, Row};
 
 /// A rule's group-by fields (name, field).
-pub type GroupBy = Vec<(String, Field)>;
+pub(crate) type GroupBy = Vec<(String, Field)>;
 
 /// A group's key as alerts report it: one value per group-by field (`None`: the event lacked it).
-pub type Key = Vec<Option<String>>;
+pub(crate) type Key = Vec<Option<String>>;
 
 /// A group's key as a group table holds it: every field's value as text in one allocation
 /// (per field a varint of `len + 1`, or 0 for a missing value, then the bytes). A key of four
@@ -145,7 +145,7 @@ impl<'de> Deserialize<'de> for PackedKey {
 /// confusable skeleton (a Cyrillic `а` or a Greek `ο` that looks like a Latin letter becomes
 /// it). `alice`, `Alice`, `ＡＬＩＣＥ` and `аlice` (Cyrillic а) are one group. Used to hash and
 /// compare only: the key an alert shows is the value as first seen.
-pub fn normalize(s: &str) -> String {
+pub(crate) fn normalize(s: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
     let lower = s.nfkc().collect::<String>().to_lowercase();
     unicode_security::confusable_detection::skeleton(&lower).collect()
@@ -161,7 +161,7 @@ fn key_str<'a>(f: &Field, s: &'a str) -> std::borrow::Cow<'a, str> {
 }
 
 /// Hash of the row's group-by values.
-pub fn hash(fields: &GroupBy, row: &impl Row, state: &impl BuildHasher) -> u64 {
+pub(crate) fn hash(fields: &GroupBy, row: &impl Row, state: &impl BuildHasher) -> u64 {
     let mut h = state.build_hasher();
     for (_, f) in fields {
         hash_value(f, row, &mut h);
@@ -170,7 +170,7 @@ pub fn hash(fields: &GroupBy, row: &impl Row, state: &impl BuildHasher) -> u64 {
 }
 
 /// Hash of a stored key, equal to [`hash`] of any row with these values.
-pub fn hash_key(fields: &GroupBy, key: &PackedKey, state: &impl BuildHasher) -> u64 {
+pub(crate) fn hash_key(fields: &GroupBy, key: &PackedKey, state: &impl BuildHasher) -> u64 {
     let mut h = state.build_hasher();
     for ((_, f), k) in fields.iter().zip(key.values()) {
         match f.ty {
@@ -183,7 +183,7 @@ pub fn hash_key(fields: &GroupBy, key: &PackedKey, state: &impl BuildHasher) -> 
 }
 
 /// Hash one field's value (for distinct counting too).
-pub fn hash_value(f: &Field, row: &impl Row, h: &mut impl Hasher) {
+pub(crate) fn hash_value(f: &Field, row: &impl Row, h: &mut impl Hasher) {
     match f.ty {
         FieldType::Str if f.normalize => {
             row.str(f.column).map(|s| key_str(f, s)).as_deref().hash(h)
@@ -195,7 +195,7 @@ pub fn hash_value(f: &Field, row: &impl Row, h: &mut impl Hasher) {
 }
 
 /// Whether the row has a value for the field.
-pub fn present(f: &Field, row: &impl Row) -> bool {
+pub(crate) fn present(f: &Field, row: &impl Row) -> bool {
     match f.ty {
         FieldType::Str => row.str(f.column).is_some(),
         FieldType::Int => row.int(f.column).is_some(),
@@ -204,7 +204,7 @@ pub fn present(f: &Field, row: &impl Row) -> bool {
 }
 
 /// One field's value as text.
-pub fn value(f: &Field, row: &impl Row) -> Option<String> {
+pub(crate) fn value(f: &Field, row: &impl Row) -> Option<String> {
     match f.ty {
         FieldType::Str => row.str(f.column).map(str::to_owned),
         FieldType::Int => row.int(f.column).map(|i| i.to_string()),
@@ -213,7 +213,7 @@ pub fn value(f: &Field, row: &impl Row) -> Option<String> {
 }
 
 /// Whether the row's value of `f` is `text` (as [`value`] would write it), without allocating.
-pub fn value_is(f: &Field, row: &impl Row, text: &str) -> bool {
+pub(crate) fn value_is(f: &Field, row: &impl Row, text: &str) -> bool {
     match f.ty {
         FieldType::Str if f.normalize => {
             row.str(f.column).map(|s| key_str(f, s)).as_deref() == Some(&key_str(f, text))
@@ -225,7 +225,7 @@ pub fn value_is(f: &Field, row: &impl Row, text: &str) -> bool {
 }
 
 /// Whether the row belongs to the group with this key, without allocating.
-pub fn matches(fields: &GroupBy, key: &PackedKey, row: &impl Row) -> bool {
+pub(crate) fn matches(fields: &GroupBy, key: &PackedKey, row: &impl Row) -> bool {
     fields
         .iter()
         .zip(key.values())

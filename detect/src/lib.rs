@@ -2,40 +2,43 @@
 //!
 //! **For:** rule filters ([`filter`]: a small expression language over the canonical fields,
 //! parsed once, evaluated without allocation); six rule kinds as small state machines on a
-//! shared core ([`group`]: bounded group tables, the event-time clock, alert suppression) —
-//! [`threshold`], [`distinct`], [`allowlist`], [`first_seen`], [`sequence`], [`rate_spike`];
+//! shared core (`group`: bounded group tables, the event-time clock, alert suppression) —
+//! `threshold`, `distinct`, [`allowlist`], `first_seen`, `sequence`, `rate_spike`;
 //! rules as TOML files with their own tests and the default pack ([`rules`], [`ruletest`]);
 //! the [`engine`] (every rule over every stored row, once, with deduplicated alerts carrying
 //! evidence, and a state checkpoint); the durable alert log ([`alerts`]); replaying the store
 //! ([`replay`]); the alert lifecycle ([`lifecycle`]: acknowledge, resolve, suppress, applied by
 //! the lock holder, recorded in Vigil's own chained log); delivery to SIEMs ([`deliver`]); and
 //! the detection thread of `vigil serve` ([`run`]).
+//! Public: the modules other crates use (alerts, lifecycle, rules, the engine, its time and
+//! policy inputs, delivery, the detection thread); the rule kinds and their shared core stay
+//! private, reached through [`rules`] and [`engine`].
 //! **Not for:** the store's file format (Vigil's own log is written through the store),
 //! decoding, authenticating who asks for a lifecycle change (the caller names them).
 
-pub mod absence;
+mod absence;
 pub mod alerts;
 pub mod allowlist;
-pub mod budget;
+mod budget;
 pub mod deliver;
-pub mod distinct;
+mod distinct;
 pub mod engine;
 pub mod filter;
-pub mod first_seen;
-pub mod group;
+mod first_seen;
+mod group;
 pub mod hit;
-pub mod key;
+mod key;
 pub mod lifecycle;
 pub mod policy;
-pub mod rate_spike;
+mod rate_spike;
 pub mod replay;
 pub mod row;
 pub mod rules;
 pub mod ruletest;
 pub mod run;
-pub mod sequence;
-pub mod system_alerts;
-pub mod threshold;
+mod sequence;
+mod system_alerts;
+mod threshold;
 pub mod time;
 
 pub use filter::{Filter, FilterError, Row};

@@ -35,7 +35,7 @@ pub struct RateSpikeSpec {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Group {
+pub(crate) struct Group {
     bucket: i64,
     count: u64,
     mean: f64,

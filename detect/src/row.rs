@@ -39,7 +39,7 @@ impl OwnedRow {
 
     /// The row a group key stands for: each group-by field with its key value (a group judged
     /// without an event of its own, by the watermark).
-    pub fn from_key(fields: &crate::group::GroupBy, key: &[Option<String>]) -> OwnedRow {
+    pub(crate) fn from_key(fields: &crate::group::GroupBy, key: &[Option<String>]) -> OwnedRow {
         let mut r = OwnedRow::default();
         for ((_, f), v) in fields.iter().zip(key) {
             let Some(v) = v else { continue };
@@ -63,7 +63,8 @@ impl OwnedRow {
     }
 
     /// From `field = "text"` pairs (unit tests).
-    pub fn of(pairs: &[(&str, &str)]) -> OwnedRow {
+    #[cfg(test)]
+    pub(crate) fn of(pairs: &[(&str, &str)]) -> OwnedRow {
         let values: Vec<(&str, serde_json::Value)> = pairs
             .iter()
             .map(|(k, v)| (*k, serde_json::Value::String((*v).to_owned())))

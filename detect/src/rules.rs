@@ -405,7 +405,7 @@ impl Kind {
     }
 
     /// What the watermark decided (absence rules: triggers whose companion never came; see
-    /// [`crate::absence::Absence::due`] for `log_ns`).
+    /// `absence::Absence::due` for `log_ns`).
     pub fn due(
         &mut self,
         watermark_ns: i64,

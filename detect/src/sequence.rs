@@ -32,7 +32,7 @@ pub struct SequenceSpec {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Group {
+pub(crate) struct Group {
     /// The newest `first` events, at most N, ascending.
     firsts: VecDeque<EvRef>,
     open: Open,

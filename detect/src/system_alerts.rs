@@ -56,7 +56,7 @@ fn alert(a: About<'_>) -> Alert {
 
 /// The alert about a partition log that went silent (its producers stopped, were stopped, or
 /// lost their way to Kafka) while the topic's other partitions kept sending.
-pub fn source_silent(log: &str, seen_ns: i64, now_ns: i64) -> Alert {
+pub(crate) fn source_silent(log: &str, seen_ns: i64, now_ns: i64) -> Alert {
     let (topic, partition) = log.rsplit_once('/').unwrap_or((log, ""));
     alert(About {
         rule_id: "vigil.telemetry.source_silent",
@@ -81,14 +81,14 @@ pub fn source_silent(log: &str, seen_ns: i64, now_ns: i64) -> Alert {
 }
 
 /// The rule id of [`Evictions`]' alerts.
-pub const STATE_EVICTED: &str = "vigil.detect.state_evicted";
+pub(crate) const STATE_EVICTED: &str = "vigil.detect.state_evicted";
 
 /// Watches every rule's eviction counter: a rule that evicts groups (its table full, the least
 /// recently seen pushed out) is an alert, at most once per rule per `every_ns` — flooding a
 /// rule with new group keys to push out the counter that would catch an attacker is itself
 /// seen.
 #[derive(Debug, Default)]
-pub struct Evictions {
+pub(crate) struct Evictions {
     /// Per rule: evictions counted when last looked at, and when it last alerted.
     seen: HashMap<String, (u64, Option<i64>)>,
     started: bool,
@@ -98,7 +98,7 @@ impl Evictions {
     /// What changed since the last call: an alert per rule that evicted groups since (and has
     /// not alerted within `every_ns`). The first call only takes note (evictions made before
     /// are not news).
-    pub fn check(
+    pub(crate) fn check(
         &mut self,
         stats: impl IntoIterator<Item = (String, u64, usize)>,
         now_ns: i64,

@@ -33,7 +33,7 @@ pub struct ThresholdSpec {
 
 /// A group: its base events, and (once it matched) its newest matching events, at most
 /// `count`, ascending by event time.
-pub type Group = BaseGroup<VecDeque<EvRef>>;
+pub(crate) type Group = BaseGroup<VecDeque<EvRef>>;
 
 impl crate::group::Items for VecDeque<EvRef> {
     const FIELD: &'static str = "events";

@@ -40,7 +40,7 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    pub fn new(key: Key, received_ns: i64) -> Chunk {
+    pub(crate) fn new(key: Key, received_ns: i64) -> Chunk {
         Chunk {
             key,
             received_ns,
@@ -59,7 +59,7 @@ impl Chunk {
     }
 
     /// Copy one record in. Offsets must increase (the consumer checks before it appends).
-    pub fn push<'h>(
+    pub(crate) fn push<'h>(
         &mut self,
         offset: i64,
         timestamp_ms: Option<i64>,
@@ -85,12 +85,15 @@ impl Chunk {
         });
     }
 
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.recs.len() >= CHUNK_MAX_RECORDS || self.data.len() >= CHUNK_MAX_BYTES
     }
 
     /// Visit each record in order as the chain sees it.
-    pub fn for_each<E>(&self, mut f: impl FnMut(&RecordRef<'_>) -> Result<(), E>) -> Result<(), E> {
+    pub(crate) fn for_each<E>(
+        &self,
+        mut f: impl FnMut(&RecordRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut headers: Vec<(&str, Option<&[u8]>)> = Vec::new();
         for r in &self.recs {
             headers.clear();

@@ -80,7 +80,7 @@ pub struct Histogram {
 }
 
 /// Upper bounds of the buckets, seconds (and +Inf).
-pub const BUCKETS_S: [f64; 14] = [
+pub(crate) const BUCKETS_S: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
@@ -158,7 +158,7 @@ impl IngestMetrics {
     /// Every partition log this process has held, with whether records are on their way
     /// (a log that has them is not idle): consumed but not durable yet, or still on the
     /// broker — its high watermark at least two past what was consumed (one is a transaction
-    /// marker's), while consuming it made progress within [`HELD_PROGRESS`] (a gap the
+    /// marker's), while consuming it made progress within `HELD_PROGRESS` (a gap the
     /// consumer never reads, aborted transactions' records, must not hold detection for good).
     /// "Until durable" keeps a quiet log holding detection's watermark for up to
     /// `max_batch_wait_ms` after its last record; "until handed to detection" was measured and
@@ -275,7 +275,7 @@ impl IngestMetrics {
 
 /// How long a partition log the broker says has more records holds detection's watermark
 /// without its consumption moving on (see [`IngestMetrics::held`]).
-pub const HELD_PROGRESS: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const HELD_PROGRESS: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -247,7 +247,7 @@ impl Threads {
     /// Start `pipelines` pipeline threads (each queue `pipeline_queue_depth` chunks deep) and
     /// `writers` writer threads (each queue `writer_queue_depth` sealed batches deep).
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub(crate) fn start(
         store: &Store,
         limits: Limits,
         pipelines: usize,
@@ -344,7 +344,7 @@ impl Threads {
     }
 
     /// Close the queues and wait for every thread to finish what it holds.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.pipelines.clear();
         for h in self.handles.drain(..) {
             let _ = h.join();
@@ -370,7 +370,7 @@ pub(crate) struct Signing {
 
 impl Signing {
     /// A checkpoint of the log at this head, if its tree has grown since the last one.
-    pub fn checkpoint(
+    pub(crate) fn checkpoint(
         &self,
         key: &Key,
         chain: ChainHead,
@@ -383,7 +383,7 @@ impl Signing {
     }
 
     /// Sign again the logs whose newest checkpoint is older than `max_age_ms`.
-    pub fn refresh(&self, max_age_ms: i64) -> Result<(), StoreError> {
+    pub(crate) fn refresh(&self, max_age_ms: i64) -> Result<(), StoreError> {
         for (origin, note) in self.checkpoints.refresh(max_age_ms)? {
             self.signed(&origin, &note);
         }
@@ -487,7 +487,7 @@ pub(crate) fn side_producer(
 
 impl Anchor {
     /// Publish a signed checkpoint (a failure is counted; the checkpoint is in the store).
-    pub fn publish(&self, origin: &str, note: &[u8], metrics: &IngestMetrics) {
+    pub(crate) fn publish(&self, origin: &str, note: &[u8], metrics: &IngestMetrics) {
         let record: BaseRecord<'_, str, [u8], usize> =
             BaseRecord::with_opaque_to(&self.topic, SIDE_ANCHOR)
                 .key(origin)

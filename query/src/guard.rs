@@ -21,8 +21,8 @@ use datafusion::prelude::SessionContext;
 
 /// The caps: one function call's output in bytes (its elements × 8 for lists), and
 /// `levenshtein`'s work in character pairs.
-pub const MAX_CALL_OUTPUT_BYTES: u64 = 64 << 20;
-pub const MAX_CALL_PAIRS: u64 = 50_000_000;
+pub(crate) const MAX_CALL_OUTPUT_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_CALL_PAIRS: u64 = 50_000_000;
 
 /// How a function's cost follows from its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,7 +76,7 @@ pub(crate) fn install(ctx: &SessionContext) {
 /// The largest constant a projection may hold: one is copied into every row of each batch it
 /// is projected into (8 192 rows), so a `repeat` within its cap, folded at planning time into
 /// a constant, could still fill the memory.
-pub const MAX_PROJECTED_CONSTANT_BYTES: usize = 8 << 10;
+pub(crate) const MAX_PROJECTED_CONSTANT_BYTES: usize = 8 << 10;
 
 /// Refuse an (optimized) plan that projects a constant larger than
 /// [`MAX_PROJECTED_CONSTANT_BYTES`].
@@ -112,7 +112,7 @@ pub(crate) fn check_plan(plan: &datafusion::logical_expr::LogicalPlan) -> Result
 }
 
 /// What a refusal's message starts with (how [`crate::api::sql`] tells it from the rest).
-pub const REFUSED: &str = "function cap";
+pub(crate) const REFUSED: &str = "function cap";
 
 fn refuse(what: String) -> DataFusionError {
     DataFusionError::ResourcesExhausted(format!("{REFUSED}: {what}"))

@@ -150,7 +150,7 @@ pub(super) async fn execute(
 }
 
 /// Run one statement under `limits` on the calling runtime, its answer not encoded (for the
-/// CLI and tests; the API uses a [`Runner`]).
+/// CLI and tests; the API uses a `Runner`).
 pub async fn run(catalog: &crate::Catalog, sql: &str, limits: Limits) -> Result<Output, QueryFail> {
     let work = async {
         let ctx = catalog
