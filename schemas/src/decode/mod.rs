@@ -1,6 +1,6 @@
 //! Decoding records in the formats services emit into canonical [`Event`]s.
 //!
-//! One record is parsed **once**, into [`Top`]: a union of the top-level fields of every
+//! One record is parsed **once**, into `Top`: a union of the top-level fields of every
 //! supported format, built from the loose value types of [`crate::json`]. The format is then
 //! either the one pinned for the topic or detected from which keys are present, and that
 //! format's mapping reads what it needs, with JSON-pointer paths in every error.
