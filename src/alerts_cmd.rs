@@ -249,7 +249,7 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
         .targets
         .iter()
         .cloned()
-        .map(vigil_detect::deliver::Target::new)
+        .map(|c| vigil_detect::deliver::Target::new(c, |k| std::env::var(k).ok()))
         .collect::<Result<Vec<_>, _>>()?;
     let outbox = (!targets.is_empty())
         .then(|| vigil_detect::deliver::Outbox::open(dir, targets, Arc::default()))

@@ -85,7 +85,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let targets = target_cfgs
         .into_iter()
-        .map(vigil_detect::deliver::Target::new)
+        .map(|c| vigil_detect::deliver::Target::new(c, |k| std::env::var(k).ok()))
         .collect::<Result<Vec<_>, _>>()?;
     let delivery_metrics = Arc::new(vigil_detect::deliver::DeliverMetrics::default());
 

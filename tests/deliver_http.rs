@@ -146,7 +146,7 @@ struct Running {
 fn run(dir: &Path, targets: Vec<TargetConfig>) -> (Outbox, Running) {
     let targets = targets
         .into_iter()
-        .map(|c| Target::new(c).unwrap())
+        .map(|c| Target::new(c, |_: &str| None).unwrap())
         .collect();
     let outbox = Outbox::open(dir, targets, Arc::new(DeliverMetrics::default())).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -498,7 +498,7 @@ fn redirects_are_failed_attempts_and_no_target_url_is_ever_shown() {
     let shown: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
     let targets: Vec<Target> = targets
         .into_iter()
-        .map(|c| Target::new(c).unwrap())
+        .map(|c| Target::new(c, |_: &str| None).unwrap())
         .collect();
     let metrics = Arc::new(DeliverMetrics::default());
     let outbox = Outbox::open(dir.path(), targets, metrics.clone()).unwrap();

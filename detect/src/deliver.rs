@@ -173,7 +173,12 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    pub fn new(cfg: TargetConfig) -> Result<Target, DeliverError> {
+    /// `env` resolves `secret_env` (the binary passes the process environment; this crate
+    /// reads none of its own).
+    pub fn new(
+        cfg: TargetConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Target, DeliverError> {
         let err = |m: String| DeliverError::Config {
             target: cfg.name.clone(),
             message: m,
@@ -198,7 +203,7 @@ impl Target {
             )));
         }
         let secret = if !cfg.secret_env.is_empty() {
-            std::env::var(&cfg.secret_env).map_err(|_| {
+            env(&cfg.secret_env).ok_or_else(|| {
                 err(format!(
                     "environment variable {} is not set",
                     cfg.secret_env
@@ -888,7 +893,7 @@ mod tests {
     fn target(kind: TargetKind) -> Target {
         let mut c = TargetConfig::webhook("t", "http://127.0.0.1:9/x", "k3y".into());
         c.kind = kind;
-        Target::new(c).unwrap()
+        Target::new(c, |_: &str| None).unwrap()
     }
 
     /// Values an attacker controls (a user name, a path) cannot mention, link or format
@@ -940,7 +945,7 @@ mod tests {
         let mut c = TargetConfig::webhook("t", "http://127.0.0.1:9/", "k".into());
         c.min_severity = Severity::High;
         c.rules = vec!["vigil.k8s.*".into()];
-        let t = Target::new(c).unwrap();
+        let t = Target::new(c, |_: &str| None).unwrap();
         assert!(t.routes(&alert("high", "vigil.k8s.forbidden_burst.user", 1)));
         assert!(t.routes(&alert("critical", "vigil.k8s.x", 2)));
         assert!(!t.routes(&alert("medium", "vigil.k8s.x", 1)));
@@ -1027,23 +1032,30 @@ mod tests {
     #[test]
     fn bad_targets_are_refused_and_secrets_never_printed() {
         let mut c = TargetConfig::webhook("t", "ftp://x", "k".into());
-        assert!(Target::new(c.clone()).is_err());
+        let unset = |_: &str| None;
+        assert!(Target::new(c.clone(), unset).is_err());
         c.url = "http://x/".into();
         c.secret = String::new();
         assert!(
-            Target::new(c.clone())
+            Target::new(c.clone(), unset)
                 .unwrap_err()
                 .to_string()
                 .contains("HMAC key")
         );
         c.secret = "hunter2".into();
         assert!(!format!("{c:?}").contains("hunter2"));
-        c.secret_env = "VIGIL_TEST_SURELY_UNSET_VAR".into();
+        c.secret_env = "HOOK_KEY".into();
         assert!(
-            Target::new(c)
+            Target::new(c.clone(), unset)
                 .unwrap_err()
                 .to_string()
-                .contains("VIGIL_TEST_SURELY_UNSET_VAR")
+                .contains("environment variable HOOK_KEY is not set")
         );
+        // Resolved through what the caller passes, the environment's value wins.
+        let t = Target::new(c, |k: &str| {
+            (k == "HOOK_KEY").then(|| "from-env".to_owned())
+        })
+        .unwrap();
+        assert_eq!(t.secret, "from-env");
     }
 }
