@@ -1,0 +1,651 @@
+//! Rules as code: rule files (TOML) parsed, checked and compiled into rule state machines
+//! (`compile.rs`), the default pack, and the tests rule files carry.
+//!
+//! A rule file is one rule; see `detect/rules/` (the default pack) and the README for the
+//! format. Every problem is reported with the file, the line and the reason, and a bad file
+//! never stops the others from loading.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::alerts::Severity;
+use crate::allowlist::{Allowlist, EdgeSpec, PolicyGraph};
+use crate::distinct::DistinctCount;
+use crate::filter::Row;
+use crate::first_seen::FirstSeen;
+use crate::group::GroupBy;
+use crate::hit::{Counters, EvRef, Outcome};
+use crate::rate_spike::RateSpike;
+use crate::sequence::Sequence;
+use crate::threshold::Threshold;
+
+mod compile;
+#[cfg(test)]
+mod tests;
+
+use compile::line_of;
+pub use compile::{compile, duration_ns, parse};
+
+/// The default pack, compiled into the binary (`detect/rules/*.toml`).
+pub const DEFAULT_PACK: &[(&str, &str)] = &[
+    (
+        "api_denied_burst.toml",
+        include_str!("../../rules/api_denied_burst.toml"),
+    ),
+    (
+        "own_record_claimed.toml",
+        include_str!("../../rules/own_record_claimed.toml"),
+    ),
+    (
+        "denial_burst_caller.toml",
+        include_str!("../../rules/denial_burst_caller.toml"),
+    ),
+    (
+        "denial_burst_source_ip.toml",
+        include_str!("../../rules/denial_burst_source_ip.toml"),
+    ),
+    (
+        "k8s_forbidden_burst.toml",
+        include_str!("../../rules/k8s_forbidden_burst.toml"),
+    ),
+    (
+        "k8s_forbidden_public_ip.toml",
+        include_str!("../../rules/k8s_forbidden_public_ip.toml"),
+    ),
+    (
+        "k8s_secret_access_denied.toml",
+        include_str!("../../rules/k8s_secret_access_denied.toml"),
+    ),
+    (
+        "dropped_flow_burst.toml",
+        include_str!("../../rules/dropped_flow_burst.toml"),
+    ),
+    (
+        "permission_probing.toml",
+        include_str!("../../rules/permission_probing.toml"),
+    ),
+    (
+        "unexpected_caller_declared.toml",
+        include_str!("../../rules/unexpected_caller_declared.toml"),
+    ),
+    (
+        "unexpected_flow_declared.toml",
+        include_str!("../../rules/unexpected_flow_declared.toml"),
+    ),
+    (
+        "declared_but_denied.toml",
+        include_str!("../../rules/declared_but_denied.toml"),
+    ),
+    (
+        "unexpected_caller_learned.toml",
+        include_str!("../../rules/unexpected_caller_learned.toml"),
+    ),
+    (
+        "deny_then_allow.toml",
+        include_str!("../../rules/deny_then_allow.toml"),
+    ),
+    (
+        "rate_spike.toml",
+        include_str!("../../rules/rate_spike.toml"),
+    ),
+    (
+        "bruteforce_source_ip.toml",
+        include_str!("../../rules/bruteforce_source_ip.toml"),
+    ),
+    (
+        "bruteforce_slow.toml",
+        include_str!("../../rules/bruteforce_slow.toml"),
+    ),
+    (
+        "password_spraying.toml",
+        include_str!("../../rules/password_spraying.toml"),
+    ),
+    ("port_scan.toml", include_str!("../../rules/port_scan.toml")),
+    ("fan_out.toml", include_str!("../../rules/fan_out.toml")),
+    (
+        "admin_port_new_edge.toml",
+        include_str!("../../rules/admin_port_new_edge.toml"),
+    ),
+    (
+        "sidecar_bypass.toml",
+        include_str!("../../rules/sidecar_bypass.toml"),
+    ),
+    (
+        "telemetry_offset_gap.toml",
+        include_str!("../../rules/telemetry_offset_gap.toml"),
+    ),
+    (
+        "telemetry_hubble_lost.toml",
+        include_str!("../../rules/telemetry_hubble_lost.toml"),
+    ),
+    (
+        "time_skewed_source.toml",
+        include_str!("../../rules/time_skewed_source.toml"),
+    ),
+    (
+        "time_late_source.toml",
+        include_str!("../../rules/time_late_source.toml"),
+    ),
+];
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KindName {
+    Threshold,
+    DistinctCount,
+    Allowlist,
+    FirstSeen,
+    Sequence,
+    RateSpike,
+    Absence,
+}
+
+impl KindName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindName::Threshold => "threshold",
+            KindName::DistinctCount => "distinct_count",
+            KindName::Allowlist => "allowlist",
+            KindName::FirstSeen => "first_seen",
+            KindName::Sequence => "sequence",
+            KindName::RateSpike => "rate_spike",
+            KindName::Absence => "absence",
+        }
+    }
+}
+
+/// When a rule is on, relative to the configured policy graph.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Requires {
+    /// Only when an allowlist (policy graph) is configured.
+    Allowlist,
+    /// Only when none is.
+    NoAllowlist,
+}
+
+/// A rule file as written. Which keys a kind needs is checked after parsing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub id: Spanned<String>,
+    pub version: u32,
+    pub title: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub description: String,
+    /// Why the defaults are what they are; comparable rules elsewhere.
+    #[serde(default)]
+    pub references: Vec<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub requires: Option<Requires>,
+    pub kind: Spanned<KindName>,
+    pub filter: Option<Spanned<String>>,
+    pub group_by: Option<Spanned<Vec<String>>>,
+    pub count: Option<Spanned<u64>>,
+    pub window: Option<Spanned<String>>,
+    pub suppress: Option<Spanned<String>>,
+    pub allowed_lateness: Option<Spanned<String>>,
+    pub max_groups: Option<Spanned<usize>>,
+    /// Group keys' text normalised (NFKC, lower case) so that values written differently are
+    /// one group: `alice`, `Alice`, `ａｌｉｃｅ`. Default false.
+    #[serde(default)]
+    pub normalize_keys: bool,
+    /// threshold, distinct_count: the base rate (events a group's matches are judged
+    /// against) and the share of it they must be to fire.
+    pub of: Option<Spanned<String>>,
+    pub min_ratio: Option<Spanned<f64>>,
+    // distinct_count
+    pub field: Option<Spanned<String>>,
+    // allowlist
+    pub caller_field: Option<Spanned<String>>,
+    pub callee_field: Option<Spanned<String>>,
+    pub caller_namespace_field: Option<Spanned<String>>,
+    pub callee_namespace_field: Option<Spanned<String>>,
+    pub port_field: Option<Spanned<String>>,
+    /// Which edges of the graph the rule checks: `authz` (edges of that kind or of none) or
+    /// `flow` (flow edges only: a graph of principals says nothing about connections).
+    pub edge_kind: Option<Spanned<String>>,
+    /// Inverted: fire on `count` events within `window` on edges the graph *does* declare.
+    pub declared: Option<Spanned<bool>>,
+    pub method_field: Option<Spanned<String>>,
+    pub path_field: Option<Spanned<String>>,
+    pub policy_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<EdgeSpec>,
+    // first_seen
+    pub learn: Option<Spanned<String>>,
+    pub forget: Option<Spanned<String>>,
+    // sequence
+    pub first: Option<Spanned<String>>,
+    pub first_count: Option<Spanned<u64>>,
+    pub then: Option<Spanned<String>>,
+    // absence (the trigger is `filter`)
+    pub expect: Option<Spanned<String>>,
+    pub within: Option<Spanned<String>>,
+    pub protected_by: Option<Spanned<Vec<String>>>,
+    pub match_by: Option<Spanned<Vec<String>>>,
+    /// The `first` events must be a run: a `then` event that does not complete the sequence
+    /// ends it (a success after one-off failures is normal).
+    pub consecutive: Option<Spanned<bool>>,
+    // rate_spike
+    pub bucket: Option<Spanned<String>>,
+    pub baseline_buckets: Option<Spanned<u32>>,
+    pub min_history_buckets: Option<Spanned<u32>>,
+    pub z: Option<Spanned<f64>>,
+    pub min_count: Option<Spanned<u64>>,
+    pub peak_factor: Option<Spanned<f64>>,
+    pub peak_half_life: Option<Spanned<String>>,
+    #[serde(default, rename = "test")]
+    pub tests: Vec<RuleTest>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A test a rule file carries: events in, the alerts expected out.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTest {
+    pub name: String,
+    #[serde(default, rename = "event")]
+    pub events: Vec<TestEvent>,
+    /// How many alerts the events raise (updates of an open alert are not new alerts).
+    pub alerts: usize,
+    /// The alerts' group keys, in firing order (each a list of the group-by values; "" for a
+    /// missing one). Optional.
+    #[serde(default)]
+    pub keys: Vec<Vec<String>>,
+    /// For allowlist rules: the policy graph to test against (else the rule's own).
+    #[serde(default)]
+    pub allow: Option<Vec<EdgeSpec>>,
+}
+
+/// Test input: an event's canonical fields, or a raw record in any source format.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestEvent {
+    #[serde(default)]
+    pub fields: Option<toml::Table>,
+    #[serde(default)]
+    pub raw: Option<String>,
+    /// Event time as an offset from the test's start ("90s"); default: `every` after the
+    /// previous event, or the raw record's own time.
+    #[serde(default)]
+    pub at: Option<String>,
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    /// Gap between repeats (default 1s).
+    #[serde(default)]
+    pub every: Option<String>,
+}
+
+/// A rule problem: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct RuleError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Settings the engine gives every rule that does not set its own.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub allowed_lateness_ns: i64,
+    pub max_groups: usize,
+    pub suppress_ns: i64,
+    /// The configured policy graph, if any.
+    pub allowlist: Option<PolicyGraph>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            allowed_lateness_ns: 30 * 1_000_000_000,
+            max_groups: 100_000,
+            suppress_ns: 3600 * 1_000_000_000,
+            allowlist: None,
+        }
+    }
+}
+
+/// What every alert of a rule says about it.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pub id: String,
+    pub version: u32,
+    pub title: String,
+    pub severity: Severity,
+    pub description: String,
+    pub kind: KindName,
+    /// Names of the group key's parts.
+    pub group_names: Vec<String>,
+    pub suppress_ns: i64,
+    /// Where it came from (file path, or `default:<name>`).
+    pub source: String,
+}
+
+/// A rule state machine of any kind.
+#[derive(Debug)]
+pub enum Kind {
+    Threshold(Threshold),
+    DistinctCount(DistinctCount),
+    Allowlist(Allowlist),
+    FirstSeen(FirstSeen),
+    Sequence(Sequence),
+    RateSpike(RateSpike),
+    Absence(crate::absence::Absence),
+}
+
+macro_rules! each {
+    ($self:expr, $r:ident => $e:expr) => {
+        match $self {
+            Kind::Threshold($r) => $e,
+            Kind::DistinctCount($r) => $e,
+            Kind::Allowlist($r) => $e,
+            Kind::FirstSeen($r) => $e,
+            Kind::Sequence($r) => $e,
+            Kind::RateSpike($r) => $e,
+            Kind::Absence($r) => $e,
+        }
+    };
+}
+
+impl Kind {
+    pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
+        each!(self, r => r.observe(row, ev))
+    }
+
+    pub fn expire(&mut self) {
+        each!(self, r => r.expire())
+    }
+
+    /// Close the group's open alert (it was resolved): its next match can fire a new one.
+    pub fn close(&mut self, key: &crate::group::PackedKey) {
+        use crate::group::HasOpen;
+        let fields = self.group_fields().clone();
+        each!(self, r => {
+            if let Some(o) = r.st.groups.get_by_key_mut(&fields, key).and_then(|g| g.open_mut()) {
+                o.alert = None;
+            }
+        })
+    }
+
+    /// The fields that make a group's key.
+    pub fn group_fields(&self) -> &GroupBy {
+        match self {
+            Kind::Threshold(r) => &r.spec.group_by,
+            Kind::DistinctCount(r) => &r.spec.group_by,
+            Kind::Allowlist(r) => &r.group_by,
+            Kind::FirstSeen(r) => &r.spec.group_by,
+            Kind::Sequence(r) => &r.spec.group_by,
+            Kind::RateSpike(r) => &r.spec.group_by,
+            Kind::Absence(r) => &r.spec.group_by,
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        each!(self, r => r.st.counters)
+    }
+
+    /// For a rule that learns before it alerts (`first_seen`): `Some(until)`, the event time
+    /// its learning ends (`None`: it has seen nothing yet, so it has not started); `None` for
+    /// every other kind.
+    pub fn learning_until(&self) -> Option<Option<i64>> {
+        match self {
+            Kind::FirstSeen(r) => Some(r.started_ns.map(|s| s.saturating_add(r.spec.learn_ns))),
+            _ => None,
+        }
+    }
+
+    /// Whether the rule is still learning (before its first event, or until its learning
+    /// period has passed in event time).
+    pub fn is_learning(&self) -> bool {
+        match self {
+            Kind::FirstSeen(r) => r
+                .started_ns
+                .is_none_or(|s| r.st.clock.newest_ns < s.saturating_add(r.spec.learn_ns)),
+            _ => false,
+        }
+    }
+
+    /// What the watermark decided (absence rules: triggers whose companion never came; see
+    /// `absence::Absence::due` for `log_ns`).
+    pub fn due(
+        &mut self,
+        watermark_ns: i64,
+        log_ns: &dyn Fn(u32) -> i64,
+    ) -> Vec<crate::absence::Due> {
+        match self {
+            Kind::Absence(r) => r.due(watermark_ns, log_ns),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Count a late event this rule matched (the engine judges lateness).
+    pub fn note_late(&mut self) {
+        each!(self, r => r.st.counters.late += 1)
+    }
+
+    /// Keep the rule's clock at or before `max_ns` (a restored state saved by a version that
+    /// let a forged event time move it).
+    pub fn clamp_clock(&mut self, max_ns: i64) {
+        each!(self, r => r.st.clock.clamp(max_ns))
+    }
+
+    pub fn groups(&self) -> usize {
+        each!(self, r => r.st.groups.len())
+    }
+
+    /// The bytes the rule's state holds (its groups and what indexes them).
+    pub fn weigh(&self) -> usize {
+        match self {
+            Kind::Absence(r) => r.weigh(),
+            k => each!(k, r => r.st.groups.weigh()),
+        }
+    }
+
+    /// Evict the least recently seen sixteenth of the groups (detection's memory budget):
+    /// how many went; counted as evictions.
+    pub fn shed(&mut self) -> u64 {
+        let n = match &mut *self {
+            Kind::Absence(r) => r.shed(),
+            k => each!(k, r => r.st.groups.shed()),
+        };
+        each!(self, r => r.st.counters.evicted = r.st.groups.evicted);
+        n
+    }
+
+    /// The state, for the engine's checkpoint: serialized straight from the groups (no copy
+    /// of them is built, however many there are).
+    pub fn saved(&self) -> SavedKind<'_> {
+        SavedKind(self)
+    }
+
+    /// Restore state saved by [`Kind::saved`] (of the same rule version).
+    pub fn restore(&mut self, v: &serde_json::value::RawValue) -> serde_json::Result<()> {
+        #[derive(Deserialize)]
+        struct Saved<S> {
+            clock: crate::group::Clock,
+            counters: Counters,
+            extra: Option<i64>,
+            groups: Vec<crate::group::Entry<S>>,
+        }
+        fn load<S: serde::de::DeserializeOwned>(
+            st: &mut crate::group::State<S>,
+            by: &GroupBy,
+            v: &serde_json::value::RawValue,
+        ) -> serde_json::Result<Option<i64>> {
+            let s: Saved<S> = serde_json::from_str(v.get())?;
+            st.clock.newest_ns = s.clock.newest_ns;
+            st.counters = s.counters;
+            st.groups.restore(by, s.groups);
+            Ok(s.extra)
+        }
+        let by = self.group_fields().clone();
+        match self {
+            Kind::FirstSeen(r) => r.started_ns = load(&mut r.st, &by, v)?,
+            Kind::Absence(r) => {
+                // Its groups are keyed by what pairs events, not by the alert's key.
+                let by = r.spec.match_by.clone();
+                load(&mut r.st, &by, v)?;
+                r.rebuild_due();
+            }
+            _ => {
+                each!(self, r => load(&mut r.st, &by, v)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rule's state as [`Kind::saved`] writes it: clock, counters, the kind's extra figure and
+/// every group, borrowed.
+pub struct SavedKind<'a>(&'a Kind);
+
+impl Serialize for SavedKind<'_> {
+    fn serialize<Ser: serde::Serializer>(&self, ser: Ser) -> Result<Ser::Ok, Ser::Error> {
+        #[derive(Serialize)]
+        struct Table<'a, S> {
+            clock: &'a crate::group::Clock,
+            counters: &'a Counters,
+            extra: Option<i64>,
+            groups: Vec<&'a crate::group::Entry<S>>,
+        }
+        fn table<S: Serialize, Ser: serde::Serializer>(
+            st: &crate::group::State<S>,
+            extra: Option<i64>,
+            ser: Ser,
+        ) -> Result<Ser::Ok, Ser::Error> {
+            Table {
+                clock: &st.clock,
+                counters: &st.counters,
+                extra,
+                groups: st.groups.entries().collect(),
+            }
+            .serialize(ser)
+        }
+        match self.0 {
+            Kind::FirstSeen(r) => table(&r.st, r.started_ns, ser),
+            k => each!(k, r => table(&r.st, None, ser)),
+        }
+    }
+}
+
+/// A loaded rule: what it is, and its state machine.
+#[derive(Debug)]
+pub struct Rule {
+    pub meta: Meta,
+    pub kind: Kind,
+}
+
+/// The outcome of loading rules: the rules that loaded, the problems of the ones that did
+/// not, and the ones switched off (by `enabled = false` or `requires`), with why.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub rules: Vec<(Rule, RuleFile)>,
+    pub errors: Vec<RuleError>,
+    pub inactive: Vec<(String, String)>,
+}
+
+/// 1-based line of a byte offset.
+/// Read a policy graph file (TOML `[[edge]]` tables).
+pub fn load_policy(path: &Path) -> Result<PolicyGraph, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("policy graph {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(&text, s.start));
+        format!("policy graph {}:{line}: {}", path.display(), e.message())
+    })
+}
+
+/// One rule source: a name (file path or `default:<file>`), its text, and its directory.
+pub struct Source {
+    pub name: String,
+    pub text: String,
+    pub dir: Option<PathBuf>,
+}
+
+/// The rule sources: the default pack (unless `with_defaults` is false), then every `*.toml`
+/// in `dir` (sorted). A directory rule with a default rule's id replaces it.
+pub fn sources(dir: Option<&Path>, with_defaults: bool) -> Result<Vec<Source>, RuleError> {
+    let mut out = Vec::new();
+    if with_defaults {
+        for (name, text) in DEFAULT_PACK {
+            out.push(Source {
+                name: format!("default:{name}"),
+                text: (*text).to_owned(),
+                dir: None,
+            });
+        }
+    }
+    if let Some(dir) = dir {
+        let io = |e: std::io::Error| RuleError {
+            file: dir.display().to_string(),
+            line: 0,
+            message: e.to_string(),
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        paths.sort();
+        for p in paths {
+            let text = std::fs::read_to_string(&p).map_err(io)?;
+            out.push(Source {
+                name: p.display().to_string(),
+                text,
+                dir: Some(dir.to_owned()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Load rules from sources: each parsed and compiled on its own (a bad one is reported and
+/// skipped); duplicates by id keep the last (a directory rule overrides a default).
+pub fn load(sources: &[Source], d: &Defaults) -> Loaded {
+    let mut out = Loaded::default();
+    for s in sources {
+        let rf = match parse(&s.name, &s.text) {
+            Ok(rf) => rf,
+            Err(e) => {
+                out.errors.push(e);
+                continue;
+            }
+        };
+        let id = rf.id.get_ref().clone();
+        out.rules.retain(|(r, _)| r.meta.id != id);
+        out.inactive.retain(|(i, _)| *i != id);
+        if !rf.enabled {
+            out.inactive.push((id, "enabled = false".into()));
+            continue;
+        }
+        match (rf.requires, d.allowlist.is_some()) {
+            (Some(Requires::Allowlist), false)
+                if rf.allow.is_empty() && rf.policy_file.is_none() =>
+            {
+                out.inactive
+                    .push((id, "needs an allowlist (detect.allowlist_file)".into()));
+                continue;
+            }
+            (Some(Requires::NoAllowlist), true) => {
+                out.inactive
+                    .push((id, "replaced by the configured allowlist".into()));
+                continue;
+            }
+            _ => {}
+        }
+        match compile(&rf, &s.name, &s.text, s.dir.as_deref(), d, None) {
+            Ok(r) => out.rules.push((r, rf)),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    out
+}
