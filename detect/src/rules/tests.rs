@@ -37,7 +37,7 @@ fn a_key_of_another_kind_is_an_error_at_its_line() {
     let head = "id = \"t.x\"\nversion = 1\ntitle = \"t\"\nseverity = \"low\"\n";
     let threshold = format!(
         "{head}kind = \"threshold\"\nfilter = 'decision == \"deny\"'\n\
-         group_by = [\"caller_ip\"]\ncount = 4\nwindow = \"1m\"\n"
+             group_by = [\"caller_ip\"]\ncount = 4\nwindow = \"1m\"\n"
     );
     parse("t.toml", &threshold).unwrap();
     let e = parse("t.toml", &format!("{threshold}z = 3.0\n")).unwrap_err();
@@ -49,8 +49,8 @@ fn a_key_of_another_kind_is_an_error_at_its_line() {
     // A sequence's filters are `first` and `then`: a `filter` would be ignored.
     let seq = format!(
         "{head}kind = \"sequence\"\ngroup_by = [\"caller_ip\"]\n\
-         first = 'decision == \"deny\"'\nfirst_count = 3\n\
-         then = 'decision == \"allow\"'\nwindow = \"1m\"\n"
+             first = 'decision == \"deny\"'\nfirst_count = 3\n\
+             then = 'decision == \"allow\"'\nwindow = \"1m\"\n"
     );
     parse("s.toml", &seq).unwrap();
     let e = parse("s.toml", &format!("{seq}filter = 'kind == \"authz\"'\n")).unwrap_err();
@@ -68,23 +68,23 @@ fn a_key_of_another_kind_is_an_error_at_its_line() {
 fn normalized_keys_make_look_alike_names_one_group() {
     let rule = |normalize: bool| {
         format!(
-            "id = \"t.user\"\nversion = 1\ntitle = \"t\"\nseverity = \"low\"\n\
-             kind = \"threshold\"\nfilter = 'decision == \"deny\"'\n\
-             group_by = [\"caller_principal\"]\ncount = 4\nwindow = \"1m\"\n\
-             normalize_keys = {normalize}\n\
-             [[test]]\nname = \"variants\"\n{}\n{}",
-            if normalize {
-                "alerts = 1\nkeys = [[\"alice\"]]"
-            } else {
-                "alerts = 0"
-            },
-            ["alice", "Alice", "\u{ff21}\u{ff2c}\u{ff29}\u{ff23}\u{ff25}", "\u{0430}lice"]
-                .iter()
-                .map(|u| format!(
-                    "[[test.event]]\nfields = {{ kind = \"authz\", decision = \"deny\", caller_principal = \"{u}\" }}\n"
-                ))
-                .collect::<String>()
-        )
+                "id = \"t.user\"\nversion = 1\ntitle = \"t\"\nseverity = \"low\"\n\
+                 kind = \"threshold\"\nfilter = 'decision == \"deny\"'\n\
+                 group_by = [\"caller_principal\"]\ncount = 4\nwindow = \"1m\"\n\
+                 normalize_keys = {normalize}\n\
+                 [[test]]\nname = \"variants\"\n{}\n{}",
+                if normalize {
+                    "alerts = 1\nkeys = [[\"alice\"]]"
+                } else {
+                    "alerts = 0"
+                },
+                ["alice", "Alice", "\u{ff21}\u{ff2c}\u{ff29}\u{ff23}\u{ff25}", "\u{0430}lice"]
+                    .iter()
+                    .map(|u| format!(
+                        "[[test.event]]\nfields = {{ kind = \"authz\", decision = \"deny\", caller_principal = \"{u}\" }}\n"
+                    ))
+                    .collect::<String>()
+            )
     };
     for normalize in [true, false] {
         let src = vec![Source {
