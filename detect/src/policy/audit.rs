@@ -220,7 +220,7 @@ mod tests {
     use super::*;
 
     fn labels(doc: &Value) -> BTreeMap<String, String> {
-        super::super::map(&yaml(doc)["metadata"]["labels"])
+        super::super::model::map(&yaml(doc)["metadata"]["labels"])
     }
 
     fn trace(name: &str) -> Value {
