@@ -118,21 +118,34 @@ pub struct Command {
 
 impl Command {
     /// Refuse what could not be a valid command, before it is queued.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvalidCommand> {
         let id_ok = !self.alert_id.is_empty()
             && self.alert_id.len() <= 64
             && self.alert_id.bytes().all(|b| b.is_ascii_alphanumeric());
         if !id_ok {
-            return Err(format!("{:?} is not an alert id", self.alert_id));
+            return Err(InvalidCommand::NotAnAlertId(
+                self.alert_id.chars().take(80).collect(),
+            ));
         }
         if self.by.trim().is_empty() || self.by.len() > 256 {
-            return Err("who makes the change must be named (at most 256 bytes)".into());
+            return Err(InvalidCommand::WhoUnnamed);
         }
         if self.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE_BYTES) {
-            return Err(format!("the note is longer than {MAX_NOTE_BYTES} bytes"));
+            return Err(InvalidCommand::NoteTooLong);
         }
         Ok(())
     }
+}
+
+/// What makes a command no command (refused before it is queued or applied).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCommand {
+    #[error("{0:?} is not an alert id")]
+    NotAnAlertId(String),
+    #[error("who makes the change must be named (at most 256 bytes)")]
+    WhoUnnamed,
+    #[error("the note is longer than {MAX_NOTE_BYTES} bytes")]
+    NoteTooLong,
 }
 
 /// What became of a command.
@@ -259,7 +272,7 @@ impl Queue {
             let cmd = std::fs::read(&claimed)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Command>(&b).map_err(|e| e.to_string()))
-                .and_then(|c| c.check().map(|()| c))
+                .and_then(|c| c.check().map(|()| c).map_err(|e| e.to_string()))
                 .map_err(Refusal::Invalid);
             out.push((stem, cmd));
         }
@@ -454,14 +467,20 @@ mod tests {
     #[test]
     fn commands_are_checked() {
         assert!(cmd("abc123").check().is_ok());
-        assert!(cmd("../x").check().is_err());
-        assert!(cmd("").check().is_err());
+        assert_eq!(
+            cmd("../x").check(),
+            Err(InvalidCommand::NotAnAlertId("../x".into()))
+        );
+        assert!(matches!(
+            cmd("").check(),
+            Err(InvalidCommand::NotAnAlertId(_))
+        ));
         let mut c = cmd("abc");
         c.by = " ".into();
-        assert!(c.check().is_err());
+        assert_eq!(c.check(), Err(InvalidCommand::WhoUnnamed));
         c.by = "x".into();
         c.note = Some("n".repeat(MAX_NOTE_BYTES + 1));
-        assert!(c.check().is_err());
+        assert_eq!(c.check(), Err(InvalidCommand::NoteTooLong));
     }
 
     #[test]

@@ -35,10 +35,14 @@ fn expand(t: &RuleTest) -> Result<Vec<(Input, i64)>, String> {
     let mut next = TEST_START_NS;
     for (i, e) in t.events.iter().enumerate() {
         let every = match &e.every {
-            Some(s) => duration_ns(s)?,
+            Some(s) => duration_ns(s).map_err(|e| e.to_string())?,
             None => 1_000_000_000,
         };
-        let at = e.at.as_deref().map(duration_ns).transpose()?;
+        let at =
+            e.at.as_deref()
+                .map(duration_ns)
+                .transpose()
+                .map_err(|e| e.to_string())?;
         let repeat = e.repeat.unwrap_or(1);
         let (input, own_time) = match (&e.fields, &e.raw) {
             (Some(f), None) => {

@@ -20,9 +20,21 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Parse a duration like "30s", "5m", "1h 30m", "7d", "250ms".
-pub fn duration_ns(s: &str) -> Result<i64, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("duration {s:?}: {e}"))?;
-    i64::try_from(d.as_nanos()).map_err(|_| format!("duration {s:?} is too long"))
+pub fn duration_ns(s: &str) -> Result<i64, DurationError> {
+    let err = |why: String| DurationError {
+        text: s.chars().take(80).collect(),
+        why,
+    };
+    let d = humantime::parse_duration(s).map_err(|e| err(e.to_string()))?;
+    i64::try_from(d.as_nanos()).map_err(|_| err("too long".into()))
+}
+
+/// Text that is no duration (or one too long for nanoseconds in an i64: ~292 years).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("duration {text:?}: {why}")]
+pub struct DurationError {
+    pub text: String,
+    pub why: String,
 }
 
 struct Ctx<'a> {
@@ -61,7 +73,7 @@ impl Ctx<'_> {
     }
 
     fn dur(&self, d: &Spanned<String>) -> Result<i64, RuleError> {
-        let ns = duration_ns(d.get_ref()).map_err(|e| self.err(d.span(), e))?;
+        let ns = duration_ns(d.get_ref()).map_err(|e| self.err(d.span(), e.to_string()))?;
         if ns <= 0 {
             return Err(self.err(d.span(), "a duration must be positive"));
         }

@@ -26,7 +26,7 @@ mod compile;
 mod tests;
 
 use compile::line_of;
-pub use compile::{compile, duration_ns, parse};
+pub use compile::{DurationError, compile, duration_ns, parse};
 
 /// The default pack, compiled into the binary (`detect/rules/*.toml`).
 pub const DEFAULT_PACK: &[(&str, &str)] = &[
