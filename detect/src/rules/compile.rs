@@ -1,6 +1,7 @@
 //! A rule file's text to its rule: parsed (every key of its kind and no other's), checked and
 //! compiled into the kind's state machine, each problem at its file and line.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
@@ -155,11 +156,16 @@ impl KindName {
     /// `title`, `severity`, `description`, `references`, `enabled`, `requires`, `kind`,
     /// `suppress`, `allowed_lateness`, `max_groups`, `normalize_keys`, `test`).
     pub fn keys(self) -> &'static [&'static str] {
-        const RATIO: [&str; 2] = ["of", "min_ratio"];
         match self {
-            KindName::Threshold => &["filter", "group_by", "count", "window", RATIO[0], RATIO[1]],
+            KindName::Threshold => &["filter", "group_by", "count", "window", "of", "min_ratio"],
             KindName::DistinctCount => &[
-                "filter", "group_by", "field", "count", "window", RATIO[0], RATIO[1],
+                "filter",
+                "group_by",
+                "field",
+                "count",
+                "window",
+                "of",
+                "min_ratio",
             ],
             KindName::Allowlist => &[
                 "filter",
@@ -176,8 +182,8 @@ impl KindName {
                 "allow",
                 "count",
                 "window",
-                RATIO[0],
-                RATIO[1],
+                "of",
+                "min_ratio",
             ],
             KindName::FirstSeen => &["filter", "group_by", "learn", "forget"],
             KindName::Sequence => &[
@@ -219,56 +225,32 @@ impl KindName {
 /// enum tagged by `kind`: serde buffers an internally tagged enum's document before choosing
 /// the variant, and `toml::Spanned` loses its spans there, so no error could name its line.
 fn check_kind_keys(file: &str, text: &str, rf: &RuleFile) -> Result<(), RuleError> {
-    fn at<T>(v: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
-        v.as_ref().map(Spanned::span)
-    }
-    let kind_span = rf.kind.span();
-    let present = [
-        ("filter", at(&rf.filter)),
-        ("group_by", at(&rf.group_by)),
-        ("count", at(&rf.count)),
-        ("window", at(&rf.window)),
-        ("of", at(&rf.of)),
-        ("min_ratio", at(&rf.min_ratio)),
-        ("field", at(&rf.field)),
-        ("caller_field", at(&rf.caller_field)),
-        ("callee_field", at(&rf.callee_field)),
-        ("caller_namespace_field", at(&rf.caller_namespace_field)),
-        ("callee_namespace_field", at(&rf.callee_namespace_field)),
-        ("port_field", at(&rf.port_field)),
-        ("edge_kind", at(&rf.edge_kind)),
-        ("declared", at(&rf.declared)),
-        ("method_field", at(&rf.method_field)),
-        ("path_field", at(&rf.path_field)),
-        ("policy_file", at(&rf.policy_file)),
-        ("allow", (!rf.allow.is_empty()).then(|| kind_span.clone())),
-        ("learn", at(&rf.learn)),
-        ("forget", at(&rf.forget)),
-        ("first", at(&rf.first)),
-        ("first_count", at(&rf.first_count)),
-        ("then", at(&rf.then)),
-        ("expect", at(&rf.expect)),
-        ("within", at(&rf.within)),
-        ("protected_by", at(&rf.protected_by)),
-        ("match_by", at(&rf.match_by)),
-        ("consecutive", at(&rf.consecutive)),
-        ("bucket", at(&rf.bucket)),
-        ("baseline_buckets", at(&rf.baseline_buckets)),
-        ("min_history_buckets", at(&rf.min_history_buckets)),
-        ("z", at(&rf.z)),
-        ("min_count", at(&rf.min_count)),
-        ("peak_factor", at(&rf.peak_factor)),
-        ("peak_half_life", at(&rf.peak_half_life)),
+    const KINDS: [KindName; 7] = [
+        KindName::Threshold,
+        KindName::DistinctCount,
+        KindName::Allowlist,
+        KindName::FirstSeen,
+        KindName::Sequence,
+        KindName::Absence,
+        KindName::RateSpike,
     ];
+    // The document's top-level keys with where they stand (it parsed as a `RuleFile` already).
+    let doc: BTreeMap<Spanned<String>, serde::de::IgnoredAny> =
+        toml::from_str(text).map_err(|e| RuleError {
+            file: file.to_owned(),
+            line: e.span().map_or(1, |s| line_of(text, s.start)),
+            message: e.message().to_owned(),
+        })?;
     let kind = *rf.kind.get_ref();
-    for (key, span) in present {
-        let Some(span) = span else { continue };
-        if !kind.keys().contains(&key) {
+    for key in doc.keys() {
+        let k = key.get_ref().as_str();
+        let another_kinds = KINDS.iter().any(|o| o.keys().contains(&k));
+        if another_kinds && !kind.keys().contains(&k) {
             return Err(RuleError {
                 file: file.to_owned(),
-                line: line_of(text, span.start),
+                line: line_of(text, key.span().start),
                 message: format!(
-                    "`{key}` is not a key of a {} rule (its own keys: {})",
+                    "`{k}` is not a key of a {} rule (its own keys: {})",
                     kind.as_str(),
                     kind.keys().join(", ")
                 ),
