@@ -325,7 +325,7 @@ pub fn start(
     });
     // The alert log's directory exists from the start, so its table is its files, not an empty
     // stand-in made before the first alert.
-    std::fs::create_dir_all(vigil_detect::alerts::alerts_dir(&cfg.store.data_dir))?;
+    std::fs::create_dir_all(vigil_store::layout::alerts(&cfg.store.data_dir))?;
     let catalog = Arc::new(vigil_query::Catalog::open(&cfg.store.data_dir)?.with_live(live));
     let state = AppState {
         catalog,

@@ -126,7 +126,7 @@ fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 fn queued(dir: &Path, target: &str) -> usize {
-    std::fs::read_dir(deliver::outbox_dir(dir).join(target))
+    std::fs::read_dir(vigil_store::layout::outbox(dir).join(target))
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -296,8 +296,10 @@ fn failing_hanging_and_late_receivers_get_every_alert_with_the_same_key() {
         .collect();
     outbox.enqueue(&alerts).unwrap();
     wait("failed attempts on the late receiver", 10, || {
-        std::fs::read_to_string(deliver::outbox_dir(dir.path()).join("late/f0-0000000001.json"))
-            .is_ok_and(|s| s.contains("\"attempts\":1"))
+        std::fs::read_to_string(
+            vigil_store::layout::outbox(dir.path()).join("late/f0-0000000001.json"),
+        )
+        .is_ok_and(|s| s.contains("\"attempts\":1"))
     });
     // Vigil restarts with alerts still in the outbox; then the late receiver comes up.
     running.stop();
@@ -343,7 +345,8 @@ fn an_alert_past_its_max_age_is_undeliverable_and_kept_aside() {
     c.max_age_ms = 300;
     let (outbox, running) = run(dir.path(), vec![c]);
     outbox.enqueue(&[alert("u1", 1, "critical")]).unwrap();
-    let aside = deliver::outbox_dir(dir.path()).join("dead/undeliverable/u1-0000000001.json");
+    let aside =
+        vigil_store::layout::outbox(dir.path()).join("dead/undeliverable/u1-0000000001.json");
     wait("the undeliverable entry", 10, || aside.exists());
     running.stop();
     // Giving up is itself an alert (the detection thread stores it and sends it on), for every
@@ -506,7 +509,8 @@ fn redirects_are_failed_attempts_and_no_target_url_is_ever_shown() {
     let handle = deliver::start(outbox.clone(), stop.clone()).unwrap();
     outbox.enqueue(&[alert("r1", 1, "critical")]).unwrap();
     let aside = |t: &str| {
-        deliver::outbox_dir(dir.path()).join(format!("{t}/undeliverable/r1-0000000001.json"))
+        vigil_store::layout::outbox(dir.path())
+            .join(format!("{t}/undeliverable/r1-0000000001.json"))
     };
     wait("all three undeliverable", 15, || {
         ["slack", "hook", "down"].iter().all(|t| aside(t).exists())

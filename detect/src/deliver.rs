@@ -257,11 +257,6 @@ pub struct Queued {
     pub last_error: String,
 }
 
-/// The outbox directory of a data directory.
-pub fn outbox_dir(data_dir: &Path) -> PathBuf {
-    vigil_store::layout::outbox(data_dir)
-}
-
 /// The idempotency key of an alert revision.
 pub fn idempotency_key(a: &Alert) -> String {
     format!("{}:{}", a.alert_id, a.revision)
@@ -278,7 +273,7 @@ pub struct DeliverMetrics {
 
 /// Deliveries waiting in the outbox, per target (entries being written excluded).
 pub fn outbox_depth(data_dir: &Path) -> Vec<(String, u64)> {
-    let dir = outbox_dir(data_dir);
+    let dir = vigil_store::layout::outbox(data_dir);
     let Ok(targets) = vigil_store::files::read_dir_names(&dir) else {
         return Vec::new();
     };
@@ -366,7 +361,7 @@ impl Outbox {
         targets: Vec<Target>,
         metrics: Arc<DeliverMetrics>,
     ) -> Result<Outbox, DeliverError> {
-        let dir = outbox_dir(data_dir);
+        let dir = vigil_store::layout::outbox(data_dir);
         for t in &targets {
             let d = dir.join(&t.cfg.name);
             std::fs::create_dir_all(d.join("undeliverable")).map_err(|e| DeliverError::Io {

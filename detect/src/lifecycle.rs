@@ -47,15 +47,6 @@ impl Action {
             (action, from) => Err(NotAllowed { action, from }),
         }
     }
-
-    /// The verb, as a person would ask for it.
-    pub fn verb(self) -> &'static str {
-        match self {
-            Action::Acknowledge => "acknowledge",
-            Action::Resolve => "resolve",
-            Action::Suppress => "suppress",
-        }
-    }
 }
 
 /// An action the alert's status does not take (a resolved alert takes none).

@@ -46,10 +46,9 @@ pub fn replay<E: From<StoreError>>(
     let cfg = *engine.time_config();
     let mut readers = Vec::new();
     for id in store.partitions()? {
-        let vigil_store::LogId { topic, partition } = id.clone();
         let log = id.to_string();
         let from = engine.position(&log).unwrap_or(0);
-        readers.push(LogReader::new(store, &topic, partition, from)?);
+        readers.push(LogReader::new(store, &id.topic, id.partition, from)?);
     }
     let mut heads: Vec<Option<(i64, Piece)>> = Vec::with_capacity(readers.len());
     for r in &mut readers {

@@ -565,8 +565,7 @@ impl Loop {
     /// of the consumer group sharing the data directory).
     fn tail(&mut self, engine: &mut Engine, store: &Store) -> Result<(), DetectError> {
         for id in store.partitions()? {
-            let vigil_store::LogId { topic, partition } = id.clone();
-            if topic == AUDIT_TOPIC {
+            if id.topic == AUDIT_TOPIC {
                 continue; // written, and evaluated, by this thread
             }
             let log = id.to_string();
@@ -577,7 +576,7 @@ impl Loop {
             {
                 continue;
             }
-            let (files, _) = store.list(&topic, partition)?;
+            let (files, _) = store.list(&id.topic, id.partition)?;
             let Some(newest) = files.last().map(|f| f.last_offset) else {
                 continue;
             };
@@ -585,7 +584,7 @@ impl Loop {
                 continue;
             }
             let from = engine.position(&log).unwrap_or(0);
-            for piece in vigil_store::read::LogReader::new(store, &topic, partition, from)? {
+            for piece in vigil_store::read::LogReader::new(store, &id.topic, id.partition, from)? {
                 self.observe(engine, &piece?, false)?;
             }
             self.tailed.insert(log, newest);
@@ -1236,7 +1235,7 @@ window = "1m"
         );
 
         // Edited in the alert log: seen.
-        let files = crate::alerts::alert_files(&crate::alerts::alerts_dir(dir.path())).unwrap();
+        let files = crate::alerts::alert_files(&vigil_store::layout::alerts(dir.path())).unwrap();
         let mut edited = a.clone();
         edited.event_count += 1;
         std::fs::remove_file(&files[0]).unwrap();
@@ -1247,7 +1246,7 @@ window = "1m"
         let found = crate::lifecycle::check_alert_log(dir.path()).unwrap();
         assert!(found[0].0 && found[0].2.contains("differs"), "{found:?}");
         // Deleted from it: seen.
-        for f in crate::alerts::alert_files(&crate::alerts::alerts_dir(dir.path())).unwrap() {
+        for f in crate::alerts::alert_files(&vigil_store::layout::alerts(dir.path())).unwrap() {
             std::fs::remove_file(f).unwrap();
         }
         let found = crate::lifecycle::check_alert_log(dir.path()).unwrap();

@@ -303,7 +303,7 @@ impl Catalog {
             statistics.clone(),
         )?;
         let schema = vigil_detect::alerts::alert_schema();
-        let dir = vigil_detect::alerts::alerts_dir(data_dir);
+        let dir = vigil_store::layout::alerts(data_dir);
         let alert_revisions: Arc<dyn datafusion::catalog::TableProvider> = if dir.is_dir() {
             listing(&dir, schema, statistics)?
         } else {

@@ -252,9 +252,10 @@ pub fn audit(
         };
     }
 
-    for LogId { topic, partition } in logs {
+    for log in logs {
+        let place = log.to_string();
+        let LogId { topic, partition } = log;
         let log_origin = origin(&name, &topic, partition);
-        let place = LogId::new(topic.clone(), partition).to_string();
         // The store's own checkpoints of this log.
         let mut stored: Vec<(Seen, Vec<u8>, PathBuf)> = Vec::new();
         let dir = or_finding!(

@@ -64,14 +64,13 @@ impl AuditFeed {
     pub fn read(&mut self, store: &Store) -> Result<bool, StoreError> {
         let mut changed = false;
         for id in store.partitions()? {
-            let vigil_store::LogId { topic, partition } = id.clone();
-            if !self.topics.contains(&topic) {
+            if !self.topics.contains(&id.topic) {
                 continue;
             }
             let log = id.to_string();
             let from = self.positions.get(&log).copied().unwrap_or(0);
             let mut next = from;
-            for piece in vigil_store::read::LogReader::new(store, &topic, partition, from)? {
+            for piece in vigil_store::read::LogReader::new(store, &id.topic, id.partition, from)? {
                 let piece = piece?;
                 let (_, after) = vigil_store::leaf_indexes(&piece.batch, piece.first_leaf_index)?;
                 next = next.max(after);

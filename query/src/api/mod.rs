@@ -739,16 +739,15 @@ async fn checkpoints(State(s): State<AppState>) -> Response {
     let r = tokio::task::spawn_blocking(move || -> Result<Vec<LatestCheckpoint>, String> {
         let root = vigil_store::layout::checkpoints(&dir);
         let mut out = Vec::new();
-        for vigil_store::LogId { topic, partition } in
-            vigil_store::files::partitions_under(&root).map_err(|e| e.to_string())?
-        {
-            let log = vigil_store::checkpoint::Checkpointer::log_dir(&root, &topic, partition)
-                .map_err(|e| e.to_string())?;
+        for id in vigil_store::files::partitions_under(&root).map_err(|e| e.to_string())? {
+            let log =
+                vigil_store::checkpoint::Checkpointer::log_dir(&root, &id.topic, id.partition)
+                    .map_err(|e| e.to_string())?;
             let notes = vigil_store::checkpoint::list_notes(&log).map_err(|e| e.to_string())?;
             if let Some((size, path)) = notes.last() {
                 let note = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
                 out.push(LatestCheckpoint {
-                    log: vigil_store::LogId::new(topic, partition).to_string(),
+                    log: id.to_string(),
                     tree_size: *size,
                     note,
                 });

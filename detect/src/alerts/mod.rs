@@ -19,6 +19,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
+mod values;
+pub use values::{Severity, Status, UnknownName};
+
 /// One event an alert rests on: enough to prove it from the store
 /// (`vigil proof --log <log> --index <index>`) and to check the proof is about it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -69,134 +72,6 @@ pub struct Alert {
     /// Who the incident is about: `principal:…`, `ip:…` or `log:topic/partition`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident_subject: Option<String>,
-}
-
-/// How bad an alert is (ordered: `info` < `low` < `medium` < `high` < `critical`).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub const ALL: [Severity; 5] = [
-        Severity::Info,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-        Severity::Critical,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
-/// Where an alert is in its lifecycle: open → acknowledged → resolved, or suppressed (no
-/// more revisions for it until its suppression window ends).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Open,
-    Acknowledged,
-    Resolved,
-    Suppressed,
-}
-
-impl Status {
-    pub const ALL: [Status; 4] = [
-        Status::Open,
-        Status::Acknowledged,
-        Status::Resolved,
-        Status::Suppressed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Open => "open",
-            Status::Acknowledged => "acknowledged",
-            Status::Resolved => "resolved",
-            Status::Suppressed => "suppressed",
-        }
-    }
-
-    /// Resolved and suppressed alerts take no further lifecycle changes but resolve.
-    pub fn is_final(self) -> bool {
-        self == Status::Resolved
-    }
-}
-
-/// A severity or status name that is none of the known ones.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?} is not a {what} (one of {known})")]
-pub struct UnknownName {
-    pub what: &'static str,
-    pub value: String,
-    pub known: String,
-}
-
-fn parse_name<T: Copy>(
-    what: &'static str,
-    all: &[T],
-    name: fn(T) -> &'static str,
-    s: &str,
-) -> Result<T, UnknownName> {
-    all.iter()
-        .copied()
-        .find(|v| name(*v) == s)
-        .ok_or_else(|| UnknownName {
-            what,
-            value: s.chars().take(64).collect(),
-            known: all.iter().map(|v| name(*v)).collect::<Vec<_>>().join(", "),
-        })
-}
-
-impl std::str::FromStr for Severity {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        parse_name("severity", &Severity::ALL, Severity::as_str, s)
-    }
-}
-
-impl std::str::FromStr for Status {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, UnknownName> {
-        parse_name("status", &Status::ALL, Status::as_str, s)
-    }
-}
-
-impl std::fmt::Display for Severity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
 }
 
 /// The `alerts` table's columns.
@@ -420,16 +295,11 @@ pub struct AlertLog {
 /// How many alert files are merged at a time.
 pub const MERGE_FILES: usize = 256;
 
-/// The alert log's directory in a data directory.
-pub fn alerts_dir(data_dir: &Path) -> PathBuf {
-    vigil_store::layout::alerts(data_dir)
-}
-
 impl AlertLog {
     /// Open (creating) the log; merge its files into one if there are many. Only one process
     /// may append at a time (the detection lock).
     pub fn open(data_dir: &Path) -> Result<AlertLog, AlertError> {
-        let dir = alerts_dir(data_dir);
+        let dir = vigil_store::layout::alerts(data_dir);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut log = AlertLog {
             dir,
@@ -516,7 +386,7 @@ pub fn find(data_dir: &Path, alert_id: &str) -> Result<Option<Alert>, AlertError
 pub fn read_revisions(data_dir: &Path) -> Result<Vec<Alert>, AlertError> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for p in alert_files(&alerts_dir(data_dir))? {
+    for p in alert_files(&vigil_store::layout::alerts(data_dir))? {
         for a in read_file(&p)? {
             if seen.insert((a.alert_id.clone(), a.revision)) {
                 out.push(a);
