@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use vigil_detect::alerts::{Alert, latest, read_revisions};
 use vigil_detect::lifecycle::{Action, Command, Queue, Reply};
-use vigil_detect::run::{AnchorFn, DetectError, RunConfig};
+use vigil_detect::run::{DetectError, RunConfig};
 
 use crate::config::Config;
 
@@ -265,10 +265,10 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
             alert_flush_ms: cfg.detect.alert_flush_ms,
             state_interval_ms: cfg.detect.state_interval_ms,
             outbox,
-            checkpoints: Some(crate::serve_cmd::checkpointer(&cfg)?),
-            anchor: publisher
-                .clone()
-                .map(|p| AnchorFn(Arc::new(move |o: &str, n: &[u8]| p.publish(o, n)))),
+            signer: Some(vigil_store::LogSigner::new(
+                crate::serve_cmd::checkpointer(&cfg)?,
+                publisher.clone().map(|p| p as Arc<dyn vigil_store::Anchor>),
+            )),
             time: crate::rules_cmd::time_config(&cfg.detect)?,
             incident_window_ns: crate::rules_cmd::incident_window_ns(&cfg.detect)?,
             max_state_bytes: cfg.detect.max_state_bytes,

@@ -14,8 +14,7 @@ use vigil_query::api::{
     runner::{Runner, Sharing},
     sql::Limits,
 };
-use vigil_store::checkpoint::Checkpointer;
-use vigil_store::{API_TOPIC, OPA_TOPIC, Store, WriteOptions};
+use vigil_store::{API_TOPIC, LogSigner, OPA_TOPIC, Store, WriteOptions};
 
 use crate::config::Config;
 
@@ -227,8 +226,7 @@ pub fn reload_fn(
 /// Start the API: bind (so a busy address fails `serve` at once), record calls, serve.
 pub fn start(
     cfg: &Config,
-    checkpoints: Arc<Checkpointer>,
-    anchor: Option<Arc<vigil_ingest::AnchorPublisher>>,
+    signer: LogSigner,
     ready: Arc<AtomicBool>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     live: vigil_query::Live,
@@ -247,10 +245,8 @@ pub fn start(
     let addr = listener.local_addr()?;
 
     let store = Store::open(&cfg.store.data_dir, WriteOptions::default())?;
-    let signer = checkpoints.clone();
-    let (log, lock) = open_log(&store, API_TOPIC, None, &checkpoints, anchor.as_deref())?;
+    let (log, lock) = open_log(&store, API_TOPIC, None, &signer)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Audited>(QUEUE);
-    let (cp, an) = (checkpoints.clone(), anchor.clone());
     let writer = std::thread::Builder::new()
         .name("vigil-api-audit".into())
         .spawn(move || {
@@ -258,8 +254,6 @@ pub fn start(
             write_log(
                 log,
                 rx,
-                &cp,
-                an.as_deref(),
                 |a: &Audited, seq| (api::audit_event(&a.call, seq), Vec::new()),
                 (|_: &Audited| 0, usize::MAX),
                 |a, r| {
@@ -272,13 +266,7 @@ pub fn start(
         cfg.decode.decoder_config()?,
         Some(vigil_schemas::SourceFormat::Opa),
     );
-    let (log, lock) = open_log(
-        &store,
-        OPA_TOPIC,
-        Some(opa),
-        &checkpoints,
-        anchor.as_deref(),
-    )?;
+    let (log, lock) = open_log(&store, OPA_TOPIC, Some(opa), &signer)?;
     let (up_tx, up_rx) = tokio::sync::mpsc::channel::<Upload>(UPLOAD_QUEUE);
     let upload_batch_bytes = cfg.api.upload_batch_bytes.max(1);
     let uploads = std::thread::Builder::new()
@@ -288,8 +276,6 @@ pub fn start(
             write_log(
                 log,
                 up_rx,
-                &checkpoints,
-                anchor.as_deref(),
                 |u: &Upload, _| {
                     let mut headers = vec![(
                         "vigil-uploader".to_owned(),
@@ -343,7 +329,7 @@ pub fn start(
         reload,
         audit: tx,
         uploads: Some(up_tx),
-        checkpoints: Some(signer),
+        checkpoints: Some(signer.checkpoints().clone()),
         ready,
         metrics,
     };
@@ -401,18 +387,15 @@ impl Api {
     }
 }
 
-/// Append what arrives in batches (one durable file per batch, signed and anchored), then
-/// answer each item with what became of its record.
+/// Append what arrives in batches (one durable file per batch, signed and anchored by the
+/// log), then answer each item with what became of its record.
 fn write_log<T>(
     mut log: vigil_store::OwnLog,
     mut rx: tokio::sync::mpsc::Receiver<T>,
-    checkpoints: &Checkpointer,
-    anchor: Option<&vigil_ingest::AnchorPublisher>,
     value: impl Fn(&T, u64) -> (Vec<u8>, vigil_store::RecordHeaders),
     batch_bytes: (impl Fn(&T) -> usize, usize),
     answer: impl Fn(T, Result<&vigil_store::Appended, String>),
 ) -> anyhow::Result<()> {
-    let topic = log.topic().to_owned();
     let mut seq = 0u64;
     let (weight, max_weight) = batch_bytes;
     // An item that did not fit the last batch starts the next one.
@@ -447,17 +430,7 @@ fn write_log<T>(
         let written = log
             .append_with_headers(&values, &headers, vigil_store::clock::now_ns() / 1_000_000)
             .map_err(anyhow::Error::from)
-            .and_then(|w| {
-                let w = w.context("no record written")?;
-                checkpoints.sign_and_publish(
-                    &topic,
-                    w.span.partition,
-                    w.chain(),
-                    &w.span.tree,
-                    |origin, note| anchor.into_iter().for_each(|a| a.publish(origin, note)),
-                )?;
-                Ok(w.outcomes)
-            });
+            .and_then(|w| Ok(w.context("no record written")?.outcomes));
         match written {
             Ok(outcomes) => {
                 for (item, o) in batch.into_iter().zip(&outcomes) {
@@ -481,22 +454,13 @@ fn open_log(
     store: &Store,
     topic: &str,
     decoder: Option<vigil_schemas::Decoder>,
-    checkpoints: &Checkpointer,
-    anchor: Option<&vigil_ingest::AnchorPublisher>,
+    signer: &LogSigner,
 ) -> anyhow::Result<(vigil_store::OwnLog, std::fs::File)> {
     let (log, lock) = match decoder {
         Some(d) => vigil_store::claim_with(store, topic, d, false)?,
         None => vigil_store::claim(store, topic)?,
     };
-    let head = log.head().clone();
-    checkpoints.sign_and_publish(
-        topic,
-        log.partition(),
-        head.chain,
-        &head.tree,
-        |origin, note| anchor.into_iter().for_each(|a| a.publish(origin, note)),
-    )?;
-    Ok((log, lock))
+    Ok((log.signed(signer.clone())?, lock))
 }
 
 /// `vigil api-key`: a new random API key, printed once, and the configuration entry holding

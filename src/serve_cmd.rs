@@ -93,8 +93,13 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(IngestMetrics::default());
     let dmetrics = Arc::new(DetectMetrics::default());
     // Vigil's own log (written by detection) is anchored like the partitions' logs.
-    let own_anchor =
-        vigil_ingest::AnchorPublisher::new(&icfg, metrics.clone(), false)?.map(Arc::new);
+    // One anchor and one signer for every log this process signs: the partitions' logs
+    // (ingest), Vigil's own log (detection), the API's logs.
+    let anchor = vigil_ingest::AnchorPublisher::new(&icfg, metrics.clone(), false)?.map(Arc::new);
+    let signer = vigil_store::LogSigner::new(
+        checkpoints.clone(),
+        anchor.clone().map(|p| p as Arc<dyn vigil_store::Anchor>),
+    );
     let mut outbox = None;
     let mut reloader = None;
     // Workloads from the Kubernetes audit stream, for the policy graph's selectors.
@@ -126,10 +131,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 alert_flush_ms: cfg.detect.alert_flush_ms,
                 state_interval_ms: cfg.detect.state_interval_ms,
                 outbox: outbox.clone(),
-                checkpoints: Some(checkpoints.clone()),
-                anchor: own_anchor.clone().map(|p| {
-                    vigil_detect::run::AnchorFn(Arc::new(move |o: &str, n: &[u8]| p.publish(o, n)))
-                }),
+                signer: Some(signer.clone()),
                 time: crate::rules_cmd::time_config(&cfg.detect)?,
                 incident_window_ns: crate::rules_cmd::incident_window_ns(&cfg.detect)?,
                 max_state_bytes: cfg.detect.max_state_bytes,
@@ -207,8 +209,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         Some(crate::api_serve::start(
             cfg,
-            checkpoints.clone(),
-            own_anchor.clone(),
+            signer.clone(),
             ready.clone(),
             text,
             live,
@@ -251,9 +252,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("vigil-ingest".into())
-            .spawn(move || {
-                vigil_ingest::run(icfg, store, checkpoints, shutdown, metrics, pieces_tx)
-            })?
+            .spawn(move || vigil_ingest::run(icfg, store, signer, shutdown, metrics, pieces_tx))?
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -321,10 +320,10 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::from),
         None => Ok(()),
     };
-    if let Some(p) = &own_anchor
+    if let Some(p) = &anchor
         && let Err(e) = p.flush(Duration::from_secs(10))
     {
-        tracing::error!(error = %e, "anchors of Vigil's own log not all delivered (they are in the store)");
+        tracing::error!(error = %e, "checkpoint anchors not all delivered (they are in the store)");
     }
     // Then delivery: what is in flight finishes, the rest stays queued for the next run.
     deliver_stop.store(true, Ordering::Relaxed);

@@ -13,28 +13,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use vigil_store::checkpoint::Checkpointer;
-use vigil_store::{AUDIT_PARTITION, AUDIT_TOPIC, OwnLog, Piece, Store, WriteOptions};
+use vigil_store::{AUDIT_PARTITION, AUDIT_TOPIC, LogSigner, OwnLog, Piece, Store, WriteOptions};
 
 use crate::alerts::{Alert, AlertLog, latest, read_revisions};
 use crate::engine::{Engine, EngineError, RuleStats};
 use crate::lifecycle::{Command, Queue, Reply, audit_event};
 use crate::rules::Rule;
 use vigil_store::clock::now_ns;
-
-/// Publishes a signed checkpoint of Vigil's own log outside the store (the Kafka anchor
-/// topic): called with the log's origin and the note.
-#[derive(Clone)]
-pub struct AnchorFn(pub Arc<Publish>);
-
-/// `(origin, signed note)`.
-pub type Publish = dyn Fn(&str, &[u8]) + Send + Sync;
-
-impl std::fmt::Debug for AnchorFn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AnchorFn")
-    }
-}
 
 /// Settings of the detection thread.
 #[derive(Clone, Debug)]
@@ -46,10 +31,8 @@ pub struct RunConfig {
     pub state_interval_ms: u64,
     /// Where alerts are queued for delivery, if anywhere.
     pub outbox: Option<crate::deliver::Outbox>,
-    /// Signs Vigil's own log after each append (unsigned without).
-    pub checkpoints: Option<Arc<Checkpointer>>,
-    /// Publishes those checkpoints outside the store.
-    pub anchor: Option<AnchorFn>,
+    /// Signs (and anchors) Vigil's own log after each append (unsigned without).
+    pub signer: Option<LogSigner>,
     /// How event time is judged across logs.
     pub time: crate::time::TimeConfig,
     /// Alerts about one subject within this of each other share an incident.
@@ -309,7 +292,12 @@ const LIVE_GRACE: Duration = Duration::from_secs(10);
 impl Loop {
     fn new(cfg: RunConfig, metrics: Arc<DetectMetrics>) -> Result<Loop, DetectError> {
         let store = Store::open(&cfg.data_dir, WriteOptions::default())?;
-        let audit = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION)?;
+        // Records stored but not signed (a crash between file and checkpoint) are signed now;
+        // this also hands the log to the checkpointer's refresh.
+        let mut audit = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION)?;
+        if let Some(signer) = &cfg.signer {
+            audit = audit.signed(signer.clone())?;
+        }
         let l = Loop {
             log: AlertLog::open(&cfg.data_dir)?,
             queue: Queue::new(&cfg.data_dir),
@@ -326,10 +314,6 @@ impl Loop {
             evicted: Default::default(),
             volume_full_said: None,
         };
-        // Records stored but not signed (a crash between file and checkpoint) are signed now;
-        // this also hands the log to the checkpointer's refresh.
-        let head = l.audit.head().clone();
-        l.sign(head.chain, &head.tree)?;
         Ok(l)
     }
 
@@ -357,28 +341,11 @@ impl Loop {
         self.record(engine, &missing)
     }
 
-    fn sign(
-        &self,
-        chain: vigil_store::ChainHead,
-        tree: &vigil_store::merkle::Frontier,
-    ) -> Result<(), DetectError> {
-        let Some(cp) = &self.cfg.checkpoints else {
-            return Ok(());
-        };
-        cp.sign_and_publish(AUDIT_TOPIC, AUDIT_PARTITION, chain, tree, |origin, note| {
-            if let Some(anchor) = &self.cfg.anchor {
-                (anchor.0)(origin, note);
-            }
-        })?;
-        Ok(())
-    }
-
     /// Append records to Vigil's own log (one durable file), sign it, and evaluate them.
     fn record(&mut self, engine: &mut Engine, values: &[Vec<u8>]) -> Result<(), DetectError> {
         let Some(w) = self.audit.append(values, now_ns() / 1_000_000)? else {
             return Ok(());
         };
-        self.sign(w.chain(), &w.span.tree)?;
         engine.observe_followed(&w.piece, now_ns())?;
         Ok(())
     }
@@ -913,8 +880,7 @@ mod tests {
             alert_flush_ms: 1000,
             state_interval_ms: 1000,
             outbox: None,
-            checkpoints: None,
-            anchor: None,
+            signer: None,
             // These tests are about the loop, not event time: every log counts as idle at
             // once, so a piece is evaluated whole as it comes.
             time: crate::time::TimeConfig {

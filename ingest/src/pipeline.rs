@@ -20,7 +20,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use vigil_schemas::{DecodeError, Decoder};
-use vigil_store::checkpoint::Checkpointer;
+use vigil_store::LogSigner;
 use vigil_store::merkle::Frontier;
 use vigil_store::{
     Appended, ChainHead, FileInfo, PartitionBatch, Piece, RecordRef, SealedBatch, Store, StoreError,
@@ -359,12 +359,11 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(|e| IngestError::Config(format!("starting a thread: {e}")))
 }
 
-/// Signs checkpoints and publishes them to the anchor topic; shared by the writer threads and
-/// the consumer thread.
+/// Signs checkpoints (and anchors them), counting them; shared by the writer threads and the
+/// consumer thread.
 #[derive(Clone)]
 pub(crate) struct Signing {
-    pub checkpoints: Arc<Checkpointer>,
-    pub anchor: Option<Anchor>,
+    pub signer: LogSigner,
     pub metrics: Arc<IngestMetrics>,
 }
 
@@ -376,33 +375,27 @@ impl Signing {
         chain: ChainHead,
         tree: &Frontier,
     ) -> Result<(), StoreError> {
-        self.checkpoints
-            .sign_and_publish(&key.topic, key.partition, chain, tree, |origin, note| {
-                self.signed(origin, note)
-            })
-    }
-
-    /// Sign again the logs whose newest checkpoint is older than `max_age_ms`.
-    pub(crate) fn refresh(&self, max_age_ms: i64) -> Result<(), StoreError> {
-        for (origin, note) in self.checkpoints.refresh(max_age_ms)? {
-            self.signed(&origin, &note);
+        if self.signer.sign(key, chain, tree)? {
+            self.metrics
+                .checkpoints_signed
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    fn signed(&self, origin: &str, note: &[u8]) {
+    /// Sign again the logs whose newest checkpoint is older than `max_age_ms`.
+    pub(crate) fn refresh(&self, max_age_ms: i64) -> Result<(), StoreError> {
+        let n = self.signer.refresh(max_age_ms)?;
         self.metrics
             .checkpoints_signed
-            .fetch_add(1, Ordering::Relaxed);
-        if let Some(a) = &self.anchor {
-            a.publish(origin, note, &self.metrics);
-        }
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
 /// What a side record (sent by the shared producer) is, for its delivery report.
 const SIDE_DLQ: usize = 0;
-const SIDE_ANCHOR: usize = 1;
+pub(crate) const SIDE_ANCHOR: usize = 1;
 
 pub(crate) struct SideContext {
     pub metrics: Arc<IngestMetrics>,
@@ -465,13 +458,6 @@ pub(crate) struct Dlq {
     pub suffix: String,
 }
 
-/// Checkpoints are also published to this topic, keyed by their log's origin.
-#[derive(Clone)]
-pub(crate) struct Anchor {
-    pub producer: SideProducer,
-    pub topic: String,
-}
-
 pub(crate) fn side_producer(
     mut config: ClientConfig,
     metrics: &Arc<IngestMetrics>,
@@ -483,23 +469,6 @@ pub(crate) fn side_producer(
         quiet,
     })?;
     Ok(Arc::new(p))
-}
-
-impl Anchor {
-    /// Publish a signed checkpoint (a failure is counted; the checkpoint is in the store).
-    pub(crate) fn publish(&self, origin: &str, note: &[u8], metrics: &IngestMetrics) {
-        let record: BaseRecord<'_, str, [u8], usize> =
-            BaseRecord::with_opaque_to(&self.topic, SIDE_ANCHOR)
-                .key(origin)
-                .payload(note);
-        match self.producer.send(record) {
-            Ok(()) => metrics.anchors_sent.fetch_add(1, Ordering::Relaxed),
-            Err((e, _)) => {
-                tracing::error!(error = %e, topic = %self.topic, "checkpoint anchor enqueue failed");
-                metrics.anchors_failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
 }
 
 /// Copy a rejected record to `<topic><suffix>` with its headers and the reason. A record that

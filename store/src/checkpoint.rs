@@ -642,26 +642,6 @@ impl Checkpointer {
         lock(&self.keys).name().to_owned()
     }
 
-    /// Sign the log at (`chain`, `tree`) if its tree grew ([`Checkpointer::checkpoint`]), and
-    /// hand a new note to `publish` with the log's origin (to anchor it outside the store).
-    /// Nothing for an empty tree.
-    pub fn sign_and_publish(
-        &self,
-        topic: &str,
-        partition: i32,
-        chain: ChainHead,
-        tree: &Frontier,
-        publish: impl FnOnce(&str, &[u8]),
-    ) -> Result<(), StoreError> {
-        if tree.size() == 0 {
-            return Ok(());
-        }
-        if let Some(note) = self.checkpoint(topic, partition, chain, tree, None)? {
-            publish(&origin(&self.store_name(), topic, partition), &note);
-        }
-        Ok(())
-    }
-
     /// Start signing with a new key ([`KeyRing::rotate`]) while running; the registry after.
     pub fn rotate(&self, overlap_ms: i64) -> Result<(String, String), StoreError> {
         let mut keys = lock(&self.keys);

@@ -14,6 +14,7 @@
 //! either exists complete and durable or not at all; the store's own files say which offset
 //! each partition is at, so nothing is stored twice.
 
+mod anchor;
 pub mod audit;
 pub mod batch;
 pub mod chain;
@@ -31,6 +32,7 @@ pub mod read;
 pub mod schema;
 pub mod verify;
 
+pub use anchor::{Anchor, LogSigner};
 pub use batch::{
     Appended, BatchSpan, ChainHead, LogHead, PartitionBatch, Piece, SealedBatch, leaf_indexes,
 };

@@ -8,6 +8,7 @@
 
 use vigil_schemas::{Decoder, DecoderConfig, SourceFormat};
 
+use crate::anchor::LogSigner;
 use crate::batch::{LogHead, PartitionBatch, Piece};
 use crate::chain::RecordRef;
 use crate::error::StoreError;
@@ -89,7 +90,8 @@ impl Written {
 /// A record's headers: (name, value).
 pub type Headers = Vec<(String, Vec<u8>)>;
 
-/// A log this process writes: appends go straight to a durable file each.
+/// A log this process writes: appends go straight to a durable file each, signed and anchored
+/// when the log has a signer ([`OwnLog::signed`]). The one writer of Vigil's own logs.
 pub struct OwnLog {
     store: Store,
     topic: String,
@@ -99,6 +101,7 @@ pub struct OwnLog {
     /// Refuse a record that does not decode (Vigil's own records) rather than store it as a
     /// rejected row (records received from outside).
     strict: bool,
+    signer: Option<LogSigner>,
 }
 
 impl OwnLog {
@@ -124,7 +127,16 @@ impl OwnLog {
             head,
             decoder,
             strict,
+            signer: None,
         })
+    }
+
+    /// Sign the log after every append from now on (and anchor each note). What the store
+    /// already holds is signed now: a crash between a file and its checkpoint left it unsigned.
+    pub fn signed(mut self, signer: LogSigner) -> Result<OwnLog, StoreError> {
+        signer.sign(&self.log(), self.head.chain, &self.head.tree)?;
+        self.signer = Some(signer);
+        Ok(self)
     }
 
     pub fn head(&self) -> &LogHead {
@@ -143,10 +155,11 @@ impl OwnLog {
         crate::LogId::new(self.topic.clone(), self.partition)
     }
 
-    /// Chain `values` (each one record at the next offset, timestamped `time_ms`) and write
-    /// them as one durable file. In a strict log every value must decode: one that does not is
-    /// refused before anything is chained; otherwise it is stored as a rejected row.
-    /// `Ok(None)` for no values.
+    /// Chain `values` (each one record at the next offset, timestamped `time_ms`), write them
+    /// as one durable file, and sign the log (when it has a signer). In a strict log every
+    /// value must decode: one that does not is refused before anything is chained; otherwise
+    /// it is stored as a rejected row. `Ok(None)` for no values. An error from signing comes
+    /// after the file is durable (the log stands after it; the next append signs it).
     pub fn append(
         &mut self,
         values: &[Vec<u8>],
@@ -209,6 +222,9 @@ impl OwnLog {
             },
             tree: sealed.span.tree.clone(),
         };
+        if let Some(signer) = &self.signer {
+            signer.sign(&self.log(), self.head.chain, &self.head.tree)?;
+        }
         Ok(Some(Written {
             info,
             span: sealed.span,
@@ -251,6 +267,39 @@ mod tests {
         assert!(report.ok(), "{:?}", report.problems());
         assert_eq!(report.partitions[0].records, 3);
         assert_eq!(report.partitions[0].topic, AUDIT_TOPIC);
+    }
+
+    #[test]
+    fn a_signed_log_signs_what_a_crash_left_unsigned_and_every_append() {
+        use crate::checkpoint::{Checkpointer, KeyRing, list_notes, parse_note};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WriteOptions::default()).unwrap();
+        // Written, then a crash before its checkpoint.
+        let mut log = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION).unwrap();
+        log.append(&[event(0), event(1)], 1_000).unwrap().unwrap();
+        let keys = KeyRing::open(dir.path(), None).unwrap();
+        let cps = std::sync::Arc::new(Checkpointer::new(dir.path(), keys, None));
+        let notes = || {
+            let d = Checkpointer::log_dir(
+                &crate::layout::checkpoints(dir.path()),
+                AUDIT_TOPIC,
+                AUDIT_PARTITION,
+            )
+            .unwrap();
+            list_notes(&d)
+                .unwrap()
+                .iter()
+                .map(|(_, p)| parse_note(&std::fs::read(p).unwrap()).unwrap().size)
+                .collect::<Vec<_>>()
+        };
+        assert!(notes().is_empty());
+        let mut log = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION)
+            .unwrap()
+            .signed(crate::LogSigner::new(cps, None))
+            .unwrap();
+        assert_eq!(notes(), [2], "signed at open");
+        log.append(&[event(2)], 2_000).unwrap().unwrap();
+        assert_eq!(notes(), [2, 3], "signed after the append");
     }
 
     #[test]
