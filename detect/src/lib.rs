@@ -30,6 +30,7 @@ pub mod hit;
 mod key;
 pub mod lifecycle;
 pub mod policy;
+mod prometheus;
 mod rate_spike;
 pub mod replay;
 pub mod row;
@@ -42,5 +43,6 @@ mod threshold;
 pub mod time;
 
 pub use filter::{Filter, FilterError, Row};
+pub use prometheus::OutboxDepth;
 #[cfg(test)]
 mod time_tests;

@@ -31,6 +31,7 @@ mod consumer;
 mod metrics;
 mod partition;
 mod pipeline;
+mod prometheus;
 
 use std::collections::HashMap;
 

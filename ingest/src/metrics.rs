@@ -70,7 +70,8 @@ pub struct PartitionLag {
     pub lag_records: i64,
 }
 
-/// A Prometheus histogram of durations with fixed buckets (bounded: one counter per bucket).
+/// A histogram of durations with fixed buckets (bounded: one counter per bucket), encoded by
+/// the collector (`prometheus.rs`).
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Observations at most `BUCKETS_S[i]` (not cumulative; rendering sums them).
@@ -95,20 +96,18 @@ impl Histogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
-    /// The histogram in Prometheus text format, as `name` with `help`.
-    pub fn render(&self, name: &str, help: &str) -> String {
-        use std::fmt::Write;
-        let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
-        let mut cumulative = 0;
-        for (b, c) in BUCKETS_S.iter().zip(&self.counts) {
-            cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let sum_s = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {sum_s}\n{name}_count {count}");
-        out
+    /// Observations per bucket (not cumulative), in the order of `BUCKETS_S`.
+    pub(crate) fn counts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The observations' sum, seconds.
+    pub(crate) fn sum_s(&self) -> f64 {
+        self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 }
 
@@ -280,30 +279,6 @@ pub(crate) const HELD_PROGRESS: std::time::Duration = std::time::Duration::from_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn histogram_buckets_are_cumulative_with_sum_and_count() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(20));
-        h.observe(Duration::from_secs(60));
-        let text = h.render("x_seconds", "help");
-        assert!(text.contains("# TYPE x_seconds histogram"), "{text}");
-        assert!(
-            text.contains("x_seconds_bucket{le=\"0.001\"} 1\n"),
-            "{text}"
-        );
-        assert!(text.contains("x_seconds_bucket{le=\"0.01\"} 1\n"), "{text}");
-        assert!(
-            text.contains("x_seconds_bucket{le=\"0.025\"} 2\n"),
-            "{text}"
-        );
-        assert!(text.contains("x_seconds_bucket{le=\"30\"} 2\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("x_seconds_sum 60.0205\n"), "{text}");
-        assert!(text.contains("x_seconds_count 3\n"), "{text}");
-    }
 
     #[test]
     fn a_log_is_busy_while_records_are_on_their_way_to_a_file_or_still_on_the_broker() {

@@ -127,7 +127,7 @@ pub struct AppState {
     pub upload_slots: Arc<Slots>,
     /// Ready: consuming (set by the binary).
     pub ready: Arc<AtomicBool>,
-    /// Prometheus text of the process's metrics.
+    /// OpenMetrics text of the process's metrics.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
@@ -228,6 +228,14 @@ impl Io {
             body: None,
             ok: None,
             content: &["text/plain"],
+        }
+    }
+
+    /// Answers OpenMetrics text.
+    fn openmetrics() -> Io {
+        Io {
+            content: &["application/openmetrics-text"],
+            ..Io::text()
         }
     }
 
@@ -365,7 +373,7 @@ fn build() -> Routes {
         .add("get", "/v1/proofs/inclusion", Some(READ), "Inclusion proof bundle: log=T/P and index or offset.", Io::json::<ProofBundle>().query::<ProofQuery>(), get(inclusion))
         .add("get", "/v1/proofs/consistency", Some(READ), "Consistency proof bundle: log=T/P, from, to (default newest).", Io::json::<ProofBundle>().query::<ProofQuery>(), get(consistency))
         .add("post", "/logs", Some(INGEST), "OPA decision-log upload (what OPA's decision_logs plugin sends: a gzip JSON array), chained under Vigil's own log vigil.opa/<n>.", Io::json::<UploadAnswer>(), post(upload))
-        .add("get", "/metrics", Some(READ), "Prometheus metrics.", Io::text(), get(metrics))
+        .add("get", "/metrics", Some(READ), "Prometheus metrics (OpenMetrics text).", Io::openmetrics(), get(metrics))
         .add("get", "/openapi.json", Some(READ), "This description.", Io::json::<serde_json::Map<String, serde_json::Value>>(), get(openapi))
 }
 
@@ -919,12 +927,11 @@ async fn consistency(State(s): State<AppState>, Query(q): Query<ProofQuery>) -> 
     .await
 }
 
+/// The content type of `/metrics`: what prometheus-client encodes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        (s.metrics)(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, OPENMETRICS)], (s.metrics)()).into_response()
 }
 
 #[cfg(test)]
@@ -1195,7 +1202,8 @@ mod tests {
         );
         assert!(op("get", "/healthz")["security"].is_null());
         assert_eq!(
-            op("get", "/metrics")["responses"]["200"]["content"]["text/plain"]["schema"]["type"],
+            op("get", "/metrics")["responses"]["200"]["content"]["application/openmetrics-text"]["schema"]
+                ["type"],
             "string"
         );
     }
