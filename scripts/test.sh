@@ -19,6 +19,13 @@ dups=$(cargo tree --workspace -e normal,build --prefix none --format '{p}' \
   | sed 's/ (.*//' | sort -u | awk '{print $1}' | grep -E '^(arrow|parquet)(-[a-z-]+)?$' | uniq -d || true)
 if [ -n "$dups" ]; then echo "duplicate arrow/parquet versions:"; echo "$dups"; exit 1; fi
 
+echo "== commands call no other command"
+# src/: a command module (`*_cmd.rs`, or its directory) uses src/services and the stage crates,
+# never another command module; services use no command at all.
+calls=$(grep -rnoE 'crate::[a-z_]+_cmd::' src \
+  | awk -F: '{ split($1, p, "/"); own = p[2]; sub(/\.rs$/, "", own); if (own != $5) print }')
+if [ -n "$calls" ]; then echo "a command module or service calls a command module:"; echo "$calls"; exit 1; fi
+
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

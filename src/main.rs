@@ -1,9 +1,9 @@
 //! `vigil`: the one entry point. Parses arguments and configuration, sets up logging, and
-//! hands off to the stage crates; it owns no pipeline logic of its own.
+//! hands off to a command (`*_cmd.rs`). Commands open what they need from `services/` and
+//! the stage crates, and never call one another.
 
 mod alerts_cmd;
-mod api_listen;
-mod api_serve;
+mod api_key_cmd;
 mod compact_cmd;
 mod config;
 mod decode_cmd;
@@ -13,10 +13,9 @@ mod produce_cmd;
 mod proof_cmd;
 mod query_cmd;
 mod rules_cmd;
-mod rules_watch;
 mod serve_cmd;
+mod services;
 mod simulate_cmd;
-mod simulate_labelled;
 mod verify_cmd;
 
 use std::path::PathBuf;
@@ -88,7 +87,7 @@ enum Command {
     /// changes one.
     Alerts(alerts_cmd::AlertsArgs),
     /// Make an API key for the analyst API (printed once) and its configuration entry.
-    ApiKey(api_serve::ApiKeyArgs),
+    ApiKey(api_key_cmd::ApiKeyArgs),
     /// Show or rotate the checkpoint signing keys.
     Keys(keys_cmd::KeysArgs),
     /// Write a proof bundle: one event's inclusion in its signed log (`--event ID`, or `--log
@@ -151,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rules(args) => rules_cmd::run(&cfg, args),
         Command::Policy(args) => policy_cmd::run(&cfg, args),
         Command::Alerts(args) => alerts_cmd::run(&cfg, args),
-        Command::ApiKey(args) => api_serve::api_key(args),
+        Command::ApiKey(args) => api_key_cmd::api_key(args),
         Command::Compact(args) => compact_cmd::run(&cfg, args),
         Command::VerifyProof(args) => proof_cmd::run_verify_proof(args),
         Command::Schema { json } => {

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use vigil_detect::run::{DetectMetrics, RunConfig};
-use vigil_ingest::{IngestConfig, IngestMetrics};
-use vigil_schemas::SourceFormat;
-use vigil_store::checkpoint::{Checkpointer, KeyRing};
+use vigil_ingest::IngestMetrics;
 use vigil_store::{Store, WriteOptions};
 
 use crate::config::Config;
+use crate::services::pipeline::{checkpointer, ingest_config};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -40,22 +39,32 @@ pub struct ServeArgs {
     progress_secs: u64,
 }
 
-pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if let Some(b) = args.brokers {
-        cfg.kafka.brokers = b;
+impl ServeArgs {
+    /// The flags that override the configuration.
+    fn apply(&mut self, cfg: &mut Config) {
+        if let Some(b) = self.brokers.take() {
+            cfg.kafka.brokers = b;
+        }
+        if let Some(t) = self.topics.take() {
+            cfg.kafka.topics = t;
+        }
+        if let Some(d) = self.data_dir.take() {
+            cfg.store.data_dir = d;
+        }
+        if let Some(g) = self.group_id.take() {
+            cfg.kafka.group_id = g;
+        }
+        if let Some(l) = self.listen.take() {
+            cfg.api.listen = l;
+        }
     }
-    if let Some(t) = args.topics {
-        cfg.kafka.topics = t;
-    }
-    if let Some(d) = args.data_dir {
-        cfg.store.data_dir = d;
-    }
-    if let Some(g) = args.group_id {
-        cfg.kafka.group_id = g;
-    }
-    if let Some(l) = args.listen {
-        cfg.api.listen = l;
-    }
+}
+
+/// Open everything, start the threads (detection, delivery, the API, ingest), wait for a
+/// signal, then stop them in order: the API, ingest (flushed and committed), detection (its
+/// state saved), the anchors, delivery.
+pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
+    args.apply(cfg);
     anyhow::ensure!(
         !cfg.kafka.topics.is_empty(),
         "no topics: pass --topics or set kafka.topics"
@@ -75,18 +84,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         "vigil serve starting");
 
     // Delivery targets: checked (and their secrets read) before anything starts.
-    let mut target_cfgs = cfg.deliver.targets.clone();
-    if let Some(url) = &args.webhook {
-        let secret = std::env::var("VIGIL_WEBHOOK_SECRET")
-            .map_err(|_| anyhow::anyhow!("--webhook needs the HMAC key in VIGIL_WEBHOOK_SECRET"))?;
-        target_cfgs.push(vigil_detect::deliver::TargetConfig::webhook(
-            "webhook", url, secret,
-        ));
-    }
-    let targets = target_cfgs
-        .into_iter()
-        .map(|c| vigil_detect::deliver::Target::new(c, |k| std::env::var(k).ok()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let targets = delivery_targets(cfg, args.webhook.as_deref())?;
     let delivery_metrics = Arc::new(vigil_detect::deliver::DeliverMetrics::default());
 
     // Detection: its own thread, fed the chained rows by the pipeline threads.
@@ -100,82 +98,23 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         checkpoints.clone(),
         anchor.clone().map(|p| p as Arc<dyn vigil_store::Anchor>),
     );
-    let mut outbox = None;
-    let mut reloader = None;
     // Workloads from the Kubernetes audit stream, for the policy graph's selectors.
-    let feed = crate::policy_cmd::PolicyFeed::from_config(cfg);
-    let (detect_tx, detect) = if cfg.detect.enabled {
-        let loaded = crate::rules_cmd::load(&cfg.detect, feed.as_deref())?;
-        let rules: Vec<_> = loaded.rules.into_iter().map(|(r, _)| r).collect();
-        tracing::info!(
-            rules = rules.len(),
-            failed = loaded.errors.len(),
-            inactive = loaded.inactive.len(),
-            "detection rules loaded"
-        );
-        let (tx, rx) = crossbeam_channel::bounded(cfg.detect.queue_depth.max(1));
-        if !targets.is_empty() {
-            for t in &targets {
-                tracing::info!(target_name = %t.cfg.name, kind = ?t.cfg.kind, url = %vigil_detect::deliver::redacted_url(&t.cfg.url),
-                    "alert delivery target");
-            }
-            outbox = Some(vigil_detect::deliver::Outbox::open(
-                &cfg.store.data_dir,
-                targets,
-                delivery_metrics.clone(),
-            )?);
-        }
-        match vigil_detect::run::start(
-            RunConfig {
-                data_dir: cfg.store.data_dir.clone(),
-                alert_flush_ms: cfg.detect.alert_flush_ms,
-                state_interval_ms: cfg.detect.state_interval_ms,
-                outbox: outbox.clone(),
-                signer: Some(signer.clone()),
-                time: crate::rules_cmd::time_config(&cfg.detect)?,
-                incident_window_ns: crate::rules_cmd::incident_window_ns(&cfg.detect)?,
-                max_state_bytes: cfg.detect.max_state_bytes,
-                silent_source_ns: i64::try_from(cfg.detect.silent_source_ms)?
-                    .saturating_mul(1_000_000),
-                assigned: Some({
-                    let m = metrics.clone();
-                    vigil_detect::run::Assigned(Arc::new(move || {
-                        m.held()
-                            .into_iter()
-                            .map(|(log, busy)| (log.to_string(), busy))
-                            .collect()
-                    }))
-                }),
-            },
-            rules,
-            rx,
-            dmetrics.clone(),
-        ) {
-            Ok((handle, r)) => {
-                reloader = Some(r);
-                (Some(tx), Some(handle))
-            }
-            // Another process of the group runs detection on this data directory; it reads
-            // this process's files from the store.
-            Err(e @ vigil_detect::run::DetectError::Locked(_)) => {
-                tracing::warn!(reason = %e, "detection and alert delivery run in another process");
-                outbox = None;
-                (None, None)
-            }
-            Err(e) => return Err(anyhow::Error::from(e).context("starting detection")),
-        }
-    } else {
-        tracing::warn!(
-            "detection is off (detect.enabled = false): events are stored, no rules run"
-        );
-        (None, None)
-    };
-
-    let reload = crate::api_serve::reload_fn(cfg, reloader.clone(), feed.clone());
+    let feed = crate::services::policy::PolicyFeed::from_config(cfg);
+    let detection = start_detection(
+        cfg,
+        targets,
+        &signer,
+        &metrics,
+        &dmetrics,
+        &delivery_metrics,
+        feed.as_deref(),
+    )?;
+    let (reloader, outbox) = (detection.reloader.clone(), detection.outbox.clone());
+    let reload = crate::services::api::reload_fn(cfg, reloader.clone(), feed.clone());
     // Rule and policy files reloaded when they change on disk (as `POST /v1/rules/reload`),
     // and when the audit stream's workloads change.
     let _rules_watch = match &reloader {
-        Some(_) => crate::rules_watch::start(&cfg.detect, reload.clone(), feed.clone())?,
+        Some(_) => crate::services::rules_watch::start(&cfg.detect, reload.clone(), feed.clone())?,
         None => None,
     };
 
@@ -191,58 +130,38 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     // The analyst API: ready once partitions are assigned.
     let ready = Arc::new(AtomicBool::new(false));
-    let recent = cfg
-        .api
-        .enabled
-        .then(|| Arc::new(vigil_query::recent::Recent::default()));
-    let api = if let Some(recent) = &recent {
-        let text = metrics_text(
-            cfg.store.data_dir.clone(),
-            metrics.clone(),
-            dmetrics.clone(),
-            delivery_metrics.clone(),
-        );
+    let live = cfg.api.enabled.then(|| {
         let durable = metrics.clone();
-        let live = vigil_query::Live {
-            recent: recent.clone(),
+        vigil_query::Live {
+            recent: Arc::default(),
             durable: Arc::new(move || durable.durable()),
-        };
-        Some(crate::api_serve::start(
-            cfg,
-            signer.clone(),
-            ready.clone(),
-            text,
-            live,
-            reload,
-        )?)
-    } else {
-        None
+        }
+    });
+    let api = match &live {
+        Some(live) => {
+            let text = metrics_text(
+                cfg.store.data_dir.clone(),
+                metrics.clone(),
+                dmetrics.clone(),
+                delivery_metrics.clone(),
+            );
+            Some(crate::services::api::start(
+                cfg,
+                signer.clone(),
+                ready.clone(),
+                text,
+                live.clone(),
+                reload,
+            )?)
+        }
+        None => None,
     };
 
     // The pipeline's pieces: to the API's buffer of rows not yet in a file, and on to detection.
-    let (pieces_tx, tee) = match (recent.clone(), detect_tx) {
-        (None, d) => (d, None),
-        (Some(recent), d) => {
-            let (tx, rx) =
-                crossbeam_channel::bounded::<vigil_store::Piece>(cfg.detect.queue_depth.max(1));
-            let m = metrics.clone();
-            let tee = std::thread::Builder::new()
-                .name("vigil-tee".into())
-                .spawn(move || {
-                    let mut trimmed = Instant::now();
-                    for p in rx {
-                        recent.push(p.clone());
-                        if trimmed.elapsed() >= Duration::from_secs(1) {
-                            recent.trim(&m.durable());
-                            trimmed = Instant::now();
-                        }
-                        if let Some(d) = &d
-                            && d.send(p).is_err()
-                        {
-                            break; // detection stopped: serve stops too
-                        }
-                    }
-                })?;
+    let (pieces_tx, tee) = match &live {
+        None => (detection.tx, None),
+        Some(live) => {
+            let (tx, tee) = live.tee(cfg.detect.queue_depth, detection.tx)?;
             (Some(tx), Some(tee))
         }
     };
@@ -255,55 +174,17 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .spawn(move || vigil_ingest::run(icfg, store, signer, shutdown, metrics, pieces_tx))?
     };
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let every = Duration::from_secs(args.progress_secs.max(1));
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let (mut last, mut last_at) = (metrics.snapshot(), Instant::now());
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: flushing and committing"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: flushing and committing"); break; }
-                _ = tick.tick() => {
-                    ready.store(metrics.partitions_assigned.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
-                    if ingest.is_finished() { break; }
-                    if detect.as_ref().is_some_and(|d| d.is_finished()) {
-                        tracing::error!("detection stopped: stopping");
-                        break;
-                    }
-                    if args.progress_secs > 0 && last_at.elapsed() >= every {
-                        let now = metrics.snapshot();
-                        let secs = last_at.elapsed().as_secs_f64();
-                        tracing::info!(
-                            records_per_s = ((now.records_received - last.records_received) as f64 / secs).round(),
-                            records = now.records_received, decoded = now.records_decoded,
-                            rejected = now.records_rejected, already_stored = now.records_already_stored,
-                            lag_records = metrics.lag().iter().map(|l| l.lag_records).sum::<i64>(),
-                            files = now.files_written, rows_stored = now.rows_stored,
-                            detected = dmetrics.rows.load(Ordering::Relaxed),
-                            alerts = dmetrics.alerts_fired.load(Ordering::Relaxed),
-                            late = dmetrics.late.load(Ordering::Relaxed),
-                            skewed = dmetrics.skewed.load(Ordering::Relaxed),
-                            late_by_log = %per_log(&dmetrics, |s| s.late),
-                            skewed_by_log = %per_log(&dmetrics, |s| s.skewed),
-                            delivered = delivery_metrics.delivered.load(Ordering::Relaxed),
-                            delivery_failures = delivery_metrics.failed_attempts.load(Ordering::Relaxed),
-                            undeliverable = delivery_metrics.undeliverable.load(Ordering::Relaxed),
-                            "progress");
-                        (last, last_at) = (now, Instant::now());
-                    }
-                }
-            }
-        }
-        anyhow::Ok(())
-    })?;
+    wait_for_stop(
+        args.progress_secs,
+        &ready,
+        &ingest,
+        detection.handle.as_ref(),
+        &metrics,
+        &dmetrics,
+        &delivery_metrics,
+    )?;
     ready.store(false, Ordering::Relaxed);
-    let api_stopped = api.map(crate::api_serve::Api::stop).transpose();
+    let api_stopped = api.map(crate::services::api::Api::stop).transpose();
     shutdown.store(true, Ordering::Relaxed);
     let result = ingest
         .join()
@@ -313,7 +194,7 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         t.join()
             .map_err(|_| anyhow::anyhow!("tee thread panicked"))?;
     }
-    let detected = match detect {
+    let detected = match detection.handle {
         Some(d) => d
             .join()
             .map_err(|_| anyhow::anyhow!("detection thread panicked"))?
@@ -331,6 +212,19 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         d.join()
             .map_err(|_| anyhow::anyhow!("delivery thread panicked"))?;
     }
+    log_summaries(&metrics, &dmetrics, &delivery_metrics);
+    result.context("ingest failed")?;
+    detected.context("detection failed")?;
+    api_stopped.context("API failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `serve` did, logged as it stops: delivery, detection, ingest.
+fn log_summaries(
+    metrics: &IngestMetrics,
+    dmetrics: &DetectMetrics,
+    delivery_metrics: &vigil_detect::deliver::DeliverMetrics,
+) {
     tracing::info!(
         queued = delivery_metrics.queued.load(Ordering::Relaxed),
         delivered = delivery_metrics.delivered.load(Ordering::Relaxed),
@@ -345,8 +239,8 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         alert_revisions = dmetrics.alert_revisions.load(Ordering::Relaxed),
         late = dmetrics.late.load(Ordering::Relaxed),
         skewed = dmetrics.skewed.load(Ordering::Relaxed),
-        late_by_log = %per_log(&dmetrics, |s| s.late),
-        skewed_by_log = %per_log(&dmetrics, |s| s.skewed),
+        late_by_log = %per_log(dmetrics, |s| s.late),
+        skewed_by_log = %per_log(dmetrics, |s| s.skewed),
         evicted = dmetrics.evicted.load(Ordering::Relaxed),
         state_bytes = dmetrics.state_bytes.load(Ordering::Relaxed),
         state_shed = dmetrics.state_shed.load(Ordering::Relaxed),
@@ -369,65 +263,173 @@ pub fn run(cfg: &mut Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         anchors_failed = m.anchors_failed,
         "vigil serve stopped"
     );
-    result.context("ingest failed")?;
-    detected.context("detection failed")?;
-    api_stopped.context("API failed")?;
-    Ok(ExitCode::SUCCESS)
 }
 
-/// The ingest settings from the configuration.
-pub fn ingest_config(cfg: &Config) -> anyhow::Result<IngestConfig> {
-    let mut formats = std::collections::HashMap::new();
-    for (topic, f) in &cfg.kafka.formats {
-        let f: SourceFormat = f
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("kafka.formats.{topic}: {e}"))?;
-        formats.insert(topic.clone(), f);
-    }
-    Ok(IngestConfig {
-        brokers: cfg.kafka.brokers.clone(),
-        topics: cfg.kafka.topics.clone(),
-        group_id: cfg.kafka.group_id.clone(),
-        formats,
-        dlq_suffix: (!cfg.kafka.dlq_suffix.is_empty()).then(|| cfg.kafka.dlq_suffix.clone()),
-        kafka_properties: cfg
-            .kafka
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        decoder: cfg.decode.decoder_config()?,
-        max_batch_events: cfg.store.max_batch_events,
-        max_batch_bytes: cfg.store.max_batch_bytes,
-        max_batch_wait_ms: cfg.store.max_batch_wait_ms,
-        pipeline_threads: cfg.store.pipeline_threads,
-        pipeline_queue_depth: cfg.store.pipeline_queue_depth,
-        writer_threads: cfg.store.writer_threads,
-        writer_queue_depth: cfg.store.writer_queue_depth,
-        checkpoint_interval_ms: cfg.checkpoint.interval_ms,
-        checkpoint_topic: (!cfg.checkpoint.kafka_topic.is_empty())
-            .then(|| cfg.checkpoint.kafka_topic.clone()),
+/// Until SIGTERM or SIGINT, or ingest or detection stops: readiness (partitions assigned) and
+/// the progress line every `progress_secs` (0: none).
+fn wait_for_stop(
+    progress_secs: u64,
+    ready: &AtomicBool,
+    ingest: &std::thread::JoinHandle<Result<(), vigil_ingest::IngestError>>,
+    detect: Option<&std::thread::JoinHandle<Result<(), vigil_detect::run::DetectError>>>,
+    metrics: &IngestMetrics,
+    dmetrics: &DetectMetrics,
+    delivery_metrics: &vigil_detect::deliver::DeliverMetrics,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let every = Duration::from_secs(progress_secs.max(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let (mut last, mut last_at) = (metrics.snapshot(), Instant::now());
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: flushing and committing"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: flushing and committing"); break; }
+                _ = tick.tick() => {
+                    ready.store(metrics.partitions_assigned.load(Ordering::Relaxed) > 0, Ordering::Relaxed);
+                    if ingest.is_finished() { break; }
+                    if detect.is_some_and(|d| d.is_finished()) {
+                        tracing::error!("detection stopped: stopping");
+                        break;
+                    }
+                    if progress_secs > 0 && last_at.elapsed() >= every {
+                        let now = metrics.snapshot();
+                        let secs = last_at.elapsed().as_secs_f64();
+                        tracing::info!(
+                            records_per_s = ((now.records_received - last.records_received) as f64 / secs).round(),
+                            records = now.records_received, decoded = now.records_decoded,
+                            rejected = now.records_rejected, already_stored = now.records_already_stored,
+                            lag_records = metrics.lag().iter().map(|l| l.lag_records).sum::<i64>(),
+                            files = now.files_written, rows_stored = now.rows_stored,
+                            detected = dmetrics.rows.load(Ordering::Relaxed),
+                            alerts = dmetrics.alerts_fired.load(Ordering::Relaxed),
+                            late = dmetrics.late.load(Ordering::Relaxed),
+                            skewed = dmetrics.skewed.load(Ordering::Relaxed),
+                            late_by_log = %per_log(dmetrics, |s| s.late),
+                            skewed_by_log = %per_log(dmetrics, |s| s.skewed),
+                            delivered = delivery_metrics.delivered.load(Ordering::Relaxed),
+                            delivery_failures = delivery_metrics.failed_attempts.load(Ordering::Relaxed),
+                            undeliverable = delivery_metrics.undeliverable.load(Ordering::Relaxed),
+                            "progress");
+                        (last, last_at) = (now, Instant::now());
+                    }
+                }
+            }
+        }
+        anyhow::Ok(())
     })
 }
 
-/// The checkpoint signer: the configured (or the data directory's) keys, able to sign now.
-pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
-    let nonempty = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
-    let keys = KeyRing::open(
-        &cfg.store.data_dir,
-        nonempty(&cfg.checkpoint.signing_key_file).as_deref(),
-    )
-    .context("opening the checkpoint signing keys")?;
-    keys.check_can_sign()?;
-    for k in &keys.registry.keys {
-        tracing::info!(public_key = %k.vkey, valid_from_ms = k.valid_from_ms,
-            valid_until_ms = ?k.valid_until_ms, "checkpoint signing key (pin it to verify the store)");
+/// The configured delivery targets, and `--webhook`'s, their secrets read now.
+fn delivery_targets(
+    cfg: &Config,
+    webhook: Option<&str>,
+) -> anyhow::Result<Vec<vigil_detect::deliver::Target>> {
+    let mut target_cfgs = cfg.deliver.targets.clone();
+    if let Some(url) = webhook {
+        let secret = std::env::var("VIGIL_WEBHOOK_SECRET")
+            .map_err(|_| anyhow::anyhow!("--webhook needs the HMAC key in VIGIL_WEBHOOK_SECRET"))?;
+        target_cfgs.push(vigil_detect::deliver::TargetConfig::webhook(
+            "webhook", url, secret,
+        ));
     }
-    Ok(Arc::new(Checkpointer::new(
-        &cfg.store.data_dir,
-        keys,
-        nonempty(&cfg.checkpoint.mirror_dir),
-    )))
+    Ok(target_cfgs
+        .into_iter()
+        .map(|c| vigil_detect::deliver::Target::new(c, |k| std::env::var(k).ok()))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Detection and delivery as `serve` starts them: the pieces' sender, the thread, what reloads
+/// its rules, the outbox delivery drains. All `None` when detection is off or runs in another
+/// process (it holds the data directory's detection lock).
+struct Detection {
+    tx: Option<crossbeam_channel::Sender<vigil_store::Piece>>,
+    handle: Option<std::thread::JoinHandle<Result<(), vigil_detect::run::DetectError>>>,
+    reloader: Option<vigil_detect::run::Reloader>,
+    outbox: Option<vigil_detect::deliver::Outbox>,
+}
+
+/// Load the rules and start the detection thread, fed the chained rows by the pipeline threads.
+fn start_detection(
+    cfg: &Config,
+    targets: Vec<vigil_detect::deliver::Target>,
+    signer: &vigil_store::LogSigner,
+    metrics: &Arc<IngestMetrics>,
+    dmetrics: &Arc<DetectMetrics>,
+    delivery_metrics: &Arc<vigil_detect::deliver::DeliverMetrics>,
+    feed: Option<&crate::services::policy::PolicyFeed>,
+) -> anyhow::Result<Detection> {
+    let off = Detection {
+        tx: None,
+        handle: None,
+        reloader: None,
+        outbox: None,
+    };
+    if !cfg.detect.enabled {
+        tracing::warn!(
+            "detection is off (detect.enabled = false): events are stored, no rules run"
+        );
+        return Ok(off);
+    }
+    let loaded = crate::services::rules::load(&cfg.detect, feed)?;
+    let rules: Vec<_> = loaded.rules.into_iter().map(|(r, _)| r).collect();
+    tracing::info!(
+        rules = rules.len(),
+        failed = loaded.errors.len(),
+        inactive = loaded.inactive.len(),
+        "detection rules loaded"
+    );
+    let (tx, rx) = crossbeam_channel::bounded(cfg.detect.queue_depth.max(1));
+    let mut outbox = None;
+    if !targets.is_empty() {
+        for t in &targets {
+            tracing::info!(target_name = %t.cfg.name, kind = ?t.cfg.kind, url = %vigil_detect::deliver::redacted_url(&t.cfg.url),
+                "alert delivery target");
+        }
+        outbox = Some(vigil_detect::deliver::Outbox::open(
+            &cfg.store.data_dir,
+            targets,
+            delivery_metrics.clone(),
+        )?);
+    }
+    let m = metrics.clone();
+    let run_cfg = RunConfig {
+        data_dir: cfg.store.data_dir.clone(),
+        alert_flush_ms: cfg.detect.alert_flush_ms,
+        state_interval_ms: cfg.detect.state_interval_ms,
+        outbox: outbox.clone(),
+        signer: Some(signer.clone()),
+        time: crate::services::rules::time_config(&cfg.detect)?,
+        incident_window_ns: crate::services::rules::incident_window_ns(&cfg.detect)?,
+        max_state_bytes: cfg.detect.max_state_bytes,
+        silent_source_ns: i64::try_from(cfg.detect.silent_source_ms)?.saturating_mul(1_000_000),
+        assigned: Some(vigil_detect::run::Assigned(Arc::new(move || {
+            m.held()
+                .into_iter()
+                .map(|(log, busy)| (log.to_string(), busy))
+                .collect()
+        }))),
+    };
+    match vigil_detect::run::start(run_cfg, rules, rx, dmetrics.clone()) {
+        Ok((handle, reloader)) => Ok(Detection {
+            tx: Some(tx),
+            handle: Some(handle),
+            reloader: Some(reloader),
+            outbox,
+        }),
+        // Another process of the group runs detection on this data directory; it reads this
+        // process's files from the store.
+        Err(e @ vigil_detect::run::DetectError::Locked(_)) => {
+            tracing::warn!(reason = %e, "detection and alert delivery run in another process");
+            Ok(off)
+        }
+        Err(e) => Err(anyhow::Error::from(e).context("starting detection")),
+    }
 }
 
 /// `log=count` for every partition log whose figure is not zero (`-` for none): the progress

@@ -13,6 +13,8 @@
 //! the alerts. Every record is keyed by its source address (one source's events stay in order
 //! in one partition), and decodes with Vigil's own decoders (unit-tested below).
 
+mod labelled;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -136,7 +138,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     record: Option<std::path::PathBuf>,
     #[command(flatten)]
-    labelled: crate::simulate_labelled::LabelledArgs,
+    labelled: labelled::LabelledArgs,
 }
 
 /// One service of the mesh.
@@ -592,7 +594,7 @@ struct Sender {
 
 impl Sender {
     fn send(&self, (key, value): &Record) -> anyhow::Result<()> {
-        crate::produce_cmd::send(
+        crate::services::produce::send(
             &self.producer,
             &self.topic,
             Some(key.as_bytes()),
@@ -635,7 +637,7 @@ pub fn run(cfg: &Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 println!("{line}");
             }
         };
-        crate::simulate_labelled::run(
+        labelled::run(
             &sender.producer,
             &args.topic,
             &args.labelled,

@@ -8,6 +8,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
 
 use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
@@ -78,6 +82,40 @@ impl Recent {
     }
 }
 
+impl crate::Live {
+    /// Feed the buffer from the pipeline: a thread (`vigil-tee`) keeps each piece and hands it
+    /// on to `next` (detection), in the order they came, and forgets what became durable about
+    /// once a second. Returns the pieces' sender (a queue of `depth` pieces; a full one slows
+    /// the pipeline threads, as detection's own does) and the thread, which ends once every
+    /// sender is dropped, or `next` is (detection stopped).
+    pub fn tee(
+        &self,
+        depth: usize,
+        next: Option<Sender<Piece>>,
+    ) -> std::io::Result<(Sender<Piece>, JoinHandle<()>)> {
+        let (tx, rx) = crossbeam_channel::bounded::<Piece>(depth.max(1));
+        let live = self.clone();
+        let tee = std::thread::Builder::new()
+            .name("vigil-tee".into())
+            .spawn(move || {
+                let mut trimmed = Instant::now();
+                for p in rx {
+                    live.recent.push(p.clone());
+                    if trimmed.elapsed() >= Duration::from_secs(1) {
+                        live.recent.trim(&(live.durable)());
+                        trimmed = Instant::now();
+                    }
+                    if let Some(d) = &next
+                        && d.send(p).is_err()
+                    {
+                        break;
+                    }
+                }
+            })?;
+        Ok((tx, tee))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +142,25 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_tee_keeps_every_piece_and_hands_each_on_in_order_then_ends_with_its_senders() {
+        let live = crate::Live {
+            recent: std::sync::Arc::default(),
+            durable: std::sync::Arc::new(HashMap::new),
+        };
+        let (next_tx, next_rx) = crossbeam_channel::bounded(16);
+        let (tx, tee) = live.tee(2, Some(next_tx)).unwrap();
+        for p in pieces(12, 3) {
+            tx.send(p).unwrap();
+        }
+        drop(tx);
+        tee.join().unwrap();
+        let handed: Vec<i64> = next_rx.iter().map(|p| last_offset(&p)).collect();
+        assert_eq!(handed, [2, 5, 8, 11]);
+        let (rows, _) = live.recent.snapshot(&HashMap::new());
+        assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 12);
     }
 
     #[test]

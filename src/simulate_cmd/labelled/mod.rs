@@ -146,7 +146,7 @@ pub fn run(
         std::fs::File::create(labels).with_context(|| format!("creating {}", labels.display()))?,
     );
     let send = |o: &Out| {
-        crate::produce_cmd::send_to(
+        crate::services::produce::send_to(
             producer,
             topic,
             Some(o.partition),

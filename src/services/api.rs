@@ -188,7 +188,7 @@ fn query_runner(api: &crate::config::ApiConfig) -> anyhow::Result<Runner> {
 pub fn reload_fn(
     cfg: &Config,
     reloader: Option<vigil_detect::run::Reloader>,
-    feed: Option<Arc<crate::policy_cmd::PolicyFeed>>,
+    feed: Option<Arc<crate::services::policy::PolicyFeed>>,
 ) -> Arc<api::ReloadFn> {
     let detect = cfg.detect.clone();
     Arc::new(move |by: &str| {
@@ -197,7 +197,7 @@ pub fn reload_fn(
                 "detection does not run in this process (detect.enabled = false, or another process holds the data directory's detection lock)".into(),
             ));
         };
-        let loaded = crate::rules_cmd::load(&detect, feed.as_deref())
+        let loaded = crate::services::rules::load(&detect, feed.as_deref())
             .map_err(|e| api::ReloadFail::Invalid(vec![format!("{e:#}")]))?;
         if !loaded.errors.is_empty() {
             return Err(api::ReloadFail::Invalid(
@@ -306,8 +306,13 @@ pub fn start(
     let data_dir = cfg.store.data_dir.clone();
     let lifecycle_cfg = cfg.clone();
     let lifecycle: Arc<api::LifecycleFn> = Arc::new(move |cmd| {
-        crate::alerts_cmd::apply_or_queue(&lifecycle_cfg, &data_dir, &cmd, Duration::from_secs(10))
-            .map_err(|e| format!("{e:#}"))
+        crate::services::alerts::apply_or_queue(
+            &lifecycle_cfg,
+            &data_dir,
+            &cmd,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| format!("{e:#}"))
     });
     // The alert log's directory exists from the start, so its table is its files, not an empty
     // stand-in made before the first alert.
@@ -338,7 +343,7 @@ pub fn start(
         cfg.api.max_connections > 0,
         "api.max_connections must be at least 1"
     );
-    let conn_limits = crate::api_listen::ConnLimits {
+    let conn_limits = crate::services::api_listen::ConnLimits {
         max_connections: cfg.api.max_connections,
         tls_handshake_timeout_ms: cfg.api.tls_handshake_timeout_ms,
         header_read_timeout_ms: cfg.api.header_read_timeout_ms,
@@ -353,8 +358,14 @@ pub fn start(
                 .build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                crate::api_listen::serve(listener, tls, api::router(state), stopped, conn_limits)
-                    .await
+                crate::services::api_listen::serve(
+                    listener,
+                    tls,
+                    api::router(state),
+                    stopped,
+                    conn_limits,
+                )
+                .await
             })
         },
     )?;
@@ -461,41 +472,4 @@ fn open_log(
         None => vigil_store::claim(store, topic)?,
     };
     Ok((log.signed(signer.clone())?, lock))
-}
-
-/// `vigil api-key`: a new random API key, printed once, and the configuration entry holding
-/// its hash.
-#[derive(clap::Args)]
-pub struct ApiKeyArgs {
-    /// The key's name (it is who the audit log says called).
-    #[arg(long)]
-    name: String,
-    /// A role: reader, analyst, ingestor or admin (repeat for several).
-    #[arg(long = "role", required = true)]
-    roles: Vec<String>,
-}
-
-pub fn api_key(args: ApiKeyArgs) -> anyhow::Result<std::process::ExitCode> {
-    for r in &args.roles {
-        Role::parse(r)
-            .with_context(|| format!("unknown role {r:?} (reader, analyst, ingestor, admin)"))?;
-    }
-    anyhow::ensure!(
-        !args.name.is_empty()
-            && args
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-        "the name: letters, digits, - _ ."
-    );
-    let mut raw = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
-    let key = format!("vk_{}", hex::encode(raw));
-    let hash = hex::encode(vigil_query::api::auth::hash_key(&key));
-    println!("{key}");
-    eprintln!(
-        "Keep the key (shown once). Add to the configuration:\n\n[[api.keys]]\nname = {:?}\nsha256 = \"{hash}\"\nroles = {:?}\n\nThen: curl -H \"Authorization: Bearer <key>\" http://127.0.0.1:8080/v1/alerts",
-        args.name, args.roles
-    );
-    Ok(std::process::ExitCode::SUCCESS)
 }

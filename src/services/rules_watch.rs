@@ -15,7 +15,7 @@ use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
 
 use crate::config::DetectConfig;
-use crate::policy_cmd::PolicyFeed;
+use crate::services::policy::PolicyFeed;
 
 /// Who the reloads are recorded as.
 pub const BY: &str = "file-watch";
