@@ -8,8 +8,8 @@ use std::path::Path;
 use arrow::array::RecordBatch;
 use serde_json::Value;
 use vigil_detect::engine::Engine;
+use vigil_detect::evidence::EvRef;
 use vigil_detect::filter::BatchRows;
-use vigil_detect::hit::EvRef;
 use vigil_detect::rules::{self, Defaults, Source};
 use vigil_schemas::{Decoder, EventBatchBuilder};
 

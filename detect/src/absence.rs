@@ -16,9 +16,9 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{EvRef, Hit, Outcome, newest};
 use crate::filter::{Filter, Row};
 use crate::group::{GroupBy, Key, Open, PackedKey, State};
-use crate::hit::{EvRef, Hit, Outcome, newest};
 
 /// Triggers waiting per group, at most.
 pub(crate) const MAX_PENDING: usize = 64;
@@ -308,8 +308,8 @@ impl Absence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::at;
     use crate::filter::field;
-    use crate::hit::at;
     use crate::row::OwnedRow;
 
     const S: i64 = 1_000_000_000;

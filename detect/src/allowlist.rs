@@ -5,9 +5,9 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{EvRef, Hit, Outcome};
 use crate::filter::{Field, Filter, Row};
 use crate::group::{GroupBy, Open, State};
-use crate::hit::{EvRef, Hit, Outcome};
 
 /// One allowed edge as written in a policy graph. Patterns are exact, or globs where `*`
 /// matches any run of characters (`spiffe://cluster.local/ns/shop/*`).
@@ -319,8 +319,8 @@ impl Allowlist {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::at;
     use crate::filter::field;
-    use crate::hit::at;
     use crate::row::OwnedRow;
 
     const S: i64 = 1_000_000_000;

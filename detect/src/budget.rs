@@ -152,7 +152,7 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use crate::engine::Engine;
-    use crate::hit::at;
+    use crate::evidence::at;
     use crate::row::OwnedRow;
     use crate::rules::{Defaults, Source, load};
 

@@ -6,9 +6,9 @@
 //! last showed it: enough to tell whether N distinct values fall within one window. Lateness,
 //! suppression and the bound on groups work as for [`crate::threshold`].
 
+use crate::evidence::{EvRef, Hit, Outcome, newest};
 use crate::filter::{Field, Filter, Row};
 use crate::group::{BaseGroup, GroupBy, Ratio, State};
-use crate::hit::{EvRef, Hit, Outcome, newest};
 
 #[derive(Debug)]
 pub struct DistinctSpec {
@@ -168,8 +168,8 @@ impl DistinctCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::at;
     use crate::filter::field;
-    use crate::hit::at;
 
     const S: i64 = 1_000_000_000;
 

@@ -25,9 +25,9 @@ use vigil_store::{Piece, leaf_indexes};
 
 use crate::alerts::{Alert, Evidence, Status};
 use crate::budget::Budget;
+use crate::evidence::{EvRef, Hit, Outcome};
 use crate::filter::{BatchRows, Context, Row, WithContext};
 use crate::group::{Entry, GroupBy, PackedKey, Table};
-use crate::hit::{EvRef, Hit, Outcome};
 use crate::lifecycle::{Command, Refusal, SYSTEM_PRINCIPAL};
 use crate::rules::{Meta, Rule};
 use crate::time::{Clocks, Pending, Reorder, SourceTime, TimeConfig};
@@ -70,7 +70,7 @@ pub enum EngineError {
 
 /// Alert bookkeeping: open alerts per rule (found from an event's group without copying its
 /// key), the changes not yet taken, and the ids already stored.
-struct Book {
+struct AlertLedger {
     /// Per rule (same index as the rules).
     open: Vec<Table<OpenAlert>>,
     /// Open alerts changed since the last take: (rule, key); their current revision is taken.
@@ -84,7 +84,7 @@ struct Book {
     /// Alerts stored or raised, by rule and group: (id, first and last event time). A group
     /// firing again within the rule's suppression window of one of them is that alert again
     /// (a replay in another order fires at another event, not another alert).
-    known: HashMap<(String, GroupKey), Vec<Known>>,
+    known: HashMap<(String, GroupKey), Vec<KnownAlert>>,
     /// Alerts someone acknowledged, suppressed or resolved: their newest revision's status
     /// fields, carried into any later revision. A resolved alert is never raised again (a
     /// replay firing its id is that alert, already dealt with) nor updated; its group's next
@@ -118,9 +118,9 @@ pub fn incident_subject(group_key: &BTreeMap<String, Option<String>>) -> Option<
 type GroupKey = BTreeMap<String, Option<String>>;
 
 /// A known alert of a rule and group: its id and first and last event time.
-type Known = (String, i64, i64);
+type KnownAlert = (String, i64, i64);
 
-impl Book {
+impl AlertLedger {
     /// Put a new alert in its subject's incident (a new one past the window).
     fn assign_incident(&mut self, a: &mut Alert) {
         let Some(subject) = incident_subject(&a.group_key) else {
@@ -173,7 +173,7 @@ impl Book {
         row: &impl Row,
         outcome: Outcome,
         now_ns: i64,
-        logs: &Logs,
+        logs: &LogNames,
         event_id: &dyn Fn(&EvRef) -> Option<String>,
     ) {
         let fields = rule.kind.group_fields();
@@ -210,12 +210,12 @@ impl Book {
 
 /// Interned partition logs (`topic/partition` ↔ small ids for evidence refs).
 #[derive(Default)]
-struct Logs {
+struct LogNames {
     names: Vec<String>,
     ids: HashMap<String, u32>,
 }
 
-impl Logs {
+impl LogNames {
     fn id(&mut self, log: &str) -> u32 {
         if let Some(&id) = self.ids.get(log) {
             return id;
@@ -230,10 +230,10 @@ impl Logs {
 /// The rules, their state, and the alerts they raised that have not been taken yet.
 pub struct Engine {
     rules: Vec<Rule>,
-    logs: Logs,
+    logs: LogNames,
     /// Per log: the next leaf index not yet evaluated.
     positions: HashMap<u32, u64>,
-    book: Book,
+    book: AlertLedger,
     time: TimeConfig,
     /// Per-log event times and the watermark.
     clocks: Clocks,
@@ -319,7 +319,7 @@ pub struct BudgetStats {
     pub reached: u64,
 }
 
-impl Book {
+impl AlertLedger {
     /// Count an event into its group's open alert.
     fn update(&mut self, r: usize, fields: &GroupBy, row: &impl Row, count: u64, ev: EvRef) {
         let Some((key, open)) = self.open[r].get(fields, row) else {
@@ -457,9 +457,9 @@ impl Engine {
         let open = rules.iter().map(|_| Table::new(usize::MAX)).collect();
         Engine {
             rules,
-            logs: Logs::default(),
+            logs: LogNames::default(),
             positions: HashMap::new(),
-            book: Book {
+            book: AlertLedger {
                 open,
                 pending: BTreeMap::new(),
                 pending_closed: Vec::new(),
@@ -1249,7 +1249,7 @@ fn event_id(held: &HashMap<u32, Held>, id_col: usize, e: &EvRef) -> Option<Strin
 }
 
 fn evidence(
-    logs: &Logs,
+    logs: &LogNames,
     refs: &[EvRef],
     event_id: &dyn Fn(&EvRef) -> Option<String>,
 ) -> Vec<Evidence> {

@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{EvRef, Hit, Outcome};
 use crate::filter::{Filter, Row};
 use crate::group::{GroupBy, Open, State};
-use crate::hit::{EvRef, Hit, Outcome};
 
 #[derive(Debug)]
 pub struct FirstSeenSpec {
@@ -115,8 +115,8 @@ impl FirstSeen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::at;
     use crate::filter::field;
-    use crate::hit::at;
     use crate::row::OwnedRow;
 
     const S: i64 = 1_000_000_000;

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{Counters, Outcome};
 use crate::filter::Row;
-use crate::hit::{Counters, Outcome};
 pub(crate) use crate::key::{GroupBy, Key, PackedKey};
 use crate::key::{hash, hash_key, matches};
 

@@ -13,9 +13,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{EvRef, Hit, MAX_EVIDENCE, Outcome};
 use crate::filter::{Filter, Row};
 use crate::group::{GroupBy, Open, State};
-use crate::hit::{EvRef, Hit, MAX_EVIDENCE, Outcome};
 
 #[derive(Debug)]
 pub struct RateSpikeSpec {
@@ -174,8 +174,8 @@ impl RateSpike {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::at;
     use crate::filter::field;
-    use crate::hit::at;
     use crate::row::OwnedRow;
 
     const S: i64 = 1_000_000_000;

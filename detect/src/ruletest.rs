@@ -4,8 +4,8 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::TimestampNanosecondType;
 use vigil_schemas::{Decoder, DecoderConfig, EventBatchBuilder};
 
+use crate::evidence::{EvRef, Outcome};
 use crate::filter::BatchRows;
-use crate::hit::{EvRef, Outcome};
 use crate::row::OwnedRow;
 use crate::rules::{Defaults, RuleTest, Source, compile, duration_ns, parse};
 

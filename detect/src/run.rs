@@ -193,7 +193,7 @@ impl Reloader {
 pub fn apply_direct(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError> {
     let _lock = lock(&cfg)?;
     let (mut engine, _, _) = restore(&cfg, Vec::new())?;
-    let mut l = Loop::new(cfg, Arc::default())?;
+    let mut l = ThreadState::new(cfg, Arc::default())?;
     l.apply(&mut engine, cmd)
 }
 
@@ -258,7 +258,7 @@ fn restore_fresh(
 }
 
 /// Everything the thread keeps besides the engine.
-struct Loop {
+struct ThreadState {
     cfg: RunConfig,
     log: AlertLog,
     metrics: Arc<DetectMetrics>,
@@ -276,7 +276,7 @@ struct Loop {
     last_commands: Instant,
     /// Rule reloads asked for (none in [`apply_direct`]).
     reloads: Option<Receiver<Reload>>,
-    /// Rules' evictions, for [`Loop::evictions`].
+    /// Rules' evictions, for [`ThreadState::evictions`].
     evicted: crate::system_alerts::Evictions,
     /// When a full volume was last reported.
     volume_full_said: Option<Instant>,
@@ -289,8 +289,8 @@ const EVICTION_ALERT_EVERY_NS: i64 = 3_600_000_000_000;
 /// another process of the consumer group, or was just revoked).
 const LIVE_GRACE: Duration = Duration::from_secs(10);
 
-impl Loop {
-    fn new(cfg: RunConfig, metrics: Arc<DetectMetrics>) -> Result<Loop, DetectError> {
+impl ThreadState {
+    fn new(cfg: RunConfig, metrics: Arc<DetectMetrics>) -> Result<ThreadState, DetectError> {
         let store = Store::open(&cfg.data_dir, WriteOptions::default())?;
         // Records stored but not signed (a crash between file and checkpoint) are signed now;
         // this also hands the log to the checkpointer's refresh.
@@ -298,7 +298,7 @@ impl Loop {
         if let Some(signer) = &cfg.signer {
             audit = audit.signed(signer.clone())?;
         }
-        let l = Loop {
+        let l = ThreadState {
             log: AlertLog::open(&cfg.data_dir)?,
             queue: Queue::new(&cfg.data_dir),
             cfg,
@@ -770,7 +770,7 @@ fn run(
     reloads: Receiver<Reload>,
     metrics: Arc<DetectMetrics>,
 ) -> Result<(), DetectError> {
-    let mut l = Loop::new(cfg, metrics)?;
+    let mut l = ThreadState::new(cfg, metrics)?;
     l.reloads = Some(reloads);
     let store = Store::open_existing(&l.cfg.data_dir).ok();
     if let Some(store) = &store {
@@ -924,7 +924,7 @@ mod tests {
         let mut engine = Engine::new(Vec::new()).with_time(cfg(dir.path()).time);
         engine.observe(&early.unwrap(), 0).unwrap();
         assert_eq!(engine.position("p/0"), Some(5));
-        let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
+        let mut l = ThreadState::new(cfg(dir.path()), Default::default()).unwrap();
         l.live(&mut engine, &live).unwrap();
         // 5 before, 5 from the store, 1 live: each once.
         assert_eq!(engine.rows, 11);
@@ -990,7 +990,7 @@ window = "1m"
     fn a_reload_keeps_unchanged_rules_state_starts_new_ones_empty_and_is_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = PartitionBatch::new("p", 0, Default::default(), 16);
-        let mut feed = |l: &mut Loop, engine: &mut Engine, range: std::ops::Range<i64>| {
+        let mut feed = |l: &mut ThreadState, engine: &mut Engine, range: std::ops::Range<i64>| {
             for i in range {
                 let v = denial(i);
                 b.append(&rec(i, &v), &Decoder::default(), 0).unwrap();
@@ -999,14 +999,14 @@ window = "1m"
             l.flush(engine).unwrap();
         };
         let (mut engine, _, _) = restore(&cfg(dir.path()), rules(1, false)).unwrap();
-        let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
+        let mut l = ThreadState::new(cfg(dir.path()), Default::default()).unwrap();
         let (tx, rx) = crossbeam_channel::bounded(1);
         l.reloads = Some(rx);
         let reloader = Reloader(tx);
         feed(&mut l, &mut engine, 0..2);
 
         // Asked for from another thread (as the API does), taken by the loop.
-        let ask = |rules: Vec<Rule>, l: &mut Loop, engine: &mut Engine| {
+        let ask = |rules: Vec<Rule>, l: &mut ThreadState, engine: &mut Engine| {
             let r = reloader.clone();
             let asked =
                 std::thread::spawn(move || r.reload(rules, "jwt:ana", Duration::from_secs(10)));
@@ -1093,7 +1093,7 @@ window = "1m"
         }
         let piece = b.cut().unwrap().unwrap();
         let (mut engine, _, _) = restore(&cfg(dir.path()), denial_rule()).unwrap();
-        let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
+        let mut l = ThreadState::new(cfg(dir.path()), Default::default()).unwrap();
         l.observe(&mut engine, &piece, true).unwrap();
         let fired = crate::alerts::latest(read_revisions(dir.path()).unwrap());
         assert_eq!(fired.len(), 1);
@@ -1189,7 +1189,7 @@ window = "1m"
         );
 
         let (mut engine, _, stored) = restore(&cfg(dir.path()), Vec::new()).unwrap();
-        let mut l = Loop::new(cfg(dir.path()), Default::default()).unwrap();
+        let mut l = ThreadState::new(cfg(dir.path()), Default::default()).unwrap();
         let store = Store::open_existing(dir.path()).unwrap();
         l.record_missing(&mut engine, &store, &stored).unwrap();
         l.record_missing(&mut engine, &store, &stored).unwrap();

@@ -11,9 +11,9 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{EvRef, Hit, Outcome, newest};
 use crate::filter::{Filter, Row};
 use crate::group::{GroupBy, Open, State};
-use crate::hit::{EvRef, Hit, Outcome, newest};
 
 #[derive(Debug)]
 pub struct SequenceSpec {
@@ -144,8 +144,8 @@ impl Sequence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::at;
     use crate::filter::field;
-    use crate::hit::at;
     use crate::row::OwnedRow;
 
     const S: i64 = 1_000_000_000;

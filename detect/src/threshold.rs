@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 
+use crate::evidence::{EvRef, Hit, Outcome, newest};
 use crate::filter::{Filter, Row};
 use crate::group::{BaseGroup, GroupBy, Ratio, State};
-use crate::hit::{EvRef, Hit, Outcome, newest};
 
 /// A threshold rule's settings.
 #[derive(Debug)]
@@ -152,8 +152,8 @@ impl Threshold {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::at;
     use crate::filter::field;
-    use crate::hit::at;
 
     const S: i64 = 1_000_000_000;
 

@@ -3,7 +3,7 @@
 //! allocation counted by this test binary's own allocator.
 
 use vigil_detect::engine::Engine;
-use vigil_detect::hit::EvRef;
+use vigil_detect::evidence::EvRef;
 use vigil_detect::row::OwnedRow;
 use vigil_detect::rules::{Defaults, load, sources};
 

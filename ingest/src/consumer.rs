@@ -23,7 +23,7 @@ use crate::pipeline::{self, Dlq, Job, Limits, Report, Signing, Threads};
 use crate::{IngestConfig, IngestError, IngestMetrics, Key, client_config, reserved};
 
 /// One assigned partition, as the consumer thread sees it.
-struct Part {
+struct Assigned {
     key: Key,
     /// Its pipeline thread.
     pipeline: usize,
@@ -44,10 +44,12 @@ const PIPELINE_WAIT: Duration = Duration::from_millis(500);
 /// Records polled between two looks at the clock (open chunks, reports, silent resumes).
 const POLLS_BETWEEN_CHORES: u32 = 64;
 
-struct Core {
+/// What the consumer thread holds, behind one lock (the rebalance callbacks run inside poll
+/// and take it too): the assigned partitions, the queues to the pipeline threads, the reports.
+struct ConsumerState {
     cfg: IngestConfig,
     store: Store,
-    parts: Vec<Part>,
+    parts: Vec<Assigned>,
     /// Index in `parts` of the last record's partition: records come in runs.
     last_part: usize,
     pipelines: Vec<Sender<Job>>,
@@ -60,12 +62,14 @@ struct Core {
     refreshed_at: Instant,
 }
 
-struct Ctx {
-    core: Arc<Mutex<Core>>,
+/// librdkafka's callbacks into the consumer thread: statistics (high watermarks, for the lag)
+/// and rebalances (assign, revoke).
+struct Callbacks {
+    core: Arc<Mutex<ConsumerState>>,
     metrics: Arc<IngestMetrics>,
 }
 
-impl ClientContext for Ctx {
+impl ClientContext for Callbacks {
     /// The consumer's statistics (every `statistics.interval.ms`): the high watermark of each
     /// partition it fetches, for the lag.
     fn stats(&self, stats: rdkafka::Statistics) {
@@ -86,12 +90,12 @@ impl ClientContext for Ctx {
     }
 }
 
-fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+fn lock(core: &Mutex<ConsumerState>) -> MutexGuard<'_, ConsumerState> {
     // A panic while holding the lock is a bug; the state it guards is then not trustworthy.
     core.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl ConsumerContext for Ctx {
+impl ConsumerContext for Callbacks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut core = lock(&self.core);
@@ -123,9 +127,9 @@ fn one(key: &Key) -> Result<TopicPartitionList, KafkaError> {
     Ok(tpl)
 }
 
-impl Core {
+impl ConsumerState {
     fn find(&mut self, topic: &str, partition: i32) -> Option<usize> {
-        let hit = |p: &Part| p.key.partition == partition && p.key.topic == topic;
+        let hit = |p: &Assigned| p.key.partition == partition && p.key.topic == topic;
         if self.parts.get(self.last_part).is_some_and(hit) {
             return Some(self.last_part);
         }
@@ -143,7 +147,7 @@ impl Core {
     /// authority on what is stored).
     fn assign(
         &mut self,
-        consumer: &BaseConsumer<Ctx>,
+        consumer: &BaseConsumer<Callbacks>,
         tpl: &TopicPartitionList,
     ) -> Result<(), IngestError> {
         let mut resume = TopicPartitionList::new();
@@ -195,7 +199,7 @@ impl Core {
             self.pipelines[pipeline]
                 .send(job)
                 .map_err(|_| IngestError::PipelineGone)?;
-            self.parts.push(Part {
+            self.parts.push(Assigned {
                 key,
                 pipeline,
                 chunk: None,
@@ -210,7 +214,11 @@ impl Core {
     }
 
     /// Flush and commit revoked partitions, then forget them.
-    fn revoke(&mut self, consumer: &BaseConsumer<Ctx>, keys: &[Key]) -> Result<(), IngestError> {
+    fn revoke(
+        &mut self,
+        consumer: &BaseConsumer<Callbacks>,
+        keys: &[Key],
+    ) -> Result<(), IngestError> {
         let flushed = self.flush(consumer, Some(keys));
         let mut paused = TopicPartitionList::new();
         for k in keys {
@@ -244,7 +252,7 @@ impl Core {
     /// until there is room instead.
     fn dispatch(
         &mut self,
-        consumer: &BaseConsumer<Ctx>,
+        consumer: &BaseConsumer<Callbacks>,
         i: usize,
         wait: bool,
     ) -> Result<(), IngestError> {
@@ -281,7 +289,7 @@ impl Core {
     }
 
     /// Offer waiting chunks to their pipelines again; resume partitions whose chunk got in.
-    fn retry_pending(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
+    fn retry_pending(&mut self, consumer: &BaseConsumer<Callbacks>) -> Result<(), IngestError> {
         let now = Instant::now();
         for part in self.parts.iter_mut() {
             if let Some(chunk) = part.state.take_held() {
@@ -303,7 +311,7 @@ impl Core {
     /// Commit what a durable file holds.
     fn on_report(
         &mut self,
-        consumer: &BaseConsumer<Ctx>,
+        consumer: &BaseConsumer<Callbacks>,
         report: Report,
         mode: CommitMode,
     ) -> Result<(), IngestError> {
@@ -338,7 +346,11 @@ impl Core {
 
     /// Everything that runs on the clock rather than per record: hand on open chunks,
     /// commit durable files, retry paused partitions, seek back silent resumes.
-    fn chores(&mut self, consumer: &BaseConsumer<Ctx>, idle: bool) -> Result<(), IngestError> {
+    fn chores(
+        &mut self,
+        consumer: &BaseConsumer<Callbacks>,
+        idle: bool,
+    ) -> Result<(), IngestError> {
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
@@ -369,7 +381,7 @@ impl Core {
     /// it, wait until it is durable, and commit synchronously. Used on revoke and shutdown.
     fn flush(
         &mut self,
-        consumer: &BaseConsumer<Ctx>,
+        consumer: &BaseConsumer<Callbacks>,
         only: Option<&[Key]>,
     ) -> Result<(), IngestError> {
         let idx: Vec<usize> = match only {
@@ -395,7 +407,10 @@ impl Core {
     }
 
     /// Seek back partitions whose resume point has stayed silent too long.
-    fn check_silent_resumes(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), IngestError> {
+    fn check_silent_resumes(
+        &mut self,
+        consumer: &BaseConsumer<Callbacks>,
+    ) -> Result<(), IngestError> {
         let now = Instant::now();
         for part in self.parts.iter_mut() {
             if let Some(target) = part.state.silent(now) {
@@ -410,10 +425,10 @@ impl Core {
 
     /// Check one record's offset against what its partition has, and queue it for its
     /// pipeline. Re-deliveries are skipped; a record delivered past the next offset makes the
-    /// broker read again from before it (see [`Part::resume`]).
+    /// broker read again from before it (see `partition.rs`).
     fn handle(
         &mut self,
-        consumer: &BaseConsumer<Ctx>,
+        consumer: &BaseConsumer<Callbacks>,
         msg: &BorrowedMessage<'_>,
     ) -> Result<(), IngestError> {
         self.metrics
@@ -471,7 +486,7 @@ impl Core {
 
 /// Drop a record delivered past `next` and make the broker read again from `target`.
 fn refetch(
-    consumer: &BaseConsumer<Ctx>,
+    consumer: &BaseConsumer<Callbacks>,
     metrics: &IngestMetrics,
     key: &Key,
     got: i64,
@@ -488,7 +503,7 @@ fn refetch(
 
 /// Make the broker read a partition again from `target` (a resume point being verified).
 fn seek_back(
-    consumer: &BaseConsumer<Ctx>,
+    consumer: &BaseConsumer<Callbacks>,
     metrics: &IngestMetrics,
     key: &Key,
     target: i64,
@@ -566,7 +581,7 @@ pub fn run(
     )?;
     // Only the threads report; with them gone, waiting for a report fails instead of hanging.
     drop(report_tx);
-    let core = Arc::new(Mutex::new(Core {
+    let core = Arc::new(Mutex::new(ConsumerState {
         cfg: cfg.clone(),
         store,
         parts: Vec::new(),
@@ -600,7 +615,7 @@ pub fn run(
         cc.set(k, v);
     }
     let result = (|| -> Result<(), IngestError> {
-        let consumer: BaseConsumer<Ctx> = cc.create_with_context(Ctx {
+        let consumer: BaseConsumer<Callbacks> = cc.create_with_context(Callbacks {
             core: core.clone(),
             metrics: metrics.clone(),
         })?;

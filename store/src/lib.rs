@@ -6,7 +6,7 @@
 //! atomically and durably ([`files`]), knowing where each partition log stands after a restart
 //! ([`Store::head`]), and checking chain and tree ([`verify`]).
 //! **Not for:** Kafka (that is `vigil-ingest`, which drives this crate), SQL (`vigil-query`),
-//! or deciding what Vigil's own logs ([`own`]: alert revisions, lifecycle changes) say.
+//! or deciding what Vigil's own logs ([`own_log`]: alert revisions, lifecycle changes) say.
 //!
 //! Invariants: a file holds one contiguous run of one partition's chain; its footer records
 //! first/last offset, first/last chain hash, the previous file's last chain hash, the leaf
@@ -26,7 +26,7 @@ pub mod files;
 pub mod layout;
 mod log_id;
 pub mod merkle;
-pub mod own;
+pub mod own_log;
 pub mod proof;
 pub mod read;
 pub mod schema;
@@ -40,7 +40,7 @@ pub use chain::RecordRef;
 pub use error::{StoreError, is_volume_full};
 pub use files::{FileInfo, Store, WriteOptions, write_durably, write_durably_with};
 pub use log_id::{LogId, LogIdError};
-pub use own::{
+pub use own_log::{
     API_TOPIC, AUDIT_PARTITION, AUDIT_TOPIC, Headers as RecordHeaders, OPA_TOPIC, OwnLog, claim,
     claim_with, is_reserved_topic,
 };

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use super::*;
 use crate::allowlist::{Allowlist, AllowlistSpec, EdgeFields};
+use crate::evidence::at;
 use crate::filter::{Filter, field};
-use crate::hit::at;
 use crate::row::OwnedRow;
 
 fn shared(name: &str) -> (String, String) {
@@ -75,7 +75,10 @@ fn the_star_wars_demo_policies_become_the_declared_graph() {
     let mut r = flows(&got.graph);
     let allowed = |r: &mut Allowlist, row: &OwnedRow| {
         !r.observe(row, at(0)).fired()
-            && !matches!(r.observe(row, at(0)), crate::hit::Outcome::Updated { .. })
+            && !matches!(
+                r.observe(row, at(0)),
+                crate::evidence::Outcome::Updated { .. }
+            )
     };
     // tiefighter (org: empire) → deathstar (a Deployment's pod, as Hubble names it) on
     // 80, POST /v1/request-landing: inside.

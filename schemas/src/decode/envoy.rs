@@ -8,11 +8,11 @@
 
 use std::borrow::Cow;
 
-use super::{Mapped, Top, namespace_of, split_addr, status_at, sub, time_at, value_at};
+use super::{Mapped, TopLevel, namespace_of, split_addr, status_at, sub, time_at, value_at};
 use crate::error::Fail;
 use crate::model::{Decision, Event, Kind, SourceFormat};
 
-pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
+pub(crate) fn map<'a>(t: &TopLevel<'a>, raw: &'a [u8]) -> Mapped<'a> {
     let code = status_at(&t.response_code, "/response_code")?;
     let flags = value_at(&t.response_flags, "/response_flags")?;
     let details = value_at(&t.response_code_details, "/response_code_details")?;

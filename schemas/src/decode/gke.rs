@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Mapped, Top, first_time, namespace_of, sub, value_at};
+use super::{Mapped, TopLevel, first_time, namespace_of, sub, value_at};
 use crate::error::Fail;
 use crate::json::{Json, LazyPath, List};
 use crate::model::{Decision, Event, Kind, SourceFormat};
@@ -76,7 +76,7 @@ pub(crate) fn is_k8s(p: &Proto<'_>) -> bool {
 const GRPC_PERMISSION_DENIED: i64 = 7;
 const GRPC_UNAUTHENTICATED: i64 = 16;
 
-pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
+pub(crate) fn map<'a>(t: &TopLevel<'a>, raw: &'a [u8]) -> Mapped<'a> {
     let p = t
         .protoPayload
         .obj_at("/protoPayload")?

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Mapped, Top, port_at, status_at, time_at, value_at};
+use super::{Mapped, TopLevel, port_at, status_at, time_at, value_at};
 use crate::error::{Fail, syntax};
 use crate::json::{Json, List, Shape};
 use crate::model::{Decision, Event, Identity, Kind, SourceFormat};
@@ -197,7 +197,7 @@ pub(crate) struct LostEvents<'a> {
 /// A `lost_events` record as an event: kind `flow`, decision `unknown`, action
 /// `lost_events`, the reporting node as the caller's service, and in `reason` where the loss
 /// happened and how many were lost.
-fn map_lost<'a>(l: &LostEvents<'a>, t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
+fn map_lost<'a>(l: &LostEvents<'a>, t: &TopLevel<'a>, raw: &'a [u8]) -> Mapped<'a> {
     let p = "/lost_events";
     let source = value_at(&l.source, (p, "/source"))?;
     // protojson writes uint64 as a string; other encoders as a number.
@@ -218,8 +218,8 @@ fn map_lost<'a>(l: &LostEvents<'a>, t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
 }
 
 /// `text` is the record; a bare flow (no `flow` wrapper) is parsed again as a [`Flow`] — the
-/// union [`Top`] does not hold every flow field, and bare flows are the rarer shape.
-pub(crate) fn map<'a>(t: &Top<'a>, text: &'a str) -> Mapped<'a> {
+/// union [`TopLevel`] does not hold every flow field, and bare flows are the rarer shape.
+pub(crate) fn map<'a>(t: &TopLevel<'a>, text: &'a str) -> Mapped<'a> {
     if let Some(lost) = t.lost_events.obj_at("/lost_events")? {
         return map_lost(lost, t, text.as_bytes());
     }

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Mapped, Top, first_time, namespace_of, status_at, value_at};
+use super::{Mapped, TopLevel, first_time, namespace_of, status_at, value_at};
 use crate::error::{Fail, syntax};
 use crate::json::Json;
 use crate::model::{Decision, Event, Kind, SourceFormat};
@@ -74,14 +74,14 @@ pub(crate) struct AksProperties<'a> {
     log: Json<'a>,
 }
 
-pub(crate) fn is_aks_wrapper(t: &Top<'_>) -> bool {
+pub(crate) fn is_aks_wrapper(t: &TopLevel<'_>) -> bool {
     t.category
         .str()
         .is_some_and(|c| c.starts_with("kube-audit"))
         && t.properties.obj().is_some_and(|p| p.log.str().is_some())
 }
 
-pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
+pub(crate) fn map<'a>(t: &TopLevel<'a>, raw: &'a [u8]) -> Mapped<'a> {
     if is_aks_wrapper(t) {
         return map_aks(t, raw);
     }
@@ -188,14 +188,14 @@ fn object_path<'a>(o: &ObjectRef<'a>) -> Result<Option<Cow<'a, str>>, Fail> {
 
 /// AKS: the audit event is a JSON document inside the `properties.log` string. It is decoded
 /// on its own; `raw` stays the whole record.
-fn map_aks<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
+fn map_aks<'a>(t: &TopLevel<'a>, raw: &'a [u8]) -> Mapped<'a> {
     const AT: &str = "/properties/log";
     let log = t
         .properties
         .obj()
         .and_then(|p| p.log.str())
         .ok_or_else(|| Fail::missing(AT))?;
-    let inner: Top<'_> =
+    let inner: TopLevel<'_> =
         serde_json::from_str(log).map_err(|e| Fail::Kind(syntax(&e)).within(AT))?;
     if is_aks_wrapper(&inner) {
         return Err(Fail::missing("/verb").within(AT));

@@ -1,6 +1,6 @@
 //! Decoding records in the formats services emit into canonical [`Event`]s.
 //!
-//! One record is parsed **once**, into `Top`: a union of the top-level fields of every
+//! One record is parsed **once**, into `TopLevel`: a union of the top-level fields of every
 //! supported format, built from the loose value types of [`crate::json`]. The format is then
 //! either the one pinned for the topic or detected from which keys are present, and that
 //! format's mapping reads what it needs, with JSON-pointer paths in every error.
@@ -233,7 +233,7 @@ impl Decoder {
         text: &'a str,
         record_index: u32,
     ) -> Result<Event<'a>, (Option<SourceFormat>, Fail)> {
-        let top: Top<'a> =
+        let top: TopLevel<'a> =
             serde_json::from_str(text).map_err(|e| (self.pinned, syntax(&e).into()))?;
         let format = match self.pinned {
             Some(f) => f,
@@ -267,7 +267,7 @@ fn not_an_object(text: &str, path: &str) -> DecodeErrorKind {
 }
 
 /// Which format a record is, from the keys present. `None` when nothing matches.
-fn detect(t: &Top<'_>) -> Option<SourceFormat> {
+fn detect(t: &TopLevel<'_>) -> Option<SourceFormat> {
     if t.schema
         .str()
         .is_some_and(|s| s.starts_with(native::SCHEMA_PREFIX))
@@ -314,7 +314,7 @@ fn detect(t: &Top<'_>) -> Option<SourceFormat> {
 #[allow(non_snake_case)]
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(crate) struct Top<'a> {
+pub(crate) struct TopLevel<'a> {
     // Shared between formats.
     #[serde(borrow)]
     pub time: Json<'a>,

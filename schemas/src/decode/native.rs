@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{Mapped, Top, namespace_of, port_at, status_at, time_at, value_at};
+use super::{Mapped, TopLevel, namespace_of, port_at, status_at, time_at, value_at};
 use crate::error::Fail;
 use crate::json::{Json, Shape};
 use crate::model::{Decision, Event, Identity, Kind, SourceFormat};
@@ -38,7 +38,7 @@ fn enum_at<T: std::str::FromStr>(j: &Json<'_>, path: &str, what: &str) -> Result
         .map_err(|_| Shape::new(path, what, Shape::quote(s)).into())
 }
 
-pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
+pub(crate) fn map<'a>(t: &TopLevel<'a>, raw: &'a [u8]) -> Mapped<'a> {
     let schema = required(&t.schema, "/schema")?;
     if schema != SCHEMA_V1 {
         return Err(Shape::new("/schema", format!("\"{SCHEMA_V1}\""), Shape::quote(schema)).into());

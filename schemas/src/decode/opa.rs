@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Mapped, Top, first_time, namespace_of, port_at, status_at, sub, value_at};
+use super::{Mapped, TopLevel, first_time, namespace_of, port_at, status_at, sub, value_at};
 use crate::error::Fail;
 use crate::json::{Json, StrOrSegments};
 use crate::model::{Decision, Event, Identity, Kind, SourceFormat};
@@ -134,7 +134,7 @@ pub(crate) struct Bundle<'a> {
     revision: Json<'a>,
 }
 
-pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
+pub(crate) fn map<'a>(t: &TopLevel<'a>, raw: &'a [u8]) -> Mapped<'a> {
     if !(t.decision_id.is_present()
         || t.input.is_present()
         || t.result.is_present()
@@ -178,7 +178,7 @@ pub(crate) fn map<'a>(t: &Top<'a>, raw: &'a [u8]) -> Mapped<'a> {
 /// A decision with its reason and HTTP status.
 type Verdict<'a> = (Decision, Option<Cow<'a, str>>, Option<i32>);
 
-fn decision<'a>(t: &Top<'a>) -> Result<Verdict<'a>, Fail> {
+fn decision<'a>(t: &TopLevel<'a>) -> Result<Verdict<'a>, Fail> {
     match &t.error {
         Json::Absent | Json::Null => {}
         Json::Str(s) => return Ok((Decision::Error, Some(s.clone()), None)),
@@ -230,7 +230,7 @@ fn decision<'a>(t: &Top<'a>) -> Result<Verdict<'a>, Fail> {
 }
 
 /// `bundles` as sorted `name=revision` pairs, or the legacy top-level `revision`.
-fn revision<'a>(t: &Top<'a>) -> Result<Option<Cow<'a, str>>, Fail> {
+fn revision<'a>(t: &TopLevel<'a>) -> Result<Option<Cow<'a, str>>, Fail> {
     if let Some(bundles) = t.bundles.obj_at("/bundles")? {
         let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(bundles.0.len());
         for (name, b) in &bundles.0 {
