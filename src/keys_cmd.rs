@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use vigil_store::checkpoint::KeyRing;
 
-use crate::config::Config;
+use crate::config::{Config, nonempty};
 
 #[derive(clap::Args)]
 pub struct KeysArgs {
@@ -34,9 +34,7 @@ enum KeysAction {
 
 pub fn run(cfg: &Config, args: KeysArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
-    let configured = (!cfg.checkpoint.signing_key_file.as_os_str().is_empty())
-        .then_some(cfg.checkpoint.signing_key_file.as_path());
-    let mut ring = KeyRing::open(&dir, configured)
+    let mut ring = KeyRing::open(&dir, nonempty(&cfg.checkpoint.signing_key_file))
         .with_context(|| format!("opening the keys of {}", dir.display()))?;
     if let KeysAction::Rotate { overlap_secs } = args.action {
         let vkey = ring.rotate((overlap_secs * 1000) as i64)?;

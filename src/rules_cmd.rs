@@ -9,8 +9,9 @@ use vigil_detect::rules;
 use vigil_store::clock::now_ns;
 
 use crate::config::Config;
+use crate::config::nonempty;
 use crate::services::policy::PolicyFeed;
-use crate::services::rules::{defaults, incident_window_ns, load, nonempty, time_config};
+use crate::services::rules::{defaults, incident_window_ns, load, time_config};
 
 #[derive(clap::Args)]
 pub struct RulesArgs {

@@ -8,7 +8,7 @@ use vigil_ingest::IngestConfig;
 use vigil_schemas::SourceFormat;
 use vigil_store::checkpoint::{Checkpointer, KeyRing};
 
-use crate::config::Config;
+use crate::config::{Config, nonempty};
 
 /// The ingest settings from the configuration.
 pub fn ingest_config(cfg: &Config) -> anyhow::Result<IngestConfig> {
@@ -47,10 +47,9 @@ pub fn ingest_config(cfg: &Config) -> anyhow::Result<IngestConfig> {
 
 /// The checkpoint signer: the configured (or the data directory's) keys, able to sign now.
 pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
-    let nonempty = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
     let keys = KeyRing::open(
         &cfg.store.data_dir,
-        nonempty(&cfg.checkpoint.signing_key_file).as_deref(),
+        nonempty(&cfg.checkpoint.signing_key_file),
     )
     .context("opening the checkpoint signing keys")?;
     keys.check_can_sign()?;
@@ -61,6 +60,6 @@ pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
     Ok(Arc::new(Checkpointer::new(
         &cfg.store.data_dir,
         keys,
-        nonempty(&cfg.checkpoint.mirror_dir),
+        nonempty(&cfg.checkpoint.mirror_dir).map(std::path::Path::to_path_buf),
     )))
 }

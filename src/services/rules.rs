@@ -1,17 +1,11 @@
 //! Detection's settings and rules from the configuration: what `serve`, `rules` and `alerts`
 //! open the same way.
 
-use std::path::Path;
-
 use anyhow::Context;
 use vigil_detect::rules::{self, Defaults, Loaded};
 
-use crate::config::DetectConfig;
+use crate::config::{DetectConfig, nonempty};
 use crate::services::policy::PolicyFeed;
-
-pub fn nonempty(p: &Path) -> Option<&Path> {
-    (!p.as_os_str().is_empty()).then_some(p)
-}
 
 /// How detection judges event time, from the configuration.
 pub fn time_config(d: &DetectConfig) -> anyhow::Result<vigil_detect::time::TimeConfig> {
