@@ -1,6 +1,10 @@
 //! The consumer thread: polling, the rebalance callbacks, each partition's offsets checked by
 //! its [`Partition`] state machine, chunks handed to the pipeline threads, commits once files
 //! are durable.
+//!
+//! Past 600 lines, and one job: everything here runs on the consumer thread, under the one
+//! lock the rebalance callbacks also take, as rdkafka glue around `partition.rs` — the
+//! decisions live there. `run` at the end starts the threads this one feeds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};

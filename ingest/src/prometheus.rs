@@ -18,12 +18,12 @@ use crate::metrics::{BUCKETS_S, Histogram};
 type Fmt = Result<(), std::fmt::Error>;
 
 /// One unlabelled counter.
-pub(crate) fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Fmt {
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Fmt {
     ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
 /// One unlabelled gauge.
-pub(crate) fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> Fmt {
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> Fmt {
     ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 

@@ -30,8 +30,9 @@ mod thread;
 
 use format::*;
 pub use format::{redacted_url, request, verify_webhook};
+pub(crate) use outbox::outbox_depth;
 use outbox::*;
-pub use outbox::{GaveUp, Outbox, Queued, idempotency_key, outbox_depth, undeliverable_alert};
+pub use outbox::{GaveUp, Outbox, Queued, idempotency_key, undeliverable_alert};
 pub use thread::{backoff_ms, start};
 
 /// What a target speaks.

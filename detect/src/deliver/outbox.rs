@@ -20,7 +20,7 @@ pub fn idempotency_key(a: &Alert) -> String {
 }
 
 /// Deliveries waiting in the outbox, per target (entries being written excluded).
-pub fn outbox_depth(data_dir: &Path) -> Vec<(String, u64)> {
+pub(crate) fn outbox_depth(data_dir: &Path) -> Vec<(String, u64)> {
     let dir = vigil_store::layout::outbox(data_dir);
     let Ok(targets) = vigil_store::files::read_dir_names(&dir) else {
         return Vec::new();
