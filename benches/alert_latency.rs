@@ -10,10 +10,11 @@
 //! percentiles at the end of the wait, 20 s after the last burst — a lower bound), and the
 //! background rate achieved. A run where no alert arrives fails.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "support/report.rs"]
 mod report;
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // each bench uses part of the tests' support
+mod test_support;
 use report::{Target, figure};
 
 use std::collections::HashMap;
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use common::*;
 use rdkafka::producer::{BaseRecord, Producer};
+use test_support::*;
 
 /// Per burst: when the receiver got its alert, and the alert's own clocks (its last event's
 /// time, stamped by the producer, and when detection raised it; wall clock, ns).

@@ -34,18 +34,19 @@
 //! for BENCHMARKS.md (targets: recall 100 %, ≤ 1 false alert per 1 000 000 benign events,
 //! median latency < 1 s).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "support/report.rs"]
 mod report;
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // each bench uses part of the tests' support
+mod test_support;
 use report::{Target, figure};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
+use test_support::*;
 use vigil_detect::alerts::{Alert, read_revisions};
 
 struct Attack {

@@ -8,21 +8,22 @@
 //! Both rates are measured from the moment the consumer is assigned its partitions to the
 //! moment the last record was read (a) or is durable in the store (b).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "support/opa.rs"]
 mod opa;
 #[path = "support/report.rs"]
 mod report;
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // each bench uses part of the tests' support
+mod test_support;
 use opa::opa_event;
 use report::{Target, figure};
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use test_support::*;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -18,15 +18,16 @@
 //! to the bench's own); `VIGIL_DETECT__MAX_STATE_BYTES=…` in the environment tries another
 //! budget.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "support/report.rs"]
 mod report;
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // each bench uses part of the tests' support
+mod test_support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use report::{Target, figure};
+use test_support::*;
 
 const KEY: &str = "vk_bench_memory_0123456789abcdef";
 

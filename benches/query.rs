@@ -16,8 +16,9 @@
 //! `cargo bench --bench query` (release build). `VIGIL_BENCH_DIR=DIR` keeps the generated store in
 //! DIR and reuses it in later runs.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // each bench uses part of the tests' support
+mod test_support;
 
 #[path = "support/report.rs"]
 mod report;
@@ -26,7 +27,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use test_support::*;
 use vigil_schemas::Decoder;
 use vigil_store::{PartitionBatch, RecordRef, Store, WriteOptions};
 

@@ -5,18 +5,15 @@
 //! the alert log, and is an `admin_audit` event in Vigil's own chained log — signed, anchored,
 //! queryable — so `vigil verify` covers it, and deleting it, or the alert log, is seen.
 
-mod common;
-
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use arrow::array::AsArray;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use common::*;
 use serde_json::Value;
 use vigil_detect::alerts::{latest, read_revisions};
 
@@ -46,25 +43,13 @@ fn denials(from: usize, n: usize) -> Vec<Rec> {
         .collect()
 }
 
-fn vigil(dir: &Path, broker: &Broker, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
+/// `vigil ARGS --data-dir DIR`, with the test's broker.
+fn vigil_at(dir: &Path, broker: &Broker, args: &[&str]) -> Ran {
+    run(vigil_command()
         .args(args)
         .arg("--data-dir")
         .arg(dir)
-        .env("VIGIL_KAFKA__BROKERS", &broker.addr)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+        .env("VIGIL_KAFKA__BROKERS", &broker.addr))
 }
 
 /// The webhook deliveries of one alert with this status.
@@ -122,12 +107,12 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     });
 
     // Acknowledged while serve runs: queued, applied by serve (a prefix of the id will do).
-    let ack = vigil(
+    let ack = vigil_at(
         &dir,
         &broker,
         &["alerts", "ack", &id[..12], "--note", "on it", "--json"],
     );
-    assert_eq!(ack.status.code(), Some(0), "{}", text(&ack));
+    assert_eq!(ack.code, 0, "{ack}");
     let rev: Value = serde_json::from_slice(&ack.stdout).unwrap();
     assert_eq!(rev["alert_id"], id.as_str());
     assert_eq!(rev["status"], "acknowledged");
@@ -135,17 +120,13 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     let by = rev["status_by"].as_str().unwrap().to_owned();
     assert!(by.starts_with("local:"), "{by}");
     // Twice: refused, said why, nothing changed.
-    let again = vigil(&dir, &broker, &["alerts", "ack", &id]);
-    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
-    assert!(
-        text(&again).contains("already acknowledged"),
-        "{}",
-        text(&again)
-    );
+    let again = vigil_at(&dir, &broker, &["alerts", "ack", &id]);
+    assert_eq!(again.code, 1, "{again}");
+    assert!(again.out.contains("already acknowledged"), "{again}");
     // No such alert: an error, before anything is queued.
-    let none = vigil(&dir, &broker, &["alerts", "resolve", "ffffffffffff"]);
-    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
-    assert!(text(&none).contains("no alert"), "{}", text(&none));
+    let none = vigil_at(&dir, &broker, &["alerts", "resolve", "ffffffffffff"]);
+    assert_eq!(none.code, 2, "{none}");
+    assert!(none.out.contains("no alert"), "{none}");
 
     wait_until("the acknowledgement at the webhook", || {
         !delivered(&got, &id, "acknowledged").is_empty()
@@ -159,28 +140,23 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     });
     let upd = delivered(&got, &id, "acknowledged").pop().unwrap();
     assert_eq!(upd["alert"]["status_by"], by.as_str());
-    std::thread::sleep(Duration::from_millis(300));
     assert!(s.terminate(), "vigil serve did not stop cleanly");
 
     // Resolved with serve stopped: applied by the CLI itself, signed and anchored.
-    let res = vigil(
+    let res = vigil_at(
         &dir,
         &broker,
         &["alerts", "resolve", &id, "--note", "blocked at the edge"],
     );
-    assert_eq!(res.status.code(), Some(0), "{}", text(&res));
-    assert!(!text(&res).contains("warning"), "{}", text(&res));
+    assert_eq!(res.code, 0, "{res}");
+    assert!(!res.out.contains("warning"), "{res}");
     let newest = latest(read_revisions(&dir).unwrap());
     let a = newest.iter().find(|a| a.alert_id == id).unwrap();
     assert_eq!(a.status, vigil_detect::alerts::Status::Resolved);
     assert_eq!(a.status_by.as_deref(), Some(by.as_str()));
     assert_eq!(a.status_note.as_deref(), Some("blocked at the edge"));
-    let list = vigil(&dir, &broker, &["alerts"]);
-    assert!(
-        String::from_utf8_lossy(&list.stdout).contains("resolved"),
-        "{}",
-        text(&list)
-    );
+    let list = vigil_at(&dir, &broker, &["alerts"]);
+    assert!(list.stdout_text().contains("resolved"), "{list}");
 
     // Every revision and change is in Vigil's own log, in order, queryable like any event.
     let batches = sql(
@@ -222,19 +198,17 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     let keys = tmp.path().join("pinned.keys");
     std::fs::copy(vigil_store::layout::registry(&dir), &keys).unwrap();
     let verify = |d: &Path| {
-        let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        let o = run(vigil_command()
             .args(["verify", "--json", "--data-dir"])
             .arg(d)
             .arg("--keys")
             .arg(&keys)
-            .args(["--anchor-kafka", &broker.addr])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
-        (o.status.code(), v)
+            .args(["--anchor-kafka", &broker.addr]));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{o}"));
+        (o.code, v)
     };
     let (code, report) = verify(&dir);
-    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(code, 0, "{report:#}");
     let own = report["logs"]
         .as_array()
         .unwrap()
@@ -251,7 +225,7 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     let (files, _) = store.list("vigil.audit", 0).unwrap();
     std::fs::remove_file(&files.last().unwrap().path).unwrap();
     let (code, report) = verify(&copy);
-    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["verdict"], "tampered", "{report:#}");
 
     // So is deleting the alert log (the alerts table) while Vigil's own log stands.
@@ -259,7 +233,7 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
     copy_dir(&dir, &copy);
     std::fs::remove_dir_all(vigil_store::layout::alerts(&copy)).unwrap();
     let (code, report) = verify(&copy);
-    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(code, 1, "{report:#}");
     let findings = report["findings"].as_array().unwrap();
     assert!(
         findings
@@ -271,17 +245,4 @@ fn ack_while_serving_resolve_after_each_change_delivered_signed_anchored_and_que
                     .contains("missing from the alert log")),
         "{report:#}"
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &p);
-        } else {
-            std::fs::copy(e.path(), p).unwrap();
-        }
-    }
 }

@@ -3,14 +3,15 @@
 //! right one), token attacks, SQL in every format and the sandbox's refusals, the alert
 //! lifecycle, and the audit trail: every call in Vigil's own log, queryable, verified, and
 //! repeated refusals detected by Vigil's own rule.
-
-mod common;
+//!
+//! One file past 600 lines: its main test is one long scenario against one `vigil serve` (keys,
+//! tokens, data and audit trail build on each other), with the token and key helpers it needs.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -514,7 +515,7 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     let (_, registry) = c.call("GET", "/v1/keys", Some(reader), None);
     calls += 1;
     std::fs::write(&keys_path, registry).unwrap();
-    let checked = Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let checked = vigil_command()
         .arg("verify-proof")
         .arg(&bundle_path)
         .arg("--keys")
@@ -580,10 +581,7 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
 
     // OPA's own upload format: a gzip JSON array of decisions in, one row per decision out,
     // chained under Vigil's own log; one that does not decode is a 400, kept as rejected.
-    let sample = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/opa/opa_decision_logs.jsonl"),
-    )
-    .unwrap();
+    let sample = data_text("opa/opa_decision_logs.jsonl");
     let decisions: Vec<Value> = sample
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -755,7 +753,7 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     // Verified like every log: chained, signed, anchored.
     let pinned = tmp.path().join("pinned.keys");
     std::fs::copy(vigil_store::layout::registry(&dir), &pinned).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let out = vigil_command()
         .args(["verify", "--json", "--data-dir"])
         .arg(&dir)
         .arg("--keys")

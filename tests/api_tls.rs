@@ -4,13 +4,11 @@
 //! roles; none falls back to a bearer credential (or is refused when required); another CA's
 //! certificate, or plain HTTP, never gets an answer.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use sha2::Digest;
 
 fn openssl(dir: &Path, args: &[&str]) {

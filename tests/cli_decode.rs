@@ -2,36 +2,12 @@
 //! binary on real files, checking stdout, stderr and the exit code.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 
+use crate::support::*;
 use serde_json::Value;
 
-fn vigil(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("VIGIL_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run vigil");
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default()).unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn data(rel: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(rel);
-    assert!(p.exists(), "missing test data {}", p.display());
-    p.to_string_lossy().into_owned()
-}
-
-fn events(out: &Output) -> Vec<Value> {
+fn events(out: &Ran) -> Vec<Value> {
     String::from_utf8(out.stdout.clone())
         .unwrap()
         .lines()
@@ -39,14 +15,13 @@ fn events(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn decodes_a_real_sample_file_to_canonical_json_lines() {
-    let out = vigil(&["decode", &data("opa/opa_decision_logs.jsonl")], None);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = vigil(&[
+        "decode",
+        data_path("opa/opa_decision_logs.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.ok(), "{}", out.stderr);
     let ev = events(&out);
     assert_eq!(ev.len(), 3);
     assert_eq!(ev[1]["decision"], "deny");
@@ -55,14 +30,17 @@ fn decodes_a_real_sample_file_to_canonical_json_lines() {
     assert_eq!(ev[1]["resource"], "/books-bought");
     assert_eq!(ev[1]["event_time"], "2021-05-04T01:21:18.197180800Z");
     assert!(ev[1].get("raw").is_none(), "raw only with --raw");
-    assert!(stderr(&out).contains("3 records: 3 events decoded, 0 records failed"));
+    assert!(
+        out.stderr
+            .contains("3 records: 3 events decoded, 0 records failed")
+    );
 }
 
 #[test]
 fn bad_records_go_to_stderr_with_line_numbers_and_exit_1() {
     let input = b"{\"decision_id\":\"a\",\"result\":true}\n\nnot json\n{\"decision_id\":7}\n{\"decision_id\":\"b\",\"result\":false}\n";
-    let out = vigil(&["decode", "-"], Some(input));
-    assert_eq!(out.status.code(), Some(1));
+    let out = run_with_input(vigil_command().args(["decode", "-"]), input);
+    assert_eq!(out.code, 1);
     let ev = events(&out);
     assert_eq!(
         ev.iter()
@@ -70,7 +48,7 @@ fn bad_records_go_to_stderr_with_line_numbers_and_exit_1() {
             .collect::<Vec<_>>(),
         ["a", "b"]
     );
-    let err = stderr(&out);
+    let err = out.stderr;
     assert!(
         err.contains("line 3: invalid JSON at line 1 column 2"),
         "{err}"
@@ -87,55 +65,50 @@ fn bad_records_go_to_stderr_with_line_numbers_and_exit_1() {
 
 #[test]
 fn pinned_format_and_raw_output() {
-    let out = vigil(
-        &[
-            "decode",
-            "--format",
-            "hubble",
-            "--raw",
-            &data("hubble/hubble_flows.jsonl"),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = vigil(&[
+        "decode",
+        "--format",
+        "hubble",
+        "--raw",
+        data_path("hubble/hubble_flows.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.ok(), "{}", out.stderr);
     let ev = events(&out);
-    let line1 = std::fs::read_to_string(data("hubble/hubble_flows.jsonl")).unwrap();
+    let line1 = data_text("hubble/hubble_flows.jsonl");
     assert_eq!(
         ev[0]["raw"].as_str().unwrap(),
         line1.lines().next().unwrap()
     );
-    let out = vigil(
-        &[
-            "decode",
-            "--format",
-            "envoy",
-            &data("hubble/hubble_flows.jsonl"),
-        ],
-        None,
+    let out = vigil(&[
+        "decode",
+        "--format",
+        "envoy",
+        data_path("hubble/hubble_flows.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("line 1: envoy: at /response_code: required field is missing")
     );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("line 1: envoy: at /response_code: required field is missing"));
-    let out = vigil(&["decode", "--format", "nope", "-"], Some(b""));
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "usage errors are not decode failures"
+    let out = run_with_input(
+        vigil_command().args(["decode", "--format", "nope", "-"]),
+        b"",
     );
+    assert_eq!(out.code, 2, "usage errors are not decode failures");
 }
 
 #[test]
 fn gzipped_opa_upload_is_one_record_of_several_events() {
     let body = format!(
         "[{}]",
-        std::fs::read_to_string(data("opa/opa_decision_logs.jsonl"))
-            .unwrap()
+        data_text("opa/opa_decision_logs.jsonl")
             .trim()
             .replace('\n', ",")
     );
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(body.as_bytes()).unwrap();
-    let out = vigil(&["decode"], Some(&gz.finish().unwrap()));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_with_input(vigil_command().args(["decode"]), &gz.finish().unwrap());
+    assert!(out.ok(), "{}", out.stderr);
     let ev = events(&out);
     assert_eq!(
         ev.iter()
@@ -143,7 +116,7 @@ fn gzipped_opa_upload_is_one_record_of_several_events() {
             .collect::<Vec<_>>(),
         [0, 1, 2]
     );
-    assert!(stderr(&out).contains("1 records: 3 events decoded"));
+    assert!(out.stderr.contains("1 records: 3 events decoded"));
 }
 
 #[test]
@@ -151,27 +124,22 @@ fn oversized_lines_are_reported_not_buffered() {
     let mut input = b"{\"decision_id\":\"a\",\"result\":true}\n".to_vec();
     input.extend(std::iter::repeat_n(b'x', 2000));
     input.extend_from_slice(b"\n{\"decision_id\":\"b\",\"result\":true}\n");
-    let out = vigil(&["decode", "-"], Some(&input));
+    let out = run_with_input(vigil_command().args(["decode", "-"]), &input);
     // Through the environment, as the configuration reference documents.
-    let out2 = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["decode", "-"])
-        .env("VIGIL_DECODE__MAX_RECORD_BYTES", "1000")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(&input)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "not JSON at the default limit");
-    assert_eq!(out2.status.code(), Some(1));
+    let out2 = run_with_input(
+        vigil_command()
+            .args(["decode", "-"])
+            .env("VIGIL_DECODE__MAX_RECORD_BYTES", "1000"),
+        &input,
+    );
+    assert_eq!(out.code, 1, "not JSON at the default limit");
+    assert_eq!(out2.code, 1);
     assert_eq!(events(&out2).len(), 2);
     assert!(
-        stderr(&out2).contains("line 2: record is 2000 bytes, over the limit of 1000 bytes"),
+        out2.stderr
+            .contains("line 2: record is 2000 bytes, over the limit of 1000 bytes"),
         "{}",
-        stderr(&out2)
+        out2.stderr
     );
 }
 
@@ -181,31 +149,24 @@ fn config_file_errors_are_clear() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[decode]\nmax_records_bytes = 1\n").unwrap();
-    let out = vigil(&["--config", bad.to_str().unwrap(), "config"], None);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("max_records_bytes"),
-        "{}",
-        stderr(&out)
-    );
-    let out = vigil(
-        &[
-            "--config",
-            dir.join("missing.toml").to_str().unwrap(),
-            "config",
-        ],
-        None,
-    );
-    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
-    let out = vigil(&["config"], None);
+    let out = vigil(&["--config", bad.to_str().unwrap(), "config"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("max_records_bytes"), "{}", out.stderr);
+    let out = vigil(&[
+        "--config",
+        dir.join("missing.toml").to_str().unwrap(),
+        "config",
+    ]);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    let out = vigil(&["config"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("max_record_bytes = 4194304"));
     std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn the_schema_reference_in_docs_is_generated_from_the_code() {
-    let out = vigil(&["schema"], None);
-    assert!(out.status.success());
+    let out = vigil(&["schema"]);
+    assert!(out.ok());
     let table = String::from_utf8(out.stdout).unwrap();
     let doc =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/event-schema.md"))
@@ -214,7 +175,7 @@ fn the_schema_reference_in_docs_is_generated_from_the_code() {
         doc.ends_with(&table),
         "docs/event-schema.md is stale: regenerate it with `vigil schema`"
     );
-    let out = vigil(&["schema", "--json"], None);
+    let out = vigil(&["schema", "--json"]);
     let cols: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cols[0]["name"], "event_time");
     assert_eq!(cols.last().unwrap()["name"], "raw");
@@ -268,7 +229,7 @@ fn native_json_schema_accepts_what_the_decoder_accepts() {
     );
     // Its example decodes.
     let example = schema["examples"][0].to_string();
-    let out = vigil(&["decode", "-"], Some(example.as_bytes()));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_with_input(vigil_command().args(["decode", "-"]), example.as_bytes());
+    assert!(out.ok(), "{}", out.stderr);
     assert_eq!(events(&out)[0]["source_format"], "native");
 }

@@ -1,23 +1,10 @@
 //! `vigil rules test|list|backtest` and `vigil alerts` as a user runs them.
 
 use std::path::Path;
-use std::process::Command;
 
+use crate::support::*;
 use vigil_schemas::Decoder;
 use vigil_store::{PartitionBatch, RecordRef, Store, WriteOptions};
-
-fn vigil(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
 
 const GOOD: &str = r#"
 id = "team.admin_denials"
@@ -50,7 +37,7 @@ fn rules_test_reports_each_test_and_fails_on_any_failure() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.toml"), GOOD).unwrap();
     let d = dir.path().to_str().unwrap();
-    let (code, out) = vigil(&["rules", "test", d, "--no-defaults"]);
+    let Ran { code, out, .. } = vigil(&["rules", "test", d, "--no-defaults"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("ok    team.admin_denials :: three admin denials"),
@@ -64,7 +51,7 @@ fn rules_test_reports_each_test_and_fails_on_any_failure() {
     assert!(out.contains("2 test(s), 1 passed, 1 failed"), "{out}");
 
     // The default pack passes its own tests.
-    let (code, out) = vigil(&["rules", "test"]);
+    let Ran { code, out, .. } = vigil(&["rules", "test"]);
     assert_eq!(code, 0, "{out}");
 
     // A broken file: named with its line; the other rules still list.
@@ -73,7 +60,7 @@ fn rules_test_reports_each_test_and_fails_on_any_failure() {
         "id = \"x\"\nversion = 1\ntitle = \"t\"\nseverity = \"urgent\"\nkind = \"threshold\"\n",
     )
     .unwrap();
-    let (code, out) = vigil(&["rules", "list", d]);
+    let Ran { code, out, .. } = vigil(&["rules", "list", d]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("broken.toml:4: unknown variant `urgent`"),
@@ -110,7 +97,7 @@ fn backtest_prints_what_would_have_fired_within_the_bounds() {
     let dir = tempfile::tempdir().unwrap();
     store_with_denials(dir.path(), 25);
     let d = dir.path().to_str().unwrap();
-    let (code, out) = vigil(&["rules", "backtest", "--data-dir", d]);
+    let Ran { code, out, .. } = vigil(&["rules", "backtest", "--data-dir", d]);
     assert_eq!(code, 0, "{out}");
     // 25 denials of one caller on 25 paths within 25 s: the per-caller burst and probing.
     assert!(out.contains("vigil.denial_burst.caller"), "{out}");
@@ -119,7 +106,7 @@ fn backtest_prints_what_would_have_fired_within_the_bounds() {
         out.contains("25 events evaluated, 2 alert(s) would have fired"),
         "{out}"
     );
-    let (code, out) = vigil(&[
+    let Ran { code, out, .. } = vigil(&[
         "rules",
         "backtest",
         "--data-dir",
@@ -139,11 +126,12 @@ fn backtest_prints_what_would_have_fired_within_the_bounds() {
         !out.contains("\"rule_id\":\"vigil.denial_burst.caller\""),
         "{out}"
     );
-    let (code, out) = vigil(&["rules", "backtest", "--data-dir", d, "--from", "yesterday"]);
+    let Ran { code, out, .. } =
+        vigil(&["rules", "backtest", "--data-dir", d, "--from", "yesterday"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("not an RFC 3339 time"), "{out}");
     // Backtests store nothing.
-    let (code, out) = vigil(&["alerts", "--data-dir", d]);
+    let Ran { code, out, .. } = vigil(&["alerts", "--data-dir", d]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 alert(s)"), "{out}");
 }

@@ -4,25 +4,13 @@
 //! sample's own fields with plain JSON lookups (whole files), independently of the decoders.
 
 use std::io::Write;
-use std::path::PathBuf;
 
+use crate::support::*;
 use serde_json::Value;
 use vigil_schemas::{Decision, Decoder, DecoderConfig, Event, Kind, SourceFormat};
 
-fn data(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "test data missing: {} (shared/ must sit beside the repo)",
-        p.display()
-    );
-    p
-}
-
 fn lines(rel: &str) -> Vec<String> {
-    std::fs::read_to_string(data(rel))
+    std::fs::read_to_string(data_path(rel))
         .unwrap()
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -284,7 +272,7 @@ fn check_k8s(v: &Value, e: &Event<'_>, ctx: &str) {
 
 #[test]
 fn falco_k8s_audit_trace_files() {
-    let dir = data("k8s-audit-falco/trace_files");
+    let dir = data_path("k8s-audit-falco/trace_files");
     let (mut decoded, mut rejected, mut files) = (0, Vec::new(), 0);
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -316,7 +304,7 @@ fn falco_k8s_audit_trace_files() {
 #[test]
 fn falco_malformed_event_is_rejected_even_when_pinned() {
     // Falco expects "data not recognized as a k8s audit event" for this file.
-    let raw = std::fs::read(data("k8s-audit-falco/trace_files/fal_01_003.json")).unwrap();
+    let raw = std::fs::read(data_path("k8s-audit-falco/trace_files/fal_01_003.json")).unwrap();
     let err = Decoder::default().decode_with(&raw, |_| {}).unwrap_err();
     assert_eq!(err.kind_name(), "unknown_format");
     assert_eq!(err.raw, raw);
@@ -332,7 +320,7 @@ fn falco_malformed_event_is_rejected_even_when_pinned() {
 #[test]
 fn falco_unexpected_caller_pair() {
     // The allowlist pair the data README names: some-user must trip it, minikube-user not.
-    let some = std::fs::read_to_string(data(
+    let some = std::fs::read_to_string(data_path(
         "k8s-audit-falco/trace_files/some-user_creates_namespace_foo.json",
     ))
     .unwrap();
@@ -346,7 +334,7 @@ fn falco_unexpected_caller_pair() {
     assert_eq!(s(&e.caller.ip), Some("192.168.99.1"));
     assert_eq!(e.time_ns, Some(ns("2018-10-25T13:58:49.730588Z")));
 
-    let mini = std::fs::read_to_string(data(
+    let mini = std::fs::read_to_string(data_path(
         "k8s-audit-falco/trace_files/minikube_creates_namespace_foo.json",
     ))
     .unwrap();

@@ -3,8 +3,6 @@
 //! hang, or are down at first; a restart with alerts in the outbox; undeliverable alerts; and
 //! `vigil serve --webhook` end to end over the real broker.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -76,7 +74,7 @@ fn receiver(addr: Option<SocketAddr>, behaviour: Behaviour) -> (SocketAddr, Rece
         behaviour: Arc::new(behaviour),
     };
     let app = axum::Router::new().fallback(handle).with_state(r.clone());
-    let addr = common::http_server(addr, app);
+    let addr = crate::support::http_server(addr, app);
     (addr, r)
 }
 
@@ -372,7 +370,7 @@ fn an_alert_past_its_max_age_is_undeliverable_and_kept_aside() {
 
 #[test]
 fn serve_with_webhook_delivers_signed_alerts_from_the_broker() {
-    use common::*;
+    use crate::support::*;
     let (addr, r) = receiver(None, Behaviour::default());
     let broker = Broker::start();
     broker.create_topic("mesh", 1);
@@ -405,9 +403,9 @@ fn serve_with_webhook_delivers_signed_alerts_from_the_broker() {
         .collect();
     produce(&broker.producer(), "mesh", &recs);
     wait("the webhook", 60, || !r.got.lock().unwrap().is_empty());
-    std::thread::sleep(Duration::from_millis(300));
-    let log = s.log_text();
-    assert!(s.terminate());
+    // The whole log, its shutdown summary included.
+    let (ok, log) = s.stop();
+    assert!(ok, "{log}");
     assert!(
         !log.contains("hook-key"),
         "the secret is never logged: {log}"
@@ -454,7 +452,7 @@ fn redirects_are_failed_attempts_and_no_target_url_is_ever_shown() {
             n.fetch_add(1, Ordering::SeqCst);
             async { StatusCode::OK }
         });
-        common::http_server(None, app)
+        crate::support::http_server(None, app)
     };
     let app = {
         let n = landing.clone();
@@ -475,8 +473,8 @@ fn redirects_are_failed_attempts_and_no_target_url_is_ever_shown() {
                 }),
             )
     };
-    let addr = common::http_server(None, app);
-    let closed = common::free_port();
+    let addr = crate::support::http_server(None, app);
+    let closed = crate::support::free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut targets = vec![
         target(

@@ -4,13 +4,11 @@
 //! over the API with the key the script made), SQL over the API must return the events, and
 //! the store must verify.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 /// The script's process group: stopped (TERM, then KILL) if the test fails half-way.
 struct Group(Child);
@@ -201,7 +199,7 @@ fn the_main_command_alerts_every_attack_answers_sql_and_verifies() {
     // The data it wrote verifies offline (the broker and its anchors gone) with the keys it
     // pinned and the state its last verify trusted.
     succeed(
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
+        vigil_command()
             .args(["verify", "--data-dir"])
             .arg(&data)
             .arg("--keys")

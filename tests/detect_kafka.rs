@@ -4,16 +4,13 @@
 //! traffic raises nothing, alerts are stored (and queryable) with evidence that proves from
 //! the store, and a restart — with or without the engine's state — raises nothing new.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use common::*;
 use vigil_detect::alerts::{Alert, latest, read_revisions};
 
 fn ts(t_ns: i64) -> String {
@@ -172,22 +169,6 @@ fn summary(a: &[Alert]) -> BTreeSet<(String, String)> {
     alert_summary(a)
 }
 
-fn vigil(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
     let broker = Broker::start();
@@ -329,7 +310,7 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
     let ev = &stuffing.evidence[0];
     assert!(ev.log.starts_with("mesh/"));
     let bundle = tmp.path().join("proof.json");
-    let (ok, out) = vigil(&[
+    let Ran { code, out, .. } = vigil(&[
         "proof",
         "--data-dir",
         dir.to_str().unwrap(),
@@ -340,14 +321,14 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
         "--out",
         bundle.to_str().unwrap(),
     ]);
-    assert!(ok, "{out}");
-    let (ok, out) = vigil(&[
+    assert_eq!(code, 0, "{out}");
+    let Ran { code, out, .. } = vigil(&[
         "verify-proof",
         bundle.to_str().unwrap(),
         "--keys",
         dir.join("keys/registry").to_str().unwrap(),
     ]);
-    assert!(ok, "{out}");
+    assert_eq!(code, 0, "{out}");
     // The proven record is the evidence's: its stored leaf hash is the one the alert names.
     let proof: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
@@ -377,8 +358,8 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
     );
     // The sequence counts the denials it needs (the newest 5 of 6) and the allow.
     assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 6);
-    let (ok, out) = vigil(&["alerts", "--data-dir", dir.to_str().unwrap()]);
-    assert!(ok && out.contains("7 alert(s)"), "{out}");
+    let Ran { code, out, .. } = vigil(&["alerts", "--data-dir", dir.to_str().unwrap()]);
+    assert!(code == 0 && out.contains("7 alert(s)"), "{out}");
     // One incident per attacker: the compromised frontend's probing and its denial burst are
     // one (two rules, the higher severity), every other attack its own.
     let b = sql(&dir, "SELECT count(*) FROM incidents");
@@ -444,7 +425,6 @@ fn attacks_alert_once_normal_traffic_never_and_restarts_raise_nothing_new() {
         s.log_text().contains("detection caught up").then_some(())
     });
     assert!(s.log_text().contains("restored=false"), "{}", s.log_text());
-    std::thread::sleep(Duration::from_millis(500));
     assert!(s.terminate());
     let third = alerts(&dir);
     assert_eq!(summary(&third), expected);

@@ -7,17 +7,14 @@
 //! no decision are a sidecar bypass. And `vigil policy import` writes the graph and says what
 //! it left out.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 fn policies() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/policies")
+    data_path("policies")
 }
 
 /// A Hubble flow (the exporter's shape) from `src` to `dst` pod on `port`; `l7`: an HTTP
@@ -66,7 +63,7 @@ fn policy_import_writes_the_graph_and_says_what_it_left_out() {
     // In the demo's order: the manifests, the L3/L4 policy, then the L7 one of the same name
     // in its place (a directory is read in name order).
     let p = policies();
-    let run = Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let run = vigil_command()
         .args(["--log-format", "json", "policy", "import"])
         .arg(p.join("cilium_http_sw_app.yaml"))
         .arg(p.join("cilium_sw_l3_l4_policy.yaml"))

@@ -3,8 +3,7 @@
 //! semantics: `expected_result: true` means "counts toward the threshold"), and Falco's
 //! allowlist cases (`some-user` is an unexpected caller of the API server, `minikube` is not).
 
-use std::path::Path;
-
+use crate::support::*;
 use arrow::array::RecordBatch;
 use serde_json::Value;
 use vigil_detect::engine::Engine;
@@ -12,15 +11,6 @@ use vigil_detect::evidence::EvRef;
 use vigil_detect::filter::BatchRows;
 use vigil_detect::rules::{self, Defaults, Source};
 use vigil_schemas::{Decoder, EventBatchBuilder};
-
-fn data(rel: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data")
-            .join(rel),
-    )
-    .unwrap()
-}
 
 fn decode(record: &str) -> RecordBatch {
     let mut b = EventBatchBuilder::with_capacity(1);
@@ -82,7 +72,7 @@ const MATCHING: &[(&str, &str)] = &[
 fn panther_kubernetes_tests_through_the_matching_default_rules() {
     let mut checked = 0;
     for shape in ["k8s_audit", "gcp_k8s_audit", "azure_k8s_audit"] {
-        for line in data(&format!("panther/by_event_shape/{shape}.jsonl")).lines() {
+        for line in data_text(&format!("panther/by_event_shape/{shape}.jsonl")).lines() {
             let t: Value = serde_json::from_str(line).unwrap();
             let Some((_, ours)) = MATCHING.iter().find(|(p, _)| t["rule_id"] == *p) else {
                 continue;
@@ -128,8 +118,8 @@ allow = [
 
 #[test]
 fn falco_allowlist_cases() {
-    let some_user = data("k8s-audit-falco/trace_files/some-user_creates_namespace_foo.json");
-    let minikube = data("k8s-audit-falco/trace_files/minikube_creates_namespace_foo.json");
+    let some_user = data_text("k8s-audit-falco/trace_files/some-user_creates_namespace_foo.json");
+    let minikube = data_text("k8s-audit-falco/trace_files/minikube_creates_namespace_foo.json");
     let test = |name: &str, file: &str, alerts: usize, extra: &str| {
         format!(
             "\n[[test]]\nname = \"{name}\"\nalerts = {alerts}\n{extra}[[test.event]]\nraw = '''{}'''\n",
@@ -165,7 +155,7 @@ fn falco_allowlist_cases() {
     }
     // And Falco's expected detections agree: some-user's file trips "Disallowed K8s User".
     let expected: Value =
-        serde_json::from_str(&data("k8s-audit-falco/expected_detections.json")).unwrap();
+        serde_json::from_str(&data_text("k8s-audit-falco/expected_detections.json")).unwrap();
     let text = expected.to_string();
     assert!(text.contains("Disallowed K8s User"), "{text}");
 }

@@ -3,12 +3,10 @@
 //! right after it alerts, and the forged log is itself an alert — also after a restart); a
 //! burst backdated by an hour is evaluated, alerts, and its log is said to be late.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const S: i64 = 1_000_000_000;
 

@@ -6,11 +6,9 @@
 //! is stored exactly once, each partition's offsets without a gap, the chain verifies, and
 //! detection alerts as before.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 fn decisions(tag: &str, from: usize, n: usize, ip: &str, allow: bool) -> Vec<Rec> {
     let now = chrono::Utc::now();
@@ -30,7 +28,7 @@ fn decisions(tag: &str, from: usize, n: usize, ip: &str, allow: bool) -> Vec<Rec
 /// `vigil verify` finds nothing tampered and no gap (incomplete only for what nothing outside
 /// vouches for: no keys are pinned in these tests).
 fn verifies_untampered(dir: &std::path::Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let out = vigil_command()
         .args(["verify", "--json", "--data-dir"])
         .arg(dir)
         .output()

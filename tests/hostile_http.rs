@@ -5,13 +5,11 @@
 //! process keeps no file descriptor of a closed connection; and a normal client, and ingest,
 //! are served as soon as, and while, it happens.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const KEY: &str = "vk_reader_slow_0123456789";
 

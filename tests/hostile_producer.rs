@@ -5,12 +5,10 @@
 //! forgery itself is an alert, per topic and claim; and the real thing still alerts — 20
 //! refused API calls over real HTTP raise `vigil.api.denied_burst` for the real caller.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 fn forged(i: usize, service: &str) -> Rec {
     let t = chrono::Utc::now().to_rfc3339();

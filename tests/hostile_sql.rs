@@ -4,11 +4,9 @@
 //! their timeout (408) — each answer on time and recorded in Vigil's own log — while events
 //! produced meanwhile are stored and alerted on, and the API's other calls are answered.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 
 const READER: &str = "vk_reader_hostile_0123456789";

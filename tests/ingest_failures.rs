@@ -12,12 +12,10 @@
 //! group's committed offsets out of the picture entirely: exactly-once rests on the store's own
 //! record of each partition's head, which is what these tests are about.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use rand::Rng;
 
 const OPA: &str = r#"{"decision_id":"ID","path":"envoy/authz/allow","result":false,"timestamp":"2026-11-22T10:00:00Z","input":{"attributes":{"source":{"address":{"socketAddress":{"address":"10.0.0.1","portValue":4000}},"principal":"spiffe://td/ns/a/sa/b"},"destination":{"principal":"spiffe://td/ns/c/sa/d"},"request":{"http":{"method":"GET","path":"/p"}}}}}"#;
@@ -144,7 +142,6 @@ fn crash_loop(n: usize, kills: usize, max_extra_ms: u64, budget: Duration) -> us
     eprintln!("records stored at each kill: {stored_at_kill:?} of {produced_before:?}");
     let s = serve(&broker, "audit", &data_dir, "vigil-crash-final", &env, None);
     wait_stored(&[&s], &data_dir, n as u64, Duration::from_secs(180));
-    std::thread::sleep(Duration::from_millis(500));
     assert!(s.terminate());
     assert_exactly_once(&data_dir, &produced);
     mid_ingest
@@ -249,7 +246,6 @@ fn two_processes_in_one_group_one_killed_mid_stream() {
         None,
     );
     wait_stored(&[&c], &data_dir, N as u64, Duration::from_secs(120));
-    std::thread::sleep(Duration::from_millis(500));
     assert!(c.terminate());
     let produced: BTreeMap<i32, i64> = (0..PARTITIONS)
         .map(|p| (p, (N as i64) / PARTITIONS as i64))

@@ -2,23 +2,12 @@
 //! once with correct chains and mapped columns; hostile records in both the store and the
 //! dead-letter topic with their reason; a restart stores nothing twice.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::*;
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use common::*;
-
-fn data(rel: &str) -> String {
-    std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data")
-            .join(rel),
-    )
-    .unwrap()
-}
 
 /// (text, count) rows of a `SELECT x, count(*) … GROUP BY` query (one result batch).
 fn counts_by(dir: &std::path::Path, q: &str) -> Vec<(String, i64)> {
@@ -44,15 +33,15 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
     broker.create_topic("audit", 3);
     broker.create_topic("audit.dlq", 1);
     broker.create_topic("vigil.checkpoints", 1);
-    let opa: Vec<String> = data("opa/opa_decision_logs.jsonl")
+    let opa: Vec<String> = data_text("opa/opa_decision_logs.jsonl")
         .lines()
         .map(str::to_owned)
         .collect();
-    let hubble: Vec<String> = data("hubble/hubble_flows.jsonl")
+    let hubble: Vec<String> = data_text("hubble/hubble_flows.jsonl")
         .lines()
         .map(str::to_owned)
         .collect();
-    let k8s = data("k8s-audit-falco/trace_files/some-user_creates_namespace_foo.json")
+    let k8s = data_text("k8s-audit-falco/trace_files/some-user_creates_namespace_foo.json")
         .trim()
         .to_owned();
 
@@ -170,7 +159,7 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
     // stored event column is what its record's bytes decode to (hostile records included).
     let keys_file = dir.path().join("pinned.keys");
     std::fs::write(&keys_file, keys.format()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let out = vigil_command()
         .args(["verify", "--data-dir"])
         .arg(&data_dir)
         .arg("--keys")
@@ -298,7 +287,6 @@ fn every_record_stored_exactly_once_with_chains_columns_and_dead_letters() {
     produce(&broker.producer(), "audit", &more);
     let s = serve(&broker, "audit", &data_dir, "vigil-e2e", &[], None);
     wait_stored(&[&s], &data_dir, total + 30, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500));
     assert!(s.terminate());
     assert_eq!(stored_records(&data_dir), total + 30);
     let report = vigil_store::check_chain(&store).unwrap();
@@ -312,7 +300,7 @@ fn a_fresh_group_on_an_existing_store_resumes_from_the_store_not_from_kafka() {
     // where each partition stands is what prevents storing anything twice.
     let broker = Broker::start();
     broker.create_topic("flows", 2);
-    let line = data("hubble/hubble_flows.jsonl")
+    let line = data_text("hubble/hubble_flows.jsonl")
         .lines()
         .next()
         .unwrap()
@@ -332,14 +320,31 @@ fn a_fresh_group_on_an_existing_store_resumes_from_the_store_not_from_kafka() {
     wait_stored(&[&s], &data_dir, 400, Duration::from_secs(60));
     assert!(s.terminate());
     let s = serve(&broker, "flows", &data_dir, "group-b", &[], None);
-    // Give it time to be assigned, resume and (wrongly) re-store anything.
-    wait_for("group-b assigned", Duration::from_secs(60), || {
-        s.log_text().contains("partition assigned").then_some(())
-    });
-    std::thread::sleep(Duration::from_secs(2));
+    // One more record on each partition, produced after the 400: once both are stored, group-b
+    // has read each partition past everything before them, so anything it (wrongly) stored
+    // again is stored too.
+    let markers: Vec<Rec> = (0..2)
+        .map(|p| Rec {
+            partition: p,
+            key: Some(b"marker".to_vec()),
+            value: Some(line.clone().into_bytes()),
+            headers: vec![],
+        })
+        .collect();
+    produce(&broker.producer(), "flows", &markers);
+    wait_stored(&[&s], &data_dir, 402, Duration::from_secs(60));
     assert!(s.terminate());
-    assert_eq!(stored_records(&data_dir), 400);
-    assert_eq!(stored_positions(&data_dir).len(), 400);
+    assert_eq!(stored_records(&data_dir), 402);
+    let positions = stored_positions(&data_dir);
+    assert_eq!(positions.len(), 402, "every offset once");
+    for p in 0..2 {
+        let offsets: Vec<i64> = positions
+            .iter()
+            .filter(|(q, _, _)| *q == p)
+            .map(|(_, o, _)| *o)
+            .collect();
+        assert_eq!(offsets, (0..201).collect::<Vec<i64>>(), "partition {p}");
+    }
 }
 
 #[test]
@@ -354,7 +359,7 @@ fn a_regex_subscription_takes_every_matching_topic_and_dead_letters_do_not_loop(
     ] {
         broker.create_topic(t, p);
     }
-    let line = data("opa/opa_decision_logs.jsonl")
+    let line = data_text("opa/opa_decision_logs.jsonl")
         .lines()
         .next()
         .unwrap()
@@ -386,7 +391,6 @@ fn a_regex_subscription_takes_every_matching_topic_and_dead_letters_do_not_loop(
     // 21 + 10 from the two topics, and the dead letter of the broken record, which the regex
     // also matches: stored (rejected again), but not copied to `audit-a.dlq.dlq`.
     wait_stored(&[&s], &data_dir, 32, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500));
     let log_path = s.log.clone();
     assert!(s.terminate());
     let log = std::fs::read_to_string(log_path).unwrap();

@@ -2,12 +2,9 @@
 //! every attack it injects fires the rules it names, about the subject it names, and the
 //! normal traffic (with its one-off denials, drops and 403s) fires nothing else.
 
-mod common;
-
-use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use vigil_detect::alerts::{latest, read_revisions};
 
 #[test]
@@ -74,7 +71,7 @@ fn every_simulated_attack_fires_its_rules_and_normal_traffic_fires_nothing_else(
     let pinned = tmp.path().join("pinned.keys");
     std::fs::copy(vigil_store::layout::registry(&dir), &pinned).unwrap();
     succeed(
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
+        vigil_command()
             .args(["verify", "--data-dir"])
             .arg(&dir)
             .arg("--keys")

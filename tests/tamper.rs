@@ -7,18 +7,15 @@
 //! The fixture is built once per `vigil` binary and cached under the target directory; every
 //! test works on its own copy.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, FixedSizeBinaryArray, Int64Array};
 use arrow::compute::{concat_batches, take};
 use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
-use common::*;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -32,14 +29,11 @@ const FIRST_RUN: usize = 240;
 const SECOND_RUN: usize = 120;
 
 fn opa_line() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/opa/opa_decision_logs.jsonl"),
-    )
-    .unwrap()
-    .lines()
-    .nth(1)
-    .unwrap()
-    .to_owned()
+    data_text("opa/opa_decision_logs.jsonl")
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned()
 }
 
 fn records(from: usize, n: usize) -> Vec<Rec> {
@@ -58,21 +52,6 @@ fn records(from: usize, n: usize) -> Vec<Rec> {
             headers: vec![("seq".into(), i.to_string().into_bytes())],
         })
         .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-            let perm = std::fs::metadata(e.path()).unwrap().permissions();
-            std::fs::set_permissions(&target, perm).unwrap();
-        }
-    }
 }
 
 /// The fixture: `store/` (the live store), `snapshot/` (a copy taken after the first run),
@@ -208,20 +187,13 @@ impl Case {
 }
 
 fn verify_raw(data_dir: &Path, args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let ran = run(vigil_command()
         .args(["verify", "--json", "--data-dir"])
         .arg(data_dir)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "verify printed no JSON ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), report)
+        .args(args));
+    let report: Value = serde_json::from_slice(&ran.stdout)
+        .unwrap_or_else(|e| panic!("verify printed no JSON ({e}); stderr: {}", ran.stderr));
+    (ran.code, report)
 }
 
 /// Assert a verdict and a finding whose place contains `place` and text contains `what`.
@@ -846,18 +818,6 @@ fn flip_first(b: &mut Value) {
     b["proof"][0] = format!("{digit}{}", &h[1..]).into();
 }
 
-fn vigil(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 /// Write `bundle` to a file and check it with the pinned keys.
 fn check_bundle(c: &Case, bundle: &Value) -> (i32, String) {
     let path = c.root.join(format!(
@@ -866,19 +826,20 @@ fn check_bundle(c: &Case, bundle: &Value) -> (i32, String) {
     ));
     std::fs::write(&path, serde_json::to_string(bundle).unwrap()).unwrap();
     let keys = c.root.join("keys");
-    vigil(&[
+    let ran = vigil(&[
         "verify-proof",
         path.to_str().unwrap(),
         "--keys",
         keys.to_str().unwrap(),
-    ])
+    ]);
+    (ran.code, ran.out)
 }
 
 fn proof(c: &Case, args: &[&str]) -> Value {
     let store = c.store();
     let mut all = vec!["proof", "--data-dir", store.to_str().unwrap()];
     all.extend_from_slice(args);
-    let (code, out) = vigil(&all);
+    let Ran { code, out, .. } = vigil(&all);
     assert_eq!(code, 0, "{out}");
     serde_json::from_str(&out).unwrap()
 }
@@ -895,7 +856,8 @@ fn t16_an_event_is_proven_with_the_public_key_alone_and_every_mutation_fails() {
     let path = c.root.join("event.json");
     std::fs::write(&path, serde_json::to_string(&by_event).unwrap()).unwrap();
     let vkey = &keys.keys[1].vkey;
-    let (code, out) = vigil(&["verify-proof", path.to_str().unwrap(), "--public-key", vkey]);
+    let Ran { code, out, .. } =
+        vigil(&["verify-proof", path.to_str().unwrap(), "--public-key", vkey]);
     assert_eq!(code, 0, "{out}");
 
     let good = proof(&c, &["--log", "audit/0", "--index", "9"]);
@@ -1015,7 +977,7 @@ fn t22_a_legitimate_compaction_verifies_even_when_interrupted() {
     for f in &old {
         std::fs::copy(f, saved.join(name(f))).unwrap();
     }
-    let (code, out) = vigil(&[
+    let Ran { code, out, .. } = vigil(&[
         "compact",
         "--data-dir",
         store.to_str().unwrap(),
@@ -1041,7 +1003,7 @@ fn t22_a_legitimate_compaction_verifies_even_when_interrupted() {
     }
     // The next run (serve or compact) removes what the compaction replaced; then everything
     // verifies as before, checkpoints included.
-    let (code, out) = vigil(&[
+    let Ran { code, out, .. } = vigil(&[
         "compact",
         "--data-dir",
         store.to_str().unwrap(),

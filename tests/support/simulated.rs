@@ -1,10 +1,9 @@
 //! `vigil simulate` as the tests drive it: what it said it injected, the alerts each attack
 //! must raise (written here, not taken from the simulator), and waiting for them.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::succeed;
+use super::{succeed, vigil_command};
 
 /// What `vigil simulate` said it did (its `--json` output or `--record` file): the mesh's call
 /// edges and, per injected attack, the rules that should fire about its subject.
@@ -206,7 +205,7 @@ impl Simulated {
 /// `vigil simulate --brokers B --json ARGS…` to its end: what it said it did, and its output.
 pub fn simulate(brokers: &str, args: &[&str]) -> (Simulated, String) {
     let stdout = succeed(
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
+        vigil_command()
             .args(["simulate", "--brokers", brokers, "--json"])
             .args(args),
     );

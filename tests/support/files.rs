@@ -1,0 +1,40 @@
+//! Files: the public samples beside the repository, and copies of data directories.
+
+use std::path::{Path, PathBuf};
+
+/// A file or directory of the public samples in `../shared/data` (see its README); fails the
+/// test, naming it, if it is missing.
+pub fn data_path(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "test data missing: {} (shared/ must sit beside the repository)",
+        p.display()
+    );
+    p
+}
+
+/// A sample file's text.
+pub fn data_text(rel: &str) -> String {
+    let p = data_path(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Copy the directory tree `from` to `to` (created if missing), keeping each file's
+/// permissions (a read-only file stays read-only).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+            let perm = std::fs::metadata(e.path()).unwrap().permissions();
+            std::fs::set_permissions(&target, perm).unwrap();
+        }
+    }
+}
