@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use vigil_store::audit::{AuditReport, Trusted, Verdict, audit, read_anchor_dir};
 use vigil_store::checkpoint::Registry;
+use vigil_store::trusted::TrustedFile;
 
 use crate::config::Config;
 
@@ -51,24 +51,14 @@ pub struct VerifyArgs {
     json: bool,
 }
 
-/// The trusted state file.
-#[derive(Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct TrustedFile {
-    format: String,
-    /// A key registry.
-    keys: String,
-    /// Signed checkpoint notes, the newest per log.
-    checkpoints: Vec<String>,
-}
-
-const TRUSTED_FORMAT: &str = "vigil-trusted-v1";
-
 pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
     let mut trusted = Trusted::default();
     let existing = match &args.trusted {
-        Some(path) if path.exists() => Some(read_trusted(path)?),
+        Some(path) if path.exists() => Some(
+            TrustedFile::read(path)
+                .with_context(|| format!("reading trusted state {}", path.display()))?,
+        ),
         Some(path) if !args.update_trusted => {
             anyhow::bail!(
                 "no trusted state at {} (create it with --update-trusted)",
@@ -78,13 +68,7 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     if let Some(t) = &existing {
-        trusted.keys = Some(Registry::parse(&t.keys).context("trusted keys")?);
-        for (i, note) in t.checkpoints.iter().enumerate() {
-            trusted.checkpoints.push((
-                format!("trusted checkpoint #{}", i + 1),
-                note.clone().into_bytes(),
-            ));
-        }
+        trusted = t.trusted()?;
     }
     if let Some(path) = &args.keys {
         let text = std::fs::read_to_string(path)
@@ -113,9 +97,10 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             .anchor_topic
             .clone()
             .unwrap_or_else(|| cfg.checkpoint.kafka_topic.clone());
-        trusted
-            .checkpoints
-            .extend(read_anchor_topic(cfg, brokers, &topic)?);
+        trusted.checkpoints.extend(
+            vigil_ingest::read_anchor_topic(brokers, &topic, &cfg.kafka.properties)
+                .with_context(|| format!("anchor topic {topic}"))?,
+        );
     }
 
     let start = Instant::now();
@@ -151,7 +136,9 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         && let Some(path) = &args.trusted
     {
         if report.may_be_trusted(existing.is_none()) {
-            write_trusted(path, existing, &report)?;
+            TrustedFile::after(existing.as_ref(), &report)
+                .write(path)
+                .with_context(|| format!("writing trusted state {}", path.display()))?;
             tracing::info!(trusted = %path.display(), "trusted state updated");
         } else {
             tracing::warn!(trusted = %path.display(), verdict = verdict.as_str(),
@@ -159,139 +146,6 @@ pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(verdict.exit_code()))
-}
-
-/// A consumer context that does not log reaching a partition's end as an error (it is how the
-/// anchor reader knows it is done).
-struct QuietEof;
-
-impl rdkafka::ClientContext for QuietEof {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
-            && !reason.contains("reached end of partition")
-        {
-            tracing::warn!(%error, reason, "anchor consumer");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for QuietEof {}
-
-/// Every checkpoint in the anchor topic, read from the beginning to the end of each partition.
-fn read_anchor_topic(
-    cfg: &Config,
-    brokers: &str,
-    topic: &str,
-) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    use std::time::Duration;
-
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", brokers)
-        .set("group.id", format!("vigil-verify-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10");
-    for (k, v) in &cfg.kafka.properties {
-        cc.set(k, v);
-    }
-    let consumer: BaseConsumer<QuietEof> = cc
-        .create_with_context(QuietEof)
-        .context("anchor consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("anchor topic {topic}: metadata"))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    anyhow::ensure!(
-        !partitions.is_empty(),
-        "anchor topic {topic} has no partitions"
-    );
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut at_end = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    let start = Instant::now();
-    // Until every partition reported its end (and a moment after, for a broker whose end
-    // trails by a batch), at most a minute.
-    let mut settled: Option<Instant> = None;
-    while start.elapsed() < Duration::from_secs(60)
-        && settled.is_none_or(|t| t.elapsed() < Duration::from_secs(1))
-    {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                if let Some(v) = m.payload() {
-                    out.push((
-                        format!("anchor {topic}/{}@{}", m.partition(), m.offset()),
-                        v.to_vec(),
-                    ));
-                }
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => anyhow::bail!("reading anchor topic {topic}: {e}"),
-            None => {}
-        }
-        if settled.is_none() && partitions.iter().all(|p| at_end.contains(p)) {
-            settled = Some(Instant::now());
-        }
-    }
-    anyhow::ensure!(
-        settled.is_some(),
-        "anchor topic {topic}: did not reach the end of every partition within a minute"
-    );
-    Ok(out)
-}
-
-fn read_trusted(path: &Path) -> anyhow::Result<TrustedFile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading trusted state {}", path.display()))?;
-    let t: TrustedFile =
-        serde_json::from_str(&text).with_context(|| format!("trusted state {}", path.display()))?;
-    anyhow::ensure!(
-        t.format == TRUSTED_FORMAT,
-        "trusted state {}: format {:?}, expected {TRUSTED_FORMAT:?}",
-        path.display(),
-        t.format
-    );
-    Ok(t)
-}
-
-fn write_trusted(
-    path: &Path,
-    existing: Option<TrustedFile>,
-    report: &AuditReport,
-) -> anyhow::Result<()> {
-    let keys = match &existing {
-        Some(t) => t.keys.clone(),
-        None => report.keys.format(),
-    };
-    let checkpoints = report
-        .logs
-        .iter()
-        .filter_map(|l| l.newest_note.as_ref())
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect();
-    let t = TrustedFile {
-        format: TRUSTED_FORMAT.to_owned(),
-        keys,
-        checkpoints,
-    };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&t)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
 }
 
 fn hex(h: &[u8; 32]) -> String {

@@ -40,7 +40,7 @@ use rdkafka::error::KafkaError;
 use vigil_schemas::{DecoderConfig, SourceFormat};
 use vigil_store::StoreError;
 
-pub use anchor::AnchorPublisher;
+pub use anchor::{AnchorPublisher, read_anchor_topic};
 pub use chunk::{CHUNK_MAX_BYTES, CHUNK_MAX_RECORDS};
 pub use consumer::run;
 pub use metrics::{Histogram, IngestMetrics, MetricsSnapshot, PartitionLag};
@@ -98,6 +98,8 @@ pub enum IngestError {
     DetectGone,
     #[error("pipeline thread stopped unexpectedly")]
     PipelineGone,
+    #[error("anchor topic {topic}: {what}")]
+    AnchorTopic { topic: String, what: String },
     #[error("internal: {0}")]
     Internal(&'static str),
 }

@@ -1,6 +1,6 @@
 //! The analyst API inside `vigil serve`: its settings from the configuration, the HTTP server
-//! on its own runtime, and the writers of Vigil's own logs it feeds (a partition per process,
-//! chained, signed, anchored): every call in `vigil.api/<n>`, OPA uploads in `vigil.opa/<n>`.
+//! on its own runtime, and the writers of Vigil's own logs it feeds ([`api::OwnLogs`]: every
+//! call in `vigil.api/<n>`, OPA uploads in `vigil.opa/<n>`).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 use vigil_query::api::auth::{ApiKey, Auth, JwtConfig, Role};
 use vigil_query::api::{
-    self, ApiConfig as Settings, AppState, Audited, Upload, Uploaded,
+    self, ApiConfig as Settings, AppState,
     runner::{Runner, Sharing},
     sql::Limits,
 };
-use vigil_store::{API_TOPIC, LogSigner, OPA_TOPIC, Store, WriteOptions};
+use vigil_store::{LogSigner, Store, WriteOptions};
 
 use crate::config::Config;
 
@@ -22,15 +22,8 @@ use crate::config::Config;
 pub struct Api {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: JoinHandle<anyhow::Result<()>>,
-    writers: Vec<JoinHandle<anyhow::Result<()>>>,
+    own_logs: api::OwnLogs,
 }
-
-/// Calls (or uploads) waiting to be recorded at most (a full queue slows the API down).
-const QUEUE: usize = 1024;
-/// Uploads waiting to be stored at most (each up to `api.max_body_bytes` as received).
-const UPLOAD_QUEUE: usize = 64;
-/// Records in one file at most.
-const BATCH: usize = 256;
 
 /// The authenticator the configuration describes.
 pub fn auth(cfg: &Config) -> anyhow::Result<Auth> {
@@ -211,7 +204,7 @@ pub fn reload_fn(
         let rules = loaded.rules.into_iter().map(|(r, _)| r).collect();
         let reloaded = reloader
             .reload(rules, by, Duration::from_secs(30))
-            .map_err(api::ReloadFail::Unavailable)?;
+            .map_err(|e| api::ReloadFail::Unavailable(e.to_string()))?;
         Ok(api::RulesReloaded {
             reloaded,
             inactive: loaded
@@ -244,64 +237,14 @@ pub fn start(
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
 
+    // Every call is recorded in `vigil.api`; OPA uploads (`POST /logs`) are stored as
+    // received in `vigil.opa`, decoded as OPA's upload format.
     let store = Store::open(&cfg.store.data_dir, WriteOptions::default())?;
-    let (log, lock) = open_log(&store, API_TOPIC, None, &signer)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Audited>(QUEUE);
-    let writer = std::thread::Builder::new()
-        .name("vigil-api-audit".into())
-        .spawn(move || {
-            let _lock = lock;
-            write_log(
-                log,
-                rx,
-                |a: &Audited, seq| (api::audit_event(&a.call, seq), Vec::new()),
-                (|_: &Audited| 0, usize::MAX),
-                |a, r| {
-                    let _ = a.done.send(r.map(|_| ()));
-                },
-            )
-        })?;
-    // OPA uploads (`POST /logs`): stored as received, decoded as OPA's upload format.
     let opa = vigil_schemas::Decoder::new(
         cfg.decode.decoder_config()?,
         Some(vigil_schemas::SourceFormat::Opa),
     );
-    let (log, lock) = open_log(&store, OPA_TOPIC, Some(opa), &signer)?;
-    let (up_tx, up_rx) = tokio::sync::mpsc::channel::<Upload>(UPLOAD_QUEUE);
-    let upload_batch_bytes = cfg.api.upload_batch_bytes.max(1);
-    let uploads = std::thread::Builder::new()
-        .name("vigil-api-uploads".into())
-        .spawn(move || {
-            let _lock = lock;
-            write_log(
-                log,
-                up_rx,
-                |u: &Upload, _| {
-                    let mut headers = vec![(
-                        "vigil-uploader".to_owned(),
-                        u.principal.clone().into_bytes(),
-                    )];
-                    if let Some(p) = u.peer {
-                        headers.push(("vigil-peer".to_owned(), p.to_string().into_bytes()));
-                    }
-                    (u.body.clone(), headers)
-                },
-                (|u: &Upload| u.inflated_bytes, upload_batch_bytes),
-                |u, r| {
-                    let r = r.map(|o| match o {
-                        vigil_store::Appended::Decoded(n) => Uploaded {
-                            events: *n,
-                            rejected: None,
-                        },
-                        vigil_store::Appended::Rejected(e) => Uploaded {
-                            events: 0,
-                            rejected: Some(e.to_string()),
-                        },
-                    });
-                    let _ = u.done.send(r);
-                },
-            )
-        })?;
+    let own_logs = api::OwnLogs::start(&store, &signer, opa, cfg.api.upload_batch_bytes)?;
 
     let data_dir = cfg.store.data_dir.clone();
     let lifecycle_cfg = cfg.clone();
@@ -332,8 +275,8 @@ pub fn start(
         auth: Arc::new(auth),
         lifecycle: Some(lifecycle),
         reload,
-        audit: tx,
-        uploads: Some(up_tx),
+        audit: own_logs.audit.clone(),
+        uploads: Some(own_logs.uploads.clone()),
         checkpoints: Some(signer.checkpoints().clone()),
         ready,
         metrics,
@@ -374,7 +317,7 @@ pub fn start(
     Ok(Api {
         stop: Some(stop),
         server,
-        writers: vec![writer, uploads],
+        own_logs,
     })
 }
 
@@ -389,87 +332,7 @@ impl Api {
             .join()
             .map_err(|_| anyhow::anyhow!("API thread panicked"))?;
         served.context("API server")?;
-        for w in self.writers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("API log writer panicked"))?
-                .context("API log writer")?;
-        }
+        self.own_logs.join().context("API log writer")?;
         Ok(())
     }
-}
-
-/// Append what arrives in batches (one durable file per batch, signed and anchored by the
-/// log), then answer each item with what became of its record.
-fn write_log<T>(
-    mut log: vigil_store::OwnLog,
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-    value: impl Fn(&T, u64) -> (Vec<u8>, vigil_store::RecordHeaders),
-    batch_bytes: (impl Fn(&T) -> usize, usize),
-    answer: impl Fn(T, Result<&vigil_store::Appended, String>),
-) -> anyhow::Result<()> {
-    let mut seq = 0u64;
-    let (weight, max_weight) = batch_bytes;
-    // An item that did not fit the last batch starts the next one.
-    let mut carried: Option<T> = None;
-    loop {
-        let Some(first) = carried.take().or_else(|| rx.blocking_recv()) else {
-            break;
-        };
-        let mut total = weight(&first);
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(a) => {
-                    let w = weight(&a);
-                    if total.saturating_add(w) > max_weight {
-                        carried = Some(a);
-                        break;
-                    }
-                    total += w;
-                    batch.push(a);
-                }
-                Err(_) => break,
-            }
-        }
-        let (values, headers): (Vec<Vec<u8>>, Vec<vigil_store::RecordHeaders>) = batch
-            .iter()
-            .map(|a| {
-                seq += 1;
-                value(a, seq)
-            })
-            .unzip();
-        let written = log
-            .append_with_headers(&values, &headers, vigil_store::clock::now_ns() / 1_000_000)
-            .map_err(anyhow::Error::from)
-            .and_then(|w| Ok(w.context("no record written")?.outcomes));
-        match written {
-            Ok(outcomes) => {
-                for (item, o) in batch.into_iter().zip(&outcomes) {
-                    answer(item, Ok(o));
-                }
-            }
-            Err(e) => {
-                let e = format!("{e:#}");
-                tracing::error!(error = %e, log = %log.log(), "writing to Vigil's own log failed: the API answers 503 until it works again");
-                for item in batch {
-                    answer(item, Err(e.clone()));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Claim a partition of one of Vigil's own logs and sign what a crash left unsigned.
-fn open_log(
-    store: &Store,
-    topic: &str,
-    decoder: Option<vigil_schemas::Decoder>,
-    signer: &LogSigner,
-) -> anyhow::Result<(vigil_store::OwnLog, std::fs::File)> {
-    let (log, lock) = match decoder {
-        Some(d) => vigil_store::claim_with(store, topic, d, false)?,
-        None => vigil_store::claim(store, topic)?,
-    };
-    Ok((log.signed(signer.clone())?, lock))
 }

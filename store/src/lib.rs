@@ -30,6 +30,7 @@ pub mod own_log;
 pub mod proof;
 pub mod read;
 pub mod schema;
+pub mod trusted;
 pub mod verify;
 
 pub use anchor::{Anchor, LogSigner};

@@ -10,12 +10,14 @@ mod audit;
 pub mod auth;
 mod handlers;
 mod openapi;
+mod own_logs;
 pub mod runner;
 pub mod sql;
 
 use handlers::*;
 use openapi::openapi;
 pub use openapi::{Io, RouteDoc, openapi_doc};
+pub use own_logs::{AUDIT_QUEUE, MAX_BATCH_ITEMS, OwnLogs, OwnLogsError, UPLOAD_QUEUE};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
