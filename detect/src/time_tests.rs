@@ -1,6 +1,8 @@
 //! Event time through the whole engine: the same events give the same alerts however they are
 //! spread over partitions and interleaved; a forged future timestamp blinds nothing; backdated
 //! and lagging events are still evaluated, and said to be late.
+//!
+//! One file past 600 lines: the property test and the scenarios share their event builders.
 
 use std::collections::BTreeSet;
 
