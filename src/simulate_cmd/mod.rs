@@ -148,6 +148,24 @@ pub(crate) fn rfc3339(t_ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(t_ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
+/// A Kubernetes audit event (`ResponseComplete`, metadata level) with id `id`: `user` at `ip`
+/// doing `verb` on `uri`, answered `code` (403: forbidden).
+pub(crate) fn k8s_audit_event(
+    id: &str,
+    t_ns: i64,
+    user: &str,
+    ip: &str,
+    verb: &str,
+    uri: &str,
+    code: u16,
+) -> String {
+    let decision = if code == 403 { "forbid" } else { "allow" };
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"{uri}","verb":"{verb}","user":{{"username":"{user}"}},"sourceIPs":["{ip}"],"responseStatus":{{"code":{code}}},"requestReceivedTimestamp":"{t}","stageTimestamp":"{t}","annotations":{{"authorization.k8s.io/decision":"{decision}"}}}}"#,
+        t = rfc3339(t_ns),
+    )
+}
+
 /// The scenarios to run, `all` expanded.
 fn expand(scenarios: &[Scenario]) -> Vec<Scenario> {
     scenarios

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use vigil_store::clock::now_ns;
 
 use super::mesh::{Mesh, NAMES, Service};
-use super::{Scenario, rfc3339};
+use super::{Scenario, k8s_audit_event, rfc3339};
 
 /// A record: its key (the source address) and value.
 pub type Record = (String, String);
@@ -103,12 +103,7 @@ impl Emit {
         code: u16,
     ) -> Record {
         let id = self.id("k8s");
-        let decision = if code == 403 { "forbid" } else { "allow" };
-        let v = format!(
-            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"{uri}","verb":"{verb}","user":{{"username":"{user}"}},"sourceIPs":["{ip}"],"responseStatus":{{"code":{code}}},"requestReceivedTimestamp":"{}","stageTimestamp":"{}","annotations":{{"authorization.k8s.io/decision":"{decision}"}}}}"#,
-            rfc3339(t_ns),
-            rfc3339(t_ns),
-        );
+        let v = k8s_audit_event(&id, t_ns, user, ip, verb, uri, code);
         (ip.to_owned(), v)
     }
 }

@@ -4,7 +4,7 @@
 use super::APP_PORT;
 use super::mesh::Workload;
 
-use crate::simulate_cmd::rfc3339;
+use crate::simulate_cmd::{k8s_audit_event, rfc3339};
 
 /// Workload `i` on `port`.
 pub(super) fn end(w: &[Workload], i: usize, port: u16) -> End<'_> {
@@ -124,10 +124,6 @@ impl Payloads {
         code: u16,
     ) -> String {
         let id = self.id("k8s");
-        let decision = if code == 403 { "forbid" } else { "allow" };
-        format!(
-            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"{uri}","verb":"{verb}","user":{{"username":"{user}"}},"sourceIPs":["{ip}"],"responseStatus":{{"code":{code}}},"requestReceivedTimestamp":"{t}","stageTimestamp":"{t}","annotations":{{"authorization.k8s.io/decision":"{decision}"}}}}"#,
-            t = rfc3339(t_ns),
-        )
+        k8s_audit_event(&id, t_ns, user, ip, verb, uri, code)
     }
 }
