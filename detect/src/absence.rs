@@ -147,7 +147,7 @@ impl Absence {
 
     /// The bytes the rule holds: its groups, the deadlines of their triggers, the
     /// destinations it has seen decided on.
-    pub fn weigh(&self) -> usize {
+    pub(crate) fn weigh(&self) -> usize {
         use crate::group::{alloc_bytes, deque_bytes};
         self.st.groups.weigh()
             + deque_bytes(&self.due)
@@ -274,7 +274,7 @@ impl Absence {
     }
 
     /// Forget groups with nothing pending, no recent companion and no open alert.
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         let horizon = self.st.clock.watermark();
         let (within, suppress) = (self.spec.within_ns, self.spec.suppress_ns);
         self.st.groups.retain(|g| {
@@ -287,7 +287,7 @@ impl Absence {
     }
 
     /// After a restore: the deadlines of the groups' pending triggers.
-    pub fn rebuild_due(&mut self) {
+    pub(crate) fn rebuild_due(&mut self) {
         let within = self.spec.within_ns;
         let mut due: Vec<(i64, PackedKey)> = self
             .st

@@ -306,7 +306,7 @@ impl Allowlist {
         self.st.outcome(outcome)
     }
 
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         let horizon = self.st.clock.watermark();
         let suppress = self.spec.suppress_ns;
         let window = self.spec.declared.map_or(0, |(_, w)| w);

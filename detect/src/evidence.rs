@@ -66,7 +66,7 @@ pub struct Counters {
 }
 
 /// The most evidence an alert carries (the newest events in its window).
-pub const MAX_EVIDENCE: usize = 16;
+pub(crate) const MAX_EVIDENCE: usize = 16;
 
 /// Keep the newest `MAX_EVIDENCE` of `refs`.
 pub fn newest(mut refs: Vec<EvRef>) -> Vec<EvRef> {

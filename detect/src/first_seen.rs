@@ -103,7 +103,7 @@ impl FirstSeen {
     }
 
     /// Forget tuples not seen within the history window.
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         let horizon = self.st.clock.watermark();
         let forget = self.spec.forget_ns;
         self.st

@@ -22,7 +22,7 @@ pub struct PackedKey(Box<[u8]>);
 
 impl PackedKey {
     /// The row's key (as [`value`] writes each field).
-    pub fn of_row(fields: &GroupBy, row: &impl Row) -> PackedKey {
+    pub(crate) fn of_row(fields: &GroupBy, row: &impl Row) -> PackedKey {
         let mut buf = Vec::new();
         for (_, f) in fields {
             match f.ty {
@@ -50,7 +50,7 @@ impl PackedKey {
     }
 
     /// A reported key, encoded.
-    pub fn from_key(key: &[Option<String>]) -> PackedKey {
+    pub(crate) fn from_key(key: &[Option<String>]) -> PackedKey {
         PackedKey::of(key.iter().map(Option::as_deref))
     }
 
@@ -60,7 +60,7 @@ impl PackedKey {
     }
 
     /// The key as alerts report it.
-    pub fn to_key(&self) -> Key {
+    pub(crate) fn to_key(&self) -> Key {
         self.values().map(|v| v.map(str::to_owned)).collect()
     }
 

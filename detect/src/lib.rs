@@ -42,7 +42,7 @@ mod system_alerts;
 mod threshold;
 pub mod time;
 
-pub use filter::{Filter, FilterError, Row};
+pub use filter::Row;
 pub use prometheus::OutboxDepth;
 #[cfg(test)]
 mod time_tests;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::{Alert, Status};
 
 /// The principal of revisions detection raises on its own (not a person's change).
-pub const SYSTEM_PRINCIPAL: &str = "vigil:detect";
+pub(crate) const SYSTEM_PRINCIPAL: &str = "vigil:detect";
 
 /// A lifecycle change someone asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +29,7 @@ pub enum Action {
 
 impl Action {
     /// The `action` of its audit event.
-    pub fn audit_name(self) -> &'static str {
+    pub(crate) fn audit_name(self) -> &'static str {
         match self {
             Action::Acknowledge => "alert.acknowledge",
             Action::Resolve => "alert.resolve",
@@ -38,7 +38,7 @@ impl Action {
     }
 
     /// The status an alert in `from` moves to, or why it cannot.
-    pub fn apply_to(self, from: Status) -> Result<Status, NotAllowed> {
+    pub(crate) fn apply_to(self, from: Status) -> Result<Status, NotAllowed> {
         use Status::*;
         match (self, from) {
             (Action::Acknowledge, Open) => Ok(Acknowledged),
@@ -92,7 +92,7 @@ pub enum Refusal {
 }
 
 /// Longest note kept with a change, in bytes.
-pub const MAX_NOTE_BYTES: usize = 4096;
+pub(crate) const MAX_NOTE_BYTES: usize = 4096;
 
 /// One requested change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

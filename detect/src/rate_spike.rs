@@ -168,7 +168,7 @@ impl RateSpike {
     }
 
     /// Groups keep their baseline; only the bound on groups limits them.
-    pub fn expire(&mut self) {}
+    pub(crate) fn expire(&mut self) {}
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::row::OwnedRow;
 use crate::rules::{Defaults, RuleTest, Source, compile, duration_ns, parse};
 
 /// Where every test starts (event time): 2026-01-01T00:00:00Z.
-pub const TEST_START_NS: i64 = 1_767_225_600_000_000_000;
+pub(crate) const TEST_START_NS: i64 = 1_767_225_600_000_000_000;
 
 /// One test's result.
 #[derive(Debug)]

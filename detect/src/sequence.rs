@@ -131,7 +131,7 @@ impl Sequence {
         self.st.outcome(outcome)
     }
 
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         let horizon = self.st.clock.watermark();
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
         self.st.groups.retain(|g| {

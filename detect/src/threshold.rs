@@ -134,7 +134,7 @@ impl Threshold {
     }
 
     /// Forget groups with nothing in the window and no open alert as of the watermark.
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         let horizon = self.st.clock.watermark();
         let (window, suppress) = (self.spec.window_ns, self.spec.suppress_ns);
         self.st.groups.retain(|g| {

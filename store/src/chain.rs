@@ -14,7 +14,7 @@
 //! opt(x) = 0x00 | 0x01 ‖ x;   bytes = u64 len ‖ data;   integers little-endian
 //! ```
 //!
-//! The first record a store ever holds for a partition links to [`GENESIS`] with
+//! The first record a store ever holds for a partition links to `GENESIS` with
 //! `prev_offset = -1`. A gap in offsets (compaction, transaction markers, retention) is not
 //! hidden: the next link commits to the offset it follows, so a verifier sees the gap and no one
 //! can insert or remove records across it unseen.
@@ -22,14 +22,14 @@
 use std::sync::LazyLock;
 
 /// Context string of leaf hashes (blake3 derive-key mode). Changing it is a format change.
-pub const LEAF_CONTEXT: &str = "vigil 2026-11-22 kafka record leaf v1";
+pub(crate) const LEAF_CONTEXT: &str = "vigil 2026-11-22 kafka record leaf v1";
 /// Context string of chain hashes.
-pub const CHAIN_CONTEXT: &str = "vigil 2026-11-22 partition chain link v1";
+pub(crate) const CHAIN_CONTEXT: &str = "vigil 2026-11-22 partition chain link v1";
 
 /// The chain hash the first record of a partition links to.
-pub const GENESIS: [u8; 32] = [0; 32];
+pub(crate) const GENESIS: [u8; 32] = [0; 32];
 /// `prev_offset` of the first record of a partition.
-pub const GENESIS_PREV_OFFSET: i64 = -1;
+pub(crate) const GENESIS_PREV_OFFSET: i64 = -1;
 
 /// A Kafka record as the chain sees it: its position and its bytes exactly as received.
 #[derive(Clone, Copy, Debug)]

@@ -16,13 +16,13 @@
 use std::path::{Path, PathBuf};
 
 /// The store's event files, under the data directory.
-pub const EVENTS_DIR: &str = "events";
+pub(crate) const EVENTS_DIR: &str = "events";
 /// Signed checkpoints, under the data directory.
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub(crate) const CHECKPOINTS_DIR: &str = "checkpoints";
 /// Signing keys and the registry, under the data directory.
-pub const KEYS_DIR: &str = "keys";
+pub(crate) const KEYS_DIR: &str = "keys";
 /// The public key registry's file name (in [`KEYS_DIR`]).
-pub const REGISTRY_FILE: &str = "registry";
+pub(crate) const REGISTRY_FILE: &str = "registry";
 
 /// `DIR/events`.
 pub fn events(data_dir: &Path) -> PathBuf {

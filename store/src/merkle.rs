@@ -32,7 +32,7 @@ pub fn interior(left: &Hash, right: &Hash) -> Hash {
 }
 
 /// The root of the empty tree.
-pub fn empty_root() -> Hash {
+pub(crate) fn empty_root() -> Hash {
     *blake3::hash(b"").as_bytes()
 }
 

@@ -32,7 +32,7 @@ pub fn is_reserved_topic(topic: &str) -> bool {
 }
 
 /// Most partitions of a claimed log (processes writing it at once).
-pub const MAX_CLAIMED_PARTITIONS: i32 = 64;
+pub(crate) const MAX_CLAIMED_PARTITIONS: i32 = 64;
 
 /// Open the first partition of `topic` no other process writes: a lock file per partition
 /// (`DIR/own/<topic>-<partition>.lock`), held while the returned file stays open.
@@ -41,7 +41,7 @@ pub fn claim(store: &Store, topic: &str) -> Result<(OwnLog, std::fs::File), Stor
     claim_with(store, topic, native, true)
 }
 
-/// [`claim`] with the log's decoder and strictness ([`OwnLog::open_with`]).
+/// [`claim`] with the log's decoder and strictness (`OwnLog::open_with`).
 pub fn claim_with(
     store: &Store,
     topic: &str,
@@ -112,7 +112,7 @@ impl OwnLog {
     }
 
     /// Open a log with its decoder; `strict`: refuse records that do not decode.
-    pub fn open_with(
+    pub(crate) fn open_with(
         store: &Store,
         topic: &str,
         partition: i32,

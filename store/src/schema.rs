@@ -11,33 +11,33 @@ pub mod meta {
     pub const FORMAT: &str = "vigil.store_format";
     pub const TOPIC: &str = "vigil.topic";
     pub const PARTITION: &str = "vigil.partition";
-    pub const FIRST_OFFSET: &str = "vigil.first_offset";
-    pub const LAST_OFFSET: &str = "vigil.last_offset";
+    pub(crate) const FIRST_OFFSET: &str = "vigil.first_offset";
+    pub(crate) const LAST_OFFSET: &str = "vigil.last_offset";
     /// Chain hash of the file's first record.
-    pub const FIRST_CHAIN_HASH: &str = "vigil.first_chain_hash";
+    pub(crate) const FIRST_CHAIN_HASH: &str = "vigil.first_chain_hash";
     /// Chain hash of the file's last record: the partition's chain head when it was sealed.
-    pub const LAST_CHAIN_HASH: &str = "vigil.last_chain_hash";
+    pub(crate) const LAST_CHAIN_HASH: &str = "vigil.last_chain_hash";
     /// Last chain hash of the previous file (the genesis hash for the first file).
-    pub const PREV_CHAIN_HASH: &str = "vigil.prev_chain_hash";
+    pub(crate) const PREV_CHAIN_HASH: &str = "vigil.prev_chain_hash";
     /// Offset of the record the file's first record links to (-1 at genesis).
-    pub const PREV_OFFSET: &str = "vigil.prev_offset";
+    pub(crate) const PREV_OFFSET: &str = "vigil.prev_offset";
     pub const RECORDS: &str = "vigil.records";
     /// Leaf index (in the partition log's Merkle tree) of the file's first record: the tree
     /// size before the file.
-    pub const FIRST_LEAF_INDEX: &str = "vigil.first_leaf_index";
+    pub(crate) const FIRST_LEAF_INDEX: &str = "vigil.first_leaf_index";
     /// Tree size after the file's last record.
-    pub const TREE_SIZE: &str = "vigil.tree_size";
+    pub(crate) const TREE_SIZE: &str = "vigil.tree_size";
     /// Merkle root of the log up to and including the file's last record.
-    pub const MERKLE_ROOT: &str = "vigil.merkle_root";
+    pub(crate) const MERKLE_ROOT: &str = "vigil.merkle_root";
     /// The tree's frontier after the file (`SIZE:HASH,…`), so appends resume in O(log n).
-    pub const MERKLE_FRONTIER: &str = "vigil.merkle_frontier";
+    pub(crate) const MERKLE_FRONTIER: &str = "vigil.merkle_frontier";
 }
 
 /// Version of the stored layout (`vigil.store_format` in every footer).
-pub const STORE_FORMAT: &str = "2";
+pub(crate) const STORE_FORMAT: &str = "2";
 
 /// The store columns, after the canonical ones, with their meaning.
-pub const STORE_COLUMNS: &[(&str, &str)] = &[
+pub(crate) const STORE_COLUMNS: &[(&str, &str)] = &[
     ("kafka_topic", "Topic the record was read from."),
     ("kafka_partition", "Partition the record was read from."),
     (
@@ -84,7 +84,7 @@ pub const STORE_COLUMNS: &[(&str, &str)] = &[
 ];
 
 /// The fields of one header: `{key: Utf8, value: Binary (nullable)}`.
-pub fn header_fields() -> Fields {
+pub(crate) fn header_fields() -> Fields {
     Fields::from(vec![
         Field::new("key", DataType::Utf8, false),
         Field::new("value", DataType::Binary, true),
@@ -92,12 +92,12 @@ pub fn header_fields() -> Fields {
 }
 
 /// The list item of `kafka_headers`.
-pub fn headers_item() -> FieldRef {
+pub(crate) fn headers_item() -> FieldRef {
     Arc::new(Field::new("item", DataType::Struct(header_fields()), false))
 }
 
 /// The headers list type: `List<Struct<key: Utf8, value: Binary>>`.
-pub fn headers_type() -> DataType {
+pub(crate) fn headers_type() -> DataType {
     DataType::List(headers_item())
 }
 

@@ -13,7 +13,7 @@ use crate::checkpoint::Registry;
 use crate::files::write_durably;
 
 /// The format tag of a trusted state file.
-pub const TRUSTED_FORMAT: &str = "vigil-trusted-v1";
+pub(crate) const TRUSTED_FORMAT: &str = "vigil-trusted-v1";
 
 /// A trusted state file's contents.
 #[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq, Eq)]

@@ -127,7 +127,7 @@ fn threads() -> usize {
 /// joined in order — footers linked, the Merkle tree rebuilt and compared with every footer.
 /// `want`: tree sizes whose root and chain head to report (checkpoint sizes). I/O errors on
 /// the directory are errors; anything wrong with a file is reported in the result.
-pub fn check_partition(
+pub(crate) fn check_partition(
     store: &Store,
     topic: &str,
     partition: i32,

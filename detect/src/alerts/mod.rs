@@ -20,7 +20,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
 mod values;
-pub use values::{Severity, Status, UnknownName};
+pub use values::UnknownName;
+pub use values::{Severity, Status};
 
 /// One event an alert rests on: enough to prove it from the store
 /// (`vigil proof --log <log> --index <index>`) and to check the proof is about it.
@@ -121,7 +122,7 @@ fn fmt(e: impl std::fmt::Display) -> AlertError {
 }
 
 /// Alerts as a batch of the `alerts` schema.
-pub fn to_batch(alerts: &[Alert]) -> Result<RecordBatch, AlertError> {
+pub(crate) fn to_batch(alerts: &[Alert]) -> Result<RecordBatch, AlertError> {
     let s = |f: fn(&Alert) -> String| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(alerts.iter().map(f)))
     };
@@ -191,7 +192,7 @@ mod erased {
 }
 
 /// Alerts back from a batch of the `alerts` schema.
-pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
+pub(crate) fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
     let col = |name: &str| {
         b.column_by_name(name)
             .ok_or_else(|| AlertError::Format(format!("no column {name}")))
@@ -285,7 +286,7 @@ pub fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
 /// as they pile up: every `MERGE_FILES` appends into one file, and everything into one when a
 /// log with more than `MERGE_FILES` files is opened.
 #[derive(Debug)]
-pub struct AlertLog {
+pub(crate) struct AlertLog {
     dir: PathBuf,
     seq: u64,
     /// Files this log appended since the last merge.
@@ -293,12 +294,12 @@ pub struct AlertLog {
 }
 
 /// How many alert files are merged at a time.
-pub const MERGE_FILES: usize = 256;
+pub(crate) const MERGE_FILES: usize = 256;
 
 impl AlertLog {
     /// Open (creating) the log; merge its files into one if there are many. Only one process
     /// may append at a time (the detection lock).
-    pub fn open(data_dir: &Path) -> Result<AlertLog, AlertError> {
+    pub(crate) fn open(data_dir: &Path) -> Result<AlertLog, AlertError> {
         let dir = vigil_store::layout::alerts(data_dir);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut log = AlertLog {
@@ -330,7 +331,7 @@ impl AlertLog {
     }
 
     /// Write revisions durably (one file). Returns once the file and its name are on disk.
-    pub fn append(&mut self, alerts: &[Alert], now_ns: i64) -> Result<PathBuf, AlertError> {
+    pub(crate) fn append(&mut self, alerts: &[Alert], now_ns: i64) -> Result<PathBuf, AlertError> {
         let path = self.write(alerts, now_ns)?;
         self.small.push(path.clone());
         if self.small.len() >= MERGE_FILES {

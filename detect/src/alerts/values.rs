@@ -73,11 +73,6 @@ impl Status {
             Status::Suppressed => "suppressed",
         }
     }
-
-    /// Resolved and suppressed alerts take no further lifecycle changes but resolve.
-    pub fn is_final(self) -> bool {
-        self == Status::Resolved
-    }
 }
 
 /// A severity or status name that is none of the known ones.

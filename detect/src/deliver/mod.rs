@@ -30,10 +30,11 @@ mod thread;
 
 use format::*;
 pub use format::{redacted_url, request, verify_webhook};
+pub use outbox::GaveUp;
 pub(crate) use outbox::outbox_depth;
 use outbox::*;
-pub use outbox::{GaveUp, Outbox, Queued, idempotency_key, undeliverable_alert};
-pub use thread::{backoff_ms, start};
+pub use outbox::{Outbox, Queued, idempotency_key, undeliverable_alert};
+pub use thread::start;
 
 /// What a target speaks.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -1,3 +1,4 @@
+use super::thread::backoff_ms;
 use super::*;
 
 fn alert(sev: &str, rule: &str, rev: i64) -> Alert {

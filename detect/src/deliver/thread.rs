@@ -4,7 +4,7 @@
 use super::*;
 
 /// Backoff before attempt `attempts + 1`: initial · 2^attempts, capped, ±50% jitter.
-pub fn backoff_ms(cfg: &TargetConfig, attempts: u32, jitter: f64) -> u64 {
+pub(crate) fn backoff_ms(cfg: &TargetConfig, attempts: u32, jitter: f64) -> u64 {
     let base = cfg
         .backoff_initial_ms
         .saturating_mul(1u64 << attempts.min(30))

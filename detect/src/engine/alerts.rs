@@ -14,7 +14,7 @@ impl Engine {
     /// An open alert the store has a newer revision of (a lifecycle change applied while this
     /// state was saved: by the CLI with no `serve` running) takes that revision; resolved, it
     /// is closed.
-    pub fn know_stored(&mut self, alerts: &[Alert]) {
+    pub(crate) fn know_stored(&mut self, alerts: &[Alert]) {
         for a in alerts {
             self.book.remember(a);
         }
@@ -42,7 +42,7 @@ impl Engine {
     }
 
     /// Whether alerts wait to be taken; `true` in the second place when one is new.
-    pub fn has_pending(&self) -> (bool, bool) {
+    pub(crate) fn has_pending(&self) -> (bool, bool) {
         (
             !self.book.pending.is_empty() || !self.book.pending_closed.is_empty(),
             self.book.pending_new,
@@ -52,7 +52,7 @@ impl Engine {
     /// The alert revisions raised since the last call. Store them before reporting them.
     /// Alerts [`Engine::take_pending`] gave that could not be stored (the volume was full):
     /// given again, first, by the next one.
-    pub fn requeue(&mut self, mut alerts: Vec<Alert>) {
+    pub(crate) fn requeue(&mut self, mut alerts: Vec<Alert>) {
         alerts.append(&mut self.book.pending_closed);
         self.book.pending_closed = alerts;
     }
@@ -80,7 +80,7 @@ impl Engine {
 
     /// Drop state the watermarks have passed: groups with nothing left in their windows,
     /// open alerts past their suppression windows.
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         let newest = self.clocks.watermark_ns();
         let book = &mut self.book;
         for (r, rule) in self.rules.iter_mut().enumerate() {

@@ -142,7 +142,7 @@ pub struct TimeStats {
 }
 
 /// `detect.max_state_bytes` unless configured: 384 MiB.
-pub const DEFAULT_MAX_STATE_BYTES: usize = 384 << 20;
+pub(crate) const DEFAULT_MAX_STATE_BYTES: usize = 384 << 20;
 
 /// Detection's memory budget as it stands ([`Engine::state_budget`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -228,7 +228,9 @@ impl Engine {
 
     /// A partition log known to exist (assigned, or in the store): until it sends events or
     /// goes idle it holds the watermark, so that events of other logs do not overtake its.
-    pub fn expect_log(&mut self, log: &str, now_ns: i64) {
+    /// (Tests; `serve` says which logs it holds with [`Engine::hold_logs`].)
+    #[cfg(test)]
+    pub(crate) fn expect_log(&mut self, log: &str, now_ns: i64) {
         let id = self.logs.id(log);
         self.clocks.expect(id, now_ns);
     }
@@ -236,14 +238,14 @@ impl Engine {
     /// Say whether pieces are queued for the engine (`backlog`) at wall clock `now_ns`;
     /// `caught_up_ns`: when it last had none ([`Clocks::set_backlog`]: a log whose pieces wait
     /// behind others' while detection is busy is not idle).
-    pub fn set_backlog(&mut self, backlog: bool, caught_up_ns: i64, now_ns: i64) {
+    pub(crate) fn set_backlog(&mut self, backlog: bool, caught_up_ns: i64, now_ns: i64) {
         self.clocks.set_backlog(backlog, caught_up_ns, now_ns);
     }
 
     /// Logs ingest holds: a new one is expected (it holds the watermark from now until it
     /// sends or goes idle); one with records in flight (consumed, not yet durable) counts as
     /// active now, so the watermark does not pass records still on their way.
-    pub fn hold_logs(&mut self, logs: &[(String, bool)], now_ns: i64) {
+    pub(crate) fn hold_logs(&mut self, logs: &[(String, bool)], now_ns: i64) {
         for (log, in_flight) in logs {
             let id = self.logs.id(log);
             if !self.clocks.knows(id) || *in_flight {
@@ -276,7 +278,11 @@ impl Engine {
     /// (Vigil's own logs). Its events are ordered with the others', but no event waits for it:
     /// holding the watermark for a log that comes a second late, or for the revisions
     /// detection has just written, would hold every alert back by as much.
-    pub fn observe_followed(&mut self, piece: &Piece, now_ns: i64) -> Result<(), EngineError> {
+    pub(crate) fn observe_followed(
+        &mut self,
+        piece: &Piece,
+        now_ns: i64,
+    ) -> Result<(), EngineError> {
         self.observe_as(piece, now_ns, false)
     }
 
@@ -421,12 +427,12 @@ impl Engine {
 
     /// Replaying stored logs: pieces are accepted and wait until [`Engine::release_until`]
     /// (the replay knows which times can still come) or [`Engine::end_replay`].
-    pub fn begin_replay(&mut self) {
+    pub(crate) fn begin_replay(&mut self) {
         self.replaying = true;
     }
 
     /// Evaluate every waiting event earlier than `before_ns`: no event to come is.
-    pub fn release_until(&mut self, before_ns: i64, now_ns: i64) {
+    pub(crate) fn release_until(&mut self, before_ns: i64, now_ns: i64) {
         let mut out = Vec::new();
         let forced = self
             .reorder
@@ -438,7 +444,7 @@ impl Engine {
     }
 
     /// The replay is over: evaluate what waits, and go back to live watermarks.
-    pub fn end_replay(&mut self, now_ns: i64) {
+    pub(crate) fn end_replay(&mut self, now_ns: i64) {
         self.drain(now_ns);
         self.replaying = false;
     }
@@ -589,7 +595,7 @@ impl Engine {
     /// Partition logs that went silent for `silent_ns` of wall clock while another partition
     /// of the same topic kept sending (Vigil's own logs excepted: they are quiet by nature),
     /// each once per silence: (log, wall clock it last sent at).
-    pub fn silent_logs(&mut self, now_ns: i64, silent_ns: i64) -> Vec<(String, i64)> {
+    pub(crate) fn silent_logs(&mut self, now_ns: i64, silent_ns: i64) -> Vec<(String, i64)> {
         let names = &self.logs.names;
         let topic = |id: u32| {
             names

@@ -31,7 +31,8 @@ use arrow::datatypes::DataType;
 
 mod batch;
 
-pub use batch::{BatchRow, BatchRows};
+pub use batch::BatchRow;
+pub use batch::BatchRows;
 
 /// What a field holds, for type checking literals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub struct Field {
 /// - `offset_gap`: the record does not follow the one before it in its partition log (offsets
 ///   in between are missing: retention deleted them before Vigil read them, the topic was
 ///   truncated — or compaction and transaction markers, which leave gaps by design).
-pub const CONTEXT_FIELDS: [(&str, FieldType); 6] = [
+pub(crate) const CONTEXT_FIELDS: [(&str, FieldType); 6] = [
     ("kafka_topic", FieldType::Str),
     ("kafka_partition", FieldType::Int),
     ("own_log", FieldType::Bool),
@@ -80,7 +81,7 @@ fn canonical_len() -> usize {
     vigil_schemas::schema::COLUMNS.len()
 }
 
-/// What the engine knows of an event beyond its columns (see [`CONTEXT_FIELDS`]).
+/// What the engine knows of an event beyond its columns (see `CONTEXT_FIELDS`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Context<'a> {
     pub topic: &'a str,
@@ -92,7 +93,7 @@ pub struct Context<'a> {
 }
 
 /// A row with its [`Context`]: the context fields read from it, every other from the row.
-pub struct WithContext<'a, R> {
+pub(crate) struct WithContext<'a, R> {
     pub row: &'a R,
     pub ctx: Context<'a>,
 }
@@ -124,7 +125,7 @@ impl<R: Row> Row for WithContext<'_, R> {
     }
 }
 
-/// Resolve a field name: a canonical column, or one of the [`CONTEXT_FIELDS`]. `raw` and
+/// Resolve a field name: a canonical column, or one of the `CONTEXT_FIELDS`. `raw` and
 /// `event_time` are not filterable.
 pub fn field(name: &str) -> Option<Field> {
     if let Some(i) = CONTEXT_FIELDS.iter().position(|(n, _)| *n == name) {
@@ -638,7 +639,7 @@ impl Parser<'_> {
 }
 
 /// The names a filter may test.
-pub fn filterable_fields() -> Vec<&'static str> {
+pub(crate) fn filterable_fields() -> Vec<&'static str> {
     vigil_schemas::schema::COLUMNS
         .iter()
         .map(|c| c.name)

@@ -21,7 +21,7 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Parse a duration like "30s", "5m", "1h 30m", "7d", "250ms".
-pub fn duration_ns(s: &str) -> Result<i64, DurationError> {
+pub(crate) fn duration_ns(s: &str) -> Result<i64, DurationError> {
     let err = |why: String| DurationError {
         text: s.chars().take(80).collect(),
         why,
@@ -33,7 +33,7 @@ pub fn duration_ns(s: &str) -> Result<i64, DurationError> {
 /// Text that is no duration (or one too long for nanoseconds in an i64: ~292 years).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("duration {text:?}: {why}")]
-pub struct DurationError {
+pub(crate) struct DurationError {
     pub text: String,
     pub why: String,
 }
@@ -261,7 +261,7 @@ fn check_kind_keys(file: &str, text: &str, rf: &RuleFile) -> Result<(), RuleErro
 }
 
 /// Compile a parsed rule into its state machine. `dir` resolves a relative `policy_file`.
-pub fn compile(
+pub(crate) fn compile(
     rf: &RuleFile,
     file: &str,
     text: &str,

@@ -45,7 +45,7 @@ impl Kind {
         each!(self, r => r.observe(row, ev))
     }
 
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         each!(self, r => r.expire())
     }
 
@@ -61,7 +61,7 @@ impl Kind {
     }
 
     /// The fields that make a group's key.
-    pub fn group_fields(&self) -> &GroupBy {
+    pub(crate) fn group_fields(&self) -> &GroupBy {
         match self {
             Kind::Threshold(r) => &r.spec.group_by,
             Kind::DistinctCount(r) => &r.spec.group_by,
@@ -89,7 +89,7 @@ impl Kind {
 
     /// Whether the rule is still learning (before its first event, or until its learning
     /// period has passed in event time).
-    pub fn is_learning(&self) -> bool {
+    pub(crate) fn is_learning(&self) -> bool {
         match self {
             Kind::FirstSeen(r) => r
                 .started_ns
@@ -112,13 +112,13 @@ impl Kind {
     }
 
     /// Count a late event this rule matched (the engine judges lateness).
-    pub fn note_late(&mut self) {
+    pub(crate) fn note_late(&mut self) {
         each!(self, r => r.st.counters.late += 1)
     }
 
     /// Keep the rule's clock at or before `max_ns` (a restored state saved by a version that
     /// let a forged event time move it).
-    pub fn clamp_clock(&mut self, max_ns: i64) {
+    pub(crate) fn clamp_clock(&mut self, max_ns: i64) {
         each!(self, r => r.st.clock.clamp(max_ns))
     }
 
@@ -127,7 +127,7 @@ impl Kind {
     }
 
     /// The bytes the rule's state holds (its groups and what indexes them).
-    pub fn weigh(&self) -> usize {
+    pub(crate) fn weigh(&self) -> usize {
         match self {
             Kind::Absence(r) => r.weigh(),
             k => each!(k, r => r.st.groups.weigh()),

@@ -19,8 +19,10 @@ mod kind;
 mod tests;
 
 use compile::line_of;
-pub use compile::{DurationError, compile, duration_ns, parse};
-pub use kind::{Kind, SavedKind};
+pub use compile::parse;
+pub(crate) use compile::{compile, duration_ns};
+pub use kind::Kind;
+pub use kind::SavedKind;
 
 /// The default pack, compiled into the binary (`detect/rules/*.toml`).
 pub const DEFAULT_PACK: &[(&str, &str)] = &[

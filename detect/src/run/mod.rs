@@ -147,7 +147,7 @@ pub fn start(
 }
 
 /// Apply one lifecycle command now, in this process, if no other holds the detection lock
-/// (`Err(Locked)` otherwise: queue it for the holder instead, [`Queue`]). The change builds on
+/// (`Err(Locked)` otherwise: queue it for the holder instead, [`crate::lifecycle::Queue`]). The change builds on
 /// the alert's newest stored revision; the detection state is not touched (the next `serve`
 /// takes the change from the alert log when it restores its state).
 pub fn apply_direct(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError> {

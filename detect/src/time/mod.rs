@@ -12,10 +12,10 @@
 //! garbage cannot hold the others. Events before the
 //! watermark are evaluated in event-time order (events at one instant in the order of a hash
 //! of their raw bytes); the others wait in a bounded buffer
-//! ([`Reorder`]). So a partition that runs ahead of another does not make the other's events
+//! (`Reorder`). So a partition that runs ahead of another does not make the other's events
 //! late, and the same events give the same alerts however they are spread over partitions.
 //!
-//! An event's time is *held against receive time* ([`judge`]): further ahead of it than
+//! An event's time is *held against receive time* (`judge`): further ahead of it than
 //! `max_future_skew_ns` and it is **skewed** — evaluated at the time its source had reached
 //! (the watermark, or its receive time, when the source has sent nothing else) and never
 //! counted into its source's clock, so that one forged timestamp (a decision dated 2099)
@@ -60,7 +60,7 @@ impl Default for TimeConfig {
 
 /// An event's time as the engine uses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Judged {
+pub(crate) struct Judged {
     /// The event time, or the receive time for a skewed event.
     pub time_ns: i64,
     pub skewed: bool,
@@ -68,7 +68,7 @@ pub struct Judged {
 
 /// Hold an event time against the time its record was received: the Kafka timestamp (ms, if
 /// the record has one) or `now_ns`, whichever is earlier.
-pub fn judge(event_ns: i64, kafka_ms: Option<i64>, now_ns: i64, cfg: &TimeConfig) -> Judged {
+pub(crate) fn judge(event_ns: i64, kafka_ms: Option<i64>, now_ns: i64, cfg: &TimeConfig) -> Judged {
     let received = kafka_ms
         .and_then(|ms| ms.checked_mul(1_000_000))
         .map_or(now_ns, |k| k.min(now_ns));
@@ -110,7 +110,7 @@ pub struct SourceTime {
 
 /// Per-source times and the watermark.
 #[derive(Debug, Default)]
-pub struct Clocks {
+pub(crate) struct Clocks {
     sources: HashMap<u32, SourceTime>,
     /// Events before it have been evaluated (or are being); it never moves back. An event at
     /// it or later may still come from a source that has sent nothing later yet.
@@ -125,7 +125,7 @@ pub struct Clocks {
 
 /// What [`Clocks::accept`] decided for one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub judged: Judged,
     /// Behind the watermark: evaluate now, do not buffer.
     pub behind: bool,
@@ -135,19 +135,19 @@ pub struct Accepted {
 
 impl Clocks {
     /// The watermark (`i64::MIN` before anything was evaluated).
-    pub fn watermark_ns(&self) -> i64 {
+    pub(crate) fn watermark_ns(&self) -> i64 {
         self.watermark_ns.unwrap_or(i64::MIN)
     }
 
     /// Start from a saved watermark, never past `max_ns` (a state saved by a version that let
     /// a forged time move it).
-    pub fn restore(&mut self, watermark_ns: i64, max_ns: i64) {
+    pub(crate) fn restore(&mut self, watermark_ns: i64, max_ns: i64) {
         self.watermark_ns = (watermark_ns != i64::MIN).then(|| watermark_ns.min(max_ns));
     }
 
     /// A piece from `source` arrived at wall clock `now_ns`. `holds`: whether the source holds
     /// the watermark (a live partition log) or only follows it (see [`SourceTime::follows`]).
-    pub fn seen(&mut self, source: u32, now_ns: i64, holds: bool) {
+    pub(crate) fn seen(&mut self, source: u32, now_ns: i64, holds: bool) {
         let now_ns = self.idle_now(now_ns);
         let s = self.sources.entry(source).or_insert(SourceTime {
             newest_ns: i64::MIN,
@@ -161,7 +161,7 @@ impl Clocks {
     /// Sources that sent events once and then nothing for `silent_ns` (wall clock) while a
     /// peer — a source `peer` calls one — sent within the last `idle_source_ns`; each is
     /// returned once per silence.
-    pub fn newly_silent(
+    pub(crate) fn newly_silent(
         &mut self,
         now_ns: i64,
         silent_ns: i64,
@@ -193,7 +193,7 @@ impl Clocks {
     }
 
     /// One event of `source` (after [`Clocks::seen`]).
-    pub fn accept(
+    pub(crate) fn accept(
         &mut self,
         source: u32,
         event_ns: i64,
@@ -220,7 +220,7 @@ impl Clocks {
     /// A row of `source` that is not evaluated (a record that failed to decode) still says
     /// where its source stands: otherwise a log sending only such rows would hold the
     /// watermark, with no event, for as long as it kept sending. Not counted as an event.
-    pub fn pass(
+    pub(crate) fn pass(
         &mut self,
         source: u32,
         event_ns: i64,
@@ -279,7 +279,7 @@ impl Clocks {
     /// of any. An active source with no time yet (expected: assigned, or with records on their
     /// way) holds it where it is until it sends one or goes idle. Never behind the current
     /// watermark.
-    pub fn advance(&mut self, now_ns: i64, cfg: &TimeConfig) -> i64 {
+    pub(crate) fn advance(&mut self, now_ns: i64, cfg: &TimeConfig) -> i64 {
         let now_ns = self.idle_now(now_ns);
         let active =
             |s: &SourceTime| !s.follows && now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns;
@@ -308,13 +308,13 @@ impl Clocks {
 
     /// A source expected to send (a partition log known to exist): it holds the watermark
     /// from now on as if it had sent a piece, until it sends events or goes idle.
-    pub fn expect(&mut self, source: u32, now_ns: i64) {
+    pub(crate) fn expect(&mut self, source: u32, now_ns: i64) {
         self.seen(source, now_ns, true);
     }
 
     /// Where `source` stands for a rule waiting on it: its newest event time while it is
     /// active, `i64::MAX` once it is idle or unknown (nothing more is coming soon from it).
-    pub fn progress_ns(&self, source: u32, now_ns: i64, cfg: &TimeConfig) -> i64 {
+    pub(crate) fn progress_ns(&self, source: u32, now_ns: i64, cfg: &TimeConfig) -> i64 {
         let now_ns = self.idle_now(now_ns);
         match self.sources.get(&source) {
             Some(s) if !s.follows && now_ns.saturating_sub(s.seen_ns) <= cfg.idle_source_ns => {
@@ -329,7 +329,7 @@ impl Clocks {
     /// the engine was last caught up; when the backlog is worked off, the sources seen
     /// meanwhile count as seen now. So a source whose pieces wait in the queue behind others'
     /// is not taken for idle and overtaken.
-    pub fn set_backlog(&mut self, backlog: bool, caught_up_ns: i64, now_ns: i64) {
+    pub(crate) fn set_backlog(&mut self, backlog: bool, caught_up_ns: i64, now_ns: i64) {
         match (backlog, self.backlog_since_ns) {
             (true, None) => self.backlog_since_ns = Some(caught_up_ns.min(now_ns)),
             (false, Some(since)) => {
@@ -350,29 +350,29 @@ impl Clocks {
     }
 
     /// Whether the source has been seen (or expected) at all.
-    pub fn knows(&self, source: u32) -> bool {
+    pub(crate) fn knows(&self, source: u32) -> bool {
         self.sources.contains_key(&source)
     }
 
     /// Move the watermark to `t` if that is ahead (the caller evaluated everything up to it).
-    pub fn raise(&mut self, t: i64) {
+    pub(crate) fn raise(&mut self, t: i64) {
         self.watermark_ns = Some(self.watermark_ns.map_or(t, |w| w.max(t)));
     }
 
     /// Every source's figures.
-    pub fn sources(&self) -> impl Iterator<Item = (u32, &SourceTime)> {
+    pub(crate) fn sources(&self) -> impl Iterator<Item = (u32, &SourceTime)> {
         self.sources.iter().map(|(k, v)| (*k, v))
     }
 
     /// Totals over the sources: (skewed, late).
-    pub fn totals(&self) -> (u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64) {
         self.sources
             .values()
             .fold((0, 0), |(s, l), t| (s + t.skewed, l + t.late))
     }
 
     /// Figures restored from a saved state (counts carry on; times start afresh).
-    pub fn restore_counts(&mut self, source: u32, saved: &SourceTime) {
+    pub(crate) fn restore_counts(&mut self, source: u32, saved: &SourceTime) {
         let s = self.sources.entry(source).or_insert(SourceTime {
             newest_ns: i64::MIN,
             ..SourceTime::default()
@@ -387,7 +387,7 @@ impl Clocks {
 /// bytes (so that events at the same instant come in the same order however they were
 /// partitioned), then by position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Pending {
+pub(crate) struct Pending {
     pub time_ns: i64,
     pub tie: u64,
     pub log: u32,
@@ -403,26 +403,26 @@ pub struct Pending {
 
 /// The events waiting for the watermark, bounded.
 #[derive(Debug, Default)]
-pub struct Reorder {
+pub(crate) struct Reorder {
     heap: BinaryHeap<Reverse<Pending>>,
 }
 
 impl Reorder {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
 
-    pub fn push(&mut self, p: Pending) {
+    pub(crate) fn push(&mut self, p: Pending) {
         self.heap.push(Reverse(p));
     }
 
     /// Take, in order, the events before `watermark_ns`, then as many of the oldest as
     /// keep at most `max` waiting; the second number is how many were forced out that way.
-    pub fn ready(&mut self, watermark_ns: i64, max: usize, out: &mut Vec<Pending>) -> u64 {
+    pub(crate) fn ready(&mut self, watermark_ns: i64, max: usize, out: &mut Vec<Pending>) -> u64 {
         while let Some(Reverse(p)) = self.heap.peek() {
             if p.time_ns >= watermark_ns {
                 break;
@@ -438,7 +438,7 @@ impl Reorder {
     }
 
     /// Take everything, in order.
-    pub fn drain(&mut self, out: &mut Vec<Pending>) {
+    pub(crate) fn drain(&mut self, out: &mut Vec<Pending>) {
         out.reserve(self.heap.len());
         while let Some(Reverse(p)) = self.heap.pop() {
             out.push(p);

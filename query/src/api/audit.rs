@@ -73,7 +73,7 @@ pub struct Audited {
 }
 
 /// The most of a query's SQL an audit record holds (its length and SHA-256 are always there).
-pub const MAX_RECORDED_SQL_BYTES: usize = 64 << 10;
+pub(crate) const MAX_RECORDED_SQL_BYTES: usize = 64 << 10;
 
 /// The native `admin_audit` event recording an API call (`seq` makes its id unique in this
 /// process).

@@ -111,7 +111,7 @@ impl std::fmt::Debug for JwtConfig {
 }
 
 /// Longest credential looked at, in bytes.
-pub const MAX_CREDENTIAL_BYTES: usize = 8192;
+pub(crate) const MAX_CREDENTIAL_BYTES: usize = 8192;
 
 /// The authenticator: API keys by hash, client certificates by fingerprint, JWT keys.
 pub struct Auth {
@@ -190,7 +190,7 @@ impl Auth {
     }
 
     /// The caller of a TLS connection whose (verified) client certificate has this SHA-256.
-    pub fn authenticate_cert(&self, fingerprint: &[u8; 32]) -> Result<Principal, AuthError> {
+    pub(crate) fn authenticate_cert(&self, fingerprint: &[u8; 32]) -> Result<Principal, AuthError> {
         let c = self.certs.get(fingerprint).ok_or(AuthError::UnknownCert)?;
         Ok(Principal {
             id: format!("cert:{}", c.name),

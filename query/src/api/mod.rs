@@ -15,9 +15,10 @@ pub mod runner;
 pub mod sql;
 
 use handlers::*;
+pub use openapi::Io;
+use openapi::RouteDoc;
 use openapi::openapi;
-pub use openapi::{Io, RouteDoc, openapi_doc};
-pub use own_logs::{AUDIT_QUEUE, MAX_BATCH_ITEMS, OwnLogs, OwnLogsError, UPLOAD_QUEUE};
+pub use own_logs::{OwnLogs, OwnLogsError};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use vigil_detect::alerts::{Alert, Severity, Status};
 use vigil_detect::lifecycle::{Action, Command, Refusal, Reply};
 
-pub use audit::{ApiCall, Audited, MAX_RECORDED_SQL_BYTES, Phase, audit_event};
+pub use audit::{ApiCall, Audited, Phase, audit_event};
 use audit::{Detail, audited, read_whole, require, with_detail};
 use auth::{Auth, Principal, Role};
 
@@ -110,7 +111,7 @@ pub struct Uploaded {
 }
 
 /// The callee service of the API's audit events (rules match on it).
-pub const API_SERVICE: &str = "vigil-api";
+pub(crate) const API_SERVICE: &str = "vigil-api";
 
 /// The API's state.
 #[derive(Clone)]
@@ -189,7 +190,7 @@ const ADMIN: &[Role] = &[Role::Admin];
 
 /// Every error answer.
 #[derive(Serialize, JsonSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     pub error: String,
 }
 
@@ -201,7 +202,7 @@ type ProofBundle = serde_json::Map<String, serde_json::Value>;
 
 /// `GET /v1/alerts`.
 #[derive(Serialize, JsonSchema)]
-pub struct AlertsPage {
+pub(crate) struct AlertsPage {
     /// Newest revision of each alert, newest first.
     pub alerts: Vec<Alert>,
     /// Alerts matching the filters (all pages).
@@ -212,7 +213,7 @@ pub struct AlertsPage {
 
 /// `POST /v1/keys/rotate`.
 #[derive(Serialize, JsonSchema)]
-pub struct Rotated {
+pub(crate) struct Rotated {
     /// The new signing key (C2SP note verifier key).
     pub public_key: String,
     /// The key registry to pin (`vigil verify --keys`).
@@ -221,12 +222,12 @@ pub struct Rotated {
 
 /// `GET /v1/checkpoints/latest`.
 #[derive(Serialize, JsonSchema)]
-pub struct LatestCheckpoints {
+pub(crate) struct LatestCheckpoints {
     pub checkpoints: Vec<LatestCheckpoint>,
 }
 
 #[derive(Serialize, JsonSchema)]
-pub struct LatestCheckpoint {
+pub(crate) struct LatestCheckpoint {
     /// `<topic>/<partition>`.
     pub log: String,
     pub tree_size: u64,
@@ -236,7 +237,7 @@ pub struct LatestCheckpoint {
 
 /// `POST /logs`.
 #[derive(Serialize, JsonSchema)]
-pub struct UploadAnswer {
+pub(crate) struct UploadAnswer {
     /// Decisions stored as events.
     pub events: usize,
 }

@@ -84,7 +84,7 @@ impl Io {
 
 /// An OpenAPI 3.1 description of [`routes`]: each route's roles, parameters, body and answer,
 /// their JSON Schemas derived from the handlers' own types (schemars).
-pub fn openapi_doc() -> serde_json::Value {
+pub(crate) fn openapi_doc() -> serde_json::Value {
     use schemars::generate::{Contract, SchemaSettings};
     use serde_json::{Value, json};
     let settings = |contract: Contract| {

@@ -15,11 +15,11 @@ use vigil_store::{API_TOPIC, Appended, LogSigner, OPA_TOPIC, OwnLog, RecordHeade
 use super::{Audited, Upload, Uploaded, audit_event};
 
 /// Calls waiting to be recorded.
-pub const AUDIT_QUEUE: usize = 1024;
+pub(crate) const AUDIT_QUEUE: usize = 1024;
 /// Uploads waiting to be stored (each up to `api.max_body_bytes`).
-pub const UPLOAD_QUEUE: usize = 64;
+pub(crate) const UPLOAD_QUEUE: usize = 64;
 /// Items in one appended batch, at most.
-pub const MAX_BATCH_ITEMS: usize = 256;
+pub(crate) const MAX_BATCH_ITEMS: usize = 256;
 
 /// Why the API's own logs could not be opened or stopped.
 #[derive(Debug, thiserror::Error)]

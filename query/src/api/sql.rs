@@ -179,7 +179,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Json => "application/json",
             Format::Ndjson => "application/x-ndjson",
@@ -189,7 +189,7 @@ impl Format {
     }
 
     /// From an `Accept` header, if it names one.
-    pub fn from_accept(accept: &str) -> Option<Format> {
+    pub(crate) fn from_accept(accept: &str) -> Option<Format> {
         [Format::Arrow, Format::Ndjson, Format::Csv, Format::Json]
             .into_iter()
             .find(|f| accept.contains(f.content_type().split(';').next().unwrap_or_default()))

@@ -1,3 +1,4 @@
+use super::openapi::openapi_doc;
 use super::*;
 use serde_json::Value;
 

@@ -39,7 +39,7 @@ impl KeyEntry {
             .unwrap_or_default()
     }
 
-    pub fn valid_at(&self, t_ms: i64) -> bool {
+    pub(crate) fn valid_at(&self, t_ms: i64) -> bool {
         t_ms >= self.valid_from_ms && self.valid_until_ms.is_none_or(|u| t_ms < u)
     }
 }
@@ -224,7 +224,7 @@ impl KeyRing {
     }
 
     /// Destroy the private halves of keys whose validity has ended since they were loaded.
-    pub fn retire_expired(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn retire_expired(&mut self) -> Result<(), StoreError> {
         let now = now_ms();
         if self
             .signers

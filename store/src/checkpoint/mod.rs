@@ -44,7 +44,7 @@ pub use keys::{KeyEntry, KeyRing, Registry};
 pub use signer::Checkpointer;
 
 /// Most signatures a checkpoint may carry (signed_note's own cap is 100).
-pub const MAX_SIGNATURES: usize = 8;
+pub(crate) const MAX_SIGNATURES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -144,7 +144,7 @@ pub fn origin(store_name: &str, topic: &str, partition: i32) -> String {
 }
 
 /// blake3 of a signed note's bytes: what the next checkpoint's `vigil-prev` commits to.
-pub fn note_hash(note: &[u8]) -> Hash {
+pub(crate) fn note_hash(note: &[u8]) -> Hash {
     *blake3::hash(note).as_bytes()
 }
 

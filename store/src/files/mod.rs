@@ -70,12 +70,12 @@ pub fn is_temp_name(name: &str) -> bool {
 /// The temp file a durable write of `name` goes through: hidden, and never ending as the
 /// file it will become (a listing by extension, such as SQL's over `*.parquet`, must not
 /// pick up a file still being written or about to be renamed away).
-pub fn temp_name(name: &str) -> String {
+pub(crate) fn temp_name(name: &str) -> String {
     format!("{TMP_PREFIX}{}-{name}.partial", std::process::id())
 }
 
 /// Kafka's own rule for topic names: `[a-zA-Z0-9._-]{1,249}`. Anything else never reaches a path.
-pub fn validate_topic(topic: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_topic(topic: &str) -> Result<(), StoreError> {
     let ok = !topic.is_empty()
         && topic.len() <= 249
         && topic != "."
@@ -215,7 +215,7 @@ impl Store {
         crate::layout::events(&self.root)
     }
 
-    pub fn partition_dir(&self, topic: &str, partition: i32) -> Result<PathBuf, StoreError> {
+    pub(crate) fn partition_dir(&self, topic: &str, partition: i32) -> Result<PathBuf, StoreError> {
         validate_topic(topic)?;
         Ok(self
             .events_dir()
@@ -311,7 +311,7 @@ impl Store {
     /// What is under `events/` that Vigil does not write there, and why: anything but
     /// `topic=T/partition=P/date=YYYY-MM-DD/hour=HH/` directories holding data files named by
     /// their offsets (and temp files being written). Symbolic links are strays too.
-    pub fn strays(&self) -> Result<Vec<(PathBuf, String)>, StoreError> {
+    pub(crate) fn strays(&self) -> Result<Vec<(PathBuf, String)>, StoreError> {
         fn entries(dir: &Path) -> Result<Vec<(String, PathBuf, fs::FileType)>, StoreError> {
             let mut out = Vec::new();
             for e in fs::read_dir(dir).map_err(StoreError::io(dir))? {
