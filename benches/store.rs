@@ -6,9 +6,17 @@
 //! `store/decode_chain_write` — written as a durable zstd Parquet file (`Store::write`: temp
 //! file, fsync, rename, directory fsync). `store/decode_chain` stops before the write, so the
 //! two show what the chain and the Parquet file each cost; the decode bench gives decoding
-//! alone. Records: the ~600 B OPA decisions of the other benches.
+//! alone. `store/decode_chain_write_bucket` writes the same files into a store kept in an
+//! S3-compatible bucket (each file put, and acknowledged, before its local rename) — moto in
+//! server mode on loopback, started by the bench (scripts/install.sh installs it): a Python
+//! server holding objects in memory, so the figure says what Vigil's side of a put costs
+//! beside a local write, not what a real S3 endpoint would take. `store/bucket_copy` makes a
+//! new local copy of that bucket (what a reading command does first: `--store s3://…`).
+//! Records: the ~600 B OPA decisions of the other benches.
 
 use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use vigil_schemas::Decoder;
@@ -16,6 +24,10 @@ use vigil_store::{PartitionBatch, RecordRef, Store, WriteOptions};
 
 #[path = "support/opa.rs"]
 mod opa;
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)] // each bench uses part of the tests' support
+mod test_support;
 
 const RECORDS: usize = 100_000;
 const FILE_RECORDS: usize = 50_000;
@@ -72,6 +84,46 @@ fn bench(c: &mut Criterion) {
                 pipeline(&values, &decoder, |s| {
                     store.write(s).unwrap();
                 });
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    let s3 = test_support::S3Server::start();
+    s3.create_bucket("vigil-bench", false);
+    let prefixes = AtomicUsize::new(0);
+    let last = std::sync::Mutex::new(String::new());
+    g.bench_function("decode_chain_write_bucket", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                // A new prefix each time: every put creates (as ingest's do).
+                let url = format!(
+                    "s3://vigil-bench/w{}",
+                    prefixes.fetch_add(1, Ordering::Relaxed)
+                );
+                let bucket = Arc::new(s3.client(&url));
+                let store = Store::open(dir.path(), WriteOptions::default())
+                    .unwrap()
+                    .with_bucket(bucket);
+                pipeline(&values, &decoder, |s| {
+                    store.write(s).unwrap();
+                });
+                *last.lock().unwrap() = url;
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let url = last.lock().unwrap().clone();
+    let bucket = s3.client(&url);
+    g.bench_function("bucket_copy", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().unwrap(),
+            |dir| {
+                let r = bucket.pull_for_reading(dir.path()).unwrap();
+                assert_eq!(r.fetched, RECORDS / FILE_RECORDS);
                 dir
             },
             BatchSize::PerIteration,

@@ -23,7 +23,9 @@ for b in "${benches[@]}"; do
   [[ " ${all[*]} " == *" $b "* ]] || { echo "unknown bench '$b' (one of: ${all[*]})" >&2; exit 2; }
 done
 
-export "$(scripts/install.sh | tail -n 1)" # VIGIL_TANSU_BIN
+# VIGIL_TANSU_BIN (the broker) and VIGIL_MOTO_BIN (the S3 server of the store bench).
+envs=$(scripts/install.sh | grep -E '^VIGIL_[A-Z_]+=')
+while IFS= read -r kv; do export "$kv"; done <<< "$envs"
 run_dir="$PWD/target/bench-run"
 rm -rf "$run_dir" && mkdir -p "$run_dir"
 export VIGIL_BENCH_REPORT="$run_dir/figures.jsonl" CRITERION_HOME="$run_dir/criterion"

@@ -37,6 +37,8 @@ CRITERION = [
     ("decode/native", "decode", "Vigil native JSON, one core", "events/s", None),
     ("store/decode_chain", "chain + write", "decode + hash chain + Merkle tree, sealed per 50 000, one core", "events/s", None),
     ("store/decode_chain_write", "chain + write", "decode + chain + durable zstd Parquet file (fsync), one core", "events/s", None),
+    ("store/decode_chain_write_bucket", "chain + write", "the same into a store in a bucket (moto on loopback): each file put and acknowledged before its local rename", "events/s", None),
+    ("store/bucket_copy", "chain + write", "a reader's new local copy of that bucket (`--store s3://…`: listed, fetched, written durably)", "events/s", None),
     ("verify/store", "verify", "vigil verify: every leaf, chain hash, root and signature (4 logs)", "events/s", (">=", 1_000_000)),
     ("verify/store_decoded", "verify", "vigil verify --decoded (every record decoded again and compared)", "events/s", None),
     ("proof/inclusion_generate_1M", "verify", "inclusion proof, generated from a 1M-leaf log", "µs", None),
@@ -49,6 +51,7 @@ CRITERION = [
 REFERENCES = {
     "store/decode_chain": ("decode/opa_envoy_ext_authz/auto", "decode alone"),
     "store/decode_chain_write": ("decode/opa_envoy_ext_authz/auto", "decode alone"),
+    "store/decode_chain_write_bucket": ("store/decode_chain_write", "into a local directory"),
     "verify/store_decoded": ("verify/store", "verify without --decoded"),
 }
 AREAS = ["decode", "chain + write", "ingest", "detect", "detection", "alert latency", "memory", "query", "verify", "storage"]

@@ -5,18 +5,22 @@
 #   - Debian packages the build needs (librdkafka's TLS and SASL libraries);
 #   - cargo-nextest, the test runner;
 #   - the Tansu Kafka broker, built once from crates.io and cached under
-#     $VIGIL_TOOLS_DIR (default ~/.cache/vigil), keyed by version and features.
+#     $VIGIL_TOOLS_DIR (default ~/.cache/vigil), keyed by version and features;
+#   - moto, an S3-compatible server (the store-in-a-bucket tests), from PyPI into a virtual
+#     environment in the same cache, keyed by version.
 #
-# Prints the environment the tests need (VIGIL_TANSU_BIN) on its last line.
+# Prints the environment the tests need on its last lines (VIGIL_MOTO_BIN=…, then
+# VIGIL_TANSU_BIN=… last).
 set -euo pipefail
 
 TANSU_VERSION="0.6.0"
 TANSU_FEATURES="dynostore,libsql"
+MOTO_VERSION="5.2.1"
 tools="${VIGIL_TOOLS_DIR:-$HOME/.cache/vigil}"
 # Build dependencies of librdkafka (bundled by rdkafka-sys) with TLS and SASL/GSSAPI support,
 # make for it and for jemalloc (tikv-jemalloc-sys, the process allocator);
 # openssl (the tool) makes the RSA keys of the API tests.
-apt_packages=(pkg-config libssl-dev libsasl2-dev openssl make)
+apt_packages=(pkg-config libssl-dev libsasl2-dev openssl make python3-venv)
 
 log() { printf '[install] %s\n' "$*" >&2; }
 
@@ -49,4 +53,22 @@ if [ ! -x "$tansu_bin" ]; then
 fi
 "$tansu_bin" --help >/dev/null 2>&1 || { log "$tansu_bin does not run"; exit 1; }
 log "tansu: $tansu_bin"
+
+moto_root="$tools/moto-$MOTO_VERSION"
+moto_bin="$moto_root/bin/moto_server"
+if [ ! -x "$moto_bin" ]; then
+  log "installing moto $MOTO_VERSION (an S3-compatible server for the tests)"
+  rm -rf "$moto_root.tmp"
+  python3 -m venv "$moto_root.tmp"
+  "$moto_root.tmp/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+  rm -rf "$moto_root"
+  mv "$moto_root.tmp" "$moto_root"
+  # A venv's scripts name their interpreter by absolute path: made again where it now lives.
+  sed -i "1s|^#!.*|#!$moto_root/bin/python3|" "$moto_root"/bin/moto_server "$moto_root"/bin/pip
+fi
+"$moto_bin" --help >/dev/null 2>&1 || { log "$moto_bin does not run"; exit 1; }
+log "moto: $moto_bin"
+
+# The broker's last: the scripts that need it alone take the last line.
+echo "VIGIL_MOTO_BIN=$moto_bin"
 echo "VIGIL_TANSU_BIN=$tansu_bin"

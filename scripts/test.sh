@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export "$(scripts/install.sh | tail -n 1)"   # VIGIL_TANSU_BIN for the broker tests
+# VIGIL_TANSU_BIN (the broker) and VIGIL_MOTO_BIN (the S3 server) for the tests.
+envs=$(scripts/install.sh | grep -E '^VIGIL_[A-Z_]+=')
+while IFS= read -r kv; do export "$kv"; done <<< "$envs"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== fmt"

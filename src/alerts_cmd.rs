@@ -80,7 +80,7 @@ pub fn run(cfg: &Config, args: AlertsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn list(cfg: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
+    let dir = crate::services::bucket::reading_dir(cfg, args.data_dir)?;
     anyhow::ensure!(dir.is_dir(), "no data directory at {}", dir.display());
     let mut alerts = latest(read_revisions(&dir)?);
     if let Some(r) = &args.rule {

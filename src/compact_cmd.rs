@@ -28,6 +28,12 @@ pub struct CompactArgs {
 }
 
 pub fn run(cfg: &Config, args: CompactArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = cfg.clone();
+    anyhow::ensure!(
+        crate::services::bucket::resolve(&mut cfg)?.is_none(),
+        "compaction of a store kept in a bucket (store.url = {}) is not supported yet",
+        cfg.store.url
+    );
     let dir = args.data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
     anyhow::ensure!(dir.is_dir(), "no store at {}", dir.display());
     let store = Store::open(

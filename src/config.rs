@@ -306,8 +306,22 @@ impl Default for KafkaConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Where the store lives (flag `--data-dir`).
+    /// Where the store lives (flag `--data-dir`); with an `s3://` `url`, the instance's local
+    /// working copy.
     pub data_dir: std::path::PathBuf,
+    /// `s3://bucket/prefix`: keep the store in an S3-compatible bucket (flag `--store`); a
+    /// path or `file://` URL: the same as `data_dir`; empty: `data_dir` alone.
+    pub url: String,
+    /// The S3-compatible server (`http://127.0.0.1:9000`); empty: `AWS_ENDPOINT_URL`, or AWS.
+    pub s3_endpoint: String,
+    /// The bucket's region; empty: `AWS_REGION`, or `us-east-1`.
+    pub s3_region: String,
+    /// Allow an `http://` endpoint (a server on loopback; never across a network).
+    pub s3_allow_http: bool,
+    /// Longest one request to the bucket may take before it is retried.
+    pub s3_request_timeout_ms: u64,
+    /// Longest a request is retried (with backoff, up to 5 s apart) before the write fails.
+    pub s3_retry_timeout_ms: u64,
     /// A partition's open batch becomes a file at this many events…
     pub max_batch_events: usize,
     /// …or this many raw bytes…
@@ -332,6 +346,12 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             data_dir: "./vigil-data".into(),
+            url: String::new(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_allow_http: false,
+            s3_request_timeout_ms: 30_000,
+            s3_retry_timeout_ms: 180_000,
             max_batch_events: 50_000,
             max_batch_bytes: 64 * 1024 * 1024,
             max_batch_wait_ms: 2000,

@@ -56,6 +56,10 @@ struct Cli {
     /// Log filter (`info`, `debug`, …): overrides `log.level`.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// Where the store is (`s3://bucket/prefix`, or a directory): overrides `store.url`.
+    /// Reading commands copy a bucket into `--data-dir` (the local copy) first.
+    #[arg(long, global = true)]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -136,6 +140,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if let Some(l) = cli.log_level {
         cfg.log.level = l;
+    }
+    if let Some(s) = cli.store {
+        cfg.store.url = s;
     }
     init_logging(&cfg.log)?;
     match cli.command {

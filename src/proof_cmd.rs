@@ -61,10 +61,7 @@ pub struct VerifyProofArgs {
 }
 
 pub fn run_proof(cfg: &Config, args: ProofArgs) -> anyhow::Result<ExitCode> {
-    let dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| cfg.store.data_dir.clone());
+    let dir = crate::services::bucket::reading_dir(cfg, args.data_dir.clone())?;
     let bundle = if let Some(id) = &args.event {
         let (topic, partition, offset) = find_event(&dir, id)?;
         vigil_store::proof::inclusion_json(&prove_inclusion(

@@ -28,7 +28,7 @@ pub struct QueryArgs {
 }
 
 pub fn run(cfg: &Config, args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
+    let dir = crate::services::bucket::reading_dir(cfg, args.data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

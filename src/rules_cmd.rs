@@ -159,7 +159,7 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
             if let Some(dir) = dir {
                 d.rules_dir = dir;
             }
-            let data_dir = data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
+            let data_dir = crate::services::bucket::reading_dir(cfg, data_dir)?;
             let store = vigil_store::Store::open_existing(&data_dir)
                 .with_context(|| format!("opening the store at {}", data_dir.display()))?;
             let loaded = load(&d, feed)?;

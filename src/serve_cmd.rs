@@ -70,7 +70,18 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         "no topics: pass --topics or set kafka.topics"
     );
     let icfg = ingest_config(cfg)?;
-    let store = Store::open(
+    let bucket = crate::services::bucket::open(cfg)?;
+    if let Some(b) = &bucket {
+        // The bucket is the store of record: this directory becomes its exact copy first
+        // (a new machine, files this one wrote but the bucket never acknowledged).
+        let start = std::time::Instant::now();
+        let r = b.pull(&cfg.store.data_dir).with_context(|| {
+            format!("copying {} into {}", b.url(), cfg.store.data_dir.display())
+        })?;
+        tracing::info!(store = %b.url(), objects = r.objects, fetched = r.fetched, removed = r.removed,
+            ms = start.elapsed().as_millis() as u64, "local copy of the bucket up to date");
+    }
+    let mut store = Store::open(
         &cfg.store.data_dir,
         WriteOptions {
             zstd_level: cfg.store.zstd_level,
@@ -78,7 +89,10 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .with_context(|| format!("opening the store at {}", cfg.store.data_dir.display()))?;
-    let checkpoints = checkpointer(cfg)?;
+    if let Some(b) = &bucket {
+        store = store.with_bucket(b.clone());
+    }
+    let checkpoints = checkpointer(cfg, bucket.as_ref())?;
     tracing::info!(brokers = %icfg.brokers, topics = ?icfg.topics, group = %icfg.group_id,
         data_dir = %cfg.store.data_dir.display(), log_name = %checkpoints.store_name(),
         "vigil serve starting");
@@ -103,7 +117,10 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     let detection = start_detection(
         cfg,
         targets,
-        &signer,
+        OwnWrites {
+            signer: &signer,
+            bucket: bucket.clone(),
+        },
         &metrics,
         &dmetrics,
         &delivery_metrics,
@@ -147,6 +164,7 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             Some(crate::services::api::start(
                 cfg,
+                bucket.clone(),
                 signer.clone(),
                 ready.clone(),
                 text,
@@ -201,6 +219,10 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::from),
         None => Ok(()),
     };
+    // Said here too: only one error is what `serve` exits with, and ingest's comes first.
+    if let (Err(e), Err(_)) = (&detected, &result) {
+        tracing::error!(error = format!("{e:#}"), "detection failed");
+    }
     if let Some(p) = &anchor
         && let Err(e) = p.flush(Duration::from_secs(10))
     {
@@ -354,11 +376,17 @@ struct Detection {
     outbox: Option<vigil_detect::deliver::Outbox>,
 }
 
+/// What this process's own writes go through: the one signer, and the store's bucket.
+struct OwnWrites<'a> {
+    signer: &'a vigil_store::LogSigner,
+    bucket: Option<Arc<vigil_store::Bucket>>,
+}
+
 /// Load the rules and start the detection thread, fed the chained rows by the pipeline threads.
 fn start_detection(
     cfg: &Config,
     targets: Vec<vigil_detect::deliver::Target>,
-    signer: &vigil_store::LogSigner,
+    own: OwnWrites<'_>,
     metrics: &Arc<IngestMetrics>,
     dmetrics: &Arc<DetectMetrics>,
     delivery_metrics: &Arc<vigil_detect::deliver::DeliverMetrics>,
@@ -400,10 +428,11 @@ fn start_detection(
     let m = metrics.clone();
     let run_cfg = RunConfig {
         data_dir: cfg.store.data_dir.clone(),
+        bucket: own.bucket,
         alert_flush_ms: cfg.detect.alert_flush_ms,
         state_interval_ms: cfg.detect.state_interval_ms,
         outbox: outbox.clone(),
-        signer: Some(signer.clone()),
+        signer: Some(own.signer.clone()),
         time: crate::services::rules::time_config(&cfg.detect)?,
         incident_window_ns: crate::services::rules::incident_window_ns(&cfg.detect)?,
         max_state_bytes: cfg.detect.max_state_bytes,

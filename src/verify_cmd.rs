@@ -52,7 +52,7 @@ pub struct VerifyArgs {
 }
 
 pub fn run(cfg: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let data_dir = args.data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
+    let data_dir = crate::services::bucket::reading_dir(cfg, args.data_dir)?;
     let mut trusted = Trusted::default();
     let existing = match &args.trusted {
         Some(path) if path.exists() => Some(

@@ -21,6 +21,9 @@ mod ingest_kafka;
 // Verification: a real store tampered with, and what `verify` says.
 mod tamper;
 
+// The store in an S3-compatible bucket (moto on loopback).
+mod store_bucket;
+
 // Detection: rules, the declared graph, event time, the simulator, alerts and their delivery.
 mod alert_lifecycle;
 mod cli_rules;

@@ -27,6 +27,8 @@ pub struct IngestMetrics {
     pub pauses: AtomicU64,
     /// File writes tried again because the data volume was full (not in the snapshot).
     pub volume_full_retries: AtomicU64,
+    /// File writes tried again because the store's bucket did not answer (not in the snapshot).
+    pub bucket_retries: AtomicU64,
     pub dlq_sent: AtomicU64,
     pub dlq_delivered: AtomicU64,
     pub dlq_failed: AtomicU64,

@@ -276,6 +276,8 @@ impl Threads {
                     // written again once there is room (meanwhile the queues fill and the
                     // partitions pause); a half-written temp file is never a file.
                     let mut wait = Duration::from_millis(200);
+                    // So is a bucket that does not answer (each put is retried for up to
+                    // `store.s3_retry_timeout_ms` before it counts as failed here).
                     let mut said: Option<Instant> = None;
                     let result = loop {
                         let r = store.write(&sealed).and_then(|info| {
@@ -301,11 +303,24 @@ impl Threads {
                                 std::thread::sleep(wait);
                                 wait = (wait * 2).min(Duration::from_secs(2));
                             }
+                            Err(e)
+                                if vigil_store::is_bucket_unavailable(&e)
+                                    && !stopping.load(std::sync::atomic::Ordering::Relaxed) =>
+                            {
+                                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                                    tracing::error!(topic = %key.topic, partition = key.partition, error = %e,
+                                        "the store's bucket does not answer: writing again until it does (partitions pause meanwhile)");
+                                    said = Some(Instant::now());
+                                }
+                                metrics.bucket_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                std::thread::sleep(wait);
+                                wait = (wait * 2).min(Duration::from_secs(2));
+                            }
                             r => break r,
                         }
                     };
                     if said.is_some() && result.is_ok() {
-                        tracing::info!(topic = %key.topic, partition = key.partition, "the data volume has room again: written");
+                        tracing::info!(topic = %key.topic, partition = key.partition, "the data volume has room again (or the bucket answers): written");
                     }
                     if result.is_ok() {
                         metrics.flush_seconds.observe(started.elapsed());

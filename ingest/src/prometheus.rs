@@ -96,6 +96,11 @@ impl Collector for IngestMetrics {
                 l(&self.volume_full_retries),
             ),
             (
+                "vigil_bucket_retries",
+                "File writes tried again because the store's bucket did not answer.",
+                l(&self.bucket_retries),
+            ),
+            (
                 "vigil_checkpoints_signed",
                 "Signed checkpoints.",
                 m.checkpoints_signed,

@@ -89,14 +89,16 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
     // Quiet: one warning below says whether the anchor got out, not librdkafka's retries.
     let publisher =
         vigil_ingest::AnchorPublisher::new(&icfg, anchor_metrics.clone(), true)?.map(Arc::new);
+    let bucket = crate::services::bucket::open(&mut cfg.clone())?;
     let reply = vigil_detect::run::apply_direct(
         RunConfig {
             data_dir: dir.to_path_buf(),
+            bucket: bucket.clone(),
             alert_flush_ms: cfg.detect.alert_flush_ms,
             state_interval_ms: cfg.detect.state_interval_ms,
             outbox,
             signer: Some(vigil_store::LogSigner::new(
-                crate::services::pipeline::checkpointer(&cfg)?,
+                crate::services::pipeline::checkpointer(&cfg, bucket.as_ref())?,
                 publisher.clone().map(|p| p as Arc<dyn vigil_store::Anchor>),
             )),
             time: crate::services::rules::time_config(&cfg.detect)?,

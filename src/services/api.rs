@@ -219,6 +219,7 @@ pub fn reload_fn(
 /// Start the API: bind (so a busy address fails `serve` at once), record calls, serve.
 pub fn start(
     cfg: &Config,
+    bucket: Option<Arc<vigil_store::Bucket>>,
     signer: LogSigner,
     ready: Arc<AtomicBool>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
@@ -239,7 +240,10 @@ pub fn start(
 
     // Every call is recorded in `vigil.api`; OPA uploads (`POST /logs`) are stored as
     // received in `vigil.opa`, decoded as OPA's upload format.
-    let store = Store::open(&cfg.store.data_dir, WriteOptions::default())?;
+    let mut store = Store::open(&cfg.store.data_dir, WriteOptions::default())?;
+    if let Some(b) = bucket {
+        store = store.with_bucket(b);
+    }
     let opa = vigil_schemas::Decoder::new(
         cfg.decode.decoder_config()?,
         Some(vigil_schemas::SourceFormat::Opa),

@@ -45,8 +45,12 @@ pub fn ingest_config(cfg: &Config) -> anyhow::Result<IngestConfig> {
     })
 }
 
-/// The checkpoint signer: the configured (or the data directory's) keys, able to sign now.
-pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
+/// The checkpoint signer: the configured (or the data directory's) keys, able to sign now;
+/// every checkpoint and the key registry put into `bucket` too, when the store is in one.
+pub fn checkpointer(
+    cfg: &Config,
+    bucket: Option<&Arc<vigil_store::Bucket>>,
+) -> anyhow::Result<Arc<Checkpointer>> {
     let keys = KeyRing::open(
         &cfg.store.data_dir,
         nonempty(&cfg.checkpoint.signing_key_file),
@@ -57,9 +61,15 @@ pub fn checkpointer(cfg: &Config) -> anyhow::Result<Arc<Checkpointer>> {
         tracing::info!(public_key = %k.vkey, valid_from_ms = k.valid_from_ms,
             valid_until_ms = ?k.valid_until_ms, "checkpoint signing key (pin it to verify the store)");
     }
-    Ok(Arc::new(Checkpointer::new(
+    let mut cps = Checkpointer::new(
         &cfg.store.data_dir,
         keys,
         nonempty(&cfg.checkpoint.mirror_dir).map(std::path::Path::to_path_buf),
-    )))
+    );
+    if let Some(b) = bucket {
+        cps = cps
+            .with_bucket(b.clone())
+            .with_context(|| format!("putting the key registry into {}", b.url()))?;
+    }
+    Ok(Arc::new(cps))
 }

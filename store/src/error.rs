@@ -23,6 +23,12 @@ pub enum StoreError {
     Key(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    #[error("object store, {key}: {message}")]
+    Bucket { key: String, message: String },
+    #[error(
+        "{0} exists with other content: another writer has this log (this one stops writing it)"
+    )]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -62,6 +68,26 @@ pub fn is_volume_full(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether an error (anywhere in its chain) is the store's bucket failing a request after its
+/// retries (unreachable, timing out, refusing): worth writing again later, as a full volume.
+/// A conflict (another writer's object under the name) is not.
+pub fn is_bucket_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(StoreError::Bucket { .. }) = err.downcast_ref::<StoreError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether a write that failed is worth trying again later rather than a reason to stop: the
+/// volume is full ([`is_volume_full`]) or the bucket does not answer ([`is_bucket_unavailable`]).
+pub fn is_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
+    is_volume_full(e) || is_bucket_unavailable(e)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -80,5 +106,16 @@ mod tests {
             source: std::io::Error::from_raw_os_error(13),
         };
         assert!(!super::is_volume_full(&other));
+        assert!(!super::is_retryable(&other));
+        assert!(super::is_retryable(&full));
+        let away = super::StoreError::Bucket {
+            key: "s3://b/k".into(),
+            message: "error sending request".into(),
+        };
+        assert!(super::is_bucket_unavailable(&away) && super::is_retryable(&away));
+        assert!(!super::is_volume_full(&away));
+        // Another writer's object under the name is not waited out.
+        let conflict = super::StoreError::Conflict("s3://b/k".into());
+        assert!(!super::is_retryable(&conflict));
     }
 }

@@ -11,7 +11,12 @@
 //!   detect/state.json                      detection's saved state (positions, groups)
 //!   detect/state.lock                      held by the one process running detection
 //!   detect/commands/                       lifecycle changes queued for that process
+//!   bucket-index.json                      ETags of the files fetched from the bucket
 //! ```
+//!
+//! With `store.url = "s3://…"`, `events/`, `checkpoints/`, `alerts/` and `keys/registry` are
+//! also in the bucket, under the same names below its prefix ([`crate::bucket`]); the rest is
+//! the instance's own.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +28,18 @@ pub(crate) const CHECKPOINTS_DIR: &str = "checkpoints";
 pub(crate) const KEYS_DIR: &str = "keys";
 /// The public key registry's file name (in [`KEYS_DIR`]).
 pub(crate) const REGISTRY_FILE: &str = "registry";
+/// The alert log, under the data directory.
+pub(crate) const ALERTS_DIR: &str = "alerts";
+
+/// `keys/registry`: the registry relative to the data directory (its object key in a bucket).
+pub(crate) fn registry_rel() -> String {
+    format!("{KEYS_DIR}/{REGISTRY_FILE}")
+}
+
+/// `DIR/bucket-index.json`: the ETags of the files fetched from the bucket.
+pub(crate) fn bucket_index(data_dir: &Path) -> PathBuf {
+    data_dir.join("bucket-index.json")
+}
 
 /// `DIR/events`.
 pub fn events(data_dir: &Path) -> PathBuf {
@@ -46,7 +63,7 @@ pub fn registry(data_dir: &Path) -> PathBuf {
 
 /// `DIR/alerts`.
 pub fn alerts(data_dir: &Path) -> PathBuf {
-    data_dir.join("alerts")
+    data_dir.join(ALERTS_DIR)
 }
 
 /// `DIR/outbox`.

@@ -17,6 +17,7 @@
 mod anchor;
 pub mod audit;
 pub mod batch;
+pub mod bucket;
 pub mod chain;
 pub mod checkpoint;
 pub mod clock;
@@ -37,8 +38,9 @@ pub use anchor::{Anchor, LogSigner};
 pub use batch::{
     Appended, BatchSpan, ChainHead, LogHead, PartitionBatch, Piece, SealedBatch, leaf_indexes,
 };
+pub use bucket::{Bucket, BucketOptions, BucketUrl, PullReport};
 pub use chain::RecordRef;
-pub use error::{StoreError, is_volume_full};
+pub use error::{StoreError, is_bucket_unavailable, is_retryable, is_volume_full};
 pub use files::{FileInfo, Store, WriteOptions, write_durably, write_durably_with};
 pub use log_id::{LogId, LogIdError};
 pub use own_log::{

@@ -1,7 +1,8 @@
 //! What the integration tests share: the real broker ([`Broker`]), `vigil serve` as a child
 //! process ([`Serve`]), `vigil` commands run to completion ([`vigil`], [`succeed`]), what a data
 //! directory holds ([`stored_records`], [`sql`], [`stored_alerts`]), HTTP on loopback, the
-//! public samples in `../shared/data` ([`data_path`]), and the simulator as the tests drive it.
+//! public samples in `../shared/data` ([`data_path`]), an S3-compatible server ([`S3Server`]),
+//! and the simulator as the tests drive it.
 //! Everything is bounded in time and cleaned up on drop.
 //!
 //! The benches include this module too (`#[path]`), each using part of it.
@@ -14,13 +15,16 @@ mod cli;
 mod detect;
 mod files;
 mod http;
+mod s3;
 mod serve;
 mod simulated;
 mod store;
 
 // Each includer (the tests, each bench) uses part of what follows.
 #[allow(unused_imports)]
-pub use {broker::*, cli::*, detect::*, files::*, http::*, serve::*, simulated::*, store::*};
+pub use {
+    broker::*, cli::*, detect::*, files::*, http::*, s3::*, serve::*, simulated::*, store::*,
+};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

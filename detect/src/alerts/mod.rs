@@ -106,6 +106,14 @@ pub fn alert_schema() -> SchemaRef {
 pub enum AlertError {
     #[error("alert log {path}: {message}")]
     Io { path: PathBuf, message: String },
+    /// A write through the store (its bucket among it), kept whole so that callers can tell a
+    /// full volume or an absent bucket (worth trying again) from the rest.
+    #[error("alert log {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: vigil_store::StoreError,
+    },
     #[error("alert log: {0}")]
     Format(String),
 }
@@ -287,7 +295,10 @@ pub(crate) fn from_batch(b: &RecordBatch) -> Result<Vec<Alert>, AlertError> {
 /// log with more than `MERGE_FILES` files is opened.
 #[derive(Debug)]
 pub(crate) struct AlertLog {
+    data_dir: PathBuf,
     dir: PathBuf,
+    /// Every file is put into the store's bucket too (and a merge's inputs removed there).
+    bucket: Option<std::sync::Arc<vigil_store::Bucket>>,
     seq: u64,
     /// Files this log appended since the last merge.
     small: Vec<PathBuf>,
@@ -299,11 +310,16 @@ pub(crate) const MERGE_FILES: usize = 256;
 impl AlertLog {
     /// Open (creating) the log; merge its files into one if there are many. Only one process
     /// may append at a time (the detection lock).
-    pub(crate) fn open(data_dir: &Path) -> Result<AlertLog, AlertError> {
+    pub(crate) fn open(
+        data_dir: &Path,
+        bucket: Option<std::sync::Arc<vigil_store::Bucket>>,
+    ) -> Result<AlertLog, AlertError> {
         let dir = vigil_store::layout::alerts(data_dir);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut log = AlertLog {
+            data_dir: data_dir.to_owned(),
             dir,
+            bucket,
             seq: 0,
             small: Vec::new(),
         };
@@ -324,8 +340,18 @@ impl AlertLog {
         if !rows.is_empty() {
             self.write(&rows, now_ns)?;
         }
+        // Removed here first, then from the bucket: a crash in between leaves the bucket with
+        // files the merged one repeats (fetched back at the next start, kept once by readers),
+        // never a local file the bucket lacks (which a writer's start refuses).
         for p in &files {
             std::fs::remove_file(p).map_err(io(p))?;
+            if let Some(b) = &self.bucket {
+                b.unpublish(&self.data_dir, p)
+                    .map_err(|source| AlertError::Store {
+                        path: p.clone(),
+                        source,
+                    })?;
+            }
         }
         Ok(())
     }
@@ -354,10 +380,16 @@ impl AlertLog {
             std::process::id(),
             self.seq
         ));
-        vigil_store::write_durably(&path, &bytes).map_err(|e| AlertError::Io {
+        let failed = |source: vigil_store::StoreError| AlertError::Store {
             path: path.clone(),
-            message: e.to_string(),
-        })?;
+            source,
+        };
+        // In the bucket before it has its name here (as every file of the store).
+        if let Some(b) = &self.bucket {
+            b.put(&self.data_dir, &path, bytes.clone(), true)
+                .map_err(failed)?;
+        }
+        vigil_store::write_durably(&path, &bytes).map_err(failed)?;
         Ok(path)
     }
 }
@@ -481,7 +513,7 @@ mod tests {
     #[test]
     fn revisions_round_trip_and_the_newest_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = AlertLog::open(dir.path()).unwrap();
+        let mut log = AlertLog::open(dir.path(), None).unwrap();
         log.append(&[alert("a", 1), alert("b", 1)], 10).unwrap();
         log.append(&[alert("a", 2)], 11).unwrap();
         let revs = read_revisions(dir.path()).unwrap();

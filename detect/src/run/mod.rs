@@ -30,6 +30,9 @@ use thread::{EVICTION_ALERT_EVERY_NS, ThreadState};
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub data_dir: PathBuf,
+    /// The bucket the store is kept in (`store.url`): Vigil's own log and the alert log are
+    /// put there too.
+    pub bucket: Option<Arc<vigil_store::Bucket>>,
     /// Updates of open alerts are written at most this often (new alerts at once).
     pub alert_flush_ms: u64,
     /// State checkpoint (and expiry) interval.

@@ -19,6 +19,7 @@ fn rec(i: i64, v: &str) -> RecordRef<'_> {
 
 fn cfg(dir: &std::path::Path) -> RunConfig {
     RunConfig {
+        bucket: None,
         data_dir: dir.to_owned(),
         alert_flush_ms: 1000,
         state_interval_ms: 1000,
@@ -316,7 +317,7 @@ fn the_alert_log_is_checked_against_vigils_own_log_and_a_missing_record_is_made_
     let dir = tempfile::tempdir().unwrap();
     let a = crate::alerts::test_support::alert("a1", 1);
     // Stored, then a crash before Vigil's own log recorded it.
-    AlertLog::open(dir.path())
+    AlertLog::open(dir.path(), None)
         .unwrap()
         .append(std::slice::from_ref(&a), 1)
         .unwrap();
@@ -345,7 +346,7 @@ fn the_alert_log_is_checked_against_vigils_own_log_and_a_missing_record_is_made_
     let mut edited = a.clone();
     edited.event_count += 1;
     std::fs::remove_file(&files[0]).unwrap();
-    AlertLog::open(dir.path())
+    AlertLog::open(dir.path(), None)
         .unwrap()
         .append(&[edited], 2)
         .unwrap();

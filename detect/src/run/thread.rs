@@ -54,7 +54,10 @@ impl ThreadState {
         cfg: RunConfig,
         metrics: Arc<DetectMetrics>,
     ) -> Result<ThreadState, DetectError> {
-        let store = Store::open(&cfg.data_dir, WriteOptions::default())?;
+        let mut store = Store::open(&cfg.data_dir, WriteOptions::default())?;
+        if let Some(b) = &cfg.bucket {
+            store = store.with_bucket(b.clone());
+        }
         // Records stored but not signed (a crash between file and checkpoint) are signed now;
         // this also hands the log to the checkpointer's refresh.
         let mut audit = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION)?;
@@ -62,7 +65,7 @@ impl ThreadState {
             audit = audit.signed(signer.clone())?;
         }
         let l = ThreadState {
-            log: AlertLog::open(&cfg.data_dir)?,
+            log: AlertLog::open(&cfg.data_dir, cfg.bucket.clone())?,
             queue: Queue::new(&cfg.data_dir),
             cfg,
             metrics,
@@ -150,7 +153,7 @@ impl ThreadState {
             return Ok(());
         }
         if let Err(e) = self.store(engine, &alerts, None) {
-            if !vigil_store::is_volume_full(&e) {
+            if !vigil_store::is_retryable(&e) {
                 return Err(e);
             }
             // Kept, and stored with the next flush once there is room (a delivery already
@@ -266,7 +269,7 @@ impl ThreadState {
         a: &Alert,
     ) -> Result<(), DetectError> {
         match self.store(engine, std::slice::from_ref(a), None) {
-            Err(e) if vigil_store::is_volume_full(&e) => {
+            Err(e) if vigil_store::is_retryable(&e) => {
                 self.volume_full(&e, "alerts kept to be stored once there is room");
                 engine.requeue(vec![a.clone()]);
                 Ok(())
@@ -275,13 +278,14 @@ impl ThreadState {
         }
     }
 
-    /// Say (at most every 10 s) that the data volume is full and what waits for room.
+    /// Say (at most every 10 s) that the store cannot be written now (the data volume is full,
+    /// or the bucket does not answer) and what waits for it.
     pub(super) fn volume_full(&mut self, e: &DetectError, what: &str) {
         if self
             .volume_full_said
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
         {
-            tracing::error!(error = %e, "the data volume is full: {what}");
+            tracing::error!(error = %e, "the store cannot be written now (the data volume is full, or the bucket does not answer): {what}");
             self.volume_full_said = Some(Instant::now());
         }
     }
@@ -433,7 +437,7 @@ impl ThreadState {
         self.last_state = Instant::now();
         if let Err(e) = engine.save(&state_path(&self.cfg.data_dir)) {
             let e = DetectError::from(e);
-            if !vigil_store::is_volume_full(&e) {
+            if !vigil_store::is_retryable(&e) {
                 return Err(e);
             }
             // The last saved state stays (a restart replays from it); saved again next time.

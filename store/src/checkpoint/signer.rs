@@ -26,7 +26,10 @@ struct Latest {
 /// Signs and stores checkpoints: after every sealed file, and again when the newest is older
 /// than the refresh interval. Shared by the writer threads.
 pub struct Checkpointer {
+    data_dir: PathBuf,
     root: PathBuf,
+    /// The bucket every checkpoint and the registry are put into too.
+    bucket: Option<std::sync::Arc<crate::Bucket>>,
     /// A second directory every checkpoint is also written to (an anchor outside the store).
     mirror: Option<PathBuf>,
     keys: Mutex<KeyRing>,
@@ -46,11 +49,45 @@ impl std::fmt::Debug for Checkpointer {
 impl Checkpointer {
     pub fn new(data_dir: &Path, keys: KeyRing, mirror: Option<PathBuf>) -> Checkpointer {
         Checkpointer {
+            data_dir: data_dir.to_owned(),
             root: crate::layout::checkpoints(data_dir),
+            bucket: None,
             mirror,
             keys: Mutex::new(keys),
             latest: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Put every checkpoint (and the key registry, now and after each rotation) into
+    /// `bucket` too, acknowledged before the checkpoint is handed on.
+    pub fn with_bucket(
+        mut self,
+        bucket: std::sync::Arc<crate::Bucket>,
+    ) -> Result<Self, StoreError> {
+        // The registry a verifier pins: the bucket's must not lose a key by this put (another
+        // instance's, or this store's from before its machine was lost).
+        let ours = lock(&self.keys).registry.clone();
+        if let Some(theirs) = bucket.get(&crate::layout::registry_rel())? {
+            let theirs = super::Registry::parse(&String::from_utf8_lossy(&theirs))
+                .map_err(|e| StoreError::Key(format!("the bucket's key registry: {e}")))?;
+            if let Some(k) = theirs
+                .keys
+                .iter()
+                .find(|k| !ours.keys.iter().any(|o| o.vkey == k.vkey))
+            {
+                return Err(StoreError::Key(format!(
+                    "the bucket's key registry has a key this data directory's lacks ({}): \
+                     copy the bucket's keys/registry here first, or use another store.url prefix",
+                    k.vkey
+                )));
+            }
+        }
+        let registry = crate::layout::registry(&self.data_dir);
+        if registry.exists() {
+            bucket.publish(&self.data_dir, &registry)?;
+        }
+        self.bucket = Some(bucket);
+        Ok(self)
     }
 
     pub fn store_name(&self) -> String {
@@ -61,6 +98,9 @@ impl Checkpointer {
     pub fn rotate(&self, overlap_ms: i64) -> Result<(String, String), StoreError> {
         let mut keys = lock(&self.keys);
         let vkey = keys.rotate(overlap_ms)?;
+        if let Some(b) = &self.bucket {
+            b.publish(&self.data_dir, &crate::layout::registry(&self.data_dir))?;
+        }
         Ok((vkey, keys.registry.format()))
     }
 
@@ -169,6 +209,12 @@ impl Checkpointer {
         for root_dir in std::iter::once(&self.root).chain(self.mirror.as_ref()) {
             let dir = Self::log_dir(root_dir, topic, partition)?;
             crate::files::create_dirs_durably(&dir)?;
+            // In the bucket before it has its name here (as every file of the store).
+            if root_dir == &self.root
+                && let Some(b) = &self.bucket
+            {
+                b.put(&self.data_dir, &dir.join(&name), note.clone(), false)?;
+            }
             write_durably(&dir.join(&name), &note)?;
         }
         latest.insert(

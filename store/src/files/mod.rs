@@ -90,11 +90,13 @@ pub(crate) fn validate_topic(topic: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The store in a local directory.
+/// The store in a local directory, and (when it has one) in its bucket: a file is put into
+/// the bucket before it gets its final local name ([`crate::bucket`]).
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
     opts: WriteOptions,
+    bucket: Option<std::sync::Arc<crate::bucket::Bucket>>,
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -187,7 +189,24 @@ impl Store {
             }
         }
         create_dirs_durably(&crate::layout::events(&root))?;
-        Ok(Store { root, opts })
+        Ok(Store {
+            root,
+            opts,
+            bucket: None,
+        })
+    }
+
+    /// Every file this store writes from now on is in `bucket` too, acknowledged by it before
+    /// [`Store::write`] returns. The local directory should be [`crate::Bucket::pull`]ed
+    /// first (once per process, before any store on it is opened).
+    pub fn with_bucket(mut self, bucket: std::sync::Arc<crate::bucket::Bucket>) -> Store {
+        self.bucket = Some(bucket);
+        self
+    }
+
+    /// The bucket the store is kept in, if any.
+    pub fn bucket(&self) -> Option<&std::sync::Arc<crate::bucket::Bucket>> {
+        self.bucket.as_ref()
     }
 
     /// Open an existing store without creating or changing anything (for verification).
@@ -202,6 +221,7 @@ impl Store {
         Ok(Store {
             root,
             opts: WriteOptions::default(),
+            bucket: None,
         })
     }
 
@@ -298,6 +318,16 @@ impl Store {
         file.sync_all().map_err(StoreError::io(&tmp))?;
         let bytes = file.metadata().map_err(StoreError::io(&tmp))?.len();
         drop(file);
+        if let Some(bucket) = &self.bucket {
+            // Acknowledged by the bucket before the file has its name here: a final name
+            // locally always means "in the bucket". The put fails if another writer stored
+            // other content under this name (and a retried put of the same bytes is fine).
+            let content = fs::read(&tmp).map_err(StoreError::io(&tmp))?;
+            if let Err(e) = bucket.put(&self.root, &path, content, true) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
         fs::rename(&tmp, &path).map_err(StoreError::io(&path))?;
         fsync_dir(dir)?;
         Ok(FileInfo {

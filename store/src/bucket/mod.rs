@@ -1,0 +1,317 @@
+//! The store's bucket: an S3-compatible object store that holds everything a reader or a
+//! verifier needs — event files, signed checkpoints, the public key registry, the alert log —
+//! so that losing the machine loses nothing that was acknowledged.
+//!
+//! The local data directory stays the instance's working copy. A file is written there
+//! durably under a hidden temp name, then put into the bucket, and given its final local name
+//! only once the bucket has acknowledged it: a file under its final name locally is always in
+//! the bucket, and a batch's offsets (committed after [`crate::Store::write`] returns) are
+//! never ahead of the bucket. A put is one request, so no partial object is ever visible under
+//! its final name. [`Bucket::pull`] makes the local copy exactly the bucket's (missing or
+//! changed files fetched, files the bucket lacks removed): on a new machine, after a crash,
+//! and before a verifier reads it.
+//!
+//! What stays local, never in the bucket: the signing keys (`keys/*.key`), detection's state,
+//! lock and command queue, the delivery outbox, temp files.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
+};
+
+use crate::error::StoreError;
+
+mod pull;
+
+pub use pull::PullReport;
+
+/// What `s3://` stores need beyond the URL.
+#[derive(Clone, Default)]
+pub struct BucketOptions {
+    /// `AWS_*` settings as the standard environment variables spell them (credentials,
+    /// endpoint, region, web identity, …), read by the binary and handed down (this crate
+    /// reads no environment); the fields below win over them.
+    pub aws_settings: Vec<(String, String)>,
+    /// An S3-compatible server's address (`http://127.0.0.1:9000`); AWS's when empty.
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    pub region: Option<String>,
+    /// Allow plain `http://` endpoints (a test server on loopback).
+    pub allow_http: bool,
+    /// Longest one request may take before it is retried.
+    pub request_timeout_ms: u64,
+    /// Longest a request is retried (with backoff) before the write fails.
+    pub retry_timeout_ms: u64,
+}
+
+/// Names the settings, never their values (credentials among them).
+impl std::fmt::Debug for BucketOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.aws_settings.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("BucketOptions")
+            .field("aws_settings", &names)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("allow_http", &self.allow_http)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An `s3://bucket/prefix` URL, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketUrl {
+    pub bucket: String,
+    /// Where the store's objects live in the bucket (`""`: at its root).
+    pub prefix: String,
+}
+
+impl BucketUrl {
+    /// Parse `s3://bucket[/prefix]`; `None` for anything that is not an `s3://` URL (a path).
+    pub fn parse(url: &str) -> Option<Result<BucketUrl, StoreError>> {
+        let rest = url.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/');
+        // S3's rule for bucket names (the subset every S3-compatible server accepts).
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !bucket_ok {
+            return Some(Err(StoreError::Invalid(format!(
+                "{url}: {bucket:?} is not an S3 bucket name (3 to 63 of a-z 0-9 . -)"
+            ))));
+        }
+        if !prefix.is_empty() && Key::parse(prefix).is_err() {
+            return Some(Err(StoreError::Invalid(format!(
+                "{url}: the prefix {prefix:?} is not an object path"
+            ))));
+        }
+        Some(Ok(BucketUrl {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        }))
+    }
+}
+
+impl std::fmt::Display for BucketUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// A private runtime for the object store's requests: the store's callers are synchronous
+/// threads (writers, verifiers), some of them inside another runtime, where `block_on` is not
+/// allowed. Shut down in the background so that dropping it anywhere is safe.
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The bucket the store lives in.
+pub struct Bucket {
+    url: BucketUrl,
+    objects: Arc<dyn ObjectStore>,
+    rt: Runtime,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("url", &self.url.to_string())
+            .finish()
+    }
+}
+
+impl Bucket {
+    /// Connect to the bucket at `url` (no request is made yet).
+    pub fn open(url: &BucketUrl, opts: &BucketOptions) -> Result<Bucket, StoreError> {
+        let mut b = AmazonS3Builder::new();
+        for (k, v) in &opts.aws_settings {
+            match k.to_ascii_lowercase().parse() {
+                Ok(key) => b = b.with_config(key, v),
+                Err(_) => tracing::debug!(setting = %k, "not an S3 setting: ignored"),
+            }
+        }
+        let mut b = b.with_bucket_name(&url.bucket);
+        if let Some(e) = opts.endpoint.as_deref().filter(|e| !e.is_empty()) {
+            b = b.with_endpoint(e);
+        }
+        if let Some(r) = opts.region.as_deref().filter(|r| !r.is_empty()) {
+            b = b.with_region(r);
+        }
+        let timeout = Duration::from_millis(opts.request_timeout_ms.max(1));
+        let client = ClientOptions::new()
+            .with_allow_http(opts.allow_http)
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout);
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: usize::MAX,
+            retry_timeout: Duration::from_millis(opts.retry_timeout_ms),
+        };
+        let objects = b
+            .with_client_options(client)
+            .with_retry(retry)
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("{url}: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vigil-bucket")
+            .enable_all()
+            .build()
+            .map_err(StoreError::io("the object store's runtime"))?;
+        Ok(Bucket {
+            url: url.clone(),
+            objects: Arc::new(objects),
+            rt: Runtime(Some(rt)),
+        })
+    }
+
+    /// The bucket's URL.
+    pub fn url(&self) -> &BucketUrl {
+        &self.url
+    }
+
+    /// Run a request on the bucket's runtime and wait for it, from any thread.
+    fn block<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> Result<T, object_store::Error> {
+        let rt = self.rt.0.as_ref().ok_or_else(|| stopped(what))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().map_err(|_| stopped(what))?
+    }
+
+    /// The object key of a path relative to the data directory (`events/topic=t/…`).
+    fn key(&self, rel: &str) -> Result<Key, StoreError> {
+        let full = if self.url.prefix.is_empty() {
+            rel.to_owned()
+        } else {
+            format!("{}/{rel}", self.url.prefix)
+        };
+        Key::parse(&full).map_err(|e| StoreError::Invalid(format!("object key {full:?}: {e}")))
+    }
+
+    /// `path` (under `data_dir`) as a key relative to the store: its components joined by `/`.
+    fn rel(data_dir: &Path, path: &Path) -> Result<String, StoreError> {
+        let rel = path
+            .strip_prefix(data_dir)
+            .map_err(|_| StoreError::Internal("a bucket file outside the data directory"))?;
+        let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+        parts
+            .map(|p| p.join("/"))
+            .ok_or(StoreError::Internal("a file name that is not UTF-8"))
+    }
+
+    fn error(&self, rel: &str, e: object_store::Error) -> StoreError {
+        StoreError::Bucket {
+            key: format!("{}/{rel}", self.url),
+            message: e.to_string(),
+        }
+    }
+
+    /// Put `bytes` as the object for `final_path` (under `data_dir`). `create`: the object
+    /// must not exist yet (If-None-Match) — unless it holds exactly these bytes already (the
+    /// same write retried after a crash); anything else there is a conflict: another writer
+    /// got there first, and this one must not go on. Otherwise the object is replaced.
+    pub fn put(
+        &self,
+        data_dir: &Path,
+        final_path: &Path,
+        bytes: Vec<u8>,
+        create: bool,
+    ) -> Result<(), StoreError> {
+        let rel = Self::rel(data_dir, final_path)?;
+        let key = self.key(&rel)?;
+        let objects = self.objects.clone();
+        let opts = PutOptions::from(if create {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        });
+        let payload = PutPayload::from(bytes.clone());
+        let k = key.clone();
+        match self.block(
+            "put",
+            async move { objects.put_opts(&k, payload, opts).await },
+        ) {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let objects = self.objects.clone();
+                let existing = self
+                    .block("get", async move { objects.get(&key).await?.bytes().await })
+                    .map_err(|e| self.error(&rel, e))?;
+                if existing.as_ref() == bytes.as_slice() {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict(format!("{}/{rel}", self.url)))
+                }
+            }
+            Err(e) => Err(self.error(&rel, e)),
+        }
+    }
+
+    /// Put the local file `path` (under `data_dir`), replacing the object.
+    pub fn publish(&self, data_dir: &Path, path: &Path) -> Result<(), StoreError> {
+        let bytes = std::fs::read(path).map_err(StoreError::io(path))?;
+        self.put(data_dir, path, bytes, false)
+    }
+
+    /// Remove the object of the local file `path` (under `data_dir`); gone already is fine.
+    pub fn unpublish(&self, data_dir: &Path, path: &Path) -> Result<(), StoreError> {
+        let rel = Self::rel(data_dir, path)?;
+        let key = self.key(&rel)?;
+        let objects = self.objects.clone();
+        match self.block("delete", async move { objects.delete(&key).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(&rel, e)),
+        }
+    }
+
+    /// The object of a path relative to the data directory, if there is one.
+    pub(crate) fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(rel)?;
+        let objects = self.objects.clone();
+        match self.block("get", async move { objects.get(&key).await?.bytes().await }) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+}
+
+fn stopped(what: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "vigil",
+        source: format!("the object store's runtime stopped during {what}").into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

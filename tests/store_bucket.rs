@@ -1,0 +1,307 @@
+//! The store in an S3-compatible bucket, against real parts: the Tansu broker, moto in server
+//! mode, `vigil serve` as a child process. Everything a verifier needs is in the bucket; a new
+//! machine carries on from it; `verify` and `query` read it; a file deleted from the bucket is
+//! caught; the bucket not answering pauses ingest and loses nothing.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::*;
+
+const BUCKET: &str = "vigil-store";
+const URL: &str = "s3://vigil-store/prod";
+
+fn records(from: usize, n: usize, partitions: i32) -> Vec<Rec> {
+    let opa = data_text("opa/opa_decision_logs.jsonl");
+    let line = opa.lines().nth(1).unwrap().to_owned();
+    (from..from + n)
+        .map(|i| Rec {
+            partition: (i as i32) % partitions,
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(
+                line.replace(
+                    "1df154b5-658a-47bf-ac18-be52998605da",
+                    &format!("bkt-{i:05}"),
+                )
+                .into_bytes(),
+            ),
+            headers: vec![],
+        })
+        .collect()
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// `vigil` with the S3 server's environment.
+fn vigil_s3(s3: &S3Server, args: &[&str]) -> Ran {
+    let mut cmd = vigil_command();
+    cmd.args(args);
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+/// Every (partition, offset) stored once, `n` in all, read from a copy of the bucket.
+fn assert_exactly_once_in_bucket(s3: &S3Server, copy: &Path, n: usize) {
+    let d = copy.to_str().unwrap();
+    let ran = vigil_s3(
+        s3,
+        &[
+            "--store",
+            URL,
+            "query",
+            "--data-dir",
+            d,
+            "--format",
+            "csv",
+            "SELECT count(*) AS n, count(DISTINCT concat(CAST(kafka_partition AS VARCHAR), '/', CAST(kafka_offset AS VARCHAR))) AS d FROM events WHERE kafka_topic = 'bkt'",
+        ],
+    );
+    assert!(ran.ok(), "query over the bucket: {}", ran.stderr);
+    assert_eq!(
+        ran.stdout_text().trim(),
+        format!("n,d\n{n},{n}"),
+        "every record once, read from the bucket"
+    );
+}
+
+#[test]
+fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_caught() {
+    let broker = Broker::start();
+    broker.create_topic("bkt", 2);
+    broker.create_topic("vigil.checkpoints", 1);
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let producer = broker.producer();
+
+    // Machine A stores 300 records into the bucket.
+    let srv = serve_with(
+        &broker,
+        "bkt",
+        &a,
+        "g-bkt",
+        &env_refs(&env),
+        None,
+        &["--store", URL],
+    );
+    produce(&producer, "bkt", &records(0, 300, 2));
+    wait_stored(&srv, &a, 300, Duration::from_secs(60));
+    let (clean, log) = srv.stop();
+    assert!(clean, "A stops cleanly: {log}");
+
+    // Everything a verifier needs is in the bucket; the signing key never is.
+    let keys = s3.keys(BUCKET, "prod/");
+    let has = |p: &str| keys.iter().any(|k| k.starts_with(p));
+    assert!(has("prod/events/topic=bkt/partition=0/"), "{keys:?}");
+    assert!(has("prod/events/topic=bkt/partition=1/"), "{keys:?}");
+    assert!(has("prod/checkpoints/topic=bkt/partition=0/"), "{keys:?}");
+    assert!(keys.contains(&"prod/keys/registry".to_owned()), "{keys:?}");
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.ends_with(".key") || k.contains(".tmp-")),
+        "no signing key, no temp file in the bucket: {keys:?}"
+    );
+    // The local copy holds the same event files as the bucket, no more.
+    let local: BTreeSet<String> = walk(&a.join("events"))
+        .into_iter()
+        .map(|p| format!("prod/{}", p.strip_prefix(&a).unwrap().display()))
+        .collect();
+    let remote: BTreeSet<String> = keys
+        .iter()
+        .filter(|k| k.starts_with("prod/events/"))
+        .cloned()
+        .collect();
+    assert_eq!(local, remote);
+
+    // Machine B: a new data directory with nothing but the signing keys (restored from where
+    // the operator keeps them), the same consumer group. It carries on from the bucket.
+    std::fs::create_dir_all(&b).unwrap();
+    copy_dir(&a.join("keys"), &b.join("keys"));
+    let srv = serve_with(
+        &broker,
+        "bkt",
+        &b,
+        "g-bkt",
+        &env_refs(&env),
+        None,
+        &["--store", URL],
+    );
+    produce(&producer, "bkt", &records(300, 200, 2));
+    wait_stored(&srv, &b, 500, Duration::from_secs(60));
+    let (clean, log) = srv.stop();
+    assert!(clean, "B stops cleanly: {log}");
+    assert!(
+        log.contains("local copy of the bucket up to date"),
+        "B copied the bucket first: {log}"
+    );
+
+    // An auditor's copy: the bucket verifies against the registry A published and the anchors
+    // in Kafka, every record once.
+    let audit = tmp.path().join("audit");
+    let registry = tmp.path().join("registry");
+    std::fs::copy(a.join("keys/registry"), &registry).unwrap();
+    let verify = |copy: &Path| {
+        vigil_s3(
+            &s3,
+            &[
+                "--store",
+                URL,
+                "verify",
+                "--data-dir",
+                copy.to_str().unwrap(),
+                "--keys",
+                registry.to_str().unwrap(),
+                "--anchor-kafka",
+                &broker.addr,
+            ],
+        )
+    };
+    let ran = verify(&audit);
+    assert_eq!(
+        ran.code,
+        0,
+        "the bucket verifies: {}{}",
+        ran.stdout_text(),
+        ran.stderr
+    );
+    assert_exactly_once_in_bucket(&s3, &tmp.path().join("q"), 500);
+
+    // Someone with the bucket's credentials deletes the oldest file of partition 0. The same
+    // auditor's copy, brought up to date, says so (a copy never hides what the bucket lost).
+    let oldest = keys
+        .iter()
+        .filter(|k| k.starts_with("prod/events/topic=bkt/partition=0/"))
+        .min_by_key(|k| k.rsplit('/').next().unwrap().to_owned())
+        .unwrap()
+        .clone();
+    let name = oldest.strip_prefix("prod/").unwrap();
+    s3.client(URL).unpublish(&a, &a.join(name)).unwrap();
+    assert!(!s3.keys(BUCKET, "prod/").contains(&oldest));
+    let ran = verify(&audit);
+    assert_eq!(
+        ran.code,
+        1,
+        "a deleted file is tampering: {}{}",
+        ran.stdout_text(),
+        ran.stderr
+    );
+
+    // Machine A, which still has that file, refuses to write on top of such a bucket (and
+    // keeps its copy: the evidence).
+    let mut srv = serve_with(
+        &broker,
+        "bkt",
+        &a,
+        "g-bkt",
+        &env_refs(&env),
+        None,
+        &["--store", URL],
+    );
+    let status = wait_for("serve to refuse", Duration::from_secs(60), || {
+        srv.child.try_wait().unwrap()
+    });
+    let log = srv.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("disagree on 1 file(s)"), "{log}");
+    assert!(a.join(name).is_file(), "A keeps its copy of {name}");
+}
+
+#[test]
+fn the_bucket_not_answering_pauses_ingest_and_loses_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("bkt", 2);
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let mut env = s3.env();
+    // Each request gives up after 1 s and is retried for 3 s; then the write is tried again.
+    env.push(("VIGIL_STORE__S3_REQUEST_TIMEOUT_MS".into(), "1000".into()));
+    env.push(("VIGIL_STORE__S3_RETRY_TIMEOUT_MS".into(), "3000".into()));
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let producer = broker.producer();
+    let srv = serve_with(
+        &broker,
+        "bkt",
+        &a,
+        "g-bkt",
+        &env_refs(&env),
+        None,
+        &["--store", URL],
+    );
+    produce(&producer, "bkt", &records(0, 100, 2));
+    wait_stored(&srv, &a, 100, Duration::from_secs(60));
+
+    // The S3 server stops answering (SIGSTOP) for 30 s while records keep coming.
+    let pid = s3.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    produce(&producer, "bkt", &records(100, 200, 2));
+    std::thread::sleep(Duration::from_secs(30));
+    // Nothing the bucket did not acknowledge has a file's final name here.
+    let held = stored_per_partition(&a, "bkt").values().sum::<i64>();
+    assert_eq!(held, 100, "no file stored while the bucket is away");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    wait_stored(&srv, &a, 300, Duration::from_secs(90));
+    let (clean, log) = srv.stop();
+    assert!(clean, "stops cleanly: {log}");
+    assert!(
+        log.contains("the store's bucket does not answer"),
+        "the outage was reported: {log}"
+    );
+    assert_exactly_once_in_bucket(&s3, &tmp.path().join("q"), 300);
+}
+
+/// Wait until `n` records of `bkt` are stored under `dir` (the serve log in the failure).
+fn wait_stored(srv: &Serve, dir: &Path, n: i64, timeout: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let stored = stored_per_partition(dir, "bkt").values().sum::<i64>();
+        if stored == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{stored} of {n} records stored after {timeout:?}; serve's log:\n{}",
+            srv.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every regular file under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
