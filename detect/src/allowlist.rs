@@ -51,15 +51,26 @@ pub struct PolicyGraph {
 #[derive(Debug)]
 struct Pattern(Option<Regex>, String);
 
+/// A policy graph pattern that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("pattern `{pattern}`: {source}")]
+pub struct PatternError {
+    pattern: String,
+    source: regex::Error,
+}
+
 impl Pattern {
-    fn new(p: &str) -> Result<Pattern, String> {
+    fn new(p: &str) -> Result<Pattern, PatternError> {
         if !p.contains('*') {
             return Ok(Pattern(None, p.to_owned()));
         }
         let re = format!("^{}$", regex::escape(p).replace(r"\*", ".*"));
         Regex::new(&re)
             .map(|r| Pattern(Some(r), p.to_owned()))
-            .map_err(|e| format!("pattern `{p}`: {e}"))
+            .map_err(|source| PatternError {
+                pattern: p.to_owned(),
+                source,
+            })
     }
 
     fn matches(&self, v: &str) -> bool {
@@ -142,7 +153,7 @@ pub struct Allowlist {
 }
 
 impl Allowlist {
-    pub fn new(spec: AllowlistSpec) -> Result<Allowlist, String> {
+    pub fn new(spec: AllowlistSpec) -> Result<Allowlist, PatternError> {
         let edges = spec
             .edges
             .iter()
@@ -170,7 +181,7 @@ impl Allowlist {
                     ports: e.ports.clone(),
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, PatternError>>()?;
         // Alerts group by the edge (caller, callee).
         let group_by = vec![
             ("caller".to_owned(), spec.fields.caller),

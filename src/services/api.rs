@@ -58,7 +58,10 @@ pub fn auth(cfg: &Config) -> anyhow::Result<Auth> {
         } else {
             let text = std::fs::read_to_string(&a.jwt_jwks_file)
                 .with_context(|| format!("api.jwt_jwks_file {}", a.jwt_jwks_file.display()))?;
-            Some(vigil_query::api::auth::read_jwks(&text).map_err(anyhow::Error::msg)?)
+            Some(
+                vigil_query::api::auth::read_jwks(&text)
+                    .with_context(|| format!("api.jwt_jwks_file {}", a.jwt_jwks_file.display()))?,
+            )
         };
         Some(JwtConfig {
             hs256_secret: secret,
@@ -69,7 +72,7 @@ pub fn auth(cfg: &Config) -> anyhow::Result<Auth> {
             leeway_s: a.jwt_leeway_s,
         })
     };
-    Auth::new(keys, certs, jwt).map_err(|e| anyhow::anyhow!("api: {e}"))
+    Auth::new(keys, certs, jwt).context("api")
 }
 
 /// An `[[api.keys]]` or `[[api.clients]]` entry: its hash and roles checked.

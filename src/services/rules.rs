@@ -31,7 +31,7 @@ pub fn incident_window_ns(d: &DetectConfig) -> anyhow::Result<i64> {
 /// imports `policy_dir` with the workloads of `feed`, the audit stream, if there is one).
 pub fn defaults(d: &DetectConfig, feed: Option<&PolicyFeed>) -> anyhow::Result<Defaults> {
     let mut allowlist = match nonempty(&d.allowlist_file) {
-        Some(p) => Some(rules::load_policy(p).map_err(|e| anyhow::anyhow!(e))?),
+        Some(p) => Some(rules::load_policy(p)?),
         None => None,
     };
     if let Some(dir) = nonempty(&d.policy_dir) {

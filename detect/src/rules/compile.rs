@@ -358,7 +358,11 @@ pub(crate) fn compile(
                     Some(dir) => dir.join(p.get_ref()),
                     None => PathBuf::from(p.get_ref()),
                 };
-                edges.extend(load_policy(&path).map_err(|e| cx.err(p.span(), e))?.edges);
+                edges.extend(
+                    load_policy(&path)
+                        .map_err(|e| cx.err(p.span(), e.to_string()))?
+                        .edges,
+                );
             } else if rf.allow.is_empty()
                 && let Some(g) = &d.allowlist
             {
@@ -415,7 +419,7 @@ pub(crate) fn compile(
                     )),
                 },
             })
-            .map_err(|e| cx.err(k.span(), e))?;
+            .map_err(|e| cx.err(k.span(), e.to_string()))?;
             Kind::Allowlist(al)
         }
         KindName::FirstSeen => {

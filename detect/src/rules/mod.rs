@@ -342,14 +342,32 @@ pub struct Loaded {
     pub inactive: Vec<(String, String)>,
 }
 
-/// 1-based line of a byte offset.
+/// Why a policy graph file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    #[error("policy graph {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy graph {}:{line}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
 /// Read a policy graph file (TOML `[[edge]]` tables).
-pub fn load_policy(path: &Path) -> Result<PolicyGraph, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("policy graph {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let line = e.span().map_or(1, |s| line_of(&text, s.start));
-        format!("policy graph {}:{line}: {}", path.display(), e.message())
+pub fn load_policy(path: &Path) -> Result<PolicyGraph, PolicyFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| PolicyFileError::Parse {
+        path: path.to_owned(),
+        line: e.span().map_or(1, |s| line_of(&text, s.start)),
+        message: e.message().to_owned(),
     })
 }
 

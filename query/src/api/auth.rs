@@ -138,42 +138,65 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Why the API's authentication settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("JWTs need an issuer and an audience to check")]
+    NoIssuerOrAudience,
+    #[error("the HS256 secret must be at least 32 bytes")]
+    ShortSecret,
+    #[error("every JWKS key needs a kid")]
+    NoKid,
+    #[error("JWKS key {0}: only RSA and EC (P-256) keys")]
+    KeyType(String),
+    #[error("JWKS key {kid}: {source}")]
+    Key {
+        kid: String,
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("JWTs need an HS256 secret or a JWKS file")]
+    NoJwtKey,
+    #[error("API key or client {0}: no roles")]
+    NoRoles(String),
+    #[error("JWKS: {0}")]
+    Jwks(#[from] serde_json::Error),
+}
+
 impl Auth {
     /// Check the settings: every JWKS key needs a `kid` and an RS256 or ES256 algorithm.
     pub fn new(
         keys: Vec<ApiKey>,
         certs: Vec<ApiKey>,
         jwt: Option<JwtConfig>,
-    ) -> Result<Auth, String> {
+    ) -> Result<Auth, AuthConfigError> {
         let mut public = HashMap::new();
         if let Some(j) = &jwt {
             if j.issuer.is_empty() || j.audience.is_empty() {
-                return Err("JWTs need an issuer and an audience to check".into());
+                return Err(AuthConfigError::NoIssuerOrAudience);
             }
             if j.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
-                return Err("the HS256 secret must be at least 32 bytes".into());
+                return Err(AuthConfigError::ShortSecret);
             }
             for k in j.jwks.iter().flat_map(|s| &s.keys) {
-                let kid = k
-                    .common
-                    .key_id
-                    .clone()
-                    .ok_or("every JWKS key needs a kid")?;
+                let kid = k.common.key_id.clone().ok_or(AuthConfigError::NoKid)?;
                 let alg = match &k.algorithm {
                     AlgorithmParameters::RSA(_) => Algorithm::RS256,
                     AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                    _ => return Err(format!("JWKS key {kid}: only RSA and EC (P-256) keys")),
+                    _ => return Err(AuthConfigError::KeyType(kid)),
                 };
-                let key = DecodingKey::from_jwk(k).map_err(|e| format!("JWKS key {kid}: {e}"))?;
+                let key = DecodingKey::from_jwk(k).map_err(|source| AuthConfigError::Key {
+                    kid: kid.clone(),
+                    source,
+                })?;
                 public.insert(kid, (alg, key));
             }
             if j.hs256_secret.is_none() && public.is_empty() {
-                return Err("JWTs need an HS256 secret or a JWKS file".into());
+                return Err(AuthConfigError::NoJwtKey);
             }
         }
         for k in keys.iter().chain(&certs) {
             if k.roles.is_empty() {
-                return Err(format!("API key or client {}: no roles", k.name));
+                return Err(AuthConfigError::NoRoles(k.name.clone()));
             }
         }
         Ok(Auth {
@@ -298,8 +321,8 @@ impl Auth {
 }
 
 /// A JWKS file's keys.
-pub fn read_jwks(text: &str) -> Result<JwkSet, String> {
-    serde_json::from_str(text).map_err(|e| format!("JWKS: {e}"))
+pub fn read_jwks(text: &str) -> Result<JwkSet, AuthConfigError> {
+    Ok(serde_json::from_str(text)?)
 }
 
 #[cfg(test)]
@@ -455,14 +478,23 @@ mod tests {
             roles_claim: "roles".into(),
             ..Default::default()
         };
-        assert!(Auth::new(vec![], vec![], Some(jwt("", SECRET))).is_err());
-        assert!(Auth::new(vec![], vec![], Some(jwt("i", b"short"))).is_err());
+        assert!(matches!(
+            Auth::new(vec![], vec![], Some(jwt("", SECRET))),
+            Err(AuthConfigError::NoIssuerOrAudience)
+        ));
+        assert!(matches!(
+            Auth::new(vec![], vec![], Some(jwt("i", b"short"))),
+            Err(AuthConfigError::ShortSecret)
+        ));
         let no_roles = ApiKey {
             name: "x".into(),
             sha256: [0; 32],
             roles: vec![],
         };
-        assert!(Auth::new(vec![], vec![no_roles], None).is_err());
+        assert!(matches!(
+            Auth::new(vec![], vec![no_roles], None),
+            Err(AuthConfigError::NoRoles(n)) if n == "x"
+        ));
         assert!(!Auth::new(vec![], vec![], None).unwrap().configured());
         let dbg = format!(
             "{:?}",
