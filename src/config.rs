@@ -322,6 +322,8 @@ pub struct StoreConfig {
     pub s3_request_timeout_ms: u64,
     /// Longest a request is retried (with backoff, up to 5 s apart) before the write fails.
     pub s3_retry_timeout_ms: u64,
+    /// S3 Object Lock (compliance mode) for this many days on every object put; 0: none.
+    pub object_lock_days: u32,
     /// A partition's open batch becomes a file at this many events…
     pub max_batch_events: usize,
     /// …or this many raw bytes…
@@ -352,6 +354,7 @@ impl Default for StoreConfig {
             s3_allow_http: false,
             s3_request_timeout_ms: 30_000,
             s3_retry_timeout_ms: 180_000,
+            object_lock_days: 0,
             max_batch_events: 50_000,
             max_batch_bytes: 64 * 1024 * 1024,
             max_batch_wait_ms: 2000,

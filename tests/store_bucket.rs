@@ -271,6 +271,61 @@ fn the_bucket_not_answering_pauses_ingest_and_loses_nothing() {
     assert_exactly_once_in_bucket(&s3, &tmp.path().join("q"), 300);
 }
 
+#[test]
+fn under_object_lock_no_version_of_the_stores_objects_can_be_deleted() {
+    let broker = Broker::start();
+    broker.create_topic("bkt", 2);
+    let s3 = S3Server::start();
+    s3.create_bucket("vigil-locked", true);
+    let mut env = s3.env();
+    env.push(("VIGIL_STORE__OBJECT_LOCK_DAYS".into(), "2".into()));
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let srv = serve_with(
+        &broker,
+        "bkt",
+        &a,
+        "g-lock",
+        &env_refs(&env),
+        None,
+        &["--store", "s3://vigil-locked/p"],
+    );
+    produce(&broker.producer(), "bkt", &records(0, 60, 2));
+    wait_stored(&srv, &a, 60, Duration::from_secs(60));
+    let (clean, log) = srv.stop();
+    assert!(clean, "stops cleanly: {log}");
+
+    // Every version of every object, as AWS's own client sees it: its lock, how many days it
+    // has left, and what deleting that version (not merely hiding it) answers.
+    let out = s3.boto3(
+        r#"
+import datetime, json, botocore
+now = datetime.datetime.now(datetime.timezone.utc)
+rows = []
+for v in S3.list_object_versions(Bucket='vigil-locked', Prefix='p/').get('Versions', []):
+    h = S3.head_object(Bucket='vigil-locked', Key=v['Key'], VersionId=v['VersionId'])
+    left = (h['ObjectLockRetainUntilDate'] - now).total_seconds() / 86400
+    try:
+        S3.delete_object(Bucket='vigil-locked', Key=v['Key'], VersionId=v['VersionId'])
+        deleted = 'deleted'
+    except botocore.exceptions.ClientError as e:
+        deleted = e.response['Error']['Code']
+    rows.append([v['Key'], h.get('ObjectLockMode'), left, deleted])
+print(json.dumps(rows))
+"#,
+    );
+    let rows: Vec<(String, Option<String>, f64, String)> = serde_json::from_str(&out).unwrap();
+    let has = |p: &str| rows.iter().any(|r| r.0.starts_with(p));
+    assert!(has("p/events/topic=bkt/"), "{rows:?}");
+    assert!(has("p/checkpoints/"), "{rows:?}");
+    assert!(has("p/keys/registry"), "{rows:?}");
+    for (key, mode, left, deleted) in &rows {
+        assert_eq!(mode.as_deref(), Some("COMPLIANCE"), "{key}");
+        assert!((2.0..2.2).contains(left), "{key}: {left} days left");
+        assert_eq!(deleted, "AccessDenied", "{key}");
+    }
+}
+
 /// Wait until `n` records of `bkt` are stored under `dir` (the serve log in the failure).
 fn wait_stored(srv: &Serve, dir: &Path, n: i64, timeout: Duration) {
     let start = std::time::Instant::now();

@@ -48,6 +48,7 @@ pub fn open(cfg: &mut Config) -> anyhow::Result<Option<Arc<Bucket>>> {
         allow_http: s.s3_allow_http,
         request_timeout_ms: s.s3_request_timeout_ms,
         retry_timeout_ms: s.s3_retry_timeout_ms,
+        object_lock_days: s.object_lock_days,
     };
     let bucket =
         Bucket::open(&url, &opts).with_context(|| format!("opening the store at {url}"))?;

@@ -123,8 +123,37 @@ impl S3Server {
             allow_http: true,
             request_timeout_ms: 10_000,
             retry_timeout_ms: 10_000,
+            object_lock_days: 0,
         };
         vigil_store::Bucket::open(&url, &opts).unwrap()
+    }
+
+    /// Run a Python script with boto3 (AWS's own S3 client, which moto's virtual environment
+    /// holds) against this server: `S3` in the script is a client of it. Returns stdout.
+    pub fn boto3(&self, script: &str) -> String {
+        let bin = moto_bin();
+        let python = bin
+            .parent()
+            .map(|d| d.join("python3"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let prelude = format!(
+            "import boto3\nS3 = boto3.client('s3', endpoint_url='http://{}', \
+             aws_access_key_id='vigil-test', aws_secret_access_key='vigil-test', \
+             region_name='us-east-1')\n",
+            self.addr
+        );
+        let out = Command::new(python)
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "boto3 script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The environment `vigil` reaches this server with: endpoint, plain HTTP, test

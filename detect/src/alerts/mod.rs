@@ -324,7 +324,7 @@ impl AlertLog {
             small: Vec::new(),
         };
         let files = alert_files(&log.dir)?;
-        if files.len() > MERGE_FILES {
+        if files.len() > MERGE_FILES && log.merges() {
             log.merge(files, vigil_store::clock::now_ns())?;
         }
         Ok(log)
@@ -356,11 +356,19 @@ impl AlertLog {
         Ok(())
     }
 
+    /// Whether small files are merged: not in a bucket under Object Lock, where the files a
+    /// merge replaces cannot be removed (the log keeps them all; readers read them all).
+    fn merges(&self) -> bool {
+        self.bucket
+            .as_ref()
+            .is_none_or(|b| b.object_lock_days() == 0)
+    }
+
     /// Write revisions durably (one file). Returns once the file and its name are on disk.
     pub(crate) fn append(&mut self, alerts: &[Alert], now_ns: i64) -> Result<PathBuf, AlertError> {
         let path = self.write(alerts, now_ns)?;
         self.small.push(path.clone());
-        if self.small.len() >= MERGE_FILES {
+        if self.small.len() >= MERGE_FILES && self.merges() {
             let small = std::mem::take(&mut self.small);
             self.merge(small, now_ns)?;
         }

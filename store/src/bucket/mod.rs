@@ -49,6 +49,10 @@ pub struct BucketOptions {
     pub request_timeout_ms: u64,
     /// Longest a request is retried (with backoff) before the write fails.
     pub retry_timeout_ms: u64,
+    /// S3 Object Lock in compliance mode on every object put, for this many days (0: none):
+    /// no one, the bucket's owner included, can delete or overwrite a version before then.
+    /// The bucket must have Object Lock enabled.
+    pub object_lock_days: u32,
 }
 
 /// Names the settings, never their values (credentials among them).
@@ -60,6 +64,7 @@ impl std::fmt::Debug for BucketOptions {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("allow_http", &self.allow_http)
+            .field("object_lock_days", &self.object_lock_days)
             .finish_non_exhaustive()
     }
 }
@@ -129,8 +134,25 @@ impl Drop for Runtime {
 pub struct Bucket {
     url: BucketUrl,
     objects: Arc<dyn ObjectStore>,
+    /// What puts go through: `objects`, or under Object Lock a client whose every request
+    /// carries the lock headers (object_store has no per-request headers), made again before
+    /// its retention date would fall short of `object_lock_days` from now.
+    puts: std::sync::Mutex<Option<LockedPuts>>,
+    object_lock_days: u32,
+    builder: AmazonS3Builder,
+    client: ClientOptions,
     rt: Runtime,
 }
+
+/// The put client under Object Lock, and until when it locks what it puts.
+struct LockedPuts {
+    objects: Arc<dyn ObjectStore>,
+    made: std::time::Instant,
+}
+
+/// A put client under Object Lock is made again this often; it locks each object for this
+/// much longer than `object_lock_days` (so every object gets at least the configured days).
+const LOCK_CLIENT_EVERY: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for Bucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,9 +193,10 @@ impl Bucket {
             max_retries: usize::MAX,
             retry_timeout: Duration::from_millis(opts.retry_timeout_ms),
         };
+        let b = b.with_retry(retry);
         let objects = b
-            .with_client_options(client)
-            .with_retry(retry)
+            .clone()
+            .with_client_options(client.clone())
             .build()
             .map_err(|e| StoreError::Invalid(format!("{url}: {e}")))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -185,8 +208,66 @@ impl Bucket {
         Ok(Bucket {
             url: url.clone(),
             objects: Arc::new(objects),
+            puts: std::sync::Mutex::new(None),
+            object_lock_days: opts.object_lock_days,
+            builder: b,
+            client,
             rt: Runtime(Some(rt)),
         })
+    }
+
+    /// The Object Lock period every put sets, in days (0: none).
+    pub fn object_lock_days(&self) -> u32 {
+        self.object_lock_days
+    }
+
+    /// The client a put goes through: the bucket's, or under Object Lock one whose requests
+    /// carry the lock headers, made again every hour.
+    fn put_client(&self) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        if self.object_lock_days == 0 {
+            return Ok(self.objects.clone());
+        }
+        let mut puts = self.puts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = puts
+            .as_ref()
+            .filter(|p| p.made.elapsed() < LOCK_CLIENT_EVERY)
+        {
+            return Ok(p.objects.clone());
+        }
+        let until = chrono::Utc::now()
+            + chrono::Duration::days(i64::from(self.object_lock_days))
+            + chrono::Duration::from_std(LOCK_CLIENT_EVERY * 2).unwrap_or_default();
+        let mut headers = object_store::HeaderMap::new();
+        headers.insert(
+            "x-amz-object-lock-mode",
+            object_store::HeaderValue::from_static("COMPLIANCE"),
+        );
+        let date = until.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        headers.insert(
+            "x-amz-object-lock-retain-until-date",
+            object_store::HeaderValue::from_str(&date)
+                .map_err(|_| StoreError::Internal("a retention date header"))?,
+        );
+        // Which checksum the content's `x-amz-checksum-sha256` is: AWS's SDKs send it with the
+        // checksum, and moto takes a locked object only with it (S3 with either).
+        headers.insert(
+            "x-amz-sdk-checksum-algorithm",
+            object_store::HeaderValue::from_static("SHA256"),
+        );
+        let objects: Arc<dyn ObjectStore> = Arc::new(
+            self.builder
+                .clone()
+                // S3 takes a locked object only with a checksum of its content.
+                .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+                .with_client_options(self.client.clone().with_default_headers(headers))
+                .build()
+                .map_err(|e| StoreError::Invalid(format!("{}: {e}", self.url)))?,
+        );
+        *puts = Some(LockedPuts {
+            objects: objects.clone(),
+            made: std::time::Instant::now(),
+        });
+        Ok(objects)
     }
 
     /// The bucket's URL.
@@ -249,7 +330,7 @@ impl Bucket {
     ) -> Result<(), StoreError> {
         let rel = Self::rel(data_dir, final_path)?;
         let key = self.key(&rel)?;
-        let objects = self.objects.clone();
+        let objects = self.put_client()?;
         let opts = PutOptions::from(if create {
             PutMode::Create
         } else {
@@ -284,6 +365,7 @@ impl Bucket {
     }
 
     /// Remove the object of the local file `path` (under `data_dir`); gone already is fine.
+    /// Under Object Lock this only hides it (a delete marker): its locked version stays.
     pub fn unpublish(&self, data_dir: &Path, path: &Path) -> Result<(), StoreError> {
         let rel = Self::rel(data_dir, path)?;
         let key = self.key(&rel)?;

@@ -41,6 +41,7 @@ fn bucket(prefix: &str) -> Bucket {
         allow_http: true,
         request_timeout_ms: 1000,
         retry_timeout_ms: 0,
+        object_lock_days: 0,
     };
     let u = BucketUrl {
         bucket: "vigil-store".into(),
