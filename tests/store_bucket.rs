@@ -31,8 +31,16 @@ fn records(from: usize, n: usize, partitions: i32) -> Vec<Rec> {
         .collect()
 }
 
-fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+/// `vigil serve` of topic `bkt` into `dir`, the store at `url` on the S3 server of `env`.
+fn serve_on_bucket(
+    broker: &Broker,
+    dir: &Path,
+    group: &str,
+    env: &[(String, String)],
+    url: &str,
+) -> Serve {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    serve_with(broker, "bkt", dir, group, &env, None, &["--store", url])
 }
 
 /// `vigil` with the S3 server's environment.
@@ -82,15 +90,7 @@ fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_
     let producer = broker.producer();
 
     // Machine A stores 300 records into the bucket.
-    let srv = serve_with(
-        &broker,
-        "bkt",
-        &a,
-        "g-bkt",
-        &env_refs(&env),
-        None,
-        &["--store", URL],
-    );
+    let srv = serve_on_bucket(&broker, &a, "g-bkt", &env, URL);
     produce(&producer, "bkt", &records(0, 300, 2));
     wait_stored(&srv, &a, 300, Duration::from_secs(60));
     let (clean, log) = srv.stop();
@@ -125,15 +125,7 @@ fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_
     // the operator keeps them), the same consumer group. It carries on from the bucket.
     std::fs::create_dir_all(&b).unwrap();
     copy_dir(&a.join("keys"), &b.join("keys"));
-    let srv = serve_with(
-        &broker,
-        "bkt",
-        &b,
-        "g-bkt",
-        &env_refs(&env),
-        None,
-        &["--store", URL],
-    );
+    let srv = serve_on_bucket(&broker, &b, "g-bkt", &env, URL);
     produce(&producer, "bkt", &records(300, 200, 2));
     wait_stored(&srv, &b, 500, Duration::from_secs(60));
     let (clean, log) = srv.stop();
@@ -196,15 +188,7 @@ fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_
 
     // Machine A, which still has that file, refuses to write on top of such a bucket (and
     // keeps its copy: the evidence).
-    let mut srv = serve_with(
-        &broker,
-        "bkt",
-        &a,
-        "g-bkt",
-        &env_refs(&env),
-        None,
-        &["--store", URL],
-    );
+    let mut srv = serve_on_bucket(&broker, &a, "g-bkt", &env, URL);
     let status = wait_for("serve to refuse", Duration::from_secs(60), || {
         srv.child.try_wait().unwrap()
     });
@@ -227,15 +211,7 @@ fn the_bucket_not_answering_pauses_ingest_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
     let producer = broker.producer();
-    let srv = serve_with(
-        &broker,
-        "bkt",
-        &a,
-        "g-bkt",
-        &env_refs(&env),
-        None,
-        &["--store", URL],
-    );
+    let srv = serve_on_bucket(&broker, &a, "g-bkt", &env, URL);
     produce(&producer, "bkt", &records(0, 100, 2));
     wait_stored(&srv, &a, 100, Duration::from_secs(60));
 
@@ -281,15 +257,7 @@ fn under_object_lock_no_version_of_the_stores_objects_can_be_deleted() {
     env.push(("VIGIL_STORE__OBJECT_LOCK_DAYS".into(), "2".into()));
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
-    let srv = serve_with(
-        &broker,
-        "bkt",
-        &a,
-        "g-lock",
-        &env_refs(&env),
-        None,
-        &["--store", "s3://vigil-locked/p"],
-    );
+    let srv = serve_on_bucket(&broker, &a, "g-lock", &env, "s3://vigil-locked/p");
     produce(&broker.producer(), "bkt", &records(0, 60, 2));
     wait_stored(&srv, &a, 60, Duration::from_secs(60));
     let (clean, log) = srv.stop();

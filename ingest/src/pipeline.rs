@@ -289,34 +289,30 @@ impl Threads {
                             signing.checkpoint(&key, chain, &span.tree)?;
                             Ok(info)
                         });
-                        match r {
-                            Err(e)
-                                if vigil_store::is_volume_full(&e)
-                                    && !stopping.load(std::sync::atomic::Ordering::Relaxed) =>
-                            {
+                        // What to wait out, what it is counted as, and what to say.
+                        let waited = match &r {
+                            Err(_) if stopping.load(std::sync::atomic::Ordering::Relaxed) => None,
+                            Err(e) if vigil_store::is_volume_full(e) => Some((
+                                &metrics.volume_full_retries,
+                                "the data volume is full: writing again once there is room (partitions pause meanwhile)",
+                            )),
+                            Err(e) if vigil_store::is_bucket_unavailable(e) => Some((
+                                &metrics.bucket_retries,
+                                "the store's bucket does not answer: writing again until it does (partitions pause meanwhile)",
+                            )),
+                            _ => None,
+                        };
+                        match (r, waited) {
+                            (Err(e), Some((counter, what))) => {
                                 if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                                    tracing::error!(topic = %key.topic, partition = key.partition, error = %e,
-                                        "the data volume is full: writing again once there is room (partitions pause meanwhile)");
+                                    tracing::error!(topic = %key.topic, partition = key.partition, error = %e, "{what}");
                                     said = Some(Instant::now());
                                 }
-                                metrics.volume_full_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 std::thread::sleep(wait);
                                 wait = (wait * 2).min(Duration::from_secs(2));
                             }
-                            Err(e)
-                                if vigil_store::is_bucket_unavailable(&e)
-                                    && !stopping.load(std::sync::atomic::Ordering::Relaxed) =>
-                            {
-                                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                                    tracing::error!(topic = %key.topic, partition = key.partition, error = %e,
-                                        "the store's bucket does not answer: writing again until it does (partitions pause meanwhile)");
-                                    said = Some(Instant::now());
-                                }
-                                metrics.bucket_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                std::thread::sleep(wait);
-                                wait = (wait * 2).min(Duration::from_secs(2));
-                            }
-                            r => break r,
+                            (r, _) => break r,
                         }
                     };
                     if said.is_some() && result.is_ok() {
