@@ -27,6 +27,15 @@ pub struct Config {
     pub detect: DetectConfig,
     pub deliver: DeliverConfig,
     pub api: ApiConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Per topic, how many days a file is kept after it was written (`vigil prune`); a topic
+    /// not named is kept for ever.
+    pub max_age_days: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ mod keys_cmd;
 mod policy_cmd;
 mod produce_cmd;
 mod proof_cmd;
+mod prune_cmd;
 mod query_cmd;
 mod rules_cmd;
 mod serve_cmd;
@@ -82,6 +83,9 @@ enum Command {
     /// Rewrite each partition log's small files into larger ones (same rows and hashes; still
     /// verifies). Run while `vigil serve` is stopped.
     Compact(compact_cmd::CompactArgs),
+    /// Retention: remove the files of each log older than its topic's
+    /// `retention.max_age_days` (by when they were written), signing where the log now starts.
+    Prune(prune_cmd::PruneArgs),
     /// Detection rules: list them, run the tests rule files carry, backtest them on stored
     /// events.
     Rules(rules_cmd::RulesArgs),
@@ -159,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts(args) => alerts_cmd::run(&cfg, args),
         Command::ApiKey(args) => api_key_cmd::api_key(args),
         Command::Compact(args) => compact_cmd::run(&cfg, args),
+        Command::Prune(args) => prune_cmd::run(&cfg, args),
         Command::VerifyProof(args) => proof_cmd::run_verify_proof(args),
         Command::Schema { json } => {
             if json {

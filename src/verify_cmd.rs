@@ -156,12 +156,17 @@ fn print_report(data_dir: &Path, r: &AuditReport, secs: f64) {
     println!("vigil verify {}", data_dir.display());
     for l in &r.logs {
         println!(
-            "  {}/{}: {} files, {} records, tree {} root {}…, {} checkpoints (newest {}), anchored at {}",
+            "  {}/{}: {} files, {} records, tree {}{} root {}…, {} checkpoints (newest {}), anchored at {}",
             l.topic,
             l.partition,
             l.files,
             l.records,
             l.tree_size,
+            if l.pruned > 0 {
+                format!(" (the first {} pruned, signed)", l.pruned)
+            } else {
+                String::new()
+            },
             &hex(&l.root)[..16],
             l.checkpoints,
             l.newest_checkpoint.map_or("none".into(), |s| s.to_string()),
@@ -201,6 +206,7 @@ fn json_report(r: &AuditReport, secs: f64) -> serde_json::Value {
             "files": l.files,
             "records": l.records,
             "tree_size": l.tree_size,
+            "pruned": l.pruned,
             "root": hex(&l.root),
             "checkpoints": l.checkpoints,
             "newest_checkpoint": l.newest_checkpoint,

@@ -18,7 +18,8 @@ mod hostile_producer;
 mod ingest_failures;
 mod ingest_kafka;
 
-// Verification: a real store tampered with, and what `verify` says.
+// Verification: a real store tampered with, and what `verify` says; retention's signed prunes.
+mod retention;
 mod tamper;
 
 // The store in an S3-compatible bucket (moto on loopback).

@@ -84,6 +84,8 @@ pub struct LogSummary {
     pub rows: u64,
     pub tree_size: u64,
     pub root: Hash,
+    /// Leaves removed from the log's start by a signed prune (0: none).
+    pub pruned: u64,
     pub checkpoints: usize,
     pub newest_checkpoint: Option<u64>,
     /// The largest tree size vouched for outside the store.
@@ -293,6 +295,39 @@ pub fn audit(
                 ),
             }
         }
+        // Signed prunes of this log: where it may start (the newest valid one).
+        let mut pruned: Option<crate::prune::PrunedStart> = None;
+        for (size, note_path, frontier_path) in
+            or_finding!(crate::prune::list_pruned(&dir), place.clone())
+        {
+            let where_ = note_path.display().to_string();
+            let note = or_finding!(
+                fs::read(&note_path).map_err(StoreError::io(&note_path)),
+                where_
+            );
+            match verify_note(&note, &keys) {
+                NoteVerdict::Valid(cp)
+                    if cp.origin == crate::prune::pruned_origin(&log_origin) && cp.size == size =>
+                {
+                    match crate::prune::read_pruned_start(&cp, &frontier_path) {
+                        Ok(start) if pruned.as_ref().is_none_or(|p| p.size < start.size) => {
+                            pruned = Some(start);
+                        }
+                        Ok(_) => {}
+                        Err(what) => report.find(Verdict::Tampered, where_, what),
+                    }
+                }
+                NoteVerdict::Valid(cp) => report.find(
+                    Verdict::Tampered,
+                    where_,
+                    format!(
+                        "a prune note of {} (size {}), stored as {place}'s of size {size}",
+                        cp.origin, cp.size
+                    ),
+                ),
+                bad => report.find(Verdict::Tampered, where_, describe(&bad)),
+            }
+        }
         let from_outside = outside.remove(&log_origin).unwrap_or_default();
         let want: BTreeSet<u64> = stored
             .iter()
@@ -300,7 +335,7 @@ pub fn audit(
             .chain(from_outside.iter().map(|s| s.cp.size))
             .collect();
         let check = or_finding!(
-            check_partition(&store, &topic, partition, &want, redecode),
+            check_partition(&store, &topic, partition, &want, redecode, pruned.as_ref()),
             place.clone()
         );
         for (path, what) in &check.problems {
@@ -358,6 +393,10 @@ pub fn audit(
                         cp.size, check.tree_size
                     ),
                 );
+                continue;
+            }
+            if cp.size < check.pruned {
+                // Its records were removed by a signed prune: nothing left to hold it against.
                 continue;
             }
             match check.roots_at.get(&cp.size) {
@@ -436,6 +475,7 @@ pub fn audit(
             rows: check.rows,
             tree_size: check.tree_size,
             root: check.merkle_root,
+            pruned: check.pruned,
             checkpoints: stored.len(),
             newest_checkpoint: newest,
             anchored,

@@ -4,7 +4,8 @@
 //! ```text
 //! DIR/
 //!   events/topic=T/partition=P/*.parquet   the store: every record, chained (files.rs)
-//!   checkpoints/T/P/                       signed checkpoints of each partition log
+//!   checkpoints/T/P/                       signed checkpoints of each partition log, and
+//!                                          its signed prunes (pruned-<size>.note, .frontier)
 //!   keys/registry, keys/*.key              the public key registry, the signing keys
 //!   alerts/*.parquet                       the alert log: one row per revision (detect)
 //!   outbox/                                deliveries not yet acknowledged (detect)

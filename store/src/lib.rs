@@ -29,6 +29,7 @@ mod log_id;
 pub mod merkle;
 pub mod own_log;
 pub mod proof;
+pub mod prune;
 pub mod read;
 pub mod schema;
 pub mod trusted;

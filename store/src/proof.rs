@@ -85,6 +85,15 @@ struct Leaves {
 
 fn read_leaves(store: &Store, topic: &str, partition: i32) -> Result<Leaves, StoreError> {
     let (files, _) = store.list(topic, partition)?;
+    if let Some(first) = files.first()
+        && crate::files::read_footer(&first.path)?.first_leaf_index > 0
+    {
+        // The proofs are built from every leaf; a pruned log has only the frontier of those
+        // it lost (enough to verify it, not yet to prove from it).
+        return Err(StoreError::Invalid(format!(
+            "{topic}/{partition} was pruned (retention): proofs from a pruned log are not supported yet"
+        )));
+    }
     let mut out = Leaves {
         offsets: Vec::new(),
         leaves: Vec::new(),

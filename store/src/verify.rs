@@ -46,6 +46,8 @@ pub struct PartitionReport {
     pub problems: Vec<(PathBuf, String)>,
     /// The tree root and chain head at each requested size (for checkpoints) the log reached.
     pub roots_at: BTreeMap<u64, (Hash, ChainHead)>,
+    /// Where the log starts when its oldest records were pruned (a signed prune), else 0.
+    pub pruned: u64,
 }
 
 /// The whole store's check.
@@ -94,6 +96,7 @@ pub fn check_chain(store: &Store) -> Result<ChainReport, StoreError> {
             partition,
             &BTreeSet::new(),
             None,
+            None,
         )?);
     }
     Ok(report)
@@ -133,6 +136,7 @@ pub(crate) fn check_partition(
     partition: i32,
     want: &BTreeSet<u64>,
     redecode: Option<&DecoderConfig>,
+    pruned: Option<&crate::prune::PrunedStart>,
 ) -> Result<PartitionReport, StoreError> {
     let mut r = PartitionReport {
         topic: topic.to_owned(),
@@ -143,6 +147,22 @@ pub(crate) fn check_partition(
     r.files = files.len();
     let mut cur = ChainHead::default();
     let mut tree = Frontier::default();
+    // A log whose first file starts exactly where a signed prune says it does resumes the
+    // chain and the tree from there; any other start is checked from genesis (and a missing
+    // prefix is a break in the chain).
+    if let (Some(p), Some(first)) = (pruned, files.first())
+        && let Ok(f) = read_footer(&first.path)
+        && f.first_leaf_index == p.size
+        && f.first_leaf_index > 0
+        && (f.prev_offset, f.prev_chain_hash) == (p.chain.offset, p.chain.hash)
+    {
+        cur = p.chain;
+        tree = p.frontier.clone();
+        r.pruned = p.size;
+        if want.contains(&p.size) {
+            r.roots_at.insert(p.size, (tree.root(), cur));
+        }
+    }
     // Files are scanned by worker threads at most `window` ahead of the file being joined,
     // and joined in order on this thread as they arrive.
     let (threads, window) = (threads(), window(threads()));

@@ -1,0 +1,51 @@
+//! `vigil prune`: retention. Removes whole files from the old end of each partition log whose
+//! topic has `retention.max_age_days`, after signing where the log now starts, so that `vigil
+//! verify` accepts the missing prefix and still calls any other missing data tampering.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use vigil_store::checkpoint::KeyRing;
+use vigil_store::{Store, WriteOptions};
+
+use crate::config::{Config, nonempty};
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Store directory (overrides `store.data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+pub fn run(cfg: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = cfg.clone();
+    let bucket = crate::services::bucket::open(&mut cfg)?;
+    let dir = args.data_dir.unwrap_or_else(|| cfg.store.data_dir.clone());
+    anyhow::ensure!(dir.is_dir(), "no store at {}", dir.display());
+    if cfg.retention.max_age_days.is_empty() {
+        eprintln!("vigil: no topic has retention.max_age_days: nothing to prune");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let keys = KeyRing::open(&dir, nonempty(&cfg.checkpoint.signing_key_file))
+        .context("opening the checkpoint signing keys")?;
+    keys.check_can_sign()?;
+    let mut store = Store::open(&dir, WriteOptions::default())?;
+    if let Some(b) = bucket {
+        store = store.with_bucket(b);
+    }
+    let now_ms = vigil_store::clock::now_ms();
+    for vigil_store::LogId { topic, partition } in store.partitions()? {
+        let Some(days) = cfg.retention.max_age_days.get(&topic) else {
+            continue;
+        };
+        let max_age_ms = i64::from(*days) * 86_400_000;
+        let r = vigil_store::prune::prune(&store, &keys, &topic, partition, max_age_ms, now_ms)
+            .with_context(|| format!("pruning {topic}/{partition}"))?;
+        println!(
+            "{topic}/{partition}: {} files removed, the log starts at leaf {}",
+            r.files_removed, r.starts_at
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
