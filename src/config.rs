@@ -30,12 +30,23 @@ pub struct Config {
     pub retention: RetentionConfig,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Per topic, how many days a file is kept after it was written (`vigil prune`); a topic
     /// not named is kept for ever.
     pub max_age_days: std::collections::BTreeMap<String, u32>,
+    /// How often `vigil serve` prunes (at start, then this often).
+    pub prune_interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age_days: Default::default(),
+            prune_interval_ms: 3_600_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

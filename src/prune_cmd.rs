@@ -5,11 +5,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use vigil_store::checkpoint::KeyRing;
 use vigil_store::{Store, WriteOptions};
 
-use crate::config::{Config, nonempty};
+use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct PruneArgs {
@@ -27,23 +25,15 @@ pub fn run(cfg: &Config, args: PruneArgs) -> anyhow::Result<ExitCode> {
         eprintln!("vigil: no topic has retention.max_age_days: nothing to prune");
         return Ok(ExitCode::SUCCESS);
     }
-    let keys = KeyRing::open(&dir, nonempty(&cfg.checkpoint.signing_key_file))
-        .context("opening the checkpoint signing keys")?;
-    keys.check_can_sign()?;
+    cfg.store.data_dir = dir.clone();
+    let signer = crate::services::pipeline::checkpointer(&cfg, bucket.as_ref())?;
     let mut store = Store::open(&dir, WriteOptions::default())?;
     if let Some(b) = bucket {
         store = store.with_bucket(b);
     }
-    let now_ms = vigil_store::clock::now_ms();
-    for vigil_store::LogId { topic, partition } in store.partitions()? {
-        let Some(days) = cfg.retention.max_age_days.get(&topic) else {
-            continue;
-        };
-        let max_age_ms = i64::from(*days) * 86_400_000;
-        let r = vigil_store::prune::prune(&store, &keys, &topic, partition, max_age_ms, now_ms)
-            .with_context(|| format!("pruning {topic}/{partition}"))?;
+    for (log, r) in crate::services::retention::prune_all(&cfg, &store, &signer)? {
         println!(
-            "{topic}/{partition}: {} files removed, the log starts at leaf {}",
+            "{log}: {} files removed, the log starts at leaf {}",
             r.files_removed, r.starts_at
         );
     }

@@ -185,6 +185,13 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
+    // Retention: old files pruned (signed) at start and every hour.
+    let retention = crate::services::retention::start(
+        cfg,
+        store.clone(),
+        checkpoints.clone(),
+        shutdown.clone(),
+    )?;
     let ingest = {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         std::thread::Builder::new()
@@ -207,6 +214,10 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     let result = ingest
         .join()
         .map_err(|_| anyhow::anyhow!("ingest thread panicked"))?;
+    if let Some(r) = retention {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("retention thread panicked"))?;
+    }
     // The pipeline threads are gone, and with them the pieces' senders.
     if let Some(t) = tee {
         t.join()

@@ -146,18 +146,42 @@ fn a_signed_prune_verifies_and_a_deletion_without_one_is_tampering() {
     assert_eq!(ran.code, 1, "an edited frontier: {ran}");
     std::fs::write(&frontier, good).unwrap();
 
-    // serve carries on after it: the same logs grow from where they stood.
-    let srv = serve(&broker, "ret", &dir, "g-ret", &[], None);
+    // serve carries on after it: the same logs grow from where they stood, and it prunes
+    // them itself (every second here) — down to each log's newest file again.
+    let srv = serve(
+        &broker,
+        "ret",
+        &dir,
+        "g-ret",
+        &[("VIGIL_RETENTION__PRUNE_INTERVAL_MS", "1000")],
+        Some(&config(0)),
+    );
     produce(&producer, "ret", &records(300, 100));
     wait_for("the new records stored", Duration::from_secs(60), || {
         (stored_per_partition(&dir, "ret").values().sum::<i64>() >= 200).then_some(())
     });
+    std::thread::sleep(Duration::from_millis(400));
+    produce(&producer, "ret", &records(400, 100));
+    // 500 records in all, 250 a partition: offsets 0 to 249.
+    wait_for("serve to prune", Duration::from_secs(60), || {
+        let store = vigil_store::Store::open_existing(&dir).unwrap();
+        (0..2)
+            .all(|p| {
+                let (f, _) = store.list("ret", p).unwrap();
+                f.len() == 1 && f[0].last_offset == 249
+            })
+            .then_some(())
+    });
     let (ok, log) = srv.stop();
     assert!(ok, "{log}");
+    assert!(log.contains("retention: log pruned (signed)"), "{log}");
     let ran = verify();
-    assert_eq!(ran.code, 0, "still valid after more records: {ran}");
+    assert_eq!(
+        ran.code, 0,
+        "still valid after more records and serve's prunes: {ran}"
+    );
 
-    // Someone deletes the oldest remaining file of partition 1: no signed prune covers it.
+    // Someone deletes the remaining file of partition 1: no signed prune covers it.
     let oldest = files(&dir, 1).remove(0);
     std::fs::remove_file(&oldest).unwrap();
     let ran = verify();

@@ -10,5 +10,6 @@ pub mod bucket;
 pub mod pipeline;
 pub mod policy;
 pub mod produce;
+pub mod retention;
 pub mod rules;
 pub mod rules_watch;

@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::batch::ChainHead;
-use crate::checkpoint::{Checkpoint, Checkpointer, KeyRing, list_notes, note_hash, parse_note};
+use crate::checkpoint::{Checkpoint, Checkpointer, list_notes, note_hash, parse_note};
 use crate::error::StoreError;
 use crate::files::{Store, create_dirs_durably, read_footer, write_durably};
 use crate::merkle::Frontier;
@@ -100,7 +100,7 @@ pub fn read_pruned_start(cp: &Checkpoint, frontier_file: &Path) -> Result<Pruned
 /// starts. Refused in a bucket under an Object Lock longer than the retention.
 pub fn prune(
     store: &Store,
-    keys: &KeyRing,
+    signer: &Checkpointer,
     topic: &str,
     partition: i32,
     max_age_ms: i64,
@@ -149,7 +149,7 @@ pub fn prune(
     let Some((footer, log_note)) = last else {
         return Ok(report);
     };
-    let log_origin = crate::checkpoint::origin(keys.name(), topic, partition);
+    let log_origin = crate::checkpoint::origin(&signer.store_name(), topic, partition);
     let cp = Checkpoint {
         origin: pruned_origin(&log_origin),
         size: footer.tree_size,
@@ -161,7 +161,7 @@ pub fn prune(
         prev: Some(note_hash(&log_note)),
         time_ms: now_ms,
     };
-    let note = keys.sign(&cp)?;
+    let note = signer.sign(&cp)?;
     create_dirs_durably(&cp_dir)?;
     let (np, fp) = (note_path(&cp_dir, cp.size), frontier_path(&cp_dir, cp.size));
     let frontier = footer.frontier.encode().into_bytes();

@@ -90,6 +90,14 @@ impl Checkpointer {
         Ok(self)
     }
 
+    /// Sign `cp` with every key valid at its time (keys past their validity retired first):
+    /// for notes other than a log's checkpoints, such as a signed prune.
+    pub fn sign(&self, cp: &super::Checkpoint) -> Result<Vec<u8>, StoreError> {
+        let mut keys = lock(&self.keys);
+        keys.retire_expired()?;
+        keys.sign(cp)
+    }
+
     pub fn store_name(&self) -> String {
         lock(&self.keys).name().to_owned()
     }
