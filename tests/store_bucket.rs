@@ -199,9 +199,10 @@ fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_
 }
 
 #[test]
-fn the_bucket_not_answering_pauses_ingest_and_loses_nothing() {
+fn the_bucket_not_answering_pauses_ingest_and_loses_nothing_and_a_prune_reaches_the_bucket() {
     let broker = Broker::start();
     broker.create_topic("bkt", 2);
+    broker.create_topic("vigil.checkpoints", 1);
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET, false);
     let mut env = s3.env();
@@ -245,6 +246,58 @@ fn the_bucket_not_answering_pauses_ingest_and_loses_nothing() {
         "the outage was reported: {log}"
     );
     assert_exactly_once_in_bucket(&s3, &tmp.path().join("q"), 300);
+
+    // Retention on a bucket: the prune is signed into it, the old files leave it, and a new
+    // copy of the bucket verifies with the pruned prefix.
+    let retention = tmp.path().join("retention.toml");
+    std::fs::write(&retention, "[retention.max_age_days]\nbkt = 0\n").unwrap();
+    let ran = vigil_s3(
+        &s3,
+        &[
+            "--config",
+            retention.to_str().unwrap(),
+            "--store",
+            URL,
+            "prune",
+            "--data-dir",
+            a.to_str().unwrap(),
+        ],
+    );
+    assert!(ran.ok(), "{ran}");
+    let keys = s3.keys(BUCKET, "prod/");
+    for p in 0..2 {
+        let events = format!("prod/events/topic=bkt/partition={p}/");
+        let pruned = format!("prod/checkpoints/topic=bkt/partition={p}/pruned-");
+        assert_eq!(
+            keys.iter().filter(|k| k.starts_with(&events)).count(),
+            1,
+            "{keys:?}"
+        );
+        assert_eq!(
+            keys.iter().filter(|k| k.starts_with(&pruned)).count(),
+            2,
+            "{keys:?}"
+        );
+    }
+    let registry = tmp.path().join("registry");
+    std::fs::copy(a.join("keys/registry"), &registry).unwrap();
+    let copy = tmp.path().join("audit");
+    let ran = vigil_s3(
+        &s3,
+        &[
+            "--store",
+            URL,
+            "verify",
+            "--data-dir",
+            copy.to_str().unwrap(),
+            "--keys",
+            registry.to_str().unwrap(),
+            "--anchor-kafka",
+            &broker.addr,
+        ],
+    );
+    assert_eq!(ran.code, 0, "a pruned bucket verifies: {ran}");
+    assert!(ran.out.contains("pruned, signed"), "{ran}");
 }
 
 #[test]
