@@ -314,7 +314,7 @@ pub fn audit(
                             pruned = Some(start);
                         }
                         Ok(_) => {}
-                        Err(what) => report.find(Verdict::Tampered, where_, what),
+                        Err(e) => report.find(Verdict::Tampered, where_, e.to_string()),
                     }
                 }
                 NoteVerdict::Valid(cp) => report.find(

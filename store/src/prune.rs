@@ -76,15 +76,14 @@ pub fn list_pruned(dir: &Path) -> Result<Vec<(u64, PathBuf, PathBuf)>, StoreErro
 
 /// A prune record's frontier, checked against the (already verified) prune checkpoint: same
 /// size and root.
-pub fn read_pruned_start(cp: &Checkpoint, frontier_file: &Path) -> Result<PrunedStart, String> {
-    let text = std::fs::read_to_string(frontier_file)
-        .map_err(|e| format!("{}: {e}", frontier_file.display()))?;
-    let frontier = Frontier::decode(text.trim()).map_err(|e| e.to_string())?;
+pub fn read_pruned_start(cp: &Checkpoint, frontier_file: &Path) -> Result<PrunedStart, StoreError> {
+    let text = std::fs::read_to_string(frontier_file).map_err(StoreError::io(frontier_file))?;
+    let frontier = Frontier::decode(text.trim())
+        .map_err(|e| StoreError::corrupt(frontier_file, e.to_string()))?;
     if frontier.size() != cp.size || frontier.root() != cp.root {
-        return Err(format!(
-            "{}: the frontier is not the signed tree of size {}",
-            frontier_file.display(),
-            cp.size
+        return Err(StoreError::corrupt(
+            frontier_file,
+            format!("the frontier is not the signed tree of size {}", cp.size),
         ));
     }
     Ok(PrunedStart {
