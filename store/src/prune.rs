@@ -115,9 +115,21 @@ pub fn prune(
             b.object_lock_days()
         )));
     }
-    // Resolves temp files and interrupted compactions; refuses overlapping files.
-    store.head(topic, partition)?;
+    // Never `head`: it removes temp files, and a writer's (serve runs beside a prune) is one.
+    // Files left overlapping by an interrupted compaction are for `head` to resolve first.
     let (files, _) = store.list(topic, partition)?;
+    if let Some(w) = files
+        .windows(2)
+        .find(|w| w[1].first_offset <= w[0].last_offset)
+    {
+        return Err(StoreError::corrupt(
+            &w[1].path,
+            format!(
+                "overlaps {} (an interrupted compaction: `vigil serve` or `vigil compact` resolves it)",
+                w[0].path.display()
+            ),
+        ));
+    }
     let data_dir = store.data_dir();
     let cp_dir = Checkpointer::log_dir(&crate::layout::checkpoints(data_dir), topic, partition)?;
     let notes: std::collections::BTreeMap<u64, PathBuf> =
