@@ -7,25 +7,7 @@ use std::time::Duration;
 use crate::support::*;
 
 fn records(from: usize, n: usize) -> Vec<Rec> {
-    let line = data_text("opa/opa_decision_logs.jsonl")
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    (from..from + n)
-        .map(|i| Rec {
-            partition: (i % 2) as i32,
-            key: Some(format!("k{i}").into_bytes()),
-            value: Some(
-                line.replace(
-                    "1df154b5-658a-47bf-ac18-be52998605da",
-                    &format!("ret-{i:05}"),
-                )
-                .into_bytes(),
-            ),
-            headers: vec![],
-        })
-        .collect()
+    opa_records("ret", from, n, 2)
 }
 
 /// The event files of `topic/partition` under `dir`, oldest first.

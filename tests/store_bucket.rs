@@ -13,22 +13,25 @@ const BUCKET: &str = "vigil-store";
 const URL: &str = "s3://vigil-store/prod";
 
 fn records(from: usize, n: usize, partitions: i32) -> Vec<Rec> {
-    let opa = data_text("opa/opa_decision_logs.jsonl");
-    let line = opa.lines().nth(1).unwrap().to_owned();
-    (from..from + n)
-        .map(|i| Rec {
-            partition: (i as i32) % partitions,
-            key: Some(format!("k{i}").into_bytes()),
-            value: Some(
-                line.replace(
-                    "1df154b5-658a-47bf-ac18-be52998605da",
-                    &format!("bkt-{i:05}"),
-                )
-                .into_bytes(),
-            ),
-            headers: vec![],
-        })
-        .collect()
+    opa_records("bkt", from, n, partitions)
+}
+
+/// `vigil --store URL verify` over a copy at `copy`, against pinned keys and Kafka's anchors.
+fn verify_bucket(s3: &S3Server, copy: &Path, registry: &Path, broker: &Broker) -> Ran {
+    vigil_s3(
+        s3,
+        &[
+            "--store",
+            URL,
+            "verify",
+            "--data-dir",
+            copy.to_str().unwrap(),
+            "--keys",
+            registry.to_str().unwrap(),
+            "--anchor-kafka",
+            &broker.addr,
+        ],
+    )
 }
 
 /// `vigil serve` of topic `bkt` into `dir`, the store at `url` on the S3 server of `env`.
@@ -140,22 +143,7 @@ fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_
     let audit = tmp.path().join("audit");
     let registry = tmp.path().join("registry");
     std::fs::copy(a.join("keys/registry"), &registry).unwrap();
-    let verify = |copy: &Path| {
-        vigil_s3(
-            &s3,
-            &[
-                "--store",
-                URL,
-                "verify",
-                "--data-dir",
-                copy.to_str().unwrap(),
-                "--keys",
-                registry.to_str().unwrap(),
-                "--anchor-kafka",
-                &broker.addr,
-            ],
-        )
-    };
+    let verify = |copy: &Path| verify_bucket(&s3, copy, &registry, &broker);
     let ran = verify(&audit);
     assert_eq!(
         ran.code,
@@ -282,20 +270,7 @@ fn the_bucket_not_answering_pauses_ingest_and_loses_nothing_and_a_prune_reaches_
     let registry = tmp.path().join("registry");
     std::fs::copy(a.join("keys/registry"), &registry).unwrap();
     let copy = tmp.path().join("audit");
-    let ran = vigil_s3(
-        &s3,
-        &[
-            "--store",
-            URL,
-            "verify",
-            "--data-dir",
-            copy.to_str().unwrap(),
-            "--keys",
-            registry.to_str().unwrap(),
-            "--anchor-kafka",
-            &broker.addr,
-        ],
-    );
+    let ran = verify_bucket(&s3, &copy, &registry, &broker);
     assert_eq!(ran.code, 0, "a pruned bucket verifies: {ran}");
     assert!(ran.out.contains("pruned, signed"), "{ran}");
 }

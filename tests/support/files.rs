@@ -38,3 +38,24 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `n` copies of a real OPA decision (the sample's second line), numbered from `from`: each
+/// its own decision id `<tag>-NNNNN` and key, spread over `partitions` by number.
+pub fn opa_records(tag: &str, from: usize, n: usize, partitions: i32) -> Vec<super::Rec> {
+    let opa = data_text("opa/opa_decision_logs.jsonl");
+    let line = opa.lines().nth(1).expect("the OPA sample's second line");
+    (from..from + n)
+        .map(|i| super::Rec {
+            partition: (i as i32) % partitions,
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(
+                line.replace(
+                    "1df154b5-658a-47bf-ac18-be52998605da",
+                    &format!("{tag}-{i:05}"),
+                )
+                .into_bytes(),
+            ),
+            headers: vec![],
+        })
+        .collect()
+}
