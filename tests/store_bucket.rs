@@ -322,6 +322,30 @@ print(json.dumps(rows))
     }
 }
 
+#[test]
+fn a_create_only_put_takes_the_same_bytes_again_and_refuses_other_bytes() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let client = s3.client(URL);
+    let dir = Path::new("/data");
+    let file = dir.join("events/topic=t/partition=0/x.parquet");
+    client.put(dir, &file, b"one".to_vec(), true).unwrap();
+    // The same write again (retried after a crash before the local rename): fine.
+    client.put(dir, &file, b"one".to_vec(), true).unwrap();
+    // Other bytes under the name (another writer got there first): a conflict, nothing replaced.
+    let err = client.put(dir, &file, b"two".to_vec(), true).unwrap_err();
+    assert!(matches!(err, vigil_store::StoreError::Conflict(_)), "{err}");
+    assert!(!vigil_store::is_retryable(&err));
+    let err = client.put(dir, &file, b"one!".to_vec(), true).unwrap_err();
+    assert!(matches!(err, vigil_store::StoreError::Conflict(_)), "{err}");
+    let copy = tempfile::tempdir().unwrap();
+    client.pull_for_reading(copy.path()).unwrap();
+    assert_eq!(
+        std::fs::read(copy.path().join("events/topic=t/partition=0/x.parquet")).unwrap(),
+        b"one"
+    );
+}
+
 /// Wait until `n` records of `bkt` are stored under `dir` (the serve log in the failure).
 fn wait_stored(srv: &Serve, dir: &Path, n: i64, timeout: Duration) {
     let start = std::time::Instant::now();

@@ -336,19 +336,22 @@ impl Bucket {
         } else {
             PutMode::Overwrite
         });
-        let payload = PutPayload::from(bytes.clone());
-        let k = key.clone();
+        // A payload shares its bytes: the one kept to compare with costs no copy.
+        let payload = PutPayload::from(bytes);
+        let sent = payload.clone();
         match self.block(
             "put",
-            async move { objects.put_opts(&k, payload, opts).await },
+            async move { objects.put_opts(&key, payload, opts).await },
         ) {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let objects = self.objects.clone();
-                let existing = self
-                    .block("get", async move { objects.get(&key).await?.bytes().await })
-                    .map_err(|e| self.error(&rel, e))?;
-                if existing.as_ref() == bytes.as_slice() {
+                let same = self.get(&rel)?.is_some_and(|existing| {
+                    existing.len() == sent.content_length()
+                        && existing
+                            .iter()
+                            .eq(sent.iter().flat_map(|chunk| chunk.iter()))
+                });
+                if same {
                     Ok(())
                 } else {
                     Err(StoreError::Conflict(format!("{}/{rel}", self.url)))
