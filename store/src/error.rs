@@ -50,8 +50,7 @@ impl StoreError {
 /// Whether an error (anywhere in its chain) is the volume being full: no space left, or the
 /// quota reached. Such a write is worth retrying once there is room; every other is not.
 pub fn is_volume_full(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
+    in_chain(e, |err| {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
             && (io.kind() == std::io::ErrorKind::StorageFull
                 || io.kind() == std::io::ErrorKind::QuotaExceeded)
@@ -60,7 +59,18 @@ pub fn is_volume_full(e: &(dyn std::error::Error + 'static)) -> bool {
         }
         // Parquet and Arrow carry an I/O error as text.
         let text = err.to_string();
-        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+        text.contains("No space left on device") || text.contains("Disk quota exceeded")
+    })
+}
+
+/// Whether `e` or any error in its chain of sources is one `is` says yes to.
+fn in_chain(
+    e: &(dyn std::error::Error + 'static),
+    is: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if is(err) {
             return true;
         }
         cur = err.source();
@@ -72,14 +82,12 @@ pub fn is_volume_full(e: &(dyn std::error::Error + 'static)) -> bool {
 /// retries (unreachable, timing out, refusing): worth writing again later, as a full volume.
 /// A conflict (another writer's object under the name) is not.
 pub fn is_bucket_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(StoreError::Bucket { .. }) = err.downcast_ref::<StoreError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    in_chain(e, |err| {
+        matches!(
+            err.downcast_ref::<StoreError>(),
+            Some(StoreError::Bucket { .. })
+        )
+    })
 }
 
 /// Whether a write that failed is worth trying again later rather than a reason to stop: the

@@ -90,8 +90,8 @@ impl Checkpointer {
         Ok(self)
     }
 
-    /// Sign `cp` with every key valid at its time (keys past their validity retired first):
-    /// for notes other than a log's checkpoints, such as a signed prune.
+    /// Sign `cp` with every key valid at its time (keys past their validity retired first): a
+    /// log's checkpoints, and other notes such as a signed prune.
     pub fn sign(&self, cp: &super::Checkpoint) -> Result<Vec<u8>, StoreError> {
         let mut keys = lock(&self.keys);
         keys.retire_expired()?;
@@ -208,11 +208,7 @@ impl Checkpointer {
             prev,
             time_ms: now,
         };
-        let note = {
-            let mut keys = lock(&self.keys);
-            keys.retire_expired()?;
-            keys.sign(&cp)?
-        };
+        let note = self.sign(&cp)?;
         let name = format!("{:020}.note", cp.size);
         for root_dir in std::iter::once(&self.root).chain(self.mirror.as_ref()) {
             let dir = Self::log_dir(root_dir, topic, partition)?;
