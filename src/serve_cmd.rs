@@ -72,14 +72,11 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     let icfg = ingest_config(cfg)?;
     let bucket = crate::services::bucket::open(cfg)?;
     if let Some(b) = &bucket {
-        // The bucket is the store of record: this directory becomes its exact copy first
-        // (a new machine, files this one wrote but the bucket never acknowledged).
-        let start = std::time::Instant::now();
-        let r = b.pull(&cfg.store.data_dir).with_context(|| {
-            format!("copying {} into {}", b.url(), cfg.store.data_dir.display())
-        })?;
-        tracing::info!(store = %b.url(), objects = r.objects, fetched = r.fetched, removed = r.removed,
-            ms = start.elapsed().as_millis() as u64, "local copy of the bucket up to date");
+        // The bucket is the store of record: what this directory lacks is fetched first (a
+        // new machine, a file put just before a crash); one it holds that the bucket lacks
+        // refuses the start.
+        use crate::services::bucket::{CopyFor, copy};
+        copy(b, &cfg.store.data_dir, CopyFor::Writer)?;
     }
     let mut store = Store::open(
         &cfg.store.data_dir,

@@ -64,14 +64,30 @@ pub fn reading_dir(cfg: &Config, data_dir: Option<PathBuf>) -> anyhow::Result<Pa
         cfg.store.data_dir = d;
     }
     if let Some(bucket) = bucket {
-        let dir = cfg.store.data_dir.clone();
-        let start = std::time::Instant::now();
-        let r = bucket
-            .pull_for_reading(&dir)
-            .with_context(|| format!("copying {} into {}", bucket.url(), dir.display()))?;
-        tracing::info!(store = %bucket.url(), local_copy = %dir.display(), objects = r.objects,
-            fetched = r.fetched, removed = r.removed, ms = start.elapsed().as_millis() as u64,
-            "local copy of the bucket up to date");
+        copy(&bucket, &cfg.store.data_dir, CopyFor::Reader)?;
     }
     Ok(cfg.store.data_dir)
+}
+
+/// Whose local copy of the bucket [`copy`] brings up to date.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CopyFor {
+    /// `serve`'s working copy ([`Bucket::pull`]: fetched, never removed).
+    Writer,
+    /// A reading command's ([`Bucket::pull_for_reading`]: exactly the bucket's).
+    Reader,
+}
+
+/// Bring `dir`, a local copy of `bucket`, up to date, and say what it took.
+pub fn copy(bucket: &Bucket, dir: &std::path::Path, whose: CopyFor) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let r = match whose {
+        CopyFor::Writer => bucket.pull(dir),
+        CopyFor::Reader => bucket.pull_for_reading(dir),
+    }
+    .with_context(|| format!("copying {} into {}", bucket.url(), dir.display()))?;
+    tracing::info!(store = %bucket.url(), local_copy = %dir.display(), objects = r.objects,
+        fetched = r.fetched, removed = r.removed, ms = start.elapsed().as_millis() as u64,
+        "local copy of the bucket up to date");
+    Ok(())
 }
