@@ -2,7 +2,7 @@
 //! exactly it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -124,13 +124,16 @@ impl Bucket {
             .then(|| rel.to_owned())
     }
 
+    /// Fetch the object `meta` names into `data_dir/rel`, durably, and record its ETag.
     fn fetch(
         &self,
         data_dir: &Path,
         rel: &str,
-        key: Key,
-    ) -> Result<(PathBuf, Option<String>), StoreError> {
-        let objects = self.objects.clone();
+        meta: &object_store::ObjectMeta,
+        index: &mut BTreeMap<String, String>,
+        report: &mut PullReport,
+    ) -> Result<(), StoreError> {
+        let (objects, key) = (self.objects.clone(), meta.location.clone());
         let (bytes, etag) = self
             .block("get", async move {
                 let r = objects.get(&key).await?;
@@ -143,7 +146,12 @@ impl Bucket {
             create_dirs_durably(dir)?;
         }
         write_durably(&path, &bytes)?;
-        Ok((path, etag))
+        report.fetched += 1;
+        match etag.or_else(|| meta.e_tag.clone()) {
+            Some(t) => index.insert(rel.to_owned(), t),
+            None => index.remove(rel),
+        };
+        Ok(())
     }
 
     fn pull_dir(
@@ -183,12 +191,7 @@ impl Bucket {
             } else if up_to_date(&path, meta, index.get(rel)) {
                 continue;
             }
-            let (_, etag) = self.fetch(data_dir, rel, meta.location.clone())?;
-            report.fetched += 1;
-            match etag.or_else(|| meta.e_tag.clone()) {
-                Some(t) => index.insert(rel.clone(), t),
-                None => index.remove(rel),
-            };
+            self.fetch(data_dir, rel, meta, index, report)?;
         }
         let mut stack = vec![data_dir.join(rel_dir)];
         while let Some(dir) = stack.pop() {
@@ -231,16 +234,11 @@ impl Bucket {
     ) -> Result<(), StoreError> {
         let key = self.key(rel)?;
         let objects = self.objects.clone();
-        let k = key.clone();
-        match self.block("head", async move { objects.head(&k).await }) {
+        match self.block("head", async move { objects.head(&key).await }) {
             Ok(meta) => {
                 report.objects += 1;
                 if !up_to_date(&data_dir.join(rel), &meta, index.get(rel)) {
-                    let (_, etag) = self.fetch(data_dir, rel, key)?;
-                    report.fetched += 1;
-                    if let Some(t) = etag {
-                        index.insert(rel.to_owned(), t);
-                    }
+                    self.fetch(data_dir, rel, &meta, index, report)?;
                 }
                 Ok(())
             }
