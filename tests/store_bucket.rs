@@ -95,7 +95,7 @@ fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_
     // Machine A stores 300 records into the bucket.
     let srv = serve_on_bucket(&broker, &a, "g-bkt", &env, URL);
     produce(&producer, "bkt", &records(0, 300, 2));
-    wait_stored(&srv, &a, 300, Duration::from_secs(60));
+    wait_bkt_stored(&srv, &a, 300, Duration::from_secs(60));
     let (clean, log) = srv.stop();
     assert!(clean, "A stops cleanly: {log}");
 
@@ -130,7 +130,7 @@ fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_
     copy_dir(&a.join("keys"), &b.join("keys"));
     let srv = serve_on_bucket(&broker, &b, "g-bkt", &env, URL);
     produce(&producer, "bkt", &records(300, 200, 2));
-    wait_stored(&srv, &b, 500, Duration::from_secs(60));
+    wait_bkt_stored(&srv, &b, 500, Duration::from_secs(60));
     let (clean, log) = srv.stop();
     assert!(clean, "B stops cleanly: {log}");
     assert!(
@@ -202,7 +202,7 @@ fn the_bucket_not_answering_pauses_ingest_and_loses_nothing_and_a_prune_reaches_
     let producer = broker.producer();
     let srv = serve_on_bucket(&broker, &a, "g-bkt", &env, URL);
     produce(&producer, "bkt", &records(0, 100, 2));
-    wait_stored(&srv, &a, 100, Duration::from_secs(60));
+    wait_bkt_stored(&srv, &a, 100, Duration::from_secs(60));
 
     // The S3 server stops answering (SIGSTOP) for 30 s while records keep coming.
     let pid = s3.pid().to_string();
@@ -226,7 +226,7 @@ fn the_bucket_not_answering_pauses_ingest_and_loses_nothing_and_a_prune_reaches_
             .success()
     );
 
-    wait_stored(&srv, &a, 300, Duration::from_secs(90));
+    wait_bkt_stored(&srv, &a, 300, Duration::from_secs(90));
     let (clean, log) = srv.stop();
     assert!(clean, "stops cleanly: {log}");
     assert!(
@@ -287,7 +287,7 @@ fn under_object_lock_no_version_of_the_stores_objects_can_be_deleted() {
     let a = tmp.path().join("a");
     let srv = serve_on_bucket(&broker, &a, "g-lock", &env, "s3://vigil-locked/p");
     produce(&broker.producer(), "bkt", &records(0, 60, 2));
-    wait_stored(&srv, &a, 60, Duration::from_secs(60));
+    wait_bkt_stored(&srv, &a, 60, Duration::from_secs(60));
     let (clean, log) = srv.stop();
     assert!(clean, "stops cleanly: {log}");
 
@@ -346,8 +346,9 @@ fn a_create_only_put_takes_the_same_bytes_again_and_refuses_other_bytes() {
     );
 }
 
-/// Wait until `n` records of `bkt` are stored under `dir` (the serve log in the failure).
-fn wait_stored(srv: &Serve, dir: &Path, n: i64, timeout: Duration) {
+/// Wait until exactly `n` records of `bkt` are stored under `dir` (the serve log in the
+/// failure); the support's `wait_stored` counts every topic, at least.
+fn wait_bkt_stored(srv: &Serve, dir: &Path, n: i64, timeout: Duration) {
     let start = std::time::Instant::now();
     loop {
         let stored = stored_per_partition(dir, "bkt").values().sum::<i64>();
