@@ -232,8 +232,13 @@ pub struct DetectConfig {
     /// Updates of open alerts are stored at most this often; new alerts at once.
     pub alert_flush_ms: u64,
     /// The engine's state (groups, baselines, positions) is checkpointed to
-    /// `<data_dir>/detect/state.json` this often, and at shutdown.
+    /// `<data_dir>/detect/state.json` this often, and at shutdown (with a bucket, put there
+    /// too: where another instance takes detection over from).
     pub state_interval_ms: u64,
+    /// With a bucket: detection runs on the one instance holding the bucket's detection lease,
+    /// renewed every third of this; another takes over when it has not been renewed for this
+    /// long.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for DetectConfig {
@@ -260,6 +265,7 @@ impl Default for DetectConfig {
             queue_depth: 16,
             alert_flush_ms: 1000,
             state_interval_ms: 10_000,
+            lease_ttl_ms: 15_000,
         }
     }
 }
@@ -344,6 +350,9 @@ pub struct StoreConfig {
     pub s3_retry_timeout_ms: u64,
     /// S3 Object Lock (compliance mode) for this many days on every object put; 0: none.
     pub object_lock_days: u32,
+    /// With a bucket: how often the files other instances write are fetched here (for SQL and
+    /// detection over every partition); 0: never.
+    pub follow_interval_ms: u64,
     /// A partition's open batch becomes a file at this many events…
     pub max_batch_events: usize,
     /// …or this many raw bytes…
@@ -375,6 +384,7 @@ impl Default for StoreConfig {
             s3_request_timeout_ms: 30_000,
             s3_retry_timeout_ms: 180_000,
             object_lock_days: 0,
+            follow_interval_ms: 2000,
             max_batch_events: 50_000,
             max_batch_bytes: 64 * 1024 * 1024,
             max_batch_wait_ms: 2000,

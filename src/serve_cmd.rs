@@ -117,11 +117,15 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         OwnWrites {
             signer: &signer,
             bucket: bucket.clone(),
+            instance_id: match &bucket {
+                Some(_) => store.instance_id()?,
+                None => String::new(),
+            },
         },
         &metrics,
         &dmetrics,
         &delivery_metrics,
-        feed.as_deref(),
+        feed.clone(),
     )?;
     let (reloader, outbox) = (detection.reloader.clone(), detection.outbox.clone());
     let reload = crate::services::api::reload_fn(cfg, reloader.clone(), feed.clone());
@@ -189,6 +193,8 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         checkpoints.clone(),
         shutdown.clone(),
     )?;
+    // Other instances' logs, followed into this directory.
+    let follower = crate::services::bucket::start_follower(cfg, store.clone(), shutdown.clone())?;
     let ingest = {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         std::thread::Builder::new()
@@ -214,6 +220,10 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(r) = retention {
         r.join()
             .map_err(|_| anyhow::anyhow!("retention thread panicked"))?;
+    }
+    if let Some(f) = follower {
+        f.join()
+            .map_err(|_| anyhow::anyhow!("follower thread panicked"))?;
     }
     // The pipeline threads are gone, and with them the pieces' senders.
     if let Some(t) = tee {
@@ -384,10 +394,12 @@ struct Detection {
     outbox: Option<vigil_detect::deliver::Outbox>,
 }
 
-/// What this process's own writes go through: the one signer, and the store's bucket.
+/// What this process's own writes go through: the one signer, and the store's bucket (and
+/// this instance's name as a writer there).
 struct OwnWrites<'a> {
     signer: &'a vigil_store::LogSigner,
     bucket: Option<Arc<vigil_store::Bucket>>,
+    instance_id: String,
 }
 
 /// Load the rules and start the detection thread, fed the chained rows by the pipeline threads.
@@ -398,7 +410,7 @@ fn start_detection(
     metrics: &Arc<IngestMetrics>,
     dmetrics: &Arc<DetectMetrics>,
     delivery_metrics: &Arc<vigil_detect::deliver::DeliverMetrics>,
-    feed: Option<&crate::services::policy::PolicyFeed>,
+    feed: Option<Arc<crate::services::policy::PolicyFeed>>,
 ) -> anyhow::Result<Detection> {
     let off = Detection {
         tx: None,
@@ -412,7 +424,7 @@ fn start_detection(
         );
         return Ok(off);
     }
-    let loaded = crate::services::rules::load(&cfg.detect, feed)?;
+    let loaded = crate::services::rules::load(&cfg.detect, feed.as_deref())?;
     let rules: Vec<_> = loaded.rules.into_iter().map(|(r, _)| r).collect();
     tracing::info!(
         rules = rules.len(),
@@ -436,7 +448,7 @@ fn start_detection(
     let m = metrics.clone();
     let run_cfg = RunConfig {
         data_dir: cfg.store.data_dir.clone(),
-        bucket: own.bucket,
+        bucket: own.bucket.clone(),
         alert_flush_ms: cfg.detect.alert_flush_ms,
         state_interval_ms: cfg.detect.state_interval_ms,
         outbox: outbox.clone(),
@@ -451,6 +463,29 @@ fn start_detection(
                 .map(|(log, busy)| (log.to_string(), busy))
                 .collect()
         }))),
+        // Several instances may share the bucket: detection runs where its lease is.
+        lease: match &own.bucket {
+            Some(_) => {
+                let d = cfg.detect.clone();
+                Some(vigil_detect::run::LeaseConfig {
+                    me: own.instance_id.clone(),
+                    ttl_ms: cfg.detect.lease_ttl_ms,
+                    rules: Arc::new(move || {
+                        match crate::services::rules::load(&d, feed.as_deref()) {
+                            Ok(l) => l.rules.into_iter().map(|(r, _)| r).collect(),
+                            Err(e) => {
+                                tracing::error!(
+                                    error = format!("{e:#}"),
+                                    "detection rules could not be loaded again: none run"
+                                );
+                                Vec::new()
+                            }
+                        }
+                    }),
+                })
+            }
+            None => None,
+        },
     };
     match vigil_detect::run::start(run_cfg, rules, rx, dmetrics.clone()) {
         Ok((handle, reloader)) => Ok(Detection {

@@ -22,7 +22,8 @@ mod ingest_kafka;
 mod retention;
 mod tamper;
 
-// The store in an S3-compatible bucket (moto on loopback).
+// The store in an S3-compatible bucket (moto on loopback), and several instances on one.
+mod instances;
 mod store_bucket;
 
 // Detection: rules, the declared graph, event time, the simulator, alerts and their delivery.

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const BUCKET: &str = "vigil-store";
-const URL: &str = "s3://vigil-store/prod";
+pub(crate) const BUCKET: &str = "vigil-store";
+pub(crate) const URL: &str = "s3://vigil-store/prod";
 
-fn records(from: usize, n: usize, partitions: i32) -> Vec<Rec> {
+pub(crate) fn records(from: usize, n: usize, partitions: i32) -> Vec<Rec> {
     opa_records("bkt", from, n, partitions)
 }
 
 /// `vigil --store URL verify` over a copy at `copy`, against pinned keys and Kafka's anchors.
-fn verify_bucket(s3: &S3Server, copy: &Path, registry: &Path, broker: &Broker) -> Ran {
+pub(crate) fn verify_bucket(s3: &S3Server, copy: &Path, registry: &Path, broker: &Broker) -> Ran {
     vigil_s3(
         s3,
         &[
@@ -35,7 +35,7 @@ fn verify_bucket(s3: &S3Server, copy: &Path, registry: &Path, broker: &Broker) -
 }
 
 /// `vigil serve` of topic `bkt` into `dir`, the store at `url` on the S3 server of `env`.
-fn serve_on_bucket(
+pub(crate) fn serve_on_bucket(
     broker: &Broker,
     dir: &Path,
     group: &str,
@@ -47,7 +47,7 @@ fn serve_on_bucket(
 }
 
 /// `vigil` with the S3 server's environment.
-fn vigil_s3(s3: &S3Server, args: &[&str]) -> Ran {
+pub(crate) fn vigil_s3(s3: &S3Server, args: &[&str]) -> Ran {
     let mut cmd = vigil_command();
     cmd.args(args);
     for (k, v) in s3.env() {
@@ -57,7 +57,7 @@ fn vigil_s3(s3: &S3Server, args: &[&str]) -> Ran {
 }
 
 /// Every (partition, offset) stored once, `n` in all, read from a copy of the bucket.
-fn assert_exactly_once_in_bucket(s3: &S3Server, copy: &Path, n: usize) {
+pub(crate) fn assert_exactly_once_in_bucket(s3: &S3Server, copy: &Path, n: usize) {
     let d = copy.to_str().unwrap();
     let ran = vigil_s3(
         s3,

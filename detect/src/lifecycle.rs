@@ -73,7 +73,7 @@ impl NotAllowed {
     }
 }
 
-/// Why a change was not applied: the API answers 404, 409 and 400 from it.
+/// Why a change was not applied: the API answers 404, 409, 400 and 503 from it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "refusal", rename_all = "snake_case")]
 pub enum Refusal {
@@ -89,6 +89,12 @@ pub enum Refusal {
     /// The command itself is not one (unreadable, a bad id, a note too long).
     #[error("not a valid command: {0}")]
     Invalid(String),
+    /// This instance's detection stands by: another instance sharing the bucket holds the
+    /// detection lease, and alert lifecycle changes go to it.
+    #[error(
+        "detection runs on another instance (the holder of the bucket's detection lease): send the change there"
+    )]
+    Elsewhere,
 }
 
 /// Longest note kept with a change, in bytes.

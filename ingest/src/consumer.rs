@@ -160,6 +160,18 @@ impl ConsumerState {
             if vigil_store::is_reserved_topic(&key.topic) {
                 return Err(reserved(&key.topic));
             }
+            // With a bucket: this instance writes the log from now on (its files copied here
+            // first, a writer still holding it elsewhere fenced at its next file).
+            match self.store.claim_log(&key.topic, key.partition, true) {
+                Ok(()) => {}
+                Err(e) if vigil_store::is_fenced(&e) => {
+                    tracing::error!(topic = %key.topic, partition = key.partition, error = %e,
+                        "could not claim the partition's log: not consumed by this instance");
+                    self.metrics.logs_fenced.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
             let log = self.store.head(&key.topic, key.partition)?;
             let head = log.chain;
             self.metrics.durable_at(&key, head.offset);
@@ -235,6 +247,7 @@ impl ConsumerState {
                     .signer
                     .checkpoints()
                     .forget(&part.key.topic, part.key.partition);
+                self.store.release_log(&part.key.topic, part.key.partition);
                 let _ = self.pipelines[part.pipeline].send(Job::Close(part.key));
             }
         }
@@ -321,6 +334,14 @@ impl ConsumerState {
     ) -> Result<(), IngestError> {
         let (key, rows, info) = match report {
             Report::Failed(e) => return Err(e),
+            Report::Written {
+                key,
+                result: Err(e),
+                ..
+            } if vigil_store::is_fenced(&e) => {
+                self.give_up(consumer, &key, &e);
+                return Ok(());
+            }
             Report::Written { key, rows, result } => (key, rows, result?),
         };
         self.metrics.files_written.fetch_add(1, Ordering::Relaxed);
@@ -346,6 +367,39 @@ impl ConsumerState {
             self.parts[i].state.durable(info.last_offset);
         }
         Ok(())
+    }
+
+    /// Another instance writes `key`'s log now (the bucket fenced this one off it): stop
+    /// consuming the partition and drop what this instance holds of it, unwritten and
+    /// uncommitted — the new writer stores it. Taken up again if the group assigns it anew.
+    fn give_up(
+        &mut self,
+        consumer: &BaseConsumer<Callbacks>,
+        key: &Key,
+        why: &vigil_store::StoreError,
+    ) {
+        let Some(i) = self.index(key) else {
+            return; // Given up already: a later batch of it failed the same way.
+        };
+        tracing::error!(topic = %key.topic, partition = key.partition, error = %why,
+            "another instance writes this partition's log now: given up by this one");
+        self.metrics.logs_fenced.fetch_add(1, Ordering::Relaxed);
+        let part = self.parts.swap_remove(i);
+        self.last_part = 0;
+        if let Ok(tpl) = one(key)
+            && let Err(e) = consumer.pause(&tpl)
+        {
+            tracing::debug!(error = %e, "pausing a partition given up");
+        }
+        self.signing
+            .signer
+            .checkpoints()
+            .forget(&key.topic, key.partition);
+        self.store.release_log(&key.topic, key.partition);
+        let _ = self.pipelines[part.pipeline].send(Job::Drop(key.clone()));
+        self.metrics
+            .partitions_assigned
+            .store(self.parts.len() as u64, Ordering::Relaxed);
     }
 
     /// Everything that runs on the clock rather than per record: hand on open chunks,

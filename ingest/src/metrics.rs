@@ -29,6 +29,9 @@ pub struct IngestMetrics {
     pub volume_full_retries: AtomicU64,
     /// File writes tried again because the store's bucket did not answer (not in the snapshot).
     pub bucket_retries: AtomicU64,
+    /// Logs given up because the bucket fenced this instance off them: another instance
+    /// writes them now (not in the snapshot).
+    pub logs_fenced: AtomicU64,
     pub dlq_sent: AtomicU64,
     pub dlq_delivered: AtomicU64,
     pub dlq_failed: AtomicU64,

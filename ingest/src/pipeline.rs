@@ -44,6 +44,8 @@ pub(crate) enum Job {
     Seal(Key),
     /// Seal and forget the partition (revoked).
     Close(Key),
+    /// Forget the partition and what it holds, unwritten (another instance writes its log).
+    Drop(Key),
 }
 
 /// What the consumer thread hears back.
@@ -215,6 +217,10 @@ impl Pipeline {
             Job::Seal(key) => self.seal(&key),
             Job::Close(key) => {
                 self.seal(&key)?;
+                self.parts.remove(&key);
+                Ok(())
+            }
+            Job::Drop(key) => {
                 self.parts.remove(&key);
                 Ok(())
             }

@@ -101,6 +101,11 @@ impl Collector for IngestMetrics {
                 l(&self.bucket_retries),
             ),
             (
+                "vigil_logs_fenced",
+                "Partition logs given up because another instance writes them now (fenced by the bucket).",
+                l(&self.logs_fenced),
+            ),
+            (
                 "vigil_checkpoints_signed",
                 "Signed checkpoints.",
                 m.checkpoints_signed,

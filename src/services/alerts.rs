@@ -106,6 +106,15 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
             max_state_bytes: cfg.detect.max_state_bytes,
             silent_source_ns: i64::try_from(cfg.detect.silent_source_ms)?.saturating_mul(1_000_000),
             assigned: None,
+            // With a bucket: only while no instance runs detection (the lease taken for it).
+            lease: match &bucket {
+                Some(_) => Some(vigil_detect::run::LeaseConfig {
+                    me: vigil_store::Store::open(dir, Default::default())?.instance_id()?,
+                    ttl_ms: cfg.detect.lease_ttl_ms,
+                    rules: Arc::new(Vec::new),
+                }),
+                None => None,
+            },
         },
         cmd,
     )?;

@@ -91,3 +91,45 @@ pub fn copy(bucket: &Bucket, dir: &std::path::Path, whose: CopyFor) -> anyhow::R
         "local copy of the bucket up to date");
     Ok(())
 }
+
+/// `serve`'s follower (none without a bucket, or with `store.follow_interval_ms = 0`): every
+/// interval, the files other instances' writers named are fetched into this instance's
+/// directory ([`vigil_store::Store::follow`]), so that its SQL and its detection see every partition. A
+/// failed round is logged (every minute at most) and tried again at the next.
+pub fn start_follower(
+    cfg: &Config,
+    store: vigil_store::Store,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    if store.bucket().is_none() || cfg.store.follow_interval_ms == 0 {
+        return Ok(None);
+    }
+    let every = Duration::from_millis(cfg.store.follow_interval_ms);
+    let handle = std::thread::Builder::new()
+        .name("vigil-follow".into())
+        .spawn(move || {
+            let mut seen = std::collections::HashMap::new();
+            let (mut last, mut said): (Option<Instant>, Option<Instant>) = (None, None);
+            while !stop.load(Ordering::Relaxed) {
+                if last.is_none_or(|t| t.elapsed() >= every) {
+                    last = Some(Instant::now());
+                    match store.follow(&mut seen) {
+                        Ok(r) if r.fetched > 0 => tracing::debug!(logs = r.logs_changed,
+                            fetched = r.fetched, copied = r.copied,
+                            "followed other instances' logs"),
+                        Ok(_) => {}
+                        Err(e) if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) => {
+                            said = Some(Instant::now());
+                            tracing::error!(error = %e,
+                                "following other instances' logs failed (tried again at the next interval)");
+                        }
+                        Err(_) => {}
+                    }
+                }
+                std::thread::sleep(every.min(Duration::from_millis(200)));
+            }
+        })?;
+    Ok(Some(handle))
+}

@@ -24,6 +24,10 @@ pub fn prune_all(
         let Some(days) = cfg.retention.max_age_days.get(&log.topic) else {
             continue;
         };
+        // With several instances on one bucket, each prunes the logs it writes.
+        if !store.writes_log(&log)? {
+            continue;
+        }
         let max_age_ms = i64::from(*days) * 86_400_000;
         let r = prune(store, signer, &log.topic, log.partition, max_age_ms, now_ms)
             .with_context(|| format!("pruning {log}"))?;

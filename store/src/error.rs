@@ -29,6 +29,8 @@ pub enum StoreError {
         "{0} exists with other content: another writer has this log (this one stops writing it)"
     )]
     Conflict(String),
+    #[error("{log}: another instance writes this log now ({why}); this one gave it up")]
+    Fenced { log: String, why: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -90,6 +92,18 @@ pub fn is_bucket_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
+/// Whether an error (anywhere in its chain) is the bucket fencing this writer off a log:
+/// another instance writes it now ([`StoreError::Fenced`]). The log is to be given up, not
+/// retried.
+pub fn is_fenced(e: &(dyn std::error::Error + 'static)) -> bool {
+    in_chain(e, |err| {
+        matches!(
+            err.downcast_ref::<StoreError>(),
+            Some(StoreError::Fenced { .. })
+        )
+    })
+}
+
 /// Whether a write that failed is worth trying again later rather than a reason to stop: the
 /// volume is full ([`is_volume_full`]) or the bucket does not answer ([`is_bucket_unavailable`]).
 pub fn is_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -125,5 +139,11 @@ mod tests {
         // Another writer's object under the name is not waited out.
         let conflict = super::StoreError::Conflict("s3://b/k".into());
         assert!(!super::is_retryable(&conflict));
+        let fenced = super::StoreError::Fenced {
+            log: "t/0".into(),
+            why: "x".into(),
+        };
+        assert!(super::is_fenced(&fenced) && !super::is_retryable(&fenced));
+        assert!(!super::is_fenced(&conflict));
     }
 }

@@ -13,11 +13,14 @@
 //!   detect/state.lock                      held by the one process running detection
 //!   detect/commands/                       lifecycle changes queued for that process
 //!   bucket-index.json                      ETags of the files fetched from the bucket
+//!   instance-id                            this instance's name as a log's writer
+//!   heads/topic=T/partition=P.json         (bucket only) who writes each log, its newest file
 //! ```
 //!
 //! With `store.url = "s3://…"`, `events/`, `checkpoints/`, `alerts/` and `keys/registry` are
-//! also in the bucket, under the same names below its prefix ([`crate::bucket`]); the rest is
-//! the instance's own.
+//! also in the bucket, under the same names below its prefix ([`crate::bucket`]), and
+//! `heads/` is only there (each log's head, advanced by conditional writes); the rest is the
+//! instance's own.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +34,39 @@ pub(crate) const KEYS_DIR: &str = "keys";
 pub(crate) const REGISTRY_FILE: &str = "registry";
 /// The alert log, under the data directory.
 pub(crate) const ALERTS_DIR: &str = "alerts";
+
+/// Each log's head object, in the bucket only.
+pub(crate) const HEADS_DIR: &str = "heads";
+
+/// `heads/topic=T/partition=P.json`: a log's head object, relative to the store.
+pub(crate) fn head_rel(topic: &str, partition: i32) -> Result<String, crate::StoreError> {
+    crate::files::validate_topic(topic)?;
+    Ok(format!(
+        "{HEADS_DIR}/topic={topic}/partition={partition}.json"
+    ))
+}
+
+/// `events/topic=T/partition=P`: a log's event files, relative to the store.
+pub(crate) fn log_events_rel(topic: &str, partition: i32) -> Result<String, crate::StoreError> {
+    crate::files::validate_topic(topic)?;
+    Ok(format!("{EVENTS_DIR}/topic={topic}/partition={partition}"))
+}
+
+/// `checkpoints/topic=T/partition=P`: a log's checkpoints, relative to the store.
+pub(crate) fn log_checkpoints_rel(
+    topic: &str,
+    partition: i32,
+) -> Result<String, crate::StoreError> {
+    crate::files::validate_topic(topic)?;
+    Ok(format!(
+        "{CHECKPOINTS_DIR}/topic={topic}/partition={partition}"
+    ))
+}
+
+/// `DIR/instance-id`: this instance's name as the writer of its logs (in their heads).
+pub(crate) fn instance_id(data_dir: &Path) -> PathBuf {
+    data_dir.join("instance-id")
+}
 
 /// `keys/registry`: the registry relative to the data directory (its object key in a bucket).
 pub(crate) fn registry_rel() -> String {

@@ -39,9 +39,9 @@ pub use anchor::{Anchor, LogSigner};
 pub use batch::{
     Appended, BatchSpan, ChainHead, LogHead, PartitionBatch, Piece, SealedBatch, leaf_indexes,
 };
-pub use bucket::{Bucket, BucketOptions, BucketUrl, PullReport};
+pub use bucket::{Bucket, BucketOptions, BucketUrl, HeadObject, Lease, PullReport};
 pub use chain::RecordRef;
-pub use error::{StoreError, is_bucket_unavailable, is_retryable, is_volume_full};
+pub use error::{StoreError, is_bucket_unavailable, is_fenced, is_retryable, is_volume_full};
 pub use files::{FileInfo, Store, WriteOptions, write_durably, write_durably_with};
 pub use log_id::{LogId, LogIdError};
 pub use own_log::{

@@ -35,7 +35,8 @@ pub fn is_reserved_topic(topic: &str) -> bool {
 pub(crate) const MAX_CLAIMED_PARTITIONS: i32 = 64;
 
 /// Open the first partition of `topic` no other process writes: a lock file per partition
-/// (`DIR/own/<topic>-<partition>.lock`), held while the returned file stays open.
+/// (`DIR/own/<topic>-<partition>.lock`), held while the returned file stays open, and with a
+/// bucket the partition's head there ([`Store::claim_log`]: no other instance's).
 pub fn claim(store: &Store, topic: &str) -> Result<(OwnLog, std::fs::File), StoreError> {
     let native = Decoder::new(DecoderConfig::default(), Some(SourceFormat::Native));
     claim_with(store, topic, native, true)
@@ -58,8 +59,15 @@ pub fn claim_with(
             .write(true)
             .open(&path)
             .map_err(StoreError::io(&path))?;
-        if f.try_lock().is_ok() {
-            return Ok((OwnLog::open_with(store, topic, p, decoder, strict)?, f));
+        if f.try_lock().is_err() {
+            continue;
+        }
+        // With a bucket, a partition another instance holds (its head names it) is not ours
+        // either: each instance's own logs are its own partitions.
+        match store.claim_log(topic, p, false) {
+            Ok(()) => return Ok((OwnLog::open_with(store, topic, p, decoder, strict)?, f)),
+            Err(StoreError::Fenced { .. }) => continue,
+            Err(e) => return Err(e),
         }
     }
     Err(StoreError::Invalid(format!(

@@ -20,6 +20,7 @@ use crate::lifecycle::{Command, Reply};
 use crate::rules::Rule;
 use vigil_store::clock::now_ns;
 
+mod leased;
 mod reload;
 mod thread;
 
@@ -56,6 +57,30 @@ pub struct RunConfig {
     /// has consumed but not yet made durable holds it however long the store takes (it is
     /// not idle: its records are on their way).
     pub assigned: Option<Assigned>,
+    /// With several instances on one bucket: detection runs where the bucket's lease is.
+    pub lease: Option<LeaseConfig>,
+}
+
+/// Detection on one of several instances sharing a bucket: the instance holding the lease
+/// `leases/detect.json` runs it; the others stand by, and one takes over (from the state and
+/// alert log last saved in the bucket) when the holder stops renewing.
+#[derive(Clone)]
+pub struct LeaseConfig {
+    /// This instance's name ([`vigil_store::Store::instance_id`]).
+    pub me: String,
+    /// The lease's time: a holder silent this long is taken over from.
+    pub ttl_ms: u64,
+    /// The rules, loaded again when this instance takes detection over a second time.
+    pub rules: Arc<dyn Fn() -> Vec<Rule> + Send + Sync>,
+}
+
+impl std::fmt::Debug for LeaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseConfig")
+            .field("me", &self.me)
+            .field("ttl_ms", &self.ttl_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The partition logs ingest has been assigned (`topic/partition`), each with whether it has
@@ -96,6 +121,8 @@ pub struct DetectMetrics {
     pub commands_refused: AtomicU64,
     /// Set once catch-up from the store is done and live pieces are being evaluated.
     pub live: AtomicBool,
+    /// Standing by: another instance holds the detection lease.
+    pub standby: AtomicBool,
     pub stats: std::sync::Mutex<Vec<RuleStats>>,
     /// Event time per log (watermark, skewed and late counts).
     pub time: std::sync::Mutex<crate::engine::TimeStats>,
@@ -119,6 +146,8 @@ pub enum DetectError {
     Deliver(#[from] crate::deliver::DeliverError),
     #[error("{0}")]
     Queue(#[from] crate::lifecycle::QueueError),
+    #[error("the detection lease was lost: another instance runs detection now")]
+    LeaseLost,
 }
 
 /// Where the engine's state lives in a data directory.
@@ -136,14 +165,25 @@ pub fn start(
     metrics: Arc<DetectMetrics>,
 ) -> Result<(JoinHandle<Result<(), DetectError>>, Reloader), DetectError> {
     let lock = lock(&cfg)?;
-    let (engine, restored, stored) = restore(&cfg, rules)?;
     // Bounded: one reload at a time is plenty; a second waits for room or times out.
     let (tx, rx) = crossbeam_channel::bounded(1);
+    if let (Some(bucket), Some(lc)) = (cfg.bucket.clone(), cfg.lease.clone()) {
+        let lease = vigil_store::Lease::new(bucket, "detect", &lc.me, lc.ttl_ms)?;
+        let handle = std::thread::Builder::new()
+            .name("vigil-detect".into())
+            .spawn(move || {
+                let _lock = lock;
+                leased::run(cfg, lc, lease, rules, pieces, rx, metrics)
+            })
+            .map_err(|e| DetectError::Io(e.to_string()))?;
+        return Ok((handle, Reloader(tx)));
+    }
+    let (engine, restored, stored) = restore(&cfg, rules)?;
     let handle = std::thread::Builder::new()
         .name("vigil-detect".into())
         .spawn(move || {
             let _lock = lock;
-            run(cfg, engine, restored, &stored, pieces, rx, metrics)
+            run(cfg, engine, restored, &stored, pieces, rx, metrics, None)
         })
         .map_err(|e| DetectError::Io(e.to_string()))?;
     Ok((handle, Reloader(tx)))
@@ -155,6 +195,29 @@ pub fn start(
 /// takes the change from the alert log when it restores its state).
 pub fn apply_direct(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError> {
     let _lock = lock(&cfg)?;
+    // With a bucket, only while no instance runs detection: the lease taken for the change.
+    let mut lease = match (&cfg.bucket, &cfg.lease) {
+        (Some(b), Some(lc)) => {
+            let mut lease = vigil_store::Lease::new(b.clone(), "detect", &lc.me, lc.ttl_ms)?;
+            if !lease.tick()? {
+                return Ok(Reply::Refused {
+                    refusal: crate::lifecycle::Refusal::Elsewhere,
+                });
+            }
+            Some(lease)
+        }
+        _ => None,
+    };
+    let r = apply_held(cfg, cmd);
+    if let Some(l) = &mut lease
+        && let Err(e) = l.release()
+    {
+        tracing::warn!(error = %e, "the detection lease could not be released (it expires)");
+    }
+    r
+}
+
+fn apply_held(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError> {
     let (mut engine, _, _) = restore(&cfg, Vec::new())?;
     let mut l = ThreadState::new(cfg, Arc::default())?;
     l.apply(&mut engine, cmd)
@@ -220,6 +283,7 @@ fn restore_fresh(
     Ok((engine, restored, fresh, stored))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     cfg: RunConfig,
     mut engine: Engine,
@@ -228,9 +292,11 @@ fn run(
     pieces: Receiver<Piece>,
     reloads: Receiver<Reload>,
     metrics: Arc<DetectMetrics>,
+    lease: Option<leased::Held>,
 ) -> Result<(), DetectError> {
     let mut l = ThreadState::new(cfg, metrics)?;
     l.reloads = Some(reloads);
+    l.lease = lease;
     let store = Store::open_existing(&l.cfg.data_dir).ok();
     if let Some(store) = &store {
         l.record_missing(&mut engine, store, stored)?;
@@ -279,6 +345,7 @@ fn run(
             last_assigned = Some(Instant::now());
             engine.hold_logs(&(a.0)(), now_ns());
         }
+        l.renew_lease()?;
         match got {
             Ok(p) => l.live(&mut engine, &p)?,
             Err(RecvTimeoutError::Timeout) => l.tick(&mut engine)?,

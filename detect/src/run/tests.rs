@@ -35,6 +35,7 @@ fn cfg(dir: &std::path::Path) -> RunConfig {
         max_state_bytes: crate::engine::DEFAULT_MAX_STATE_BYTES,
         silent_source_ns: 0,
         assigned: None,
+        lease: None,
     }
 }
 

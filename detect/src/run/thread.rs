@@ -40,6 +40,8 @@ pub(super) struct ThreadState {
     pub(super) evicted: crate::system_alerts::Evictions,
     /// When a full volume was last reported.
     pub(super) volume_full_said: Option<Instant>,
+    /// The detection lease, when several instances share the bucket.
+    pub(super) lease: Option<super::leased::Held>,
 }
 
 /// A rule that keeps evicting groups alerts again after this long.
@@ -60,6 +62,10 @@ impl ThreadState {
         }
         // Records stored but not signed (a crash between file and checkpoint) are signed now;
         // this also hands the log to the checkpointer's refresh.
+        // With a bucket, detection's log is this instance's from now on: another instance
+        // still running detection is fenced off it at its next record (one detection at a
+        // time; the lease that makes it so is not built yet).
+        store.claim_log(AUDIT_TOPIC, AUDIT_PARTITION, true)?;
         let mut audit = OwnLog::open(&store, AUDIT_TOPIC, AUDIT_PARTITION)?;
         if let Some(signer) = &cfg.signer {
             audit = audit.signed(signer.clone())?;
@@ -79,6 +85,7 @@ impl ThreadState {
             reloads: None,
             evicted: Default::default(),
             volume_full_said: None,
+            lease: None,
         };
         Ok(l)
     }
@@ -145,12 +152,39 @@ impl ThreadState {
         self.record(engine, &events)
     }
 
+    /// Renew the detection lease when it is due; lost, detection stops here.
+    pub(super) fn renew_lease(&mut self) -> Result<(), DetectError> {
+        match &self.lease {
+            Some(l) => l.renew_if_due(),
+            None => Ok(()),
+        }
+    }
+
+    /// Before storing alerts or state: is the lease still this instance's (renewed first if
+    /// this process may have been paused past half its time)?
+    fn guard(&mut self) -> Result<(), DetectError> {
+        match &self.lease {
+            Some(l) => l.ensure(),
+            None => Ok(()),
+        }
+    }
+
     /// Store pending alerts (durably), then report them.
     pub(super) fn flush(&mut self, engine: &mut Engine) -> Result<(), DetectError> {
         let alerts = engine.take_pending();
         self.last_flush = Instant::now();
         if alerts.is_empty() {
             return Ok(());
+        }
+        if let Err(e) = self.guard() {
+            engine.requeue(alerts);
+            // The bucket not answering: the lease cannot be checked, and nothing could be
+            // stored anyway; kept for the next flush.
+            if vigil_store::is_retryable(&e) {
+                self.volume_full(&e, "alerts kept to be stored once there is room");
+                return Ok(());
+            }
+            return Err(e);
         }
         if let Err(e) = self.store(engine, &alerts, None) {
             if !vigil_store::is_retryable(&e) {
@@ -340,15 +374,27 @@ impl ThreadState {
 
     /// A piece from this process's pipeline. Rows stored before it that were never evaluated
     /// (the partition came from another process of the group, whose last files were not read
-    /// yet) are read from the store first.
+    /// yet) are read from the store first. Rows before it neither evaluated nor stored yet
+    /// (pieces dropped while this instance stood by for the detection lease, on their way to
+    /// a file) leave the piece too to the store: the log is read from there, in order, until
+    /// its pieces follow on from what was evaluated.
     pub(super) fn live(&mut self, engine: &mut Engine, p: &Piece) -> Result<(), DetectError> {
         let log = p.log().to_string();
         if let Some(pos) = engine.position(&log)
             && pos < p.first_leaf_index
-            && let Ok(store) = Store::open_existing(&self.cfg.data_dir)
         {
-            for stored in vigil_store::read::LogReader::new(&store, &p.topic, p.partition, pos)? {
-                self.observe(engine, &stored?, true)?;
+            if let Ok(store) = Store::open_existing(&self.cfg.data_dir) {
+                for stored in vigil_store::read::LogReader::new(&store, &p.topic, p.partition, pos)?
+                {
+                    self.observe(engine, &stored?, true)?;
+                }
+            }
+            if engine
+                .position(&log)
+                .is_some_and(|pos| pos < p.first_leaf_index)
+            {
+                self.live.remove(&log);
+                return Ok(());
             }
         }
         self.live.insert(log, Instant::now());
@@ -435,8 +481,19 @@ impl ThreadState {
         // Weighed (and shed to the budget) before it is written.
         engine.weigh_state();
         self.last_state = Instant::now();
-        if let Err(e) = engine.save(&state_path(&self.cfg.data_dir)) {
-            let e = DetectError::from(e);
+        let saved = self.guard().and_then(|()| {
+            engine
+                .save(&state_path(&self.cfg.data_dir))
+                .map_err(DetectError::from)
+                .and_then(|()| match (&self.lease, &self.cfg.bucket) {
+                    // Where the next holder takes over from.
+                    (Some(_), Some(b)) => b
+                        .publish(&self.cfg.data_dir, &state_path(&self.cfg.data_dir))
+                        .map_err(DetectError::from),
+                    _ => Ok(()),
+                })
+        });
+        if let Err(e) = saved {
             if !vigil_store::is_retryable(&e) {
                 return Err(e);
             }

@@ -189,6 +189,7 @@ pub(super) async fn change(
                 Refusal::NoSuchAlert { .. } => StatusCode::NOT_FOUND,
                 Refusal::NotAllowed { .. } => StatusCode::CONFLICT,
                 Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+                Refusal::Elsewhere => StatusCode::SERVICE_UNAVAILABLE,
             };
             let reason = refusal.to_string();
             let r = error(status, &reason);

@@ -28,8 +28,14 @@ use object_store::{
 
 use crate::error::StoreError;
 
+mod follow;
+mod head;
+mod lease;
 mod pull;
 
+pub use follow::FollowReport;
+pub use head::{HeadObject, RECENT_FILES, ReadHead, strays};
+pub use lease::Lease;
 pub use pull::PullReport;
 
 /// What `s3://` stores need beyond the URL.
@@ -300,7 +306,7 @@ impl Bucket {
     }
 
     /// `path` (under `data_dir`) as a key relative to the store: its components joined by `/`.
-    fn rel(data_dir: &Path, path: &Path) -> Result<String, StoreError> {
+    pub(crate) fn rel(data_dir: &Path, path: &Path) -> Result<String, StoreError> {
         let rel = path
             .strip_prefix(data_dir)
             .map_err(|_| StoreError::Internal("a bucket file outside the data directory"))?;
@@ -321,13 +327,14 @@ impl Bucket {
     /// must not exist yet (If-None-Match) — unless it holds exactly these bytes already (the
     /// same write retried after a crash); anything else there is a conflict: another writer
     /// got there first, and this one must not go on. Otherwise the object is replaced.
+    /// Returns whether this put made the object (false: it held these bytes already).
     pub fn put(
         &self,
         data_dir: &Path,
         final_path: &Path,
         bytes: Vec<u8>,
         create: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let rel = Self::rel(data_dir, final_path)?;
         let key = self.key(&rel)?;
         let objects = self.put_client()?;
@@ -343,7 +350,7 @@ impl Bucket {
             "put",
             async move { objects.put_opts(&key, payload, opts).await },
         ) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 let same = self.get(&rel)?.is_some_and(|existing| {
                     existing.len() == sent.content_length()
@@ -352,7 +359,7 @@ impl Bucket {
                             .eq(sent.iter().flat_map(|chunk| chunk.iter()))
                 });
                 if same {
-                    Ok(())
+                    Ok(false)
                 } else {
                     Err(StoreError::Conflict(format!("{}/{rel}", self.url)))
                 }
@@ -361,10 +368,86 @@ impl Bucket {
         }
     }
 
+    /// Put `bytes` as the object for `path` (under `data_dir`) only if the object is still the
+    /// version whose ETag is `expected` — or, with `None`, only if there is none (or it holds
+    /// these very bytes: a retry). Returns the new ETag; [`StoreError::Conflict`] when another
+    /// writer changed or made it. What a log's checkpoints are put with: a writer that lost
+    /// the log cannot replace a note the new writer's checkpoints link to.
+    pub fn put_versioned(
+        &self,
+        data_dir: &Path,
+        path: &Path,
+        bytes: Vec<u8>,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.put_rel_versioned(&Self::rel(data_dir, path)?, bytes, expected)
+    }
+
+    /// [`Bucket::put_versioned`] by the object's path relative to the store.
+    pub(crate) fn put_rel_versioned(
+        &self,
+        rel: &str,
+        bytes: Vec<u8>,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let rel = rel.to_owned();
+        let key = self.key(&rel)?;
+        let objects = self.put_client()?;
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(etag) => PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(etag.to_owned()),
+                version: None,
+            }),
+        };
+        let payload = PutPayload::from(bytes);
+        let sent = payload.clone();
+        let no_etag =
+            || StoreError::Invalid(format!("{}/{rel}: the bucket gave no ETag", self.url));
+        match self.block("put", async move {
+            objects
+                .put_opts(&key, payload, PutOptions::from(mode))
+                .await
+        }) {
+            Ok(r) => r.e_tag.ok_or_else(no_etag),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let same = self.get(&rel)?.is_some_and(|existing| {
+                    existing.len() == sent.content_length()
+                        && existing
+                            .iter()
+                            .eq(sent.iter().flat_map(|chunk| chunk.iter()))
+                });
+                if !same {
+                    return Err(StoreError::Conflict(format!("{}/{rel}", self.url)));
+                }
+                self.etag(&rel)?.ok_or_else(no_etag)
+            }
+            Err(object_store::Error::Precondition { .. }) => {
+                Err(StoreError::Conflict(format!("{}/{rel}", self.url)))
+            }
+            Err(e) => Err(self.error(&rel, e)),
+        }
+    }
+
+    /// The ETag of the object of `path` (under `data_dir`), if there is one.
+    pub fn etag_of(&self, data_dir: &Path, path: &Path) -> Result<Option<String>, StoreError> {
+        self.etag(&Self::rel(data_dir, path)?)
+    }
+
+    fn etag(&self, rel: &str) -> Result<Option<String>, StoreError> {
+        let key = self.key(rel)?;
+        let objects = self.objects.clone();
+        match self.block("head", async move { objects.head(&key).await }) {
+            Ok(meta) => Ok(meta.e_tag),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
     /// Put the local file `path` (under `data_dir`), replacing the object.
     pub fn publish(&self, data_dir: &Path, path: &Path) -> Result<(), StoreError> {
         let bytes = std::fs::read(path).map_err(StoreError::io(path))?;
-        self.put(data_dir, path, bytes, false)
+        self.put(data_dir, path, bytes, false).map(|_| ())
     }
 
     /// Remove the object of the local file `path` (under `data_dir`); gone already is fine.
@@ -376,6 +459,26 @@ impl Bucket {
         match self.block("delete", async move { objects.delete(&key).await }) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(&rel, e)),
+        }
+    }
+
+    /// The object of a path relative to the data directory and its ETag, if there is one.
+    pub(crate) fn get_with_etag(&self, rel: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        let key = self.key(rel)?;
+        let objects = self.objects.clone();
+        let got = self.block("get", async move {
+            let r = objects.get(&key).await?;
+            let etag = r.meta.e_tag.clone();
+            Ok((r.bytes().await?, etag))
+        });
+        match got {
+            Ok((bytes, Some(etag))) => Ok(Some((bytes.to_vec(), etag))),
+            Ok((_, None)) => Err(StoreError::Invalid(format!(
+                "{}/{rel}: the bucket gave no ETag",
+                self.url
+            ))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(rel, e)),
         }
     }
 

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as Key;
 
-use super::Bucket;
+use super::{Bucket, HeadObject};
 use crate::error::StoreError;
 use crate::files::{create_dirs_durably, is_temp_name, write_durably};
 
@@ -21,6 +21,9 @@ pub struct PullReport {
     pub fetched: usize,
     /// Local files removed because the bucket does not hold them.
     pub removed: usize,
+    /// Event files in the bucket that are no part of their log (put by a writer that lost
+    /// the log, never named by its head): not fetched.
+    pub strays: usize,
 }
 
 /// Who a local copy is for.
@@ -60,7 +63,72 @@ impl Bucket {
         self.pull_scope(data_dir, Mode::Reader)
     }
 
+    /// Bring one log's files and checkpoints in a writer's working copy up to the bucket, as
+    /// [`Bucket::pull`] does for all (a log this instance is given, which another may have
+    /// written since): its files up to `head`'s, none past it.
+    pub fn pull_log(
+        &self,
+        data_dir: &Path,
+        topic: &str,
+        partition: i32,
+        head: Option<&HeadObject>,
+    ) -> Result<PullReport, StoreError> {
+        let dirs = [
+            crate::layout::log_events_rel(topic, partition)?,
+            crate::layout::log_checkpoints_rel(topic, partition)?,
+        ];
+        let log = crate::LogId::new(topic, partition);
+        self.pull_dirs(data_dir, &dirs, Mode::Writer, Heads::Given(&log, head))
+    }
+
+    /// Make this copy of one log's event files exactly the bucket's, up to `head`'s file
+    /// (a log another instance writes, followed here).
+    pub(super) fn copy_log(
+        &self,
+        data_dir: &Path,
+        log: &crate::LogId,
+        head: &HeadObject,
+    ) -> Result<PullReport, StoreError> {
+        let dirs = [crate::layout::log_events_rel(&log.topic, log.partition)?];
+        self.pull_dirs(data_dir, &dirs, Mode::Reader, Heads::Given(log, Some(head)))
+    }
+
+    /// Bring a writer's copy of the alert log up to the bucket (an instance taking detection
+    /// over: the last holder's files fetched).
+    pub fn pull_alerts(&self, data_dir: &Path) -> Result<PullReport, StoreError> {
+        let dirs = [crate::layout::ALERTS_DIR.to_owned()];
+        self.pull_dirs(data_dir, &dirs, Mode::Writer, Heads::Fetch)
+    }
+
+    /// Replace the local file `path` (under `data_dir`) with its object in the bucket, if
+    /// there is one; whether there was.
+    pub fn fetch_file(&self, data_dir: &Path, path: &Path) -> Result<bool, StoreError> {
+        let rel = Self::rel(data_dir, path)?;
+        let Some(bytes) = self.get(&rel)? else {
+            return Ok(false);
+        };
+        if let Some(dir) = path.parent() {
+            create_dirs_durably(dir)?;
+        }
+        write_durably(path, &bytes)?;
+        Ok(true)
+    }
+
     fn pull_scope(&self, data_dir: &Path, mode: Mode) -> Result<PullReport, StoreError> {
+        let dirs = PULLED_DIRS.map(str::to_owned);
+        self.pull_dirs(data_dir, &dirs, mode, Heads::Fetch)
+    }
+
+    fn pull_dirs(
+        &self,
+        data_dir: &Path,
+        dirs: &[String],
+        mode: Mode,
+        heads: Heads<'_>,
+    ) -> Result<PullReport, StoreError> {
+        // One pull at a time in this process: they share the index file.
+        static PULLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _pulling = PULLING.lock().unwrap_or_else(|p| p.into_inner());
         let index_path = crate::layout::bucket_index(data_dir);
         let mut index: BTreeMap<String, String> = match std::fs::read(&index_path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
@@ -68,8 +136,16 @@ impl Bucket {
         };
         let mut report = PullReport::default();
         let mut refused = Vec::new();
-        for dir in PULLED_DIRS {
-            self.pull_dir(data_dir, dir, mode, &mut index, &mut report, &mut refused)?;
+        for dir in dirs {
+            self.pull_dir(
+                data_dir,
+                dir,
+                mode,
+                heads,
+                &mut index,
+                &mut report,
+                &mut refused,
+            )?;
         }
         if !refused.is_empty() {
             let n = refused.len();
@@ -86,7 +162,7 @@ impl Bucket {
                 self.url
             )));
         }
-        if mode == Mode::Reader {
+        if mode == Mode::Reader && matches!(heads, Heads::Fetch) {
             self.pull_file(
                 data_dir,
                 &crate::layout::registry_rel(),
@@ -125,7 +201,7 @@ impl Bucket {
     }
 
     /// Fetch the object `meta` names into `data_dir/rel`, durably, and record its ETag.
-    fn fetch(
+    pub(super) fn fetch(
         &self,
         data_dir: &Path,
         rel: &str,
@@ -154,11 +230,13 @@ impl Bucket {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn pull_dir(
         &self,
         data_dir: &Path,
         rel_dir: &str,
         mode: Mode,
+        heads: Heads<'_>,
         index: &mut BTreeMap<String, String>,
         report: &mut PullReport,
         refused: &mut Vec<String>,
@@ -175,6 +253,9 @@ impl Bucket {
             }
         }
         report.objects += remote.len();
+        if rel_dir.starts_with(crate::layout::EVENTS_DIR) {
+            self.drop_strays(&mut remote, heads, report)?;
+        }
         for (rel, meta) in &remote {
             let path = data_dir.join(rel);
             if mode == Mode::Writer {
@@ -212,7 +293,10 @@ impl Bucket {
                     continue;
                 }
                 let rel = Self::rel(data_dir, &path)?;
-                if !remote.contains_key(&rel) && mode == Mode::Writer {
+                if !remote.contains_key(&rel)
+                    && mode == Mode::Writer
+                    && !self.pruned_away(&rel, &remote)?
+                {
                     refused.push(format!("{rel} (not in the bucket)"));
                 } else if !remote.contains_key(&rel) {
                     tracing::warn!(path = %path.display(), "removing a local file the bucket does not hold");
@@ -220,6 +304,68 @@ impl Bucket {
                     index.remove(&rel);
                     report.removed += 1;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the local event file `rel`, which the bucket lacks, was pruned from it by its
+    /// log's writer (another instance, maybe): it ends before the bucket's oldest file of the
+    /// log begins, and the bucket holds a signed prune of that log. Such a file is removed
+    /// from a writer's copy too; any other is refused. (`verify` checks the prune itself.)
+    fn pruned_away(
+        &self,
+        rel: &str,
+        remote: &BTreeMap<String, object_store::ObjectMeta>,
+    ) -> Result<bool, StoreError> {
+        let Some((log, _, last)) = event_file(rel) else {
+            return Ok(false);
+        };
+        let oldest = remote
+            .keys()
+            .filter_map(|r| event_file(r))
+            .filter(|(l, ..)| *l == log)
+            .map(|(_, first, _)| first)
+            .min();
+        if oldest.is_none_or(|first| last >= first) {
+            return Ok(false);
+        }
+        let dir = crate::layout::log_checkpoints_rel(&log.topic, log.partition)?;
+        Ok(self.list(&dir)?.iter().any(|m| {
+            m.location
+                .filename()
+                .is_some_and(|n| n.starts_with("pruned-") && n.ends_with(".note"))
+        }))
+    }
+
+    /// Leave out of `remote` (event files listed) every file that is no part of its log: not
+    /// on the chain its head names ([`super::strays`]). Logs without a head keep every file.
+    fn drop_strays(
+        &self,
+        remote: &mut BTreeMap<String, object_store::ObjectMeta>,
+        heads: Heads<'_>,
+        report: &mut PullReport,
+    ) -> Result<(), StoreError> {
+        let mut logs: BTreeMap<crate::LogId, Vec<(String, i64, i64)>> = BTreeMap::new();
+        for rel in remote.keys() {
+            if let Some((log, first, last)) = event_file(rel) {
+                logs.entry(log)
+                    .or_default()
+                    .push((rel.clone(), first, last));
+            }
+        }
+        for (log, files) in logs {
+            let head = match heads {
+                Heads::Given(l, h) if *l == log => h.cloned(),
+                Heads::Given(..) => continue,
+                Heads::Fetch => self.get_head(&log.topic, log.partition)?.map(|r| r.head),
+            };
+            let Some(head) = head else { continue };
+            for rel in super::strays(&files, &head) {
+                tracing::warn!(file = %rel, log = %log,
+                    "an event file its log's head does not reach (put by a writer that lost the log): no part of the log, not fetched");
+                remote.remove(&rel);
+                report.strays += 1;
             }
         }
         Ok(())
@@ -247,6 +393,26 @@ impl Bucket {
             Err(e) => Err(self.error(rel, e)),
         }
     }
+}
+
+/// Where each log's head is to be found by a pull.
+#[derive(Clone, Copy)]
+enum Heads<'a> {
+    /// Read from the bucket, for each log listed.
+    Fetch,
+    /// This log's, read already (the only log pulled).
+    Given(&'a crate::LogId, Option<&'a HeadObject>),
+}
+
+/// `events/topic=T/partition=P/…/F-L.parquet`: its log and offsets.
+fn event_file(rel: &str) -> Option<(crate::LogId, i64, i64)> {
+    let mut parts = rel.split('/');
+    (parts.next()? == crate::layout::EVENTS_DIR).then_some(())?;
+    let topic = parts.next()?.strip_prefix("topic=")?;
+    let partition = parts.next()?.strip_prefix("partition=")?.parse().ok()?;
+    let name = rel.rsplit('/').next()?;
+    let (first, last) = crate::files::parse_name(name)?;
+    Some((crate::LogId::new(topic, partition), first, last))
 }
 
 /// Whether the local file at `path` holds the object `meta` describes: a regular file of its

@@ -121,3 +121,78 @@ fn a_local_copy_is_current_only_when_its_content_has_the_objects_etag() {
         None
     ));
 }
+
+#[test]
+fn a_log_is_the_chain_its_head_reaches_and_a_lost_writers_files_are_strays() {
+    use super::{HeadObject, strays};
+    let f = |first: i64, last: i64| {
+        (
+            format!("events/x/{first:020}-{last:020}.parquet"),
+            first,
+            last,
+        )
+    };
+    let head = |file: &(String, i64, i64)| HeadObject {
+        owner: "b".into(),
+        seq: 7,
+        file: Some(file.0.clone()),
+        first_offset: file.1,
+        last_offset: file.2,
+        recent: vec![file.0.clone()],
+    };
+    let names = |s: std::collections::BTreeSet<String>| {
+        s.into_iter()
+            .map(|n| n.rsplit('/').next().unwrap()[..41].to_owned())
+            .collect::<Vec<_>>()
+    };
+    // B wrote 0-9, 10-19, 20-29; A, fenced after 0-9, had put 10-24 (never named) and the
+    // file after the head, 30-39, was put but its head put lost.
+    let (a0, b1, b2) = (f(0, 9), f(10, 19), f(20, 29));
+    let files = vec![a0.clone(), b1.clone(), f(10, 24), b2.clone(), f(30, 39)];
+    let lost = strays(&files, &head(&b2));
+    assert_eq!(
+        names(lost),
+        vec![
+            "00000000000000000010-00000000000000000024",
+            "00000000000000000030-00000000000000000039"
+        ]
+    );
+    // A lost writer's file that ends where the chain's does, from before it (10-29 over
+    // 10-19 + 20-29): the same records, and a compaction's shape; the walk takes the widest.
+    let files = vec![a0.clone(), b1.clone(), b2.clone(), f(10, 29), f(30, 39)];
+    let (b3, wide) = (f(30, 39), f(10, 29));
+    let lost = strays(&files, &head(&b3));
+    assert!(lost.contains(&b1.0) && lost.contains(&b2.0) && !lost.contains(&wide.0));
+    // Gaps in offsets are no reason to stop walking (Kafka offsets need not be dense).
+    let files = vec![f(0, 9), f(15, 19), f(40, 49)];
+    assert!(strays(&files, &head(&files[2])).is_empty());
+    // The head's file missing from the bucket: nothing is a stray (verify says what is lost).
+    let files = vec![a0.clone(), b1.clone()];
+    assert!(strays(&files, &head(&b2)).is_empty());
+    // A head naming no file yet (a log claimed, nothing written): every file is a stray.
+    let mut empty = HeadObject::empty("b");
+    empty.seq = 1;
+    assert_eq!(strays(std::slice::from_ref(&a0), &empty).len(), 1);
+}
+
+#[test]
+fn a_head_names_its_newest_files_and_each_change_is_another_object() {
+    let mut h = super::HeadObject::empty("me");
+    let first = serde_json::to_vec(&h).unwrap();
+    for i in 0..40i64 {
+        h = h.advanced(format!("events/f{i}"), i * 10, i * 10 + 9);
+    }
+    assert_eq!(h.seq, 40);
+    assert_eq!(h.recent.len(), super::RECENT_FILES);
+    assert_eq!(h.recent.last().map(String::as_str), Some("events/f39"));
+    assert_eq!(h.recent[0], format!("events/f{}", 40 - super::RECENT_FILES));
+    assert_eq!((h.first_offset, h.last_offset), (390, 399));
+    // The same position written again is still a change: its seq differs, so does its ETag.
+    assert_ne!(serde_json::to_vec(&h).unwrap(), first);
+    // A head written before `recent` existed still reads.
+    let old: super::HeadObject = serde_json::from_str(
+        r#"{"owner":"a","seq":3,"file":null,"first_offset":-1,"last_offset":-1}"#,
+    )
+    .unwrap();
+    assert!(old.recent.is_empty());
+}

@@ -21,6 +21,8 @@ use super::{Checkpoint, KeyRing, list_notes, note_hash, origin};
 struct Latest {
     cp: Checkpoint,
     note_hash: Hash,
+    /// The note's ETag in the bucket, once known (a same-size note replaces only that one).
+    etag: Option<String>,
 }
 
 /// Signs and stores checkpoints: after every sealed file, and again when the newest is older
@@ -135,6 +137,7 @@ impl Checkpointer {
         Ok(Some(Latest {
             cp,
             note_hash: note_hash(&bytes),
+            etag: None,
         }))
     }
 
@@ -178,6 +181,11 @@ impl Checkpointer {
         // Never dated before the log's last checkpoint (a clock stepped back): times along a
         // log only go forwards, which the verifier checks.
         let now = now_ms().max(latest.get(&key).map_or(i64::MIN, |l| l.cp.time_ms));
+        // What a note of this size replaces in the bucket: the version this signer knows.
+        let replaces = latest
+            .get(&key)
+            .filter(|l| l.cp.size == size)
+            .map(|l| l.etag.clone());
         let prev = match latest.get(&key) {
             Some(l) if l.cp.size > size => {
                 return Err(StoreError::Key(format!(
@@ -210,14 +218,33 @@ impl Checkpointer {
         };
         let note = self.sign(&cp)?;
         let name = format!("{:020}.note", cp.size);
+        let mut etag = None;
         for root_dir in std::iter::once(&self.root).chain(self.mirror.as_ref()) {
             let dir = Self::log_dir(root_dir, topic, partition)?;
             crate::files::create_dirs_durably(&dir)?;
-            // In the bucket before it has its name here (as every file of the store).
+            // In the bucket before it has its name here (as every file of the store): a new
+            // size only if no other writer signed it, the same size only over the version
+            // this signer knows — a writer that lost the log replaces nothing.
             if root_dir == &self.root
                 && let Some(b) = &self.bucket
             {
-                b.put(&self.data_dir, &dir.join(&name), note.clone(), false)?;
+                let path = dir.join(&name);
+                let expected = match &replaces {
+                    None => None,
+                    Some(Some(e)) => Some(e.clone()),
+                    Some(None) => b.etag_of(&self.data_dir, &path)?,
+                };
+                match b.put_versioned(&self.data_dir, &path, note.clone(), expected.as_deref()) {
+                    Ok(e) => etag = Some(e),
+                    Err(StoreError::Conflict(what)) => {
+                        latest.remove(&key);
+                        return Err(StoreError::Fenced {
+                            log: key.to_string(),
+                            why: format!("its checkpoint {what} was signed by another writer"),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             write_durably(&dir.join(&name), &note)?;
         }
@@ -226,6 +253,7 @@ impl Checkpointer {
             Latest {
                 note_hash: note_hash(&note),
                 cp,
+                etag,
             },
         );
         Ok(Some(note))
@@ -249,15 +277,22 @@ impl Checkpointer {
             .collect();
         let mut notes = Vec::new();
         for (crate::LogId { topic, partition }, cp) in stale {
-            if let Some(n) = self.sign_log(
+            match self.sign_log(
                 &topic,
                 partition,
                 cp.chain,
                 cp.size,
                 cp.root,
                 Some(max_age_ms),
-            )? {
-                notes.push((cp.origin, n));
+            ) {
+                Ok(Some(n)) => notes.push((cp.origin, n)),
+                Ok(None) => {}
+                // Another writer signs this log now: it is forgotten here, and its writer
+                // fenced at its next file.
+                Err(e @ StoreError::Fenced { .. }) => {
+                    tracing::warn!(error = %e, "a checkpoint not refreshed");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(notes)

@@ -24,6 +24,7 @@ use crate::chain::to_hex;
 use crate::error::StoreError;
 use crate::schema::{STORE_FORMAT, meta};
 
+mod claim;
 mod footer;
 
 pub use footer::{Footer, read_footer};
@@ -100,6 +101,8 @@ pub struct Store {
     root: PathBuf,
     opts: WriteOptions,
     bucket: Option<std::sync::Arc<crate::bucket::Bucket>>,
+    /// The logs this store's writers hold in the bucket, shared by its clones.
+    claims: claim::Claims,
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -196,6 +199,7 @@ impl Store {
             root,
             opts,
             bucket: None,
+            claims: Default::default(),
         })
     }
 
@@ -225,6 +229,7 @@ impl Store {
             root,
             opts: WriteOptions::default(),
             bucket: None,
+            claims: Default::default(),
         })
     }
 
@@ -322,11 +327,11 @@ impl Store {
         let bytes = file.metadata().map_err(StoreError::io(&tmp))?.len();
         drop(file);
         if let Some(bucket) = &self.bucket {
-            // Acknowledged by the bucket before the file has its name here: a final name
-            // locally always means "in the bucket". The put fails if another writer stored
-            // other content under this name (and a retried put of the same bytes is fine).
+            // Acknowledged by the bucket, and named by the log's head there, before the file
+            // has its name here: a final name locally always means "in the log". Fenced when
+            // another writer has the log (a retried put of the same bytes is fine).
             let content = fs::read(&tmp).map_err(StoreError::io(&tmp))?;
-            if let Err(e) = bucket.put(&self.root, &path, content, true) {
+            if let Err(e) = self.put_file(bucket, span, &path, content) {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
@@ -564,7 +569,7 @@ pub fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     Ok(names)
 }
 
-fn parse_name(name: &str) -> Option<(i64, i64)> {
+pub(crate) fn parse_name(name: &str) -> Option<(i64, i64)> {
     let stem = name.strip_suffix(".parquet")?;
     let (a, b) = stem.split_once('-')?;
     Some((a.parse().ok()?, b.parse().ok()?))

@@ -1,0 +1,378 @@
+//! Several `vigil serve` instances on one bucket, against real parts (the Tansu broker, moto,
+//! child processes): each with its own data directory, sharing only the consumer group and
+//! the bucket. Partitions move between them with every record stored once; a writer that has
+//! lost a log is fenced by the log's head in the bucket and gives it up, so a chain never
+//! forks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::store_bucket::{
+    BUCKET, URL, assert_exactly_once_in_bucket, records, serve_on_bucket, verify_bucket,
+};
+use crate::support::*;
+
+/// Records of topic `bkt` stored, per partition, by whichever of `dirs` holds most of it (an
+/// instance given a partition copies its files from the bucket first), summed.
+fn stored_across(dirs: &[&Path]) -> i64 {
+    let mut most: BTreeMap<i32, i64> = BTreeMap::new();
+    for d in dirs {
+        for (p, n) in stored_per_partition(d, "bkt") {
+            let e = most.entry(p).or_default();
+            *e = (*e).max(n);
+        }
+    }
+    most.values().sum()
+}
+
+fn wait_across(srvs: &[&Serve], dirs: &[&Path], n: i64, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let stored = stored_across(dirs);
+        if stored == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{stored} of {n} records stored after {timeout:?}; logs:\n{}",
+            srvs.iter()
+                .map(|s| s.log_text())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How many times `what` is in `srv`'s log, once it is there at least `n` times.
+fn wait_log(srv: &Serve, what: &str, n: usize, timeout: Duration) {
+    let start = Instant::now();
+    while srv.log_text().matches(what).count() < n {
+        assert!(
+            start.elapsed() < timeout,
+            "{what:?} not {n} times in the log after {timeout:?}:\n{}",
+            srv.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A second machine's data directory: nothing but the signing keys.
+fn second_dir(a: &Path, b: &Path) {
+    std::fs::create_dir_all(b).unwrap();
+    copy_dir(&a.join("keys"), &b.join("keys"));
+}
+
+#[test]
+fn two_instances_in_one_group_split_the_partitions_and_store_every_record_once() {
+    let broker = Broker::start();
+    broker.create_topic("bkt", 4);
+    broker.create_topic("vigil.checkpoints", 1);
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let producer = broker.producer();
+
+    let srv_a = serve_on_bucket(&broker, &a, "g-inst", &env, URL);
+    produce(&producer, "bkt", &records(0, 400, 4));
+    wait_across(&[&srv_a], &[&a], 400, Duration::from_secs(60));
+
+    // B joins the group: the partitions are dealt again, and B takes its share with the files
+    // A wrote (from the bucket), while A flushes what it held.
+    second_dir(&a, &b);
+    let srv_b = serve_on_bucket(&broker, &b, "g-inst", &env, URL);
+    wait_log(
+        &srv_b,
+        "log claimed in the bucket log=bkt/",
+        1,
+        Duration::from_secs(60),
+    );
+    produce(&producer, "bkt", &records(400, 400, 4));
+    wait_across(&[&srv_a, &srv_b], &[&a, &b], 800, Duration::from_secs(90));
+    let (clean_b, log_b) = srv_b.stop();
+    let (clean_a, log_a) = srv_a.stop();
+    assert!(
+        clean_a && clean_b,
+        "both stop cleanly:\n{log_a}\n----\n{log_b}"
+    );
+    assert!(log_a.contains("partitions revoked"), "{log_a}");
+    let claimed_by_b = log_b
+        .lines()
+        .filter(|l| l.contains("log claimed in the bucket") && l.contains("bkt/"))
+        .count();
+    assert!(claimed_by_b >= 1, "B writes some of bkt: {log_b}");
+    for log in [&log_a, &log_b] {
+        assert!(
+            !log.contains("given up by this one"),
+            "nobody fenced: {log}"
+        );
+    }
+    // Detection ran on A, the first to take its lease; B stood by.
+    assert!(log_a.contains("lease taken"), "{log_a}");
+    assert!(log_b.contains("detection stands by"), "{log_b}");
+
+    // Each log has one head, and each instance its own partition of its own logs.
+    let heads = s3.keys(BUCKET, "prod/heads/");
+    for p in 0..4 {
+        assert!(
+            heads.contains(&format!("prod/heads/topic=bkt/partition={p}.json")),
+            "{heads:?}"
+        );
+    }
+    for p in 0..2 {
+        assert!(
+            heads.contains(&format!("prod/heads/topic=vigil.api/partition={p}.json")),
+            "A and B each claimed a partition of vigil.api: {heads:?}"
+        );
+    }
+
+    // The bucket verifies, and holds every record once.
+    let registry = tmp.path().join("registry");
+    std::fs::copy(a.join("keys/registry"), &registry).unwrap();
+    let ran = verify_bucket(&s3, &tmp.path().join("audit"), &registry, &broker);
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout_text(), ran.stderr);
+    assert_exactly_once_in_bucket(&s3, &tmp.path().join("q"), 800);
+}
+
+#[test]
+fn a_writer_that_lost_its_log_is_fenced_and_the_chain_stays_one_line() {
+    // Two instances that each believe they hold every partition: two consumer groups on one
+    // bucket. It is a misconfiguration, and it is also the shape of a stale owner (paused or
+    // cut off while its group dealt its partitions to another), which this broker cannot show
+    // as such: Tansu never evicts a group member.
+    let broker = Broker::start();
+    broker.create_topic("bkt", 2);
+    broker.create_topic("vigil.checkpoints", 1);
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let producer = broker.producer();
+
+    let srv_a = serve_on_bucket(&broker, &a, "g-a", &env, URL);
+    produce(&producer, "bkt", &records(0, 200, 2));
+    wait_across(&[&srv_a], &[&a], 200, Duration::from_secs(60));
+
+    // B claims both logs (they were assigned to it), copying A's files first.
+    second_dir(&a, &b);
+    let srv_b = serve_on_bucket(&broker, &b, "g-b", &env, URL);
+    wait_log(
+        &srv_b,
+        "log claimed in the bucket log=bkt/",
+        2,
+        Duration::from_secs(60),
+    );
+
+    // Both read what comes next. A's next file of each log is refused by the log's head:
+    // A gives the log up; B stores everything.
+    produce(&producer, "bkt", &records(200, 200, 2));
+    wait_across(&[&srv_b], &[&b], 400, Duration::from_secs(60));
+    wait_log(&srv_a, "given up by this one", 2, Duration::from_secs(60));
+    produce(&producer, "bkt", &records(400, 100, 2));
+    wait_across(&[&srv_b], &[&b], 500, Duration::from_secs(60));
+    let (clean_b, log_b) = srv_b.stop();
+    let (clean_a, log_a) = srv_a.stop();
+    assert!(
+        clean_a && clean_b,
+        "both stop cleanly:\n{log_a}\n----\n{log_b}"
+    );
+    assert!(!log_b.contains("given up by this one"), "{log_b}");
+    assert_eq!(
+        stored_per_partition(&a, "bkt").values().sum::<i64>(),
+        200,
+        "A named no file after it lost the logs"
+    );
+
+    // One line per log: every file B named is in the bucket (A's puts of the same records
+    // were the same bytes, under the same names, or strays no head reaches, which no copy
+    // fetches), the bucket verifies, every record once.
+    let events: std::collections::BTreeSet<String> = s3
+        .keys(BUCKET, "prod/events/topic=bkt/")
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .collect();
+    let local_b: std::collections::BTreeSet<String> = walk_parquet(&b.join("events/topic=bkt"))
+        .into_iter()
+        .map(|p| format!("prod/{}", p.strip_prefix(&b).unwrap().display()))
+        .collect();
+    assert!(
+        local_b.is_subset(&events),
+        "B's files are all in the bucket: {local_b:?} {events:?}"
+    );
+    let registry = tmp.path().join("registry");
+    std::fs::copy(a.join("keys/registry"), &registry).unwrap();
+    let ran = verify_bucket(&s3, &tmp.path().join("audit"), &registry, &broker);
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout_text(), ran.stderr);
+    assert_exactly_once_in_bucket(&s3, &tmp.path().join("q"), 500);
+}
+
+/// The Parquet files under `dir`, sorted.
+fn walk_parquet(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "parquet") {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Denials from `ip` (the OPA sample's decision, its caller address replaced), to the
+/// partitions in `to`, in turn.
+fn denials_from(ip: &str, from: usize, n: usize, to: &[i32]) -> Vec<Rec> {
+    records(from, n, 1)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            r.partition = to[i % to.len()];
+            let v = String::from_utf8(r.value.take().unwrap()).unwrap();
+            r.value = Some(v.replace("10.244.2.10", ip).into_bytes());
+            r
+        })
+        .collect()
+}
+
+/// The partitions of `bkt` a serve's log says it was last assigned.
+fn assigned(log: &str) -> Vec<i32> {
+    let mut out = std::collections::BTreeSet::new();
+    for l in log.lines() {
+        if l.contains("partitions revoked") {
+            out.clear();
+        }
+        if let Some(p) = l
+            .split("partition assigned topic=bkt partition=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+        {
+            out.insert(p);
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The stored alerts of the denial-burst rule, read from a new copy of the bucket: each
+/// alert's id and caller address.
+fn burst_alerts(s3: &S3Server, copy: &Path) -> Vec<(String, String)> {
+    let ran = crate::store_bucket::vigil_s3(
+        s3,
+        &[
+            "--store",
+            URL,
+            "alerts",
+            "--data-dir",
+            copy.to_str().unwrap(),
+            "--rule",
+            "vigil.denial_burst.source_ip",
+            "--json",
+        ],
+    );
+    assert!(ran.ok(), "{ran}");
+    ran.stdout_text()
+        .lines()
+        .map(|l| {
+            let a: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                a["alert_id"].as_str().unwrap().to_owned(),
+                a["group_key"]["caller_ip"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_dies() {
+    let broker = Broker::start();
+    broker.create_topic("bkt", 2);
+    broker.create_topic("vigil.checkpoints", 1);
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let mut env = s3.env();
+    // A short lease, frequent saves and follows: the takeover within seconds.
+    for (k, v) in [
+        ("VIGIL_DETECT__LEASE_TTL_MS", "3000"),
+        ("VIGIL_DETECT__STATE_INTERVAL_MS", "500"),
+        ("VIGIL_STORE__FOLLOW_INTERVAL_MS", "300"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let producer = broker.producer();
+
+    let srv_a = serve_on_bucket(&broker, &a, "g-det", &env, URL);
+    wait_log(&srv_a, "lease taken", 1, Duration::from_secs(60));
+    wait_log(
+        &srv_a,
+        "log claimed in the bucket log=bkt/",
+        2,
+        Duration::from_secs(60),
+    );
+    second_dir(&a, &b);
+    let srv_b = serve_on_bucket(&broker, &b, "g-det", &env, URL);
+    wait_log(&srv_b, "detection stands by", 1, Duration::from_secs(60));
+    wait_log(
+        &srv_b,
+        "log claimed in the bucket log=bkt/",
+        1,
+        Duration::from_secs(60),
+    );
+
+    // A burst of denials over both partitions: A's detection sees B's partition through the
+    // files it follows from the bucket, and raises one alert.
+    produce(
+        &producer,
+        "bkt",
+        &denials_from("10.244.2.10", 0, 60, &[0, 1]),
+    );
+    wait_across(&[&srv_a, &srv_b], &[&a, &b], 60, Duration::from_secs(60));
+    wait_log(&srv_a, "alert fired", 1, Duration::from_secs(60));
+    assert!(!srv_b.log_text().contains("alert fired"), "B stands by");
+    // Its state saved (with the alert's group) in the bucket.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // A dies. B takes detection over once the lease has gone unrenewed for its 3 s, from
+    // the state and the alert log A saved: the alert is not raised again.
+    srv_a.kill9();
+    wait_log(&srv_b, "lease taken", 1, Duration::from_secs(60));
+    let log_b = srv_b.log_text();
+    assert!(
+        log_b.contains("detection taken over from the state saved in the bucket"),
+        "{log_b}"
+    );
+    // (The broker never evicts the dead A, so A's partitions stay its own: what comes next
+    // goes to B's.)
+    let mine = assigned(&log_b);
+    assert!(!mine.is_empty(), "{log_b}");
+    produce(&producer, "bkt", &denials_from("10.7.7.7", 60, 60, &mine));
+    wait_log(&srv_b, "alert fired", 1, Duration::from_secs(60));
+    let (clean_b, log_b) = srv_b.stop();
+    assert!(clean_b, "{log_b}");
+
+    let alerts = burst_alerts(&s3, &tmp.path().join("alerts"));
+    let by_ip = |ip: &str| alerts.iter().filter(|(_, i)| i == ip).count();
+    assert_eq!(
+        by_ip("10.244.2.10"),
+        1,
+        "raised once, by A: {alerts:?}\n{log_b}"
+    );
+    assert_eq!(
+        by_ip("10.7.7.7"),
+        1,
+        "raised by B after taking over: {alerts:?}\n{log_b}"
+    );
+}
