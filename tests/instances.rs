@@ -363,6 +363,16 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
     let (clean_b, log_b) = srv_b.stop();
     assert!(clean_b, "{log_b}");
 
+    // B fired the new burst's alert, never the one A had fired (a first revision is "fired").
+    let fired_by_b: Vec<&str> = log_b
+        .lines()
+        .filter(|l| l.contains("alert fired"))
+        .collect();
+    assert!(
+        fired_by_b.iter().all(|l| !l.contains("10.244.2.10"))
+            && fired_by_b.iter().any(|l| l.contains("10.7.7.7")),
+        "{fired_by_b:?}"
+    );
     let alerts = burst_alerts(&s3, &tmp.path().join("alerts"));
     let by_ip = |ip: &str| alerts.iter().filter(|(_, i)| i == ip).count();
     assert_eq!(
@@ -375,4 +385,60 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
         1,
         "raised by B after taking over: {alerts:?}\n{log_b}"
     );
+}
+
+#[test]
+fn a_head_moves_only_from_the_version_read_and_a_lease_only_from_a_silent_holder() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let bucket = std::sync::Arc::new(s3.client(URL));
+
+    // A log's head: created once; replaced only over the version read.
+    let head = vigil_store::HeadObject::empty("a");
+    let e1 = bucket.put_head("t", 0, &head, None).unwrap();
+    let err = bucket.put_head("t", 0, &head.advanced("x".into(), 0, 9), None);
+    assert!(
+        matches!(err, Err(vigil_store::StoreError::Fenced { .. })),
+        "{err:?}"
+    );
+    let next = head.advanced("events/f0".into(), 0, 9);
+    let e2 = bucket.put_head("t", 0, &next, Some(&e1)).unwrap();
+    // A writer still holding the first version is fenced.
+    let stale = bucket.put_head("t", 0, &head.advanced("events/g0".into(), 0, 4), Some(&e1));
+    assert!(
+        matches!(&stale, Err(e) if vigil_store::is_fenced(e)),
+        "{stale:?}"
+    );
+    let read = bucket.get_head("t", 0).unwrap().unwrap();
+    assert_eq!((read.head, read.etag), (next, e2));
+
+    // The lease: A takes it; B waits while A renews, takes it once A has been silent for
+    // A's whole lease time, and A learns at its next renewal that it lost it.
+    let mut a = vigil_store::Lease::new(bucket.clone(), "test", "a", 1000).unwrap();
+    let mut b = vigil_store::Lease::new(bucket.clone(), "test", "b", 1000).unwrap();
+    assert!(a.tick().unwrap() && a.held());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        assert!(!b.tick().unwrap(), "B takes nothing while A renews");
+        assert!(a.tick().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let silent = Instant::now();
+    while !b.tick().unwrap() {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            silent.elapsed() < Duration::from_secs(10),
+            "B never took the lease"
+        );
+    }
+    assert!(
+        silent.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        silent.elapsed()
+    );
+    assert!(!a.tick().unwrap() && !a.held(), "A lost it");
+    assert!(!a.ensure().unwrap());
+    // B releases it (a clean stop): A takes it at once.
+    b.release().unwrap();
+    assert!(a.tick().unwrap());
 }
