@@ -439,11 +439,16 @@ fn start_detection(
             tracing::info!(target_name = %t.cfg.name, kind = ?t.cfg.kind, url = %vigil_detect::deliver::redacted_url(&t.cfg.url),
                 "alert delivery target");
         }
-        outbox = Some(vigil_detect::deliver::Outbox::open(
+        let o = vigil_detect::deliver::Outbox::open(
             &cfg.store.data_dir,
             targets,
             delivery_metrics.clone(),
-        )?);
+        )?;
+        // In the bucket too: the next detection holder carries it on.
+        outbox = Some(match &own.bucket {
+            Some(b) => o.with_bucket(b.clone(), &cfg.store.data_dir),
+            None => o,
+        });
     }
     let m = metrics.clone();
     let run_cfg = RunConfig {

@@ -228,6 +228,40 @@ fn walk_parquet(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// A webhook receiver that answers 503 until it is told to accept, then records each body.
+#[derive(Clone, Default)]
+struct Hook {
+    accepting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Hook {
+    fn router(&self) -> axum::Router {
+        let h = self.clone();
+        axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let h = h.clone();
+            async move {
+                if !h.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    h.got.lock().unwrap().push(v);
+                }
+                axum::http::StatusCode::OK
+            }
+        })
+    }
+
+    fn accept(&self) {
+        self.accepting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn got(&self) -> Vec<serde_json::Value> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
 /// Denials from `ip` (the OPA sample's decision, its caller address replaced), to the
 /// partitions in `to`, in turn.
 fn denials_from(ip: &str, from: usize, n: usize, to: &[i32]) -> Vec<Rec> {
@@ -310,11 +344,27 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
     ] {
         env.push((k.into(), v.into()));
     }
+    env.push(("VIGIL_WEBHOOK_SECRET".into(), "k".into()));
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let producer = broker.producer();
+    // A SIEM's webhook that refuses every delivery until A is gone.
+    let hook = Hook::default();
+    let url = format!("http://{}/hook", http_server(None, hook.router()));
+    let serve = |dir: &Path| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        serve_with(
+            &broker,
+            "bkt",
+            dir,
+            "g-det",
+            &env,
+            None,
+            &["--store", URL, "--webhook", &url],
+        )
+    };
 
-    let srv_a = serve_on_bucket(&broker, &a, "g-det", &env, URL);
+    let srv_a = serve(&a);
     wait_log(&srv_a, "lease taken", 1, Duration::from_secs(60));
     wait_log(
         &srv_a,
@@ -323,7 +373,7 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
         Duration::from_secs(60),
     );
     second_dir(&a, &b);
-    let srv_b = serve_on_bucket(&broker, &b, "g-det", &env, URL);
+    let srv_b = serve(&b);
     wait_log(&srv_b, "detection stands by", 1, Duration::from_secs(60));
     wait_log(
         &srv_b,
@@ -342,12 +392,21 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
     wait_across(&[&srv_a, &srv_b], &[&a, &b], 60, Duration::from_secs(60));
     wait_log(&srv_a, "alert fired", 1, Duration::from_secs(60));
     assert!(!srv_b.log_text().contains("alert fired"), "B stands by");
-    // Its state saved (with the alert's group) in the bucket.
+    // Its state saved (with the alert's group) in the bucket; its delivery refused, so
+    // still in the outbox, which is in the bucket too.
     std::thread::sleep(Duration::from_millis(1500));
+    let outbox = s3.keys(BUCKET, "prod/outbox/");
+    assert!(
+        !outbox.is_empty(),
+        "the undelivered alert is in the bucket's outbox"
+    );
+    assert!(hook.got().is_empty());
 
     // A dies. B takes detection over once the lease has gone unrenewed for its 3 s, from
-    // the state and the alert log A saved: the alert is not raised again.
+    // the state, the alert log and the outbox A left: the alert is not raised again, and
+    // its delivery is carried on (the webhook takes deliveries from now on: only B can).
     srv_a.kill9();
+    hook.accept();
     wait_log(&srv_b, "lease taken", 1, Duration::from_secs(60));
     let log_b = srv_b.log_text();
     assert!(
@@ -373,6 +432,12 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
             && fired_by_b.iter().any(|l| l.contains("10.7.7.7")),
         "{fired_by_b:?}"
     );
+    wait_for("A's alert delivered by B", Duration::from_secs(60), || {
+        hook.got()
+            .iter()
+            .any(|v| v["alert"]["group_key"]["caller_ip"] == "10.244.2.10")
+            .then_some(())
+    });
     let alerts = burst_alerts(&s3, &tmp.path().join("alerts"));
     let by_ip = |ip: &str| alerts.iter().filter(|(_, i)| i == ip).count();
     assert_eq!(

@@ -81,15 +81,19 @@ fn apply_here(cfg: &Config, dir: &Path, cmd: &Command) -> anyhow::Result<Reply> 
         .cloned()
         .map(|c| vigil_detect::deliver::Target::new(c, |k| std::env::var(k).ok()))
         .collect::<Result<Vec<_>, _>>()?;
+    let bucket = crate::services::bucket::open(&mut cfg.clone())?;
     let outbox = (!targets.is_empty())
         .then(|| vigil_detect::deliver::Outbox::open(dir, targets, Arc::default()))
-        .transpose()?;
+        .transpose()?
+        .map(|o| match &bucket {
+            Some(b) => o.with_bucket(b.clone(), dir),
+            None => o,
+        });
     let icfg = crate::services::pipeline::ingest_config(&cfg)?;
     let anchor_metrics = Arc::new(vigil_ingest::IngestMetrics::default());
     // Quiet: one warning below says whether the anchor got out, not librdkafka's retries.
     let publisher =
         vigil_ingest::AnchorPublisher::new(&icfg, anchor_metrics.clone(), true)?.map(Arc::new);
-    let bucket = crate::services::bucket::open(&mut cfg.clone())?;
     let reply = vigil_detect::run::apply_direct(
         RunConfig {
             data_dir: dir.to_path_buf(),

@@ -17,10 +17,10 @@
 //!   heads/topic=T/partition=P.json         (bucket only) who writes each log, its newest file
 //! ```
 //!
-//! With `store.url = "s3://…"`, `events/`, `checkpoints/`, `alerts/` and `keys/registry` are
-//! also in the bucket, under the same names below its prefix ([`crate::bucket`]), and
-//! `heads/` is only there (each log's head, advanced by conditional writes); the rest is the
-//! instance's own.
+//! With `store.url = "s3://…"`, `events/`, `checkpoints/`, `alerts/`, `keys/registry`,
+//! `detect/state.json` and `outbox/` are also in the bucket, under the same names below its
+//! prefix ([`crate::bucket`]), and `heads/` and `leases/` are only there (each log's head and
+//! the detection lease, changed by conditional writes); the rest is the instance's own.
 
 use std::path::{Path, PathBuf};
 
@@ -105,8 +105,11 @@ pub fn alerts(data_dir: &Path) -> PathBuf {
 
 /// `DIR/outbox`.
 pub fn outbox(data_dir: &Path) -> PathBuf {
-    data_dir.join("outbox")
+    data_dir.join(OUTBOX_DIR)
 }
+
+/// The delivery outbox, under the data directory.
+pub(crate) const OUTBOX_DIR: &str = "outbox";
 
 /// `DIR/detect`.
 pub fn detect(data_dir: &Path) -> PathBuf {

@@ -169,6 +169,9 @@ pub enum DeliverError {
     Config { target: String, message: String },
     #[error("outbox {path}: {message}")]
     Io { path: PathBuf, message: String },
+    /// The outbox's copy in the bucket (several instances: the next detection holder's).
+    #[error("outbox in the bucket: {0}")]
+    Bucket(#[from] vigil_store::StoreError),
 }
 
 /// A target ready to use: its settings, its secret resolved, its routing compiled.

@@ -58,6 +58,9 @@ pub struct Outbox {
         crossbeam_channel::Sender<GaveUp>,
         crossbeam_channel::Receiver<GaveUp>,
     ),
+    /// With a bucket shared by several instances: every entry is put there too (and removed
+    /// once delivered), so that the instance taking detection over carries the outbox on.
+    pub(super) bucket: Option<(Arc<vigil_store::Bucket>, PathBuf)>,
 }
 
 /// The alert Vigil raises about an alert it could not deliver: stored like any alert and sent
@@ -123,7 +126,33 @@ impl Outbox {
             wake: Arc::new(tokio::sync::Notify::new()),
             metrics,
             gave_up: crossbeam_channel::bounded(1024),
+            bucket: None,
         })
+    }
+
+    /// Keep the outbox in `bucket` too (the store's, under `data_dir`'s layout).
+    pub fn with_bucket(mut self, bucket: Arc<vigil_store::Bucket>, data_dir: &Path) -> Outbox {
+        self.bucket = Some((bucket, data_dir.to_owned()));
+        self
+    }
+
+    /// Put an entry written locally into the bucket, if the outbox is kept there.
+    pub(super) fn publish(&self, path: &Path) -> Result<(), DeliverError> {
+        if let Some((b, data_dir)) = &self.bucket {
+            b.publish(data_dir, path)?;
+        }
+        Ok(())
+    }
+
+    /// Remove an entry from the bucket (delivered, or given up on); said, not fatal: an entry
+    /// left there is delivered again by a next holder, with the same idempotency key.
+    pub(super) fn unpublish(&self, path: &Path) {
+        if let Some((b, data_dir)) = &self.bucket
+            && let Err(e) = b.unpublish(data_dir, path)
+        {
+            tracing::warn!(path = %path.display(), error = %e,
+                "an outbox entry stays in the bucket: a next detection holder sends it again (same idempotency key)");
+        }
     }
 
     /// Deliveries given up on since the last call (the detection thread raises an alert for
@@ -167,6 +196,7 @@ impl Outbox {
                     .join(&t.cfg.name)
                     .join(format!("{}-{:010}.json", a.alert_id, a.revision));
                 write(&path, &q)?;
+                self.publish(&path)?;
                 n += 1;
             }
         }

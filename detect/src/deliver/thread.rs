@@ -100,10 +100,9 @@ pub(super) async fn run(outbox: Outbox, shutdown: Arc<AtomicBool>) {
                     continue;
                 }
                 in_flight[i].insert(path.clone());
-                let (t, client, metrics) = (t.clone(), client.clone(), outbox.metrics.clone());
-                let (dir, gave_up) = (dir.clone(), outbox.gave_up.0.clone());
+                let (t, client, dir, ob) = (t.clone(), client.clone(), dir.clone(), outbox.clone());
                 tasks.spawn(async move {
-                    let next = attempt(&t, &client, &dir, &path, q, &metrics, &gave_up).await;
+                    let next = attempt(&t, &client, &dir, &path, q, &ob).await;
                     (i, path, next)
                 });
             }
@@ -136,9 +135,9 @@ pub(super) async fn attempt(
     dir: &Path,
     path: &Path,
     mut q: Queued,
-    metrics: &DeliverMetrics,
-    gave_up: &crossbeam_channel::Sender<GaveUp>,
+    outbox: &Outbox,
 ) -> Option<i64> {
+    let (metrics, gave_up) = (&outbox.metrics, &outbox.gave_up.0);
     let (body, headers) = request(t, &q.alert, now_ns() / 1_000_000_000);
     let result: Result<(), String> = if t.cfg.kind == TargetKind::File {
         append_line(&t.cfg.url, &body).map_err(|e| e.to_string())
@@ -167,6 +166,7 @@ pub(super) async fn attempt(
             if let Err(e) = std::fs::remove_file(path) {
                 tracing::error!(path = %path.display(), error = %e, "delivered, but the outbox entry stays: it will be sent again (same idempotency key)");
             }
+            outbox.unpublish(path);
             None
         }
         Err(why) => {
@@ -183,8 +183,9 @@ pub(super) async fn attempt(
                 let dest = dir
                     .join("undeliverable")
                     .join(path.file_name().unwrap_or_default());
-                if write(&dest, &q).is_ok() {
+                if write(&dest, &q).is_ok() && outbox.publish(&dest).is_ok() {
                     let _ = std::fs::remove_file(path);
+                    outbox.unpublish(path);
                 }
                 let notice = GaveUp {
                     target: t.cfg.name.clone(),

@@ -162,14 +162,17 @@ fn stand_by(
     }
 }
 
-/// Before running: the detection state and the alert log as the last holder saved them in
-/// the bucket (the local copy of the state is replaced; without one in the bucket, a local
-/// state stays — a store that had one instance).
+/// Before running: the detection state, the alert log and the delivery outbox as the last
+/// holder left them in the bucket (the local copy of the state is replaced; without one in
+/// the bucket, a local state stays — a store that had one instance).
 fn take_over(cfg: &RunConfig) -> Result<(), DetectError> {
     let Some(bucket) = &cfg.bucket else {
         return Ok(());
     };
     bucket.pull_alerts(&cfg.data_dir)?;
+    if cfg.outbox.is_some() {
+        bucket.pull_outbox(&cfg.data_dir)?;
+    }
     let state = super::state_path(&cfg.data_dir);
     if bucket.fetch_file(&cfg.data_dir, &state)? {
         tracing::info!("detection taken over from the state saved in the bucket");

@@ -7,12 +7,14 @@
 //! only once the bucket has acknowledged it: a file under its final name locally is always in
 //! the bucket, and a batch's offsets (committed after [`crate::Store::write`] returns) are
 //! never ahead of the bucket. A put is one request, so no partial object is ever visible under
-//! its final name. [`Bucket::pull`] makes the local copy exactly the bucket's (missing or
-//! changed files fetched, files the bucket lacks removed): on a new machine, after a crash,
-//! and before a verifier reads it.
+//! its final name. [`Bucket::pull`] brings a writer's copy up to the bucket (on a new machine,
+//! after a crash), [`Bucket::pull_for_reading`] makes a reader's exactly the bucket's, and
+//! [`Bucket::follow`] brings in what other instances write.
 //!
-//! What stays local, never in the bucket: the signing keys (`keys/*.key`), detection's state,
-//! lock and command queue, the delivery outbox, temp files.
+//! What instances sharing the bucket coordinate through is there too: each log's head
+//! (`head.rs`), the detection lease (`lease.rs`), detection's saved state and the delivery
+//! outbox. What stays local, never in the bucket: the signing keys (`keys/*.key`),
+//! detection's lock and command queue, temp files, the instance's name (`instance-id`).
 
 use std::future::Future;
 use std::path::Path;

@@ -100,6 +100,13 @@ impl Bucket {
         self.pull_dirs(data_dir, &dirs, Mode::Writer, Heads::Fetch)
     }
 
+    /// Make a writer's copy of the delivery outbox exactly the bucket's (an instance taking
+    /// detection over carries on the last holder's deliveries).
+    pub fn pull_outbox(&self, data_dir: &Path) -> Result<PullReport, StoreError> {
+        let dirs = [crate::layout::OUTBOX_DIR.to_owned()];
+        self.pull_dirs(data_dir, &dirs, Mode::Writer, Heads::Fetch)
+    }
+
     /// Replace the local file `path` (under `data_dir`) with its object in the bucket, if
     /// there is one; whether there was.
     pub fn fetch_file(&self, data_dir: &Path, path: &Path) -> Result<bool, StoreError> {
@@ -253,6 +260,14 @@ impl Bucket {
             }
         }
         report.objects += remote.len();
+        // The alert log and the outbox belong to whichever instance runs detection: a copy
+        // follows the bucket's (files merged or delivered there go here too). The alert log's
+        // every revision is also in Vigil's own chained log.
+        let mode = if rel_dir == crate::layout::ALERTS_DIR || rel_dir == crate::layout::OUTBOX_DIR {
+            Mode::Reader
+        } else {
+            mode
+        };
         if rel_dir.starts_with(crate::layout::EVENTS_DIR) {
             self.drop_strays(&mut remote, heads, report)?;
         }
