@@ -407,12 +407,13 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
     // its delivery is carried on (the webhook takes deliveries from now on: only B can).
     srv_a.kill9();
     hook.accept();
-    wait_log(&srv_b, "lease taken", 1, Duration::from_secs(60));
-    let log_b = srv_b.log_text();
-    assert!(
-        log_b.contains("detection taken over from the state saved in the bucket"),
-        "{log_b}"
+    wait_log(
+        &srv_b,
+        "detection taken over from the state saved in the bucket",
+        1,
+        Duration::from_secs(60),
     );
+    let log_b = srv_b.log_text();
     // (The broker never evicts the dead A, so A's partitions stay its own: what comes next
     // goes to B's.)
     let mine = assigned(&log_b);
@@ -506,4 +507,138 @@ fn a_head_moves_only_from_the_version_read_and_a_lease_only_from_a_silent_holder
     // B releases it (a clean stop): A takes it at once.
     b.release().unwrap();
     assert!(a.tick().unwrap());
+}
+
+fn signal(srv: &Serve, sig: i32) {
+    // SAFETY: kill(2) on a child process this test started.
+    let r = unsafe { libc::kill(srv.child.id() as i32, sig) };
+    assert_eq!(r, 0, "kill({}, {sig})", srv.child.id());
+}
+
+/// The partitions of `bkt` stored under `dir`: records per partition, summed.
+fn stored_bkt(dir: &Path) -> i64 {
+    stored_per_partition(dir, "bkt").values().sum()
+}
+
+#[test]
+fn three_instances_one_killed_one_stopped_past_its_partitions_and_lease_no_fork_every_record_once()
+{
+    // B, A and C in one group on one bucket; B holds the detection lease. C is killed with
+    // kill -9 mid-stream; B is stopped (SIGSTOP) while it holds partitions and the lease. The
+    // test broker never evicts a group member, so the group cannot hand C's and B's
+    // partitions on by itself: A is started again (after a kill -9 of its own) in a second
+    // group — the stand-in for the rebalance a real broker makes after `session.timeout.ms`
+    // — which gives it every partition. It claims every log, takes the lease once B's has gone unrenewed, and
+    // carries on. B, continued, still believes it holds its partitions and the lease: it is
+    // fenced off both.
+    let broker = Broker::start();
+    broker.create_topic("bkt", 6);
+    broker.create_topic("vigil.checkpoints", 1);
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let mut env = s3.env();
+    for (k, v) in [
+        ("VIGIL_DETECT__LEASE_TTL_MS", "3000"),
+        ("VIGIL_DETECT__STATE_INTERVAL_MS", "500"),
+        ("VIGIL_STORE__FOLLOW_INTERVAL_MS", "300"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let producer = broker.producer();
+    let all: Vec<i32> = (0..6).collect();
+
+    let srv_b = serve_on_bucket(&broker, &b, "g-three", &env, URL);
+    wait_log(&srv_b, "lease taken", 1, Duration::from_secs(60));
+    second_dir(&b, &a);
+    second_dir(&b, &c);
+    let srv_a = serve_on_bucket(&broker, &a, "g-three", &env, URL);
+    let srv_c = serve_on_bucket(&broker, &c, "g-three", &env, URL);
+    wait_for(
+        "the partitions dealt to all three",
+        Duration::from_secs(90),
+        || {
+            let dealt: Vec<Vec<i32>> = [&srv_a, &srv_b, &srv_c]
+                .iter()
+                .map(|s| assigned(&s.log_text()))
+                .collect();
+            (dealt.iter().all(|d| !d.is_empty()) && dealt.iter().map(Vec::len).sum::<usize>() == 6)
+                .then_some(())
+        },
+    );
+
+    // A burst B alerts on, seen across all three instances' partitions.
+    produce(&producer, "bkt", &denials_from("10.244.2.10", 0, 60, &all));
+    wait_across(
+        &[&srv_a, &srv_b, &srv_c],
+        &[&a, &b, &c],
+        60,
+        Duration::from_secs(60),
+    );
+    wait_log(&srv_b, "alert fired", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1500)); // B's state, with the alert, saved
+
+    // Mid-stream: C killed, B stopped.
+    produce(&producer, "bkt", &records(60, 300, 6));
+    std::thread::sleep(Duration::from_millis(300));
+    srv_c.kill9();
+    signal(&srv_b, libc::SIGSTOP);
+
+    // A again, in a group of its own: every partition, every log claimed, the lease taken.
+    // (Killed too rather than stopped: a clean stop leaves the group, whose rebalance would
+    // deal B's partitions to B again the moment it continues — B would not be stale.)
+    srv_a.kill9();
+    let srv_a = serve_on_bucket(&broker, &a, "g-three-after", &env, URL);
+    wait_log(
+        &srv_a,
+        "detection taken over from the state saved in the bucket",
+        1,
+        Duration::from_secs(60),
+    );
+    wait_for("A stores the 360", Duration::from_secs(60), || {
+        (stored_bkt(&a) == 360).then_some(())
+    });
+    produce(&producer, "bkt", &denials_from("10.7.7.7", 360, 60, &all));
+    produce(&producer, "bkt", &records(420, 200, 6));
+    wait_log(&srv_a, "alert fired", 1, Duration::from_secs(60));
+
+    // B continued: it writes what it had consumed and what it reads now — refused by the
+    // logs' heads, it gives its partitions up — and its detection learns it lost the lease.
+    signal(&srv_b, libc::SIGCONT);
+    wait_log(&srv_b, "given up by this one", 1, Duration::from_secs(60));
+    wait_log(&srv_b, "detection lease lost", 1, Duration::from_secs(60));
+    produce(&producer, "bkt", &records(620, 100, 6));
+    wait_for("A stores all 720", Duration::from_secs(60), || {
+        (stored_bkt(&a) == 720).then_some(())
+    });
+    let (clean_a, log_a) = srv_a.stop();
+    let (clean_b, log_b) = srv_b.stop();
+    assert!(clean_a && clean_b, "{log_a}\n----\n{log_b}");
+
+    // No fork, every record once, the bucket verifies.
+    let registry = tmp.path().join("registry");
+    std::fs::copy(a.join("keys/registry"), &registry).unwrap();
+    let ran = verify_bucket(&s3, &tmp.path().join("audit"), &registry, &broker);
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout_text(), ran.stderr);
+    assert_exactly_once_in_bucket(&s3, &tmp.path().join("q"), 720);
+    // Detection failed over without duplicates: each burst raised once, by its holder.
+    let fired = |log: &str, ip: &str| {
+        log.lines()
+            .filter(|l| l.contains("alert fired") && l.contains(ip))
+            .count()
+    };
+    assert_eq!(fired(&log_a, "10.244.2.10"), 0, "{log_a}");
+    assert_eq!(fired(&log_b, "10.7.7.7"), 0, "{log_b}");
+    let alerts = burst_alerts(&s3, &tmp.path().join("alerts"));
+    let by_ip = |ip: &str| alerts.iter().filter(|(_, i)| i == ip).count();
+    assert_eq!(
+        (by_ip("10.244.2.10"), by_ip("10.7.7.7")),
+        (1, 1),
+        "{alerts:?}"
+    );
 }
