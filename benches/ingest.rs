@@ -2,8 +2,12 @@
 //!
 //!   (a) a bare rdkafka consumer reading the topic (tuned: fetch.wait.max.ms = 10), and
 //!   (b) `vigil serve` consuming, decoding, chaining and writing durable Parquet,
+//!   (c) the same into a store kept in an S3-compatible bucket (moto in server mode on
+//!       loopback: every file put and named by its log's head before its local name),
 //!
-//! printing both rates and their ratio. `cargo bench --bench ingest` (release build).
+//! printing the rates and their ratios; then one SQL count over (b)'s directory against the
+//! same over the bucket (`vigil --store s3://… query`: a new local copy, then the copy kept up
+//! to date). `cargo bench --bench ingest` (release build).
 //! Environment: VIGIL_BENCH_EVENTS (default 1 000 000), VIGIL_BENCH_PARTITIONS (default 4).
 //! Both rates are measured from the moment the consumer is assigned its partitions to the
 //! moment the last record was read (a) or is durable in the store (b).
@@ -115,6 +119,78 @@ fn main() {
         "(b) vigil serve → durable Parquet: {n} records in {vigil_secs:.2} s = {vigil:.0} records/s"
     );
     println!("ratio (b)/(a): {:.0}%", 100.0 * vigil / bare);
+
+    // (c) vigil serve into a bucket.
+    let s3 = S3Server::start();
+    s3.create_bucket("vigil-bench", false);
+    let url = "s3://vigil-bench/ingest";
+    let bdir = dir.path().join("bucket-store");
+    let mut env: Vec<(String, String)> = s3.env();
+    env.push(("VIGIL_STORE__MAX_BATCH_WAIT_MS".into(), "1000".into()));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let s = serve_with(
+        &broker,
+        "bench",
+        &bdir,
+        "bench-vigil-bucket",
+        &env_refs,
+        None,
+        &["--store", url],
+    );
+    wait_for("assignment", Duration::from_secs(60), || {
+        s.log_text().contains("partition assigned").then_some(())
+    });
+    let start = Instant::now();
+    wait_stored(&[&s], &bdir, n as u64, Duration::from_secs(900));
+    let bucket_secs = start.elapsed().as_secs_f64();
+    assert!(s.terminate());
+    let into_bucket = n as f64 / bucket_secs;
+    println!(
+        "(c) vigil serve → Parquet in the bucket: {n} records in {bucket_secs:.2} s = {into_bucket:.0} records/s"
+    );
+    println!("ratio (c)/(b): {:.0}%", 100.0 * into_bucket / vigil);
+
+    // One count over the directory, then over the bucket (a new copy, then kept up to date).
+    let sql = "SELECT count(*) AS n FROM events WHERE kafka_topic = 'bench'";
+    let timed = |args: &[&str]| {
+        let mut cmd = vigil_command();
+        cmd.args(args);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let t = Instant::now();
+        let ran = run(&mut cmd);
+        assert!(ran.ok(), "{ran}");
+        assert_eq!(ran.stdout_text().trim(), format!("n\n{n}"));
+        t.elapsed().as_secs_f64()
+    };
+    let local_dir = data_dir.to_str().unwrap().to_owned();
+    let copy = dir.path().join("reader-copy");
+    let copy_dir = copy.to_str().unwrap().to_owned();
+    let over_dir = timed(&["query", "--data-dir", &local_dir, "--format", "csv", sql]);
+    let over_new_copy = timed(&[
+        "--store",
+        url,
+        "query",
+        "--data-dir",
+        &copy_dir,
+        "--format",
+        "csv",
+        sql,
+    ]);
+    let over_kept_copy = timed(&[
+        "--store",
+        url,
+        "query",
+        "--data-dir",
+        &copy_dir,
+        "--format",
+        "csv",
+        sql,
+    ]);
+    println!(
+        "query (count of {n}): over the directory {over_dir:.2} s; over the bucket {over_new_copy:.2} s with a new copy, {over_kept_copy:.2} s with the copy kept"
+    );
     println!(
         "stored: {:.1} MB on disk for {:.1} MB of raw JSON ({:.0}%)",
         on_disk as f64 / 1e6,
@@ -137,6 +213,30 @@ fn main() {
         "%",
         Target::AtLeast(40.0),
         None,
+    );
+    figure(
+        "ingest",
+        &format!("vigil serve → Parquet in an S3 bucket, moto on loopback ({what})"),
+        into_bucket,
+        "records/s",
+        Target::None,
+        Some(("into a local directory", vigil)),
+    );
+    figure(
+        "query",
+        &format!("vigil query, a count over {n} events in a bucket, the local copy kept (moto)"),
+        over_kept_copy,
+        "s",
+        Target::None,
+        Some(("over the directory", over_dir)),
+    );
+    figure(
+        "query",
+        &format!("vigil query, a count over {n} events in a bucket, a new local copy (moto)"),
+        over_new_copy,
+        "s",
+        Target::None,
+        Some(("over the directory", over_dir)),
     );
     // Everything on disk (raw bytes kept, event columns, chain and Merkle columns, footers,
     // checkpoints, keys) per event, against the raw JSON it came from.
