@@ -354,13 +354,7 @@ impl Bucket {
         ) {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let same = self.get(&rel)?.is_some_and(|existing| {
-                    existing.len() == sent.content_length()
-                        && existing
-                            .iter()
-                            .eq(sent.iter().flat_map(|chunk| chunk.iter()))
-                });
-                if same {
+                if self.holds(&rel, &sent)? {
                     Ok(false)
                 } else {
                     Err(StoreError::Conflict(format!("{}/{rel}", self.url)))
@@ -413,13 +407,7 @@ impl Bucket {
         }) {
             Ok(r) => r.e_tag.ok_or_else(no_etag),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let same = self.get(&rel)?.is_some_and(|existing| {
-                    existing.len() == sent.content_length()
-                        && existing
-                            .iter()
-                            .eq(sent.iter().flat_map(|chunk| chunk.iter()))
-                });
-                if !same {
+                if !self.holds(&rel, &sent)? {
                     return Err(StoreError::Conflict(format!("{}/{rel}", self.url)));
                 }
                 self.etag(&rel)?.ok_or_else(no_etag)
@@ -429,6 +417,17 @@ impl Bucket {
             }
             Err(e) => Err(self.error(&rel, e)),
         }
+    }
+
+    /// Whether the object at `rel` holds exactly the bytes of `sent` (a put retried, or the
+    /// same file made by another writer from the same records).
+    fn holds(&self, rel: &str, sent: &PutPayload) -> Result<bool, StoreError> {
+        Ok(self.get(rel)?.is_some_and(|existing| {
+            existing.len() == sent.content_length()
+                && existing
+                    .iter()
+                    .eq(sent.iter().flat_map(|chunk| chunk.iter()))
+        }))
     }
 
     /// The ETag of the object of `path` (under `data_dir`), if there is one.
