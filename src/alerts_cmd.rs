@@ -127,6 +127,9 @@ fn resolve_id(dir: &Path, id: &str) -> anyhow::Result<String> {
         .filter(|a| a.alert_id.starts_with(id))
         .collect();
     match found.as_slice() {
+        // A whole id this copy has not seen yet (another instance runs detection and raised
+        // it since this one started): the detection holder decides.
+        [] if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(id.to_owned()),
         [] => anyhow::bail!("no alert {id} in {}", dir.display()),
         [a] => Ok(a.alert_id.clone()),
         many => anyhow::bail!(

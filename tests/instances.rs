@@ -402,6 +402,34 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
     wait_across(&[&srv_a, &srv_b], &[&a, &b], 60, Duration::from_secs(60));
     wait_log(&srv_a, "alert fired", 1, Duration::from_secs(60));
     assert!(!srv_b.log_text().contains("alert fired"), "B stands by");
+    // An analyst acknowledges it through B: B relays the change to A through the bucket.
+    let log_a = srv_a.log_text();
+    let id = log_a
+        .split("alert fired alert_id=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let b_dir = b.to_str().unwrap().to_owned();
+    let ran = crate::store_bucket::vigil_s3(
+        &s3,
+        &[
+            "--store",
+            URL,
+            "alerts",
+            "ack",
+            &id,
+            "--data-dir",
+            &b_dir,
+            "--note",
+            "through B",
+            "--json",
+        ],
+    );
+    assert!(ran.ok(), "{ran}\n{}", srv_b.log_text());
+    let acked: serde_json::Value = serde_json::from_str(ran.stdout_text().trim()).unwrap();
+    assert_eq!(acked["status"], "acknowledged", "{acked}");
+    assert_eq!(acked["status_note"], "through B", "{acked}");
     // Its state saved (with the alert's group) in the bucket; its delivery refused, so
     // still in the outbox, which is in the bucket too.
     std::thread::sleep(Duration::from_millis(1500));

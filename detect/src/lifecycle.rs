@@ -89,10 +89,10 @@ pub enum Refusal {
     /// The command itself is not one (unreadable, a bad id, a note too long).
     #[error("not a valid command: {0}")]
     Invalid(String),
-    /// This instance's detection stands by: another instance sharing the bucket holds the
-    /// detection lease, and alert lifecycle changes go to it.
+    /// This instance's detection stands by and no holder of the detection lease answered the
+    /// change relayed to it (or none holds it).
     #[error(
-        "detection runs on another instance (the holder of the bucket's detection lease): send the change there"
+        "detection runs on another instance (the holder of the bucket's detection lease), which did not answer: nothing changed"
     )]
     Elsewhere,
 }

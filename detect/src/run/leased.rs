@@ -72,7 +72,16 @@ pub(super) fn run(
         if !stand_by(&cfg, &lease, &pieces, &metrics)? {
             return Ok(()); // Stopping while standing by.
         }
-        take_over(&cfg)?;
+        if let Err(e) = take_over(&cfg) {
+            if !vigil_store::is_retryable(&e) {
+                return Err(e);
+            }
+            // The bucket (or the volume) cannot be read or written now: stand by and take
+            // the lease again (it is this instance's) once it can.
+            tracing::warn!(error = %e, "detection could not take over yet: trying again");
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
         let rules = rules.take().unwrap_or_else(|| (lc.rules)());
         let (engine, restored, stored) = restore(&cfg, rules)?;
         let held = Held {
@@ -113,8 +122,13 @@ pub(super) fn run(
     }
 }
 
-/// Wait for the lease, dropping pieces meanwhile and refusing lifecycle commands (they go to
-/// the holder). False: the pieces' senders are gone.
+/// Lifecycle changes relayed to the holder at once, at most.
+const RELAYS: usize = 4;
+/// How long a relayed change waits to be claimed by the holder (and again to be answered).
+const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wait for the lease, dropping pieces meanwhile and relaying lifecycle changes to the
+/// holder ([`super::remote`]). False: the pieces' senders are gone.
 fn stand_by(
     cfg: &RunConfig,
     lease: &Arc<Mutex<Lease>>,
@@ -125,12 +139,46 @@ fn stand_by(
     let queue = crate::lifecycle::Queue::new(&cfg.data_dir);
     let mut next = Instant::now();
     let mut said = false;
+    // The changes being relayed now: a claimed change stays listed until it is answered.
+    let relaying: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     loop {
-        for (name, _) in queue.claim() {
-            let refused = crate::lifecycle::Reply::Refused {
-                refusal: crate::lifecycle::Refusal::Elsewhere,
+        // Changes sent here go to the holder through the bucket, each relayed on a thread of
+        // its own (at most RELAYS at once: pieces keep being drained meanwhile).
+        for (name, cmd) in queue.claim() {
+            let refuse = |refusal| crate::lifecycle::Reply::Refused { refusal };
+            let mut in_flight = relaying.lock().unwrap_or_else(|p| p.into_inner());
+            if in_flight.contains(&name) {
+                continue;
+            }
+            let (cmd, bucket) = match (cmd, cfg.bucket.clone()) {
+                (Ok(cmd), Some(b)) if in_flight.len() < RELAYS => (cmd, b),
+                (Err(refusal), _) => {
+                    queue.reply(&name, &refuse(refusal))?;
+                    continue;
+                }
+                _ => {
+                    queue.reply(&name, &refuse(crate::lifecycle::Refusal::Elsewhere))?;
+                    continue;
+                }
             };
-            queue.reply(&name, &refused)?;
+            in_flight.insert(name.clone());
+            drop(in_flight);
+            let (answers, relaying) = (
+                crate::lifecycle::Queue::new(&cfg.data_dir),
+                relaying.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name("vigil-relay".into())
+                .spawn(move || {
+                    let reply = super::remote::relay(&bucket, &cmd, RELAY_TIMEOUT);
+                    if let Err(e) = answers.reply(&name, &reply) {
+                        tracing::warn!(error = %e, "a relayed lifecycle change's answer could not be passed on");
+                    }
+                    relaying.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                });
+            if let Err(e) = spawned {
+                return Err(DetectError::Io(e.to_string()));
+            }
         }
         if Instant::now() >= next {
             let mut l = lease.lock().unwrap_or_else(|p| p.into_inner());

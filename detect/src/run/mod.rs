@@ -22,6 +22,7 @@ use vigil_store::clock::now_ns;
 
 mod leased;
 mod reload;
+mod remote;
 mod thread;
 
 pub use reload::{Reload, ReloadError, Reloaded, Reloader};

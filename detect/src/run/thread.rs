@@ -42,6 +42,8 @@ pub(super) struct ThreadState {
     pub(super) volume_full_said: Option<Instant>,
     /// The detection lease, when several instances share the bucket.
     pub(super) lease: Option<super::leased::Held>,
+    /// When the changes relayed through the bucket were last looked for.
+    pub(super) last_relayed: Option<Instant>,
 }
 
 /// A rule that keeps evicting groups alerts again after this long.
@@ -86,6 +88,7 @@ impl ThreadState {
             evicted: Default::default(),
             volume_full_said: None,
             lease: None,
+            last_relayed: None,
         };
         Ok(l)
     }
@@ -258,6 +261,24 @@ impl ThreadState {
                 Err(refusal) => Reply::Refused { refusal },
             };
             self.queue.reply(&name, &reply)?;
+        }
+        // Holding the lease: the changes other instances relayed through the bucket (looked
+        // for every second: a listing each time).
+        if let (Some(_), Some(bucket)) = (&self.lease, self.cfg.bucket.clone())
+            && self
+                .last_relayed
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_relayed = Some(Instant::now());
+            let relayed = match super::remote::claim(&bucket) {
+                Ok(r) => r,
+                Err(e) if vigil_store::is_bucket_unavailable(&e) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            for (name, cmd) in relayed {
+                let reply = self.apply(engine, &cmd)?;
+                super::remote::answer(&bucket, &name, &reply)?;
+            }
         }
         Ok(())
     }

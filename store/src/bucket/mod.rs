@@ -463,6 +463,40 @@ impl Bucket {
         }
     }
 
+    /// A small coordination object (`detect/commands/…`), by its path relative to the store.
+    pub fn get_object(&self, rel: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(rel)
+    }
+
+    /// Make the coordination object `rel`, only if there is none: whether this call made it
+    /// (or it held these very bytes already). The first to make it decides.
+    pub fn create_object(&self, rel: &str, bytes: Vec<u8>) -> Result<bool, StoreError> {
+        match self.put_rel_versioned(rel, bytes, None) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove the coordination object `rel` (gone already is fine).
+    pub fn delete_object(&self, rel: &str) -> Result<(), StoreError> {
+        let key = self.key(rel)?;
+        let objects = self.objects.clone();
+        match self.block("delete", async move { objects.delete(&key).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
+    /// The coordination objects under `rel_dir`, as paths relative to the store.
+    pub fn list_objects(&self, rel_dir: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list(rel_dir)?
+            .iter()
+            .filter_map(|m| self.local_rel(&m.location))
+            .collect())
+    }
+
     /// The object of a path relative to the data directory and its ETag, if there is one.
     pub(crate) fn get_with_etag(&self, rel: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
         let key = self.key(rel)?;

@@ -183,7 +183,7 @@ impl Bucket {
         Ok(report)
     }
 
-    fn list(&self, rel_dir: &str) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
+    pub(super) fn list(&self, rel_dir: &str) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
         let key = self.key(rel_dir)?;
         let objects = self.objects.clone();
         self.block("list", async move {
