@@ -381,3 +381,68 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn a_store_in_a_bucket_is_compacted_by_its_writer_and_another_copy_carries_on_from_it() {
+    let broker = Broker::start();
+    broker.create_topic("bkt", 2);
+    broker.create_topic("vigil.checkpoints", 1);
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let mut env = s3.env();
+    env.push(("VIGIL_STORE__MAX_BATCH_EVENTS".into(), "25".into()));
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, c) = (tmp.path().join("a"), tmp.path().join("c"));
+    let producer = broker.producer();
+    let event_files = |s3: &S3Server| {
+        s3.keys(BUCKET, "prod/events/topic=bkt/")
+            .into_iter()
+            .filter(|k| k.ends_with(".parquet"))
+            .count()
+    };
+
+    // Small files: 25 records each.
+    let srv = serve_on_bucket(&broker, &a, "g-cmp", &env, URL);
+    produce(&producer, "bkt", &records(0, 300, 2));
+    wait_bkt_stored(&srv, &a, 300, Duration::from_secs(60));
+    let (clean, log) = srv.stop();
+    assert!(clean, "{log}");
+    let before = event_files(&s3);
+    assert!(before >= 12, "{before} files");
+    // Another machine's working copy, made before the compaction (its own instance).
+    copy_dir(&a, &c);
+    std::fs::remove_file(c.join("instance-id")).unwrap();
+
+    // The writer compacts, in its directory and in the bucket.
+    let ran = vigil_s3(
+        &s3,
+        &["--store", URL, "compact", "--data-dir", a.to_str().unwrap()],
+    );
+    assert!(ran.ok(), "{ran}");
+    assert!(ran.stdout_text().contains("bkt/0: 150 records"), "{ran}");
+    assert_eq!(event_files(&s3), 2, "one file per log in the bucket");
+    let bucket = s3.client(URL);
+    for p in 0..2 {
+        let head = bucket.get_head("bkt", p).unwrap().unwrap().head;
+        let file = head.file.clone().unwrap();
+        assert!(
+            s3.keys(BUCKET, "prod/").contains(&format!("prod/{file}")),
+            "the head names the compacted file: {head:?}"
+        );
+    }
+    let registry = tmp.path().join("registry");
+    std::fs::copy(a.join("keys/registry"), &registry).unwrap();
+    let ran = verify_bucket(&s3, &tmp.path().join("audit"), &registry, &broker);
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout_text(), ran.stderr);
+
+    // The other copy still holds the small files: its writer takes them for compacted (a
+    // file of the bucket spans each), drops them, and carries on.
+    let srv = serve_on_bucket(&broker, &c, "g-cmp-c", &env, URL);
+    produce(&producer, "bkt", &records(300, 100, 2));
+    wait_bkt_stored(&srv, &c, 400, Duration::from_secs(60));
+    let (clean, log) = srv.stop();
+    assert!(clean && !log.contains("disagree"), "{log}");
+    let ran = verify_bucket(&s3, &tmp.path().join("audit"), &registry, &broker);
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout_text(), ran.stderr);
+    assert_exactly_once_in_bucket(&s3, &tmp.path().join("q"), 400);
+}

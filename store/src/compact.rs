@@ -3,7 +3,9 @@
 //! Merkle tree and every signed checkpoint verify exactly as before.
 //!
 //! The new file is written (atomically, durably) before the files it replaces are removed; a
-//! crash in between leaves files covered by a larger one, which [`Store::head`] removes.
+//! crash in between leaves files covered by a larger one, which [`Store::head`] removes. With
+//! a bucket, the new file is put and the log's head moved over it before the old files go, so
+//! a copy of the bucket never needs them (a log another instance writes is not compacted).
 
 use std::fs::{self, File};
 
@@ -33,12 +35,16 @@ pub fn compact(
     partition: i32,
     target_records: u64,
 ) -> Result<CompactReport, StoreError> {
-    if store.bucket().is_some() {
-        // Replacing files in a bucket needs the log's head fenced there first (other
-        // instances read and write the same objects): not done yet.
-        return Err(StoreError::Invalid(
-            "compaction of a store kept in a bucket is not supported yet".into(),
-        ));
+    if let Some(b) = store.bucket() {
+        // The replaced files must go: under Object Lock they cannot.
+        if b.object_lock_days() > 0 {
+            return Err(StoreError::Invalid(
+                "a store under S3 Object Lock is not compacted (the files it replaces could not be removed)".into(),
+            ));
+        }
+        // Only a log no other instance writes (its head is this directory's, or it has none);
+        // claimed, so that this compaction is fenced like any writer.
+        store.claim_log(topic, partition, false)?;
     }
     // Resolve an interrupted compaction first.
     store.head(topic, partition)?;
@@ -107,15 +113,24 @@ fn rewrite(store: &Store, run: &[(&FileEntry, &Footer)]) -> Result<(), StoreErro
         first_leaf_index: first.first_leaf_index,
         tree: last.frontier.clone(),
     };
-    let written = store.write(&SealedBatch {
-        batches: vec![batch],
-        span,
-    })?;
+    let replaced: Vec<std::path::PathBuf> = run.iter().map(|(f, _)| f.path.clone()).collect();
+    let written = store.write_compacted(
+        &SealedBatch {
+            batches: vec![batch],
+            span,
+        },
+        &replaced,
+    )?;
     for (f, _) in run {
         if f.path != written.path {
             fs::remove_file(&f.path).map_err(StoreError::io(&f.path))?;
             if let Some(dir) = f.path.parent() {
                 fsync_dir(dir)?;
+            }
+            // Here first, then in the bucket: a crash between leaves the bucket a file the
+            // head's walk passes over, and this copy nothing it lacks.
+            if let Some(b) = store.bucket() {
+                b.unpublish(store.data_dir(), &f.path)?;
             }
         }
     }

@@ -324,18 +324,27 @@ impl Bucket {
         Ok(())
     }
 
-    /// Whether the local event file `rel`, which the bucket lacks, was pruned from it by its
-    /// log's writer (another instance, maybe): it ends before the bucket's oldest file of the
-    /// log begins, and the bucket holds a signed prune of that log. Such a file is removed
-    /// from a writer's copy too; any other is refused. (`verify` checks the prune itself.)
+    /// Whether the local event file `rel`, which the bucket lacks, was pruned or compacted away
+    /// by its log's writer (another instance, maybe): a file of the bucket spans its offsets,
+    /// or it ends before the bucket's oldest file of the log begins and the bucket holds a
+    /// signed prune of that log. Such a file is removed from a writer's copy too; any other is
+    /// refused. (`verify` checks the bucket's files and the prune themselves.)
     fn pruned_away(
         &self,
         rel: &str,
         remote: &BTreeMap<String, object_store::ObjectMeta>,
     ) -> Result<bool, StoreError> {
-        let Some((log, _, last)) = event_file(rel) else {
+        let Some((log, first, last)) = event_file(rel) else {
             return Ok(false);
         };
+        // Compacted by the log's writer: a file of the bucket spans it.
+        let covered = remote
+            .keys()
+            .filter_map(|r| event_file(r))
+            .any(|(l, f, t)| l == log && f <= first && last <= t && (f, t) != (first, last));
+        if covered {
+            return Ok(true);
+        }
         let oldest = remote
             .keys()
             .filter_map(|r| event_file(r))

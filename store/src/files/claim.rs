@@ -177,6 +177,80 @@ impl Store {
         Ok(head)
     }
 
+    /// Put a new file of `log` (create-only) while this writer holds it as `claim`. Another
+    /// object under the name is a stray (a writer that lost the log put it and never named it)
+    /// if the head is still `claim`'s: replaced; otherwise the log is another writer's now.
+    fn put_new(
+        &self,
+        bucket: &Bucket,
+        log: &LogId,
+        claim: &ReadHead,
+        path: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        match bucket.put(&self.root, path, bytes.clone(), true) {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict(what)) => match bucket.get_head(&log.topic, log.partition)? {
+                Some(now) if now.etag == claim.etag => {
+                    tracing::warn!(object = %what,
+                            "replacing a file no head named (a writer that lost this log put it)");
+                    bucket.put(&self.root, path, bytes, false).map(|_| ())
+                }
+                _ => {
+                    self.claims.drop_log(log);
+                    Err(Self::fenced(
+                        log,
+                        format!("{what} exists with other content"),
+                    ))
+                }
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A compaction's file (`path`, replacing the files `run`) into the bucket, and the log's
+    /// head moved over it: its file and newest files name it instead of those it replaces.
+    /// The log must be claimed (and is fenced like any writer).
+    pub(super) fn put_compacted(
+        &self,
+        bucket: &Bucket,
+        span: &BatchSpan,
+        path: &Path,
+        bytes: Vec<u8>,
+        run: &[std::path::PathBuf],
+    ) -> Result<(), StoreError> {
+        let log = LogId::new(&span.topic, span.partition);
+        let claim = self
+            .claims
+            .get(&log)
+            .ok_or_else(|| Self::fenced(&log, "compacted without claiming it first"))?;
+        self.put_new(bucket, &log, &claim, path, bytes)?;
+        let new = Bucket::rel(&self.root, path)?;
+        let replaced: Vec<String> = run
+            .iter()
+            .map(|p| Bucket::rel(&self.root, p))
+            .collect::<Result<_, _>>()?;
+        let mut head = claim.head.clone();
+        head.seq += 1;
+        if head.file.as_ref().is_some_and(|f| replaced.contains(f)) {
+            head.file = Some(new.clone());
+            head.first_offset = span.first_offset;
+        }
+        if let Some(at) = head.recent.iter().position(|r| replaced.contains(r)) {
+            head.recent.retain(|r| !replaced.contains(r));
+            head.recent.insert(at.min(head.recent.len()), new);
+        }
+        let etag = match bucket.put_head(&span.topic, span.partition, &head, Some(&claim.etag)) {
+            Ok(etag) => etag,
+            Err(e) => {
+                self.claims.drop_log(&log);
+                return Err(e);
+            }
+        };
+        self.claims.set(log, ReadHead { head, etag });
+        Ok(())
+    }
+
     /// Held while a log is copied from the bucket into this directory.
     pub(crate) fn copying(&self) -> std::sync::MutexGuard<'_, ()> {
         COPYING.lock().unwrap_or_else(|p| p.into_inner())
@@ -249,29 +323,7 @@ impl Store {
                 ),
             ));
         }
-        match bucket.put(&self.root, path, bytes.clone(), true) {
-            Ok(_) => {}
-            Err(StoreError::Conflict(what)) => {
-                // Another object under this name: a stray (a writer that lost the log put it
-                // and never named it) while this writer still holds the log — replaced — or
-                // another writer's, if the log is no longer this one's.
-                match bucket.get_head(&span.topic, span.partition)? {
-                    Some(now) if now.etag == claim.etag => {
-                        tracing::warn!(object = %what,
-                            "replacing a file no head named (a writer that lost this log put it)");
-                        bucket.put(&self.root, path, bytes, false)?;
-                    }
-                    _ => {
-                        self.claims.drop_log(&log);
-                        return Err(Self::fenced(
-                            &log,
-                            format!("{what} exists with other content"),
-                        ));
-                    }
-                }
-            }
-            Err(e) => return Err(e),
-        }
+        self.put_new(bucket, &log, &claim, path, bytes)?;
         let head = claim.head.advanced(
             Bucket::rel(&self.root, path)?,
             span.first_offset,

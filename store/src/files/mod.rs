@@ -266,6 +266,24 @@ impl Store {
     /// Write a sealed batch as one file: temp file, fsync, rename, fsync the directory. When
     /// this returns, the file and its name are durable.
     pub fn write(&self, sealed: &SealedBatch) -> Result<FileInfo, StoreError> {
+        self.write_file(sealed, None)
+    }
+
+    /// [`Store::write`] of a compaction's file, which replaces the files `run` (removed by
+    /// the caller afterwards): with a bucket, the log's head is moved over it.
+    pub(crate) fn write_compacted(
+        &self,
+        sealed: &SealedBatch,
+        run: &[PathBuf],
+    ) -> Result<FileInfo, StoreError> {
+        self.write_file(sealed, Some(run))
+    }
+
+    fn write_file(
+        &self,
+        sealed: &SealedBatch,
+        replacing: Option<&[PathBuf]>,
+    ) -> Result<FileInfo, StoreError> {
         let span = &sealed.span;
         let path = self.file_path(span)?;
         let dir = parent_dir(&path).ok_or(StoreError::Internal("file without a directory"))?;
@@ -331,7 +349,11 @@ impl Store {
             // has its name here: a final name locally always means "in the log". Fenced when
             // another writer has the log (a retried put of the same bytes is fine).
             let content = fs::read(&tmp).map_err(StoreError::io(&tmp))?;
-            if let Err(e) = self.put_file(bucket, span, &path, content) {
+            let put = match replacing {
+                None => self.put_file(bucket, span, &path, content),
+                Some(run) => self.put_compacted(bucket, span, &path, content, run),
+            };
+            if let Err(e) = put {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
