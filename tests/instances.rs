@@ -430,6 +430,14 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
     let acked: serde_json::Value = serde_json::from_str(ran.stdout_text().trim()).unwrap();
     assert_eq!(acked["status"], "acknowledged", "{acked}");
     assert_eq!(acked["status_note"], "through B", "{acked}");
+    // B's own alert log (what its API shows) follows A's: the alert, acknowledged.
+    wait_for("B's copy of the alert log", Duration::from_secs(30), || {
+        let ran = run(vigil_command().args(["alerts", "--data-dir", &b_dir, "--json"]));
+        ran.stdout_text()
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("\"acknowledged\""))
+            .then_some(())
+    });
     // Its state saved (with the alert's group) in the bucket; its delivery refused, so
     // still in the outbox, which is in the bucket too.
     std::thread::sleep(Duration::from_millis(1500));

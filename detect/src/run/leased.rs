@@ -122,6 +122,9 @@ pub(super) fn run(
     }
 }
 
+/// How often an instance standing by copies the holder's alert log from the bucket.
+const ALERTS_MIRROR_EVERY: Duration = Duration::from_secs(2);
+
 /// Lifecycle changes relayed to the holder at once, at most.
 const RELAYS: usize = 4;
 /// How long a relayed change waits to be claimed by the holder (and again to be answered).
@@ -139,6 +142,7 @@ fn stand_by(
     let queue = crate::lifecycle::Queue::new(&cfg.data_dir);
     let mut next = Instant::now();
     let mut said = false;
+    let mut mirrored: Option<Instant> = None;
     // The changes being relayed now: a claimed change stays listed until it is answered.
     let relaying: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     loop {
@@ -201,6 +205,17 @@ fn stand_by(
                     tracing::warn!(error = %e, "the detection lease could not be read now");
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+        // The holder's alert log, copied here as the bucket has it, so that this instance's
+        // API and `vigil alerts` show what the holder raised (this thread alone writes the
+        // local alert log, and not while it stands by).
+        if let Some(b) = &cfg.bucket
+            && mirrored.is_none_or(|t: Instant| t.elapsed() >= ALERTS_MIRROR_EVERY)
+        {
+            mirrored = Some(Instant::now());
+            if let Err(e) = b.pull_alerts(&cfg.data_dir) {
+                tracing::debug!(error = %e, "the alert log could not be copied from the bucket now");
             }
         }
         match pieces.recv_timeout(Duration::from_millis(100)) {
