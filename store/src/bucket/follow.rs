@@ -10,8 +10,6 @@
 
 use std::collections::HashMap;
 
-use futures::TryStreamExt;
-
 use super::Bucket;
 use crate::LogId;
 use crate::error::StoreError;
@@ -41,15 +39,7 @@ impl Bucket {
     ) -> Result<FollowReport, StoreError> {
         let mut report = FollowReport::default();
         let me = store.instance_id()?;
-        let heads_rel = crate::layout::HEADS_DIR;
-        let key = self.key(heads_rel)?;
-        let objects = self.objects.clone();
-        let listed = self
-            .block("list", async move {
-                objects.list(Some(&key)).try_collect::<Vec<_>>().await
-            })
-            .map_err(|e| self.error(heads_rel, e))?;
-        for meta in listed {
+        for meta in self.list(crate::layout::HEADS_DIR)? {
             let Some(log) = self.local_rel(&meta.location).and_then(|r| head_log(&r)) else {
                 continue;
             };

@@ -454,13 +454,7 @@ impl Bucket {
     /// Remove the object of the local file `path` (under `data_dir`); gone already is fine.
     /// Under Object Lock this only hides it (a delete marker): its locked version stays.
     pub fn unpublish(&self, data_dir: &Path, path: &Path) -> Result<(), StoreError> {
-        let rel = Self::rel(data_dir, path)?;
-        let key = self.key(&rel)?;
-        let objects = self.objects.clone();
-        match self.block("delete", async move { objects.delete(&key).await }) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error(&rel, e)),
-        }
+        self.delete_object(&Self::rel(data_dir, path)?)
     }
 
     /// A small coordination object (`detect/commands/…`), by its path relative to the store.
