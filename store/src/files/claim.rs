@@ -240,12 +240,34 @@ impl Store {
             head.recent.retain(|r| !replaced.contains(r));
             head.recent.insert(at.min(head.recent.len()), new);
         }
-        let etag = match bucket.put_head(&span.topic, span.partition, &head, Some(&claim.etag)) {
+        self.advance(bucket, log, &claim, head)
+    }
+
+    /// Put `head` over the version `claim` holds and keep it as the claim. Fenced (the head
+    /// changed), the log is dropped — unless the change is this very put, landed with its
+    /// answer lost (and retried). The file put before it stays: another writer may have put
+    /// the very same bytes and named them (the same records make the same file); if not, it
+    /// is a stray no head reaches — no part of the log, never copied, replaced by the log's
+    /// writer if it needs the name.
+    fn advance(
+        &self,
+        bucket: &Bucket,
+        log: LogId,
+        claim: &ReadHead,
+        head: HeadObject,
+    ) -> Result<(), StoreError> {
+        let etag = match bucket.put_head(&log.topic, log.partition, &head, Some(&claim.etag)) {
             Ok(etag) => etag,
-            Err(e) => {
-                self.claims.drop_log(&log);
-                return Err(e);
+            Err(StoreError::Fenced { why, .. }) => {
+                match bucket.get_head(&log.topic, log.partition)? {
+                    Some(now) if now.head == head => now.etag,
+                    _ => {
+                        self.claims.drop_log(&log);
+                        return Err(Self::fenced(&log, why));
+                    }
+                }
             }
+            Err(e) => return Err(e),
         };
         self.claims.set(log, ReadHead { head, etag });
         Ok(())
@@ -285,7 +307,7 @@ impl Store {
         let Some(bucket) = &self.bucket else {
             return Ok(Default::default());
         };
-        bucket.follow(self, &|log| self.holds(log), seen)
+        bucket.follow(self, seen)
     }
 
     /// Stop writing `topic`/`partition` (revoked): forget its claim.
@@ -329,25 +351,6 @@ impl Store {
             span.first_offset,
             span.last_offset,
         );
-        let etag = match bucket.put_head(&span.topic, span.partition, &head, Some(&claim.etag)) {
-            Ok(etag) => etag,
-            Err(StoreError::Fenced { why, .. }) => {
-                // This very put may have landed with its answer lost (and been retried).
-                match bucket.get_head(&span.topic, span.partition)? {
-                    Some(now) if now.head == head => now.etag,
-                    _ => {
-                        // The file put stays: another writer may have put the very same
-                        // bytes and named them (the same records make the same file). If
-                        // not, it is a stray no head reaches — no part of the log, never
-                        // copied, replaced by the log's writer if it needs the name.
-                        self.claims.drop_log(&log);
-                        return Err(Self::fenced(&log, why));
-                    }
-                }
-            }
-            Err(e) => return Err(e),
-        };
-        self.claims.set(log, ReadHead { head, etag });
-        Ok(())
+        self.advance(bucket, log, &claim, head)
     }
 }
