@@ -28,13 +28,11 @@ pub struct FollowReport {
 
 impl Bucket {
     /// Fetch into `store`'s directory the files other instances' writers named since the
-    /// last round, for every log that `held` says this instance does not write (and whose
-    /// head names another instance). `seen` keeps
-    /// each log's head ETag from round to round.
+    /// last round, for every log `store` does not hold and whose head names another
+    /// instance. `seen` keeps each log's head ETag from round to round.
     pub fn follow(
         &self,
         store: &Store,
-        held: &dyn Fn(&LogId) -> bool,
         seen: &mut HashMap<LogId, String>,
     ) -> Result<FollowReport, StoreError> {
         let mut report = FollowReport::default();
@@ -48,7 +46,7 @@ impl Bucket {
             }
             // Not while a claim of the log copies it (this instance is being given it).
             let _copying = store.copying();
-            if held(&log) {
+            if store.holds(&log) {
                 continue;
             }
             let Some(read) = self.get_head(&log.topic, log.partition)? else {
@@ -72,26 +70,31 @@ impl Bucket {
                 None if recent.len() < super::RECENT_FILES => Some(&recent[..]),
                 None => None,
             };
-            match new {
-                Some(new) => {
-                    for rel in new {
-                        let meta = object_store::ObjectMeta {
-                            location: self.key(rel)?,
-                            last_modified: chrono::Utc::now(),
-                            size: 0,
-                            e_tag: None,
-                            version: None,
-                        };
-                        let (mut index, mut pulled) = Default::default();
-                        self.fetch(store.data_dir(), rel, &meta, &mut index, &mut pulled)?;
-                        report.fetched += 1;
+            let mut from_head_list = new.is_some();
+            for rel in new.unwrap_or_default() {
+                let meta = object_store::ObjectMeta {
+                    location: self.key(rel)?,
+                    last_modified: chrono::Utc::now(),
+                    size: 0,
+                    e_tag: None,
+                    version: None,
+                };
+                let (mut index, mut pulled) = Default::default();
+                match self.fetch(store.data_dir(), rel, &meta, &mut index, &mut pulled) {
+                    Ok(()) => report.fetched += 1,
+                    // A file the head names but the bucket no longer holds (its writer pruned
+                    // it since): the head's list is not the log any more — copy the log.
+                    Err(_) if self.etag(rel)?.is_none() => {
+                        from_head_list = false;
+                        break;
                     }
+                    Err(e) => return Err(e),
                 }
-                None => {
-                    let r = self.copy_log(store.data_dir(), &log, &read.head)?;
-                    report.fetched += r.fetched;
-                    report.copied += 1;
-                }
+            }
+            if !from_head_list {
+                let r = self.copy_log(store.data_dir(), &log, &read.head)?;
+                report.fetched += r.fetched;
+                report.copied += 1;
             }
             seen.insert(log, read.etag);
         }
