@@ -75,6 +75,18 @@ pub struct LeaseConfig {
     pub rules: Arc<dyn Fn() -> Vec<Rule> + Send + Sync>,
 }
 
+impl LeaseConfig {
+    /// The detection lease in `bucket`, as this instance holds it or waits for it.
+    fn lease(&self, bucket: &Arc<vigil_store::Bucket>) -> Result<vigil_store::Lease, DetectError> {
+        Ok(vigil_store::Lease::new(
+            bucket.clone(),
+            "detect",
+            &self.me,
+            self.ttl_ms,
+        )?)
+    }
+}
+
 impl std::fmt::Debug for LeaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaseConfig")
@@ -169,7 +181,7 @@ pub fn start(
     // Bounded: one reload at a time is plenty; a second waits for room or times out.
     let (tx, rx) = crossbeam_channel::bounded(1);
     if let (Some(bucket), Some(lc)) = (cfg.bucket.clone(), cfg.lease.clone()) {
-        let lease = vigil_store::Lease::new(bucket, "detect", &lc.me, lc.ttl_ms)?;
+        let lease = lc.lease(&bucket)?;
         let handle = std::thread::Builder::new()
             .name("vigil-detect".into())
             .spawn(move || {
@@ -199,7 +211,7 @@ pub fn apply_direct(cfg: RunConfig, cmd: &Command) -> Result<Reply, DetectError>
     // With a bucket, only while no instance runs detection: the lease taken for the change.
     let mut lease = match (&cfg.bucket, &cfg.lease) {
         (Some(b), Some(lc)) => {
-            let mut lease = vigil_store::Lease::new(b.clone(), "detect", &lc.me, lc.ttl_ms)?;
+            let mut lease = lc.lease(b)?;
             if !lease.tick()? {
                 return Ok(Reply::Refused {
                     refusal: crate::lifecycle::Refusal::Elsewhere,

@@ -93,8 +93,8 @@ impl Bucket {
         self.pull_dirs(data_dir, &dirs, Mode::Reader, Heads::Given(log, Some(head)))
     }
 
-    /// Bring a writer's copy of the alert log up to the bucket (an instance taking detection
-    /// over: the last holder's files fetched).
+    /// Make this copy of the alert log exactly the bucket's (an instance taking detection
+    /// over, or standing by: the holder's files, merged ones replacing the small ones).
     pub fn pull_alerts(&self, data_dir: &Path) -> Result<PullReport, StoreError> {
         let dirs = [crate::layout::ALERTS_DIR.to_owned()];
         self.pull_dirs(data_dir, &dirs, Mode::Writer, Heads::Fetch)
