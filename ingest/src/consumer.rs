@@ -1,6 +1,7 @@
-//! The consumer thread: polling, the rebalance callbacks, each partition's offsets checked by
-//! its [`Partition`] state machine, chunks handed to the pipeline threads, commits once files
-//! are durable.
+//! The consumer thread: polling, the rebalance callbacks (a partition's log claimed in the
+//! store's bucket when assigned), each partition's offsets checked by its [`Partition`] state
+//! machine, chunks handed to the pipeline threads, commits once files are durable, partitions
+//! given up when the bucket fences this instance off their logs.
 //!
 //! Past 600 lines, and one job: everything here runs on the consumer thread, under the one
 //! lock the rebalance callbacks also take, as rdkafka glue around `partition.rs` — the
