@@ -89,7 +89,7 @@ fn pieces(groups: usize) -> Vec<Piece> {
 fn engine() -> Engine {
     let loaded = rules::load(&rules::sources(None, true).unwrap(), &Defaults::default());
     assert!(loaded.errors.is_empty());
-    Engine::new(loaded.rules.into_iter().map(|(r, _)| r).collect())
+    Engine::new(loaded.into_rules())
 }
 
 /// Run the pieces through the engine as a new stretch of each log (leaf indexes moved on by

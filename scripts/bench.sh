@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(decode store verify detect ingest alert_latency detection memory query)
+all=(decode store verify detect sigma ingest alert_latency detection memory query)
 benches=("$@")
 [ ${#benches[@]} -eq 0 ] && benches=("${all[@]}")
 for b in "${benches[@]}"; do

@@ -54,7 +54,7 @@ REFERENCES = {
     "store/decode_chain_write_bucket": ("store/decode_chain_write", "into a local directory"),
     "verify/store_decoded": ("verify/store", "verify without --decoded"),
 }
-AREAS = ["decode", "chain + write", "ingest", "detect", "detection", "alert latency", "memory", "query", "verify", "storage"]
+AREAS = ["decode", "chain + write", "ingest", "detect", "sigma", "detection", "alert latency", "memory", "query", "verify", "storage"]
 
 
 def criterion_results():

@@ -172,9 +172,16 @@ pub struct DetectConfig {
     pub enabled: bool,
     /// Load the default rule pack (compiled in).
     pub default_rules: bool,
-    /// A directory of rule files (`*.toml`) loaded after the default pack; a rule with a
-    /// default rule's id replaces it. Empty: none.
+    /// A directory of rule files loaded after the default pack: Vigil's own (`*.toml`; one
+    /// with a default rule's id replaces it) and Sigma rules (`*.yml`, `*.yaml`: detection and
+    /// correlation rules, one or several documents a file). Empty: none.
     pub rules_dir: std::path::PathBuf,
+    /// Sigma processing pipelines (pySigma's YAML: field-name mappings, log-source changes
+    /// and conditions) applied to every Sigma rule before it is compiled, in `priority`
+    /// order, so that rules written for another taxonomy (ECS, say) run on the fields Vigil's
+    /// sources spell. A pipeline that does not parse is a configuration error (serve does not
+    /// start, a reload is refused). Empty: none.
+    pub sigma_pipelines: Vec<std::path::PathBuf>,
     /// The policy graph (`[[edge]]` caller → callee) the declared unexpected-caller rule checks
     /// against. Empty: none (the learned first-seen rule runs instead).
     pub allowlist_file: std::path::PathBuf,
@@ -247,6 +254,7 @@ impl Default for DetectConfig {
             enabled: true,
             default_rules: true,
             rules_dir: Default::default(),
+            sigma_pipelines: Vec::new(),
             allowlist_file: Default::default(),
             policy_dir: Default::default(),
             policy_audit_topics: Vec::new(),

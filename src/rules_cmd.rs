@@ -79,7 +79,7 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
             let mut learning: std::collections::HashMap<String, (bool, Option<i64>)> =
                 Default::default();
             if state.exists() {
-                let rules = load(&d, feed)?.rules.into_iter().map(|(r, _)| r).collect();
+                let rules = load(&d, feed)?.into_rules();
                 let mut e = Engine::new(rules).with_time(time_config(&d)?);
                 if e.restore(&state).is_ok() {
                     for s in e.stats() {
@@ -87,7 +87,7 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            for (r, _) in &loaded.rules {
+            for r in loaded.all() {
                 let learns = match (r.kind.learning_until(), learning.get(&r.meta.id)) {
                     (None, _) => String::new(),
                     (Some(_), Some((false, _))) => "  learned".to_owned(),
@@ -113,6 +113,9 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
             }
             for e in &loaded.errors {
                 println!("error: {e}");
+            }
+            for w in &loaded.warnings {
+                println!("warning: {}: {}", w.file, w.message);
             }
             Ok(if loaded.errors.is_empty() {
                 ExitCode::SUCCESS
@@ -163,7 +166,7 @@ pub fn run(cfg: &Config, args: RulesArgs) -> anyhow::Result<ExitCode> {
             let store = vigil_store::Store::open_existing(&data_dir)
                 .with_context(|| format!("opening the store at {}", data_dir.display()))?;
             let loaded = load(&d, feed)?;
-            let mut engine = Engine::new(loaded.rules.into_iter().map(|(r, _)| r).collect())
+            let mut engine = Engine::new(loaded.into_rules())
                 .with_time(time_config(&d)?)
                 .with_incident_window(incident_window_ns(&d)?)
                 .with_state_budget(d.max_state_bytes);

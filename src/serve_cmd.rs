@@ -425,13 +425,14 @@ fn start_detection(
         return Ok(off);
     }
     let loaded = crate::services::rules::load(&cfg.detect, feed.as_deref())?;
-    let rules: Vec<_> = loaded.rules.into_iter().map(|(r, _)| r).collect();
     tracing::info!(
-        rules = rules.len(),
+        rules = loaded.all().count(),
+        sigma = loaded.sigma.len(),
         failed = loaded.errors.len(),
         inactive = loaded.inactive.len(),
         "detection rules loaded"
     );
+    let rules: Vec<_> = loaded.into_rules();
     let (tx, rx) = crossbeam_channel::bounded(cfg.detect.queue_depth.max(1));
     let mut outbox = None;
     if !targets.is_empty() {
@@ -477,7 +478,7 @@ fn start_detection(
                     ttl_ms: cfg.detect.lease_ttl_ms,
                     rules: Arc::new(move || {
                         match crate::services::rules::load(&d, feed.as_deref()) {
-                            Ok(l) => l.rules.into_iter().map(|(r, _)| r).collect(),
+                            Ok(l) => l.into_rules(),
                             Err(e) => {
                                 tracing::error!(
                                     error = format!("{e:#}"),

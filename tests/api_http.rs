@@ -613,7 +613,7 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
     calls += 3;
     let rows = c.sql(
         reader,
-        "SELECT event_id, source_format FROM events WHERE kafka_topic = 'vigil.opa' ORDER BY record_index",
+        "SELECT event_id, source_format FROM events WHERE kafka_topic = 'vigil.opa' ORDER BY kafka_partition, kafka_offset, record_index",
     );
     // The matrix's uploads first (one per role that may upload), then the sample's.
     let matrix_uploads = routes

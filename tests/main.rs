@@ -33,6 +33,7 @@ mod deliver_http;
 mod detect_kafka;
 mod detect_policy;
 mod detect_samples;
+mod detect_sigma;
 mod detect_time;
 mod simulate_kafka;
 

@@ -38,6 +38,7 @@ pub mod rules;
 pub mod ruletest;
 pub mod run;
 mod sequence;
+pub mod sigma;
 mod system_alerts;
 mod threshold;
 pub mod time;

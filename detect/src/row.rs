@@ -10,6 +10,8 @@ pub struct OwnedRow {
     strs: BTreeMap<usize, String>,
     ints: BTreeMap<usize, i64>,
     bools: BTreeMap<usize, bool>,
+    /// The event's bytes as received and, if they are JSON, the record they parse to.
+    raw: Option<(Vec<u8>, Option<serde_json::Value>)>,
 }
 
 impl OwnedRow {
@@ -35,6 +37,12 @@ impl OwnedRow {
             }
         }
         Ok(r)
+    }
+
+    /// The same row with its bytes as received (a rule test's raw record).
+    pub fn with_raw(mut self, raw: &[u8]) -> OwnedRow {
+        self.raw = Some((raw.to_vec(), serde_json::from_slice(raw).ok()));
+        self
     }
 
     /// The row a group key stands for: each group-by field with its key value (a group judged
@@ -83,5 +91,11 @@ impl Row for OwnedRow {
     }
     fn bool(&self, column: usize) -> Option<bool> {
         self.bools.get(&column).copied()
+    }
+    fn raw(&self) -> Option<&[u8]> {
+        self.raw.as_ref().map(|(b, _)| b.as_slice())
+    }
+    fn record(&self) -> Option<&serde_json::Value> {
+        self.raw.as_ref().and_then(|(_, r)| r.as_ref())
     }
 }

@@ -91,6 +91,29 @@ fn expand(t: &RuleTest) -> Result<Vec<(Input, i64)>, String> {
 /// failed test each.
 pub fn run(sources: &[Source], d: &Defaults) -> Vec<TestResult> {
     let mut results = Vec::new();
+    let (sigma, sources): (Vec<&Source>, Vec<&Source>) = sources
+        .iter()
+        .partition(|s| crate::sigma::is_sigma(&s.name));
+    // Sigma rules carry no tests of Vigil's: each is checked to load (a rule that cannot be
+    // evaluated fails here with its file and why).
+    let mut l = crate::rules::Loaded::default();
+    crate::sigma::load(&sigma, d, &mut l);
+    for e in l.errors {
+        results.push(TestResult {
+            rule: "?".into(),
+            source: e.file.clone(),
+            test: "(load)".into(),
+            failure: Some(e.to_string()),
+        });
+    }
+    for r in &l.sigma {
+        results.push(TestResult {
+            rule: r.meta.id.clone(),
+            source: r.meta.source.clone(),
+            test: "(loads; a Sigma rule carries no tests)".into(),
+            failure: None,
+        });
+    }
     for s in sources {
         let rf = match parse(&s.name, &s.text) {
             Ok(rf) => rf,

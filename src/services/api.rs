@@ -193,7 +193,7 @@ pub fn reload_fn(
                 "detection does not run in this process (detect.enabled = false, or another process holds the data directory's detection lock)".into(),
             ));
         };
-        let loaded = crate::services::rules::load(&detect, feed.as_deref())
+        let mut loaded = crate::services::rules::load(&detect, feed.as_deref())
             .map_err(|e| api::ReloadFail::Invalid(vec![format!("{e:#}")]))?;
         if !loaded.errors.is_empty() {
             return Err(api::ReloadFail::Invalid(
@@ -204,14 +204,14 @@ pub fn reload_fn(
                     .collect(),
             ));
         }
-        let rules = loaded.rules.into_iter().map(|(r, _)| r).collect();
+        let inactive = std::mem::take(&mut loaded.inactive);
+        let rules = loaded.into_rules();
         let reloaded = reloader
             .reload(rules, by, Duration::from_secs(30))
             .map_err(|e| api::ReloadFail::Unavailable(e.to_string()))?;
         Ok(api::RulesReloaded {
             reloaded,
-            inactive: loaded
-                .inactive
+            inactive: inactive
                 .into_iter()
                 .map(|(id, reason)| api::InactiveRule { id, reason })
                 .collect(),

@@ -53,7 +53,10 @@ pub fn defaults(d: &DetectConfig, feed: Option<&PolicyFeed>) -> anyhow::Result<D
         d.max_state_bytes >= 1 << 20,
         "detect.max_state_bytes must be ≥ 1 MiB (1048576)"
     );
+    let sigma_pipelines = vigil_detect::sigma::load_pipelines(&d.sigma_pipelines)
+        .context("detect.sigma_pipelines")?;
     Ok(Defaults {
+        sigma_pipelines,
         allowed_lateness_ns: i64::try_from(d.allowed_lateness_ms)?.saturating_mul(1_000_000),
         max_groups: d.max_groups_per_rule,
         allowlist,
@@ -69,6 +72,9 @@ pub fn load(d: &DetectConfig, feed: Option<&PolicyFeed>) -> anyhow::Result<Loade
     let loaded = rules::load(&sources, &defaults);
     for e in &loaded.errors {
         tracing::error!(file = %e.file, line = e.line, reason = %e.message, "rule not loaded");
+    }
+    for w in &loaded.warnings {
+        tracing::warn!(file = %w.file, reason = %w.message, "rule loaded, but cannot do all it says");
     }
     for (id, why) in &loaded.inactive {
         tracing::info!(rule = %id, reason = %why, "rule inactive");

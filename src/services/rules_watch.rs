@@ -105,6 +105,7 @@ fn watch_files(
     if !cfg.allowlist_file.as_os_str().is_empty() {
         files.push(cfg.allowlist_file.clone());
     }
+    files.extend(cfg.sigma_pipelines.iter().cloned());
     if dirs.is_empty() && files.is_empty() {
         return Ok(None);
     }

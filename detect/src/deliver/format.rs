@@ -3,6 +3,20 @@
 
 use super::*;
 
+/// A Sigma rule's attribution in an alert (its title, id, level, author; its licence): what
+/// the Detection Rule License asks every message based on a match to carry, so also the
+/// targets that send a summary rather than the whole alert.
+fn attribution(a: &Alert) -> Vec<&str> {
+    if !a.rule_kind.starts_with("sigma") {
+        return Vec::new();
+    }
+    a.detail
+        .iter()
+        .filter(|d| d.starts_with("sigma rule: ") || d.starts_with("licence: "))
+        .map(String::as_str)
+        .collect()
+}
+
 /// The body and headers one target gets for one alert revision.
 pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, String)>) {
     let key = idempotency_key(a);
@@ -26,9 +40,13 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
                 .as_deref()
                 .map(|i| format!(" · incident `{}`", slack_escape(i)))
                 .unwrap_or_default();
+            let credit: String = attribution(a)
+                .iter()
+                .map(|l| format!("\n{}", slack_escape(l)))
+                .collect();
             serde_json::json!({
                 "text": format!(
-                    "*[{}] {}* — {} events, {}\nrule `{}` · alert `{}` (revision {}){incident}",
+                    "*[{}] {}* — {} events, {}\nrule `{}` · alert `{}` (revision {}){incident}{credit}",
                     slack_escape(&a.severity.as_str().to_uppercase()),
                     slack_escape(&a.title),
                     a.event_count,
@@ -77,6 +95,10 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
                 "startsAt": rfc3339(a.first_event_ns),
             });
             alert["annotations"]["status"] = a.status.as_str().into();
+            let credit = attribution(a);
+            if !credit.is_empty() {
+                alert["annotations"]["attribution"] = credit.join("; ").into();
+            }
             if let Some(by) = &a.status_by {
                 alert["annotations"]["status_by"] = by.clone().into();
             }

@@ -52,6 +52,43 @@ fn slack_messages_escape_event_values() {
     assert!(!text.contains('<') && !text.contains('>'), "{text}");
 }
 
+/// The Detection Rule License: an alert from a Sigma rule carries its author wherever it is
+/// delivered, the targets that send a summary included; a native rule's detail is not taken
+/// for an attribution, whatever it says.
+#[test]
+fn every_target_carries_a_sigma_rules_author() {
+    let mut a = alert("medium", "sigma:a1b0ca4e", 1);
+    a.rule_kind = "sigma".into();
+    a.detail = vec![
+        "sigma rule: Potential Remote Command Execution In Pod Container (id a1b0ca4e), level medium; author: Leo Tsaousis (@laripping)".into(),
+        "licence: as its source states; from kubernetes_audit_exec_into_container.yml".into(),
+        "tags: attack.t1609".into(),
+    ];
+    for kind in [
+        TargetKind::Webhook,
+        TargetKind::File,
+        TargetKind::Slack,
+        TargetKind::Splunk,
+        TargetKind::Alertmanager,
+    ] {
+        let (body, _) = request(&target(kind), &a, 0);
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("author: Leo Tsaousis (@laripping)"),
+            "{kind:?}: {text}"
+        );
+    }
+    let mut native = alert("medium", "vigil.x", 1);
+    native.detail = vec!["sigma rule: forged; author: nobody".into()];
+    for kind in [TargetKind::Slack, TargetKind::Alertmanager] {
+        let (body, _) = request(&target(kind), &native, 0);
+        assert!(
+            !String::from_utf8(body).unwrap().contains("nobody"),
+            "{kind:?}"
+        );
+    }
+}
+
 #[test]
 fn urls_are_shown_without_path_query_or_user() {
     assert_eq!(

@@ -508,6 +508,7 @@ impl Engine {
                         late: p.late,
                         gap: p.gap,
                     },
+                    record: Default::default(),
                 };
                 let ev = EvRef {
                     log: p.log,
@@ -523,7 +524,11 @@ impl Engine {
                         rule.kind.note_late();
                     }
                     let ids = |e: &EvRef| event_id(held, id_col, e);
-                    book.take(r, rule, &row, outcome, now_ns, logs, &ids);
+                    // A Sigma rule's group is named by its own fields (the key it found).
+                    match rule.kind.key_row() {
+                        Some(k) => book.take(r, rule, k, outcome, now_ns, logs, &ids),
+                        None => book.take(r, rule, &row, outcome, now_ns, logs, &ids),
+                    }
                 }
                 budget.evaluated(rules);
             }
@@ -587,7 +592,10 @@ impl Engine {
         } = self;
         for (r, rule) in rules.iter_mut().enumerate() {
             let outcome = rule.kind.observe(row, ev);
-            book.take(r, rule, row, outcome, now_ns, logs, &|_| None);
+            match rule.kind.key_row() {
+                Some(k) => book.take(r, rule, k, outcome, now_ns, logs, &|_| None),
+                None => book.take(r, rule, row, outcome, now_ns, logs, &|_| None),
+            }
         }
         budget.evaluated(rules);
     }

@@ -31,7 +31,7 @@ fn engine(text: &str) -> Engine {
     // These tests are about alerts, not time: tiny clocks (`now` 7) skew nothing, and every
     // log counts as idle at once, so each piece is evaluated whole as it comes (event
     // time across logs: `crate::time_tests`).
-    Engine::new(l.rules.into_iter().map(|(r, _)| r).collect()).with_time(TimeConfig {
+    Engine::new(l.into_rules()).with_time(TimeConfig {
         max_future_skew_ns: i64::MAX / 4,
         idle_source_ns: -1,
         ..TimeConfig::default()

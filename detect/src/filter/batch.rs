@@ -14,6 +14,7 @@ enum Col<'a> {
     U16(&'a arrow::array::UInt16Array),
     U32(&'a arrow::array::UInt32Array),
     Bool(&'a arrow::array::BooleanArray),
+    Bin(&'a arrow::array::BinaryArray),
     Other,
 }
 
@@ -33,6 +34,7 @@ impl<'a> BatchRows<'a> {
                     DataType::UInt16 => Col::U16(a.as_primitive::<UInt16Type>()),
                     DataType::UInt32 => Col::U32(a.as_primitive::<UInt32Type>()),
                     DataType::Boolean => Col::Bool(a.as_boolean()),
+                    DataType::Binary => Col::Bin(a.as_binary::<i32>()),
                     _ => Col::Other,
                 }
             })
@@ -88,6 +90,14 @@ impl Row for BatchRow<'_, '_> {
         use arrow::array::Array;
         match self.rows.cols.get(column)? {
             Col::Bool(a) if a.is_valid(self.i) => Some(a.value(self.i)),
+            _ => None,
+        }
+    }
+
+    fn raw(&self) -> Option<&[u8]> {
+        use arrow::array::Array;
+        match self.rows.cols.get(vigil_schemas::schema::idx::RAW)? {
+            Col::Bin(a) if a.is_valid(self.i) => Some(a.value(self.i)),
             _ => None,
         }
     }

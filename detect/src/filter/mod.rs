@@ -96,6 +96,8 @@ pub struct Context<'a> {
 pub(crate) struct WithContext<'a, R> {
     pub row: &'a R,
     pub ctx: Context<'a>,
+    /// The row's record, parsed on first use ([`Row::record`]).
+    pub record: std::cell::OnceCell<Option<serde_json::Value>>,
 }
 
 impl<R: Row> Row for WithContext<'_, R> {
@@ -122,6 +124,14 @@ impl<R: Row> Row for WithContext<'_, R> {
             Some(5) => Some(self.ctx.gap),
             Some(_) => None,
         }
+    }
+    fn raw(&self) -> Option<&[u8]> {
+        self.row.raw()
+    }
+    fn record(&self) -> Option<&serde_json::Value> {
+        self.record
+            .get_or_init(|| self.row.raw().and_then(|b| serde_json::from_slice(b).ok()))
+            .as_ref()
     }
 }
 
@@ -155,6 +165,15 @@ pub trait Row {
     fn str(&self, column: usize) -> Option<&str>;
     fn int(&self, column: usize) -> Option<i64>;
     fn bool(&self, column: usize) -> Option<bool>;
+    /// The event's exact bytes as received (the `raw` column), where the row has them.
+    fn raw(&self) -> Option<&[u8]> {
+        None
+    }
+    /// The event's source record parsed as JSON: parsed once per event, the first time a rule
+    /// asks (Sigma rules name the source's own fields); `None` when it is not JSON.
+    fn record(&self) -> Option<&serde_json::Value> {
+        None
+    }
 }
 
 #[derive(Debug)]

@@ -213,6 +213,7 @@ impl KindName {
                 "peak_factor",
                 "peak_half_life",
             ],
+            KindName::Sigma | KindName::SigmaCorrelation => &[],
         }
     }
 }
@@ -312,6 +313,9 @@ pub(crate) fn compile(
         }
     };
     let kind = match k.get_ref() {
+        KindName::Sigma | KindName::SigmaCorrelation => {
+            return Err(cx.err(k.span(), "Sigma rules are YAML files (`*.yml`), not TOML"));
+        }
         KindName::Threshold => {
             needs_group("threshold")?;
             let ratio = ratio(&cx, rf)?;

@@ -24,6 +24,7 @@ macro_rules! each {
             Kind::Sequence($r) => $e,
             Kind::RateSpike($r) => $e,
             Kind::Absence($r) => $e,
+            Kind::Sigma($r) => $e,
         }
     };
 }
@@ -38,6 +39,7 @@ pub enum Kind {
     Sequence(Sequence),
     RateSpike(RateSpike),
     Absence(crate::absence::Absence),
+    Sigma(crate::sigma::Sigma),
 }
 
 impl Kind {
@@ -70,6 +72,16 @@ impl Kind {
             Kind::Sequence(r) => &r.spec.group_by,
             Kind::RateSpike(r) => &r.spec.group_by,
             Kind::Absence(r) => &r.spec.group_by,
+            Kind::Sigma(r) => &r.spec.group_by,
+        }
+    }
+
+    /// For a Sigma rule: the key of the group its last match fell in, as a row (its group is
+    /// named by fields of its own, not by canonical columns); `None` for every other kind.
+    pub(crate) fn key_row(&self) -> Option<&crate::sigma::KeyRow> {
+        match self {
+            Kind::Sigma(r) => Some(&r.key),
+            _ => None,
         }
     }
 
@@ -123,13 +135,17 @@ impl Kind {
     }
 
     pub fn groups(&self) -> usize {
-        each!(self, r => r.st.groups.len())
+        match self {
+            Kind::Sigma(r) => r.groups(),
+            k => each!(k, r => r.st.groups.len()),
+        }
     }
 
     /// The bytes the rule's state holds (its groups and what indexes them).
     pub(crate) fn weigh(&self) -> usize {
         match self {
             Kind::Absence(r) => r.weigh(),
+            Kind::Sigma(r) => r.weigh(),
             k => each!(k, r => r.st.groups.weigh()),
         }
     }
@@ -139,6 +155,7 @@ impl Kind {
     pub fn shed(&mut self) -> u64 {
         let n = match &mut *self {
             Kind::Absence(r) => r.shed(),
+            Kind::Sigma(r) => r.shed(),
             k => each!(k, r => r.st.groups.shed()),
         };
         each!(self, r => r.st.counters.evicted = r.st.groups.evicted);
@@ -160,6 +177,12 @@ impl Kind {
             extra: Option<i64>,
             groups: Vec<crate::group::Entry<S>>,
         }
+        /// A Sigma correlation's windows, saved beside its open alerts.
+        #[derive(Deserialize)]
+        struct Windows {
+            #[serde(default)]
+            sigma: Option<rsigma_eval::CorrelationSnapshot>,
+        }
         fn load<S: serde::de::DeserializeOwned>(
             st: &mut crate::group::State<S>,
             by: &GroupBy,
@@ -179,6 +202,13 @@ impl Kind {
                 let by = r.spec.match_by.clone();
                 load(&mut r.st, &by, v)?;
                 r.rebuild_due();
+            }
+            Kind::Sigma(r) => {
+                load(&mut r.st, &by, v)?;
+                let w: Windows = serde_json::from_str(v.get())?;
+                if let Some(s) = w.sigma {
+                    r.restore_snapshot(s);
+                }
             }
             _ => {
                 each!(self, r => load(&mut r.st, &by, v)?);
@@ -200,10 +230,13 @@ impl Serialize for SavedKind<'_> {
             counters: &'a Counters,
             extra: Option<i64>,
             groups: Vec<&'a crate::group::Entry<S>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sigma: Option<rsigma_eval::CorrelationSnapshot>,
         }
         fn table<S: Serialize, Ser: serde::Serializer>(
             st: &crate::group::State<S>,
             extra: Option<i64>,
+            sigma: Option<rsigma_eval::CorrelationSnapshot>,
             ser: Ser,
         ) -> Result<Ser::Ok, Ser::Error> {
             Table {
@@ -211,12 +244,14 @@ impl Serialize for SavedKind<'_> {
                 counters: &st.counters,
                 extra,
                 groups: st.groups.entries().collect(),
+                sigma,
             }
             .serialize(ser)
         }
         match self.0 {
-            Kind::FirstSeen(r) => table(&r.st, r.started_ns, ser),
-            k => each!(k, r => table(&r.st, None, ser)),
+            Kind::FirstSeen(r) => table(&r.st, r.started_ns, None, ser),
+            Kind::Sigma(r) => table(&r.st, None, r.snapshot(), ser),
+            k => each!(k, r => table(&r.st, None, None, ser)),
         }
     }
 }

@@ -136,6 +136,12 @@ pub enum KindName {
     Sequence,
     RateSpike,
     Absence,
+    /// A Sigma detection rule (a YAML file, never `kind =` in a TOML one).
+    #[serde(skip_deserializing)]
+    Sigma,
+    /// A Sigma correlation rule.
+    #[serde(skip_deserializing)]
+    SigmaCorrelation,
 }
 
 impl KindName {
@@ -148,6 +154,8 @@ impl KindName {
             KindName::Sequence => "sequence",
             KindName::RateSpike => "rate_spike",
             KindName::Absence => "absence",
+            KindName::Sigma => "sigma",
+            KindName::SigmaCorrelation => "sigma_correlation",
         }
     }
 }
@@ -297,6 +305,8 @@ pub struct Defaults {
     pub suppress_ns: i64,
     /// The configured policy graph, if any.
     pub allowlist: Option<PolicyGraph>,
+    /// Processing pipelines applied to every Sigma rule (`detect.sigma_pipelines`).
+    pub sigma_pipelines: Vec<rsigma_eval::Pipeline>,
 }
 
 impl Default for Defaults {
@@ -306,6 +316,7 @@ impl Default for Defaults {
             max_groups: 100_000,
             suppress_ns: 3600 * 1_000_000_000,
             allowlist: None,
+            sigma_pipelines: Vec::new(),
         }
     }
 }
@@ -338,8 +349,29 @@ pub struct Rule {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub rules: Vec<(Rule, RuleFile)>,
+    /// Sigma rules (`*.yml`), which have no rule file of Vigil's.
+    pub sigma: Vec<Rule>,
     pub errors: Vec<RuleError>,
+    /// Rules that loaded but cannot do all they say (a Sigma rule naming a field its events
+    /// never have).
+    pub warnings: Vec<RuleError>,
     pub inactive: Vec<(String, String)>,
+}
+
+impl Loaded {
+    /// Every loaded rule, Vigil's and Sigma's.
+    pub fn all(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|(r, _)| r).chain(&self.sigma)
+    }
+
+    /// Every loaded rule, for an engine.
+    pub fn into_rules(self) -> Vec<Rule> {
+        self.rules
+            .into_iter()
+            .map(|(r, _)| r)
+            .chain(self.sigma)
+            .collect()
+    }
 }
 
 /// Why a policy graph file could not be read.
@@ -379,7 +411,7 @@ pub struct Source {
 }
 
 /// The rule sources: the default pack (unless `with_defaults` is false), then every `*.toml`
-/// in `dir` (sorted). A directory rule with a default rule's id replaces it.
+/// and Sigma file (`*.yml`, `*.yaml`) in `dir` (sorted). A directory rule with a default rule's id replaces it.
 pub fn sources(dir: Option<&Path>, with_defaults: bool) -> Result<Vec<Source>, RuleError> {
     let mut out = Vec::new();
     if with_defaults {
@@ -400,7 +432,11 @@ pub fn sources(dir: Option<&Path>, with_defaults: bool) -> Result<Vec<Source>, R
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .filter(|p| {
+                let name = p.to_string_lossy();
+                (p.extension().is_some_and(|x| x == "toml") || crate::sigma::is_sigma(&name))
+                    && p.is_file()
+            })
             .collect();
         paths.sort();
         for p in paths {
@@ -419,6 +455,9 @@ pub fn sources(dir: Option<&Path>, with_defaults: bool) -> Result<Vec<Source>, R
 /// skipped); duplicates by id keep the last (a directory rule overrides a default).
 pub fn load(sources: &[Source], d: &Defaults) -> Loaded {
     let mut out = Loaded::default();
+    let (sigma, sources): (Vec<&Source>, Vec<&Source>) = sources
+        .iter()
+        .partition(|s| crate::sigma::is_sigma(&s.name));
     for s in sources {
         let rf = match parse(&s.name, &s.text) {
             Ok(rf) => rf,
@@ -454,5 +493,6 @@ pub fn load(sources: &[Source], d: &Defaults) -> Loaded {
             Err(e) => out.errors.push(e),
         }
     }
+    crate::sigma::load(&sigma, d, &mut out);
     out
 }
