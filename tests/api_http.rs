@@ -242,6 +242,16 @@ fn routes_roles_tokens_sql_lifecycle_and_the_audit_trail() {
 
     let (_, listed) = c.json("GET", "/v1/alerts", Some(reader), None);
     let alert_id = listed["alerts"][0]["alert_id"].as_str().unwrap().to_owned();
+    // The same page as OCSF Detection Findings, valid against the 1.8.0 schema.
+    let (st, ocsf) = c.json("GET", "/v1/alerts?format=ocsf", Some(reader), None);
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(ocsf["total"], 1);
+    let f = &ocsf["findings"][0];
+    assert_eq!(f["finding_info"]["uid"].as_str(), Some(alert_id.as_str()));
+    let errs = Ocsf::load().validate("detection_finding", f);
+    assert!(errs.is_empty(), "{errs:#?}\n{f:#}");
+    let (st, _) = c.call("GET", "/v1/alerts?format=cef", Some(reader), None);
+    assert_eq!(st, StatusCode::BAD_REQUEST);
     // The first record's proofs, once a signed checkpoint holds it.
     wait_for(
         "a signed checkpoint of mesh/0",

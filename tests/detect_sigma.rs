@@ -65,6 +65,7 @@ fn sigmahq_rules_and_a_correlation_alert_in_serve_with_their_author_and_evidence
     std::fs::write(rules.path().join("secret_reads.yml"), CORRELATION).unwrap();
     let delivered = tempfile::tempdir().unwrap();
     let out = delivered.path().join("alerts.jsonl");
+    let ocsf_out = delivered.path().join("findings.jsonl");
     let DetectSetup {
         broker,
         dir,
@@ -74,9 +75,11 @@ fn sigmahq_rules_and_a_correlation_alert_in_serve_with_their_author_and_evidence
         "k8s.audit",
         1,
         &format!(
-            "rules_dir = {:?}\n\n[[deliver.targets]]\nname = \"file\"\nkind = \"file\"\nurl = {:?}\n",
+            "rules_dir = {:?}\n\n[[deliver.targets]]\nname = \"file\"\nkind = \"file\"\nurl = {:?}\n\n\
+             [[deliver.targets]]\nname = \"lake\"\nkind = \"file\"\nurl = {:?}\nformat = \"ocsf\"\n",
             rules.path().display().to_string(),
-            out.display().to_string()
+            out.display().to_string(),
+            ocsf_out.display().to_string()
         ),
     );
     let now = chrono::Utc::now();
@@ -159,4 +162,26 @@ fn sigmahq_rules_and_a_correlation_alert_in_serve_with_their_author_and_evidence
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     assert!(text.contains("author: Leo Tsaousis (@laripping)"), "{text}");
     assert!(text.contains("author: kelnage"), "{text}");
+    // The same alerts as OCSF Detection Findings, valid against the 1.8.0 schema, author and
+    // all; and each stored alert converts the same way.
+    let schema = Ocsf::load();
+    let findings = std::fs::read_to_string(&ocsf_out).unwrap_or_default();
+    let mut n = 0;
+    for line in findings.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let f = &v["alert"];
+        let errs = schema.validate("detection_finding", f);
+        assert!(errs.is_empty(), "{errs:#?}\n{f:#}");
+        assert_eq!(f["metadata"]["product"]["name"], "Vigil");
+        n += 1;
+    }
+    assert!(n >= 3, "{findings}");
+    assert!(
+        findings.contains("author: Leo Tsaousis (@laripping)"),
+        "{findings}"
+    );
+    for a in &alerts {
+        let f = vigil_detect::alerts::detection_finding(a);
+        assert!(schema.validate("detection_finding", &f).is_empty());
+    }
 }

@@ -2,7 +2,8 @@
 //! process ([`Serve`]), `vigil` commands run to completion ([`vigil`], [`succeed`]), what a data
 //! directory holds ([`stored_records`], [`sql`], [`stored_alerts`]), HTTP on loopback, the
 //! public samples in `../shared/data` ([`data_path`]), an S3-compatible server ([`S3Server`]),
-//! and the simulator as the tests drive it.
+//! the simulator as the tests drive it, and an OCSF validator built from the schema files
+//! ([`Ocsf`]).
 //! Everything is bounded in time and cleaned up on drop.
 //!
 //! The benches include this module too (`#[path]`), each using part of it.
@@ -15,6 +16,7 @@ mod cli;
 mod detect;
 mod files;
 mod http;
+mod ocsf;
 mod s3;
 mod serve;
 mod simulated;
@@ -23,7 +25,8 @@ mod store;
 // Each includer (the tests, each bench) uses part of what follows.
 #[allow(unused_imports)]
 pub use {
-    broker::*, cli::*, detect::*, files::*, http::*, s3::*, serve::*, simulated::*, store::*,
+    broker::*, cli::*, detect::*, files::*, http::*, ocsf::*, s3::*, serve::*, simulated::*,
+    store::*,
 };
 
 pub fn free_port() -> u16 {

@@ -19,7 +19,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
+mod ocsf;
 mod values;
+pub use ocsf::{AlertFormat, OCSF_VERSION, detection_finding, formatted};
 pub use values::UnknownName;
 pub use values::{Severity, Status};
 

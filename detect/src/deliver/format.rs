@@ -27,7 +27,7 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
     let body = match t.cfg.kind {
         TargetKind::Webhook | TargetKind::File => serde_json::json!({
             "idempotency_key": key,
-            "alert": a,
+            "alert": crate::alerts::formatted(a, t.cfg.format),
         }),
         TargetKind::Slack => {
             let group: Vec<String> = a
@@ -64,7 +64,7 @@ pub fn request(t: &Target, a: &Alert, now_s: i64) -> (Vec<u8>, Vec<(String, Stri
                 "host": "vigil",
                 "source": "vigil",
                 "sourcetype": t.cfg.sourcetype,
-                "event": a,
+                "event": crate::alerts::formatted(a, t.cfg.format),
                 "fields": { "idempotency_key": key, "rule_id": a.rule_id, "severity": a.severity, "incident_id": a.incident_id },
             })
         }

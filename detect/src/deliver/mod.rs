@@ -95,6 +95,10 @@ pub struct TargetConfig {
     /// Splunk: the event's sourcetype.
     #[serde(default = "sourcetype")]
     pub sourcetype: String,
+    /// What the alert is sent as (webhook, file, splunk): Vigil's JSON or an OCSF 1.8.0
+    /// Detection Finding.
+    #[serde(default)]
+    pub format: crate::alerts::AlertFormat,
 }
 
 fn min_severity() -> Severity {
@@ -137,6 +141,7 @@ impl std::fmt::Debug for TargetConfig {
             .field("secret_env", &self.secret_env)
             .field("min_severity", &self.min_severity)
             .field("rules", &self.rules)
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +164,7 @@ impl TargetConfig {
             backoff_max_ms: backoff_max_ms(),
             max_age_ms: max_age_ms(),
             sourcetype: sourcetype(),
+            format: Default::default(),
         }
     }
 }
@@ -210,6 +216,13 @@ impl Target {
         }
         if cfg.concurrency == 0 {
             return Err(err("concurrency must be ≥ 1".into()));
+        }
+        if cfg.format != crate::alerts::AlertFormat::Vigil
+            && matches!(cfg.kind, TargetKind::Slack | TargetKind::Alertmanager)
+        {
+            return Err(err(
+                "format applies to webhook, file and splunk targets (slack and alertmanager have shapes of their own)".into(),
+            ));
         }
         if cfg.kind != TargetKind::File
             && !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://"))

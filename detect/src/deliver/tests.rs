@@ -89,6 +89,40 @@ fn every_target_carries_a_sigma_rules_author() {
     }
 }
 
+/// `format = "ocsf"`: webhook, file and Splunk send the OCSF Detection Finding where they sent
+/// the alert; Slack and Alertmanager, which have shapes of their own, refuse the setting.
+#[test]
+fn an_ocsf_target_sends_detection_findings_and_a_summary_target_refuses_the_format() {
+    let a = alert("high", "vigil.x", 1);
+    for kind in [TargetKind::Webhook, TargetKind::File, TargetKind::Splunk] {
+        let mut c = TargetConfig::webhook("t", "http://127.0.0.1:9/x", "k3y".into());
+        c.kind = kind;
+        c.format = crate::alerts::AlertFormat::Ocsf;
+        let t = Target::new(c, |_: &str| None).unwrap();
+        let (body, _) = request(&t, &a, 0);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let f = if kind == TargetKind::Splunk {
+            &v["event"]
+        } else {
+            &v["alert"]
+        };
+        assert_eq!(
+            (f["class_uid"].as_i64(), f["severity_id"].as_i64()),
+            (Some(2004), Some(4)),
+            "{kind:?}"
+        );
+    }
+    for kind in [TargetKind::Slack, TargetKind::Alertmanager] {
+        let mut c = TargetConfig::webhook("t", "http://127.0.0.1:9/x", "k3y".into());
+        c.kind = kind;
+        c.format = crate::alerts::AlertFormat::Ocsf;
+        let Err(e) = Target::new(c, |_: &str| None) else {
+            panic!("{kind:?} with format ocsf was accepted");
+        };
+        assert!(e.to_string().contains("format applies to"), "{e}");
+    }
+}
+
 #[test]
 fn urls_are_shown_without_path_query_or_user() {
     assert_eq!(

@@ -90,6 +90,10 @@ pub(super) struct AlertFilter {
     offset: usize,
     /// Alerts on the page (default 100, at most 1000).
     limit: Option<usize>,
+    /// `vigil` (default: the alerts as Vigil stores them) or `ocsf` (each an OCSF 1.8.0
+    /// Detection Finding, in `findings`).
+    #[serde(default)]
+    format: vigil_detect::alerts::AlertFormat,
 }
 
 /// Most alerts one page holds.
@@ -121,6 +125,17 @@ pub(super) async fn alerts(State(s): State<AppState>, Query(f): Query<AlertFilte
         rows: Some(page.len() as u64),
         ..Default::default()
     };
+    if f.format == vigil_detect::alerts::AlertFormat::Ocsf {
+        let page = super::FindingsPage {
+            findings: page
+                .into_iter()
+                .map(vigil_detect::alerts::detection_finding)
+                .collect(),
+            total: matching.len(),
+            next_offset: next,
+        };
+        return with_detail(Json(page).into_response(), d);
+    }
     let page = AlertsPage {
         alerts: page.into_iter().cloned().collect(),
         total: matching.len(),

@@ -211,6 +211,18 @@ pub(crate) struct AlertsPage {
     pub next_offset: Option<usize>,
 }
 
+/// `GET /v1/alerts?format=ocsf`.
+#[derive(Serialize, JsonSchema)]
+pub(crate) struct FindingsPage {
+    /// Newest revision of each alert as an OCSF 1.8.0 Detection Finding (class 2004), newest
+    /// first.
+    pub findings: Vec<serde_json::Value>,
+    /// Alerts matching the filters (all pages).
+    pub total: usize,
+    /// The `offset` of the next page, if there is one.
+    pub next_offset: Option<usize>,
+}
+
 /// `POST /v1/keys/rotate`.
 #[derive(Serialize, JsonSchema)]
 pub(crate) struct Rotated {
@@ -294,7 +306,7 @@ fn build() -> Routes {
     r.add("get", "/healthz", None, "Alive.", Io::text(), get(|| async { "ok\n" }))
         .add("get", "/readyz", None, "Ready: consuming (503 until partitions are assigned).", Io::text(), get(readyz))
         .add("post", "/v1/query", Some(READ), "SQL over the store: body {\"sql\", \"format\": json|ndjson|csv|arrow}; read-only, capped in rows, time and memory.", Io::json::<Rows>().body::<QueryBody>().also(ndjson_csv_arrow), post(query))
-        .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity; paging offset, limit.", Io::json::<AlertsPage>().query::<AlertFilter>(), get(alerts))
+        .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity; paging offset, limit; format=ocsf answers OCSF 1.8.0 Detection Findings (`findings`) instead.", Io::json::<AlertsPage>().query::<AlertFilter>(), get(alerts))
         .add("post", "/v1/alerts/{id}/{action}", Some(CHANGE), "Alert lifecycle: action ack, resolve or suppress; body {\"note\"}.", Io::json::<Alert>().body::<ChangeBody>(), post(change))
         .add("get", "/v1/keys", Some(READ), "The checkpoint signing keys (registry).", Io::text(), get(keys))
         .add("post", "/v1/rules/reload", Some(ADMIN), "Read the rules directory again and replace the running rules (unchanged ones keep their state; any rule that fails to load refuses the whole reload: 422); the rules now running, the new or changed, the removed.", Io::json::<RulesReloaded>(), post(reload))
