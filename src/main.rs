@@ -7,6 +7,7 @@ mod api_key_cmd;
 mod compact_cmd;
 mod config;
 mod decode_cmd;
+mod export_cmd;
 mod keys_cmd;
 mod policy_cmd;
 mod produce_cmd;
@@ -83,6 +84,9 @@ enum Command {
     /// Rewrite each partition log's small files into larger ones (same rows and hashes; still
     /// verifies). Run while `vigil serve` is stopped.
     Compact(compact_cmd::CompactArgs),
+    /// Stored events in a time range in the SOC's formats: OCSF Parquet as Amazon Security
+    /// Lake takes a custom source, or ECS JSON lines; into a directory or `s3://…`.
+    Export(export_cmd::ExportArgs),
     /// Retention: remove the files of each log older than its topic's
     /// `retention.max_age_days` (by when they were written), signing where the log now starts.
     Prune(prune_cmd::PruneArgs),
@@ -163,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts(args) => alerts_cmd::run(&cfg, args),
         Command::ApiKey(args) => api_key_cmd::api_key(args),
         Command::Compact(args) => compact_cmd::run(&cfg, args),
+        Command::Export(args) => export_cmd::run(&cfg, args),
         Command::Prune(args) => prune_cmd::run(&cfg, args),
         Command::VerifyProof(args) => proof_cmd::run_verify_proof(args),
         Command::Schema { json } => {

@@ -35,6 +35,7 @@ mod detect_policy;
 mod detect_samples;
 mod detect_sigma;
 mod detect_time;
+mod export_out;
 mod ocsf_out;
 mod simulate_kafka;
 

@@ -14,6 +14,7 @@
 //! the configuration).
 
 pub mod api;
+pub mod export;
 mod guard;
 pub mod recent;
 

@@ -30,6 +30,7 @@ pub mod decode;
 pub mod error;
 pub mod json;
 pub mod model;
+pub mod out;
 pub mod schema;
 
 pub use batch::EventBatchBuilder;
