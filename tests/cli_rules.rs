@@ -135,3 +135,91 @@ fn backtest_prints_what_would_have_fired_within_the_bounds() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 alert(s)"), "{out}");
 }
+
+/// A Sigma correlation over the stored OPA denials, backtested: 25 denials of one caller
+/// within a minute is an `event_count` of 25 ≥ 20; and `rules list` / `rules test` say what
+/// each Sigma file holds and why one cannot load, by file and rule.
+#[test]
+fn sigma_rules_list_test_and_backtest_like_vigils_own() {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("denials.yml"),
+        r#"
+title: OPA denial
+name: opa_denial
+author: Vigil tests
+logsource:
+    product: opa
+detection:
+    selection:
+        result: false
+    condition: selection
+---
+title: Many OPA denials of one caller
+id: 3f0b9d77-2b0e-4f0a-9d55-7a1f5a0c0001
+author: Vigil tests
+correlation:
+    type: event_count
+    rules: [opa_denial]
+    group-by: [input.attributes.source.principal]
+    timespan: 1m
+    condition:
+        gte: 20
+level: high
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        rules.path().join("windows.yml"),
+        "title: Whoami\nlogsource:\n    product: windows\ndetection:\n    selection:\n        CommandLine|contains: whoami\n    condition: selection\n",
+    )
+    .unwrap();
+    let r = rules.path().to_str().unwrap();
+    let Ran { code, out, .. } = vigil(&["rules", "list", r]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("sigma:3f0b9d77-2b0e-4f0a-9d55-7a1f5a0c0001")
+            && out.contains("sigma_correlation"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sigma:opa_denial") && out.contains("feeds the correlation"),
+        "{out}"
+    );
+    assert!(
+        out.contains("windows.yml:0: rule `Whoami`: logsource product `windows`"),
+        "{out}"
+    );
+    let Ran { code, out, .. } = vigil(&["rules", "test", r, "--no-defaults"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ok    sigma:3f0b9d77"), "{out}");
+    assert!(
+        out.contains("FAIL  ? :: (load)") && out.contains("Whoami"),
+        "{out}"
+    );
+    std::fs::remove_file(rules.path().join("windows.yml")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    store_with_denials(dir.path(), 25);
+    let d = dir.path().to_str().unwrap();
+    let Ran { code, out, .. } =
+        vigil(&["rules", "backtest", "--data-dir", d, "--rules", r, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let fired: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|a: &serde_json::Value| a["rule_kind"] == "sigma_correlation")
+        .collect();
+    assert_eq!(fired.len(), 1, "{out}");
+    assert_eq!(fired[0]["event_count"], 25, "{out}");
+    assert_eq!(
+        fired[0]["group_key"]["input.attributes.source.principal"],
+        "spiffe://c/ns/a/sa/b"
+    );
+    assert!(
+        fired[0]["detail"]
+            .to_string()
+            .contains("author: Vigil tests"),
+        "{out}"
+    );
+}

@@ -33,8 +33,14 @@ pub(crate) fn logsource_of(
     Option<&'static str>,
     Option<&'static str>,
 ) {
-    let col = |name: &str| crate::filter::field(name).map(|f| f.column);
-    let format = col("source_format").and_then(|c| row.str(c));
+    // Looked up once: every Sigma rule asks for every event.
+    static COLUMNS: std::sync::OnceLock<(Option<usize>, Option<usize>)> =
+        std::sync::OnceLock::new();
+    let (format_col, kind_col) = *COLUMNS.get_or_init(|| {
+        let col = |name: &str| crate::filter::field(name).map(|f| f.column);
+        (col("source_format"), col("kind"))
+    });
+    let format = format_col.and_then(|c| row.str(c));
     let (product, service) = match format {
         Some(f) if f == SourceFormat::K8sAudit.as_str() => (Some("kubernetes"), Some("audit")),
         Some(f) if f == SourceFormat::GkeAudit.as_str() => (Some("gcp"), Some("gcp.audit")),
@@ -44,7 +50,7 @@ pub(crate) fn logsource_of(
         Some(f) if f == SourceFormat::Native.as_str() => (Some("vigil"), None),
         _ => (None, None),
     };
-    let category = match col("kind").and_then(|c| row.str(c)) {
+    let category = match kind_col.and_then(|c| row.str(c)) {
         Some("authn") => Some("authentication"),
         Some("authz") => Some("authorization"),
         Some("flow") => Some("network_connection"),

@@ -189,10 +189,14 @@ impl Sigma {
     }
 
     pub fn observe(&mut self, row: &impl Row, ev: EvRef) -> Outcome {
-        let event = SigmaEvent::new(row, ev);
+        // The log source first: an event no rule here is about is never parsed for it.
         let hit = match &mut self.spec.matcher {
             Matcher::Detection { rule, logsource } => {
-                if !logsource.admits(row) || evaluate_rule(rule, &event).is_none() {
+                if !logsource.admits(row) {
+                    return Outcome::Nothing;
+                }
+                let event = SigmaEvent::new(row, ev);
+                if evaluate_rule(rule, &event).is_none() {
                     return Outcome::Nothing;
                 }
                 let key = self
@@ -212,6 +216,10 @@ impl Sigma {
                 names,
                 ..
             } => {
+                if !refs.iter().any(|(_, ls)| ls.admits(row)) {
+                    return Outcome::Nothing;
+                }
+                let event = SigmaEvent::new(row, ev);
                 let detections: Vec<EvaluationResult> = refs
                     .iter()
                     .filter(|(_, ls)| ls.admits(row))
