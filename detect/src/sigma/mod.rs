@@ -11,8 +11,9 @@
 //!   is an error naming the rule (a pipeline can map it) — a rule that would never see an event
 //!   is not loaded silently.
 //! - **Fields it cannot find.** A rule about Kubernetes audit events naming a field that is no
-//!   part of one (SigmaHQ's `hostPath`, a top-level `apiGroup`) loads, with a warning: as
-//!   written it can never match.
+//!   part of one (SigmaHQ's `hostPath`, a top-level `apiGroup`), or comparing a numeric one
+//!   with text (`responseStatus.code: 'ALLOW'`), loads with a warning: as written that test
+//!   can never match.
 //! - **What feeds a correlation only.** A detection rule a correlation references (by id or
 //!   name, across files) raises no alert of its own unless the correlation says
 //!   `generate: true`.
@@ -316,11 +317,59 @@ fn logsource(ls: &rsigma_parser::LogSource) -> Result<Logsource, String> {
     Ok(out)
 }
 
-/// Fields a rule names that its log source's events never have (a warning each).
+/// Fields of a Kubernetes audit event that hold numbers.
+const K8S_AUDIT_NUMBERS: &[&str] = &["responseStatus.code"];
+
+/// Detection items comparing a numeric field with text that is no number (SigmaHQ's
+/// "Potential Enumeration" compares `responseStatus.code` with `'ALLOW'`): (field, value).
+fn text_for_numbers(d: &rsigma_parser::Detection, out: &mut Vec<(String, String)>) {
+    use rsigma_parser::{Detection, SigmaValue};
+    match d {
+        Detection::AllOf(items) => {
+            for it in items {
+                let Some(name) = &it.field.name else { continue };
+                if !K8S_AUDIT_NUMBERS.contains(&name.as_str()) || !it.field.modifiers.is_empty() {
+                    continue;
+                }
+                for v in &it.values {
+                    if let SigmaValue::String(s) = v
+                        && s.original.parse::<f64>().is_err()
+                        && !s.original.contains(['*', '?'])
+                    {
+                        out.push((name.clone(), s.original.clone()));
+                    }
+                }
+            }
+        }
+        Detection::AnyOf(v) | Detection::And(v) => {
+            for d in v {
+                text_for_numbers(d, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Fields a rule names that its log source's events never have, and numeric fields it
+/// compares with text (a warning each).
 fn unknown_fields(rule: &SigmaRule, ls: &Logsource, file: &str) -> Vec<RuleError> {
     if ls.product.as_deref() != Some("kubernetes") {
         return Vec::new();
     }
+    let mut typed = Vec::new();
+    for d in rule.detection.named.values() {
+        text_for_numbers(d, &mut typed);
+    }
+    typed.sort();
+    typed.dedup();
+    let typed = typed.into_iter().map(|(f, v)| RuleError {
+        file: file.to_owned(),
+        line: 0,
+        message: format!(
+            "rule `{}`: `{f}` is a number in a Kubernetes audit event, never {v:?}: as written that test cannot match",
+            rule.title
+        ),
+    });
     let mut one = SigmaCollection::new();
     one.rules.push(rule.clone());
     let fields = RuleFieldSet::collect(&one, &[], false);
@@ -340,6 +389,7 @@ fn unknown_fields(rule: &SigmaRule, ls: &Logsource, file: &str) -> Vec<RuleError
                 rule.title
             ),
         })
+        .chain(typed)
         .collect()
 }
 

@@ -111,6 +111,7 @@ fn every_sigmahq_kubernetes_audit_rule_loads_and_the_ones_that_cannot_match_say_
             "kubernetes_audit_privileged_pod_creation.yml capabilities".to_owned(),
             "kubernetes_audit_rbac_permisions_listing.yml apiGroup".to_owned(),
             "kubernetes_audit_sidecar_injection.yml apiGroup".to_owned(),
+            "kubernetes_audit_potential_enumeration_activity.yml responseStatus.code".to_owned(),
         ]),
         "{:#?}",
         l.warnings
