@@ -497,6 +497,25 @@ fn detection_rule(
     ))
 }
 
+/// A `temporal` correlation means every referenced rule within the timespan (the Sigma
+/// specification). rsigma 0.23 reads one without a `condition` as `gte: 1` and then fires on
+/// any one of them (its parser says "all rules must match"; its evaluator counts rules
+/// fired): that condition becomes "as many as it references".
+fn all_of_temporal(mut c: CorrelationRule) -> CorrelationRule {
+    use rsigma_parser::{ConditionOperator, CorrelationCondition, CorrelationType};
+    if c.correlation_type == CorrelationType::Temporal
+        && let CorrelationCondition::Threshold {
+            predicates,
+            field: None,
+            ..
+        } = &mut c.condition
+        && predicates.as_slice() == [(ConditionOperator::Gte, 1)]
+    {
+        predicates[0].1 = c.rules.len() as u64;
+    }
+    c
+}
+
 fn correlation_rule(
     doc: &Doc<CorrelationRule>,
     id: &str,
@@ -513,7 +532,7 @@ fn correlation_rule(
     let mut want: Vec<String> = c.rules.clone();
     let mut seen: HashSet<String> = HashSet::new();
     let mut refs = Vec::new();
-    sub.correlations.push(c.clone());
+    sub.correlations.push(all_of_temporal(c.clone()));
     while let Some(n) = want.pop() {
         if !seen.insert(n.clone()) {
             continue;
@@ -542,7 +561,7 @@ fn correlation_rule(
                 return Err("references itself".into());
             }
             want.extend(k.rule.rules.iter().cloned());
-            sub.correlations.push(k.rule.clone());
+            sub.correlations.push(all_of_temporal(k.rule.clone()));
         } else {
             return Err(format!(
                 "references `{n}`, which no loaded Sigma rule is (by id or name)"

@@ -671,3 +671,74 @@ transformations:
     let l = load(&[source("ecs.yml", ecs)], &Defaults::default());
     assert_eq!(l.warnings.len(), 2, "{:#?}", l.warnings);
 }
+
+/// `temporal` (any order) with aliases: a denial by OPA (its caller at
+/// `input.attributes.source.principal`) and one by the Kubernetes API server (at
+/// `user.username`) for the same identity within a minute — one group across two sources.
+#[test]
+fn a_temporal_correlation_with_aliases_joins_two_sources_on_one_identity() {
+    let rules = r#"
+title: OPA denial
+name: opa_denied
+logsource:
+    product: opa
+detection:
+    selection:
+        result: false
+    condition: selection
+---
+title: Kubernetes denial
+name: k8s_denied
+logsource:
+    product: kubernetes
+    service: audit
+detection:
+    selection:
+        responseStatus.code: 403
+    condition: selection
+---
+title: Denied by the mesh and by the API server
+id: 0b7e4a51-0000-4000-8000-000000000004
+correlation:
+    type: temporal
+    rules:
+        - opa_denied
+        - k8s_denied
+    aliases:
+        who:
+            opa_denied: input.attributes.source.principal
+            k8s_denied: user.username
+    group-by:
+        - who
+    timespan: 1m
+level: critical
+"#;
+    let opa = |who: &str, at_s: i64| {
+        let t = chrono::DateTime::from_timestamp(1_790_000_000 + at_s, 0)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        format!(
+            r#"{{"decision_id":"{who}-{at_s}","result":false,"timestamp":"{t}","input":{{"attributes":{{"source":{{"principal":"{who}"}},"request":{{"http":{{"method":"GET","path":"/"}}}}}}}}}}"#
+        )
+        .into_bytes()
+    };
+    // The Kubernetes denial first, then OPA's: any order will do.
+    let (_, fired) = run(
+        rules,
+        &[audit("mallory", "get", "s1", 403, 0), opa("mallory", 30)],
+    );
+    assert_eq!(fired.len(), 1, "{fired:#?}");
+    assert_eq!(fired[0].group_key["who"].as_deref(), Some("mallory"));
+    assert_eq!(fired[0].severity, crate::alerts::Severity::Critical);
+    assert_eq!(fired[0].evidence.len(), 2);
+    // Two identities, or one a minute and more apart: nothing.
+    let (_, fired) = run(
+        rules,
+        &[
+            audit("mallory", "get", "s1", 403, 0),
+            opa("alice", 10),
+            opa("mallory", 61),
+        ],
+    );
+    assert!(fired.is_empty(), "{fired:#?}");
+}
