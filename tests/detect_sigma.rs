@@ -92,15 +92,7 @@ fn sigmahq_rules_and_a_correlation_alert_in_serve_with_their_author_and_evidence
         // Another user's single read is another group: nothing.
         read_secret("alice", "db-password", now + chrono::Duration::seconds(3)),
     ];
-    let recs: Vec<Rec> = values
-        .into_iter()
-        .map(|v| Rec {
-            partition: 0,
-            key: None,
-            value: Some(v),
-            headers: Vec::new(),
-        })
-        .collect();
+    let recs = on_partition_0(values);
     let s = serve(&broker, "k8s.audit", &dir, "g-sigma", &[], Some(&config));
     produce(&broker.producer(), "k8s.audit", &recs);
     wait_stored(

@@ -80,15 +80,7 @@ fn stored_events_export_as_valid_ocsf_in_security_lakes_layout_as_ecs_and_into_a
         config,
         tmp,
     } = detect_setup("mesh", 1, "");
-    let recs: Vec<Rec> = records()
-        .into_iter()
-        .map(|v| Rec {
-            partition: 0,
-            key: None,
-            value: Some(v),
-            headers: Vec::new(),
-        })
-        .collect();
+    let recs = on_partition_0(records());
     let s = serve(&broker, "mesh", &dir, "g-export", &[], Some(&config));
     produce(&broker.producer(), "mesh", &recs);
     wait_stored(

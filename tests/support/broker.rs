@@ -170,6 +170,19 @@ pub struct Rec {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Records of these values, keyless, on partition 0.
+pub fn on_partition_0(values: Vec<Vec<u8>>) -> Vec<Rec> {
+    values
+        .into_iter()
+        .map(|v| Rec {
+            partition: 0,
+            key: None,
+            value: Some(v),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
 pub fn produce(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, recs: &[Rec]) {
     for r in recs {
         let mut headers = OwnedHeaders::new();

@@ -14,9 +14,9 @@
 //!   part of one (SigmaHQ's `hostPath`, a top-level `apiGroup`), or comparing a numeric one
 //!   with text (`responseStatus.code: 'ALLOW'`), loads with a warning: as written that test
 //!   can never match.
-//! - **What feeds a correlation only.** A detection rule a correlation references (by id or
-//!   name, across files) raises no alert of its own unless the correlation says
-//!   `generate: true`.
+//! - **What feeds a correlation only.** A detection rule (or a correlation, chained) another
+//!   correlation references (by id or name, across files) raises no alert of its own unless
+//!   the correlation says `generate: true`.
 //! - **Identity.** A Sigma rule's Vigil id is `sigma:` and its `id` (else its name, else its
 //!   title); its version is its `modified` (else `date`) as `YYYYMMDD`, else 1.
 //! - **Attribution.** Every alert carries the rule's title, id, level, author, licence,
@@ -200,6 +200,14 @@ pub(crate) fn load(sources: &[&Source], d: &Defaults, out: &mut Loaded) {
     }
     for doc in &corrs {
         let id = vigil_id(&doc.rule.id, &doc.rule.name, &doc.rule.title);
+        // A correlation another one chains on feeds it, as a detection rule would.
+        if let Some((by, false)) = named(&doc.rule.id, &doc.rule.name) {
+            out.inactive.push((
+                id,
+                format!("feeds the correlation `{by}` only (generate: false)"),
+            ));
+            continue;
+        }
         match correlation_rule(doc, &id, &rules, &corrs, d) {
             Ok(rule) => push(out, rule),
             Err(message) => out.errors.push(err(
@@ -501,8 +509,14 @@ fn detection_rule(
 /// specification). rsigma 0.23 reads one without a `condition` as `gte: 1` and then fires on
 /// any one of them (its parser says "all rules must match"; its evaluator counts rules
 /// fired): that condition becomes "as many as it references".
+///
+/// And, as for detection rules, one with a name only gets it as its id: rsigma knows which
+/// correlation fired by its id when it chains on it.
 fn all_of_temporal(mut c: CorrelationRule) -> CorrelationRule {
     use rsigma_parser::{ConditionOperator, CorrelationCondition, CorrelationType};
+    if c.id.is_none() {
+        c.id = c.name.clone();
+    }
     if c.correlation_type == CorrelationType::Temporal
         && let CorrelationCondition::Threshold {
             predicates,

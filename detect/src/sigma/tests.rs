@@ -742,3 +742,78 @@ level: critical
     );
     assert!(fired.is_empty(), "{fired:#?}");
 }
+
+/// A chained correlation: sweeps of distinct secrets (`value_count`, itself only feeding the
+/// chain) counted by an `event_count` over its firings — the outer one alerts, the inner one
+/// does not on its own.
+#[test]
+fn a_chained_correlation_counts_the_firings_of_the_one_it_references() {
+    let rules = r#"
+title: Secret read
+name: chain_secret_read
+logsource:
+    product: kubernetes
+    service: audit
+detection:
+    selection:
+        verb: get
+        objectRef.resource: secrets
+    condition: selection
+---
+title: Two distinct secrets
+name: chain_two_secrets
+correlation:
+    type: value_count
+    rules: [chain_secret_read]
+    group-by: [user.username]
+    timespan: 5m
+    condition:
+        field: objectRef.name
+        gte: 2
+---
+title: Repeated secret sweeps
+id: 0b7e4a51-0000-4000-8000-000000000005
+correlation:
+    type: event_count
+    rules: [chain_two_secrets]
+    group-by: [user.username]
+    timespan: 10m
+    condition:
+        gte: 2
+level: high
+"#;
+    let l = load(&[source("chain.yml", rules)], &Defaults::default());
+    assert!(l.errors.is_empty(), "{:#?}", l.errors);
+    let inactive: Vec<&str> = l.inactive.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        inactive,
+        ["sigma:chain_secret_read", "sigma:chain_two_secrets"]
+    );
+    // Two reads: the inner one fires once, the chain not yet.
+    let (_, fired) = run(
+        rules,
+        &[
+            audit("alice", "get", "s1", 200, 0),
+            audit("alice", "get", "s2", 200, 10),
+        ],
+    );
+    assert!(fired.is_empty(), "{fired:#?}");
+    // A third: the inner one fires again, and the chain does.
+    let (_, fired) = run(
+        rules,
+        &[
+            audit("alice", "get", "s1", 200, 0),
+            audit("alice", "get", "s2", 200, 10),
+            audit("alice", "get", "s3", 200, 20),
+        ],
+    );
+    assert_eq!(fired.len(), 1, "{fired:#?}");
+    assert_eq!(
+        fired[0].rule_id,
+        "sigma:0b7e4a51-0000-4000-8000-000000000005"
+    );
+    assert_eq!(
+        fired[0].group_key["user.username"].as_deref(),
+        Some("alice")
+    );
+}

@@ -222,7 +222,10 @@ fn the_openapi_document_describes_every_route_from_its_types_and_every_ref_resol
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     names.sort_unstable();
-    assert_eq!(names, ["limit", "offset", "rule", "severity", "status"]);
+    assert_eq!(
+        names,
+        ["format", "limit", "offset", "rule", "severity", "status"]
+    );
     assert!(
         a["parameters"]
             .as_array()
