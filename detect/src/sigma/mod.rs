@@ -32,13 +32,14 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use rsigma_eval::pipeline::apply_pipelines_to_correlation;
-use rsigma_eval::{Pipeline, RuleFieldSet, apply_pipelines};
+use rsigma_eval::{Pipeline, apply_pipelines};
 use rsigma_parser::{CorrelationRule, SigmaCollection, SigmaRule};
 
 use crate::alerts::Severity;
 use crate::filter::{Field, FieldType};
 use crate::rules::{Defaults, KindName, Loaded, Meta, Rule, RuleError, Source};
 
+mod checks;
 mod event;
 mod kind;
 #[cfg(test)]
@@ -81,28 +82,6 @@ struct Doc<T> {
     file: String,
     rule: T,
 }
-
-/// The top-level fields of a Kubernetes audit event (`audit.k8s.io/v1` `Event`).
-const K8S_AUDIT_FIELDS: &[&str] = &[
-    "kind",
-    "apiVersion",
-    "level",
-    "auditID",
-    "stage",
-    "requestURI",
-    "verb",
-    "user",
-    "impersonatedUser",
-    "sourceIPs",
-    "userAgent",
-    "objectRef",
-    "responseStatus",
-    "requestObject",
-    "responseObject",
-    "requestReceivedTimestamp",
-    "stageTimestamp",
-    "annotations",
-];
 
 /// Products and categories Vigil reads, for the error that names them.
 const PRODUCTS: &str = "kubernetes, gcp, opa, envoy, cilium, vigil";
@@ -325,92 +304,8 @@ fn logsource(ls: &rsigma_parser::LogSource) -> Result<Logsource, String> {
     Ok(out)
 }
 
-/// Fields of a Kubernetes audit event that hold numbers.
-const K8S_AUDIT_NUMBERS: &[&str] = &["responseStatus.code"];
-
-/// Detection items comparing a numeric field with text that is no number (SigmaHQ's
-/// "Potential Enumeration" compares `responseStatus.code` with `'ALLOW'`): (field, value).
-fn text_for_numbers(d: &rsigma_parser::Detection, out: &mut Vec<(String, String)>) {
-    use rsigma_parser::{Detection, SigmaValue};
-    match d {
-        Detection::AllOf(items) => {
-            for it in items {
-                let Some(name) = &it.field.name else { continue };
-                if !K8S_AUDIT_NUMBERS.contains(&name.as_str()) || !it.field.modifiers.is_empty() {
-                    continue;
-                }
-                for v in &it.values {
-                    if let SigmaValue::String(s) = v
-                        && s.original.parse::<f64>().is_err()
-                        && !s.original.contains(['*', '?'])
-                    {
-                        out.push((name.clone(), s.original.clone()));
-                    }
-                }
-            }
-        }
-        Detection::AnyOf(v) | Detection::And(v) => {
-            for d in v {
-                text_for_numbers(d, out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Fields a rule names that its log source's events never have, and numeric fields it
-/// compares with text (a warning each).
-fn unknown_fields(rule: &SigmaRule, ls: &Logsource, file: &str) -> Vec<RuleError> {
-    if ls.product.as_deref() != Some("kubernetes") {
-        return Vec::new();
-    }
-    let mut typed = Vec::new();
-    for d in rule.detection.named.values() {
-        text_for_numbers(d, &mut typed);
-    }
-    typed.sort();
-    typed.dedup();
-    let typed = typed.into_iter().map(|(f, v)| RuleError {
-        file: file.to_owned(),
-        line: 0,
-        message: format!(
-            "rule `{}`: `{f}` is a number in a Kubernetes audit event, never {v:?}: as written that test cannot match",
-            rule.title
-        ),
-    });
-    let mut one = SigmaCollection::new();
-    one.rules.push(rule.clone());
-    let fields = RuleFieldSet::collect(&one, &[], false);
-    fields
-        .names()
-        .filter(|f| {
-            let root = f.split('.').next().unwrap_or(f);
-            !K8S_AUDIT_FIELDS.contains(&root)
-                && !f.starts_with("vigil.")
-                && crate::filter::field(f).is_none()
-        })
-        .map(|f| RuleError {
-            file: file.to_owned(),
-            line: 0,
-            message: format!(
-                "rule `{}`: `{f}` is no field of a Kubernetes audit event: as written the rule cannot match",
-                rule.title
-            ),
-        })
-        .chain(typed)
-        .collect()
-}
-
-/// A custom attribute as text.
-fn attr<'a>(
-    attrs: &'a HashMap<String, yaml_serde::Value>,
-    key: &str,
-) -> Option<&'a yaml_serde::Value> {
-    attrs.get(key)
-}
-
 fn suppress_of(attrs: &HashMap<String, yaml_serde::Value>, d: &Defaults) -> Result<i64, String> {
-    match attr(attrs, "vigil.suppress") {
+    match attrs.get("vigil.suppress") {
         None => Ok(d.suppress_ns),
         Some(v) => {
             let s = v
@@ -448,8 +343,8 @@ fn detection_rule(
     let r = &doc.rule;
     let ls = logsource(&r.logsource)?;
     let compiled = rsigma_eval::compile_rule(r).map_err(|e| e.to_string())?;
-    let warnings = unknown_fields(r, &ls, &doc.file);
-    let group: Vec<String> = match attr(&r.custom_attributes, "vigil.group_by") {
+    let warnings = checks::unknown_fields(r, &ls, &doc.file);
+    let group: Vec<String> = match r.custom_attributes.get("vigil.group_by") {
         None => vec!["caller_principal".to_owned()],
         Some(v) => v
             .as_sequence()
