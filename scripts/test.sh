@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this): install what is missing,
-# check formatting, lints and the one-arrow rule, then run every test — unit tests, the decoders
-# against the real samples, and the pipeline against a real Tansu broker (the consumer-group
-# failure test included). The kill -9 crash soak, long fuzzing and full benchmarks are
+# check formatting, lints, the one-arrow rule and the console's committed build, then run every
+# test — unit tests, the decoders against the real samples, the pipeline against a real Tansu
+# broker (the consumer-group failure test included), the console in a real browser. The kill -9 crash soak, long fuzzing and full benchmarks are
 # separate commands (scripts/soak.sh, scripts/fuzz.sh, cargo bench --bench decode|ingest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,16 @@ echo "== commands call no other command"
 calls=$(grep -rnoE 'crate::[a-z_]+_cmd::' src \
   | awk -F: '{ split($1, p, "/"); own = p[2]; sub(/\.rs$/, "", own); if (own != $5) print }')
 if [ -n "$calls" ]; then echo "a command module or service calls a command module:"; echo "$calls"; exit 1; fi
+
+echo "== console: the committed build is what its sources build to"
+# console/dist is committed (so building vigil needs no Node); it must be exactly what
+# console/src builds to with the locked packages (type-checked by tsc, bundled by Vite).
+(cd console && npm run build --silent >/dev/null)
+if [ -n "$(git status --porcelain -- console/dist)" ]; then
+  git status --short -- console/dist
+  echo "console/dist differs from what console/src builds to: run (cd console && npm run build) and commit it"
+  exit 1
+fi
 
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

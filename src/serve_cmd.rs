@@ -129,6 +129,7 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     )?;
     let (reloader, outbox) = (detection.reloader.clone(), detection.outbox.clone());
     let reload = crate::services::api::reload_fn(cfg, reloader.clone(), feed.clone());
+    let rules = crate::services::api::rules_fn(cfg, feed.clone());
     // Rule and policy files reloaded when they change on disk (as `POST /v1/rules/reload`),
     // and when the audit stream's workloads change.
     let _rules_watch = match &reloader {
@@ -170,7 +171,10 @@ pub fn run(cfg: &mut Config, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
                 ready.clone(),
                 text,
                 live.clone(),
-                reload,
+                crate::services::api::RuleHooks {
+                    reload,
+                    list: rules,
+                },
             )?)
         }
         None => None,

@@ -45,5 +45,8 @@ mod api_tls;
 mod hostile_http;
 mod hostile_sql;
 
+// The analyst console, in a real browser.
+mod console_browser;
+
 // The README's main command.
 mod demo_main;

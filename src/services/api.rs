@@ -219,6 +219,60 @@ pub fn reload_fn(
     })
 }
 
+/// Largest rule file `GET /v1/rules` returns the text of.
+const MAX_DEFINITION_BYTES: usize = 64 << 10;
+
+/// `GET /v1/rules`: the rules as `vigil rules list` loads them, each with its file's text.
+pub fn rules_fn(
+    cfg: &Config,
+    feed: Option<Arc<crate::services::policy::PolicyFeed>>,
+) -> Arc<api::RulesFn> {
+    let detect = cfg.detect.clone();
+    Arc::new(move || {
+        let d = crate::services::rules::defaults(&detect, feed.as_deref())
+            .map_err(|e| format!("{e:#}"))?;
+        let sources = vigil_detect::rules::sources(
+            crate::config::nonempty(&detect.rules_dir),
+            detect.default_rules,
+        )
+        .map_err(|e| e.to_string())?;
+        let loaded = vigil_detect::rules::load(&sources, &d);
+        let text = |source: &str| {
+            sources
+                .iter()
+                .find(|s| s.name == source)
+                .filter(|s| s.text.len() <= MAX_DEFINITION_BYTES)
+                .map(|s| s.text.clone())
+        };
+        let rules = loaded
+            .all()
+            .map(|r| api::RuleInfo {
+                id: r.meta.id.clone(),
+                version: r.meta.version,
+                title: r.meta.title.clone(),
+                severity: r.meta.severity,
+                kind: r.meta.kind.as_str().to_owned(),
+                description: r.meta.description.clone(),
+                source: r.meta.source.clone(),
+                definition: text(&r.meta.source),
+            })
+            .collect();
+        let inactive = (loaded.inactive.iter())
+            .map(|(id, reason)| api::InactiveRule {
+                id: id.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        Ok(api::RulesList { rules, inactive })
+    })
+}
+
+/// What the API does with the rules: reload them, describe them.
+pub struct RuleHooks {
+    pub reload: Arc<api::ReloadFn>,
+    pub list: Arc<api::RulesFn>,
+}
+
 /// Start the API: bind (so a busy address fails `serve` at once), record calls, serve.
 pub fn start(
     cfg: &Config,
@@ -227,7 +281,7 @@ pub fn start(
     ready: Arc<AtomicBool>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     live: vigil_query::Live,
-    reload: Arc<api::ReloadFn>,
+    rules: RuleHooks,
 ) -> anyhow::Result<Api> {
     let auth = auth(cfg)?;
     let tls = tls_config(cfg)?;
@@ -281,7 +335,8 @@ pub fn start(
         queries: query_runner(&cfg.api)?,
         auth: Arc::new(auth),
         lifecycle: Some(lifecycle),
-        reload,
+        reload: rules.reload,
+        rules: rules.list,
         audit: own_logs.audit.clone(),
         uploads: Some(own_logs.uploads.clone()),
         checkpoints: Some(signer.checkpoints().clone()),

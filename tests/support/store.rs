@@ -43,6 +43,32 @@ pub fn sql(data_dir: &Path, q: &str) -> Vec<arrow::record_batch::RecordBatch> {
         .unwrap_or_else(|e| panic!("{q}: {e}"))
 }
 
+/// [`sql`]'s rows, every value as text (`∅` for null).
+pub fn sql_strings(data_dir: &Path, q: &str) -> Vec<Vec<String>> {
+    use arrow::array::{Array, AsArray};
+    let mut out = Vec::new();
+    for b in sql(data_dir, q) {
+        let cols: Vec<_> = (b.columns().iter())
+            .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| {
+                        let c = c.as_string::<i32>();
+                        if c.is_null(i) {
+                            "∅".to_owned()
+                        } else {
+                            c.value(i).to_owned()
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
 /// Records stored so far per partition of `topic`, from the files' footers (cheap to poll).
 pub fn stored_per_partition(data_dir: &Path, topic: &str) -> std::collections::BTreeMap<i32, i64> {
     let store = vigil_store::Store::open(data_dir, Default::default()).unwrap();

@@ -94,6 +94,20 @@ pub(super) struct AlertFilter {
     /// Detection Finding, in `findings`).
     #[serde(default)]
     format: vigil_detect::alerts::AlertFormat,
+    /// Alerts detected at or after this time (RFC 3339).
+    from: Option<String>,
+    /// Alerts detected before this time (RFC 3339).
+    to: Option<String>,
+}
+
+/// An RFC 3339 time as nanoseconds, or why not (naming the parameter).
+fn time_param(name: &str, v: Option<&str>) -> Result<Option<i64>, String> {
+    let Some(v) = v else { return Ok(None) };
+    chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .map(Some)
+        .ok_or_else(|| format!("{name}: {v:?} is not an RFC 3339 time (2026-12-03T10:00:00Z)"))
 }
 
 /// Most alerts one page holds.
@@ -108,8 +122,16 @@ pub(super) async fn alerts(State(s): State<AppState>, Query(f): Query<AlertFilte
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     let limit = f.limit.unwrap_or(100).min(MAX_PAGE);
+    let (from, to) = match (
+        time_param("from", f.from.as_deref()),
+        time_param("to", f.to.as_deref()),
+    ) {
+        (Ok(a), Ok(b)) => (a.unwrap_or(i64::MIN), b.unwrap_or(i64::MAX)),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let matching: Vec<&Alert> = all
         .iter()
+        .filter(|a| from <= a.detected_ns && a.detected_ns < to)
         .filter(|a| f.status.is_none_or(|x| a.status == x))
         .filter(|a| f.rule.as_ref().is_none_or(|x| &a.rule_id == x))
         .filter(|a| f.severity.is_none_or(|x| a.severity == x))
@@ -142,6 +164,52 @@ pub(super) async fn alerts(State(s): State<AppState>, Query(f): Query<AlertFilte
         next_offset: next,
     };
     with_detail(Json(page).into_response(), d)
+}
+
+/// `GET /v1/alerts/{id}`: every revision of one alert, oldest first.
+pub(super) async fn alert(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let dir = s.cfg.data_dir.clone();
+    let all = tokio::task::spawn_blocking(move || vigil_detect::alerts::read_revisions(&dir)).await;
+    let mut revisions: Vec<Alert> = match all {
+        Ok(Ok(a)) => a.into_iter().filter(|a| a.alert_id == id).collect(),
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if revisions.is_empty() {
+        return error(StatusCode::NOT_FOUND, "there is no alert with this id");
+    }
+    revisions.sort_by_key(|a| a.revision);
+    let d = Detail {
+        rows: Some(revisions.len() as u64),
+        ..Default::default()
+    };
+    with_detail(Json(AlertRevisions { revisions }).into_response(), d)
+}
+
+/// `GET /v1/whoami`: the caller as the API sees it.
+pub(super) async fn whoami(axum::Extension(p): axum::Extension<Principal>) -> Response {
+    let roles = p.roles.iter().map(|r| r.as_str().to_owned()).collect();
+    Json(Caller {
+        principal: p.id,
+        roles,
+    })
+    .into_response()
+}
+
+/// `GET /v1/rules`: the rules as the rules directory defines them now.
+pub(super) async fn rules(State(s): State<AppState>) -> Response {
+    let list = s.rules.clone();
+    match tokio::task::spawn_blocking(move || list()).await {
+        Ok(Ok(list)) => {
+            let d = Detail {
+                rows: Some(list.rules.len() as u64),
+                ..Default::default()
+            };
+            with_detail(Json(list).into_response(), d)
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 #[derive(Deserialize, Default, JsonSchema)]

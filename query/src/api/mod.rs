@@ -8,6 +8,7 @@
 
 mod audit;
 pub mod auth;
+mod console;
 mod handlers;
 mod openapi;
 mod own_logs;
@@ -57,6 +58,26 @@ pub struct ApiConfig {
 
 /// Applies a lifecycle change (queued for, or applied by, whoever holds the detection lock).
 pub type LifecycleFn = dyn Fn(Command) -> Result<Reply, String> + Send + Sync;
+
+/// The rules as the rules directory defines them now (`GET /v1/rules`).
+pub type RulesFn = dyn Fn() -> Result<RulesList, String> + Send + Sync;
+
+/// One rule as `GET /v1/rules` describes it.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RuleInfo {
+    pub id: String,
+    /// The version alerts carry (`rule_version`).
+    pub version: u32,
+    pub title: String,
+    pub severity: Severity,
+    /// Its kind (`threshold`, `sequence`, `sigma`, …).
+    pub kind: String,
+    pub description: String,
+    /// Where it is defined: a file of the rules directory, or `default:<name>`.
+    pub source: String,
+    /// The text of the file that defines it (at most 64 KiB; `None` past that).
+    pub definition: Option<String>,
+}
 
 /// Reloads the detection rules for the named caller: what changed.
 pub type ReloadFn = dyn Fn(&str) -> Result<RulesReloaded, ReloadFail> + Send + Sync;
@@ -126,6 +147,8 @@ pub struct AppState {
     pub lifecycle: Option<Arc<LifecycleFn>>,
     /// Replaces the running detection rules (`POST /v1/rules/reload`).
     pub reload: Arc<ReloadFn>,
+    /// Describes the rules (`GET /v1/rules`).
+    pub rules: Arc<RulesFn>,
     /// Where calls are recorded; a call's response waits until its record is durable.
     pub audit: tokio::sync::mpsc::Sender<Audited>,
     /// The running signer (`POST /v1/keys/rotate`; `None`: not here).
@@ -187,6 +210,7 @@ const READ: &[Role] = &[Role::Reader, Role::Analyst, Role::Admin];
 const CHANGE: &[Role] = &[Role::Analyst, Role::Admin];
 const INGEST: &[Role] = &[Role::Ingestor];
 const ADMIN: &[Role] = &[Role::Admin];
+const ANY: &[Role] = &[Role::Reader, Role::Analyst, Role::Ingestor, Role::Admin];
 
 /// Every error answer.
 #[derive(Serialize, JsonSchema)]
@@ -209,6 +233,31 @@ pub(crate) struct AlertsPage {
     pub total: usize,
     /// The `offset` of the next page, if there is one.
     pub next_offset: Option<usize>,
+}
+
+/// `GET /v1/alerts/{id}`.
+#[derive(Serialize, JsonSchema)]
+pub(crate) struct AlertRevisions {
+    /// Every revision of the alert, oldest first: what changed, by whom, when.
+    pub revisions: Vec<Alert>,
+}
+
+/// `GET /v1/whoami`.
+#[derive(Serialize, JsonSchema)]
+pub(crate) struct Caller {
+    /// `jwt:<iss>/<sub>` or `key:<name>`.
+    pub principal: String,
+    /// Its roles: what the console offers it.
+    pub roles: Vec<String>,
+}
+
+/// `GET /v1/rules`.
+#[derive(Clone, Debug, Default, Serialize, JsonSchema)]
+pub struct RulesList {
+    /// The rules that load.
+    pub rules: Vec<RuleInfo>,
+    /// Loaded but not running (`enabled = false`, or the data they need is missing).
+    pub inactive: Vec<InactiveRule>,
 }
 
 /// `GET /v1/alerts?format=ocsf`.
@@ -306,8 +355,11 @@ fn build() -> Routes {
     r.add("get", "/healthz", None, "Alive.", Io::text(), get(|| async { "ok\n" }))
         .add("get", "/readyz", None, "Ready: consuming (503 until partitions are assigned).", Io::text(), get(readyz))
         .add("post", "/v1/query", Some(READ), "SQL over the store: body {\"sql\", \"format\": json|ndjson|csv|arrow}; read-only, capped in rows, time and memory.", Io::json::<Rows>().body::<QueryBody>().also(ndjson_csv_arrow), post(query))
-        .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity; paging offset, limit; format=ocsf answers OCSF 1.8.0 Detection Findings (`findings`) instead.", Io::json::<AlertsPage>().query::<AlertFilter>(), get(alerts))
+        .add("get", "/v1/alerts", Some(READ), "Alerts (newest revision each), newest first; filters status, rule, severity, from, to (RFC 3339, on detection time); paging offset, limit; format=ocsf answers OCSF 1.8.0 Detection Findings (`findings`) instead.", Io::json::<AlertsPage>().query::<AlertFilter>(), get(alerts))
+        .add("get", "/v1/alerts/{id}", Some(READ), "One alert: every revision, oldest first (who changed it, when, with what note).", Io::json::<AlertRevisions>(), get(alert))
         .add("post", "/v1/alerts/{id}/{action}", Some(CHANGE), "Alert lifecycle: action ack, resolve or suppress; body {\"note\"}.", Io::json::<Alert>().body::<ChangeBody>(), post(change))
+        .add("get", "/v1/whoami", Some(ANY), "The caller: its principal and roles.", Io::json::<Caller>(), get(whoami))
+        .add("get", "/v1/rules", Some(READ), "The rules as the rules directory defines them now: id, version, kind, source, definition, and why one does not run.", Io::json::<RulesList>(), get(rules))
         .add("get", "/v1/keys", Some(READ), "The checkpoint signing keys (registry).", Io::text(), get(keys))
         .add("post", "/v1/rules/reload", Some(ADMIN), "Read the rules directory again and replace the running rules (unchanged ones keep their state; any rule that fails to load refuses the whole reload: 422); the rules now running, the new or changed, the removed.", Io::json::<RulesReloaded>(), post(reload))
         .add("post", "/v1/keys/rotate", Some(ADMIN), "Start signing checkpoints with a new key (query overlap_secs, default 3600: how long the current keys keep signing); the new registry to pin.", Io::json::<Rotated>().query::<RotateQuery>(), post(rotate))
@@ -319,15 +371,16 @@ fn build() -> Routes {
         .add("get", "/openapi.json", Some(READ), "This description.", Io::json::<serde_json::Map<String, serde_json::Value>>(), get(openapi))
 }
 
-/// The router: every route with its roles, behind authentication and audit.
+/// The router: every route with its roles, behind authentication and audit; then the
+/// console's files, which are neither (see [`console`]).
 pub fn router(state: AppState) -> Router {
     let limit = state.cfg.max_body_bytes;
-    build()
+    let api = build()
         .router
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), read_whole))
-        .layer(middleware::from_fn_with_state(state.clone(), audited))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), audited));
+    console::routes(api).with_state(state)
 }
 
 #[cfg(test)]

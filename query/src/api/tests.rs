@@ -76,6 +76,7 @@ fn test_state(
         auth: Arc::new(auth),
         lifecycle: None,
         reload: Arc::new(|_: &str| Err(ReloadFail::Unavailable("not here".into()))),
+        rules: Arc::new(|| Ok(RulesList::default())),
         audit: tx,
         checkpoints: None,
         uploads: None,
@@ -224,7 +225,9 @@ fn the_openapi_document_describes_every_route_from_its_types_and_every_ref_resol
     names.sort_unstable();
     assert_eq!(
         names,
-        ["format", "limit", "offset", "rule", "severity", "status"]
+        [
+            "format", "from", "limit", "offset", "rule", "severity", "status", "to"
+        ]
     );
     assert!(
         a["parameters"]
@@ -271,5 +274,81 @@ fn the_openapi_document_describes_every_route_from_its_types_and_every_ref_resol
         op("get", "/metrics")["responses"]["200"]["content"]["application/openmetrics-text"]["schema"]
             ["type"],
         "string"
+    );
+}
+
+fn admin_get(path: &str) -> axum::http::Request<Body> {
+    axum::http::Request::get(path)
+        .header("authorization", "Bearer vk_admin_unit_0123456789")
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// The console's files answer anyone, with the policy, and are not API calls (no record);
+/// everything else on the listener still is — an unknown path and an unauthenticated call
+/// included — and the console's own calls (`whoami`, one alert, a bad time filter) answer as
+/// the API does.
+#[tokio::test]
+async fn the_console_is_served_outside_the_audit_and_everything_else_is_recorded() {
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, calls) = test_state(dir.path(), Ok(()));
+    let app = router(state);
+    let get = |p: &str| axum::http::Request::get(p).body(Body::empty()).unwrap();
+    let r = app.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let r = app
+        .clone()
+        .oneshot(get("/assets/missing.js"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "console files are not recorded"
+    );
+
+    let r = app.clone().oneshot(get("/admin/secrets")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = app.clone().oneshot(get("/v1/whoami")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app.clone().oneshot(admin_get("/v1/whoami")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+    let who: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        who,
+        serde_json::json!({"principal": "key:admin", "roles": ["admin"]})
+    );
+    let r = app
+        .clone()
+        .oneshot(admin_get("/v1/alerts/nope"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = app
+        .clone()
+        .oneshot(admin_get("/v1/alerts?from=yesterday"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let paths: Vec<(String, u16)> = (calls.lock().unwrap().iter())
+        .map(|c| (c.path.clone(), c.status))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("/admin/secrets".to_owned(), 404),
+            ("/v1/whoami".to_owned(), 401),
+            ("/v1/whoami".to_owned(), 200),
+            ("/v1/alerts/nope".to_owned(), 404),
+            ("/v1/alerts".to_owned(), 400),
+        ]
     );
 }
