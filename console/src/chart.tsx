@@ -34,6 +34,11 @@ export function Chart({ id, title, xs, series, bars, height }: ChartProps) {
           points: { show: false },
         })),
       ],
+      // The ranges computed here, not guessed by uPlot (one point would span years).
+      scales: {
+        x: { time: true, auto: false, range: xRange(xs) },
+        y: { auto: false, range: [0, Math.max(1, ...series.flatMap((s) => s.values.map((v) => v ?? 0))) * 1.1] },
+      },
       axes: [{}, { size: 50 }],
     };
     const data = [xs, ...series.map((s) => s.values)] as uPlot.AlignedData;
@@ -41,4 +46,12 @@ export function Chart({ id, title, xs, series, bars, height }: ChartProps) {
     return () => u.destroy();
   }, [title, JSON.stringify(xs), JSON.stringify(series), bars, height]);
   return <div class="chart" id={id} ref={el} />;
+}
+
+/** The x range: the data's, at least five minutes wide, ending a minute after the last point. */
+function xRange(xs: number[]): [number, number] {
+  const now = Date.now() / 1000;
+  const lo = xs.length ? Math.min(...xs) : now - 300;
+  const hi = xs.length ? Math.max(...xs) : now;
+  return hi - lo >= 300 ? [lo, hi + 60] : [hi - 300, hi + 60];
 }
