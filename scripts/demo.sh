@@ -6,8 +6,9 @@
 # for this run), and `vigil simulate`: a 12-service zero-trust mesh (OPA/Envoy decisions,
 # Hubble flows, Kubernetes audit events) with the six attack scenarios mixed in, one every
 # --attack-every seconds. The terminal shows the attacks as they are injected, the alerts as
-# they fire and a progress line (ingest rate, lag, alerts so far); the lines to try next are
-# printed once the API is up. Ctrl-C (or --duration) stops the traffic, lets `vigil serve`
+# they fire and a progress line (ingest rate, lag, alerts so far). Once the API is up it prints
+# the analyst console's address (the API's listener, http://127.0.0.1:8080/ when free), the key
+# to sign in with and the signing key to pin for Prove; then curl lines to try. Ctrl-C (or --duration) stops the traffic, lets `vigil serve`
 # flush and commit, verifies the store against its signed checkpoints and the Kafka anchors,
 # and stops the broker.
 #
@@ -16,7 +17,7 @@
 #   scripts/demo.sh --log-format json        # structured logs (JSON lines) for machines
 #   scripts/demo.sh --rate 50 --attack-every 10
 #   VIGIL_DATA_DIR=/tmp/x scripts/demo.sh    # another data directory
-#   VIGIL_BIN=target/debug/vigil scripts/demo.sh   # a vigil already built (else: release build)
+#   VIGIL_BIN=target/debug/vigil scripts/demo.sh   # a vigil already built (else: built, profile demo)
 #
 # The data directory is replaced by the next run (its broker starts empty); only a directory
 # this script made is ever removed. It keeps what the run left for `vigil query`, `vigil
@@ -47,28 +48,43 @@ say() {
   fi
 }
 
-# What is missing gets installed (its progress on stderr as it goes; with --log-format json,
-# as JSON lines once it is done).
-if [ "$log_format" = json ]; then
-  install_log=$(mktemp)
-  if ! env_line=$(scripts/install.sh 2>"$install_log" | tail -n 1); then
-    cat "$install_log" >&2
-    rm -f "$install_log"
-    exit 1
-  fi
-  while IFS= read -r line; do say "$line" >&2; done <"$install_log"
-  rm -f "$install_log"
-else
-  env_line=$(scripts/install.sh | tail -n 1)
+# What is missing gets installed (only what the demo needs: the broker, a lean build) while
+# vigil builds, the two at once: on a fresh 2-core machine the first run is mostly these two
+# builds, and each leaves the other's serial stretches (linking, the big crates' codegen) to
+# fill. The demo profile is the dev profile without debug info: a fraction of a release
+# build's time, and fast enough for the demo's traffic (benches keep the release profile).
+# Progress on stderr as they go; with --log-format json, as JSON lines once they are done.
+install_log=$(mktemp)
+build_log=$(mktemp)
+target_dir="${CARGO_TARGET_DIR:-target}"
+build_pid=""
+if [ -z "${VIGIL_BIN:-}" ]; then
+  say "building vigil (profile demo) and, if missing, the broker, at once: the first run takes several minutes"
+  cargo build --profile demo --locked --quiet >"$build_log" 2>&1 &
+  build_pid=$!
 fi
+if [ "$log_format" = json ]; then
+  env_line=$(scripts/install.sh --demo 2>"$install_log" | tail -n 1) || {
+    cat "$install_log" >&2
+    exit 1
+  }
+  while IFS= read -r line; do say "$line" >&2; done <"$install_log"
+else
+  env_line=$(scripts/install.sh --demo | tail -n 1)
+fi
+rm -f "$install_log"
 export "$env_line" # VIGIL_TANSU_BIN
 if [ -n "${VIGIL_BIN:-}" ]; then
   vigil=$VIGIL_BIN
 else
-  say "building vigil (release; the first build takes several minutes)"
-  cargo build --release --locked --quiet
-  vigil=target/release/vigil
+  if ! wait "$build_pid"; then
+    cat "$build_log" >&2
+    echo "building vigil failed" >&2
+    exit 1
+  fi
+  vigil="$target_dir/demo/vigil"
 fi
+rm -f "$build_log"
 data_dir="${VIGIL_DATA_DIR:-./vigil-data}"
 if [ -e "$data_dir" ]; then
   if [ -e "$data_dir/.vigil-demo" ]; then
@@ -149,6 +165,19 @@ for _ in $(seq 300); do
   sleep 0.2 || true
 done
 
+# The console first: where it is, the key to sign in with, the signing key to pin for Prove.
+"$vigil" keys show --data-dir "$data_dir" >"$demo/vigil.keys"
+say "console: $api/ — sign in with the key in $demo/api-key; to Prove evidence in the browser, pin the signing keys in $demo/vigil.keys"
+if [ "$log_format" = text ]; then
+  cat <<EOF
+
+== Open the console:   $api/
+   sign in with:       $(cat "$demo/api-key")
+   pin (for Prove):    $(grep -v '^#' "$demo/vigil.keys" | head -n 1)
+   (the alerts appear there as the attacks below are injected, one every ${attack_every} s)
+EOF
+fi
+
 sim_args=(simulate --brokers "$brokers" --topic mesh --rate "$rate" --attack-every "$attack_every"
   --scenario all --record "$demo/simulated.jsonl")
 [ "$log_format" = json ] && sim_args+=(--json)
@@ -158,7 +187,7 @@ sim_pid=$!
 if [ "$log_format" = text ]; then
   cat <<EOF
 
-== Try, while it runs (another terminal):
+== Or from another terminal:
   export VIGIL_KEY=\$(cat $demo/api-key)
   curl -s -H "Authorization: Bearer \$VIGIL_KEY" $api/v1/alerts | python3 -m json.tool
   curl -s -H "Authorization: Bearer \$VIGIL_KEY" $api/v1/query \\
@@ -191,7 +220,6 @@ else
   "$vigil" alerts --data-dir "$data_dir" --limit 20 || true
 fi
 say "vigil verify: every hash and Merkle root recomputed from the raw bytes, every signed checkpoint checked against the pinned public keys and the anchors in Kafka; what it saw is kept as the trusted state for later (offline) runs"
-"$vigil" keys show --data-dir "$data_dir" >"$demo/vigil.keys"
 verified=0
 verify=(verify --data-dir "$data_dir" --keys "$demo/vigil.keys" --anchor-kafka "$brokers"
   --trusted "$demo/trusted.json" --update-trusted)
