@@ -87,8 +87,11 @@ fn test_state(
     (state, calls)
 }
 
-fn admin_post(path: &str) -> axum::http::Request<Body> {
-    axum::http::Request::post(path)
+/// A request with the admin key.
+fn admin(method: &str, path: &str) -> axum::http::Request<Body> {
+    axum::http::Request::builder()
+        .method(method)
+        .uri(path)
         .header("authorization", "Bearer vk_admin_unit_0123456789")
         .body(Body::empty())
         .unwrap()
@@ -117,7 +120,7 @@ async fn a_call_whose_intent_cannot_be_recorded_is_not_run_and_says_so() {
             .layer(middleware::from_fn_with_state(state.clone(), audited))
             .with_state(state)
     };
-    let resp = app.oneshot(admin_post("/v1/change")).await.unwrap();
+    let resp = app.oneshot(admin("POST", "/v1/change")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
         .await
@@ -161,7 +164,7 @@ async fn a_changing_call_is_recorded_before_it_runs_and_a_panic_is_answered_and_
             .layer(middleware::from_fn_with_state(state.clone(), audited))
             .with_state(state)
     };
-    let resp = app.oneshot(admin_post("/v1/boom")).await.unwrap();
+    let resp = app.oneshot(admin("POST", "/v1/boom")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let before = seen_before_run.lock().unwrap().clone().unwrap();
     assert_eq!(
@@ -277,13 +280,6 @@ fn the_openapi_document_describes_every_route_from_its_types_and_every_ref_resol
     );
 }
 
-fn admin_get(path: &str) -> axum::http::Request<Body> {
-    axum::http::Request::get(path)
-        .header("authorization", "Bearer vk_admin_unit_0123456789")
-        .body(Body::empty())
-        .unwrap()
-}
-
 /// The console's files answer anyone, with the policy, and are not API calls (no record);
 /// everything else on the listener still is — an unknown path and an unauthenticated call
 /// included — and the console's own calls (`whoami`, one alert, a bad time filter) answer as
@@ -318,7 +314,11 @@ async fn the_console_is_served_outside_the_audit_and_everything_else_is_recorded
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = app.clone().oneshot(get("/v1/whoami")).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = app.clone().oneshot(admin_get("/v1/whoami")).await.unwrap();
+    let r = app
+        .clone()
+        .oneshot(admin("GET", "/v1/whoami"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
     let who: Value = serde_json::from_slice(&body).unwrap();
@@ -328,13 +328,13 @@ async fn the_console_is_served_outside_the_audit_and_everything_else_is_recorded
     );
     let r = app
         .clone()
-        .oneshot(admin_get("/v1/alerts/nope"))
+        .oneshot(admin("GET", "/v1/alerts/nope"))
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = app
         .clone()
-        .oneshot(admin_get("/v1/alerts?from=yesterday"))
+        .oneshot(admin("GET", "/v1/alerts?from=yesterday"))
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
