@@ -3,83 +3,104 @@
 
 use rand::Rng;
 
-use super::{AttackStart, Built, expect};
+use super::{AttackStart, Built, Expect, expect};
 use crate::simulate_cmd::labelled::mesh::{ADMIN_PORTS, CALLERS, World};
 use crate::simulate_cmd::labelled::payloads::{End, end};
-use crate::simulate_cmd::labelled::{APP_PORT, MS, S};
+use crate::simulate_cmd::labelled::{APP_PORT, MS, Out, S};
+
+/// Where an attack's flow goes: a workload of the mesh, or an address outside it; and the port.
+enum To<'a> {
+    Workload(usize, u16),
+    Address(&'a str, u16),
+}
 
 impl World {
+    /// One TCP flow of the attack from workload `me` (its next ephemeral port) at `at`, keyed
+    /// by `me`'s address.
+    fn attack_flow(
+        &mut self,
+        a: &AttackStart<'_>,
+        at: i64,
+        me: usize,
+        to: To<'_>,
+        dropped: bool,
+    ) -> Out {
+        let sport = self.p.ephemeral();
+        let to = match to {
+            To::Workload(i, port) => end(&self.w, i, port),
+            To::Address(ip, port) => End {
+                ns: None,
+                name: None,
+                ip,
+                port,
+            },
+        };
+        let v = self
+            .p
+            .flow(at, &end(&self.w, me, sport), &to, "TCP", dropped);
+        let key = self.w[me].ip.clone();
+        self.out(at, &key, v, Some((a.id, at)), a.spread)
+    }
+
+    /// What names workload `me`: its name, address and SPIFFE id.
+    fn workload_subjects(&self, me: usize) -> Vec<String> {
+        let a = &self.w[me];
+        vec![a.name.to_owned(), a.ip.clone(), a.spiffe()]
+    }
+
     /// A burst of flows from one workload dropped by policy.
     pub(super) fn dropped_flows(&mut self, at: &AttackStart<'_>) -> Built {
-        let AttackStart { id, t0, spread, .. } = *at;
-        let (mut out, mut subjects, mut exp) = (Vec::new(), Vec::new(), Vec::new());
+        let t0 = at.t0;
         let me = self.some_caller(None);
         let n = self.rng.random_range(12..=80);
         let dur = self.rng.random_range(2_000..=9_000) * MS;
-        for j in 0..n {
-            let at = t0 + dur * j / n;
-            let e = (me + 1 + j as usize) % CALLERS;
-            let port = self.p.ephemeral();
-            let v = self.p.flow(
-                at,
-                &end(&self.w, me, port),
-                &end(&self.w, e, APP_PORT),
-                "TCP",
-                true,
-            );
-            let key = self.w[me].ip.clone();
-            out.push(self.out(at, &key, v, Some((id, at)), spread));
-        }
+        let out = (0..n)
+            .map(|j| {
+                let e = (me + 1 + j as usize) % CALLERS;
+                self.attack_flow(at, t0 + dur * j / n, me, To::Workload(e, APP_PORT), true)
+            })
+            .collect();
         let a = &self.w[me];
-        exp.push(expect(
+        let exp = vec![expect(
             "vigil.flow.drop_burst.source",
             &[("caller_namespace", a.ns), ("caller_principal", a.name)],
-        ));
-        let what = format!("{n} flows dropped by policy in {} ms", dur / MS);
-        subjects.extend([a.name.to_owned(), a.ip.clone(), a.spiffe()]);
+        )];
         Built {
             out,
-            subjects,
+            subjects: self.workload_subjects(me),
             exp,
-            what,
+            what: format!("{n} flows dropped by policy in {} ms", dur / MS),
         }
     }
 
     /// Flows from one workload to many ports of another.
     pub(super) fn port_scan(&mut self, at: &AttackStart<'_>) -> Built {
-        let AttackStart { id, t0, spread, .. } = *at;
-        let (mut out, mut subjects, mut exp) = (Vec::new(), Vec::new(), Vec::new());
+        let t0 = at.t0;
         let me = self.some_caller(None);
         let target = self.some_caller(Some(me));
         let n = self.rng.random_range(15..=300);
         let dur = self.rng.random_range(5..=240) * S;
         let dropped = self.rng.random_bool(0.5);
         let base = self.rng.random_range(1..2000u16);
-        for j in 0..n {
-            let at = t0 + dur * j / n;
-            let port = self.p.ephemeral();
-            let v = self.p.flow(
-                at,
-                &end(&self.w, me, port),
-                &end(&self.w, target, base + j as u16 * 3),
-                "TCP",
-                dropped,
-            );
-            let key = self.w[me].ip.clone();
-            out.push(self.out(at, &key, v, Some((id, at)), spread));
-        }
-        let a = &self.w[me];
-        exp.push(expect("vigil.flow.port_scan", &[("caller_ip", &a.ip)]));
+        let out = (0..n)
+            .map(|j| {
+                let to = To::Workload(target, base + j as u16 * 3);
+                self.attack_flow(at, t0 + dur * j / n, me, to, dropped)
+            })
+            .collect();
+        let exp = vec![expect(
+            "vigil.flow.port_scan",
+            &[("caller_ip", &self.w[me].ip)],
+        )];
         let what = format!(
             "{n} ports of {} probed over {} s ({})",
             self.w[target].name,
             dur / S,
             if dropped { "dropped" } else { "forwarded" }
         );
-        subjects.extend([a.name.to_owned(), a.ip.clone(), a.spiffe()]);
         Built {
             out,
-            subjects,
+            subjects: self.workload_subjects(me),
             exp,
             what,
         }
@@ -87,73 +108,75 @@ impl World {
 
     /// Flows from one workload to many hosts on one port.
     pub(super) fn fan_out(&mut self, at: &AttackStart<'_>) -> Built {
-        let AttackStart { id, t0, spread, .. } = *at;
-        let (mut out, mut subjects, mut exp) = (Vec::new(), Vec::new(), Vec::new());
+        let t0 = at.t0;
         let me = self.some_caller(None);
         let n = self.rng.random_range(50..=150);
         let dur = self.rng.random_range(30..=240) * S;
         let port = [443u16, 6379, 8443, 80][self.rng.random_range(0..4)];
-        for j in 0..n {
-            let at = t0 + dur * j / n;
-            let sport = self.p.ephemeral();
-            let dst = format!("10.2.{}.{}", j / 200, 1 + j % 200);
-            let to = End {
-                ns: None,
-                name: None,
-                ip: &dst,
-                port,
-            };
-            let v = self.p.flow(at, &end(&self.w, me, sport), &to, "TCP", false);
-            let key = self.w[me].ip.clone();
-            out.push(self.out(at, &key, v, Some((id, at)), spread));
-        }
-        let a = &self.w[me];
-        exp.push(expect("vigil.flow.fan_out", &[("caller_ip", &a.ip)]));
-        let what = format!("flows to {n} hosts on port {port} over {} s", dur / S);
-        subjects.extend([a.name.to_owned(), a.ip.clone(), a.spiffe()]);
+        let out = (0..n)
+            .map(|j| {
+                let dst = format!("10.2.{}.{}", j / 200, 1 + j % 200);
+                self.attack_flow(at, t0 + dur * j / n, me, To::Address(&dst, port), false)
+            })
+            .collect();
+        let exp = vec![expect(
+            "vigil.flow.fan_out",
+            &[("caller_ip", &self.w[me].ip)],
+        )];
         Built {
             out,
-            subjects,
+            subjects: self.workload_subjects(me),
             exp,
-            what,
+            what: format!("flows to {n} hosts on port {port} over {} s", dur / S),
         }
     }
 
-    /// New connections to a remote-administration or database port.
-    pub(super) fn admin_port_edge(&mut self, at: &AttackStart<'_>) -> Built {
-        let AttackStart { id, t0, .. } = *at;
-        let (mut out, mut subjects, mut exp) = (Vec::new(), Vec::new(), Vec::new());
-        let me = self.some_caller(None);
-        let target = self.some_caller(Some(me));
-        let port = ADMIN_PORTS[self.rng.random_range(0..ADMIN_PORTS.len())];
+    /// A few connections from workload `me` to `target`:`port`, seconds apart (at most
+    /// `max_gap_s`), through `me`'s partition; and what they expect of `rule`.
+    fn few_connections(
+        &mut self,
+        at: &AttackStart<'_>,
+        (me, target, port): (usize, usize, u16),
+        max_gap_s: i64,
+        rule: &'static str,
+    ) -> (Vec<Out>, Vec<Expect>, i64) {
+        let one_partition = AttackStart {
+            spread: false,
+            ..*at
+        };
         let n = self.rng.random_range(1..=3);
-        for j in 0..n {
-            let at = t0 + j * self.rng.random_range(1..30) * S;
-            let sport = self.p.ephemeral();
-            let v = self.p.flow(
-                at,
-                &end(&self.w, me, sport),
-                &end(&self.w, target, port),
-                "TCP",
-                false,
-            );
-            let key = self.w[me].ip.clone();
-            out.push(self.out(at, &key, v, Some((id, at)), false));
-        }
+        let out = (0..n)
+            .map(|j| {
+                let sent = at.t0 + j * self.rng.random_range(1..max_gap_s) * S;
+                self.attack_flow(&one_partition, sent, me, To::Workload(target, port), false)
+            })
+            .collect();
         let (a, b) = (&self.w[me], &self.w[target]);
-        exp.push(expect(
-            "vigil.flow.admin_port_new_edge",
+        let exp = vec![expect(
+            rule,
             &[
                 ("caller_ip", &a.ip),
                 ("callee_ip", &b.ip),
                 ("callee_port", &port.to_string()),
             ],
-        ));
-        let what = format!("{n} connections {} → {}:{port}", a.name, b.name);
-        subjects.extend([a.name.to_owned(), a.ip.clone(), a.spiffe()]);
+        )];
+        (out, exp, n)
+    }
+
+    /// New connections to a remote-administration or database port.
+    pub(super) fn admin_port_edge(&mut self, at: &AttackStart<'_>) -> Built {
+        let me = self.some_caller(None);
+        let target = self.some_caller(Some(me));
+        let port = ADMIN_PORTS[self.rng.random_range(0..ADMIN_PORTS.len())];
+        let (out, exp, n) =
+            self.few_connections(at, (me, target, port), 30, "vigil.flow.admin_port_new_edge");
+        let what = format!(
+            "{n} connections {} → {}:{port}",
+            self.w[me].name, self.w[target].name
+        );
         Built {
             out,
-            subjects,
+            subjects: self.workload_subjects(me),
             exp,
             what,
         }
@@ -161,41 +184,22 @@ impl World {
 
     /// Connections on a declared edge with no policy decision (around the sidecar).
     pub(super) fn sidecar_bypass(&mut self, at: &AttackStart<'_>) -> Built {
-        let AttackStart { id, t0, .. } = *at;
-        let (mut out, mut subjects, mut exp) = (Vec::new(), Vec::new(), Vec::new());
         // On a declared edge (so only the missing decision gives it away).
         let (c, e) = self.edges[self.rng.random_range(0..self.edges.len())];
-        let n = self.rng.random_range(1..=3);
-        for j in 0..n {
-            let at = t0 + j * self.rng.random_range(1..20) * S;
-            let sport = self.p.ephemeral();
-            let v = self.p.flow(
-                at,
-                &end(&self.w, c, sport),
-                &end(&self.w, e, APP_PORT),
-                "TCP",
-                false,
-            );
-            let key = self.w[c].ip.clone();
-            out.push(self.out(at, &key, v, Some((id, at)), false));
-        }
-        let (a, b) = (&self.w[c], &self.w[e]);
-        exp.push(expect(
+        let (out, exp, n) = self.few_connections(
+            at,
+            (c, e, APP_PORT),
+            20,
             "vigil.enforcement_gap.sidecar_bypass",
-            &[
-                ("caller_ip", &a.ip),
-                ("callee_ip", &b.ip),
-                ("callee_port", &APP_PORT.to_string()),
-            ],
-        ));
+        );
+        let (a, b) = (&self.w[c], &self.w[e]);
         let what = format!(
             "{n} connections {} → {}:{APP_PORT} with no decision",
             a.name, b.name
         );
-        subjects.extend([a.ip.clone(), format!("{}→{}", a.ip, b.ip)]);
         Built {
             out,
-            subjects,
+            subjects: vec![a.ip.clone(), format!("{}→{}", a.ip, b.ip)],
             exp,
             what,
         }

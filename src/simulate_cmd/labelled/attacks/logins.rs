@@ -4,11 +4,25 @@
 use rand::Rng;
 
 use super::{AttackStart, Built, expect};
-use crate::simulate_cmd::labelled::S;
 use crate::simulate_cmd::labelled::attacks::Shape;
 use crate::simulate_cmd::labelled::mesh::World;
+use crate::simulate_cmd::labelled::{Out, S};
 
 impl World {
+    /// One login of the attack from `ip` as `user`, sent at `sent` and stating `stated` as its
+    /// time.
+    fn attack_login(
+        &mut self,
+        a: &AttackStart<'_>,
+        (sent, stated): (i64, i64),
+        user: &str,
+        ip: &str,
+        allow: bool,
+    ) -> Out {
+        let v = self.p.login(stated, user, ip, allow);
+        self.out(sent, ip, v, Some((a.id, stated)), a.spread)
+    }
+
     /// Failed logins from one outside address against a few accounts, fast or slow; or preceded by one decision dated 2099 (forged), or stated minutes back (backdated).
     pub(super) fn brute_force(&mut self, at: &AttackStart<'_>) -> Built {
         let AttackStart {
@@ -40,7 +54,10 @@ impl World {
             0
         };
         // Backdated bursts come through one partition (the log that late_source names).
-        let spread = spread && s != Shape::BackdatedBurst;
+        let burst = AttackStart {
+            spread: spread && s != Shape::BackdatedBurst,
+            ..*at
+        };
         let fixed = self.rng.random_range(0..self.partitions);
         let mut start = t0;
         if s == Shape::ForgedFutureThenBurst {
@@ -63,8 +80,7 @@ impl World {
             let at = start + dur * k / n + self.rng.random_range(0..(dur / n).max(1) / 2);
             let stated = at - back;
             let user = &targets[(k as usize) % targets.len()];
-            let v = self.p.login(stated, user, &ip, false);
-            let mut o = self.out(at, &ip, v, Some((id, stated)), spread);
+            let mut o = self.attack_login(&burst, (at, stated), user, &ip, false);
             if s == Shape::BackdatedBurst {
                 o.partition = fixed;
             }
@@ -108,34 +124,30 @@ impl World {
 
     /// Failed logins from one outside address across many user names.
     pub(super) fn password_spraying(&mut self, at: &AttackStart<'_>) -> Built {
-        let AttackStart { id, t0, spread, .. } = *at;
-        let (mut out, mut subjects, mut exp) = (Vec::new(), Vec::new(), Vec::new());
+        let AttackStart { id, t0, .. } = *at;
         let ip = self.outside_ip();
         let users = self.rng.random_range(12..=40);
         let dur = self.rng.random_range(2 * 60..=20 * 60) * S;
-        let mut k = 0;
+        let mut out = Vec::new();
         for u in 0..users {
+            let user = format!("user{:04}@example.com", (u * 71 + id as i64) % 3000);
             for _ in 0..self.rng.random_range(1..=2) {
-                let at = t0 + dur * u / users + self.rng.random_range(0..5) * S;
-                let v = self.p.login(
-                    at,
-                    &format!("user{:04}@example.com", (u * 71 + id as i64) % 3000),
-                    &ip,
-                    false,
-                );
-                out.push(self.out(at, &ip, v, Some((id, at)), spread));
-                k += 1;
+                let sent = t0 + dur * u / users + self.rng.random_range(0..5) * S;
+                out.push(self.attack_login(at, (sent, sent), &user, &ip, false));
             }
         }
-        exp.push(expect(
+        let exp = vec![expect(
             "vigil.password_spraying.source_ip",
             &[("caller_ip", &ip)],
-        ));
-        let what = format!("{k} failed logins as {users} users over {} s", dur / S);
-        subjects.push(ip);
+        )];
+        let what = format!(
+            "{} failed logins as {users} users over {} s",
+            out.len(),
+            dur / S
+        );
         Built {
             out,
-            subjects,
+            subjects: vec![ip],
             exp,
             what,
         }
@@ -143,32 +155,30 @@ impl World {
 
     /// Failed logins from one address as one user, then one that works.
     pub(super) fn deny_then_allow(&mut self, at: &AttackStart<'_>) -> Built {
-        let AttackStart { id, t0, spread, .. } = *at;
-        let (mut out, mut subjects, mut exp) = (Vec::new(), Vec::new(), Vec::new());
+        let t0 = at.t0;
         let ip = self.outside_ip();
         let fails = self.rng.random_range(5..=15);
         let dur = self.rng.random_range(10..=180) * S;
         let user = format!("user{:04}@example.com", self.rng.random_range(0..3000));
-        for k in 0..fails {
-            let at = t0 + dur * k / fails;
-            let v = self.p.login(at, &user, &ip, false);
-            out.push(self.out(at, &ip, v, Some((id, at)), spread));
-        }
-        let at = t0 + dur + self.rng.random_range(1..20) * S;
-        let v = self.p.login(at, &user, &ip, true);
-        out.push(self.out(at, &ip, v, Some((id, at)), spread));
-        exp.push(expect(
+        let mut out: Vec<Out> = (0..fails)
+            .map(|k| {
+                let sent = t0 + dur * k / fails;
+                self.attack_login(at, (sent, sent), &user, &ip, false)
+            })
+            .collect();
+        let sent = t0 + dur + self.rng.random_range(1..20) * S;
+        out.push(self.attack_login(at, (sent, sent), &user, &ip, true));
+        let exp = vec![expect(
             "vigil.deny_then_allow",
             &[("caller_ip", &ip), ("callee_service", "auth")],
-        ));
+        )];
         let what = format!(
             "{fails} failed logins as {user} over {} s, then one that works",
             dur / S
         );
-        subjects.push(ip);
         Built {
             out,
-            subjects,
+            subjects: vec![ip],
             exp,
             what,
         }
