@@ -11,10 +11,10 @@ use vigil_store::RecordRef;
 use crate::Key;
 
 /// Records a chunk holds before it is handed on.
-pub const CHUNK_MAX_RECORDS: usize = 1024;
+pub(crate) const CHUNK_MAX_RECORDS: usize = 1024;
 /// Bytes (keys, values, headers) a chunk holds before it is handed on; one larger record is
 /// still taken whole.
-pub const CHUNK_MAX_BYTES: usize = 1 << 20;
+pub(crate) const CHUNK_MAX_BYTES: usize = 1 << 20;
 
 struct Rec {
     offset: i64,

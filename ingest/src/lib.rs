@@ -19,7 +19,7 @@
 //! The consumer thread runs [`run`]: it polls, asks each partition's state machine what to do
 //! with each record's offset (resume verification, re-deliveries, gaps, pause and resume: a
 //! sans-IO core in `partition.rs`, unit-tested against a model broker), copies records into
-//! chunks of at most [`CHUNK_MAX_RECORDS`] records / [`CHUNK_MAX_BYTES`] bytes, and commits
+//! chunks of at most 1 024 records / 1 MiB (`chunk.rs`), and commits
 //! offsets once their file is durable. librdkafka runs the rebalance callbacks inside poll, on
 //! this thread too. A partition always goes to the same pipeline thread and the same writer,
 //! so it is chained and written in offset order. When a pipeline thread's queue is full the
@@ -41,7 +41,6 @@ use vigil_schemas::{DecoderConfig, SourceFormat};
 use vigil_store::StoreError;
 
 pub use anchor::{AnchorPublisher, read_anchor_topic};
-pub use chunk::{CHUNK_MAX_BYTES, CHUNK_MAX_RECORDS};
 pub use consumer::run;
 pub use metrics::{Histogram, IngestMetrics, MetricsSnapshot, PartitionLag};
 

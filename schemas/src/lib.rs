@@ -25,11 +25,11 @@
 //! assert_eq!(batch.num_rows(), 1);
 //! ```
 
-pub mod batch;
-pub mod decode;
-pub mod error;
-pub mod json;
-pub mod model;
+mod batch;
+mod decode;
+mod error;
+mod json;
+mod model;
 pub mod out;
 pub mod schema;
 

@@ -16,9 +16,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 pub const RESERVED_PREFIXES: &[&str] = &["kafka_", "leaf_", "chain_", "store_"];
 
 /// Schema-level metadata key holding the schema version.
-pub const SCHEMA_VERSION_KEY: &str = "vigil.schema_version";
+pub(crate) const SCHEMA_VERSION_KEY: &str = "vigil.schema_version";
 /// Bumped on any incompatible change to the canonical columns.
-pub const SCHEMA_VERSION: &str = "1";
+pub(crate) const SCHEMA_VERSION: &str = "1";
 
 /// One canonical column: name, Arrow type, nullability and what it means.
 pub struct Column {

@@ -15,7 +15,7 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 
 /// The type of a JSON value, as reported in errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JsonType {
+pub(crate) enum JsonType {
     Null,
     Bool,
     Number,
@@ -39,7 +39,7 @@ impl fmt::Display for JsonType {
 
 /// A JSON-pointer path, rendered only when an error needs it: decoders name the path of every
 /// field they read, and building those strings eagerly would cost an allocation per field.
-pub trait PathArg {
+pub(crate) trait PathArg {
     fn render(&self) -> String;
 }
 
@@ -68,7 +68,7 @@ impl PathArg for (&str, &str, &str) {
 }
 
 /// A path computed by a closure, e.g. one with an array index in it.
-pub struct LazyPath<F>(pub F);
+pub(crate) struct LazyPath<F>(pub F);
 
 impl<F: Fn() -> String> PathArg for LazyPath<F> {
     fn render(&self) -> String {
@@ -135,7 +135,7 @@ impl fmt::Display for Shape {
 
 /// A struct that accepts any object and keeps nothing: the default payload of [`Json`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Skipped;
+pub(crate) struct Skipped;
 
 impl<'de> Deserialize<'de> for Skipped {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -146,7 +146,7 @@ impl<'de> Deserialize<'de> for Skipped {
 /// One JSON value of any type. Objects are parsed into `T` (a struct of further `Json` fields);
 /// arrays are skipped (use [`List`] where the elements matter).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub enum Json<'a, T = Skipped> {
+pub(crate) enum Json<'a, T = Skipped> {
     /// The key was not present.
     #[default]
     Absent,
@@ -162,7 +162,7 @@ pub enum Json<'a, T = Skipped> {
 
 impl<'a, T> Json<'a, T> {
     /// The JSON type found, or `None` when absent.
-    pub fn json_type(&self) -> Option<JsonType> {
+    pub(crate) fn json_type(&self) -> Option<JsonType> {
         Some(match self {
             Json::Absent => return None,
             Json::Null => JsonType::Null,
@@ -175,7 +175,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// Present and not null.
-    pub fn is_present(&self) -> bool {
+    pub(crate) fn is_present(&self) -> bool {
         !matches!(self, Json::Absent | Json::Null)
     }
 
@@ -188,7 +188,7 @@ impl<'a, T> Json<'a, T> {
 
     /// The string, if this is one (any other type is `None`). For fields whose shape the
     /// upstream format does not fix (for example OPA's free-form `input`).
-    pub fn str(&self) -> Option<&str> {
+    pub(crate) fn str(&self) -> Option<&str> {
         match self {
             Json::Str(s) => Some(s),
             _ => None,
@@ -196,7 +196,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// The string, keeping the borrow from the input when there is one.
-    pub fn cow(&self) -> Option<Cow<'a, str>> {
+    pub(crate) fn cow(&self) -> Option<Cow<'a, str>> {
         match self {
             Json::Str(Cow::Borrowed(s)) => Some(Cow::Borrowed(s)),
             Json::Str(Cow::Owned(s)) => Some(Cow::Owned(s.clone())),
@@ -205,7 +205,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// Absent or null is `Ok(None)`, a string is `Ok(Some)`, anything else is a [`Shape`] error.
-    pub fn str_at(&self, path: impl PathArg) -> Result<Option<&str>, Shape> {
+    pub(crate) fn str_at(&self, path: impl PathArg) -> Result<Option<&str>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Str(s) => Ok(Some(s)),
@@ -214,7 +214,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// Like [`Json::str_at`], keeping the borrow from the input.
-    pub fn cow_at(&self, path: impl PathArg) -> Result<Option<Cow<'a, str>>, Shape> {
+    pub(crate) fn cow_at(&self, path: impl PathArg) -> Result<Option<Cow<'a, str>>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Str(_) => Ok(self.cow()),
@@ -223,7 +223,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// Absent or null is `Ok(None)`, a boolean is `Ok(Some)`, anything else is an error.
-    pub fn bool_at(&self, path: impl PathArg) -> Result<Option<bool>, Shape> {
+    pub(crate) fn bool_at(&self, path: impl PathArg) -> Result<Option<bool>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Bool(b) => Ok(Some(*b)),
@@ -233,7 +233,7 @@ impl<'a, T> Json<'a, T> {
 
     /// An integer. Strings of digits are accepted too, because protobuf's JSON mapping writes
     /// 64-bit integers as strings.
-    pub fn i64_at(&self, path: impl PathArg) -> Result<Option<i64>, Shape> {
+    pub(crate) fn i64_at(&self, path: impl PathArg) -> Result<Option<i64>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Int(i) => Ok(Some(*i)),
@@ -249,7 +249,12 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// An integer in `lo..=hi`, e.g. a port or an HTTP status.
-    pub fn int_in_at(&self, path: impl PathArg, lo: i64, hi: i64) -> Result<Option<i64>, Shape> {
+    pub(crate) fn int_in_at(
+        &self,
+        path: impl PathArg,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Option<i64>, Shape> {
         match self.i64_at(&path)? {
             Some(v) if !(lo..=hi).contains(&v) => Err(Shape::new(
                 path,
@@ -261,7 +266,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// The object, or `None` if absent or null; an error for any other type.
-    pub fn obj_at(&self, path: impl PathArg) -> Result<Option<&T>, Shape> {
+    pub(crate) fn obj_at(&self, path: impl PathArg) -> Result<Option<&T>, Shape> {
         match self {
             Json::Absent | Json::Null => Ok(None),
             Json::Object(t) => Ok(Some(t)),
@@ -270,7 +275,7 @@ impl<'a, T> Json<'a, T> {
     }
 
     /// The object if this is one; any other type is `None`.
-    pub fn obj(&self) -> Option<&T> {
+    pub(crate) fn obj(&self) -> Option<&T> {
         match self {
             Json::Object(t) => Some(t),
             _ => None,
@@ -331,7 +336,7 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for JsonVisitor<'a, T> {
 /// A JSON array whose elements matter (each parsed as `T`), or whatever else was found there.
 /// At most [`List::MAX_KEPT`] elements are kept; the rest are skipped but counted.
 #[derive(Clone, Debug, PartialEq, Default)]
-pub enum List<T> {
+pub(crate) enum List<T> {
     #[default]
     Absent,
     Items {
@@ -343,10 +348,10 @@ pub enum List<T> {
 
 impl<T> List<T> {
     /// Elements beyond this many are parsed for validity but not kept (bounds memory per event).
-    pub const MAX_KEPT: usize = 16;
+    pub(crate) const MAX_KEPT: usize = 16;
 
     /// The kept elements; empty when absent or null, an error for a non-array.
-    pub fn items_at(&self, path: impl PathArg) -> Result<&[T], Shape> {
+    pub(crate) fn items_at(&self, path: impl PathArg) -> Result<&[T], Shape> {
         match self {
             List::Absent | List::Other(JsonType::Null) => Ok(&[]),
             List::Items { kept, .. } => Ok(kept),
@@ -355,7 +360,7 @@ impl<T> List<T> {
     }
 
     /// The kept elements; empty for anything that is not an array.
-    pub fn items(&self) -> &[T] {
+    pub(crate) fn items(&self) -> &[T] {
         match self {
             List::Items { kept, .. } => kept,
             _ => &[],
@@ -422,7 +427,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
 /// A JSON object with arbitrary keys (e.g. OPA's `bundles`), as kept `(key, value)` pairs.
 /// At most [`Entries::MAX_KEPT`] entries are kept; the rest are parsed and skipped.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Entries<'a, T>(pub Vec<(Cow<'a, str>, T)>);
+pub(crate) struct Entries<'a, T>(pub Vec<(Cow<'a, str>, T)>);
 
 impl<T> Default for Entries<'_, T> {
     fn default() -> Self {
@@ -431,7 +436,7 @@ impl<T> Default for Entries<'_, T> {
 }
 
 impl<T> Entries<'_, T> {
-    pub const MAX_KEPT: usize = 16;
+    pub(crate) const MAX_KEPT: usize = 16;
 }
 
 impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for Entries<'a, T> {
@@ -461,7 +466,7 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for Entries<'a, T> {
 
 /// A string, or an array of strings (e.g. OPA inputs that carry a path as segments).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub enum StrOrSegments<'a> {
+pub(crate) enum StrOrSegments<'a> {
     #[default]
     Absent,
     Str(Cow<'a, str>),
@@ -471,7 +476,7 @@ pub enum StrOrSegments<'a> {
 
 impl StrOrSegments<'_> {
     /// The string, or the segments joined as an absolute path (`["v1","data"]` → `/v1/data`).
-    pub fn to_path(&self) -> Option<Cow<'_, str>> {
+    pub(crate) fn to_path(&self) -> Option<Cow<'_, str>> {
         match self {
             StrOrSegments::Str(s) => Some(Cow::Borrowed(s)),
             StrOrSegments::Segments(segs) => {
