@@ -5,8 +5,9 @@
 //! `FILE_RECORDS` (`seal`: the Arrow batch and the file's tree state), and — in
 //! `store/decode_chain_write` — written as a durable zstd Parquet file (`Store::write`: temp
 //! file, fsync, rename, directory fsync). `store/decode_chain` stops before the write, so the
-//! two show what the chain and the Parquet file each cost; the decode bench gives decoding
-//! alone. `store/decode_chain_write_bucket` writes the same files into a store kept in an
+//! two show what the chain and the Parquet file each cost, against `store/decode`: the same
+//! records decoded alone, in this process, into Arrow batches of the same size (the reference
+//! both are divided by). `store/decode_chain_write_bucket` writes the same files into a store kept in an
 //! S3-compatible bucket (each file put, and acknowledged, before its local rename) — moto in
 //! server mode on loopback, started by the bench (scripts/install.sh installs it): a Python
 //! server holding objects in memory, so the figure says what Vigil's side of a put costs
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use vigil_schemas::Decoder;
+use vigil_schemas::{Decoder, EventBatchBuilder};
 use vigil_store::{PartitionBatch, RecordRef, Store, WriteOptions};
 
 #[path = "support/opa.rs"]
@@ -57,6 +58,19 @@ fn pipeline(
     }
 }
 
+/// Decoding alone, as `pipeline` decodes: every record into an Arrow batch (the stand-in event
+/// time its Kafka timestamp), a batch finished every FILE_RECORDS.
+fn decode_only(values: &[Vec<u8>], decoder: &Decoder) {
+    let mut batch = EventBatchBuilder::with_capacity(FILE_RECORDS);
+    for (i, v) in values.iter().enumerate() {
+        let time_ns = (1_763_800_000_000 + i as i64) * 1_000_000;
+        decoder.decode_into(v, time_ns, &mut batch).unwrap();
+        if (i + 1) % FILE_RECORDS == 0 || i + 1 == values.len() {
+            black_box(batch.finish().unwrap());
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let values: Vec<Vec<u8>> = (0..RECORDS)
         .map(|i| opa::opa_event(i).into_bytes())
@@ -69,6 +83,7 @@ fn bench(c: &mut Criterion) {
         elements: RECORDS as u64,
         bytes,
     });
+    g.bench_function("decode", |b| b.iter(|| decode_only(&values, &decoder)));
     g.bench_function("decode_chain", |b| {
         b.iter(|| {
             pipeline(&values, &decoder, |s| {

@@ -10,6 +10,8 @@
 #
 # Release build; the real Tansu broker for the Kafka-facing benches (scripts/install.sh
 # installs it); DuckDB (pip) for the query bench. Each bench's own output is kept in
+# benches/logs/<bench>.log (committed with BENCHMARKS.md: the raw output behind its rows; a
+# bench not run this time keeps its last log, as its rows are carried over), and in
 # target/bench-run/<bench>.log; criterion's results in target/bench-run/criterion; the figures
 # measured outside criterion in target/bench-run/figures.jsonl (benches/support/report.rs).
 # Sizes: the benches' own VIGIL_BENCH_* variables (see each bench's header).
@@ -35,11 +37,17 @@ echo "== building the benches (release)"
 cargo bench --locked --no-run --quiet
 failed=()
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!BENCHMARKS.md' ':!benches/logs' || echo " (with local changes)")
+mkdir -p benches/logs
 for b in "${benches[@]}"; do
   echo "== cargo bench --bench $b"
+  at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   if ! cargo bench --locked --quiet --bench "$b" 2>&1 | tee "$run_dir/$b.log"; then
     failed+=("$b")
   fi
+  # The kept copy: what ran, where and when, then the output without terminal redraws.
+  { echo "# cargo bench --locked --bench $b — commit $commit, started $at (UTC), $(nproc) cores"
+    sed -e 's/\x1b\[[0-9;]*[A-Za-z]//g' -e 's/.*\r//' "$run_dir/$b.log"; } >"benches/logs/$b.log"
 done
 # A partial run keeps the other benches' rows from the last report (marked with their date).
 cp BENCHMARKS.md "$run_dir/previous.md" 2>/dev/null || true

@@ -35,6 +35,7 @@ CRITERION = [
     ("decode/gke_audit", "decode", "GKE audit, one core", "events/s", None),
     ("decode/aks_wrapped_k8s_audit", "decode", "AKS-wrapped Kubernetes audit, one core", "events/s", None),
     ("decode/native", "decode", "Vigil native JSON, one core", "events/s", None),
+    ("store/decode", "chain + write", "decode alone, the same records into Arrow batches of 50 000, one core (the reference of the next two)", "events/s", None),
     ("store/decode_chain", "chain + write", "decode + hash chain + Merkle tree, sealed per 50 000, one core", "events/s", None),
     ("store/decode_chain_write", "chain + write", "decode + chain + durable zstd Parquet file (fsync), one core", "events/s", None),
     ("store/decode_chain_write_bucket", "chain + write", "the same into a store in a bucket (moto on loopback): each file put and acknowledged before its local rename", "events/s", None),
@@ -49,8 +50,8 @@ CRITERION = [
 ]
 # References measured in the same run, for criterion figures: id → (reference id, name).
 REFERENCES = {
-    "store/decode_chain": ("decode/opa_envoy_ext_authz/auto", "decode alone"),
-    "store/decode_chain_write": ("decode/opa_envoy_ext_authz/auto", "decode alone"),
+    "store/decode_chain": ("store/decode", "decode alone"),
+    "store/decode_chain_write": ("store/decode", "decode alone"),
     "store/decode_chain_write_bucket": ("store/decode_chain_write", "into a local directory"),
     "verify/store_decoded": ("verify/store", "verify without --decoded"),
 }
@@ -157,7 +158,8 @@ def machine():
     mem_kb = next(int(l.split()[1]) for l in pathlib.Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    # The report and the logs it writes are not changes to what was measured.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md", ":!benches/logs"], capture_output=True, text=True).stdout.strip()
     return cpu, os.cpu_count(), mem_kb / 1024 / 1024, platform.release(), rustc, commit + (" (with local changes)" if dirty else "")
 
 
@@ -170,7 +172,7 @@ print()
 print(f"- **Date**: {started} (run started, UTC)")
 print(f"- **Machine**: {cores} cores, {mem_gib:.1f} GiB memory, {cpu}; Linux {kernel}")
 print(f"- **Build**: {rustc}; commit {commit}")
-print(f"- **Benches run**: {', '.join(ran)}" + (f"; **failed**: {', '.join(failed)} (see `target/bench-run/<bench>.log`)" if failed else ""))
+print(f"- **Benches run**: {', '.join(ran)}" + (f"; **failed**: {', '.join(failed)} (see `benches/logs/<bench>.log`)" if failed else ""))
 if carried:
     print(f"- **Carried over** (not measured in this run; the row says when): {len(carried)} rows from the report of {carried_from}")
 print("- The Kafka-facing benches run the real broker (Tansu, in memory) on the same cores as Vigil; "
@@ -193,4 +195,5 @@ for area in AREAS + sorted(({r[0] for r in rows} | {c[0] for c in carried}) - se
             print(f"| {c[0]} | {c[1]}{when} | " + " | ".join(c[2:]) + " |")
 print()
 print("How each is measured: the header comment of each bench (`benches/<bench>.rs`); "
-      "the raw output of this run: `target/bench-run/<bench>.log`.")
+      "the raw output behind each row: `benches/logs/<bench>.log` (its first line names the commit "
+      "and time of the run it comes from; a bench not run this time keeps the log of its carried-over rows).")
