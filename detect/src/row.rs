@@ -39,8 +39,9 @@ impl OwnedRow {
         Ok(r)
     }
 
-    /// The same row with its bytes as received (a rule test's raw record).
-    pub fn with_raw(mut self, raw: &[u8]) -> OwnedRow {
+    /// The same row with its bytes as received (a test's raw record).
+    #[cfg(test)]
+    pub(crate) fn with_raw(mut self, raw: &[u8]) -> OwnedRow {
         self.raw = Some((raw.to_vec(), serde_json::from_slice(raw).ok()));
         self
     }

@@ -79,7 +79,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
 }
 
 /// A Security Lake source name for an OCSF class.
-pub fn source_name(class: OcsfClass) -> &'static str {
+pub(crate) fn source_name(class: OcsfClass) -> &'static str {
     match class {
         OcsfClass::Authentication => "vigil-authentication",
         OcsfClass::ApiActivity => "vigil-api-activity",

@@ -46,7 +46,7 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
 
 /// [`session`], its memory bounded to `memory_limit_bytes` when given (queries over it fail
 /// with "Resources exhausted" past it).
-pub async fn session_with(
+pub(crate) async fn session_with(
     data_dir: &Path,
     memory_limit_bytes: Option<usize>,
 ) -> Result<SessionContext, QueryError> {
@@ -222,7 +222,7 @@ fn query_schema(stored: &SchemaRef) -> SchemaRef {
 
 /// `schema` with `Utf8View`/`BinaryView` columns as `Utf8`/`Binary`, the types every Arrow
 /// reader knows.
-pub fn plain_schema(schema: &SchemaRef) -> SchemaRef {
+pub(crate) fn plain_schema(schema: &SchemaRef) -> SchemaRef {
     retype(schema, |t| match t {
         DataType::Utf8View => Some(DataType::Utf8),
         DataType::BinaryView => Some(DataType::Binary),
@@ -244,7 +244,7 @@ fn retype(schema: &SchemaRef, to: impl Fn(&DataType) -> Option<DataType>) -> Sch
 }
 
 /// `batch` cast to `schema` (the same columns, other string or binary types).
-pub fn to_schema(
+pub(crate) fn to_schema(
     batch: &RecordBatch,
     schema: &SchemaRef,
 ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
@@ -343,7 +343,7 @@ impl Catalog {
     }
 
     /// A session over the tables whose memory is reserved from `pool`.
-    pub async fn session_in(
+    pub(crate) async fn session_in(
         &self,
         pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     ) -> Result<SessionContext, QueryError> {

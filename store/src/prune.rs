@@ -45,7 +45,7 @@ pub struct PruneReport {
 }
 
 /// The origin of a log's prune notes.
-pub fn pruned_origin(log_origin: &str) -> String {
+pub(crate) fn pruned_origin(log_origin: &str) -> String {
     format!("{log_origin}/pruned")
 }
 
@@ -58,7 +58,7 @@ fn frontier_path(dir: &Path, size: u64) -> PathBuf {
 }
 
 /// A log's prune records: (size, note path, frontier path), by size.
-pub fn list_pruned(dir: &Path) -> Result<Vec<(u64, PathBuf, PathBuf)>, StoreError> {
+pub(crate) fn list_pruned(dir: &Path) -> Result<Vec<(u64, PathBuf, PathBuf)>, StoreError> {
     let mut out: Vec<(u64, PathBuf, PathBuf)> = crate::files::read_dir_names(dir)?
         .into_iter()
         .filter_map(|name| {
@@ -76,7 +76,10 @@ pub fn list_pruned(dir: &Path) -> Result<Vec<(u64, PathBuf, PathBuf)>, StoreErro
 
 /// A prune record's frontier, checked against the (already verified) prune checkpoint: same
 /// size and root.
-pub fn read_pruned_start(cp: &Checkpoint, frontier_file: &Path) -> Result<PrunedStart, StoreError> {
+pub(crate) fn read_pruned_start(
+    cp: &Checkpoint,
+    frontier_file: &Path,
+) -> Result<PrunedStart, StoreError> {
     let text = std::fs::read_to_string(frontier_file).map_err(StoreError::io(frontier_file))?;
     let frontier = Frontier::decode(text.trim())
         .map_err(|e| StoreError::corrupt(frontier_file, e.to_string()))?;

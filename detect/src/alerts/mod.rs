@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 mod ocsf;
 mod values;
-pub use ocsf::{AlertFormat, OCSF_VERSION, detection_finding, formatted};
+pub(crate) use ocsf::formatted;
+pub use ocsf::{AlertFormat, OCSF_VERSION, detection_finding};
 pub use values::UnknownName;
 pub use values::{Severity, Status};
 

@@ -149,7 +149,7 @@ pub fn detection_finding(a: &Alert) -> Value {
 }
 
 /// The alert as `format` writes it.
-pub fn formatted(a: &Alert, format: AlertFormat) -> Value {
+pub(crate) fn formatted(a: &Alert, format: AlertFormat) -> Value {
     match format {
         AlertFormat::Vigil => serde_json::to_value(a).unwrap_or(Value::Null),
         AlertFormat::Ocsf => detection_finding(a),

@@ -50,7 +50,7 @@ pub use kind::Sigma;
 use kind::{Logsource, Matcher, SigmaSpec};
 
 /// Whether a source is a Sigma file (by its name).
-pub fn is_sigma(name: &str) -> bool {
+pub(crate) fn is_sigma(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     n.ends_with(".yml") || n.ends_with(".yaml")
 }

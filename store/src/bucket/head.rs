@@ -48,7 +48,7 @@ pub struct HeadObject {
 }
 
 /// How many of a log's newest files its head names.
-pub const RECENT_FILES: usize = 32;
+pub(crate) const RECENT_FILES: usize = 32;
 
 impl HeadObject {
     /// The head of a log with no file yet, claimed by `owner`.

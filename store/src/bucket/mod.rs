@@ -36,7 +36,8 @@ mod lease;
 mod pull;
 
 pub use follow::FollowReport;
-pub use head::{HeadObject, RECENT_FILES, ReadHead, strays};
+pub(crate) use head::RECENT_FILES;
+pub use head::{HeadObject, ReadHead, strays};
 pub use lease::Lease;
 pub use pull::PullReport;
 
@@ -369,7 +370,7 @@ impl Bucket {
     /// these very bytes: a retry). Returns the new ETag; [`StoreError::Conflict`] when another
     /// writer changed or made it. What a log's checkpoints are put with: a writer that lost
     /// the log cannot replace a note the new writer's checkpoints link to.
-    pub fn put_versioned(
+    pub(crate) fn put_versioned(
         &self,
         data_dir: &Path,
         path: &Path,
@@ -431,7 +432,11 @@ impl Bucket {
     }
 
     /// The ETag of the object of `path` (under `data_dir`), if there is one.
-    pub fn etag_of(&self, data_dir: &Path, path: &Path) -> Result<Option<String>, StoreError> {
+    pub(crate) fn etag_of(
+        &self,
+        data_dir: &Path,
+        path: &Path,
+    ) -> Result<Option<String>, StoreError> {
         self.etag(&Self::rel(data_dir, path)?)
     }
 

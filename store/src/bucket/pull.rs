@@ -66,7 +66,7 @@ impl Bucket {
     /// Bring one log's files and checkpoints in a writer's working copy up to the bucket, as
     /// [`Bucket::pull`] does for all (a log this instance is given, which another may have
     /// written since): its files up to `head`'s, none past it.
-    pub fn pull_log(
+    pub(crate) fn pull_log(
         &self,
         data_dir: &Path,
         topic: &str,
