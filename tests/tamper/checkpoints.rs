@@ -337,3 +337,28 @@ fn t25_a_checkpoint_re_dated_before_the_one_it_follows_with_the_stores_own_key()
         "checkpoint times go backwards",
     );
 }
+
+#[test]
+fn t26_a_checkpoint_deleted_from_the_middle_of_a_logs_chain() {
+    let c = Case::new();
+    let notes = c.notes(0);
+    assert!(notes.len() >= 3, "{notes:?}");
+    let (gone, next) = (&notes[notes.len() - 2], &notes[notes.len() - 1]);
+    std::fs::remove_file(gone).unwrap();
+    // Its anchored copy says it existed; the one after it links to it.
+    let got = c.verify(&[]);
+    assert_tampered(&got, "mirror", "it was removed");
+    assert_tampered(
+        &got,
+        &name(next),
+        "does not link to the previous checkpoint",
+    );
+    // With no anchor, the broken link alone gives it away.
+    let keys = c.root.join("keys");
+    let got = verify_raw(&c.store(), &["--keys", keys.to_str().unwrap()]);
+    assert_tampered(
+        &got,
+        &name(next),
+        "does not link to the previous checkpoint",
+    );
+}
