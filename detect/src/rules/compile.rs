@@ -276,37 +276,29 @@ pub(crate) fn compile(
         normalize_keys: rf.normalize_keys,
     };
     let k = &rf.kind;
-    let filter = || -> Result<Filter, RuleError> {
-        match &rf.filter {
-            Some(f) => cx.filter(f),
-            None => Ok(Filter::parse("kind exists").expect("a fixed filter parses")),
-        }
-    };
-    let suppress_ns = match &rf.suppress {
-        Some(s) => cx.dur(s)?,
-        None => d.suppress_ns,
-    };
-    let allowed_lateness_ns = match &rf.allowed_lateness {
-        Some(s) => cx.dur(s)?,
-        None => d.allowed_lateness_ns,
-    };
-    let max_groups = match &rf.max_groups {
-        Some(m) if *m.get_ref() == 0 => return Err(cx.err(m.span(), "max_groups must be ≥ 1")),
-        Some(m) => *m.get_ref(),
-        None => d.max_groups,
-    };
-    let group_by = match &rf.group_by {
-        Some(g) => cx.group_by(g)?,
-        None => Vec::new(),
-    };
-    let count = |c: &Spanned<u64>| -> Result<usize, RuleError> {
-        match usize::try_from(*c.get_ref()) {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err(cx.err(c.span(), "a count must be ≥ 1")),
-        }
+    let c = Common {
+        suppress_ns: match &rf.suppress {
+            Some(s) => cx.dur(s)?,
+            None => d.suppress_ns,
+        },
+        allowed_lateness_ns: match &rf.allowed_lateness {
+            Some(s) => cx.dur(s)?,
+            None => d.allowed_lateness_ns,
+        },
+        max_groups: match &rf.max_groups {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(cx.err(m.span(), "max_groups must be ≥ 1"));
+            }
+            Some(m) => *m.get_ref(),
+            None => d.max_groups,
+        },
+        group_by: match &rf.group_by {
+            Some(g) => cx.group_by(g)?,
+            None => Vec::new(),
+        },
     };
     let needs_group = |what: &str| -> Result<(), RuleError> {
-        if group_by.is_empty() {
+        if c.group_by.is_empty() {
             Err(cx.err(k.span(), format!("a {what} rule needs `group_by`")))
         } else {
             Ok(())
@@ -320,13 +312,13 @@ pub(crate) fn compile(
             needs_group("threshold")?;
             let ratio = ratio(&cx, rf)?;
             Kind::Threshold(Threshold::new(ThresholdSpec {
-                filter: filter()?,
-                group_by: group_by.clone(),
-                count: count(cx.need(&rf.count, "count", k)?)?,
+                filter: rule_filter(&cx, rf)?,
+                group_by: c.group_by.clone(),
+                count: count(&cx, cx.need(&rf.count, "count", k)?)?,
                 window_ns: cx.dur(cx.need(&rf.window, "window", k)?)?,
-                suppress_ns,
-                allowed_lateness_ns,
-                max_groups,
+                suppress_ns: c.suppress_ns,
+                allowed_lateness_ns: c.allowed_lateness_ns,
+                max_groups: c.max_groups,
                 ratio,
             }))
         }
@@ -335,205 +327,54 @@ pub(crate) fn compile(
             let f = cx.need(&rf.field, "field", k)?;
             let ratio = ratio(&cx, rf)?;
             Kind::DistinctCount(DistinctCount::new(DistinctSpec {
-                filter: filter()?,
-                group_by: group_by.clone(),
+                filter: rule_filter(&cx, rf)?,
+                group_by: c.group_by.clone(),
                 field: (f.get_ref().clone(), cx.field(f)?),
-                count: count(cx.need(&rf.count, "count", k)?)?,
+                count: count(&cx, cx.need(&rf.count, "count", k)?)?,
                 window_ns: cx.dur(cx.need(&rf.window, "window", k)?)?,
-                suppress_ns,
-                allowed_lateness_ns,
-                max_groups,
+                suppress_ns: c.suppress_ns,
+                allowed_lateness_ns: c.allowed_lateness_ns,
+                max_groups: c.max_groups,
                 ratio,
             }))
         }
-        KindName::Allowlist => {
-            let fld = |v: &Option<Spanned<String>>, default: &str| -> Result<Field, RuleError> {
-                match v {
-                    Some(n) => cx.field(n),
-                    None => Ok(field(default).expect("default fields exist")),
-                }
-            };
-            let opt = |v: &Option<Spanned<String>>| -> Result<Option<Field>, RuleError> {
-                v.as_ref().map(|n| cx.field(n)).transpose()
-            };
-            let mut edges = rf.allow.clone();
-            if let Some(p) = &rf.policy_file {
-                let path = match dir {
-                    Some(dir) => dir.join(p.get_ref()),
-                    None => PathBuf::from(p.get_ref()),
-                };
-                edges.extend(
-                    load_policy(&path)
-                        .map_err(|e| cx.err(p.span(), e.to_string()))?
-                        .edges,
-                );
-            } else if rf.allow.is_empty()
-                && let Some(g) = &d.allowlist
-            {
-                edges.extend(g.edges.iter().cloned());
-            }
-            if let Some(o) = allow_override {
-                edges = o.to_vec();
-            }
-            if let Some(kind) = &rf.edge_kind {
-                match kind.get_ref().as_str() {
-                    "authz" => edges.retain(|e| e.kind.as_deref().is_none_or(|k| k == "authz")),
-                    "flow" => edges.retain(|e| e.kind.as_deref() == Some("flow")),
-                    other => {
-                        return Err(cx.err(
-                            kind.span(),
-                            format!("edge_kind {other:?}: `authz` or `flow`"),
-                        ));
-                    }
-                }
-            }
-            let al_ratio = ratio(&cx, rf)?;
-            if al_ratio.is_some() && !rf.declared.as_ref().is_some_and(|d| *d.get_ref()) {
-                return Err(cx.err(
-                    k.span(),
-                    "`of` and `min_ratio` on an allowlist rule need `declared = true`",
-                ));
-            }
-            // A rule about flows is quiet while the graph declares none (it would call every
-            // connection undeclared).
-            let quiet =
-                rf.edge_kind.as_ref().is_some_and(|k| k.get_ref() == "flow") && edges.is_empty();
-            let al = Allowlist::new(AllowlistSpec {
-                filter: filter()?,
-                fields: EdgeFields {
-                    caller: fld(&rf.caller_field, "caller_principal")?,
-                    callee: fld(&rf.callee_field, "callee_principal")?,
-                    method: opt(&rf.method_field)?,
-                    path: opt(&rf.path_field)?,
-                    caller_namespace: opt(&rf.caller_namespace_field)?,
-                    callee_namespace: opt(&rf.callee_namespace_field)?,
-                    port: opt(&rf.port_field)?,
-                },
-                edges,
-                suppress_ns,
-                allowed_lateness_ns,
-                max_groups,
-                quiet,
-                ratio: al_ratio,
-                declared: match rf.declared.as_ref().is_some_and(|d| *d.get_ref()) {
-                    false => None,
-                    true => Some((
-                        *cx.need(&rf.count, "count", k)?.get_ref(),
-                        cx.dur(cx.need(&rf.window, "window", k)?)?,
-                    )),
-                },
-            })
-            .map_err(|e| cx.err(k.span(), e.to_string()))?;
-            Kind::Allowlist(al)
-        }
+        KindName::Allowlist => Kind::Allowlist(allowlist(&cx, rf, &c, dir, d, allow_override)?),
         KindName::FirstSeen => {
             needs_group("first_seen")?;
             Kind::FirstSeen(FirstSeen::new(FirstSeenSpec {
-                filter: filter()?,
-                group_by: group_by.clone(),
+                filter: rule_filter(&cx, rf)?,
+                group_by: c.group_by.clone(),
                 learn_ns: match &rf.learn {
                     Some(l) => cx.dur(l)?,
                     None => 0,
                 },
                 forget_ns: cx.dur(cx.need(&rf.forget, "forget", k)?)?,
-                suppress_ns,
-                allowed_lateness_ns,
-                max_groups,
+                suppress_ns: c.suppress_ns,
+                allowed_lateness_ns: c.allowed_lateness_ns,
+                max_groups: c.max_groups,
             }))
         }
         KindName::Sequence => {
             needs_group("sequence")?;
             Kind::Sequence(Sequence::new(SequenceSpec {
-                group_by: group_by.clone(),
+                group_by: c.group_by.clone(),
                 first: cx.filter(cx.need(&rf.first, "first", k)?)?,
-                first_count: count(cx.need(&rf.first_count, "first_count", k)?)?,
+                first_count: count(&cx, cx.need(&rf.first_count, "first_count", k)?)?,
                 then: cx.filter(cx.need(&rf.then, "then", k)?)?,
                 consecutive: rf.consecutive.as_ref().is_some_and(|c| *c.get_ref()),
                 window_ns: cx.dur(cx.need(&rf.window, "window", k)?)?,
-                suppress_ns,
-                allowed_lateness_ns,
-                max_groups,
+                suppress_ns: c.suppress_ns,
+                allowed_lateness_ns: c.allowed_lateness_ns,
+                max_groups: c.max_groups,
             }))
         }
         KindName::Absence => {
             needs_group("absence")?;
-            // What pairs a trigger with its companion (default: the alert's group_by, which
-            // must be among them).
-            let match_by = match &rf.match_by {
-                Some(m) => {
-                    if let Some((n, _)) = group_by
-                        .iter()
-                        .find(|(g, _)| !m.get_ref().iter().any(|n| n == g))
-                    {
-                        return Err(
-                            cx.err(m.span(), format!("group_by field `{n}` is not in match_by"))
-                        );
-                    }
-                    cx.group_by(m)?
-                }
-                None => group_by.clone(),
-            };
-            Kind::Absence(crate::absence::Absence::new(crate::absence::AbsenceSpec {
-                trigger: filter()?,
-                expect: cx.filter(cx.need(&rf.expect, "expect", k)?)?,
-                group_by: group_by.clone(),
-                within_ns: cx.dur(cx.need(&rf.within, "within", k)?)?,
-                protected_by: match &rf.protected_by {
-                    Some(p) => {
-                        if let Some(n) = p
-                            .get_ref()
-                            .iter()
-                            .find(|n| !match_by.iter().any(|(g, _)| g == *n))
-                        {
-                            return Err(cx.err(
-                                p.span(),
-                                format!("protected_by field `{n}` is not in match_by"),
-                            ));
-                        }
-                        cx.group_by(p)?
-                    }
-                    None => Vec::new(),
-                },
-                match_by,
-                suppress_ns,
-                allowed_lateness_ns,
-                max_groups,
-            }))
+            Kind::Absence(absence(&cx, rf, &c)?)
         }
         KindName::RateSpike => {
             needs_group("rate_spike")?;
-            let baseline = rf.baseline_buckets.as_ref().map_or(60, |b| *b.get_ref());
-            if baseline == 0 {
-                return Err(cx.err(k.span(), "baseline_buckets must be ≥ 1"));
-            }
-            let z = rf.z.as_ref().map_or(4.0, |z| *z.get_ref());
-            if !(z.is_finite() && z > 0.0) {
-                return Err(cx.err(k.span(), "z must be a positive number"));
-            }
-            let peak_factor = rf.peak_factor.as_ref().map_or(0.0, |p| *p.get_ref());
-            if !(peak_factor.is_finite() && peak_factor >= 0.0) {
-                return Err(cx.err(k.span(), "peak_factor must be a number ≥ 0"));
-            }
-            Kind::RateSpike(RateSpike::new(RateSpikeSpec {
-                filter: filter()?,
-                group_by: group_by.clone(),
-                bucket_ns: cx.dur(cx.need(&rf.bucket, "bucket", k)?)?,
-                baseline_buckets: baseline,
-                min_history_buckets: rf
-                    .min_history_buckets
-                    .as_ref()
-                    .map_or(baseline / 2, |b| *b.get_ref()),
-                z,
-                min_count: rf.min_count.as_ref().map_or(100, |m| *m.get_ref()),
-                peak_factor,
-                peak_half_life_ns: match &rf.peak_half_life {
-                    Some(h) => cx.dur(h)?,
-                    None => 24 * 3600 * 1_000_000_000,
-                },
-                suppress_ns,
-                allowed_lateness_ns,
-                max_groups,
-            }))
+            Kind::RateSpike(rate_spike(&cx, rf, &c)?)
         }
     };
     let group_names = match &kind {
@@ -545,7 +386,7 @@ pub(crate) fn compile(
                 .as_ref()
                 .map_or("callee_principal".into(), |f| f.get_ref().clone()),
         ],
-        _ => group_by.into_iter().map(|(n, _)| n).collect(),
+        _ => c.group_by.into_iter().map(|(n, _)| n).collect(),
     };
     Ok(Rule {
         meta: Meta {
@@ -556,9 +397,205 @@ pub(crate) fn compile(
             description: rf.description.clone(),
             kind: *k.get_ref(),
             group_names,
-            suppress_ns,
+            suppress_ns: c.suppress_ns,
             source: file.to_owned(),
         },
         kind,
     })
+}
+
+/// What every kind takes from its rule file alike (each with the defaults when absent).
+struct Common {
+    group_by: GroupBy,
+    suppress_ns: i64,
+    allowed_lateness_ns: i64,
+    max_groups: usize,
+}
+
+/// The rule's `filter`, or one every event passes.
+fn rule_filter(cx: &Ctx<'_>, rf: &RuleFile) -> Result<Filter, RuleError> {
+    match &rf.filter {
+        Some(f) => cx.filter(f),
+        None => Ok(Filter::parse("kind exists").expect("a fixed filter parses")),
+    }
+}
+
+/// A count of at least one.
+fn count(cx: &Ctx<'_>, c: &Spanned<u64>) -> Result<usize, RuleError> {
+    match usize::try_from(*c.get_ref()) {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(cx.err(c.span(), "a count must be ≥ 1")),
+    }
+}
+
+/// An allowlist rule: its edge fields, and its edges — its own `allow`, its `policy_file`'s
+/// (relative to the rules directory `dir`), or the declared graph (`d.allowlist`) when it
+/// names none; `allow_override` in place of all of them (a rule test's).
+fn allowlist(
+    cx: &Ctx<'_>,
+    rf: &RuleFile,
+    c: &Common,
+    dir: Option<&Path>,
+    d: &Defaults,
+    allow_override: Option<&[EdgeSpec]>,
+) -> Result<Allowlist, RuleError> {
+    let k = &rf.kind;
+    let fld = |v: &Option<Spanned<String>>, default: &str| -> Result<Field, RuleError> {
+        match v {
+            Some(n) => cx.field(n),
+            None => Ok(field(default).expect("default fields exist")),
+        }
+    };
+    let opt = |v: &Option<Spanned<String>>| -> Result<Option<Field>, RuleError> {
+        v.as_ref().map(|n| cx.field(n)).transpose()
+    };
+    let mut edges = rf.allow.clone();
+    if let Some(p) = &rf.policy_file {
+        let path = match dir {
+            Some(dir) => dir.join(p.get_ref()),
+            None => PathBuf::from(p.get_ref()),
+        };
+        edges.extend(
+            load_policy(&path)
+                .map_err(|e| cx.err(p.span(), e.to_string()))?
+                .edges,
+        );
+    } else if rf.allow.is_empty()
+        && let Some(g) = &d.allowlist
+    {
+        edges.extend(g.edges.iter().cloned());
+    }
+    if let Some(o) = allow_override {
+        edges = o.to_vec();
+    }
+    if let Some(kind) = &rf.edge_kind {
+        match kind.get_ref().as_str() {
+            "authz" => edges.retain(|e| e.kind.as_deref().is_none_or(|k| k == "authz")),
+            "flow" => edges.retain(|e| e.kind.as_deref() == Some("flow")),
+            other => {
+                return Err(cx.err(
+                    kind.span(),
+                    format!("edge_kind {other:?}: `authz` or `flow`"),
+                ));
+            }
+        }
+    }
+    let al_ratio = ratio(cx, rf)?;
+    if al_ratio.is_some() && !rf.declared.as_ref().is_some_and(|d| *d.get_ref()) {
+        return Err(cx.err(
+            k.span(),
+            "`of` and `min_ratio` on an allowlist rule need `declared = true`",
+        ));
+    }
+    // A rule about flows is quiet while the graph declares none (it would call every
+    // connection undeclared).
+    let quiet = rf.edge_kind.as_ref().is_some_and(|k| k.get_ref() == "flow") && edges.is_empty();
+    Allowlist::new(AllowlistSpec {
+        filter: rule_filter(cx, rf)?,
+        fields: EdgeFields {
+            caller: fld(&rf.caller_field, "caller_principal")?,
+            callee: fld(&rf.callee_field, "callee_principal")?,
+            method: opt(&rf.method_field)?,
+            path: opt(&rf.path_field)?,
+            caller_namespace: opt(&rf.caller_namespace_field)?,
+            callee_namespace: opt(&rf.callee_namespace_field)?,
+            port: opt(&rf.port_field)?,
+        },
+        edges,
+        suppress_ns: c.suppress_ns,
+        allowed_lateness_ns: c.allowed_lateness_ns,
+        max_groups: c.max_groups,
+        quiet,
+        ratio: al_ratio,
+        declared: match rf.declared.as_ref().is_some_and(|d| *d.get_ref()) {
+            false => None,
+            true => Some((
+                *cx.need(&rf.count, "count", k)?.get_ref(),
+                cx.dur(cx.need(&rf.window, "window", k)?)?,
+            )),
+        },
+    })
+    .map_err(|e| cx.err(k.span(), e.to_string()))
+}
+
+/// An absence rule: what pairs a trigger with its companion (`match_by`; default the alert's
+/// `group_by`, which must be among them) and what of it says the trigger needed one.
+fn absence(cx: &Ctx<'_>, rf: &RuleFile, c: &Common) -> Result<crate::absence::Absence, RuleError> {
+    let k = &rf.kind;
+    let match_by = match &rf.match_by {
+        Some(m) => {
+            if let Some((n, _)) = c
+                .group_by
+                .iter()
+                .find(|(g, _)| !m.get_ref().iter().any(|n| n == g))
+            {
+                return Err(cx.err(m.span(), format!("group_by field `{n}` is not in match_by")));
+            }
+            cx.group_by(m)?
+        }
+        None => c.group_by.clone(),
+    };
+    Ok(crate::absence::Absence::new(crate::absence::AbsenceSpec {
+        trigger: rule_filter(cx, rf)?,
+        expect: cx.filter(cx.need(&rf.expect, "expect", k)?)?,
+        group_by: c.group_by.clone(),
+        within_ns: cx.dur(cx.need(&rf.within, "within", k)?)?,
+        protected_by: match &rf.protected_by {
+            Some(p) => {
+                if let Some(n) = p
+                    .get_ref()
+                    .iter()
+                    .find(|n| !match_by.iter().any(|(g, _)| g == *n))
+                {
+                    return Err(cx.err(
+                        p.span(),
+                        format!("protected_by field `{n}` is not in match_by"),
+                    ));
+                }
+                cx.group_by(p)?
+            }
+            None => Vec::new(),
+        },
+        match_by,
+        suppress_ns: c.suppress_ns,
+        allowed_lateness_ns: c.allowed_lateness_ns,
+        max_groups: c.max_groups,
+    }))
+}
+
+/// A rate-spike rule, its baseline and thresholds checked (and defaulted).
+fn rate_spike(cx: &Ctx<'_>, rf: &RuleFile, c: &Common) -> Result<RateSpike, RuleError> {
+    let k = &rf.kind;
+    let baseline = rf.baseline_buckets.as_ref().map_or(60, |b| *b.get_ref());
+    if baseline == 0 {
+        return Err(cx.err(k.span(), "baseline_buckets must be ≥ 1"));
+    }
+    let z = rf.z.as_ref().map_or(4.0, |z| *z.get_ref());
+    if !(z.is_finite() && z > 0.0) {
+        return Err(cx.err(k.span(), "z must be a positive number"));
+    }
+    let peak_factor = rf.peak_factor.as_ref().map_or(0.0, |p| *p.get_ref());
+    if !(peak_factor.is_finite() && peak_factor >= 0.0) {
+        return Err(cx.err(k.span(), "peak_factor must be a number ≥ 0"));
+    }
+    Ok(RateSpike::new(RateSpikeSpec {
+        filter: rule_filter(cx, rf)?,
+        group_by: c.group_by.clone(),
+        bucket_ns: cx.dur(cx.need(&rf.bucket, "bucket", k)?)?,
+        baseline_buckets: baseline,
+        min_history_buckets: rf
+            .min_history_buckets
+            .as_ref()
+            .map_or(baseline / 2, |b| *b.get_ref()),
+        z,
+        min_count: rf.min_count.as_ref().map_or(100, |m| *m.get_ref()),
+        peak_factor,
+        peak_half_life_ns: match &rf.peak_half_life {
+            Some(h) => cx.dur(h)?,
+            None => 24 * 3600 * 1_000_000_000,
+        },
+        suppress_ns: c.suppress_ns,
+        allowed_lateness_ns: c.allowed_lateness_ns,
+        max_groups: c.max_groups,
+    }))
 }
