@@ -226,7 +226,45 @@ fn main() {
 /// One labelled run, scored and reported.
 fn run(events: u64, rate: f64, speed: f64, lag_ms: u64, each: u64, seed: u64) {
     println!("\n== labelled run: partition 3 {lag_ms} ms behind");
+    let o = send_and_detect(events, rate, speed, lag_ms, each, seed);
+    let s = score(&o);
+    report(&o, s, lag_ms);
+    if std::env::var_os("VIGIL_BENCH_KEEP").is_some() {
+        let _ = o.tmp.keep();
+    }
+}
 
+/// What a labelled run produced: the simulator's labels, every alert's first and latest
+/// revision, and when each record reached the reference consumer.
+struct Outcome {
+    attacks: Vec<Attack>,
+    benign: u64,
+    attack_records: u64,
+    history: u64,
+    warm_up_end_ns: i64,
+    run_start_ns: i64,
+    sim_secs: f64,
+    first: BTreeMap<String, Alert>,
+    latest: BTreeMap<String, Alert>,
+    arrivals: Arrivals,
+    /// The reference consumer's produce → consume latencies, ms, sorted.
+    bare: Vec<f64>,
+    /// `vigil serve`'s log.
+    log: String,
+    /// The run's directory (kept with `VIGIL_BENCH_KEEP`).
+    tmp: tempfile::TempDir,
+}
+
+/// The broker, `vigil simulate --labelled` and `vigil serve` with the default rules: every
+/// record sent and stored, detection stopped cleanly.
+fn send_and_detect(
+    events: u64,
+    rate: f64,
+    speed: f64,
+    lag_ms: u64,
+    each: u64,
+    seed: u64,
+) -> Outcome {
     let broker = Broker::start();
     broker.create_topic("mesh", 4);
     broker.create_topic("vigil.checkpoints", 1);
@@ -330,22 +368,62 @@ fn run(events: u64, rate: f64, speed: f64, lag_ms: u64, each: u64, seed: u64) {
         }
     }
 
-    // Per rule: expected, detected, latencies (ms), false alerts.
-    #[derive(Default)]
-    struct PerRule {
-        expected: u64,
-        detected: u64,
-        latency_ms: Vec<f64>,
-        /// From the decisive record's arrival at the bare consumer to the alert: Vigil's share.
-        own_ms: Vec<f64>,
-        false_alerts: u64,
-        all_alerts: u64,
+    Outcome {
+        attacks,
+        benign,
+        attack_records,
+        history,
+        warm_up_end_ns,
+        run_start_ns,
+        sim_secs,
+        first,
+        latest,
+        arrivals,
+        bare,
+        log,
+        tmp,
     }
+}
+
+/// Per rule: expected, detected, latencies (ms), false alerts.
+#[derive(Default)]
+struct PerRule {
+    expected: u64,
+    detected: u64,
+    latency_ms: Vec<f64>,
+    /// From the decisive record's arrival at the bare consumer to the alert: Vigil's share.
+    own_ms: Vec<f64>,
+    false_alerts: u64,
+    all_alerts: u64,
+}
+
+/// A run scored: per rule, what was missed, the false alerts, those in the warm-up.
+struct Scores {
+    rules: BTreeMap<String, PerRule>,
+    missed: Vec<String>,
+    attacks_caught: usize,
+    false_alerts: Vec<String>,
+    warm_up: Vec<String>,
+}
+
+/// Each attack's expected alerts found (or missed) among the alerts, and every other alert
+/// judged about an attack, in the warm-up, or false.
+fn score(o: &Outcome) -> Scores {
+    let Outcome {
+        attacks,
+        warm_up_end_ns,
+        run_start_ns,
+        first,
+        latest,
+        arrivals,
+        ..
+    } = o;
+    let (warm_up_end_ns, run_start_ns) = (*warm_up_end_ns, *run_start_ns);
     let mut rules: BTreeMap<String, PerRule> = BTreeMap::new();
     let mut missed = Vec::new();
     let mut attacks_caught = 0;
     let mut explained: BTreeSet<String> = BTreeSet::new();
-    for at in &attacks {
+    for at in attacks {
         let (lo, hi) = at.span();
         let mut all = true;
         for (rule, key) in &at.expect {
@@ -454,6 +532,37 @@ fn run(events: u64, rate: f64, speed: f64, lag_ms: u64, each: u64, seed: u64) {
         }
     }
 
+    Scores {
+        rules,
+        missed,
+        attacks_caught,
+        false_alerts,
+        warm_up,
+    }
+}
+
+/// The tables, the missed and false alerts, and the figures for BENCHMARKS.md.
+fn report(o: &Outcome, s: Scores, lag_ms: u64) {
+    let Outcome {
+        attacks,
+        benign,
+        attack_records,
+        history,
+        sim_secs,
+        latest,
+        bare,
+        log,
+        ..
+    } = o;
+    let (benign, attack_records, history, sim_secs) =
+        (*benign, *attack_records, *history, *sim_secs);
+    let Scores {
+        mut rules,
+        missed,
+        attacks_caught,
+        false_alerts,
+        warm_up,
+    } = s;
     let expected: u64 = rules.values().map(|r| r.expected).sum();
     let detected: u64 = rules.values().map(|r| r.detected).sum();
     let n_false: u64 = rules.values().map(|r| r.false_alerts).sum();
@@ -502,9 +611,6 @@ fn run(events: u64, rate: f64, speed: f64, lag_ms: u64, each: u64, seed: u64) {
     if let Some(p) = log.lines().rfind(|l| l.contains(" progress ")) {
         println!("serve's last progress line: {p}");
     }
-    if std::env::var_os("VIGIL_BENCH_KEEP").is_some() {
-        let _ = tmp.keep();
-    }
     let recall = 100.0 * detected as f64 / expected.max(1) as f64;
     println!(
         "recall {recall:.1} % ({detected}/{expected} expected alerts; {attacks_caught}/{} attacks fully), {n_false} false alerts = {per_m:.2} per 1 000 000 benign events, latency p50 {:.0} ms p99 {:.0} ms",
@@ -543,7 +649,7 @@ fn run(events: u64, rate: f64, speed: f64, lag_ms: u64, each: u64, seed: u64) {
         Target::AtMost(1000.0),
         Some((
             "bare consumer, produce → consume, median",
-            percentile(&bare, 0.5),
+            percentile(bare, 0.5),
         )),
     );
     figure(
