@@ -44,7 +44,12 @@ impl Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = tempfile::NamedTempFile::new().unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        // `VIGIL_TANSU_DIR`: where the broker's working directory is made (e.g. /dev/shm, so
+        // that its SQLite engine's fsyncs are not the disk's).
+        let dir = match std::env::var_os("VIGIL_TANSU_DIR") {
+            Some(d) => tempfile::tempdir_in(d).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         let storage = match std::env::var("VIGIL_TANSU_STORAGE").as_deref() {
             Ok("sqlite") => "sqlite://tansu.db",
             _ => "memory://tansu/",
