@@ -32,6 +32,8 @@ mod test_support;
 
 const RECORDS: usize = 100_000;
 const FILE_RECORDS: usize = 50_000;
+/// Record `i`'s Kafka timestamp is this plus `i`, ms.
+const FIRST_TIMESTAMP_MS: i64 = 1_763_800_000_000;
 
 /// Append every record (sealing a batch every FILE_RECORDS); `write` each sealed batch.
 fn pipeline(
@@ -45,7 +47,7 @@ fn pipeline(
             topic: "bench",
             partition: 0,
             offset: i as i64,
-            timestamp_ms: Some(1_763_800_000_000 + i as i64),
+            timestamp_ms: Some(FIRST_TIMESTAMP_MS + i as i64),
             key: None,
             value: Some(v),
             headers: &[],
@@ -63,7 +65,7 @@ fn pipeline(
 fn decode_only(values: &[Vec<u8>], decoder: &Decoder) {
     let mut batch = EventBatchBuilder::with_capacity(FILE_RECORDS);
     for (i, v) in values.iter().enumerate() {
-        let time_ns = (1_763_800_000_000 + i as i64) * 1_000_000;
+        let time_ns = (FIRST_TIMESTAMP_MS + i as i64) * 1_000_000;
         decoder.decode_into(v, time_ns, &mut batch).unwrap();
         if (i + 1) % FILE_RECORDS == 0 || i + 1 == values.len() {
             black_box(batch.finish().unwrap());
