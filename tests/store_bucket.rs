@@ -113,7 +113,7 @@ fn the_store_lives_in_the_bucket_a_new_machine_carries_on_and_a_deleted_file_is_
         "no signing key, no temp file in the bucket: {keys:?}"
     );
     // The local copy holds the same event files as the bucket, no more.
-    let local: BTreeSet<String> = walk(&a.join("events"))
+    let local: BTreeSet<String> = files_under(&a.join("events"))
         .into_iter()
         .map(|p| format!("prod/{}", p.strip_prefix(&a).unwrap().display()))
         .collect();
@@ -362,24 +362,6 @@ fn wait_bkt_stored(srv: &Serve, dir: &Path, n: i64, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Every regular file under `dir`, sorted.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -3,11 +3,10 @@
 
 use super::*;
 
-#[test]
-fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_dies() {
-    let (broker, s3) = broker_and_bucket(2);
+/// The bucket's environment with a short lease and frequent state saves and follows: a
+/// takeover within seconds.
+fn quick_takeover_env(s3: &S3Server) -> Vec<(String, String)> {
     let mut env = s3.env();
-    // A short lease, frequent saves and follows: the takeover within seconds.
     for (k, v) in [
         ("VIGIL_DETECT__LEASE_TTL_MS", "3000"),
         ("VIGIL_DETECT__STATE_INTERVAL_MS", "500"),
@@ -15,6 +14,13 @@ fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_di
     ] {
         env.push((k.into(), v.into()));
     }
+    env
+}
+
+#[test]
+fn detection_runs_on_the_lease_holder_and_another_instance_takes_over_when_it_dies() {
+    let (broker, s3) = broker_and_bucket(2);
+    let mut env = quick_takeover_env(&s3);
     env.push(("VIGIL_WEBHOOK_SECRET".into(), "k".into()));
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -172,14 +178,7 @@ fn three_instances_one_killed_one_stopped_past_its_partitions_and_lease_no_fork_
     // carries on. B, continued, still believes it holds its partitions and the lease: it is
     // fenced off both.
     let (broker, s3) = broker_and_bucket(6);
-    let mut env = s3.env();
-    for (k, v) in [
-        ("VIGIL_DETECT__LEASE_TTL_MS", "3000"),
-        ("VIGIL_DETECT__STATE_INTERVAL_MS", "500"),
-        ("VIGIL_STORE__FOLLOW_INTERVAL_MS", "300"),
-    ] {
-        env.push((k.into(), v.into()));
-    }
+    let env = quick_takeover_env(&s3);
     let tmp = tempfile::tempdir().unwrap();
     let (a, b, c) = (
         tmp.path().join("a"),

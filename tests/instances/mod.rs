@@ -94,23 +94,6 @@ fn second_dir(a: &Path, b: &Path) {
 mod detection;
 mod storing;
 
-fn walk_parquet(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.path().extension().is_some_and(|x| x == "parquet") {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// A webhook receiver that answers 503 until it is told to accept, then records each body.
 #[derive(Clone, Default)]
 struct Hook {

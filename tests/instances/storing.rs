@@ -125,8 +125,9 @@ fn a_writer_that_lost_its_log_is_fenced_and_the_chain_stays_one_line() {
         .into_iter()
         .filter(|k| k.ends_with(".parquet"))
         .collect();
-    let local_b: std::collections::BTreeSet<String> = walk_parquet(&b.join("events/topic=bkt"))
+    let local_b: std::collections::BTreeSet<String> = files_under(&b.join("events/topic=bkt"))
         .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
         .map(|p| format!("prod/{}", p.strip_prefix(&b).unwrap().display()))
         .collect();
     assert!(
@@ -136,7 +137,6 @@ fn a_writer_that_lost_its_log_is_fenced_and_the_chain_stays_one_line() {
     assert_bucket_verifies_with_each_record_once(&s3, &broker, tmp.path(), &a, 500);
 }
 
-/// The Parquet files under `dir`, sorted.
 #[test]
 fn a_head_moves_only_from_the_version_read_and_a_lease_only_from_a_silent_holder() {
     let s3 = S3Server::start();
